@@ -1,0 +1,77 @@
+//! The data directory: everything one cohort installation keeps, in one place.
+//!
+//! ```text
+//! <data-dir>/
+//!   cohort.db        metadata, audit log, projection (SQLite, WAL)
+//!   keystore.json    the passphrase-protected key-encryption key
+//!   blocks/          encrypted record blocks, named by CID
+//! ```
+//! Two data directories share nothing, so tests and users run side by side.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::blockstore::FsBlockStore;
+use crate::keystore::{FileKeyStore, KdfParams};
+use crate::vault::Vault;
+use crate::{Error, Result};
+
+/// Where the data directory is when nothing says otherwise.
+pub const DEFAULT: &str = "./cohort-data";
+
+/// An opened data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Opens `root`, creating it (and its layout) on first use.
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root.join("blocks")).map_err(|e| Error::io("creating", root, e))?;
+        Ok(DataDir { root: root.to_owned() })
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The metadata database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("cohort.db")
+    }
+
+    /// The keystore file.
+    pub fn keystore_path(&self) -> PathBuf {
+        self.root.join("keystore.json")
+    }
+
+    /// The block directory.
+    pub fn blocks_path(&self) -> PathBuf {
+        self.root.join("blocks")
+    }
+
+    /// Opens the metadata database (no keys needed: audit, counts).
+    pub fn connect(&self) -> Result<rusqlite::Connection> {
+        crate::store::open(&self.db_path())
+    }
+
+    /// Whether the keystore exists yet.
+    pub fn has_keystore(&self) -> bool {
+        self.keystore_path().exists()
+    }
+
+    /// Opens the vault with the keystore's passphrase, creating the keystore
+    /// on first use.
+    pub fn unlock(&self, passphrase: &str) -> Result<Vault> {
+        self.unlock_with(passphrase, KdfParams::default())
+    }
+
+    /// As [`DataDir::unlock`], with explicit argon2id costs for a new keystore.
+    pub fn unlock_with(&self, passphrase: &str, params: KdfParams) -> Result<Vault> {
+        let keys = FileKeyStore::open_or_create(&self.keystore_path(), passphrase, params)?;
+        let blocks = FsBlockStore::open(&self.blocks_path())?;
+        Ok(Vault::new(self.connect()?, Arc::new(blocks), Arc::new(keys)))
+    }
+}

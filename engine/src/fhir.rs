@@ -1,0 +1,587 @@
+//! FHIR R4 bundles: parsing and validation of the five resource types cohort
+//! ingests (Patient, Observation, Condition, Encounter, MedicationRequest).
+//!
+//! Serde types cover just the fields the projection needs; every other field
+//! is kept untouched in the stored record. A malformed resource is an error
+//! naming the entry index, the resource and the field, and the whole bundle is
+//! rejected (ingestion is all or nothing per bundle).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, NaiveDate};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::projection::{ConditionRow, EncounterRow, MedicationRow, ObservationRow, PatientRow, Row};
+use crate::{Error, Result};
+
+/// LOINC, for observation codes.
+pub const LOINC: &str = "http://loinc.org";
+/// ICD-10-CM, for condition codes.
+pub const ICD10CM: &str = "http://hl7.org/fhir/sid/icd-10-cm";
+/// RxNorm, for medication codes.
+pub const RXNORM: &str = "http://www.nlm.nih.gov/research/umls/rxnorm";
+/// US Social Security numbers.
+pub const SSN: &str = "http://hl7.org/fhir/sid/us-ssn";
+/// US Core race extension.
+pub const US_CORE_RACE: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race";
+/// US Core ethnicity extension.
+pub const US_CORE_ETHNICITY: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity";
+
+/// The resource types cohort stores and projects.
+pub const SUPPORTED: [&str; 5] = ["Patient", "Observation", "Condition", "Encounter", "MedicationRequest"];
+
+/// A bundle that passed validation, ready to store.
+#[derive(Debug)]
+pub struct Bundle {
+    /// Where it came from (file name), for messages.
+    pub source: String,
+    /// The bundle's own id, if it has one.
+    pub id: Option<String>,
+    /// The supported resources, in bundle order.
+    pub resources: Vec<Resource>,
+    /// Resources of other types, by type, that were not ingested.
+    pub skipped: BTreeMap<String, usize>,
+}
+
+/// One validated resource.
+#[derive(Debug)]
+pub struct Resource {
+    /// Index of its entry in the bundle, for messages.
+    pub entry: usize,
+    /// The FHIR resource type.
+    pub resource_type: &'static str,
+    /// The resource id.
+    pub id: String,
+    /// The patient it belongs to.
+    pub patient_id: String,
+    /// The resource as canonical JSON (keys sorted), as stored in the vault.
+    pub json: Vec<u8>,
+    /// Its flattened projection row.
+    pub row: Row,
+}
+
+impl Resource {
+    /// `ResourceType/id`, the vault's record id.
+    pub fn record_id(&self) -> String {
+        format!("{}/{}", self.resource_type, self.id)
+    }
+}
+
+/// Parses and validates a bundle from JSON bytes.
+pub fn parse_bundle(source: &str, bytes: &[u8]) -> Result<Bundle> {
+    let fail = |message: String| Error::Fhir { source_name: source.to_owned(), message };
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+    let Value::Object(mut top) = value else {
+        return Err(fail("expected a JSON object (a FHIR Bundle)".into()));
+    };
+    match top.get("resourceType").and_then(Value::as_str) {
+        Some("Bundle") => {}
+        Some(other) => return Err(fail(format!("expected a FHIR Bundle, found resourceType `{other}`"))),
+        None => return Err(fail("field `resourceType` is missing (expected \"Bundle\")".into())),
+    }
+    let id = top.get("id").and_then(Value::as_str).map(str::to_owned);
+    let entries = match top.remove("entry") {
+        Some(Value::Array(a)) => a,
+        None => Vec::new(),
+        Some(_) => return Err(fail("field `entry` must be an array".into())),
+    };
+
+    // First pass: what each entry is, so references by fullUrl resolve.
+    let mut by_full_url: HashMap<String, (String, String)> = HashMap::new();
+    let mut raw = Vec::with_capacity(entries.len());
+    for (i, mut entry) in entries.into_iter().enumerate() {
+        let at = |msg: &str| fail(format!("entry {i}: {msg}"));
+        let Some(obj) = entry.as_object_mut() else { return Err(at("must be a JSON object")) };
+        let full_url = obj.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
+        let Some(mut resource) = obj.remove("resource") else { return Err(at("has no `resource`")) };
+        let rtype = match resource.get("resourceType") {
+            Some(Value::String(t)) => t.clone(),
+            Some(_) => return Err(at("field `resource.resourceType` must be a string")),
+            None => return Err(at("field `resource.resourceType` is missing")),
+        };
+        let rid = match resource.get("id") {
+            Some(Value::String(s)) if valid_id(s) => s.clone(),
+            Some(Value::String(s)) => {
+                return Err(at(&format!("({rtype}): field `id`: `{s}` is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})")));
+            }
+            Some(_) => return Err(at(&format!("({rtype}): field `id` must be a string"))),
+            None => match full_url.as_deref().and_then(|u| u.strip_prefix("urn:uuid:")) {
+                Some(uuid) if valid_id(uuid) => {
+                    resource["id"] = Value::String(uuid.to_owned());
+                    uuid.to_owned()
+                }
+                _ => return Err(at(&format!("({rtype}): field `id` is missing and `fullUrl` is not a urn:uuid"))),
+            },
+        };
+        if let Some(u) = &full_url {
+            by_full_url.insert(u.clone(), (rtype.clone(), rid.clone()));
+        }
+        raw.push((i, rtype, rid, resource));
+    }
+
+    let mut seen = HashSet::new();
+    let mut resources = Vec::new();
+    let mut skipped = BTreeMap::new();
+    for (i, rtype, rid, resource) in raw {
+        let Some(&resource_type) = SUPPORTED.iter().find(|t| **t == rtype) else {
+            *skipped.entry(rtype).or_insert(0) += 1;
+            continue;
+        };
+        let ctx = Ctx { source, entry: i, label: format!("{rtype}/{rid}"), by_full_url: &by_full_url };
+        if !seen.insert((resource_type, rid.clone())) {
+            return Err(ctx.err(None, "appears twice in this bundle".into()));
+        }
+        let json = serde_json::to_vec(&resource).expect("a Value serializes");
+        let (patient_id, row) = match resource_type {
+            "Patient" => patient(&ctx, &rid, resource)?,
+            "Observation" => observation(&ctx, &rid, resource)?,
+            "Condition" => condition(&ctx, &rid, resource)?,
+            "Encounter" => encounter(&ctx, &rid, resource)?,
+            _ => medication_request(&ctx, &rid, resource)?,
+        };
+        resources.push(Resource { entry: i, resource_type, id: rid, patient_id, json, row });
+    }
+    Ok(Bundle { source: source.to_owned(), id, resources, skipped })
+}
+
+/// Where in the bundle we are, for error messages.
+struct Ctx<'a> {
+    source: &'a str,
+    entry: usize,
+    label: String,
+    by_full_url: &'a HashMap<String, (String, String)>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: Option<&str>, msg: String) -> Error {
+        let field = field.map(|f| format!(": field `{f}`")).unwrap_or_default();
+        Error::Fhir { source_name: self.source.to_owned(), message: format!("entry {} ({}){field}: {msg}", self.entry, self.label) }
+    }
+
+    /// Deserializes with the failing field's path in the error.
+    fn typed<T: DeserializeOwned>(&self, value: Value) -> Result<T> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            self.err(if path == "." { None } else { Some(&path) }, inner)
+        })
+    }
+
+    /// Resolves a reference to a patient: `Patient/<id>`, or a `urn:uuid:`
+    /// fullUrl of a Patient entry in this bundle.
+    fn patient_ref(&self, field: &str, r: &Reference) -> Result<String> {
+        let Some(text) = r.reference.as_deref() else {
+            return Err(self.err(Some(field), "has no `reference`".into()));
+        };
+        if let Some(id) = text.strip_prefix("Patient/") {
+            if valid_id(id) {
+                return Ok(id.to_owned());
+            }
+        }
+        match self.by_full_url.get(text) {
+            Some((t, id)) if t == "Patient" => Ok(id.clone()),
+            Some((t, _)) => Err(self.err(Some(field), format!("`{text}` refers to a {t}, not a Patient"))),
+            None => Err(self.err(Some(field), format!("`{text}` is neither `Patient/<id>` nor the fullUrl of a Patient in this bundle"))),
+        }
+    }
+
+    /// An optional reference to an encounter, as its id.
+    fn encounter_ref(&self, field: &str, r: Option<&Reference>) -> Result<Option<String>> {
+        let Some(text) = r.and_then(|r| r.reference.as_deref()) else { return Ok(None) };
+        if let Some(id) = text.strip_prefix("Encounter/") {
+            return Ok(Some(id.to_owned()));
+        }
+        match self.by_full_url.get(text) {
+            Some((t, id)) if t == "Encounter" => Ok(Some(id.clone())),
+            _ => Err(self.err(Some(field), format!("`{text}` does not refer to an Encounter"))),
+        }
+    }
+
+    fn date(&self, field: &str, text: Option<&str>) -> Result<Option<i32>> {
+        text.map(|t| parse_date(t).ok_or_else(|| self.err(Some(field), format!("`{t}` is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)"))))
+            .transpose()
+    }
+
+    fn datetime(&self, field: &str, text: Option<&str>) -> Result<Option<i64>> {
+        text.map(|t| {
+            parse_datetime(t).ok_or_else(|| self.err(Some(field), format!("`{t}` is not a FHIR dateTime (e.g. 2024-03-01T09:30:00Z)")))
+        })
+        .transpose()
+    }
+
+    fn coding<'c>(&self, field: &str, cc: &'c CodeableConcept, system: &str, name: &str) -> Result<&'c Coding> {
+        cc.coding
+            .iter()
+            .find(|c| c.system.as_deref() == Some(system) && c.code.as_deref().is_some_and(|c| !c.is_empty()))
+            .ok_or_else(|| self.err(Some(field), format!("has no {name} coding (system {system}) with a code")))
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A FHIR date (possibly partial) as days since 1970-01-01; partial dates
+/// take their first day.
+pub fn parse_date(t: &str) -> Option<i32> {
+    let full = match t.len() {
+        4 => format!("{t}-01-01"),
+        7 => format!("{t}-01"),
+        10 => t.to_owned(),
+        _ => return None,
+    };
+    let d = NaiveDate::parse_from_str(&full, "%Y-%m-%d").ok()?;
+    Some((d - NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i32)
+}
+
+/// A FHIR dateTime as microseconds since the epoch (UTC); a bare date is midnight UTC.
+pub fn parse_datetime(t: &str) -> Option<i64> {
+    if t.len() <= 10 {
+        return parse_date(t).map(|d| i64::from(d) * 86_400_000_000);
+    }
+    DateTime::parse_from_rfc3339(t).ok().map(|d| d.timestamp_micros())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Coding {
+    system: Option<String>,
+    code: Option<String>,
+    display: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct CodeableConcept {
+    #[serde(default)]
+    coding: Vec<Coding>,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HumanName {
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    family: Option<String>,
+    #[serde(default)]
+    given: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Address {
+    #[serde(default)]
+    line: Vec<String>,
+    city: Option<String>,
+    state: Option<String>,
+    postal_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ContactPoint {
+    system: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Identifier {
+    system: Option<String>,
+    value: Option<String>,
+    #[serde(rename = "type")]
+    type_: Option<CodeableConcept>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Extension {
+    url: String,
+    #[serde(default)]
+    extension: Vec<Extension>,
+    value_coding: Option<Coding>,
+    value_string: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PatientR {
+    #[serde(default)]
+    name: Vec<HumanName>,
+    gender: Option<String>,
+    birth_date: Option<String>,
+    #[serde(default)]
+    address: Vec<Address>,
+    #[serde(default)]
+    telecom: Vec<ContactPoint>,
+    #[serde(default)]
+    identifier: Vec<Identifier>,
+    #[serde(default)]
+    extension: Vec<Extension>,
+}
+
+fn patient(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
+    let p: PatientR = ctx.typed(v)?;
+    if let Some(g) = &p.gender {
+        if !["male", "female", "other", "unknown"].contains(&g.as_str()) {
+            return Err(ctx.err(Some("gender"), format!("`{g}` is not one of male, female, other, unknown")));
+        }
+    }
+    let name = p.name.iter().find(|n| n.use_.as_deref() == Some("official")).or(p.name.first());
+    let address = p.address.first();
+    let telecom = |system: &str| p.telecom.iter().find(|t| t.system.as_deref() == Some(system)).and_then(|t| t.value.clone());
+    let ssn = p.identifier.iter().find(|i| i.system.as_deref() == Some(SSN)).and_then(|i| i.value.clone());
+    let mrn = p
+        .identifier
+        .iter()
+        .find(|i| i.type_.as_ref().is_some_and(|t| t.coding.iter().any(|c| c.code.as_deref() == Some("MR"))))
+        .and_then(|i| i.value.clone());
+    let omb = |url: &str| {
+        p.extension.iter().find(|e| e.url == url).and_then(|e| {
+            e.extension
+                .iter()
+                .find(|x| x.url == "ombCategory")
+                .and_then(|x| x.value_coding.as_ref())
+                .and_then(|c| c.display.clone().or(c.code.clone()))
+                .or_else(|| e.extension.iter().find(|x| x.url == "text").and_then(|x| x.value_string.clone()))
+        })
+    };
+    let row = PatientRow {
+        patient_id: id.to_owned(),
+        family_name: name.and_then(|n| n.family.clone()),
+        given_name: name.and_then(|n| (!n.given.is_empty()).then(|| n.given.join(" "))),
+        birth_date: ctx.date("birthDate", p.birth_date.as_deref())?,
+        gender: p.gender,
+        race: omb(US_CORE_RACE),
+        ethnicity: omb(US_CORE_ETHNICITY),
+        address_line: address.and_then(|a| (!a.line.is_empty()).then(|| a.line.join(", "))),
+        city: address.and_then(|a| a.city.clone()),
+        state: address.and_then(|a| a.state.clone()),
+        zip: address.and_then(|a| a.postal_code.clone()),
+        phone: telecom("phone"),
+        email: telecom("email"),
+        ssn,
+        mrn,
+    };
+    Ok((id.to_owned(), Row::Patient(row)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Quantity {
+    value: Option<f64>,
+    unit: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ObservationR {
+    status: String,
+    code: CodeableConcept,
+    subject: Reference,
+    encounter: Option<Reference>,
+    effective_date_time: Option<String>,
+    value_quantity: Option<Quantity>,
+}
+
+fn observation(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
+    let o: ObservationR = ctx.typed(v)?;
+    let coding = ctx.coding("code.coding", &o.code, LOINC, "LOINC")?;
+    let patient_id = ctx.patient_ref("subject", &o.subject)?;
+    let row = ObservationRow {
+        id: id.to_owned(),
+        patient_id: patient_id.clone(),
+        encounter_id: ctx.encounter_ref("encounter", o.encounter.as_ref())?,
+        loinc: coding.code.clone().unwrap_or_default(),
+        display: coding.display.clone().or(o.code.text.clone()),
+        value: o.value_quantity.as_ref().and_then(|q| q.value),
+        unit: o.value_quantity.and_then(|q| q.unit),
+        effective: ctx.datetime("effectiveDateTime", o.effective_date_time.as_deref())?,
+    };
+    let _ = o.status;
+    Ok((patient_id, Row::Observation(row)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConditionR {
+    code: CodeableConcept,
+    subject: Reference,
+    encounter: Option<Reference>,
+    clinical_status: Option<CodeableConcept>,
+    onset_date_time: Option<String>,
+}
+
+fn condition(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
+    let c: ConditionR = ctx.typed(v)?;
+    let coding = ctx.coding("code.coding", &c.code, ICD10CM, "ICD-10-CM")?;
+    let patient_id = ctx.patient_ref("subject", &c.subject)?;
+    let onset = c.onset_date_time.as_deref().map(|t| &t[..t.len().min(10)]);
+    let row = ConditionRow {
+        id: id.to_owned(),
+        patient_id: patient_id.clone(),
+        encounter_id: ctx.encounter_ref("encounter", c.encounter.as_ref())?,
+        icd10: coding.code.clone().unwrap_or_default(),
+        display: coding.display.clone().or(c.code.text.clone()),
+        clinical_status: c.clinical_status.and_then(|s| s.coding.into_iter().find_map(|c| c.code)),
+        onset: ctx.date("onsetDateTime", onset)?,
+    };
+    Ok((patient_id, Row::Condition(row)))
+}
+
+#[derive(Deserialize)]
+struct Period {
+    start: Option<String>,
+    end: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EncounterR {
+    status: String,
+    class: Coding,
+    #[serde(rename = "type", default)]
+    type_: Vec<CodeableConcept>,
+    subject: Reference,
+    period: Option<Period>,
+}
+
+fn encounter(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
+    let e: EncounterR = ctx.typed(v)?;
+    let Some(class) = e.class.code.clone().filter(|c| !c.is_empty()) else {
+        return Err(ctx.err(Some("class.code"), "is missing".into()));
+    };
+    let patient_id = ctx.patient_ref("subject", &e.subject)?;
+    let ty = e.type_.first().and_then(|t| t.coding.first());
+    let row = EncounterRow {
+        id: id.to_owned(),
+        patient_id: patient_id.clone(),
+        class,
+        type_code: ty.and_then(|c| c.code.clone()),
+        type_display: ty.and_then(|c| c.display.clone()),
+        status: e.status,
+        start: ctx.datetime("period.start", e.period.as_ref().and_then(|p| p.start.as_deref()))?,
+        end: ctx.datetime("period.end", e.period.as_ref().and_then(|p| p.end.as_deref()))?,
+    };
+    Ok((patient_id, Row::Encounter(row)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MedicationRequestR {
+    status: String,
+    intent: String,
+    medication_codeable_concept: Option<CodeableConcept>,
+    subject: Reference,
+    encounter: Option<Reference>,
+    authored_on: Option<String>,
+}
+
+fn medication_request(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
+    let m: MedicationRequestR = ctx.typed(v)?;
+    let Some(med) = &m.medication_codeable_concept else {
+        return Err(ctx.err(Some("medicationCodeableConcept"), "is missing (medicationReference is not supported)".into()));
+    };
+    let coding = ctx.coding("medicationCodeableConcept.coding", med, RXNORM, "RxNorm")?;
+    let patient_id = ctx.patient_ref("subject", &m.subject)?;
+    let authored = m.authored_on.as_deref().map(|t| &t[..t.len().min(10)]);
+    let row = MedicationRow {
+        id: id.to_owned(),
+        patient_id: patient_id.clone(),
+        encounter_id: ctx.encounter_ref("encounter", m.encounter.as_ref())?,
+        rxnorm: coding.code.clone().unwrap_or_default(),
+        display: coding.display.clone().or(med.text.clone()),
+        status: m.status,
+        authored_on: ctx.date("authoredOn", authored)?,
+    };
+    let _ = m.intent;
+    Ok((patient_id, Row::Medication(row)))
+}
+
+impl Bundle {
+    /// Patients a resource refers to that this bundle does not contain.
+    pub fn external_patients(&self) -> Vec<(usize, String, String)> {
+        let here: HashSet<&str> =
+            self.resources.iter().filter(|r| r.resource_type == "Patient").map(|r| r.id.as_str()).collect();
+        self.resources
+            .iter()
+            .filter(|r| !here.contains(r.patient_id.as_str()))
+            .map(|r| (r.entry, r.record_id(), r.patient_id.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bundle(entries: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "collection", "entry": entries})).unwrap()
+    }
+
+    fn pat() -> Value {
+        json!({"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-02-03"}})
+    }
+
+    #[test]
+    fn parses_and_resolves_urn_references() {
+        let b = bundle(json!([pat(), {"resource": {"resourceType": "Observation", "id": "o1", "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": "4548-4"}]}, "subject": {"reference": "urn:uuid:p1"},
+            "effectiveDateTime": "2024-01-02T03:04:05Z", "valueQuantity": {"value": 6.1, "unit": "%"}}}]));
+        let parsed = parse_bundle("b.json", &b).unwrap();
+        assert_eq!(parsed.resources.len(), 2);
+        assert_eq!(parsed.resources[1].patient_id, "p1");
+        let Row::Observation(o) = &parsed.resources[1].row else { panic!() };
+        assert_eq!(o.value, Some(6.1));
+    }
+
+    #[test]
+    fn bad_field_names_entry_and_path() {
+        let b = bundle(json!([pat(), {"resource": {"resourceType": "Observation", "id": "o1", "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": "4548-4"}]}, "subject": {"reference": "Patient/p1"},
+            "valueQuantity": {"value": "six"}}}]));
+        let err = parse_bundle("b.json", &b).unwrap_err().to_string();
+        assert!(err.contains("entry 1 (Observation/o1)"), "{err}");
+        assert!(err.contains("valueQuantity.value"), "{err}");
+    }
+
+    #[test]
+    fn missing_required_field_and_bad_date() {
+        let b = bundle(json!([pat(), {"resource": {"resourceType": "Encounter", "id": "e1",
+            "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"}}}]));
+        let err = parse_bundle("b.json", &b).unwrap_err().to_string();
+        assert!(err.contains("entry 1 (Encounter/e1)") && err.contains("status"), "{err}");
+        let b = bundle(json!([{"resource": {"resourceType": "Patient", "id": "p1", "birthDate": "1950-13-40"}}]));
+        let err = parse_bundle("b.json", &b).unwrap_err().to_string();
+        assert!(err.contains("entry 0 (Patient/p1): field `birthDate`"), "{err}");
+    }
+
+    #[test]
+    fn rejects_non_bundles_and_duplicates() {
+        assert!(parse_bundle("x", b"{\"resourceType\":\"Patient\"}").unwrap_err().to_string().contains("found resourceType `Patient`"));
+        assert!(parse_bundle("x", b"[1,2").unwrap_err().to_string().contains("not valid JSON"));
+        let b = bundle(json!([pat(), pat()]));
+        assert!(parse_bundle("x", &b).unwrap_err().to_string().contains("appears twice"));
+    }
+
+    #[test]
+    fn unsupported_types_are_counted_not_stored() {
+        let b = bundle(json!([pat(), {"resource": {"resourceType": "Claim", "id": "c1"}}]));
+        let parsed = parse_bundle("x", &b).unwrap();
+        assert_eq!(parsed.resources.len(), 1);
+        assert_eq!(parsed.skipped.get("Claim"), Some(&1));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_date("1970-01-02"), Some(1));
+        assert_eq!(parse_date("1970"), Some(0));
+        assert_eq!(parse_datetime("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(parse_datetime("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(parse_date("19700101"), None);
+    }
+}

@@ -1,0 +1,423 @@
+//! The encrypted record vault.
+//!
+//! Each record (one FHIR resource) is encrypted with its patient's data key
+//! (XChaCha20-Poly1305) and stored as a content-addressed block named by its
+//! IPFS CID. The ciphertext is bound to its patient, record and version (they
+//! are the AEAD's associated data), so a block moved to another record does
+//! not decrypt. Updates add a version that links to the previous one; nothing
+//! is overwritten. Erasing a patient destroys the data key (crypto-shredding):
+//! the blocks and their hashes stay, unreadable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hmac::{KeyInit, Mac};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::audit::{self, Event};
+use crate::blockstore::BlockStore;
+use crate::keystore::{KeyStore, SecretKey, open, seal};
+use crate::{Error, Result};
+
+const MAGIC: &[u8; 4] = b"CHRV";
+const FORMAT: u8 = 1;
+const HEADER_LEN: usize = 4 + 1 + 24;
+
+/// Who is acting and why: every vault operation is audited with both.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The acting account.
+    pub actor: String,
+    /// The stated purpose of use.
+    pub purpose: String,
+}
+
+impl Access {
+    /// An access by `actor` for `purpose`.
+    pub fn new(actor: impl Into<String>, purpose: impl Into<String>) -> Self {
+        Access { actor: actor.into(), purpose: purpose.into() }
+    }
+}
+
+/// A record to store.
+#[derive(Debug, Clone)]
+pub struct NewRecord<'a> {
+    /// The owning patient's id.
+    pub patient_id: &'a str,
+    /// `ResourceType/id`.
+    pub record_id: &'a str,
+    /// The FHIR resource type.
+    pub resource_type: &'a str,
+    /// The record's bytes (FHIR JSON).
+    pub content: &'a [u8],
+}
+
+/// One stored version of a record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RecordVersion {
+    /// `ResourceType/id`.
+    pub record_id: String,
+    /// 1 for the first version.
+    pub version: i64,
+    /// The owning patient.
+    pub patient_id: String,
+    /// The FHIR resource type.
+    pub resource_type: String,
+    /// The block holding this version.
+    pub cid: String,
+    /// The block of the version before, if any.
+    pub prev_cid: Option<String>,
+    /// Size of the encrypted block in bytes.
+    pub size: i64,
+    /// When this version was stored.
+    pub created_at: String,
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// A new record (version 1).
+    Created,
+    /// A new version of an existing record.
+    Updated,
+    /// The content equals the current version: nothing stored.
+    Unchanged,
+}
+
+/// The outcome of erasing a patient.
+#[derive(Debug, Clone, Serialize)]
+pub struct Erasure {
+    /// The patient erased.
+    pub patient_id: String,
+    /// Record versions made unreadable.
+    pub versions_shredded: i64,
+    /// Projection rows removed.
+    pub projection_rows_removed: usize,
+}
+
+/// Data keys unwrapped during one operation, so a bundle of many resources
+/// unwraps each patient's key once.
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    keys: HashMap<String, SecretKey>,
+}
+
+/// The vault: metadata database, block store and keystore together.
+pub struct Vault {
+    conn: Connection,
+    blocks: Arc<dyn BlockStore>,
+    keys: Arc<dyn KeyStore>,
+}
+
+impl Vault {
+    /// A vault over an open metadata database, a block store and a keystore.
+    pub fn new(conn: Connection, blocks: Arc<dyn BlockStore>, keys: Arc<dyn KeyStore>) -> Self {
+        Vault { conn, blocks, keys }
+    }
+
+    /// The metadata database.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The block store.
+    pub fn blocks(&self) -> &dyn BlockStore {
+        self.blocks.as_ref()
+    }
+
+    /// Stores one record in its own transaction, with an audit entry.
+    pub fn put(&self, access: &Access, record: &NewRecord<'_>) -> Result<(PutOutcome, RecordVersion)> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut cache = KeyCache::default();
+        let (outcome, version) = self.put_in(&tx, &mut cache, record, true)?;
+        self.blocks.flush()?;
+        if outcome != PutOutcome::Unchanged {
+            audit::append(
+                &tx,
+                &Event {
+                    actor: &access.actor,
+                    action: if outcome == PutOutcome::Created { "create" } else { "update" },
+                    target: record.record_id,
+                    purpose: &access.purpose,
+                    detail: serde_json::json!({ "version": version.version, "cid": version.cid }),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok((outcome, version))
+    }
+
+    /// Stores one record inside the caller's transaction. New patients get a
+    /// fresh data key when `create_patient` allows it. The block is written
+    /// before the transaction commits: a rollback leaves at most an orphan
+    /// block that no metadata names.
+    pub(crate) fn put_in(
+        &self,
+        conn: &Connection,
+        cache: &mut KeyCache,
+        record: &NewRecord<'_>,
+        create_patient: bool,
+    ) -> Result<(PutOutcome, RecordVersion)> {
+        let key = self.data_key(conn, cache, record.patient_id, create_patient)?;
+        let mac = content_mac(&key, record.content);
+        let current = current_version(conn, record.record_id)?;
+        if let Some((cur, cur_mac)) = &current {
+            if cur.patient_id != record.patient_id {
+                return Err(Error::Invalid(format!(
+                    "{} belongs to another patient; a record cannot move between patients",
+                    record.record_id
+                )));
+            }
+            if cur.resource_type != record.resource_type {
+                return Err(Error::Invalid(format!(
+                    "{} is a {}, not a {}",
+                    record.record_id, cur.resource_type, record.resource_type
+                )));
+            }
+            if *cur_mac == mac {
+                return Ok((PutOutcome::Unchanged, cur.clone()));
+            }
+        }
+        let version = current.as_ref().map_or(1, |(c, _)| c.version + 1);
+        let sealed = seal_block(&key, record.patient_id, record.record_id, version, record.content);
+        let cid = self.blocks.put(&sealed)?;
+        let rv = RecordVersion {
+            record_id: record.record_id.to_owned(),
+            version,
+            patient_id: record.patient_id.to_owned(),
+            resource_type: record.resource_type.to_owned(),
+            cid,
+            prev_cid: current.as_ref().map(|(c, _)| c.cid.clone()),
+            size: sealed.len() as i64,
+            created_at: crate::store::now(),
+        };
+        conn.execute(
+            "INSERT INTO records(record_id, version, patient_id, resource_type, cid, prev_cid, content_mac, size, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![rv.record_id, rv.version, rv.patient_id, rv.resource_type, rv.cid, rv.prev_cid, mac.to_vec(), rv.size, rv.created_at],
+        )?;
+        let outcome = if current.is_some() { PutOutcome::Updated } else { PutOutcome::Created };
+        Ok((outcome, rv))
+    }
+
+    /// Reads a record (the current version, or `version`), audited. The block
+    /// is re-hashed against its CID and authenticated against its patient,
+    /// record and version before anything is returned.
+    pub fn read(&self, access: &Access, record_id: &str, version: Option<i64>) -> Result<(RecordVersion, Vec<u8>)> {
+        let rv = match version {
+            Some(v) => self
+                .history(record_id)?
+                .into_iter()
+                .find(|r| r.version == v)
+                .ok_or_else(|| Error::NotFound(format!("{record_id} has no version {v}")))?,
+            None => current_version(&self.conn, record_id)?
+                .map(|(r, _)| r)
+                .ok_or_else(|| Error::NotFound(format!("no record {record_id} in the vault")))?,
+        };
+        let content = self.decrypt_version(&rv)?;
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        audit::append(
+            &tx,
+            &Event {
+                actor: &access.actor,
+                action: "read",
+                target: &rv.record_id,
+                purpose: &access.purpose,
+                detail: serde_json::json!({ "version": rv.version, "cid": rv.cid }),
+            },
+        )?;
+        tx.commit()?;
+        Ok((rv, content))
+    }
+
+    /// Decrypts one stored version (not audited: for internal use by audited callers).
+    pub(crate) fn decrypt_version(&self, rv: &RecordVersion) -> Result<Vec<u8>> {
+        let mut cache = KeyCache::default();
+        let key = self.data_key(&self.conn, &mut cache, &rv.patient_id, false)?;
+        let sealed = self.blocks.get(&rv.cid)?;
+        open_block(&key, &rv.patient_id, &rv.record_id, rv.version, &sealed)
+    }
+
+    /// Every version of a record, oldest first.
+    pub fn history(&self, record_id: &str) -> Result<Vec<RecordVersion>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT record_id, version, patient_id, resource_type, cid, prev_cid, size, created_at
+             FROM records WHERE record_id = ?1 ORDER BY version",
+        )?;
+        let out: Vec<RecordVersion> = stmt.query_map([record_id], row_to_version)?.collect::<rusqlite::Result<_>>()?;
+        if out.is_empty() {
+            return Err(Error::NotFound(format!("no record {record_id} in the vault")));
+        }
+        Ok(out)
+    }
+
+    /// The current version of every record, optionally of one patient.
+    pub fn list(&self, patient_id: Option<&str>, limit: usize) -> Result<Vec<RecordVersion>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT r.record_id, r.version, r.patient_id, r.resource_type, r.cid, r.prev_cid, r.size, r.created_at
+             FROM records r
+             WHERE (?1 IS NULL OR r.patient_id = ?1)
+               AND r.version = (SELECT MAX(version) FROM records x WHERE x.record_id = r.record_id)
+             ORDER BY r.patient_id, r.record_id LIMIT ?2",
+        )?;
+        let out = stmt
+            .query_map(params![patient_id, limit as i64], row_to_version)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(out)
+    }
+
+    /// Erases a patient by destroying their data key (crypto-shredding), and
+    /// removes their rows from the columnar projection. Record metadata and
+    /// CIDs stay, so the audit trail still proves what existed. Irreversible.
+    pub fn erase_patient(&self, access: &Access, patient_id: &str) -> Result<Erasure> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let state: Option<Option<String>> = tx
+            .query_row("SELECT erased_at FROM patients WHERE patient_id = ?1", [patient_id], |r| r.get(0))
+            .optional()?;
+        match state {
+            None => return Err(Error::NotFound(format!("no patient {patient_id} in the vault"))),
+            Some(Some(at)) => {
+                return Err(Error::Shredded { patient: patient_id.to_owned(), erased_at: at });
+            }
+            Some(None) => {}
+        }
+        tx.execute(
+            "UPDATE patients SET wrapped_key = NULL, erased_at = ?2 WHERE patient_id = ?1",
+            params![patient_id, crate::store::now()],
+        )?;
+        let versions: i64 =
+            tx.query_row("SELECT COUNT(*) FROM records WHERE patient_id = ?1", [patient_id], |r| r.get(0))?;
+        let removed = crate::projection::remove_patient(&tx, patient_id)?;
+        audit::append(
+            &tx,
+            &Event {
+                actor: &access.actor,
+                action: "erase",
+                target: &format!("Patient/{patient_id}"),
+                purpose: &access.purpose,
+                detail: serde_json::json!({ "versions_shredded": versions, "projection_rows_removed": removed }),
+            },
+        )?;
+        tx.commit()?;
+        // Fold the WAL into the main file and truncate it, so no frame still
+        // holds the page with the wrapped key.
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(Erasure { patient_id: patient_id.to_owned(), versions_shredded: versions, projection_rows_removed: removed })
+    }
+
+    /// The patient's data key: unwrapped from the database, or created and
+    /// wrapped on first use when `create` allows.
+    pub(crate) fn data_key(
+        &self,
+        conn: &Connection,
+        cache: &mut KeyCache,
+        patient_id: &str,
+        create: bool,
+    ) -> Result<SecretKey> {
+        if let Some(k) = cache.keys.get(patient_id) {
+            return Ok(k.clone());
+        }
+        let row: Option<(Option<Vec<u8>>, Option<String>)> = conn
+            .query_row("SELECT wrapped_key, erased_at FROM patients WHERE patient_id = ?1", [patient_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let key = match row {
+            Some((_, Some(erased_at))) => {
+                return Err(Error::Shredded { patient: patient_id.to_owned(), erased_at });
+            }
+            Some((Some(wrapped), None)) => self.keys.unwrap(&wrapped, patient_id.as_bytes())?,
+            Some((None, None)) => {
+                return Err(Error::Invalid(format!("patient {patient_id} has no data key")));
+            }
+            None if create => {
+                let key = SecretKey::generate();
+                let wrapped = self.keys.wrap(&key, patient_id.as_bytes())?;
+                conn.execute(
+                    "INSERT INTO patients(patient_id, wrapped_key, kek_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![patient_id, wrapped, self.keys.key_id(), crate::store::now()],
+                )?;
+                key
+            }
+            None => return Err(Error::NotFound(format!("no patient {patient_id} in the vault"))),
+        };
+        cache.keys.insert(patient_id.to_owned(), key.clone());
+        Ok(key)
+    }
+}
+
+fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordVersion> {
+    Ok(RecordVersion {
+        record_id: r.get(0)?,
+        version: r.get(1)?,
+        patient_id: r.get(2)?,
+        resource_type: r.get(3)?,
+        cid: r.get(4)?,
+        prev_cid: r.get(5)?,
+        size: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+fn current_version(conn: &Connection, record_id: &str) -> Result<Option<(RecordVersion, Vec<u8>)>> {
+    let row = conn
+        .query_row(
+            "SELECT record_id, version, patient_id, resource_type, cid, prev_cid, size, created_at, content_mac
+             FROM records WHERE record_id = ?1 ORDER BY version DESC LIMIT 1",
+            [record_id],
+            |r| Ok((row_to_version(r)?, r.get::<_, Vec<u8>>(8)?)),
+        )
+        .optional()?;
+    Ok(row)
+}
+
+/// Keyed with the patient's own data key, so equal contents can be detected
+/// without the database revealing guessable hashes of PHI, and the MACs
+/// become meaningless once the key is shredded.
+fn content_mac(key: &SecretKey, content: &[u8]) -> [u8; 32] {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose()).expect("any key length");
+    mac.update(b"cohort-content-v1");
+    mac.update(content);
+    mac.finalize().into_bytes().into()
+}
+
+fn binding(header: &[u8], patient: &str, record: &str, version: i64) -> Vec<u8> {
+    let mut aad = header.to_vec();
+    for part in [patient.as_bytes(), record.as_bytes()] {
+        aad.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        aad.extend_from_slice(part);
+    }
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+/// `CHRV | format | nonce(24) | ciphertext+tag`, bound to patient, record and version.
+fn seal_block(key: &SecretKey, patient: &str, record: &str, version: i64, content: &[u8]) -> Vec<u8> {
+    let mut header = MAGIC.to_vec();
+    header.push(FORMAT);
+    // The nonce need not be in the associated data: the AEAD authenticates it.
+    let aad = binding(&header, patient, record, version);
+    let (nonce, ciphertext) = seal(key, content, &aad);
+    let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ciphertext);
+    out
+}
+
+fn open_block(key: &SecretKey, patient: &str, record: &str, version: i64, sealed: &[u8]) -> Result<Vec<u8>> {
+    let what = || Error::Decrypt { what: format!("{record} version {version}") };
+    if sealed.len() < HEADER_LEN + 16 || &sealed[..4] != MAGIC {
+        return Err(what());
+    }
+    if sealed[4] != FORMAT {
+        return Err(Error::Invalid(format!(
+            "{record} version {version} uses block format {}; this build reads format {FORMAT}",
+            sealed[4]
+        )));
+    }
+    let aad = binding(&sealed[..5], patient, record, version);
+    open(key, &sealed[5..HEADER_LEN], &sealed[HEADER_LEN..], &aad).ok_or_else(what)
+}
