@@ -57,9 +57,11 @@ pub struct Entry {
 /// the change it records. Returns the new entry's sequence number.
 pub fn append(conn: &Connection, event: &Event<'_>) -> Result<i64> {
     let last: Option<(i64, Vec<u8>)> = conn
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     let (seq, prev) = match last {
         Some((s, h)) => (s + 1, h),
@@ -79,7 +81,17 @@ pub fn append(conn: &Connection, event: &Event<'_>) -> Result<i64> {
     conn.execute(
         "INSERT INTO audit(seq, at, actor, action, target, purpose, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![seq, at, event.actor, event.action, event.target, event.purpose, detail, prev, hash.to_vec()],
+        params![
+            seq,
+            at,
+            event.actor,
+            event.action,
+            event.target,
+            event.purpose,
+            detail,
+            prev,
+            hash.to_vec()
+        ],
     )?;
     Ok(seq)
 }
@@ -164,11 +176,15 @@ pub fn verify(conn: &Connection) -> Result<Verification> {
             String::from_utf8_lossy(&fields[0]),
         );
         if seq != expected_seq {
-            let reason = format!("audit entry {expected_seq} is missing: the chain jumps to entry {seq}");
+            let reason =
+                format!("audit entry {expected_seq} is missing: the chain jumps to entry {seq}");
             return Ok(broken(expected_seq, reason, entries, &expected_prev));
         }
         if prev != expected_prev {
-            let reason = format!("{label} does not link to entry {}: an entry before it was removed or altered", seq - 1);
+            let reason = format!(
+                "{label} does not link to entry {}: an entry before it was removed or altered",
+                seq - 1
+            );
             return Ok(broken(seq, reason, entries, &expected_prev));
         }
         let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
@@ -181,7 +197,11 @@ pub fn verify(conn: &Connection) -> Result<Verification> {
         expected_seq += 1;
         entries += 1;
     }
-    Ok(Verification { entries, head: data_encoding::HEXLOWER.encode(&expected_prev), first_broken: None })
+    Ok(Verification {
+        entries,
+        head: data_encoding::HEXLOWER.encode(&expected_prev),
+        first_broken: None,
+    })
 }
 
 /// The most recent entries, newest last; `target` filters to one record or patient.
@@ -220,7 +240,13 @@ mod tests {
     }
 
     fn ev(target: &str) -> Event<'_> {
-        Event { actor: "alice", action: "read", target, purpose: "treatment", detail: serde_json::json!({}) }
+        Event {
+            actor: "alice",
+            action: "read",
+            target,
+            purpose: "treatment",
+            detail: serde_json::json!({}),
+        }
     }
 
     #[test]
@@ -232,7 +258,9 @@ mod tests {
         let v = verify(&conn).unwrap();
         assert!(v.is_intact());
         assert_eq!(v.entries, 5);
-        let err = conn.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", []).unwrap_err();
+        let err = conn
+            .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", [])
+            .unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");
         assert!(conn.execute("DELETE FROM audit WHERE seq = 5", []).is_err());
     }
@@ -245,7 +273,8 @@ mod tests {
         }
         // Bypass the triggers, as someone editing the file would.
         conn.execute_batch("DROP TRIGGER audit_no_update").unwrap();
-        conn.execute("UPDATE audit SET purpose = 'marketing' WHERE seq = 3", []).unwrap();
+        conn.execute("UPDATE audit SET purpose = 'marketing' WHERE seq = 3", [])
+            .unwrap();
         let v = verify(&conn).unwrap();
         let b = v.first_broken.unwrap();
         assert_eq!(b.seq, 3);

@@ -34,7 +34,9 @@ impl FsBlockStore {
     /// Uses (and creates) `root`.
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(|e| Error::io("creating", root, e))?;
-        Ok(FsBlockStore { root: root.to_owned() })
+        Ok(FsBlockStore {
+            root: root.to_owned(),
+        })
     }
 
     /// The file a block is (or would be) stored in.
@@ -59,14 +61,17 @@ impl BlockStore for FsBlockStore {
             .prefix(".tmp-")
             .tempfile_in(dir)
             .map_err(|e| Error::io("creating a temporary file in", dir, e))?;
-        std::io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io("writing", path.clone(), e))?;
-        tmp.persist(&path).map_err(|e| Error::io("renaming into", &path, e.error))?;
+        std::io::Write::write_all(&mut tmp, bytes)
+            .map_err(|e| Error::io("writing", path.clone(), e))?;
+        tmp.persist(&path)
+            .map_err(|e| Error::io("renaming into", &path, e.error))?;
         Ok(cid)
     }
 
     fn flush(&self) -> Result<()> {
         // One syncfs for the whole batch instead of an fsync per block.
-        let dir = std::fs::File::open(&self.root).map_err(|e| Error::io("opening", &self.root, e))?;
+        let dir =
+            std::fs::File::open(&self.root).map_err(|e| Error::io("opening", &self.root, e))?;
         rustix::fs::syncfs(&dir).map_err(|e| Error::io("syncing", &self.root, e.into()))
     }
 
@@ -75,13 +80,18 @@ impl BlockStore for FsBlockStore {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::MissingBlock { cid: cid.to_owned() });
+                return Err(Error::MissingBlock {
+                    cid: cid.to_owned(),
+                });
             }
             Err(e) => return Err(Error::io("reading", path, e)),
         };
         let actual = cid::cid_of(&bytes);
         if actual != cid {
-            return Err(Error::CorruptBlock { cid: cid.to_owned(), actual });
+            return Err(Error::CorruptBlock {
+                cid: cid.to_owned(),
+                actual,
+            });
         }
         Ok(bytes)
     }
@@ -110,6 +120,9 @@ mod tests {
             Err(Error::CorruptBlock { cid: c, .. }) => assert_eq!(c, cid),
             other => panic!("expected CorruptBlock, got {other:?}"),
         }
-        assert!(matches!(store.get("bafybeimissing"), Err(Error::MissingBlock { .. })));
+        assert!(matches!(
+            store.get("bafybeimissing"),
+            Err(Error::MissingBlock { .. })
+        ));
     }
 }

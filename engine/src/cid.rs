@@ -91,7 +91,11 @@ fn leaf(chunk: &[u8]) -> Node {
     let mut block = Vec::with_capacity(data.len() + 8);
     put_bytes_field(&mut block, 1, &data);
     let len = block.len() as u64;
-    Node { block, file_size: chunk.len() as u64, cumulative: len }
+    Node {
+        block,
+        file_size: chunk.len() as u64,
+        cumulative: len,
+    }
 }
 
 fn internal(children: &[Node]) -> Node {
@@ -116,7 +120,11 @@ fn internal(children: &[Node]) -> Node {
     }
     put_bytes_field(&mut block, 1, &data);
     let cumulative = block.len() as u64 + children.iter().map(|c| c.cumulative).sum::<u64>();
-    Node { block, file_size, cumulative }
+    Node {
+        block,
+        file_size,
+        cumulative,
+    }
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -145,7 +153,10 @@ mod tests {
     #[test]
     fn empty_file_has_the_well_known_cid() {
         // `ipfs add` of an empty file: QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH.
-        assert_eq!(cid_of(b""), "bafybeif7ztnhq65lumvvtr4ekcwd2ifwgm3awq4zfr3srh462rwyinlb4y");
+        assert_eq!(
+            cid_of(b""),
+            "bafybeif7ztnhq65lumvvtr4ekcwd2ifwgm3awq4zfr3srh462rwyinlb4y"
+        );
     }
 
     #[test]

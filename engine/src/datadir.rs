@@ -29,7 +29,9 @@ impl DataDir {
     /// Opens `root`, creating it (and its layout) on first use.
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root.join("blocks")).map_err(|e| Error::io("creating", root, e))?;
-        Ok(DataDir { root: root.to_owned() })
+        Ok(DataDir {
+            root: root.to_owned(),
+        })
     }
 
     /// The directory itself.
@@ -72,6 +74,10 @@ impl DataDir {
     pub fn unlock_with(&self, passphrase: &str, params: KdfParams) -> Result<Vault> {
         let keys = FileKeyStore::open_or_create(&self.keystore_path(), passphrase, params)?;
         let blocks = FsBlockStore::open(&self.blocks_path())?;
-        Ok(Vault::new(self.connect()?, Arc::new(blocks), Arc::new(keys)))
+        Ok(Vault::new(
+            self.connect()?,
+            Arc::new(blocks),
+            Arc::new(keys),
+        ))
     }
 }

@@ -48,7 +48,9 @@ pub enum Error {
     },
 
     /// The patient's data key was destroyed (GDPR erasure by crypto-shredding).
-    #[error("patient {patient} was erased on {erased_at}: the data key is destroyed and the records can no longer be read")]
+    #[error(
+        "patient {patient} was erased on {erased_at}: the data key is destroyed and the records can no longer be read"
+    )]
     Shredded {
         /// The patient id.
         patient: String,
@@ -92,8 +94,16 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { action, path: path.into(), source }
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 }
 

@@ -13,7 +13,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::projection::{ConditionRow, EncounterRow, MedicationRow, ObservationRow, PatientRow, Row};
+use crate::projection::{
+    ConditionRow, EncounterRow, MedicationRow, ObservationRow, PatientRow, Row,
+};
 use crate::{Error, Result};
 
 /// LOINC, for observation codes.
@@ -27,10 +29,17 @@ pub const SSN: &str = "http://hl7.org/fhir/sid/us-ssn";
 /// US Core race extension.
 pub const US_CORE_RACE: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race";
 /// US Core ethnicity extension.
-pub const US_CORE_ETHNICITY: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity";
+pub const US_CORE_ETHNICITY: &str =
+    "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity";
 
 /// The resource types cohort stores and projects.
-pub const SUPPORTED: [&str; 5] = ["Patient", "Observation", "Condition", "Encounter", "MedicationRequest"];
+pub const SUPPORTED: [&str; 5] = [
+    "Patient",
+    "Observation",
+    "Condition",
+    "Encounter",
+    "MedicationRequest",
+];
 
 /// A bundle that passed validation, ready to store.
 #[derive(Debug)]
@@ -71,15 +80,27 @@ impl Resource {
 
 /// Parses and validates a bundle from JSON bytes.
 pub fn parse_bundle(source: &str, bytes: &[u8]) -> Result<Bundle> {
-    let fail = |message: String| Error::Fhir { source_name: source.to_owned(), message };
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+    let fail = |message: String| Error::Fhir {
+        source_name: source.to_owned(),
+        message,
+    };
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| fail(format!("not valid JSON: {e}")))?;
     let Value::Object(mut top) = value else {
         return Err(fail("expected a JSON object (a FHIR Bundle)".into()));
     };
     match top.get("resourceType").and_then(Value::as_str) {
         Some("Bundle") => {}
-        Some(other) => return Err(fail(format!("expected a FHIR Bundle, found resourceType `{other}`"))),
-        None => return Err(fail("field `resourceType` is missing (expected \"Bundle\")".into())),
+        Some(other) => {
+            return Err(fail(format!(
+                "expected a FHIR Bundle, found resourceType `{other}`"
+            )));
+        }
+        None => {
+            return Err(fail(
+                "field `resourceType` is missing (expected \"Bundle\")".into(),
+            ));
+        }
     }
     let id = top.get("id").and_then(Value::as_str).map(str::to_owned);
     let entries = match top.remove("entry") {
@@ -93,9 +114,16 @@ pub fn parse_bundle(source: &str, bytes: &[u8]) -> Result<Bundle> {
     let mut raw = Vec::with_capacity(entries.len());
     for (i, mut entry) in entries.into_iter().enumerate() {
         let at = |msg: &str| fail(format!("entry {i}: {msg}"));
-        let Some(obj) = entry.as_object_mut() else { return Err(at("must be a JSON object")) };
-        let full_url = obj.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
-        let Some(mut resource) = obj.remove("resource") else { return Err(at("has no `resource`")) };
+        let Some(obj) = entry.as_object_mut() else {
+            return Err(at("must be a JSON object"));
+        };
+        let full_url = obj
+            .get("fullUrl")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let Some(mut resource) = obj.remove("resource") else {
+            return Err(at("has no `resource`"));
+        };
         let rtype = match resource.get("resourceType") {
             Some(Value::String(t)) => t.clone(),
             Some(_) => return Err(at("field `resource.resourceType` must be a string")),
@@ -104,15 +132,24 @@ pub fn parse_bundle(source: &str, bytes: &[u8]) -> Result<Bundle> {
         let rid = match resource.get("id") {
             Some(Value::String(s)) if valid_id(s) => s.clone(),
             Some(Value::String(s)) => {
-                return Err(at(&format!("({rtype}): field `id`: `{s}` is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})")));
+                return Err(at(&format!(
+                    "({rtype}): field `id`: `{s}` is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})"
+                )));
             }
             Some(_) => return Err(at(&format!("({rtype}): field `id` must be a string"))),
-            None => match full_url.as_deref().and_then(|u| u.strip_prefix("urn:uuid:")) {
+            None => match full_url
+                .as_deref()
+                .and_then(|u| u.strip_prefix("urn:uuid:"))
+            {
                 Some(uuid) if valid_id(uuid) => {
                     resource["id"] = Value::String(uuid.to_owned());
                     uuid.to_owned()
                 }
-                _ => return Err(at(&format!("({rtype}): field `id` is missing and `fullUrl` is not a urn:uuid"))),
+                _ => {
+                    return Err(at(&format!(
+                        "({rtype}): field `id` is missing and `fullUrl` is not a urn:uuid"
+                    )));
+                }
             },
         };
         if let Some(u) = &full_url {
@@ -129,7 +166,12 @@ pub fn parse_bundle(source: &str, bytes: &[u8]) -> Result<Bundle> {
             *skipped.entry(rtype).or_insert(0) += 1;
             continue;
         };
-        let ctx = Ctx { source, entry: i, label: format!("{rtype}/{rid}"), by_full_url: &by_full_url };
+        let ctx = Ctx {
+            source,
+            entry: i,
+            label: format!("{rtype}/{rid}"),
+            by_full_url: &by_full_url,
+        };
         if !seen.insert((resource_type, rid.clone())) {
             return Err(ctx.err(None, "appears twice in this bundle".into()));
         }
@@ -141,9 +183,21 @@ pub fn parse_bundle(source: &str, bytes: &[u8]) -> Result<Bundle> {
             "Encounter" => encounter(&ctx, &rid, resource)?,
             _ => medication_request(&ctx, &rid, resource)?,
         };
-        resources.push(Resource { entry: i, resource_type, id: rid, patient_id, json, row });
+        resources.push(Resource {
+            entry: i,
+            resource_type,
+            id: rid,
+            patient_id,
+            json,
+            row,
+        });
     }
-    Ok(Bundle { source: source.to_owned(), id, resources, skipped })
+    Ok(Bundle {
+        source: source.to_owned(),
+        id,
+        resources,
+        skipped,
+    })
 }
 
 /// Where in the bundle we are, for error messages.
@@ -157,7 +211,10 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn err(&self, field: Option<&str>, msg: String) -> Error {
         let field = field.map(|f| format!(": field `{f}`")).unwrap_or_default();
-        Error::Fhir { source_name: self.source.to_owned(), message: format!("entry {} ({}){field}: {msg}", self.entry, self.label) }
+        Error::Fhir {
+            source_name: self.source.to_owned(),
+            message: format!("entry {} ({}){field}: {msg}", self.entry, self.label),
+        }
     }
 
     /// Deserializes with the failing field's path in the error.
@@ -182,45 +239,87 @@ impl Ctx<'_> {
         }
         match self.by_full_url.get(text) {
             Some((t, id)) if t == "Patient" => Ok(id.clone()),
-            Some((t, _)) => Err(self.err(Some(field), format!("`{text}` refers to a {t}, not a Patient"))),
-            None => Err(self.err(Some(field), format!("`{text}` is neither `Patient/<id>` nor the fullUrl of a Patient in this bundle"))),
+            Some((t, _)) => Err(self.err(
+                Some(field),
+                format!("`{text}` refers to a {t}, not a Patient"),
+            )),
+            None => Err(self.err(
+                Some(field),
+                format!(
+                    "`{text}` is neither `Patient/<id>` nor the fullUrl of a Patient in this bundle"
+                ),
+            )),
         }
     }
 
     /// An optional reference to an encounter, as its id.
     fn encounter_ref(&self, field: &str, r: Option<&Reference>) -> Result<Option<String>> {
-        let Some(text) = r.and_then(|r| r.reference.as_deref()) else { return Ok(None) };
+        let Some(text) = r.and_then(|r| r.reference.as_deref()) else {
+            return Ok(None);
+        };
         if let Some(id) = text.strip_prefix("Encounter/") {
             return Ok(Some(id.to_owned()));
         }
         match self.by_full_url.get(text) {
             Some((t, id)) if t == "Encounter" => Ok(Some(id.clone())),
-            _ => Err(self.err(Some(field), format!("`{text}` does not refer to an Encounter"))),
+            _ => Err(self.err(
+                Some(field),
+                format!("`{text}` does not refer to an Encounter"),
+            )),
         }
     }
 
     fn date(&self, field: &str, text: Option<&str>) -> Result<Option<i32>> {
-        text.map(|t| parse_date(t).ok_or_else(|| self.err(Some(field), format!("`{t}` is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)"))))
-            .transpose()
-    }
-
-    fn datetime(&self, field: &str, text: Option<&str>) -> Result<Option<i64>> {
         text.map(|t| {
-            parse_datetime(t).ok_or_else(|| self.err(Some(field), format!("`{t}` is not a FHIR dateTime (e.g. 2024-03-01T09:30:00Z)")))
+            parse_date(t).ok_or_else(|| {
+                self.err(
+                    Some(field),
+                    format!("`{t}` is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)"),
+                )
+            })
         })
         .transpose()
     }
 
-    fn coding<'c>(&self, field: &str, cc: &'c CodeableConcept, system: &str, name: &str) -> Result<&'c Coding> {
+    fn datetime(&self, field: &str, text: Option<&str>) -> Result<Option<i64>> {
+        text.map(|t| {
+            parse_datetime(t).ok_or_else(|| {
+                self.err(
+                    Some(field),
+                    format!("`{t}` is not a FHIR dateTime (e.g. 2024-03-01T09:30:00Z)"),
+                )
+            })
+        })
+        .transpose()
+    }
+
+    fn coding<'c>(
+        &self,
+        field: &str,
+        cc: &'c CodeableConcept,
+        system: &str,
+        name: &str,
+    ) -> Result<&'c Coding> {
         cc.coding
             .iter()
-            .find(|c| c.system.as_deref() == Some(system) && c.code.as_deref().is_some_and(|c| !c.is_empty()))
-            .ok_or_else(|| self.err(Some(field), format!("has no {name} coding (system {system}) with a code")))
+            .find(|c| {
+                c.system.as_deref() == Some(system)
+                    && c.code.as_deref().is_some_and(|c| !c.is_empty())
+            })
+            .ok_or_else(|| {
+                self.err(
+                    Some(field),
+                    format!("has no {name} coding (system {system}) with a code"),
+                )
+            })
     }
 }
 
 fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// A FHIR date (possibly partial) as days since 1970-01-01; partial dates
@@ -241,7 +340,9 @@ pub fn parse_datetime(t: &str) -> Option<i64> {
     if t.len() <= 10 {
         return parse_date(t).map(|d| i64::from(d) * 86_400_000_000);
     }
-    DateTime::parse_from_rfc3339(t).ok().map(|d| d.timestamp_micros())
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|d| d.timestamp_micros())
 }
 
 #[derive(Deserialize, Default)]
@@ -328,17 +429,37 @@ fn patient(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
     let p: PatientR = ctx.typed(v)?;
     if let Some(g) = &p.gender {
         if !["male", "female", "other", "unknown"].contains(&g.as_str()) {
-            return Err(ctx.err(Some("gender"), format!("`{g}` is not one of male, female, other, unknown")));
+            return Err(ctx.err(
+                Some("gender"),
+                format!("`{g}` is not one of male, female, other, unknown"),
+            ));
         }
     }
-    let name = p.name.iter().find(|n| n.use_.as_deref() == Some("official")).or(p.name.first());
+    let name = p
+        .name
+        .iter()
+        .find(|n| n.use_.as_deref() == Some("official"))
+        .or(p.name.first());
     let address = p.address.first();
-    let telecom = |system: &str| p.telecom.iter().find(|t| t.system.as_deref() == Some(system)).and_then(|t| t.value.clone());
-    let ssn = p.identifier.iter().find(|i| i.system.as_deref() == Some(SSN)).and_then(|i| i.value.clone());
+    let telecom = |system: &str| {
+        p.telecom
+            .iter()
+            .find(|t| t.system.as_deref() == Some(system))
+            .and_then(|t| t.value.clone())
+    };
+    let ssn = p
+        .identifier
+        .iter()
+        .find(|i| i.system.as_deref() == Some(SSN))
+        .and_then(|i| i.value.clone());
     let mrn = p
         .identifier
         .iter()
-        .find(|i| i.type_.as_ref().is_some_and(|t| t.coding.iter().any(|c| c.code.as_deref() == Some("MR"))))
+        .find(|i| {
+            i.type_
+                .as_ref()
+                .is_some_and(|t| t.coding.iter().any(|c| c.code.as_deref() == Some("MR")))
+        })
         .and_then(|i| i.value.clone());
     let omb = |url: &str| {
         p.extension.iter().find(|e| e.url == url).and_then(|e| {
@@ -347,7 +468,12 @@ fn patient(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
                 .find(|x| x.url == "ombCategory")
                 .and_then(|x| x.value_coding.as_ref())
                 .and_then(|c| c.display.clone().or(c.code.clone()))
-                .or_else(|| e.extension.iter().find(|x| x.url == "text").and_then(|x| x.value_string.clone()))
+                .or_else(|| {
+                    e.extension
+                        .iter()
+                        .find(|x| x.url == "text")
+                        .and_then(|x| x.value_string.clone())
+                })
         })
     };
     let row = PatientRow {
@@ -427,7 +553,9 @@ fn condition(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
         encounter_id: ctx.encounter_ref("encounter", c.encounter.as_ref())?,
         icd10: coding.code.clone().unwrap_or_default(),
         display: coding.display.clone().or(c.code.text.clone()),
-        clinical_status: c.clinical_status.and_then(|s| s.coding.into_iter().find_map(|c| c.code)),
+        clinical_status: c
+            .clinical_status
+            .and_then(|s| s.coding.into_iter().find_map(|c| c.code)),
         onset: ctx.date("onsetDateTime", onset)?,
     };
     Ok((patient_id, Row::Condition(row)))
@@ -463,8 +591,14 @@ fn encounter(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
         type_code: ty.and_then(|c| c.code.clone()),
         type_display: ty.and_then(|c| c.display.clone()),
         status: e.status,
-        start: ctx.datetime("period.start", e.period.as_ref().and_then(|p| p.start.as_deref()))?,
-        end: ctx.datetime("period.end", e.period.as_ref().and_then(|p| p.end.as_deref()))?,
+        start: ctx.datetime(
+            "period.start",
+            e.period.as_ref().and_then(|p| p.start.as_deref()),
+        )?,
+        end: ctx.datetime(
+            "period.end",
+            e.period.as_ref().and_then(|p| p.end.as_deref()),
+        )?,
     };
     Ok((patient_id, Row::Encounter(row)))
 }
@@ -483,7 +617,10 @@ struct MedicationRequestR {
 fn medication_request(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
     let m: MedicationRequestR = ctx.typed(v)?;
     let Some(med) = &m.medication_codeable_concept else {
-        return Err(ctx.err(Some("medicationCodeableConcept"), "is missing (medicationReference is not supported)".into()));
+        return Err(ctx.err(
+            Some("medicationCodeableConcept"),
+            "is missing (medicationReference is not supported)".into(),
+        ));
     };
     let coding = ctx.coding("medicationCodeableConcept.coding", med, RXNORM, "RxNorm")?;
     let patient_id = ctx.patient_ref("subject", &m.subject)?;
@@ -504,8 +641,12 @@ fn medication_request(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)
 impl Bundle {
     /// Patients a resource refers to that this bundle does not contain.
     pub fn external_patients(&self) -> Vec<(usize, String, String)> {
-        let here: HashSet<&str> =
-            self.resources.iter().filter(|r| r.resource_type == "Patient").map(|r| r.id.as_str()).collect();
+        let here: HashSet<&str> = self
+            .resources
+            .iter()
+            .filter(|r| r.resource_type == "Patient")
+            .map(|r| r.id.as_str())
+            .collect();
         self.resources
             .iter()
             .filter(|r| !here.contains(r.patient_id.as_str()))
@@ -520,7 +661,10 @@ mod tests {
     use serde_json::json;
 
     fn bundle(entries: Value) -> Vec<u8> {
-        serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "collection", "entry": entries})).unwrap()
+        serde_json::to_vec(
+            &json!({"resourceType": "Bundle", "type": "collection", "entry": entries}),
+        )
+        .unwrap()
     }
 
     fn pat() -> Value {
@@ -529,21 +673,27 @@ mod tests {
 
     #[test]
     fn parses_and_resolves_urn_references() {
-        let b = bundle(json!([pat(), {"resource": {"resourceType": "Observation", "id": "o1", "status": "final",
+        let b = bundle(
+            json!([pat(), {"resource": {"resourceType": "Observation", "id": "o1", "status": "final",
             "code": {"coding": [{"system": LOINC, "code": "4548-4"}]}, "subject": {"reference": "urn:uuid:p1"},
-            "effectiveDateTime": "2024-01-02T03:04:05Z", "valueQuantity": {"value": 6.1, "unit": "%"}}}]));
+            "effectiveDateTime": "2024-01-02T03:04:05Z", "valueQuantity": {"value": 6.1, "unit": "%"}}}]),
+        );
         let parsed = parse_bundle("b.json", &b).unwrap();
         assert_eq!(parsed.resources.len(), 2);
         assert_eq!(parsed.resources[1].patient_id, "p1");
-        let Row::Observation(o) = &parsed.resources[1].row else { panic!() };
+        let Row::Observation(o) = &parsed.resources[1].row else {
+            panic!()
+        };
         assert_eq!(o.value, Some(6.1));
     }
 
     #[test]
     fn bad_field_names_entry_and_path() {
-        let b = bundle(json!([pat(), {"resource": {"resourceType": "Observation", "id": "o1", "status": "final",
+        let b = bundle(
+            json!([pat(), {"resource": {"resourceType": "Observation", "id": "o1", "status": "final",
             "code": {"coding": [{"system": LOINC, "code": "4548-4"}]}, "subject": {"reference": "Patient/p1"},
-            "valueQuantity": {"value": "six"}}}]));
+            "valueQuantity": {"value": "six"}}}]),
+        );
         let err = parse_bundle("b.json", &b).unwrap_err().to_string();
         assert!(err.contains("entry 1 (Observation/o1)"), "{err}");
         assert!(err.contains("valueQuantity.value"), "{err}");
@@ -551,21 +701,46 @@ mod tests {
 
     #[test]
     fn missing_required_field_and_bad_date() {
-        let b = bundle(json!([pat(), {"resource": {"resourceType": "Encounter", "id": "e1",
-            "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"}}}]));
+        let b = bundle(
+            json!([pat(), {"resource": {"resourceType": "Encounter", "id": "e1",
+            "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"}}}]),
+        );
         let err = parse_bundle("b.json", &b).unwrap_err().to_string();
-        assert!(err.contains("entry 1 (Encounter/e1)") && err.contains("status"), "{err}");
-        let b = bundle(json!([{"resource": {"resourceType": "Patient", "id": "p1", "birthDate": "1950-13-40"}}]));
+        assert!(
+            err.contains("entry 1 (Encounter/e1)") && err.contains("status"),
+            "{err}"
+        );
+        let b = bundle(
+            json!([{"resource": {"resourceType": "Patient", "id": "p1", "birthDate": "1950-13-40"}}]),
+        );
         let err = parse_bundle("b.json", &b).unwrap_err().to_string();
-        assert!(err.contains("entry 0 (Patient/p1): field `birthDate`"), "{err}");
+        assert!(
+            err.contains("entry 0 (Patient/p1): field `birthDate`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn rejects_non_bundles_and_duplicates() {
-        assert!(parse_bundle("x", b"{\"resourceType\":\"Patient\"}").unwrap_err().to_string().contains("found resourceType `Patient`"));
-        assert!(parse_bundle("x", b"[1,2").unwrap_err().to_string().contains("not valid JSON"));
+        assert!(
+            parse_bundle("x", b"{\"resourceType\":\"Patient\"}")
+                .unwrap_err()
+                .to_string()
+                .contains("found resourceType `Patient`")
+        );
+        assert!(
+            parse_bundle("x", b"[1,2")
+                .unwrap_err()
+                .to_string()
+                .contains("not valid JSON")
+        );
         let b = bundle(json!([pat(), pat()]));
-        assert!(parse_bundle("x", &b).unwrap_err().to_string().contains("appears twice"));
+        assert!(
+            parse_bundle("x", &b)
+                .unwrap_err()
+                .to_string()
+                .contains("appears twice")
+        );
     }
 
     #[test]

@@ -17,9 +17,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     if private {
         set_private(tmp.path())?;
     }
-    tmp.write_all(bytes).map_err(|e| Error::io("writing", tmp.path().to_owned(), e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
-    tmp.persist(path).map_err(|e| Error::io("renaming into", path, e.error))?;
+    tmp.write_all(bytes)
+        .map_err(|e| Error::io("writing", tmp.path().to_owned(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("renaming into", path, e.error))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

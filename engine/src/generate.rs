@@ -76,6 +76,17 @@ pub struct Report {
     pub seconds: f64,
     /// Patients per second.
     pub patients_per_second: f64,
+    /// Peak resident memory of this process so far, in bytes (Linux only):
+    /// stays flat as N grows, because bundles are streamed.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// The process's peak resident set size (`VmHWM`), where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Generates the population and writes `bundle-NNNNNNN.json` files.
@@ -86,10 +97,16 @@ pub fn generate(opts: &Options) -> Result<Report> {
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io("creating", &opts.out, e))?;
     let started = Instant::now();
     let bundles = opts.patients.div_ceil(opts.per_bundle);
-    let bar = if opts.progress { indicatif::ProgressBar::new(opts.patients) } else { indicatif::ProgressBar::hidden() };
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(opts.patients)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("generate {bar:40} {pos}/{len} patients {per_sec} eta {eta}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "generate {bar:40} {pos}/{len} patients {per_sec} eta {eta}",
+        )
+        .expect("valid template"),
     );
     let window = (rayon::current_num_threads() as u64 * 2).max(2);
     let (mut resources, mut bytes) = (0u64, 0u64);
@@ -123,13 +140,15 @@ pub fn generate(opts: &Options) -> Result<Report> {
         bytes,
         seconds,
         patients_per_second: opts.patients as f64 / seconds.max(1e-9),
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
 fn write_bundle(dir: &Path, index: u64, body: &[u8]) -> Result<()> {
     let path = dir.join(format!("bundle-{:07}.json", index + 1));
     let mut f = std::fs::File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
-    f.write_all(body).map_err(|e| Error::io("writing", &path, e))
+    f.write_all(body)
+        .map_err(|e| Error::io("writing", &path, e))
 }
 
 fn bundle(opts: &Options, index: u64, patients: std::ops::Range<u64>) -> (Value, u64) {
@@ -145,7 +164,10 @@ fn bundle(opts: &Options, index: u64, patients: std::ops::Range<u64>) -> (Value,
         .map(|r| json!({ "fullUrl": format!("urn:uuid:{}", r["id"].as_str().expect("id")), "resource": r }))
         .collect();
     let id = format!("cohort-synthetic-{}-{}", opts.seed, index + 1);
-    (json!({ "resourceType": "Bundle", "id": id, "type": "collection", "entry": entry }), n)
+    (
+        json!({ "resourceType": "Bundle", "id": id, "type": "collection", "entry": entry }),
+        n,
+    )
 }
 
 // ---------------------------------------------------------------- tables --
@@ -171,7 +193,10 @@ const RACES: &[((&str, &str), f64)] = &[
     (("2054-5", "Black or African American"), 0.13),
     (("2028-9", "Asian"), 0.06),
     (("1002-5", "American Indian or Alaska Native"), 0.011),
-    (("2076-8", "Native Hawaiian or Other Pacific Islander"), 0.002),
+    (
+        ("2076-8", "Native Hawaiian or Other Pacific Islander"),
+        0.002,
+    ),
     (("2131-1", "Other Race"), 0.197),
 ];
 
@@ -218,24 +243,128 @@ const PLACES: &[((&str, &str, &str, &str), f64)] = &[
 ];
 
 const FEMALE_NAMES: &[&str] = &[
-    "Mary", "Patricia", "Jennifer", "Linda", "Elizabeth", "Barbara", "Susan", "Jessica", "Sarah", "Karen",
-    "Lisa", "Nancy", "Betty", "Sandra", "Margaret", "Ashley", "Kimberly", "Emily", "Donna", "Michelle",
-    "Carol", "Amanda", "Melissa", "Deborah", "Stephanie", "Maria", "Sofia", "Mei", "Aaliyah", "Priya",
+    "Mary",
+    "Patricia",
+    "Jennifer",
+    "Linda",
+    "Elizabeth",
+    "Barbara",
+    "Susan",
+    "Jessica",
+    "Sarah",
+    "Karen",
+    "Lisa",
+    "Nancy",
+    "Betty",
+    "Sandra",
+    "Margaret",
+    "Ashley",
+    "Kimberly",
+    "Emily",
+    "Donna",
+    "Michelle",
+    "Carol",
+    "Amanda",
+    "Melissa",
+    "Deborah",
+    "Stephanie",
+    "Maria",
+    "Sofia",
+    "Mei",
+    "Aaliyah",
+    "Priya",
 ];
 const MALE_NAMES: &[&str] = &[
-    "James", "Robert", "John", "Michael", "David", "William", "Richard", "Joseph", "Thomas", "Christopher",
-    "Charles", "Daniel", "Matthew", "Anthony", "Mark", "Donald", "Steven", "Andrew", "Paul", "Joshua",
-    "Kenneth", "Kevin", "Brian", "George", "Timothy", "Jose", "Luis", "Wei", "Malik", "Arjun",
+    "James",
+    "Robert",
+    "John",
+    "Michael",
+    "David",
+    "William",
+    "Richard",
+    "Joseph",
+    "Thomas",
+    "Christopher",
+    "Charles",
+    "Daniel",
+    "Matthew",
+    "Anthony",
+    "Mark",
+    "Donald",
+    "Steven",
+    "Andrew",
+    "Paul",
+    "Joshua",
+    "Kenneth",
+    "Kevin",
+    "Brian",
+    "George",
+    "Timothy",
+    "Jose",
+    "Luis",
+    "Wei",
+    "Malik",
+    "Arjun",
 ];
 const SURNAMES: &[&str] = &[
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez",
-    "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor", "Moore", "Jackson", "Martin",
-    "Lee", "Perez", "Thompson", "White", "Harris", "Sanchez", "Clark", "Ramirez", "Lewis", "Robinson",
-    "Walker", "Young", "Allen", "King", "Wright", "Nguyen", "Chen", "Patel", "Kim", "Okafor",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Perez",
+    "Thompson",
+    "White",
+    "Harris",
+    "Sanchez",
+    "Clark",
+    "Ramirez",
+    "Lewis",
+    "Robinson",
+    "Walker",
+    "Young",
+    "Allen",
+    "King",
+    "Wright",
+    "Nguyen",
+    "Chen",
+    "Patel",
+    "Kim",
+    "Okafor",
 ];
 const STREETS: &[&str] = &[
-    "Main St", "Oak Ave", "Maple Dr", "Cedar Ln", "Pine St", "Elm St", "Washington Ave", "Lake Rd",
-    "Hill St", "Park Ave", "Sunset Blvd", "River Rd", "Church St", "Highland Ave", "Spring St", "Mill Rd",
+    "Main St",
+    "Oak Ave",
+    "Maple Dr",
+    "Cedar Ln",
+    "Pine St",
+    "Elm St",
+    "Washington Ave",
+    "Lake Rd",
+    "Hill St",
+    "Park Ave",
+    "Sunset Blvd",
+    "River Rd",
+    "Church St",
+    "Highland Ave",
+    "Spring St",
+    "Mill Rd",
 ];
 
 /// Conditions: ICD-10-CM code and display.
@@ -244,11 +373,19 @@ const HYPERTENSION: (&str, &str) = ("I10", "Essential (primary) hypertension");
 const ASTHMA: (&str, &str) = ("J45.909", "Unspecified asthma, uncomplicated");
 const HYPERLIPIDEMIA: (&str, &str) = ("E78.5", "Hyperlipidemia, unspecified");
 const OBESITY: (&str, &str) = ("E66.9", "Obesity, unspecified");
-const DEPRESSION: (&str, &str) = ("F32.9", "Major depressive disorder, single episode, unspecified");
-const COPD: (&str, &str) = ("J44.9", "Chronic obstructive pulmonary disease, unspecified");
+const DEPRESSION: (&str, &str) = (
+    "F32.9",
+    "Major depressive disorder, single episode, unspecified",
+);
+const COPD: (&str, &str) = (
+    "J44.9",
+    "Chronic obstructive pulmonary disease, unspecified",
+);
 const CKD3: (&str, &str) = ("N18.30", "Chronic kidney disease, stage 3 unspecified");
-const CAD: (&str, &str) =
-    ("I25.10", "Atherosclerotic heart disease of native coronary artery without angina pectoris");
+const CAD: (&str, &str) = (
+    "I25.10",
+    "Atherosclerotic heart disease of native coronary artery without angina pectoris",
+);
 const HYPOTHYROIDISM: (&str, &str) = ("E03.9", "Hypothyroidism, unspecified");
 const HIV: (&str, &str) = ("B20", "Human immunodeficiency virus [HIV] disease");
 
@@ -258,7 +395,10 @@ const LISINOPRIL: (&str, &str) = ("314076", "lisinopril 10 MG Oral Tablet");
 const AMLODIPINE: (&str, &str) = ("197361", "amlodipine 5 MG Oral Tablet");
 const HCTZ: (&str, &str) = ("310798", "hydrochlorothiazide 25 MG Oral Tablet");
 const ATORVASTATIN: (&str, &str) = ("617310", "atorvastatin 20 MG Oral Tablet");
-const ALBUTEROL: (&str, &str) = ("745679", "200 ACTUAT albuterol 0.09 MG/ACTUAT Metered Dose Inhaler");
+const ALBUTEROL: (&str, &str) = (
+    "745679",
+    "200 ACTUAT albuterol 0.09 MG/ACTUAT Metered Dose Inhaler",
+);
 const SERTRALINE: (&str, &str) = ("312940", "sertraline 50 MG Oral Tablet");
 
 // ------------------------------------------------------------- sampling --
@@ -280,7 +420,9 @@ fn one<'a>(rng: &mut ChaCha8Rng, items: &[&'a str]) -> &'a str {
 }
 
 fn normal(rng: &mut ChaCha8Rng, mean: f64, sd: f64, lo: f64, hi: f64) -> f64 {
-    let x = Normal::new(mean, sd).expect("finite parameters").sample(rng);
+    let x = Normal::new(mean, sd)
+        .expect("finite parameters")
+        .sample(rng);
     (x.clamp(lo, hi) * 10.0).round() / 10.0
 }
 
@@ -289,7 +431,14 @@ fn uuid(rng: &mut ChaCha8Rng) -> String {
     b[6] = (b[6] & 0x0f) | 0x40; // version 4 layout
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = data_encoding::HEXLOWER.encode(&b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// Health state drawn for one patient; the resources are rendered from it.
@@ -316,7 +465,14 @@ fn patient_resources(rng: &mut ChaCha8Rng, as_of: NaiveDate) -> Vec<Value> {
     let birth = as_of - Duration::days(i64::from(age) * 365 + rng.random_range(0..365));
     let adult = age >= 18;
     let obese = rng.random_bool(if adult { 0.40 } else { 0.19 });
-    let mut p = Person { id, female, age, birth, obese, conditions: Vec::new() };
+    let mut p = Person {
+        id,
+        female,
+        age,
+        birth,
+        obese,
+        conditions: Vec::new(),
+    };
     draw_conditions(rng, &mut p, as_of);
 
     let mut out = vec![patient_resource(rng, &p)];
@@ -337,14 +493,34 @@ fn patient_resources(rng: &mut ChaCha8Rng, as_of: NaiveDate) -> Vec<Value> {
     let mut first_labs_done = false;
     for _ in 0..visits.min(8) {
         let day = as_of - Duration::days(rng.random_range(1..3 * 365));
-        let start = day.and_hms_opt(rng.random_range(8..17), 15 * rng.random_range(0..4), 0).expect("valid time");
+        let start = day
+            .and_hms_opt(rng.random_range(8..17), 15 * rng.random_range(0..4), 0)
+            .expect("valid time");
         let roll = rng.random_range(0.0..1.0);
         let (class, class_display, snomed, snomed_display, minutes) = if roll < 0.85 {
-            ("AMB", "ambulatory", "185349003", "Encounter for check up (procedure)", 30)
+            (
+                "AMB",
+                "ambulatory",
+                "185349003",
+                "Encounter for check up (procedure)",
+                30,
+            )
         } else if roll < 0.95 {
-            ("EMER", "emergency", "50849002", "Emergency room admission (procedure)", 240)
+            (
+                "EMER",
+                "emergency",
+                "50849002",
+                "Emergency room admission (procedure)",
+                240,
+            )
         } else {
-            ("IMP", "inpatient encounter", "32485007", "Hospital admission (procedure)", 3 * 24 * 60)
+            (
+                "IMP",
+                "inpatient encounter",
+                "32485007",
+                "Hospital admission (procedure)",
+                3 * 24 * 60,
+            )
         };
         let enc_id = uuid(rng);
         out.push(json!({
@@ -367,7 +543,15 @@ fn patient_resources(rng: &mut ChaCha8Rng, as_of: NaiveDate) -> Vec<Value> {
 fn draw_conditions(rng: &mut ChaCha8Rng, p: &mut Person, as_of: NaiveDate) {
     let a = p.age;
     let adult = a >= 18;
-    let band = |young: f64, mid: f64, old: f64| if a < 45 { young } else if a < 65 { mid } else { old };
+    let band = |young: f64, mid: f64, old: f64| {
+        if a < 45 {
+            young
+        } else if a < 65 {
+            mid
+        } else {
+            old
+        }
+    };
     let add = |rng: &mut ChaCha8Rng, p: &mut Person, c, prob| add_condition(rng, p, as_of, c, prob);
     if p.obese && adult {
         add(rng, p, OBESITY, 1.0);
@@ -375,7 +559,12 @@ fn draw_conditions(rng: &mut ChaCha8Rng, p: &mut Person, as_of: NaiveDate) {
     let obese_factor = if p.obese { 2.0 } else { 1.0 };
     if adult {
         add(rng, p, DIABETES, band(0.035, 0.12, 0.20) * obese_factor);
-        add(rng, p, HYPERTENSION, band(0.10, 0.35, 0.55) * if p.obese { 1.4 } else { 1.0 });
+        add(
+            rng,
+            p,
+            HYPERTENSION,
+            band(0.10, 0.35, 0.55) * if p.obese { 1.4 } else { 1.0 },
+        );
         add(rng, p, HYPERLIPIDEMIA, band(0.06, 0.28, 0.38));
         add(rng, p, DEPRESSION, if p.female { 0.10 } else { 0.06 });
         add(rng, p, HYPOTHYROIDISM, if p.female { 0.07 } else { 0.02 });
@@ -396,7 +585,13 @@ fn draw_conditions(rng: &mut ChaCha8Rng, p: &mut Person, as_of: NaiveDate) {
 
 /// Adds `c` with probability `prob`, with an onset after the 18th birthday
 /// (or the first for children) and within the last 15 years.
-fn add_condition(rng: &mut ChaCha8Rng, p: &mut Person, as_of: NaiveDate, c: (&'static str, &'static str), prob: f64) {
+fn add_condition(
+    rng: &mut ChaCha8Rng,
+    p: &mut Person,
+    as_of: NaiveDate,
+    c: (&'static str, &'static str),
+    prob: f64,
+) {
     if prob <= 0.0 || !rng.random_bool(prob.min(0.95)) {
         return;
     }
@@ -404,7 +599,8 @@ fn add_condition(rng: &mut ChaCha8Rng, p: &mut Person, as_of: NaiveDate, c: (&'s
     let earliest = (p.birth + Duration::days(years * 365)).max(as_of - Duration::days(15 * 365));
     let latest = as_of - Duration::days(30);
     let span = (latest - earliest).num_days().max(1);
-    p.conditions.push((c, earliest + Duration::days(rng.random_range(0..span))));
+    p.conditions
+        .push((c, earliest + Duration::days(rng.random_range(0..span))));
 }
 
 fn patient_resource(rng: &mut ChaCha8Rng, p: &Person) -> Value {
@@ -414,12 +610,25 @@ fn patient_resource(rng: &mut ChaCha8Rng, p: &Person) -> Value {
     let &(zip, city, state, area) = pick(rng, PLACES);
     let &(race_code, race) = pick(rng, RACES);
     let hispanic = rng.random_bool(0.19);
-    let (eth_code, eth) = if hispanic { ("2135-2", "Hispanic or Latino") } else { ("2186-5", "Not Hispanic or Latino") };
+    let (eth_code, eth) = if hispanic {
+        ("2135-2", "Hispanic or Latino")
+    } else {
+        ("2186-5", "Not Hispanic or Latino")
+    };
     let phone = format!("({area}) 555-01{:02}", rng.random_range(0..100));
-    let ssn = format!("999-{:02}-{:04}", rng.random_range(10..100), rng.random_range(1..10000));
+    let ssn = format!(
+        "999-{:02}-{:04}",
+        rng.random_range(10..100),
+        rng.random_range(1..10000)
+    );
     let mrn = format!("MRN{:08}", rng.random_range(0..100_000_000u32));
     let line = format!("{} {}", rng.random_range(1..9999), one(rng, STREETS));
-    let email = format!("{}.{}{}@example.com", given.to_lowercase(), family.to_lowercase(), rng.random_range(1..999));
+    let email = format!(
+        "{}.{}{}@example.com",
+        given.to_lowercase(),
+        family.to_lowercase(),
+        rng.random_range(1..999)
+    );
     let omb = |url: &str, code: &str, display: &str| {
         json!({ "url": url, "extension": [
             { "url": "ombCategory", "valueCoding": { "system": "urn:oid:2.16.840.1.113883.6.238", "code": code, "display": display } },
@@ -449,10 +658,20 @@ fn patient_resource(rng: &mut ChaCha8Rng, p: &Person) -> Value {
 }
 
 fn iso(t: NaiveDateTime) -> String {
-    t.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    t.and_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn observation(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, loinc: (&str, &str), category: &str, value: f64, unit: &str) -> Value {
+fn observation(
+    rng: &mut ChaCha8Rng,
+    p: &Person,
+    enc: &str,
+    at: NaiveDateTime,
+    loinc: (&str, &str),
+    category: &str,
+    value: f64,
+    unit: &str,
+) -> Value {
     json!({
         "resourceType": "Observation", "id": uuid(rng), "status": "final",
         "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category }] }],
@@ -467,7 +686,11 @@ fn observation(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, l
 fn vitals(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime) -> Vec<Value> {
     let age = f64::from(p.age);
     let height = if p.age >= 18 {
-        if p.female { normal(rng, 161.8, 7.0, 140.0, 190.0) } else { normal(rng, 175.5, 7.5, 150.0, 205.0) }
+        if p.female {
+            normal(rng, 161.8, 7.0, 140.0, 190.0)
+        } else {
+            normal(rng, 175.5, 7.5, 150.0, 205.0)
+        }
     } else {
         normal(rng, 75.0 + 6.0 * age.min(17.0), 6.0, 45.0, 195.0)
     };
@@ -479,20 +702,56 @@ fn vitals(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime) -> Vec
     };
     let weight = ((bmi * (height / 100.0).powi(2)) * 10.0).round() / 10.0;
     let (sys, dia) = if p.age < 18 {
-        (normal(rng, 105.0, 8.0, 80.0, 140.0), normal(rng, 65.0, 7.0, 40.0, 90.0))
+        (
+            normal(rng, 105.0, 8.0, 80.0, 140.0),
+            normal(rng, 65.0, 7.0, 40.0, 90.0),
+        )
     } else if p.has(HYPERTENSION) {
-        (normal(rng, 142.0, 14.0, 110.0, 210.0), normal(rng, 89.0, 9.0, 60.0, 130.0))
+        (
+            normal(rng, 142.0, 14.0, 110.0, 210.0),
+            normal(rng, 89.0, 9.0, 60.0, 130.0),
+        )
     } else {
-        (normal(rng, 117.0, 11.0, 85.0, 160.0), normal(rng, 75.0, 8.0, 50.0, 100.0))
+        (
+            normal(rng, 117.0, 11.0, 85.0, 160.0),
+            normal(rng, 75.0, 8.0, 50.0, 100.0),
+        )
     };
     let hr = normal(rng, if p.age < 12 { 90.0 } else { 74.0 }, 10.0, 45.0, 150.0);
     let v = "vital-signs";
     vec![
         observation(rng, p, enc, at, ("8302-2", "Body height"), v, height, "cm"),
         observation(rng, p, enc, at, ("29463-7", "Body weight"), v, weight, "kg"),
-        observation(rng, p, enc, at, ("39156-5", "Body mass index (BMI) [Ratio]"), v, bmi, "kg/m2"),
-        observation(rng, p, enc, at, ("8480-6", "Systolic blood pressure"), v, sys, "mm[Hg]"),
-        observation(rng, p, enc, at, ("8462-4", "Diastolic blood pressure"), v, dia, "mm[Hg]"),
+        observation(
+            rng,
+            p,
+            enc,
+            at,
+            ("39156-5", "Body mass index (BMI) [Ratio]"),
+            v,
+            bmi,
+            "kg/m2",
+        ),
+        observation(
+            rng,
+            p,
+            enc,
+            at,
+            ("8480-6", "Systolic blood pressure"),
+            v,
+            sys,
+            "mm[Hg]",
+        ),
+        observation(
+            rng,
+            p,
+            enc,
+            at,
+            ("8462-4", "Diastolic blood pressure"),
+            v,
+            dia,
+            "mm[Hg]",
+        ),
         observation(rng, p, enc, at, ("8867-4", "Heart rate"), v, hr, "/min"),
     ]
 }
@@ -502,15 +761,50 @@ fn labs(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, first: b
     let l = "laboratory";
     let diabetic = p.has(DIABETES);
     if diabetic || (first && rng.random_bool(0.4)) {
-        let a1c = if diabetic { normal(rng, 7.6, 1.3, 5.8, 14.0) } else { normal(rng, 5.35, 0.35, 4.2, 6.4) };
+        let a1c = if diabetic {
+            normal(rng, 7.6, 1.3, 5.8, 14.0)
+        } else {
+            normal(rng, 5.35, 0.35, 4.2, 6.4)
+        };
         // ADAG: estimated average glucose (mg/dL) = 28.7 * HbA1c - 46.7.
         let glucose = normal(rng, 28.7 * a1c - 46.7, 15.0, 55.0, 450.0);
-        out.push(observation(rng, p, enc, at, ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"), l, a1c, "%"));
-        out.push(observation(rng, p, enc, at, ("2339-0", "Glucose [Mass/volume] in Blood"), l, glucose, "mg/dL"));
+        out.push(observation(
+            rng,
+            p,
+            enc,
+            at,
+            ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"),
+            l,
+            a1c,
+            "%",
+        ));
+        out.push(observation(
+            rng,
+            p,
+            enc,
+            at,
+            ("2339-0", "Glucose [Mass/volume] in Blood"),
+            l,
+            glucose,
+            "mg/dL",
+        ));
     }
     if first && p.age >= 35 {
-        let chol = if p.has(HYPERLIPIDEMIA) { normal(rng, 238.0, 30.0, 160.0, 400.0) } else { normal(rng, 186.0, 30.0, 110.0, 280.0) };
-        out.push(observation(rng, p, enc, at, ("2093-3", "Cholesterol [Mass/volume] in Serum or Plasma"), l, chol, "mg/dL"));
+        let chol = if p.has(HYPERLIPIDEMIA) {
+            normal(rng, 238.0, 30.0, 160.0, 400.0)
+        } else {
+            normal(rng, 186.0, 30.0, 110.0, 280.0)
+        };
+        out.push(observation(
+            rng,
+            p,
+            enc,
+            at,
+            ("2093-3", "Cholesterol [Mass/volume] in Serum or Plasma"),
+            l,
+            chol,
+            "mg/dL",
+        ));
     }
     if p.has(CKD3) || (first && p.age >= 65 && rng.random_bool(0.5)) {
         let cr = if p.has(CKD3) {
@@ -520,7 +814,16 @@ fn labs(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, first: b
         } else {
             normal(rng, 0.98, 0.18, 0.5, 1.5)
         };
-        out.push(observation(rng, p, enc, at, ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"), l, cr, "mg/dL"));
+        out.push(observation(
+            rng,
+            p,
+            enc,
+            at,
+            ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"),
+            l,
+            cr,
+            "mg/dL",
+        ));
     }
     out
 }
@@ -528,7 +831,9 @@ fn labs(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, first: b
 fn medications(rng: &mut ChaCha8Rng, p: &Person) -> Vec<Value> {
     let mut out = Vec::new();
     let mut prescribe = |rng: &mut ChaCha8Rng, cond: (&str, &str), med: (&str, &str), prob: f64| {
-        let Some(&(_, onset)) = p.conditions.iter().find(|(c, _)| c.0 == cond.0) else { return };
+        let Some(&(_, onset)) = p.conditions.iter().find(|(c, _)| c.0 == cond.0) else {
+            return;
+        };
         if rng.random_bool(prob) {
             let authored = onset + Duration::days(rng.random_range(0..60));
             out.push(json!({

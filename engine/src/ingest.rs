@@ -86,13 +86,24 @@ pub fn bundle_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Ingests every bundle under `paths`. Bundles are parsed in parallel and
 /// stored one transaction each, in order.
-pub fn ingest_paths(vault: &Vault, access: &Access, paths: &[PathBuf], progress: bool) -> Result<Report> {
+pub fn ingest_paths(
+    vault: &Vault,
+    access: &Access,
+    paths: &[PathBuf],
+    progress: bool,
+) -> Result<Report> {
     let started = Instant::now();
     let files = bundle_files(paths)?;
-    let bar = if progress { indicatif::ProgressBar::new(files.len() as u64) } else { indicatif::ProgressBar::hidden() };
+    let bar = if progress {
+        indicatif::ProgressBar::new(files.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("ingest {bar:40} {pos}/{len} bundles {per_sec} eta {eta}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "ingest {bar:40} {pos}/{len} bundles {per_sec} eta {eta}",
+        )
+        .expect("valid template"),
     );
     let mut report = Report::default();
     let window = rayon::current_num_threads().max(1) * 2;
@@ -111,7 +122,9 @@ pub fn ingest_paths(vault: &Vault, access: &Access, paths: &[PathBuf], progress:
             })
             .collect();
         for (name, res) in parsed {
-            let stored = res.and_then(|(bundle, digest)| store_bundle(vault, access, &bundle, &digest).map(|o| (bundle, o)));
+            let stored = res.and_then(|(bundle, digest)| {
+                store_bundle(vault, access, &bundle, &digest).map(|o| (bundle, o))
+            });
             match stored {
                 Ok((bundle, o)) => {
                     report.bundles += 1;
@@ -123,7 +136,10 @@ pub fn ingest_paths(vault: &Vault, access: &Access, paths: &[PathBuf], progress:
                         *report.skipped.entry(t).or_insert(0) += n;
                     }
                 }
-                Err(e) => report.rejected.push(Rejected { source: name, reason: e.to_string() }),
+                Err(e) => report.rejected.push(Rejected {
+                    source: name,
+                    reason: e.to_string(),
+                }),
             }
             bar.inc(1);
         }
@@ -143,7 +159,12 @@ pub fn ingest_file(vault: &Vault, access: &Access, path: &Path) -> Result<Bundle
 }
 
 /// Stores a validated bundle in one transaction: all of it, or none.
-pub fn store_bundle(vault: &Vault, access: &Access, bundle: &Bundle, digest: &str) -> Result<BundleOutcome> {
+pub fn store_bundle(
+    vault: &Vault,
+    access: &Access,
+    bundle: &Bundle,
+    digest: &str,
+) -> Result<BundleOutcome> {
     let reject = |entry: usize, record: &str, reason: String| Error::Fhir {
         source_name: bundle.source.clone(),
         message: format!("entry {entry} ({record}): {reason}"),
@@ -153,13 +174,31 @@ pub fn store_bundle(vault: &Vault, access: &Access, bundle: &Bundle, digest: &st
     // Resources about patients outside the bundle need them in the vault already.
     for (entry, record, patient) in bundle.external_patients() {
         let erased: Option<Option<String>> = tx
-            .query_row("SELECT erased_at FROM patients WHERE patient_id = ?1", [&patient], |r| r.get(0))
+            .query_row(
+                "SELECT erased_at FROM patients WHERE patient_id = ?1",
+                [&patient],
+                |r| r.get(0),
+            )
             .optional()?;
         match erased {
             None => {
-                return Err(reject(entry, &record, format!("field `subject`: patient {patient} is neither in this bundle nor in the vault")));
+                return Err(reject(
+                    entry,
+                    &record,
+                    format!(
+                        "field `subject`: patient {patient} is neither in this bundle nor in the vault"
+                    ),
+                ));
             }
-            Some(Some(at)) => return Err(reject(entry, &record, format!("patient {patient} was erased on {at}; their records cannot be re-ingested"))),
+            Some(Some(at)) => {
+                return Err(reject(
+                    entry,
+                    &record,
+                    format!(
+                        "patient {patient} was erased on {at}; their records cannot be re-ingested"
+                    ),
+                ));
+            }
             Some(None) => {}
         }
     }
@@ -167,7 +206,12 @@ pub fn store_bundle(vault: &Vault, access: &Access, bundle: &Bundle, digest: &st
     let mut outcome = BundleOutcome::default();
     for r in &bundle.resources {
         let record_id = r.record_id();
-        let rec = NewRecord { patient_id: &r.patient_id, record_id: &record_id, resource_type: r.resource_type, content: &r.json };
+        let rec = NewRecord {
+            patient_id: &r.patient_id,
+            record_id: &record_id,
+            resource_type: r.resource_type,
+            content: &r.json,
+        };
         let (o, _) = vault
             .put_in(&tx, &mut cache, &rec, r.resource_type == "Patient")
             .map_err(|e| reject(r.entry, &record_id, e.to_string()))?;
@@ -180,7 +224,13 @@ pub fn store_bundle(vault: &Vault, access: &Access, bundle: &Bundle, digest: &st
             projection::upsert(&tx, &r.row)?;
         }
     }
-    let target = format!("Bundle/{}", bundle.id.clone().unwrap_or_else(|| format!("sha256:{}", &digest[..16])));
+    let target = format!(
+        "Bundle/{}",
+        bundle
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("sha256:{}", &digest[..16]))
+    );
     audit::append(
         &tx,
         &Event {

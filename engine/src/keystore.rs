@@ -73,7 +73,11 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     fn default() -> Self {
-        KdfParams { m_cost_kib: 19 * 1024, t_cost: 2, p_cost: 1 }
+        KdfParams {
+            m_cost_kib: 19 * 1024,
+            t_cost: 2,
+            p_cost: 1,
+        }
     }
 }
 
@@ -115,7 +119,11 @@ pub struct FileKeyStore {
 impl FileKeyStore {
     /// Opens the keystore at `path`, or creates it with a fresh KEK if absent.
     pub fn open_or_create(path: &Path, passphrase: &str, params: KdfParams) -> Result<Self> {
-        if path.exists() { Self::open(path, passphrase) } else { Self::create(path, passphrase, params) }
+        if path.exists() {
+            Self::open(path, passphrase)
+        } else {
+            Self::create(path, passphrase, params)
+        }
     }
 
     /// Creates a new keystore file with a fresh random KEK. Refuses to
@@ -125,7 +133,10 @@ impl FileKeyStore {
             return Err(keystore_err(path, "the passphrase is empty"));
         }
         if path.exists() {
-            return Err(keystore_err(path, "already exists; refusing to overwrite it"));
+            return Err(keystore_err(
+                path,
+                "already exists; refusing to overwrite it",
+            ));
         }
         let kek = SecretKey::generate();
         let mut salt = [0u8; 16];
@@ -139,7 +150,11 @@ impl FileKeyStore {
             format: FILE_FORMAT.into(),
             version: FILE_VERSION,
             key_id: key_id.clone(),
-            kdf: KdfSection { algorithm: "argon2id".into(), params, salt: HEXLOWER.encode(&salt) },
+            kdf: KdfSection {
+                algorithm: "argon2id".into(),
+                params,
+                salt: HEXLOWER.encode(&salt),
+            },
             kek: SealedSection {
                 aead: "xchacha20poly1305".into(),
                 nonce: HEXLOWER.encode(&nonce),
@@ -148,7 +163,11 @@ impl FileKeyStore {
         };
         let text = serde_json::to_string_pretty(&file).expect("serializable");
         crate::fsutil::write_atomic(path, text.as_bytes(), true)?;
-        Ok(FileKeyStore { path: path.to_owned(), key_id, kek })
+        Ok(FileKeyStore {
+            path: path.to_owned(),
+            key_id,
+            kek,
+        })
     }
 
     /// Opens an existing keystore; a wrong passphrase is a clear error.
@@ -159,21 +178,37 @@ impl FileKeyStore {
         if file.format != FILE_FORMAT || file.version != FILE_VERSION {
             return Err(keystore_err(
                 path,
-                &format!("has format {} v{}, this build reads {FILE_FORMAT} v{FILE_VERSION}", file.format, file.version),
+                &format!(
+                    "has format {} v{}, this build reads {FILE_FORMAT} v{FILE_VERSION}",
+                    file.format, file.version
+                ),
             ));
         }
         if file.kdf.algorithm != "argon2id" || file.kek.aead != "xchacha20poly1305" {
-            return Err(keystore_err(path, "uses an algorithm this build does not support"));
+            return Err(keystore_err(
+                path,
+                "uses an algorithm this build does not support",
+            ));
         }
         let bad = |what: &str| keystore_err(path, &format!("field `{what}` is not valid hex"));
-        let salt = HEXLOWER.decode(file.kdf.salt.as_bytes()).map_err(|_| bad("kdf.salt"))?;
-        let nonce = HEXLOWER.decode(file.kek.nonce.as_bytes()).map_err(|_| bad("kek.nonce"))?;
-        let ciphertext = HEXLOWER.decode(file.kek.ciphertext.as_bytes()).map_err(|_| bad("kek.ciphertext"))?;
+        let salt = HEXLOWER
+            .decode(file.kdf.salt.as_bytes())
+            .map_err(|_| bad("kdf.salt"))?;
+        let nonce = HEXLOWER
+            .decode(file.kek.nonce.as_bytes())
+            .map_err(|_| bad("kek.nonce"))?;
+        let ciphertext = HEXLOWER
+            .decode(file.kek.ciphertext.as_bytes())
+            .map_err(|_| bad("kek.ciphertext"))?;
         let wrapping = derive(path, passphrase, &salt, file.kdf.params)?;
         let kek = open(&wrapping, &nonce, &ciphertext, file.key_id.as_bytes())
             .and_then(|bytes| SecretKey::from_slice(&bytes))
             .ok_or_else(|| keystore_err(path, "wrong passphrase (or the file was altered)"))?;
-        Ok(FileKeyStore { path: path.to_owned(), key_id: file.key_id, kek })
+        Ok(FileKeyStore {
+            path: path.to_owned(),
+            key_id: file.key_id,
+            kek,
+        })
     }
 
     /// Where the keystore lives.
@@ -197,7 +232,9 @@ impl KeyStore for FileKeyStore {
     }
 
     fn unwrap(&self, wrapped: &[u8], context: &[u8]) -> Result<SecretKey> {
-        let fail = || Error::Decrypt { what: "a wrapped data key".into() };
+        let fail = || Error::Decrypt {
+            what: "a wrapped data key".into(),
+        };
         if wrapped.len() != 1 + 24 + 32 + 16 || wrapped[0] != WRAP_VERSION {
             return Err(fail());
         }
@@ -207,7 +244,10 @@ impl KeyStore for FileKeyStore {
 }
 
 fn keystore_err(path: &Path, reason: &str) -> Error {
-    Error::Keystore { path: path.to_owned(), reason: reason.to_owned() }
+    Error::Keystore {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    }
 }
 
 fn derive(path: &Path, passphrase: &str, salt: &[u8], p: KdfParams) -> Result<SecretKey> {
@@ -226,16 +266,35 @@ pub(crate) fn seal(key: &SecretKey, plaintext: &[u8], aad: &[u8]) -> ([u8; 24], 
     getrandom::fill(&mut nonce).expect("entropy");
     let cipher = XChaCha20Poly1305::new_from_slice(key.expose()).expect("32-byte key");
     let ciphertext = cipher
-        .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("plaintext within XChaCha20-Poly1305 limits");
     (nonce, ciphertext)
 }
 
 /// Opens what [`seal`] produced; `None` if the key, nonce, AAD or ciphertext is wrong.
-pub(crate) fn open(key: &SecretKey, nonce: &[u8], ciphertext: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn open(
+    key: &SecretKey,
+    nonce: &[u8],
+    ciphertext: &[u8],
+    aad: &[u8],
+) -> Option<Vec<u8>> {
     let nonce: [u8; 24] = nonce.try_into().ok()?;
     let cipher = XChaCha20Poly1305::new_from_slice(key.expose()).expect("32-byte key");
-    cipher.decrypt(&XNonce::from(nonce), Payload { msg: ciphertext, aad }).ok()
+    cipher
+        .decrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .ok()
 }
 
 impl Drop for FileKeyStore {
@@ -248,7 +307,11 @@ impl Drop for FileKeyStore {
 mod tests {
     use super::*;
 
-    const FAST: KdfParams = KdfParams { m_cost_kib: 1024, t_cost: 1, p_cost: 1 };
+    const FAST: KdfParams = KdfParams {
+        m_cost_kib: 1024,
+        t_cost: 1,
+        p_cost: 1,
+    };
 
     #[test]
     fn wrap_round_trips_and_binds_context() {
@@ -257,10 +320,19 @@ mod tests {
         let ks = FileKeyStore::create(&path, "correct horse", FAST).unwrap();
         let dek = SecretKey::generate();
         let wrapped = ks.wrap(&dek, b"patient-1").unwrap();
-        assert_eq!(ks.unwrap(&wrapped, b"patient-1").unwrap().expose(), dek.expose());
-        assert!(ks.unwrap(&wrapped, b"patient-2").is_err(), "context must be bound");
+        assert_eq!(
+            ks.unwrap(&wrapped, b"patient-1").unwrap().expose(),
+            dek.expose()
+        );
+        assert!(
+            ks.unwrap(&wrapped, b"patient-2").is_err(),
+            "context must be bound"
+        );
         let reopened = FileKeyStore::open(&path, "correct horse").unwrap();
-        assert_eq!(reopened.unwrap(&wrapped, b"patient-1").unwrap().expose(), dek.expose());
+        assert_eq!(
+            reopened.unwrap(&wrapped, b"patient-1").unwrap().expose(),
+            dek.expose()
+        );
     }
 
     #[test]
@@ -268,9 +340,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ks.json");
         FileKeyStore::create(&path, "right", FAST).unwrap();
-        let err = FileKeyStore::open(&path, "wrong").err().unwrap().to_string();
+        let err = FileKeyStore::open(&path, "wrong")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("wrong passphrase"), "{err}");
-        assert!(FileKeyStore::create(&path, "right", FAST).is_err(), "must not overwrite");
+        assert!(
+            FileKeyStore::create(&path, "right", FAST).is_err(),
+            "must not overwrite"
+        );
     }
 
     #[test]

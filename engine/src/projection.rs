@@ -13,7 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Date32Builder, Float64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{
+    ArrayRef, Date32Builder, Float64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use rusqlite::Connection;
@@ -47,7 +49,11 @@ pub struct Column {
 }
 
 const fn col(name: &'static str, kind: Kind, nullable: bool) -> Column {
-    Column { name, kind, nullable }
+    Column {
+        name,
+        kind,
+        nullable,
+    }
 }
 
 /// A projection table.
@@ -146,7 +152,10 @@ pub const TABLES: [Table; 5] = [
 pub fn table(name: &str) -> Result<&'static Table> {
     TABLES.iter().find(|t| t.name == name).ok_or_else(|| {
         let names: Vec<_> = TABLES.iter().map(|t| t.name).collect();
-        Error::NotFound(format!("no projection table `{name}` (tables: {})", names.join(", ")))
+        Error::NotFound(format!(
+            "no projection table `{name}` (tables: {})",
+            names.join(", ")
+        ))
     })
 }
 
@@ -344,10 +353,19 @@ impl Row {
 /// Inserts or replaces a row (a new version of a resource replaces its row).
 pub fn upsert(conn: &Connection, row: &Row) -> Result<()> {
     let table = row.table();
-    let cols: Vec<String> = table.columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+    let cols: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.name))
+        .collect();
     let marks = vec!["?"; cols.len()].join(", ");
-    let sql = format!("INSERT OR REPLACE INTO {}({}) VALUES ({marks})", table.sql, cols.join(", "));
-    conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(row.values()))?;
+    let sql = format!(
+        "INSERT OR REPLACE INTO {}({}) VALUES ({marks})",
+        table.sql,
+        cols.join(", ")
+    );
+    conn.prepare_cached(&sql)?
+        .execute(rusqlite::params_from_iter(row.values()))?;
     Ok(())
 }
 
@@ -355,7 +373,10 @@ pub fn upsert(conn: &Connection, row: &Row) -> Result<()> {
 pub fn remove_patient(conn: &Connection, patient_id: &str) -> Result<usize> {
     let mut n = 0;
     for t in &TABLES {
-        n += conn.execute(&format!("DELETE FROM {} WHERE patient_id = ?1", t.sql), [patient_id])?;
+        n += conn.execute(
+            &format!("DELETE FROM {} WHERE patient_id = ?1", t.sql),
+            [patient_id],
+        )?;
     }
     Ok(n)
 }
@@ -370,7 +391,10 @@ pub struct Counts {
 impl Counts {
     /// The count of one table.
     pub fn get(&self, name: &str) -> i64 {
-        self.tables.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c)
+        self.tables
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, c)| *c)
     }
 }
 
@@ -378,7 +402,8 @@ impl Counts {
 pub fn counts(conn: &Connection) -> Result<Counts> {
     let mut tables = Vec::new();
     for t in &TABLES {
-        let n: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM {}", t.sql), [], |r| r.get(0))?;
+        let n: i64 =
+            conn.query_row(&format!("SELECT COUNT(*) FROM {}", t.sql), [], |r| r.get(0))?;
         tables.push((t.name.to_owned(), n));
     }
     Ok(Counts { tables })
@@ -391,9 +416,17 @@ pub fn scan(
     batch_rows: usize,
     mut sink: impl FnMut(RecordBatch) -> Result<()>,
 ) -> Result<()> {
-    let cols: Vec<String> = table.columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+    let cols: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.name))
+        .collect();
     let key = table.columns[0].name;
-    let sql = format!("SELECT {} FROM {} ORDER BY \"{key}\"", cols.join(", "), table.sql);
+    let sql = format!(
+        "SELECT {} FROM {} ORDER BY \"{key}\"",
+        cols.join(", "),
+        table.sql
+    );
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([])?;
     let schema = table.schema();
@@ -444,7 +477,9 @@ impl Builders {
             .map(|c| match c.kind {
                 Text => Builder::Text(StringBuilder::with_capacity(capacity, capacity * 16)),
                 Date => Builder::Date(Date32Builder::with_capacity(capacity)),
-                Timestamp => Builder::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC")),
+                Timestamp => Builder::Timestamp(
+                    TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+                ),
                 Float => Builder::Float(Float64Builder::with_capacity(capacity)),
             })
             .collect();
@@ -452,12 +487,21 @@ impl Builders {
     }
 
     fn push(&mut self, idx: usize, c: &Column, v: ValueRef<'_>) -> Result<()> {
-        let bad = || Error::Arrow(format!("column `{}` holds a value of the wrong type", c.name));
+        let bad = || {
+            Error::Arrow(format!(
+                "column `{}` holds a value of the wrong type",
+                c.name
+            ))
+        };
         match (&mut self.cols[idx], v) {
             (Builder::Text(b), ValueRef::Null) => b.append_null(),
-            (Builder::Text(b), ValueRef::Text(t)) => b.append_value(std::str::from_utf8(t).map_err(|_| bad())?),
+            (Builder::Text(b), ValueRef::Text(t)) => {
+                b.append_value(std::str::from_utf8(t).map_err(|_| bad())?)
+            }
             (Builder::Date(b), ValueRef::Null) => b.append_null(),
-            (Builder::Date(b), ValueRef::Integer(n)) => b.append_value(i32::try_from(n).map_err(|_| bad())?),
+            (Builder::Date(b), ValueRef::Integer(n)) => {
+                b.append_value(i32::try_from(n).map_err(|_| bad())?)
+            }
             (Builder::Timestamp(b), ValueRef::Null) => b.append_null(),
             (Builder::Timestamp(b), ValueRef::Integer(n)) => b.append_value(n),
             (Builder::Float(b), ValueRef::Null) => b.append_null(),
@@ -511,7 +555,13 @@ pub fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Exported>> {
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::SNAPPY)
             .build();
-        let mut writer = parquet::arrow::ArrowWriter::try_new(tmp.as_file().try_clone().map_err(|e| Error::io("opening", tmp.path().to_owned(), e))?, table.schema(), Some(props))?;
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            tmp.as_file()
+                .try_clone()
+                .map_err(|e| Error::io("opening", tmp.path().to_owned(), e))?,
+            table.schema(),
+            Some(props),
+        )?;
         let mut rows = 0;
         scan(conn, table, 65_536, |b| {
             rows += b.num_rows();
@@ -519,9 +569,16 @@ pub fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Exported>> {
             Ok(())
         })?;
         writer.close()?;
-        tmp.as_file().sync_all().map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
-        tmp.persist(&path).map_err(|e| Error::io("renaming into", &path, e.error))?;
-        out.push(Exported { table: table.name.to_owned(), rows, path });
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
+        tmp.persist(&path)
+            .map_err(|e| Error::io("renaming into", &path, e.error))?;
+        out.push(Exported {
+            table: table.name.to_owned(),
+            rows,
+            path,
+        });
     }
     Ok(out)
 }

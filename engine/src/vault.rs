@@ -36,7 +36,10 @@ pub struct Access {
 impl Access {
     /// An access by `actor` for `purpose`.
     pub fn new(actor: impl Into<String>, purpose: impl Into<String>) -> Self {
-        Access { actor: actor.into(), purpose: purpose.into() }
+        Access {
+            actor: actor.into(),
+            purpose: purpose.into(),
+        }
     }
 }
 
@@ -127,7 +130,11 @@ impl Vault {
     }
 
     /// Stores one record in its own transaction, with an audit entry.
-    pub fn put(&self, access: &Access, record: &NewRecord<'_>) -> Result<(PutOutcome, RecordVersion)> {
+    pub fn put(
+        &self,
+        access: &Access,
+        record: &NewRecord<'_>,
+    ) -> Result<(PutOutcome, RecordVersion)> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let mut cache = KeyCache::default();
         let (outcome, version) = self.put_in(&tx, &mut cache, record, true)?;
@@ -137,7 +144,11 @@ impl Vault {
                 &tx,
                 &Event {
                     actor: &access.actor,
-                    action: if outcome == PutOutcome::Created { "create" } else { "update" },
+                    action: if outcome == PutOutcome::Created {
+                        "create"
+                    } else {
+                        "update"
+                    },
                     target: record.record_id,
                     purpose: &access.purpose,
                     detail: serde_json::json!({ "version": version.version, "cid": version.cid }),
@@ -180,7 +191,13 @@ impl Vault {
             }
         }
         let version = current.as_ref().map_or(1, |(c, _)| c.version + 1);
-        let sealed = seal_block(&key, record.patient_id, record.record_id, version, record.content);
+        let sealed = seal_block(
+            &key,
+            record.patient_id,
+            record.record_id,
+            version,
+            record.content,
+        );
         let cid = self.blocks.put(&sealed)?;
         let rv = RecordVersion {
             record_id: record.record_id.to_owned(),
@@ -197,14 +214,23 @@ impl Vault {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![rv.record_id, rv.version, rv.patient_id, rv.resource_type, rv.cid, rv.prev_cid, mac.to_vec(), rv.size, rv.created_at],
         )?;
-        let outcome = if current.is_some() { PutOutcome::Updated } else { PutOutcome::Created };
+        let outcome = if current.is_some() {
+            PutOutcome::Updated
+        } else {
+            PutOutcome::Created
+        };
         Ok((outcome, rv))
     }
 
     /// Reads a record (the current version, or `version`), audited. The block
     /// is re-hashed against its CID and authenticated against its patient,
     /// record and version before anything is returned.
-    pub fn read(&self, access: &Access, record_id: &str, version: Option<i64>) -> Result<(RecordVersion, Vec<u8>)> {
+    pub fn read(
+        &self,
+        access: &Access,
+        record_id: &str,
+        version: Option<i64>,
+    ) -> Result<(RecordVersion, Vec<u8>)> {
         let rv = match version {
             Some(v) => self
                 .history(record_id)?
@@ -245,9 +271,13 @@ impl Vault {
             "SELECT record_id, version, patient_id, resource_type, cid, prev_cid, size, created_at
              FROM records WHERE record_id = ?1 ORDER BY version",
         )?;
-        let out: Vec<RecordVersion> = stmt.query_map([record_id], row_to_version)?.collect::<rusqlite::Result<_>>()?;
+        let out: Vec<RecordVersion> = stmt
+            .query_map([record_id], row_to_version)?
+            .collect::<rusqlite::Result<_>>()?;
         if out.is_empty() {
-            return Err(Error::NotFound(format!("no record {record_id} in the vault")));
+            return Err(Error::NotFound(format!(
+                "no record {record_id} in the vault"
+            )));
         }
         Ok(out)
     }
@@ -273,12 +303,23 @@ impl Vault {
     pub fn erase_patient(&self, access: &Access, patient_id: &str) -> Result<Erasure> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let state: Option<Option<String>> = tx
-            .query_row("SELECT erased_at FROM patients WHERE patient_id = ?1", [patient_id], |r| r.get(0))
+            .query_row(
+                "SELECT erased_at FROM patients WHERE patient_id = ?1",
+                [patient_id],
+                |r| r.get(0),
+            )
             .optional()?;
         match state {
-            None => return Err(Error::NotFound(format!("no patient {patient_id} in the vault"))),
+            None => {
+                return Err(Error::NotFound(format!(
+                    "no patient {patient_id} in the vault"
+                )));
+            }
             Some(Some(at)) => {
-                return Err(Error::Shredded { patient: patient_id.to_owned(), erased_at: at });
+                return Err(Error::Shredded {
+                    patient: patient_id.to_owned(),
+                    erased_at: at,
+                });
             }
             Some(None) => {}
         }
@@ -286,8 +327,11 @@ impl Vault {
             "UPDATE patients SET wrapped_key = NULL, erased_at = ?2 WHERE patient_id = ?1",
             params![patient_id, crate::store::now()],
         )?;
-        let versions: i64 =
-            tx.query_row("SELECT COUNT(*) FROM records WHERE patient_id = ?1", [patient_id], |r| r.get(0))?;
+        let versions: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM records WHERE patient_id = ?1",
+            [patient_id],
+            |r| r.get(0),
+        )?;
         let removed = crate::projection::remove_patient(&tx, patient_id)?;
         audit::append(
             &tx,
@@ -302,8 +346,13 @@ impl Vault {
         tx.commit()?;
         // Fold the WAL into the main file and truncate it, so no frame still
         // holds the page with the wrapped key.
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(Erasure { patient_id: patient_id.to_owned(), versions_shredded: versions, projection_rows_removed: removed })
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(Erasure {
+            patient_id: patient_id.to_owned(),
+            versions_shredded: versions,
+            projection_rows_removed: removed,
+        })
     }
 
     /// The patient's data key: unwrapped from the database, or created and
@@ -319,17 +368,24 @@ impl Vault {
             return Ok(k.clone());
         }
         let row: Option<(Option<Vec<u8>>, Option<String>)> = conn
-            .query_row("SELECT wrapped_key, erased_at FROM patients WHERE patient_id = ?1", [patient_id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT wrapped_key, erased_at FROM patients WHERE patient_id = ?1",
+                [patient_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         let key = match row {
             Some((_, Some(erased_at))) => {
-                return Err(Error::Shredded { patient: patient_id.to_owned(), erased_at });
+                return Err(Error::Shredded {
+                    patient: patient_id.to_owned(),
+                    erased_at,
+                });
             }
             Some((Some(wrapped), None)) => self.keys.unwrap(&wrapped, patient_id.as_bytes())?,
             Some((None, None)) => {
-                return Err(Error::Invalid(format!("patient {patient_id} has no data key")));
+                return Err(Error::Invalid(format!(
+                    "patient {patient_id} has no data key"
+                )));
             }
             None if create => {
                 let key = SecretKey::generate();
@@ -340,7 +396,11 @@ impl Vault {
                 )?;
                 key
             }
-            None => return Err(Error::NotFound(format!("no patient {patient_id} in the vault"))),
+            None => {
+                return Err(Error::NotFound(format!(
+                    "no patient {patient_id} in the vault"
+                )));
+            }
         };
         cache.keys.insert(patient_id.to_owned(), key.clone());
         Ok(key)
@@ -393,7 +453,13 @@ fn binding(header: &[u8], patient: &str, record: &str, version: i64) -> Vec<u8> 
 }
 
 /// `CHRV | format | nonce(24) | ciphertext+tag`, bound to patient, record and version.
-fn seal_block(key: &SecretKey, patient: &str, record: &str, version: i64, content: &[u8]) -> Vec<u8> {
+fn seal_block(
+    key: &SecretKey,
+    patient: &str,
+    record: &str,
+    version: i64,
+    content: &[u8],
+) -> Vec<u8> {
     let mut header = MAGIC.to_vec();
     header.push(FORMAT);
     // The nonce need not be in the associated data: the AEAD authenticates it.
@@ -407,8 +473,16 @@ fn seal_block(key: &SecretKey, patient: &str, record: &str, version: i64, conten
     out
 }
 
-fn open_block(key: &SecretKey, patient: &str, record: &str, version: i64, sealed: &[u8]) -> Result<Vec<u8>> {
-    let what = || Error::Decrypt { what: format!("{record} version {version}") };
+fn open_block(
+    key: &SecretKey,
+    patient: &str,
+    record: &str,
+    version: i64,
+    sealed: &[u8],
+) -> Result<Vec<u8>> {
+    let what = || Error::Decrypt {
+        what: format!("{record} version {version}"),
+    };
     if sealed.len() < HEADER_LEN + 16 || &sealed[..4] != MAGIC {
         return Err(what());
     }

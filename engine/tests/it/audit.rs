@@ -1,0 +1,132 @@
+//! The audit chain names the first broken entry when a byte of the database
+//! file is flipped, and holds no PHI.
+
+use super::{bundles, cohort, cohort_json, stdout};
+
+#[test]
+fn a_flipped_byte_in_the_file_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let b = bundles(tmp.path(), 30, 11);
+    cohort_json(&data, &["ingest", b.to_str().unwrap()]);
+    let list = cohort_json(&data, &["records", "list", "--limit", "3"]);
+    let record = list[0]["record_id"].as_str().unwrap().to_owned();
+    cohort_json(
+        &data,
+        &[
+            "records",
+            "show",
+            &record,
+            "--purpose",
+            "quality-review-QX7",
+        ],
+    );
+    cohort_json(
+        &data,
+        &["records", "show", &record, "--purpose", "treatment"],
+    );
+    let before = cohort_json(&data, &["audit", "verify"]);
+    assert!(before["first_broken"].is_null());
+    let entries = before["entries"].as_i64().unwrap();
+    let log = cohort_json(&data, &["audit", "log", "--limit", "2"]);
+    let marked = log[0]["seq"].as_i64().unwrap();
+    assert_eq!(log[0]["purpose"], "quality-review-QX7");
+
+    // Every connection is closed, so the WAL has been folded into the file.
+    let db = data.join("cohort.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let needle = b"quality-review-QX7";
+    let hits: Vec<usize> = bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| w == needle)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hits.len(), 1, "the marker is stored once");
+    bytes[hits[0] + needle.len() - 1] ^= 0x01; // '7' -> '6'
+    std::fs::write(&db, &bytes).unwrap();
+
+    let out = cohort(&data, &["audit", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "verify must fail: {}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains(&format!("entry {marked}")),
+        "{}",
+        stdout(&out)
+    );
+    let after = cohort_json_allow_fail(&data, &["audit", "verify"]);
+    assert_eq!(after["first_broken"]["seq"].as_i64(), Some(marked));
+    assert_eq!(
+        after["entries"].as_i64(),
+        Some(marked - 1),
+        "entries before it still verify"
+    );
+    assert!(entries > marked, "the marked entry was not the last");
+}
+
+fn cohort_json_allow_fail(data: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    serde_json::from_slice(&cohort(data, &all).stdout).unwrap()
+}
+
+#[test]
+fn audit_log_holds_no_phi() {
+    let (tmp, _dir, vault) = super::vault();
+    let b = bundles(tmp.path(), 20, 5);
+    cohort_engine::ingest::ingest_paths(&vault, &super::access(), &[b], false).unwrap();
+    let list = vault.list(None, 5).unwrap();
+    for r in &list {
+        vault.read(&super::access(), &r.record_id, None).unwrap();
+    }
+    // Names, phones, SSNs and birth dates of the cohort appear nowhere in the log.
+    let patients = cohort_engine::projection::read_table(vault.conn(), "patients").unwrap();
+    let mut identifiers = Vec::new();
+    for col in [
+        "family_name",
+        "phone",
+        "ssn",
+        "mrn",
+        "email",
+        "address_line",
+    ] {
+        let a = patients.column_by_name(col).unwrap();
+        let a = a
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        identifiers.extend(a.iter().flatten().map(str::to_owned));
+    }
+    assert!(identifiers.len() > 50);
+    let mut stmt = vault
+        .conn()
+        .prepare("SELECT actor, action, target, purpose, detail FROM audit")
+        .unwrap();
+    let rows: Vec<String> = stmt
+        .query_map([], |r| {
+            Ok(format!(
+                "{}|{}|{}|{}|{}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(rows.len() > 5);
+    for row in &rows {
+        for id in &identifiers {
+            assert!(
+                !row.contains(id.as_str()),
+                "audit entry contains an identifier: {row}"
+            );
+        }
+    }
+}

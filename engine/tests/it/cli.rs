@@ -1,0 +1,134 @@
+//! The `cohort` binary: the demo, data directories, passphrase handling.
+
+use std::process::Command;
+
+use super::{bundles, cohort, cohort_json, stderr, stdout};
+
+fn bare(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cohort"));
+    c.args(args)
+        .env_remove("COHORT_PASSPHRASE")
+        .env_remove("COHORT_DATA_DIR")
+        .env_remove("COHORT_PASSPHRASE_FILE");
+    c
+}
+
+#[test]
+fn demo_runs_on_embedded_defaults_and_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.to_str().unwrap();
+    let first = bare(&["--data-dir", d, "demo", "--patients", "50"])
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let text = stdout(&first);
+    assert!(text.contains("patients              50"), "{text}");
+    assert!(text.contains("audit chain intact"), "{text}");
+    let second = bare(&["--data-dir", d, "demo", "--patients", "50", "--json"])
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    let v: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(
+        v["ingest"]["created"], 0,
+        "the same seed re-ingests as unchanged"
+    );
+    assert!(v["ingest"]["unchanged"].as_u64().unwrap() > 500);
+    assert_eq!(v["audit"]["first_broken"], serde_json::Value::Null);
+}
+
+#[test]
+fn data_directories_do_not_interfere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let src = bundles(tmp.path(), 10, 9);
+    cohort_json(&a, &["ingest", src.to_str().unwrap()]);
+    let in_a = cohort_json(&a, &["stats"]);
+    let in_b = cohort_json(&b, &["stats"]);
+    assert_eq!(in_a["tables"][0], serde_json::json!(["patients", 10]));
+    assert_eq!(in_b["tables"][0], serde_json::json!(["patients", 0]));
+    // COHORT_DATA_DIR selects the directory when --data-dir is absent.
+    let out = bare(&["stats", "--json"])
+        .env("COHORT_DATA_DIR", &a)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tables"][0], serde_json::json!(["patients", 10]));
+}
+
+#[test]
+fn passphrase_sources_and_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.to_str().unwrap();
+    let out = bare(&["--data-dir", d, "records", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("COHORT_PASSPHRASE"),
+        "{}",
+        stderr(&out)
+    );
+    let file = tmp.path().join("pass");
+    std::fs::write(&file, "from a file\n").unwrap();
+    let ok = bare(&[
+        "--data-dir",
+        d,
+        "--passphrase-file",
+        file.to_str().unwrap(),
+        "records",
+        "list",
+    ])
+    .output()
+    .unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let wrong = bare(&["--data-dir", d, "records", "list"])
+        .env("COHORT_PASSPHRASE", "from a file?")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&wrong).contains("wrong passphrase"),
+        "{}",
+        stderr(&wrong)
+    );
+}
+
+#[test]
+fn records_history_show_and_erase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = bundles(tmp.path(), 5, 2);
+    cohort_json(
+        &data,
+        &["ingest", src.to_str().unwrap(), "--purpose", "onboarding"],
+    );
+    let list = cohort_json(&data, &["records", "list", "--limit", "500"]);
+    let patient = list[0]["patient_id"].as_str().unwrap().to_owned();
+    let record = list[0]["record_id"].as_str().unwrap().to_owned();
+    let shown = cohort_json(&data, &["--as", "dr-grey", "records", "show", &record]);
+    assert_eq!(
+        format!(
+            "{}/{}",
+            shown["resource"]["resourceType"].as_str().unwrap(),
+            shown["resource"]["id"].as_str().unwrap()
+        ),
+        record
+    );
+    let history = cohort_json(&data, &["records", "history", &record]);
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    let log = cohort_json(&data, &["audit", "log", "--target", &record]);
+    assert_eq!(log[0]["actor"], "dr-grey");
+    assert_eq!(log[0]["action"], "read");
+
+    let refused = cohort(&data, &["patient", "erase", &patient]);
+    assert!(!refused.status.success() && stderr(&refused).contains("--confirm"));
+    cohort_json(&data, &["patient", "erase", &patient, "--confirm"]);
+    let gone = cohort(&data, &["records", "show", &record]);
+    assert!(!gone.status.success());
+    assert!(stderr(&gone).contains("erased"), "{}", stderr(&gone));
+    let stats = cohort_json(&data, &["stats"]);
+    assert_eq!(stats["tables"][0], serde_json::json!(["patients", 4]));
+    assert!(cohort_json(&data, &["audit", "verify"])["first_broken"].is_null());
+}

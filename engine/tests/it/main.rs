@@ -1,0 +1,76 @@
+//! The engine's integration tests: one binary, a module per part of the
+//! foundation. Tests that need a real external tool (Debian's `ipfs_cid`) fail
+//! with instructions when it is missing rather than skip.
+
+mod audit;
+mod cid;
+mod cli;
+mod generate;
+mod ingest;
+mod vault;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cohort_engine::DataDir;
+use cohort_engine::keystore::KdfParams;
+use cohort_engine::vault::{Access, Vault};
+
+/// Cheap argon2id costs: these tests exercise the vault, not the KDF.
+pub(crate) const FAST_KDF: KdfParams = KdfParams {
+    m_cost_kib: 1024,
+    t_cost: 1,
+    p_cost: 1,
+};
+pub(crate) const PASSPHRASE: &str = "integration-test passphrase";
+
+/// A fresh data directory and an unlocked vault in it.
+pub(crate) fn vault() -> (tempfile::TempDir, DataDir, Vault) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::open(&tmp.path().join("data")).unwrap();
+    let vault = dir.unlock_with(PASSPHRASE, FAST_KDF).unwrap();
+    (tmp, dir, vault)
+}
+
+pub(crate) fn access() -> Access {
+    Access::new("tester", "testing")
+}
+
+/// Runs the `cohort` binary against `data_dir` with the test passphrase.
+pub(crate) fn cohort(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("COHORT_PASSPHRASE", PASSPHRASE)
+        .env_remove("COHORT_DATA_DIR")
+        .env_remove("COHORT_PASSPHRASE_FILE")
+        .output()
+        .expect("the cohort binary runs")
+}
+
+pub(crate) fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub(crate) fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `cohort ... --json` and parses its output; panics with stderr on failure.
+pub(crate) fn cohort_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let o = cohort(data_dir, &all);
+    assert!(o.status.success(), "cohort {args:?} failed: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&o)))
+}
+
+/// A small synthetic cohort written to `<tmp>/bundles`.
+pub(crate) fn bundles(tmp: &Path, patients: u64, seed: u64) -> PathBuf {
+    let out = tmp.join(format!("bundles-{patients}-{seed}"));
+    let mut opts = cohort_engine::generate::Options::new(patients, seed, &out);
+    opts.per_bundle = 25;
+    cohort_engine::generate::generate(&opts).unwrap();
+    out
+}
