@@ -209,10 +209,11 @@ impl Vault {
             size: sealed.len() as i64,
             created_at: crate::store::now(),
         };
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO records(record_id, version, patient_id, resource_type, cid, prev_cid, content_mac, size, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![rv.record_id, rv.version, rv.patient_id, rv.resource_type, rv.cid, rv.prev_cid, mac.to_vec(), rv.size, rv.created_at],
+        )?
+        .execute(params![rv.record_id, rv.version, rv.patient_id, rv.resource_type, rv.cid, rv.prev_cid, mac.to_vec(), rv.size, rv.created_at],
         )?;
         let outcome = if current.is_some() {
             PutOutcome::Updated
@@ -422,12 +423,11 @@ fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordVersion> {
 
 fn current_version(conn: &Connection, record_id: &str) -> Result<Option<(RecordVersion, Vec<u8>)>> {
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT record_id, version, patient_id, resource_type, cid, prev_cid, size, created_at, content_mac
              FROM records WHERE record_id = ?1 ORDER BY version DESC LIMIT 1",
-            [record_id],
-            |r| Ok((row_to_version(r)?, r.get::<_, Vec<u8>>(8)?)),
-        )
+        )?
+        .query_row([record_id], |r| Ok((row_to_version(r)?, r.get::<_, Vec<u8>>(8)?)))
         .optional()?;
     Ok(row)
 }
