@@ -232,10 +232,10 @@ impl Ctx<'_> {
         let Some(text) = r.reference.as_deref() else {
             return Err(self.err(Some(field), "has no `reference`".into()));
         };
-        if let Some(id) = text.strip_prefix("Patient/") {
-            if valid_id(id) {
-                return Ok(id.to_owned());
-            }
+        if let Some(id) = text.strip_prefix("Patient/")
+            && valid_id(id)
+        {
+            return Ok(id.to_owned());
         }
         match self.by_full_url.get(text) {
             Some((t, id)) if t == "Patient" => Ok(id.clone()),
@@ -427,13 +427,13 @@ struct PatientR {
 
 fn patient(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
     let p: PatientR = ctx.typed(v)?;
-    if let Some(g) = &p.gender {
-        if !["male", "female", "other", "unknown"].contains(&g.as_str()) {
-            return Err(ctx.err(
-                Some("gender"),
-                format!("`{g}` is not one of male, female, other, unknown"),
-            ));
-        }
+    if let Some(g) = &p.gender
+        && !["male", "female", "other", "unknown"].contains(&g.as_str())
+    {
+        return Err(ctx.err(
+            Some("gender"),
+            format!("`{g}` is not one of male, female, other, unknown"),
+        ));
     }
     let name = p
         .name
@@ -506,6 +506,8 @@ struct Quantity {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ObservationR {
+    /// Required by FHIR; checked for presence, not projected.
+    #[allow(dead_code)]
     status: String,
     code: CodeableConcept,
     subject: Reference,
@@ -528,7 +530,6 @@ fn observation(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
         unit: o.value_quantity.and_then(|q| q.unit),
         effective: ctx.datetime("effectiveDateTime", o.effective_date_time.as_deref())?,
     };
-    let _ = o.status;
     Ok((patient_id, Row::Observation(row)))
 }
 
@@ -607,6 +608,8 @@ fn encounter(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)> {
 #[serde(rename_all = "camelCase")]
 struct MedicationRequestR {
     status: String,
+    /// Required by FHIR; checked for presence, not projected.
+    #[allow(dead_code)]
     intent: String,
     medication_codeable_concept: Option<CodeableConcept>,
     subject: Reference,
@@ -634,7 +637,6 @@ fn medication_request(ctx: &Ctx<'_>, id: &str, v: Value) -> Result<(String, Row)
         status: m.status,
         authored_on: ctx.date("authoredOn", authored)?,
     };
-    let _ = m.intent;
     Ok((patient_id, Row::Medication(row)))
 }
 

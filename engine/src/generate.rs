@@ -203,7 +203,10 @@ const RACES: &[((&str, &str), f64)] = &[
 /// ZIP code, city, state, area code, weight. Includes 3-digit prefixes whose
 /// population is 20,000 or fewer (036, 059, 692, 821, 879, 893), which Safe
 /// Harbor requires to be replaced by 000.
-const PLACES: &[((&str, &str, &str, &str), f64)] = &[
+/// ZIP code, city, state, telephone area code.
+type Place = (&'static str, &'static str, &'static str, &'static str);
+
+const PLACES: &[(Place, f64)] = &[
     (("10027", "New York", "NY", "212"), 8.0),
     (("90011", "Los Angeles", "CA", "323"), 6.0),
     (("60614", "Chicago", "IL", "312"), 5.0),
@@ -662,11 +665,16 @@ fn iso(t: NaiveDateTime) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// Where and when a measurement was taken.
+struct Visit<'a> {
+    patient: &'a Person,
+    encounter: &'a str,
+    at: NaiveDateTime,
+}
+
 fn observation(
     rng: &mut ChaCha8Rng,
-    p: &Person,
-    enc: &str,
-    at: NaiveDateTime,
+    visit: &Visit<'_>,
     loinc: (&str, &str),
     category: &str,
     value: f64,
@@ -676,14 +684,19 @@ fn observation(
         "resourceType": "Observation", "id": uuid(rng), "status": "final",
         "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category }] }],
         "code": { "coding": [{ "system": LOINC, "code": loinc.0, "display": loinc.1 }], "text": loinc.1 },
-        "subject": { "reference": format!("urn:uuid:{}", p.id) },
-        "encounter": { "reference": format!("urn:uuid:{enc}") },
-        "effectiveDateTime": iso(at),
+        "subject": { "reference": format!("urn:uuid:{}", visit.patient.id) },
+        "encounter": { "reference": format!("urn:uuid:{}", visit.encounter) },
+        "effectiveDateTime": iso(visit.at),
         "valueQuantity": { "value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit },
     })
 }
 
 fn vitals(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime) -> Vec<Value> {
+    let visit = Visit {
+        patient: p,
+        encounter: enc,
+        at,
+    };
     let age = f64::from(p.age);
     let height = if p.age >= 18 {
         if p.female {
@@ -720,13 +733,11 @@ fn vitals(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime) -> Vec
     let hr = normal(rng, if p.age < 12 { 90.0 } else { 74.0 }, 10.0, 45.0, 150.0);
     let v = "vital-signs";
     vec![
-        observation(rng, p, enc, at, ("8302-2", "Body height"), v, height, "cm"),
-        observation(rng, p, enc, at, ("29463-7", "Body weight"), v, weight, "kg"),
+        observation(rng, &visit, ("8302-2", "Body height"), v, height, "cm"),
+        observation(rng, &visit, ("29463-7", "Body weight"), v, weight, "kg"),
         observation(
             rng,
-            p,
-            enc,
-            at,
+            &visit,
             ("39156-5", "Body mass index (BMI) [Ratio]"),
             v,
             bmi,
@@ -734,9 +745,7 @@ fn vitals(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime) -> Vec
         ),
         observation(
             rng,
-            p,
-            enc,
-            at,
+            &visit,
             ("8480-6", "Systolic blood pressure"),
             v,
             sys,
@@ -744,19 +753,22 @@ fn vitals(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime) -> Vec
         ),
         observation(
             rng,
-            p,
-            enc,
-            at,
+            &visit,
             ("8462-4", "Diastolic blood pressure"),
             v,
             dia,
             "mm[Hg]",
         ),
-        observation(rng, p, enc, at, ("8867-4", "Heart rate"), v, hr, "/min"),
+        observation(rng, &visit, ("8867-4", "Heart rate"), v, hr, "/min"),
     ]
 }
 
 fn labs(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, first: bool) -> Vec<Value> {
+    let visit = Visit {
+        patient: p,
+        encounter: enc,
+        at,
+    };
     let mut out = Vec::new();
     let l = "laboratory";
     let diabetic = p.has(DIABETES);
@@ -770,9 +782,7 @@ fn labs(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, first: b
         let glucose = normal(rng, 28.7 * a1c - 46.7, 15.0, 55.0, 450.0);
         out.push(observation(
             rng,
-            p,
-            enc,
-            at,
+            &visit,
             ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"),
             l,
             a1c,
@@ -780,9 +790,7 @@ fn labs(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, first: b
         ));
         out.push(observation(
             rng,
-            p,
-            enc,
-            at,
+            &visit,
             ("2339-0", "Glucose [Mass/volume] in Blood"),
             l,
             glucose,
@@ -797,9 +805,7 @@ fn labs(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, first: b
         };
         out.push(observation(
             rng,
-            p,
-            enc,
-            at,
+            &visit,
             ("2093-3", "Cholesterol [Mass/volume] in Serum or Plasma"),
             l,
             chol,
@@ -816,9 +822,7 @@ fn labs(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, first: b
         };
         out.push(observation(
             rng,
-            p,
-            enc,
-            at,
+            &visit,
             ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"),
             l,
             cr,

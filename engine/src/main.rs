@@ -170,10 +170,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let dir = DataDir::open(&cli.data_dir)?;
+    // Opened on demand: `generate` does not touch the data directory.
+    let dir = || DataDir::open(&cli.data_dir);
     let progress = !cli.json && std::io::stderr().is_terminal();
     match &cli.command {
-        Command::Demo { patients, seed } => demo(cli, &dir, *patients, *seed),
+        Command::Demo { patients, seed } => demo(cli, &dir()?, *patients, *seed),
         Command::Generate {
             patients,
             seed,
@@ -205,7 +206,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest { paths, purpose } => {
-            let vault = unlock(cli, &dir, None)?;
+            let vault = unlock(cli, &dir()?, None)?;
             let r =
                 ingest::ingest_paths(&vault, &Access::new(&cli.actor, purpose), paths, progress)?;
             emit(cli, &r, || ingest_text(&r));
@@ -216,11 +217,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Stats => {
-            let counts = projection::counts(&dir.connect()?)?;
+            let counts = projection::counts(&dir()?.connect()?)?;
             emit(cli, &counts, || counts_text(&counts));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Records(cmd) => records(cli, &dir, cmd),
+        Command::Records(cmd) => records(cli, &dir()?, cmd),
         Command::Patient(PatientCmd::Erase {
             patient,
             confirm,
@@ -231,7 +232,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     "erasing patient {patient} destroys their data key and cannot be undone; repeat with --confirm"
                 );
             }
-            let vault = unlock(cli, &dir, None)?;
+            let vault = unlock(cli, &dir()?, None)?;
             let e = vault.erase_patient(&Access::new(&cli.actor, purpose), patient)?;
             emit(cli, &e, || {
                 format!(
@@ -242,7 +243,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCmd::Verify) => {
-            let v = audit::verify(&dir.connect()?)?;
+            let v = audit::verify(&dir()?.connect()?)?;
             emit(cli, &v, || verify_text(&v));
             Ok(if v.is_intact() {
                 ExitCode::SUCCESS
@@ -251,7 +252,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Audit(AuditCmd::Log { limit, target }) => {
-            let entries = audit::tail(&dir.connect()?, *limit, target.as_deref())?;
+            let entries = audit::tail(&dir()?.connect()?, *limit, target.as_deref())?;
             emit(cli, &entries, || {
                 entries
                     .iter()
@@ -267,7 +268,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { out } => {
-            let files = projection::export_parquet(&dir.connect()?, out)?;
+            let files = projection::export_parquet(&dir()?.connect()?, out)?;
             emit(cli, &files, || {
                 files
                     .iter()

@@ -183,6 +183,10 @@ fn generation_streams_in_constant_memory() {
     };
     let small = run(1_000);
     let large = run(20_000);
+    assert!(
+        !tmp.path().join("data").exists(),
+        "generate must not create a data directory"
+    );
     // Twenty times the patients may not need more than a few MB more memory.
     assert!(
         large < small + 32 * 1024 * 1024,
