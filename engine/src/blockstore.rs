@@ -57,14 +57,10 @@ impl BlockStore for FsBlockStore {
         let dir = path.parent().expect("sharded path has a parent");
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
         // Visible only once complete (rename); made durable by `flush`.
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io("creating a temporary file in", dir, e))?;
+        let mut tmp = crate::fsutil::temp_in(dir)?;
         std::io::Write::write_all(&mut tmp, bytes)
             .map_err(|e| Error::io("writing", path.clone(), e))?;
-        tmp.persist(&path)
-            .map_err(|e| Error::io("renaming into", &path, e.error))?;
+        crate::fsutil::persist(tmp, &path, false)?;
         Ok(cid)
     }
 

@@ -270,25 +270,33 @@ impl Ctx<'_> {
     }
 
     fn date(&self, field: &str, text: Option<&str>) -> Result<Option<i32>> {
-        text.map(|t| {
-            parse_date(t).ok_or_else(|| {
-                self.err(
-                    Some(field),
-                    format!("`{t}` is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)"),
-                )
-            })
-        })
-        .transpose()
+        self.parsed(
+            field,
+            text,
+            parse_date,
+            "a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)",
+        )
     }
 
     fn datetime(&self, field: &str, text: Option<&str>) -> Result<Option<i64>> {
+        self.parsed(
+            field,
+            text,
+            parse_datetime,
+            "a FHIR dateTime (e.g. 2024-03-01T09:30:00Z)",
+        )
+    }
+
+    /// Parses an optional field, naming it and what was expected on failure.
+    fn parsed<T>(
+        &self,
+        field: &str,
+        text: Option<&str>,
+        parse: fn(&str) -> Option<T>,
+        expected: &str,
+    ) -> Result<Option<T>> {
         text.map(|t| {
-            parse_datetime(t).ok_or_else(|| {
-                self.err(
-                    Some(field),
-                    format!("`{t}` is not a FHIR dateTime (e.g. 2024-03-01T09:30:00Z)"),
-                )
-            })
+            parse(t).ok_or_else(|| self.err(Some(field), format!("`{t}` is not {expected}")))
         })
         .transpose()
     }

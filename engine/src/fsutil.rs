@@ -1,43 +1,44 @@
-//! Crash-safe file writes.
+//! Crash-safe file writes: write a temporary file beside the target, then
+//! rename it into place, so a reader or a crash sees the old file or the new
+//! one, never a torn one. Temporary files are created owner-only (0600), so
+//! every file written this way is private.
 
 use std::io::Write;
 use std::path::Path;
 
+use tempfile::NamedTempFile;
+
 use crate::{Error, Result};
 
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the
-/// new one, never a torn one: write a temporary file beside it, fsync, rename,
-/// fsync the directory. `private` makes the file readable by its owner only.
-pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
+/// A new owner-only temporary file in `dir` (same filesystem as the target).
+pub fn temp_in(dir: &Path) -> Result<NamedTempFile> {
+    tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
-        .map_err(|e| Error::io("creating a temporary file in", dir, e))?;
-    if private {
-        set_private(tmp.path())?;
+        .map_err(|e| Error::io("creating a temporary file in", dir, e))
+}
+
+/// Renames `tmp` to `path`. `durable` fsyncs the file first and the directory
+/// after; callers that batch many files skip it and sync once (see
+/// `BlockStore::flush`).
+pub fn persist(tmp: NamedTempFile, path: &Path, durable: bool) -> Result<()> {
+    if durable {
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
     }
-    tmp.write_all(bytes)
-        .map_err(|e| Error::io("writing", tmp.path().to_owned(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
     tmp.persist(path)
         .map_err(|e| Error::io("renaming into", path, e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
+    if durable && let Ok(d) = std::fs::File::open(path.parent().unwrap_or(Path::new("."))) {
         let _ = d.sync_all();
     }
     Ok(())
 }
 
-#[cfg(unix)]
-fn set_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io("setting permissions on", path, e))
-}
-
-#[cfg(not(unix))]
-fn set_private(_: &Path) -> Result<()> {
-    Ok(())
+/// Writes `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = temp_in(path.parent().unwrap_or(Path::new(".")))?;
+    tmp.write_all(bytes)
+        .map_err(|e| Error::io("writing", tmp.path().to_owned(), e))?;
+    persist(tmp, path, true)
 }

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
-use rusqlite::{OptionalExtension, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::audit::{self, Event};
 use crate::fhir::{self, Bundle};
 use crate::projection;
-use crate::vault::{Access, KeyCache, NewRecord, PutOutcome, Vault};
+use crate::vault::{Access, KeyCache, NewRecord, PatientState, PutOutcome, Vault, patient_state};
 use crate::{Error, Result};
 
 /// What one ingest run did.
@@ -112,12 +112,7 @@ pub fn ingest_paths(
             .par_iter()
             .map(|f| {
                 let name = f.display().to_string();
-                let res = std::fs::read(f)
-                    .map_err(|e| Error::io("reading", f, e))
-                    .and_then(|bytes| {
-                        let digest = data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes));
-                        Ok((fhir::parse_bundle(&name, &bytes)?, digest))
-                    });
+                let res = read_bundle(f);
                 (name, res)
             })
             .collect();
@@ -152,10 +147,19 @@ pub fn ingest_paths(
 
 /// Ingests one bundle file; errors if it is rejected.
 pub fn ingest_file(vault: &Vault, access: &Access, path: &Path) -> Result<BundleOutcome> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
-    let bundle = fhir::parse_bundle(&path.display().to_string(), &bytes)?;
-    let digest = data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes));
+    let (bundle, digest) = read_bundle(path)?;
     store_bundle(vault, access, &bundle, &digest)
+}
+
+/// Reads and validates a bundle file; returns it with the hex SHA-256 of its
+/// bytes (the audit log's name for what was ingested).
+fn read_bundle(path: &Path) -> Result<(Bundle, String)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let digest = data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes));
+    Ok((
+        fhir::parse_bundle(&path.display().to_string(), &bytes)?,
+        digest,
+    ))
 }
 
 /// Stores a validated bundle in one transaction: all of it, or none.
@@ -173,34 +177,16 @@ pub fn store_bundle(
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     // Resources about patients outside the bundle need them in the vault already.
     for (entry, record, patient) in bundle.external_patients() {
-        let erased: Option<Option<String>> = tx
-            .query_row(
-                "SELECT erased_at FROM patients WHERE patient_id = ?1",
-                [&patient],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match erased {
-            None => {
-                return Err(reject(
-                    entry,
-                    &record,
-                    format!(
-                        "field `subject`: patient {patient} is neither in this bundle nor in the vault"
-                    ),
-                ));
+        let reason = match patient_state(&tx, &patient)? {
+            PatientState::Active => continue,
+            PatientState::Absent => format!(
+                "field `subject`: patient {patient} is neither in this bundle nor in the vault"
+            ),
+            PatientState::Erased { at } => {
+                format!("patient {patient} was erased on {at}; their records cannot be re-ingested")
             }
-            Some(Some(at)) => {
-                return Err(reject(
-                    entry,
-                    &record,
-                    format!(
-                        "patient {patient} was erased on {at}; their records cannot be re-ingested"
-                    ),
-                ));
-            }
-            Some(None) => {}
-        }
+        };
+        return Err(reject(entry, &record, reason));
     }
     let mut cache = KeyCache::default();
     let mut outcome = BundleOutcome::default();

@@ -13,7 +13,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use data_encoding::HEXLOWER;
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::{Error, Result};
 
@@ -162,7 +162,7 @@ impl FileKeyStore {
             },
         };
         let text = serde_json::to_string_pretty(&file).expect("serializable");
-        crate::fsutil::write_atomic(path, text.as_bytes(), true)?;
+        crate::fsutil::write_atomic(path, text.as_bytes())?;
         Ok(FileKeyStore {
             path: path.to_owned(),
             key_id,
@@ -297,12 +297,6 @@ pub(crate) fn open(
         .ok()
 }
 
-impl Drop for FileKeyStore {
-    fn drop(&mut self) {
-        self.key_id.zeroize();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +352,12 @@ mod tests {
         let ks = FileKeyStore::create(&path, "pw", FAST).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(&HEXLOWER.encode(ks.kek.expose())));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the keystore must be owner-only");
+        }
         assert_eq!(format!("{:?}", ks.kek), "SecretKey(..)");
     }
 }

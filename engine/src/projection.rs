@@ -548,10 +548,7 @@ pub fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Exported>> {
     let mut out = Vec::new();
     for table in &TABLES {
         let path = dir.join(format!("{}.parquet", table.name));
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io("creating a temporary file in", dir, e))?;
+        let tmp = crate::fsutil::temp_in(dir)?;
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::SNAPPY)
             .build();
@@ -569,11 +566,7 @@ pub fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Exported>> {
             Ok(())
         })?;
         writer.close()?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
-        tmp.persist(&path)
-            .map_err(|e| Error::io("renaming into", &path, e.error))?;
+        crate::fsutil::persist(tmp, &path, true)?;
         out.push(Exported {
             table: table.name.to_owned(),
             rows,

@@ -303,26 +303,19 @@ impl Vault {
     /// CIDs stay, so the audit trail still proves what existed. Irreversible.
     pub fn erase_patient(&self, access: &Access, patient_id: &str) -> Result<Erasure> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let state: Option<Option<String>> = tx
-            .query_row(
-                "SELECT erased_at FROM patients WHERE patient_id = ?1",
-                [patient_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match state {
-            None => {
+        match patient_state(&tx, patient_id)? {
+            PatientState::Absent => {
                 return Err(Error::NotFound(format!(
                     "no patient {patient_id} in the vault"
                 )));
             }
-            Some(Some(at)) => {
+            PatientState::Erased { at } => {
                 return Err(Error::Shredded {
                     patient: patient_id.to_owned(),
                     erased_at: at,
                 });
             }
-            Some(None) => {}
+            PatientState::Active => {}
         }
         tx.execute(
             "UPDATE patients SET wrapped_key = NULL, erased_at = ?2 WHERE patient_id = ?1",
@@ -406,6 +399,32 @@ impl Vault {
         cache.keys.insert(patient_id.to_owned(), key.clone());
         Ok(key)
     }
+}
+
+/// Whether a patient is known to the vault, and whether they were erased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PatientState {
+    /// Never stored.
+    Absent,
+    /// Stored, with a live data key.
+    Active,
+    /// Erased: the data key was destroyed at `at`.
+    Erased {
+        /// When.
+        at: String,
+    },
+}
+
+pub(crate) fn patient_state(conn: &Connection, patient_id: &str) -> Result<PatientState> {
+    let erased_at: Option<Option<String>> = conn
+        .prepare_cached("SELECT erased_at FROM patients WHERE patient_id = ?1")?
+        .query_row([patient_id], |r| r.get(0))
+        .optional()?;
+    Ok(match erased_at {
+        None => PatientState::Absent,
+        Some(None) => PatientState::Active,
+        Some(Some(at)) => PatientState::Erased { at },
+    })
 }
 
 fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordVersion> {

@@ -1,7 +1,7 @@
 //! The audit chain names the first broken entry when a byte of the database
 //! file is flipped, and holds no PHI.
 
-use super::{bundles, cohort, cohort_json, stdout};
+use super::{bundles, cohort, cohort_json, column, stdout};
 
 #[test]
 fn a_flipped_byte_in_the_file_is_named() {
@@ -94,11 +94,7 @@ fn audit_log_holds_no_phi() {
         "email",
         "address_line",
     ] {
-        let a = patients.column_by_name(col).unwrap();
-        let a = a
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap();
+        let a = column::<arrow::array::StringArray>(&patients, col);
         identifiers.extend(a.iter().flatten().map(str::to_owned));
     }
     assert!(identifiers.len() > 50);

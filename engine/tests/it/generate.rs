@@ -119,31 +119,23 @@ fn population_is_realistic_and_carries_identifiers() {
         prev("I10")
     );
     assert!(prev("J45.909") > 0.04);
-    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
-    let a1c = |diabetic: bool| {
-        mean(
-            adults
-                .iter()
-                .filter(|p| has(p, "E11.9") == diabetic)
-                .flat_map(|p| p.a1c.clone())
-                .collect(),
-        )
+    // Mean of a measurement among adults with (or without) a condition.
+    let mean_by = |code: &str, with: bool, values: fn(&Person) -> &Vec<f64>| {
+        let v: Vec<f64> = adults
+            .iter()
+            .filter(|p| has(p, code) == with)
+            .flat_map(|p| values(p).iter().copied())
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
     };
+    let a1c = |diabetic| mean_by("E11.9", diabetic, |p| &p.a1c);
     assert!(
         a1c(true) > a1c(false) + 1.5,
         "HbA1c follows diabetes: {} vs {}",
         a1c(true),
         a1c(false)
     );
-    let sys = |htn: bool| {
-        mean(
-            adults
-                .iter()
-                .filter(|p| has(p, "I10") == htn)
-                .flat_map(|p| p.systolic.clone())
-                .collect(),
-        )
-    };
+    let sys = |htn| mean_by("I10", htn, |p| &p.systolic);
     assert!(
         sys(true) > sys(false) + 15.0,
         "systolic follows hypertension: {} vs {}",

@@ -5,7 +5,7 @@ use cohort_engine::ingest;
 use cohort_engine::projection;
 use serde_json::{Value, json};
 
-use super::{access, bundles, cohort, stderr, stdout, vault};
+use super::{access, bundles, cohort, column, stderr, stdout, vault};
 
 fn counts(v: &cohort_engine::vault::Vault) -> projection::Counts {
     projection::counts(v.conn()).unwrap()
@@ -140,12 +140,7 @@ fn reingest_is_idempotent_and_changes_make_versions() {
     // The projection shows the current version only.
     let obs = projection::read_table(vault.conn(), "observations").unwrap();
     assert_eq!(obs.num_rows(), 1);
-    let values = obs
-        .column_by_name("value")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Float64Array>()
-        .unwrap();
+    let values = column::<Float64Array>(&obs, "value");
     assert_eq!(values.value(0), 8.4);
 }
 
@@ -204,19 +199,9 @@ fn projection_has_the_five_tables_as_arrow() {
     }
     let patients = projection::read_table(vault.conn(), "patients").unwrap();
     assert_eq!(patients.num_rows(), 60);
-    let zip = patients
-        .column_by_name("zip")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let zip = column::<StringArray>(&patients, "zip");
     assert!(zip.iter().all(|z| z.is_some_and(|z| z.len() == 5)));
-    let birth = patients
-        .column_by_name("birth_date")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Date32Array>()
-        .unwrap();
+    let birth = column::<Date32Array>(&patients, "birth_date");
     assert_eq!(birth.null_count(), 0);
     let obs = projection::read_table(vault.conn(), "observations").unwrap();
     assert_eq!(
@@ -228,21 +213,11 @@ fn projection_has_the_five_tables_as_arrow() {
         "Timestamp(µs, \"UTC\")"
     );
     // Every observation belongs to a projected patient.
-    let ids: std::collections::HashSet<&str> = patients
-        .column_by_name("patient_id")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap()
+    let ids: std::collections::HashSet<&str> = column::<StringArray>(&patients, "patient_id")
         .iter()
         .flatten()
         .collect();
-    let owners = obs
-        .column_by_name("patient_id")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let owners = column::<StringArray>(&obs, "patient_id");
     assert!(owners.iter().flatten().all(|p| ids.contains(p)));
 }
 

@@ -66,6 +66,19 @@ pub(crate) fn cohort_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&o)))
 }
 
+/// A column of a record batch as its concrete Arrow array type.
+pub(crate) fn column<'a, T: 'static>(
+    batch: &'a arrow::record_batch::RecordBatch,
+    name: &str,
+) -> &'a T {
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column `{name}`"))
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap_or_else(|| panic!("column `{name}` has another type"))
+}
+
 /// A small synthetic cohort written to `<tmp>/bundles`.
 pub(crate) fn bundles(tmp: &Path, patients: u64, seed: u64) -> PathBuf {
     let out = tmp.join(format!("bundles-{patients}-{seed}"));
