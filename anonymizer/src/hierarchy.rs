@@ -436,6 +436,12 @@ impl DomainTree {
                         ranges.insert(leaf.clone(), (x, x));
                         for (w, label) in widths.iter().zip(&ancestors) {
                             let (lo, hi) = band(x, *origin, *w);
+                            // Whole-number bands are the closed ranges their labels say.
+                            let hi = if origin.fract() == 0.0 && w.fract() == 0.0 {
+                                hi - 1.0
+                            } else {
+                                hi
+                            };
                             ranges.insert(label.clone(), (lo, hi));
                             order.insert(label.clone(), (lo, 0));
                         }
@@ -760,7 +766,7 @@ kind = "tree"
         assert_eq!(ids, [0, 1, 2, 3]);
         let n = tree.lowest_common_ancestor(0, 2, 3);
         assert_eq!(tree.label(n), "35-39");
-        // Band 35..40 clipped to the data's 20..39: 4 of 19.
+        // Band 35-39 within the data's 20..39: 4 of 19.
         assert!((tree.penalty(n) - 4.0 / 19.0).abs() < 1e-12);
         assert_eq!(tree.child_containing(0, 3), tree.children(0)[0]);
     }

@@ -3,11 +3,18 @@
 //! Turns consented records into something safe to release. It works on Arrow
 //! `RecordBatch`es and knows nothing of the ledger, FHE or SQL:
 //!
+//! - [`deid`]: HIPAA Safe Harbor de-identification by a declarative column
+//!   policy, with keyed per-study pseudonyms;
 //! - [`hierarchy`]: generalization hierarchies declared in TOML (numeric
 //!   bands, dates, prefixes, categorical trees);
 //! - [`mondrian`]: k-anonymity by Mondrian partitioning, with the
 //!   [`privacy_model`]s l-diversity and t-closeness as split constraints, and
 //!   information-loss metrics;
+//! - [`dp`]: differential-privacy mechanisms on OpenDP's samplers (discrete
+//!   Laplace and Gaussian counts and sums, means, histograms, key selection,
+//!   quantiles), each release carrying its exact cost;
+//! - [`accountant`]: budgets in ε, (ε, δ) and ρ-zCDP in exact fixed point, with
+//!   reserve / commit / release of charges.
 //!
 //! It is a leaf crate: nothing in the workspace is below it.
 //!
@@ -30,9 +37,28 @@
 //! let out = anonymize(&table, &request).unwrap();
 //! assert!(out.report.min_class_size >= 10);
 //! ```
+//!
+//! A DP release, paid for from a study's budget:
+//!
+//! ```
+//! use cohort_anonymizer::accountant::{Accountant, Budget, QueryId};
+//! use cohort_anonymizer::dp::{self, Privacy};
+//!
+//! let mut study = Accountant::new(Budget::Pure { epsilon: "1".parse()? });
+//! let privacy = Privacy::Pure { epsilon: 0.1 };
+//! let query = QueryId::new("count-diabetes");
+//! study.reserve(query.clone(), privacy.charge()?)?;
+//! let release = dp::count(412, 1, privacy)?;
+//! study.commit(&query, Some(release.charge()))?;
+//! assert_eq!(study.remaining().to_string(), "ε = 0.9");
+//! # Ok::<(), cohort_anonymizer::Error>(())
+//! ```
 
 #![deny(missing_docs)]
 
+pub mod accountant;
+pub mod deid;
+pub mod dp;
 pub mod error;
 pub mod hierarchy;
 pub mod mondrian;

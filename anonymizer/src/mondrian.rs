@@ -237,7 +237,7 @@ pub fn anonymize(batch: &RecordBatch, request: &Request) -> Result<Anonymized> {
 
 fn validate(batch: &RecordBatch, request: &Request) -> Result<()> {
     let p = &request.params;
-    let bad = |m: String| Err(Error::InvalidParameter(m));
+    let bad = |m: String| Err(Error::InvalidRequest(m));
     if p.k == 0 {
         return bad("k must be at least 1".into());
     }

@@ -63,13 +63,12 @@ def main() -> int:
             lo, hi = min(values), max(values)
             glo, ghi = df[col].min(), df[col].max()
             spec = hier.get(col)
-            if spec:  # narrowest band origin + i*w holding [lo, hi]
+            if spec and lo != hi:  # narrowest band origin + i*w holding [lo, hi]
                 o = spec.get("origin", 0)
-                for w in [0] + spec["widths"]:
-                    blo = lo if w == 0 else o + (lo - o) // w * w
-                    bhi = hi if w == 0 else blo + w - 1
-                    if bhi >= hi:
-                        lo, hi = blo, bhi
+                for w in spec["widths"]:
+                    blo = o + (lo - o) // w * w
+                    if blo + w - 1 >= hi:
+                        lo, hi = blo, blo + w - 1
                         break
                 else:
                     return "*", 1.0

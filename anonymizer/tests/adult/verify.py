@@ -384,7 +384,12 @@ def run_cohort(binary: str, input_csv: Path, out_csv: Path, k: int, l: int | Non
     shown = " ".join(cmd)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        # No stdin: a passphrase prompt fails at once instead of hanging. The
+        # global --data-dir defaults to ./cohort-data; keep it in the out dir.
+        env = dict(os.environ)
+        env.setdefault("COHORT_DATA_DIR", str(out_csv.parent / "cohort-data"))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env=env)
     except FileNotFoundError:
         raise SetupError(f"cohort binary not found: {binary} (build it with "
                          "`cargo build --release`, then pass --cohort target/release/cohort)")
@@ -408,16 +413,23 @@ def run_cohort(binary: str, input_csv: Path, out_csv: Path, k: int, l: int | Non
 
 
 def parse_json_report(stdout: str) -> dict | None:
-    """The JSON object cohort printed: the whole stdout, else its last {...} line."""
-    text = stdout.strip()
-    candidates = [text] + [ln for ln in reversed(text.splitlines()) if ln.strip().startswith("{")]
-    for cand in candidates:
-        try:
-            obj = json.loads(cand)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            return obj
+    """The JSON object cohort printed: all of stdout, else the last object in it
+    (compact on one line, or pretty-printed from a line starting with '{').
+    If the figures sit one level down ({"anonymize": {...}}), that is returned."""
+    lines = stdout.strip().splitlines()
+    starts = [0] + [i for i, ln in enumerate(lines) if ln.startswith("{")][::-1]
+    for i in starts:
+        for cand in ("\n".join(lines[i:]), lines[i] if i < len(lines) else ""):
+            try:
+                obj = json.loads(cand)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                if "ncp" not in obj:
+                    inner = [v for v in obj.values() if isinstance(v, dict) and "ncp" in v]
+                    if len(inner) == 1:
+                        return inner[0]
+                return obj
     return None
 
 
@@ -472,13 +484,37 @@ def check_cohort_run(name: str, report: dict, out_csv: Path, table: pd.DataFrame
         fail(f"cannot interpret a generalized cell: {e}")
         return res
     rep = res["ncp_reported"]
+    theirs = report.get("ncp_by_column")
     if rep is None:
         fail("report has no numeric `ncp`")
     elif not 0.0 <= rep <= 1.0:
         fail(f"reported ncp {rep} outside [0, 1]")
     elif abs(rep - res["ncp_python"]) > ncp_tol:
         fail(f"reported ncp {rep:.6f} != recomputed {res['ncp_python']:.6f} "
-             f"(tolerance {ncp_tol}); per QI: {res['ncp_python_per_qi']}")
+             f"(tolerance {ncp_tol}); per QI recomputed: {res['ncp_python_per_qi']}"
+             + (f"; reported: {theirs}" if isinstance(theirs, dict) else ""))
+
+    # Other figures cohort may report about itself: disagreement is worth a
+    # look but is no failure (the asked k and l are what is enforced above).
+    warnings = []
+    if isinstance(theirs, dict):
+        off = {c: (theirs[c], res["ncp_python_per_qi"][c]) for c in QIS
+               if isinstance(theirs.get(c), (int, float))
+               and abs(theirs[c] - res["ncp_python_per_qi"][c]) > ncp_tol}
+        if off:
+            warnings.append(f"ncp_by_column (reported, recomputed) differ: {off}")
+    for key, mine in (("min_class_size", "k_pycanon"), ("l_distinct", "l_pycanon")):
+        v = number(report, key)
+        if v is not None and v != res[mine]:
+            warnings.append(f"reported {key} = {v}, pycanon says {res[mine]}")
+    t = number(report, "t")
+    if t is not None and abs(t - res["t_pycanon"]) > 1e-6:
+        warnings.append(f"reported t = {t:.6f}, pycanon t-closeness (equal distance) "
+                        f"= {res['t_pycanon']:.6f}")
+    for w in warnings:
+        log(f"warning: {name}: {w}")
+    if warnings:
+        res["warnings"] = warnings
     return res
 
 
@@ -694,6 +730,9 @@ def self_test() -> int:
     check("width multiple", any("multiple" in p for p in
                                 check_hierarchies(bad_w, pd.DataFrame({"x": ["1"]}))), True)
     check("json last line", parse_json_report('log\n{"rows_in": 3}\n'), {"rows_in": 3})
+    check("json pretty", parse_json_report('log\n{\n  "ncp": 0.5\n}'), {"ncp": 0.5})
+    check("json nested", parse_json_report('{"anonymize": {"ncp": 0.5}, "v": 1}'), {"ncp": 0.5})
+    check("json none", parse_json_report("done"), None)
     check("configs", parse_configs("2,5:3"), [(2, None), (5, 3)])
     print(f"self-test: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
