@@ -171,6 +171,10 @@ struct Sensitive {
 
 struct Ctx<'a> {
     qis: Vec<Qi>,
+    /// Every row's ordinal per quasi-identifier, row-major (`row * d + q`):
+    /// scanning a partition touches one cache line per row, not one per
+    /// quasi-identifier.
+    keys: Vec<f64>,
     sensitive: Option<Sensitive>,
     params: &'a Params,
     t: Option<TCloseness>,
@@ -217,8 +221,16 @@ pub fn anonymize(batch: &RecordBatch, request: &Request) -> Result<Anonymized> {
         }
         None => (None, None),
     };
+    let d = qis.len();
+    let mut keys = vec![0.0; n * d];
+    for (j, q) in qis.iter().enumerate() {
+        for r in 0..n {
+            keys[r * d + j] = q.ordinal(r as u32);
+        }
+    }
     let ctx = Ctx {
         qis,
+        keys,
         sensitive,
         params,
         t,
@@ -319,14 +331,43 @@ fn no_nulls(name: &str, array: &dyn Array) -> Result<()> {
     Ok(())
 }
 
-fn as_text(name: &str, array: &ArrayRef) -> Result<Vec<String>> {
-    let utf8 = cast(array, &DataType::Utf8).map_err(|e| Error::UnsupportedType {
+fn as_utf8(name: &str, array: &ArrayRef) -> Result<ArrayRef> {
+    cast(array, &DataType::Utf8).map_err(|e| Error::UnsupportedType {
         column: name.into(),
         data_type: array.data_type().to_string(),
         what: format!("cannot be read as text ({e})"),
-    })?;
+    })
+}
+
+fn as_text(name: &str, array: &ArrayRef) -> Result<Vec<String>> {
+    let utf8 = as_utf8(name, array)?;
     let s = utf8.as_string::<i32>();
     Ok((0..s.len()).map(|i| s.value(i).to_string()).collect())
+}
+
+/// Dense codes for text values, numbered in sorted order of the distinct
+/// values (which are returned): no per-row allocation, and only the distinct
+/// values are sorted.
+fn dictionary(name: &str, array: &ArrayRef) -> Result<(Vec<u32>, Vec<String>)> {
+    let utf8 = as_utf8(name, array)?;
+    let s = utf8.as_string::<i32>();
+    let mut first: HashMap<&str, u32> = HashMap::new();
+    let mut provisional = Vec::with_capacity(s.len());
+    for i in 0..s.len() {
+        let next = first.len() as u32;
+        provisional.push(*first.entry(s.value(i)).or_insert(next));
+    }
+    let mut distinct: Vec<(&str, u32)> = first.into_iter().collect();
+    distinct.sort_unstable();
+    let mut rank = vec![0u32; distinct.len()];
+    for (r, (_, p)) in distinct.iter().enumerate() {
+        rank[*p as usize] = r as u32;
+    }
+    let codes = provisional.into_iter().map(|p| rank[p as usize]).collect();
+    Ok((
+        codes,
+        distinct.into_iter().map(|(v, _)| v.to_string()).collect(),
+    ))
 }
 
 fn is_ordered(t: &DataType) -> bool {
@@ -337,24 +378,33 @@ fn encode_qi(name: &str, array: &ArrayRef, hierarchy: Option<&Hierarchy>) -> Res
     no_nulls(name, array)?;
     let dt = array.data_type();
     if let Some(h) = hierarchy {
-        let tree_values: Vec<String>;
+        // Build the tree over the distinct values, then map rows by code.
+        let numeric = matches!(h, Hierarchy::Interval { .. }) && dt.is_numeric();
+        let date =
+            matches!(h, Hierarchy::Date {}) && matches!(dt, DataType::Date32 | DataType::Date64);
+        let (codes, distinct) = dictionary(name, array)?;
         let numbers: Vec<f64>;
         let dates: Vec<NaiveDate>;
-        let values: Vec<Value> = match (h, dt) {
-            (Hierarchy::Interval { .. }, t) if t.is_numeric() => {
-                numbers = as_f64(name, array)?;
-                numbers.iter().map(|&x| Value::Number(x)).collect()
-            }
-            (Hierarchy::Date {}, DataType::Date32 | DataType::Date64) => {
-                dates = as_days(name, array)?.into_iter().map(day_to_date).collect();
-                dates.iter().map(|&d| Value::Date(d)).collect()
-            }
-            _ => {
-                tree_values = as_text(name, array)?;
-                tree_values.iter().map(|s| Value::Text(s)).collect()
-            }
+        let values: Vec<Value> = if numeric {
+            numbers = distinct
+                .iter()
+                .map(|v| v.parse::<f64>().unwrap_or(f64::NAN))
+                .collect();
+            numbers.iter().map(|&x| Value::Number(x)).collect()
+        } else if date {
+            dates = distinct
+                .iter()
+                .map(|v| NaiveDate::parse_from_str(v, "%Y-%m-%d").unwrap_or_default())
+                .collect();
+            dates.iter().map(|&d| Value::Date(d)).collect()
+        } else {
+            distinct.iter().map(|v| Value::Text(v)).collect()
         };
-        let (tree, leaf) = DomainTree::build(name, h, &values)?;
+        let (tree, distinct_leaf) = DomainTree::build(name, h, &values)?;
+        let leaf = codes
+            .into_iter()
+            .map(|c| distinct_leaf[c as usize])
+            .collect();
         return Ok(Qi::Tree { tree, leaf });
     }
     if is_ordered(dt) {
@@ -391,16 +441,7 @@ fn encode_qi(name: &str, array: &ArrayRef, hierarchy: Option<&Hierarchy>) -> Res
                 .into(),
         });
     }
-    let text = as_text(name, array)?;
-    let mut labels: Vec<String> = text.clone();
-    labels.sort_unstable();
-    labels.dedup();
-    let index: HashMap<&str, u32> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.as_str(), i as u32))
-        .collect();
-    let code = text.iter().map(|s| index[s.as_str()]).collect();
+    let (code, labels) = dictionary(name, array)?;
     Ok(Qi::Set { code, labels })
 }
 
@@ -435,9 +476,13 @@ fn encode_sensitive(
 ) -> Result<(Sensitive, GroundDistance)> {
     no_nulls(name, array)?;
     if let Some(h @ Hierarchy::Tree { .. }) = hierarchy {
-        let text = as_text(name, array)?;
-        let values: Vec<Value> = text.iter().map(|s| Value::Text(s)).collect();
-        let (tree, leaf) = DomainTree::build(name, h, &values)?;
+        let (codes, distinct) = dictionary(name, array)?;
+        let values: Vec<Value> = distinct.iter().map(|s| Value::Text(s)).collect();
+        let (tree, distinct_leaf) = DomainTree::build(name, h, &values)?;
+        let leaf: Vec<u32> = codes
+            .into_iter()
+            .map(|c| distinct_leaf[c as usize])
+            .collect();
         let domain = tree.leaf_count() as usize;
         return Ok((
             Sensitive { code: leaf, domain },
@@ -461,16 +506,7 @@ fn encode_sensitive(
             GroundDistance::Ordered,
         ));
     }
-    let text = as_text(name, array)?;
-    let mut labels = text.clone();
-    labels.sort_unstable();
-    labels.dedup();
-    let index: HashMap<&str, u32> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.as_str(), i as u32))
-        .collect();
-    let code = text.iter().map(|s| index[s.as_str()]).collect();
+    let (code, labels) = dictionary(name, array)?;
     Ok((
         Sensitive {
             code,
@@ -593,18 +629,16 @@ fn best_split(ctx: &Ctx, part: &mut [u32], budget: usize) -> Option<Vec<(usize, 
     if part.len() < 2 * ctx.params.k && budget == 0 {
         return None;
     }
-    let mut dims: Vec<(usize, f64)> = ctx
-        .qis
-        .iter()
+    let mut dims: Vec<(usize, f64)> = widths(ctx, part)
+        .into_iter()
         .enumerate()
-        .map(|(i, q)| (i, width(q, part)))
         .filter(|&(_, w)| w > 0.0)
         .collect();
     dims.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     for (d, _) in dims {
         let found = match &ctx.qis[d] {
-            Qi::Tree { tree, leaf } => split_tree(ctx, tree, leaf, part, budget),
-            q => split_ordered(ctx, q, part, budget),
+            Qi::Tree { tree, .. } => split_tree(ctx, d, tree, part, budget),
+            _ => split_ordered(ctx, d, part, budget),
         };
         if found.is_some() {
             return found;
@@ -613,37 +647,35 @@ fn best_split(ctx: &Ctx, part: &mut [u32], budget: usize) -> Option<Vec<(usize, 
     None
 }
 
-/// The normalized width of a quasi-identifier within `part`, in `[0, 1]`.
-fn width(q: &Qi, part: &[u32]) -> f64 {
-    match q {
-        Qi::Ordered {
-            values, min, max, ..
-        } => {
-            let (lo, hi) = extent(part.iter().map(|&r| values[r as usize]));
-            if max > min {
-                (hi - lo) / (max - min)
-            } else {
-                0.0
-            }
-        }
-        Qi::Set { code, labels } => {
-            let (lo, hi) = extent(part.iter().map(|&r| f64::from(code[r as usize])));
-            if labels.len() > 1 {
-                (hi - lo) / (labels.len() - 1) as f64
-            } else {
-                0.0
-            }
-        }
-        Qi::Tree { tree, leaf } => {
-            let (lo, hi) = extent(part.iter().map(|&r| f64::from(leaf[r as usize])));
-            if lo == hi {
-                return 0.0;
-            }
-            let node = tree.lowest_common_ancestor(tree.root(), lo as u32, hi as u32);
-            // A node whose leaves are all equal in penalty terms still splits.
-            tree.penalty(node).max(f64::EPSILON)
+/// The normalized width of each quasi-identifier within `part`, in `[0, 1]`,
+/// from one pass over the partition's rows.
+fn widths(ctx: &Ctx, part: &[u32]) -> Vec<f64> {
+    let d = ctx.qis.len();
+    let mut lo = vec![f64::INFINITY; d];
+    let mut hi = vec![f64::NEG_INFINITY; d];
+    for &r in part {
+        let row = &ctx.keys[r as usize * d..r as usize * d + d];
+        for j in 0..d {
+            lo[j] = lo[j].min(row[j]);
+            hi[j] = hi[j].max(row[j]);
         }
     }
+    ctx.qis
+        .iter()
+        .enumerate()
+        .map(|(j, q)| match q {
+            Qi::Ordered { min, max, .. } if max > min => (hi[j] - lo[j]) / (max - min),
+            Qi::Set { labels, .. } if labels.len() > 1 => {
+                (hi[j] - lo[j]) / (labels.len() - 1) as f64
+            }
+            Qi::Tree { tree, .. } if lo[j] < hi[j] => {
+                let node = tree.lowest_common_ancestor(tree.root(), lo[j] as u32, hi[j] as u32);
+                // A node whose leaves are all equal in penalty terms still splits.
+                tree.penalty(node).max(f64::EPSILON)
+            }
+            _ => 0.0,
+        })
+        .collect()
 }
 
 fn extent(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -664,17 +696,24 @@ fn partition_in_place(part: &mut [u32], pred: impl Fn(u32) -> bool) -> usize {
     i
 }
 
-fn split_ordered(ctx: &Ctx, q: &Qi, part: &mut [u32], budget: usize) -> Option<Vec<(usize, bool)>> {
+fn split_ordered(
+    ctx: &Ctx,
+    dim: usize,
+    part: &mut [u32],
+    budget: usize,
+) -> Option<Vec<(usize, bool)>> {
+    let d = ctx.qis.len();
+    let key = |r: u32| ctx.keys[r as usize * d + dim];
     let n = part.len();
     let mid = (n - 1) / 2;
-    part.select_nth_unstable_by(mid, |&a, &b| q.ordinal(a).total_cmp(&q.ordinal(b)));
-    let median = q.ordinal(part[mid]);
+    part.select_nth_unstable_by(mid, |&a, &b| key(a).total_cmp(&key(b)));
+    let median = key(part[mid]);
     let cut = match ctx.params.mode {
         Mode::Relaxed => mid + 1,
         Mode::Strict => {
-            let cut = partition_in_place(part, |r| q.ordinal(r) <= median);
+            let cut = partition_in_place(part, |r| key(r) <= median);
             if cut == n {
-                partition_in_place(part, |r| q.ordinal(r) < median)
+                partition_in_place(part, |r| key(r) < median)
             } else {
                 cut
             }
@@ -694,13 +733,15 @@ fn split_ordered(ctx: &Ctx, q: &Qi, part: &mut [u32], budget: usize) -> Option<V
 
 fn split_tree(
     ctx: &Ctx,
+    dim: usize,
     tree: &DomainTree,
-    leaf: &[u32],
     part: &mut [u32],
     budget: usize,
 ) -> Option<Vec<(usize, bool)>> {
+    let d = ctx.qis.len();
+    let leaf = |r: u32| ctx.keys[r as usize * d + dim] as u32;
     let (lo, hi) = part.iter().fold((u32::MAX, 0), |(lo, hi), &r| {
-        (lo.min(leaf[r as usize]), hi.max(leaf[r as usize]))
+        (lo.min(leaf(r)), hi.max(leaf(r)))
     });
     let node = tree.lowest_common_ancestor(tree.root(), lo, hi);
     let children = tree.children(node);
@@ -708,7 +749,7 @@ fn split_tree(
         return None;
     }
     let child_of = |r: u32| {
-        let c = tree.child_containing(node, leaf[r as usize]);
+        let c = tree.child_containing(node, leaf(r));
         children.iter().position(|&x| x == c).unwrap_or(0)
     };
     // Group rows by child (counting sort).
@@ -842,23 +883,26 @@ fn build_output(
     // Classes with identical labels merge: the released classes are the
     // distinct label tuples.
     let mut by_labels: HashMap<Vec<String>, u32> = HashMap::new();
-    let mut suppressed = 0;
-    for p in parts {
-        let rows = &idx[p.start..p.start + p.len];
-        if p.suppressed {
-            suppressed += p.len;
-            continue;
-        }
-        let (labels, penalties) = generalize(ctx, rows);
+    let suppressed: usize = parts.iter().filter(|p| p.suppressed).map(|p| p.len).sum();
+    let kept: Vec<&Part> = parts.iter().filter(|p| !p.suppressed).collect();
+    let generalized: Vec<(Vec<String>, Vec<f64>)> = kept
+        .par_iter()
+        .map(|p| generalize(ctx, &idx[p.start..p.start + p.len]))
+        .collect();
+    for (p, (labels, penalties)) in kept.iter().zip(generalized) {
         for (sum, pen) in penalty_sums.iter_mut().zip(&penalties) {
             *sum += pen * p.len as f64;
         }
         let next = class_labels.len() as u32;
-        let id = *by_labels.entry(labels.clone()).or_insert_with(|| {
-            class_labels.push(labels);
-            next
-        });
-        for &r in rows {
+        let id = match by_labels.get(&labels) {
+            Some(&id) => id,
+            None => {
+                by_labels.insert(labels.clone(), next);
+                class_labels.push(labels);
+                next
+            }
+        };
+        for &r in &idx[p.start..p.start + p.len] {
             class_of[r as usize] = id;
         }
     }
@@ -874,28 +918,46 @@ fn build_output(
         .map(|(i, c)| (c.as_str(), i))
         .collect();
     let indices = UInt32Array::from(released.clone());
-    let mut fields = Vec::new();
-    let mut columns: Vec<ArrayRef> = Vec::new();
-    for field in batch.schema().fields() {
-        let name = field.name().as_str();
-        if let Some(&q) = qi_position.get(name) {
-            let mut b = StringBuilder::with_capacity(rows_out, rows_out * 8);
-            for &r in &released {
-                b.append_value(&class_labels[class_of[r as usize] as usize][q]);
+    let schema = batch.schema();
+    let released_fields: Vec<&arrow::datatypes::FieldRef> = schema
+        .fields()
+        .iter()
+        .filter(|f| {
+            let name = f.name().as_str();
+            qi_position.contains_key(name)
+                || request.sensitive.as_deref() == Some(name)
+                || request.keep.iter().any(|k| k == name)
+        })
+        .collect();
+    // Label columns are built in parallel, one per quasi-identifier.
+    let built: Vec<Result<(Field, ArrayRef)>> = released_fields
+        .par_iter()
+        .map(|field| {
+            let name = field.name().as_str();
+            if let Some(&q) = qi_position.get(name) {
+                let mut b = StringBuilder::with_capacity(rows_out, rows_out * 8);
+                for &r in &released {
+                    b.append_value(&class_labels[class_of[r as usize] as usize][q]);
+                }
+                Ok((
+                    Field::new(name, DataType::Utf8, false),
+                    Arc::new(b.finish()) as ArrayRef,
+                ))
+            } else {
+                let column = take(
+                    batch.column_by_name(name).expect("validated"),
+                    &indices,
+                    None,
+                )?;
+                Ok((field.as_ref().clone(), column))
             }
-            fields.push(Field::new(name, DataType::Utf8, false));
-            columns.push(Arc::new(b.finish()));
-        } else if request.sensitive.as_deref() == Some(name)
-            || request.keep.iter().any(|k| k == name)
-        {
-            fields.push(field.as_ref().clone());
-            columns.push(take(
-                batch.column_by_name(name).expect("validated"),
-                &indices,
-                None,
-            )?);
-        }
-    }
+        })
+        .collect();
+    let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = built
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
     let out = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
 
     let measured = measure_classes(ctx, &released, &class_of, class_labels.len());
