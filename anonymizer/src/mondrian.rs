@@ -10,8 +10,10 @@
 //! range, a hierarchy node, or the set of its values).
 //!
 //! - *Strict* mode cuts ordered attributes by value (parts' ranges do not
-//!   overlap); *relaxed* mode cuts the sorted rows in half, so the median value
-//!   may fall on both sides (better utility, overlapping ranges).
+//!   overlap). *Relaxed* mode does the same while any such cut is allowable;
+//!   when none is, it cuts the sorted rows of an attribute in half, so rows
+//!   holding the median value fall on both sides (finer classes, overlapping
+//!   ranges).
 //! - Hierarchical splits pool the children that would violate a constraint
 //!   into one residual part generalized to the parent node.
 //! - With a suppression limit, a part that cannot satisfy the constraints may
@@ -43,7 +45,8 @@ use crate::privacy_model::{GroundDistance, LDiversity, TCloseness, emd, entropy}
 pub enum Mode {
     /// Cut by value: all rows with the median value go to one side.
     Strict,
-    /// Cut the sorted rows in half; the median value may fall on both sides.
+    /// Cut by value when allowable, else cut the sorted rows in half so the
+    /// median value may fall on both sides.
     Relaxed,
 }
 
@@ -271,10 +274,10 @@ fn validate(batch: &RecordBatch, request: &Request) -> Result<()> {
         Some(LDiversity::Distinct { l }) | Some(LDiversity::Recursive { l, .. }) if l < 1 => {
             return bad("l must be at least 1".into());
         }
-        Some(LDiversity::Entropy { l }) if !(l >= 1.0) => {
+        Some(LDiversity::Entropy { l }) if l.is_nan() || l < 1.0 => {
             return bad(format!("entropy l = {l} must be at least 1"));
         }
-        Some(LDiversity::Recursive { c, .. }) if !(c > 0.0) => {
+        Some(LDiversity::Recursive { c, .. }) if c.is_nan() || c <= 0.0 => {
             return bad(format!("c = {c} must be positive"));
         }
         _ => {}
@@ -635,13 +638,23 @@ fn best_split(ctx: &Ctx, part: &mut [u32], budget: usize) -> Option<Vec<(usize, 
         .filter(|&(_, w)| w > 0.0)
         .collect();
     dims.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    for (d, _) in dims {
+    for &(d, _) in &dims {
         let found = match &ctx.qis[d] {
             Qi::Tree { tree, .. } => split_tree(ctx, d, tree, part, budget),
             _ => split_ordered(ctx, d, part, budget),
         };
         if found.is_some() {
             return found;
+        }
+    }
+    // Relaxed: only when no cut by value is allowable on any attribute.
+    if ctx.params.mode == Mode::Relaxed {
+        for &(d, _) in &dims {
+            if !matches!(ctx.qis[d], Qi::Tree { .. })
+                && let Some(found) = split_balanced(ctx, d, part, budget)
+            {
+                return Some(found);
+            }
         }
     }
     None
@@ -665,8 +678,15 @@ fn widths(ctx: &Ctx, part: &[u32]) -> Vec<f64> {
         .enumerate()
         .map(|(j, q)| match q {
             Qi::Ordered { min, max, .. } if max > min => (hi[j] - lo[j]) / (max - min),
-            Qi::Set { labels, .. } if labels.len() > 1 => {
-                (hi[j] - lo[j]) / (labels.len() - 1) as f64
+            // Sets are penalized by how many values they hold, not their span.
+            Qi::Set { labels, .. } if labels.len() > 1 && lo[j] < hi[j] => {
+                let mut seen = vec![0u64; (hi[j] - lo[j]) as usize / 64 + 1];
+                for &r in part {
+                    let c = (ctx.keys[r as usize * d + j] - lo[j]) as usize;
+                    seen[c / 64] |= 1 << (c % 64);
+                }
+                let distinct: u32 = seen.iter().map(|w| w.count_ones()).sum();
+                f64::from(distinct - 1) / (labels.len() - 1) as f64
             }
             Qi::Tree { tree, .. } if lo[j] < hi[j] => {
                 let node = tree.lowest_common_ancestor(tree.root(), lo[j] as u32, hi[j] as u32);
@@ -708,20 +728,35 @@ fn split_ordered(
     let mid = (n - 1) / 2;
     part.select_nth_unstable_by(mid, |&a, &b| key(a).total_cmp(&key(b)));
     let median = key(part[mid]);
-    let cut = match ctx.params.mode {
-        Mode::Relaxed => mid + 1,
-        Mode::Strict => {
-            let cut = partition_in_place(part, |r| key(r) <= median);
-            if cut == n {
-                partition_in_place(part, |r| key(r) < median)
-            } else {
-                cut
-            }
-        }
-    };
+    let mut cut = partition_in_place(part, |r| key(r) <= median);
+    if cut == n {
+        cut = partition_in_place(part, |r| key(r) < median);
+    }
     if cut == 0 || cut == n {
         return None;
     }
+    judge(ctx, part, cut, budget)
+}
+
+/// The relaxed cut: the sorted rows in half, rows holding the median value
+/// divided between both sides.
+fn split_balanced(
+    ctx: &Ctx,
+    dim: usize,
+    part: &mut [u32],
+    budget: usize,
+) -> Option<Vec<(usize, bool)>> {
+    let d = ctx.qis.len();
+    let key = |r: u32| ctx.keys[r as usize * d + dim];
+    let mid = (part.len() - 1) / 2;
+    part.select_nth_unstable_by(mid, |&a, &b| key(a).total_cmp(&key(b)));
+    judge(ctx, part, mid + 1, budget)
+}
+
+/// Whether cutting `part` after `cut` rows is allowable, suppressing a side
+/// that fails the constraints if the budget covers it.
+fn judge(ctx: &Ctx, part: &[u32], cut: usize, budget: usize) -> Option<Vec<(usize, bool)>> {
+    let n = part.len();
     let (left, right) = part.split_at(cut);
     match (ctx.ok(left), ctx.ok(right)) {
         (true, true) => Some(vec![(cut, false), (n - cut, false)]),

@@ -29,7 +29,9 @@ pub mod generate;
 pub mod ingest;
 pub mod keystore;
 pub mod projection;
+pub mod safe_harbor;
 pub mod store;
+pub mod tabular;
 pub mod vault;
 
 mod error;

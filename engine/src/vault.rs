@@ -129,6 +129,34 @@ impl Vault {
         self.blocks.as_ref()
     }
 
+    /// The secret that per-study pseudonym keys are derived from: created on
+    /// first use, stored only wrapped by the keystore (like data keys), so a
+    /// study's pseudonyms are stable across runs and unlinkable across studies.
+    pub fn pseudonym_master(&self) -> Result<SecretKey> {
+        const CONTEXT: &[u8] = b"cohort/pseudonym-master";
+        let stored: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'pseudonym_master'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(hex) = stored {
+            let wrapped = data_encoding::HEXLOWER
+                .decode(hex.as_bytes())
+                .map_err(|_| Error::Invalid("meta.pseudonym_master is not hex".into()))?;
+            return self.keys.unwrap(&wrapped, CONTEXT);
+        }
+        let key = SecretKey::generate();
+        let wrapped = self.keys.wrap(&key, CONTEXT)?;
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('pseudonym_master', ?1)",
+            [data_encoding::HEXLOWER.encode(&wrapped)],
+        )?;
+        Ok(key)
+    }
+
     /// Stores one record in its own transaction, with an audit entry.
     pub fn put(
         &self,

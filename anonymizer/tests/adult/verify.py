@@ -367,10 +367,10 @@ def run_anonypy(table: pd.DataFrame, k: int, l: int | None) -> tuple[pd.DataFram
 # --------------------------------------------------------------------------
 
 def run_cohort(binary: str, input_csv: Path, out_csv: Path, k: int, l: int | None,
-               hierarchies: Path | None, timeout: float) -> tuple[dict, float]:
+               hierarchies: Path | None, timeout: float,
+               mode: str = "strict") -> tuple[dict, float]:
     """Run `cohort --json anonymize ...`; return (its JSON report, wall seconds)."""
-    # A .py "binary" (fake_cohort.py) runs under this interpreter.
-    prefix = [sys.executable, binary] if binary.endswith(".py") else [binary]
+    prefix = [binary]
     cmd = prefix + ["--json", "anonymize", "--input", str(input_csv),
            "--quasi-identifiers", ",".join(QIS), "--sensitive", SENSITIVE,
            "--k", str(k)]
@@ -378,6 +378,8 @@ def run_cohort(binary: str, input_csv: Path, out_csv: Path, k: int, l: int | Non
         cmd += ["--l", str(l)]
     if hierarchies:
         cmd += ["--hierarchies", str(hierarchies)]
+    if mode != "strict":
+        cmd += ["--mode", mode]
     cmd += ["--out", str(out_csv)]
     if out_csv.exists():
         out_csv.unlink()
@@ -582,6 +584,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ncp-tol", type=float, default=1e-3,
                     help="max |reported - recomputed| NCP (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per cohort run")
+    ap.add_argument("--mode", choices=["strict", "relaxed"], default="strict",
+                    help="cohort's Mondrian mode (default %(default)s)")
     args = ap.parse_args(argv)
 
     if args.self_test:
@@ -635,7 +639,8 @@ def run(args, configs) -> int:
                     ("cohort_no_hierarchies", None, set_domains, "-sets")):
                 out_csv = out_dir / f"out-{tag}{suffix}.csv"
                 log(f"[{tag}] cohort {'with hierarchies' if hpath else 'without hierarchies'} ...")
-                report, wall = run_cohort(binary, input_csv, out_csv, k, l, hpath, args.timeout)
+                report, wall = run_cohort(binary, input_csv, out_csv, k, l, hpath, args.timeout,
+                                          args.mode)
                 res = check_cohort_run(f"cohort{suffix} k={k} l={l}", report, out_csv, table,
                                        domains, k, l, args.ncp_tol, failures)
                 res["wall_seconds"] = round(wall, 3)

@@ -7,6 +7,7 @@ mod cid;
 mod cli;
 mod generate;
 mod ingest;
+mod steward;
 mod vault;
 
 use std::path::{Path, PathBuf};
