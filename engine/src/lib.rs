@@ -29,6 +29,7 @@ pub mod generate;
 pub mod ingest;
 pub mod keystore;
 pub mod projection;
+pub mod release;
 pub mod safe_harbor;
 pub mod store;
 pub mod tabular;

@@ -94,6 +94,118 @@ enum Command {
     Anonymize(AnonymizeArgs),
     /// De-identify a table by a HIPAA Safe Harbor column policy, with per-study pseudonyms.
     Deidentify(DeidentifyArgs),
+    /// Release a differentially private statistic from a table file, debiting a budget file.
+    Dp(DpArgs),
+    /// Privacy budget files: create one, show what is left.
+    #[command(subcommand)]
+    Budget(BudgetCmd),
+}
+
+/// `cohort dp`: one DP statistic from a CSV or Parquet table.
+#[derive(clap::Args)]
+struct DpArgs {
+    /// The table (.csv or .parquet).
+    #[arg(long)]
+    input: PathBuf,
+    /// Pure ε-DP (discrete Laplace noise).
+    #[arg(long, required_unless_present = "rho")]
+    epsilon: Option<f64>,
+    /// ρ-zCDP (discrete Gaussian noise).
+    #[arg(long, conflicts_with = "epsilon")]
+    rho: Option<f64>,
+    /// The privacy-unit column (the patient); without it every row is a unit.
+    #[arg(long)]
+    unit: Option<String>,
+    /// The most rows one unit contributes (the first ones in file order).
+    #[arg(long, default_value_t = 1)]
+    max_rows: u32,
+    /// A budget file (`cohort budget init`) to debit; refused if it cannot pay.
+    #[arg(long)]
+    budget: Option<PathBuf>,
+    /// The debit's id in the budget file (a retry with the same id pays once).
+    #[arg(long)]
+    query_id: Option<String>,
+    #[command(subcommand)]
+    statistic: StatisticCmd,
+}
+
+#[derive(Subcommand)]
+enum StatisticCmd {
+    /// The number of rows.
+    Count,
+    /// The sum of a column, values clamped to [lower, upper].
+    Sum {
+        #[arg(long)]
+        column: String,
+        #[arg(long, allow_hyphen_values = true)]
+        lower: f64,
+        #[arg(long, allow_hyphen_values = true)]
+        upper: f64,
+    },
+    /// The mean of a column, values clamped to [lower, upper].
+    Mean {
+        #[arg(long)]
+        column: String,
+        #[arg(long, allow_hyphen_values = true)]
+        lower: f64,
+        #[arg(long, allow_hyphen_values = true)]
+        upper: f64,
+    },
+    /// Counts per value over a public domain (comma-separated).
+    Histogram {
+        #[arg(long)]
+        column: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        domain: Vec<String>,
+    },
+    /// The values frequent enough to publish, when the domain is not public.
+    Keys {
+        #[arg(long)]
+        column: String,
+        /// The δ of the noisy threshold.
+        #[arg(long)]
+        delta: f64,
+    },
+    /// A quantile (0.5: the median), chosen among candidate values.
+    Quantile {
+        #[arg(long)]
+        column: String,
+        #[arg(long, default_value_t = 0.5)]
+        alpha: f64,
+        /// Candidate values, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required = true,
+            allow_hyphen_values = true
+        )]
+        candidates: Vec<f64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetCmd {
+    /// Create a budget file: pure ε, (ε, δ) or ρ-zCDP.
+    Init {
+        /// The file to create.
+        #[arg(long)]
+        file: PathBuf,
+        /// Total ε.
+        #[arg(long, required_unless_present = "rho")]
+        epsilon: Option<String>,
+        /// Total δ (with --epsilon).
+        #[arg(long, requires = "epsilon")]
+        delta: Option<String>,
+        /// Total ρ.
+        #[arg(long, conflicts_with = "epsilon")]
+        rho: Option<String>,
+    },
+    /// What a budget file holds: total, committed, reserved, remaining.
+    Show {
+        /// The budget file.
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 /// `cohort anonymize`: ARX-style batch anonymization for data stewards.
@@ -349,6 +461,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Anonymize(args) => anonymize(cli, args),
+        Command::Dp(args) => dp_release(cli, args),
+        Command::Budget(cmd) => budget(cli, cmd),
         Command::Deidentify(args) => deidentify(cli, &dir()?, args),
         Command::Export { out } => {
             let files = projection::export_parquet(&dir()?.connect()?, out)?;
@@ -467,6 +581,161 @@ fn anonymize(cli: &Cli, a: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
             lines.join("\n")
         },
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dp_release(cli: &Cli, a: &DpArgs) -> anyhow::Result<ExitCode> {
+    use cohort_anonymizer::dp::Privacy;
+    use cohort_engine::release::{self, Request, Statistic};
+
+    let privacy = match (a.epsilon, a.rho) {
+        (Some(epsilon), None) => Privacy::Pure { epsilon },
+        (None, Some(rho)) => Privacy::Zcdp { rho },
+        _ => bail!("give --epsilon or --rho"),
+    };
+    let statistic = match &a.statistic {
+        StatisticCmd::Count => Statistic::Count,
+        StatisticCmd::Sum {
+            column,
+            lower,
+            upper,
+        } => Statistic::Sum {
+            column: column.clone(),
+            lower: *lower,
+            upper: *upper,
+        },
+        StatisticCmd::Mean {
+            column,
+            lower,
+            upper,
+        } => Statistic::Mean {
+            column: column.clone(),
+            lower: *lower,
+            upper: *upper,
+        },
+        StatisticCmd::Histogram { column, domain } => Statistic::Histogram {
+            column: column.clone(),
+            domain: domain.clone(),
+        },
+        StatisticCmd::Keys { column, delta } => Statistic::Keys {
+            column: column.clone(),
+            delta: *delta,
+        },
+        StatisticCmd::Quantile {
+            column,
+            alpha,
+            candidates,
+        } => Statistic::Quantile {
+            column: column.clone(),
+            alpha: *alpha,
+            candidates: candidates.clone(),
+        },
+    };
+    let request = Request {
+        statistic,
+        unit: a.unit.clone(),
+        max_rows: a.max_rows,
+        privacy,
+    };
+    request.charge()?;
+    let table = cohort_engine::tabular::read(&a.input)?;
+    let outcome = match &a.budget {
+        Some(file) => {
+            let id = a.query_id.clone().unwrap_or_else(|| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                format!("q-{nanos}")
+            });
+            release::release_with_budget(file, &id, &table, &request)?
+        }
+        None => release::release(&table, &request)?,
+    };
+    emit(cli, &outcome, || {
+        let mut lines = vec![
+            format!("{} = {}", outcome.statistic, outcome.value),
+            format!(
+                "  {} noise, scale {:.4}, 95% within ±{:.4}; cost {}",
+                outcome.mechanism, outcome.scale, outcome.accuracy_95, outcome.charge
+            ),
+            format!(
+                "  rows used {}, dropped by contribution bounding {}",
+                outcome.rows_used, outcome.rows_dropped
+            ),
+        ];
+        if let Some(d) = &outcome.debit {
+            lines.push(format!(
+                "  debited as {}; remaining {}",
+                d.query_id, d.remaining
+            ));
+        }
+        lines.join("\n")
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn budget(cli: &Cli, cmd: &BudgetCmd) -> anyhow::Result<ExitCode> {
+    use cohort_anonymizer::accountant::{Accountant, Amount, Budget};
+    use cohort_engine::release::{load_budget, save_budget};
+
+    let amount = |name: &str, v: &str| -> anyhow::Result<Amount> {
+        v.parse::<Amount>()
+            .map_err(|e| anyhow::anyhow!("--{name} {v}: {e}"))
+    };
+    let accountant = match cmd {
+        BudgetCmd::Init {
+            file,
+            epsilon,
+            delta,
+            rho,
+        } => {
+            if file.exists() {
+                bail!(
+                    "{} exists; a budget file is never overwritten (it records spending)",
+                    file.display()
+                );
+            }
+            let budget = match (epsilon, delta, rho) {
+                (Some(e), None, None) => Budget::Pure {
+                    epsilon: amount("epsilon", e)?,
+                },
+                (Some(e), Some(d), None) => Budget::Approx {
+                    epsilon: amount("epsilon", e)?,
+                    delta: amount("delta", d)?,
+                },
+                (None, None, Some(r)) => Budget::Zcdp {
+                    rho: amount("rho", r)?,
+                },
+                _ => bail!("give --epsilon [--delta] or --rho"),
+            };
+            let a = Accountant::new(budget);
+            save_budget(file, &a)?;
+            a
+        }
+        BudgetCmd::Show { file } => load_budget(file)?,
+    };
+    #[derive(Serialize)]
+    struct Summary {
+        budget: String,
+        committed: String,
+        reserved: String,
+        remaining: String,
+        queries: usize,
+    }
+    let s = Summary {
+        budget: accountant.budget().to_string(),
+        committed: accountant.committed().to_string(),
+        reserved: accountant.reserved().to_string(),
+        remaining: accountant.remaining().to_string(),
+        queries: accountant.committed_queries().count(),
+    };
+    emit(cli, &s, || {
+        format!(
+            "budget {}\n  committed {} over {} queries\n  reserved  {}\n  remaining {}",
+            s.budget, s.committed, s.queries, s.reserved, s.remaining
+        )
+    });
     Ok(ExitCode::SUCCESS)
 }
 

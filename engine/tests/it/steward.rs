@@ -369,3 +369,128 @@ fn adult_is_verified_by_pycanon_and_compared_with_anonypy() {
     // Like for like (value sets, no hierarchies): no more information lost.
     assert!(ours <= theirs, "cohort NCP {ours} > anonypy {theirs}");
 }
+
+/// `cohort budget show --json`.
+fn remaining(dir: &Path, budget: &Path) -> String {
+    cohort_json(dir, &["budget", "show", "--file", budget.to_str().unwrap()])["remaining"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn dp_releases_debit_the_budget_file_and_never_overspend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = people_csv(tmp.path());
+    let budget = tmp.path().join("study.json");
+    let b = budget.to_str().unwrap();
+    cohort_json(
+        tmp.path(),
+        &["budget", "init", "--file", b, "--epsilon", "1"],
+    );
+    let o = cohort(
+        tmp.path(),
+        &["budget", "init", "--file", b, "--epsilon", "5"],
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("never overwritten"),
+        "{}",
+        stderr(&o)
+    );
+
+    let dp = |args: &[&str]| {
+        let mut all = vec!["dp", "--input", input.to_str().unwrap(), "--budget", b];
+        all.extend_from_slice(args);
+        cohort(tmp.path(), &all)
+    };
+    let o = dp(&["--epsilon", "0.25", "--query-id", "q1", "--json", "count"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["charge"], "ε = 0.25");
+    assert_eq!(r["mechanism"], "DiscreteLaplace");
+    assert!((r["value"].as_i64().unwrap() - 300).abs() < 200, "{r}");
+    assert_eq!(remaining(tmp.path(), &budget), "ε = 0.75");
+
+    // A retry of a committed query id pays nothing more.
+    let o = dp(&["--epsilon", "0.25", "--query-id", "q1", "count"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("already committed"),
+        "{}",
+        stderr(&o)
+    );
+    // A failing release (no such column) leaves no reservation behind.
+    let o = dp(&[
+        "--epsilon",
+        "0.25",
+        "sum",
+        "--column",
+        "weight",
+        "--lower",
+        "0",
+        "--upper",
+        "1",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("`weight`"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(remaining(tmp.path(), &budget), "ε = 0.75");
+    // More than what is left is refused, and nothing is spent.
+    let o = dp(&["--epsilon", "0.75000001", "count"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("budget exceeded"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(remaining(tmp.path(), &budget), "ε = 0.75");
+    // Exactly what is left is allowed; then the budget is spent.
+    let o = dp(&[
+        "--epsilon",
+        "0.75",
+        "histogram",
+        "--column",
+        "diagnosis",
+        "--domain",
+        "flu,asthma,gout,copd",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(remaining(tmp.path(), &budget), "ε = 0");
+    let o = dp(&["--epsilon", "0.000001", "count"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn dp_bounds_each_units_contribution() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("visits.csv");
+    // Patient p0 has 50 visits, the 30 others one each.
+    let mut csv = String::from("patient,cost\n");
+    for _ in 0..50 {
+        csv.push_str("p0,100\n");
+    }
+    for i in 1..=30 {
+        csv.push_str(&format!("p{i},10\n"));
+    }
+    std::fs::write(&path, csv).unwrap();
+    let r = cohort_json(
+        tmp.path(),
+        &[
+            "dp",
+            "--input",
+            path.to_str().unwrap(),
+            "--epsilon",
+            "50",
+            "--unit",
+            "patient",
+            "--max-rows",
+            "2",
+            "count",
+        ],
+    );
+    assert_eq!(r["rows_used"], 32);
+    assert_eq!(r["rows_dropped"], 48);
+    // Sensitivity is max_rows: scale = 2 / 50.
+    assert!((r["scale"].as_f64().unwrap() - 0.04).abs() < 1e-9, "{r}");
+    assert!((r["value"].as_i64().unwrap() - 32).abs() <= 2, "{r}");
+}
