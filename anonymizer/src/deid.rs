@@ -684,13 +684,39 @@ kind = "prefix"
     fn every_action_of_the_readme_policy_applies() {
         use arrow::array::{Int64Array, StringArray};
         let batch = RecordBatch::try_from_iter([
-            ("patient_id", Arc::new(StringArray::from(vec!["p1", "p1", "p2"])) as ArrayRef),
-            ("name", Arc::new(StringArray::from(vec!["Ann", "Ann", "Bo"]))),
-            ("birth_date", Arc::new(StringArray::from(vec!["1930-05-01", "1930-05-01", "1980-02-29"]))),
-            ("zip", Arc::new(StringArray::from(vec!["03601", "03601", "02139"]))),
+            (
+                "patient_id",
+                Arc::new(StringArray::from(vec!["p1", "p1", "p2"])) as ArrayRef,
+            ),
+            (
+                "name",
+                Arc::new(StringArray::from(vec!["Ann", "Ann", "Bo"])),
+            ),
+            (
+                "birth_date",
+                Arc::new(StringArray::from(vec![
+                    "1930-05-01",
+                    "1930-05-01",
+                    "1980-02-29",
+                ])),
+            ),
+            (
+                "zip",
+                Arc::new(StringArray::from(vec!["03601", "03601", "02139"])),
+            ),
             ("age", Arc::new(Int64Array::from(vec![95, 95, 45]))),
-            ("visit", Arc::new(StringArray::from(vec!["2025-01-10", "2025-03-10", "2025-01-10"]))),
-            ("icd10", Arc::new(StringArray::from(vec!["E11.9", "I10", "E11.65"]))),
+            (
+                "visit",
+                Arc::new(StringArray::from(vec![
+                    "2025-01-10",
+                    "2025-03-10",
+                    "2025-01-10",
+                ])),
+            ),
+            (
+                "icd10",
+                Arc::new(StringArray::from(vec!["E11.9", "I10", "E11.65"])),
+            ),
             ("state", Arc::new(StringArray::from(vec!["NH", "NH", "MA"]))),
         ])
         .unwrap();
@@ -700,10 +726,16 @@ kind = "prefix"
         let col = |n: &str| {
             let c = cast(out.column_by_name(n).unwrap(), &DataType::Utf8).unwrap();
             let s = c.as_string::<i32>();
-            (0..s.len()).map(|i| s.value(i).to_string()).collect::<Vec<_>>()
+            (0..s.len())
+                .map(|i| s.value(i).to_string())
+                .collect::<Vec<_>>()
         };
         assert!(out.column_by_name("name").is_none());
-        assert_eq!(col("birth_date"), ["1936", "1936", "1980"], "born 1930: over 89 in 2026");
+        assert_eq!(
+            col("birth_date"),
+            ["1936", "1936", "1980"],
+            "born 1930: over 89 in 2026"
+        );
         assert_eq!(col("zip"), ["000", "000", "021"]);
         assert_eq!(col("age"), ["90", "90", "45"]);
         assert_eq!(col("icd10"), ["E11.*", "I1*", "E11.6*"]);
@@ -711,15 +743,29 @@ kind = "prefix"
         // One person's dates move together: the 59-day interval survives.
         let visits: Vec<NaiveDate> = col("visit").iter().map(|d| d.parse().unwrap()).collect();
         assert_eq!((visits[1] - visits[0]).num_days(), 59);
-        assert!(!report.safe_harbor, "a date shift is not Safe Harbor on its own");
+        assert!(
+            !report.safe_harbor,
+            "a date shift is not Safe Harbor on its own"
+        );
         assert_eq!(report.columns.len(), 8);
         assert_eq!(report.columns[1].changed, 3, "every name is removed");
         assert_eq!(report.columns[7].changed, 0, "state is kept");
 
-        let err = Policy::from_toml("[columns]\nx = \"shred\"").unwrap_err().to_string();
+        let err = Policy::from_toml("[columns]\nx = \"shred\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown action \"shred\""), "{err}");
-        let err = deidentify(&batch, &Policy::from_toml("[columns]\nstate = \"keep\"").unwrap(), &key).unwrap_err();
-        assert!(err.to_string().contains("no rule for column(s) `patient_id`"), "{err}");
+        let err = deidentify(
+            &batch,
+            &Policy::from_toml("[columns]\nstate = \"keep\"").unwrap(),
+            &key,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no rule for column(s) `patient_id`"),
+            "{err}"
+        );
     }
 
     #[test]

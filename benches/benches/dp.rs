@@ -52,5 +52,23 @@ fn float_sum_releases(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, count_releases, float_sum_releases);
+fn noise_samples(c: &mut Criterion) {
+    // Raw sampler throughput: one histogram release over 10,000 bins draws
+    // 10,000 noise samples from one measurement.
+    const BINS: usize = 10_000;
+    let counts = vec![1_000i64; BINS];
+    let mut group = c.benchmark_group("noise_samples");
+    group.throughput(Throughput::Elements(BINS as u64));
+    for (name, privacy) in [
+        ("discrete_laplace/scale_10", Privacy::Pure { epsilon: 0.1 }),
+        ("discrete_gaussian/sigma_10", Privacy::Zcdp { rho: 0.005 }),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| dp::histogram(black_box(&counts), 1, 1, privacy).expect("histogram release"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, count_releases, float_sum_releases, noise_samples);
 criterion_main!(benches);
