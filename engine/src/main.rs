@@ -206,6 +206,16 @@ enum BudgetCmd {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Cancel a reservation left by a run that stopped before committing
+    /// (`cohort dp` prints nothing before it commits, so nothing was released).
+    Release {
+        /// The budget file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The query id whose reservation to cancel.
+        #[arg(long)]
+        query_id: String,
+    },
 }
 
 /// `cohort anonymize`: ARX-style batch anonymization for data stewards.
@@ -720,6 +730,14 @@ fn budget(cli: &Cli, cmd: &BudgetCmd) -> anyhow::Result<ExitCode> {
             a
         }
         BudgetCmd::Show { file } => load_budget(file)?,
+        BudgetCmd::Release { file, query_id } => {
+            let mut a = load_budget(file)?;
+            a.release(&cohort_anonymizer::accountant::QueryId::new(
+                query_id.as_str(),
+            ))?;
+            save_budget(file, &a)?;
+            a
+        }
     };
     #[derive(Serialize)]
     struct Summary {

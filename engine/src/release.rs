@@ -12,7 +12,9 @@
 //! Budgets: the budget file is the study's [`Accountant`] as JSON. A release
 //! reserves its charge, computes, commits and rewrites the file atomically;
 //! if the computation fails the reservation is released, so nothing is spent
-//! without a result and nothing is released without a debit.
+//! without a result and nothing is released without a debit. A run killed
+//! between reserving and committing leaves a reservation (never an
+//! overspend), which `cohort budget release` cancels.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -458,6 +458,37 @@ fn dp_releases_debit_the_budget_file_and_never_overspend() {
     assert_eq!(remaining(tmp.path(), &budget), "ε = 0");
     let o = dp(&["--epsilon", "0.000001", "count"]);
     assert!(!o.status.success());
+
+    // A run killed between reserve and commit leaves a reservation, which
+    // `budget release` cancels (simulated by reserving through the library).
+    let mut a = cohort_engine::release::load_budget(&budget).unwrap();
+    let fresh = tmp.path().join("fresh.json");
+    let mut f = cohort_anonymizer::accountant::Accountant::new(*a.budget());
+    let half = cohort_anonymizer::accountant::Charge::Pure {
+        epsilon: "0.5".parse().unwrap(),
+    };
+    f.reserve("crashed".into(), half).unwrap();
+    cohort_engine::release::save_budget(&fresh, &f).unwrap();
+    let shown = cohort_json(
+        tmp.path(),
+        &["budget", "show", "--file", fresh.to_str().unwrap()],
+    );
+    assert_eq!(shown["reserved"], "ε = 0.5");
+    let after = cohort_json(
+        tmp.path(),
+        &[
+            "budget",
+            "release",
+            "--file",
+            fresh.to_str().unwrap(),
+            "--query-id",
+            "crashed",
+        ],
+    );
+    assert_eq!(after["reserved"], "ε = 0");
+    assert_eq!(after["remaining"], "ε = 1");
+    a = cohort_engine::release::load_budget(&budget).unwrap();
+    assert_eq!(a.committed_queries().count(), 2);
 }
 
 #[test]
