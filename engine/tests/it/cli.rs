@@ -25,6 +25,14 @@ fn demo_runs_on_embedded_defaults_and_again() {
     let text = stdout(&first);
     assert!(text.contains("patients              50"), "{text}");
     assert!(text.contains("audit chain intact"), "{text}");
+    assert!(text.contains("k = 5 on birth year, gender, ZIP3"), "{text}");
+    let smallest: usize = text
+        .split("(smallest ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no class size in {text}"));
+    assert!(smallest >= 5, "{text}");
     let second = bare(&["--data-dir", d, "demo", "--patients", "50", "--json"])
         .output()
         .unwrap();
@@ -36,6 +44,13 @@ fn demo_runs_on_embedded_defaults_and_again() {
     );
     assert!(v["ingest"]["unchanged"].as_u64().unwrap() > 500);
     assert_eq!(v["audit"]["first_broken"], serde_json::Value::Null);
+    assert!(
+        v["anonymizer"]
+            .as_str()
+            .unwrap()
+            .contains("DP count at ε = 0.5"),
+        "{v}"
+    );
 }
 
 #[test]
