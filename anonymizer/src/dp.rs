@@ -50,10 +50,11 @@ use opendp::accuracy::{
     discrete_gaussian_scale_to_accuracy, discrete_laplacian_scale_to_accuracy,
     gaussian_scale_to_accuracy, laplacian_scale_to_accuracy,
 };
-use opendp::core::Measurement;
+use opendp::core::{Domain, Measurement, Metric, MetricSpace};
 use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
 use opendp::measurements::{
-    make_gaussian, make_laplace, make_laplace_threshold, make_private_quantile,
+    DiscreteGaussian, DiscreteLaplace, MakeNoise, make_gaussian, make_laplace,
+    make_laplace_threshold, make_private_quantile,
 };
 use opendp::measures::{Approximate, MaxDivergence, ZeroConcentratedDivergence};
 use opendp::metrics::{
@@ -434,55 +435,93 @@ fn float_accuracy(mechanism: MechanismKind, scale: f64, alpha: f64, value: f64) 
     Ok(continuous * (1.0 + 1e-12) + f64::EPSILON * value.abs())
 }
 
-/// Adds calibrated integer noise to `value`, whose sensitivity under the
-/// neighbouring relation is `sensitivity` (absolute distance).
+/// OpenDP's Laplace noise (`make_laplace`: discrete on integer domains, on
+/// the 2⁻¹⁰⁷⁴ grid on `f64`) over `domain` and `metric`, calibrated so that
+/// its privacy map at `d_in` certifies at most `epsilon`; `ideal` is
+/// `sensitivity / ε`, the scale tried first. Applied to `input`.
+fn laplace<DI, MI>(
+    domain: DI,
+    metric: MI,
+    d_in: MI::Distance,
+    ideal: f64,
+    epsilon: Amount,
+    input: &DI::Carrier,
+) -> Result<Noisy<DI::Carrier>>
+where
+    DI: Domain + Clone,
+    MI: Metric + Clone,
+    (DI, MI): MetricSpace,
+    DiscreteLaplace: MakeNoise<DI, MI, MaxDivergence>,
+{
+    let context = opendp("building the Laplace mechanism");
+    let (measurement, scale) = calibrate(epsilon, 1, ideal, |scale| {
+        let m: Measurement<DI, MI, MaxDivergence, DI::Carrier> =
+            make_laplace(domain.clone(), metric.clone(), scale, None).map_err(&context)?;
+        let loss = m.map(&d_in).map_err(&context)?;
+        Ok((m, loss))
+    })?;
+    let value = measurement
+        .invoke(input)
+        .map_err(opendp("sampling Laplace noise"))?;
+    Ok(Noisy {
+        value,
+        scale,
+        mechanism: MechanismKind::DiscreteLaplace,
+    })
+}
+
+/// OpenDP's Gaussian noise (`make_gaussian`), as [`laplace`] but for ρ-zCDP;
+/// `ideal` is `sensitivity / √(2ρ)`.
+fn gaussian<DI, MI>(
+    domain: DI,
+    metric: MI,
+    d_in: MI::Distance,
+    ideal: f64,
+    rho: Amount,
+    input: &DI::Carrier,
+) -> Result<Noisy<DI::Carrier>>
+where
+    DI: Domain + Clone,
+    MI: Metric + Clone,
+    (DI, MI): MetricSpace,
+    DiscreteGaussian: MakeNoise<DI, MI, ZeroConcentratedDivergence>,
+{
+    let context = opendp("building the Gaussian mechanism");
+    let (measurement, scale) = calibrate(rho, 2, ideal, |scale| {
+        let m: Measurement<DI, MI, ZeroConcentratedDivergence, DI::Carrier> =
+            make_gaussian(domain.clone(), metric.clone(), scale, None).map_err(&context)?;
+        let loss = m.map(&d_in).map_err(&context)?;
+        Ok((m, loss))
+    })?;
+    let value = measurement
+        .invoke(input)
+        .map_err(opendp("sampling Gaussian noise"))?;
+    Ok(Noisy {
+        value,
+        scale,
+        mechanism: MechanismKind::DiscreteGaussian,
+    })
+}
+
+/// Adds calibrated integer noise to `value`, whose sensitivity is given.
 fn noisy_i64(value: i64, sensitivity: u128, target: Target) -> Result<Noisy<i64>> {
-    let d_in = sensitivity;
+    let (domain, metric) = (
+        AtomDomain::<i64>::default(),
+        AbsoluteDistance::<u128>::default(),
+    );
     let sensitivity_f = u128_to_f64_ceil(sensitivity);
     match target {
-        Target::Pure(epsilon) => {
-            let context = opendp("building the discrete Laplace mechanism");
-            let (measurement, scale) =
-                calibrate(epsilon, 1, sensitivity_f / epsilon.to_f64(), |scale| {
-                    let m: Measurement<_, _, MaxDivergence, i64> = make_laplace(
-                        AtomDomain::<i64>::default(),
-                        AbsoluteDistance::<u128>::default(),
-                        scale,
-                        None,
-                    )
-                    .map_err(&context)?;
-                    let loss = m.map(&d_in).map_err(&context)?;
-                    Ok((m, loss))
-                })?;
-            Ok(Noisy {
-                value: measurement
-                    .invoke(&value)
-                    .map_err(opendp("sampling discrete Laplace noise"))?,
-                scale,
-                mechanism: MechanismKind::DiscreteLaplace,
-            })
-        }
+        Target::Pure(epsilon) => laplace(
+            domain,
+            metric,
+            sensitivity,
+            sensitivity_f / epsilon.to_f64(),
+            epsilon,
+            &value,
+        ),
         Target::Zcdp(rho) => {
-            let context = opendp("building the discrete Gaussian mechanism");
             let ideal = sensitivity_f / (2.0 * rho.to_f64()).sqrt();
-            let (measurement, scale) = calibrate(rho, 2, ideal, |scale| {
-                let m: Measurement<_, _, ZeroConcentratedDivergence, i64> = make_gaussian(
-                    AtomDomain::<i64>::default(),
-                    AbsoluteDistance::<u128>::default(),
-                    scale,
-                    None,
-                )
-                .map_err(&context)?;
-                let loss = m.map(&d_in).map_err(&context)?;
-                Ok((m, loss))
-            })?;
-            Ok(Noisy {
-                value: measurement
-                    .invoke(&value)
-                    .map_err(opendp("sampling discrete Gaussian noise"))?,
-                scale,
-                mechanism: MechanismKind::DiscreteGaussian,
-            })
+            gaussian(domain, metric, sensitivity, ideal, rho, &value)
         }
     }
 }
@@ -491,100 +530,44 @@ fn noisy_i64(value: i64, sensitivity: u128, target: Target) -> Result<Noisy<i64>
 /// (pure) or L2 (zCDP) sensitivity is given.
 fn noisy_i64_vec(values: &[i64], l1: u128, l2: f64, target: Target) -> Result<Noisy<Vec<i64>>> {
     let input = values.to_vec();
+    let domain = VectorDomain::new(AtomDomain::<i64>::default());
     match target {
         Target::Pure(epsilon) => {
-            let context = opendp("building the vector discrete Laplace mechanism");
             let ideal = u128_to_f64_ceil(l1) / epsilon.to_f64();
-            let (measurement, scale) = calibrate(epsilon, 1, ideal, |scale| {
-                let m: Measurement<_, _, MaxDivergence, Vec<i64>> = make_laplace(
-                    VectorDomain::new(AtomDomain::<i64>::default()),
-                    L1Distance::<u128>::default(),
-                    scale,
-                    None,
-                )
-                .map_err(&context)?;
-                let loss = m.map(&l1).map_err(&context)?;
-                Ok((m, loss))
-            })?;
-            Ok(Noisy {
-                value: measurement
-                    .invoke(&input)
-                    .map_err(opendp("sampling discrete Laplace noise"))?,
-                scale,
-                mechanism: MechanismKind::DiscreteLaplace,
-            })
+            laplace(
+                domain,
+                L1Distance::<u128>::default(),
+                l1,
+                ideal,
+                epsilon,
+                &input,
+            )
         }
         Target::Zcdp(rho) => {
-            let context = opendp("building the vector discrete Gaussian mechanism");
             let ideal = l2 / (2.0 * rho.to_f64()).sqrt();
-            let (measurement, scale) = calibrate(rho, 2, ideal, |scale| {
-                let m: Measurement<_, _, ZeroConcentratedDivergence, Vec<i64>> = make_gaussian(
-                    VectorDomain::new(AtomDomain::<i64>::default()),
-                    L2Distance::<f64>::default(),
-                    scale,
-                    None,
-                )
-                .map_err(&context)?;
-                let loss = m.map(&l2).map_err(&context)?;
-                Ok((m, loss))
-            })?;
-            Ok(Noisy {
-                value: measurement
-                    .invoke(&input)
-                    .map_err(opendp("sampling discrete Gaussian noise"))?,
-                scale,
-                mechanism: MechanismKind::DiscreteGaussian,
-            })
+            gaussian(domain, L2Distance::<f64>::default(), l2, ideal, rho, &input)
         }
     }
 }
 
 /// Adds calibrated noise to a real `value` whose sensitivity is `sensitivity`.
 fn noisy_f64(value: f64, sensitivity: f64, target: Target) -> Result<Noisy<f64>> {
+    let (domain, metric) = (
+        AtomDomain::<f64>::new_non_nan(),
+        AbsoluteDistance::<f64>::default(),
+    );
     match target {
-        Target::Pure(epsilon) => {
-            let context = opendp("building the floating-point Laplace mechanism");
-            let (measurement, scale) =
-                calibrate(epsilon, 1, sensitivity / epsilon.to_f64(), |scale| {
-                    let m: Measurement<_, _, MaxDivergence, f64> = make_laplace(
-                        AtomDomain::<f64>::new_non_nan(),
-                        AbsoluteDistance::<f64>::default(),
-                        scale,
-                        None,
-                    )
-                    .map_err(&context)?;
-                    let loss = m.map(&sensitivity).map_err(&context)?;
-                    Ok((m, loss))
-                })?;
-            Ok(Noisy {
-                value: measurement
-                    .invoke(&value)
-                    .map_err(opendp("sampling Laplace noise"))?,
-                scale,
-                mechanism: MechanismKind::DiscreteLaplace,
-            })
-        }
+        Target::Pure(epsilon) => laplace(
+            domain,
+            metric,
+            sensitivity,
+            sensitivity / epsilon.to_f64(),
+            epsilon,
+            &value,
+        ),
         Target::Zcdp(rho) => {
-            let context = opendp("building the floating-point Gaussian mechanism");
             let ideal = sensitivity / (2.0 * rho.to_f64()).sqrt();
-            let (measurement, scale) = calibrate(rho, 2, ideal, |scale| {
-                let m: Measurement<_, _, ZeroConcentratedDivergence, f64> = make_gaussian(
-                    AtomDomain::<f64>::new_non_nan(),
-                    AbsoluteDistance::<f64>::default(),
-                    scale,
-                    None,
-                )
-                .map_err(&context)?;
-                let loss = m.map(&sensitivity).map_err(&context)?;
-                Ok((m, loss))
-            })?;
-            Ok(Noisy {
-                value: measurement
-                    .invoke(&value)
-                    .map_err(opendp("sampling Gaussian noise"))?,
-                scale,
-                mechanism: MechanismKind::DiscreteGaussian,
-            })
+            gaussian(domain, metric, sensitivity, ideal, rho, &value)
         }
     }
 }
