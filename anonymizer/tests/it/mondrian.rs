@@ -196,6 +196,29 @@ fn t_closeness_bounds_every_class_distance() {
 }
 
 #[test]
+fn t_closeness_uses_the_hierarchical_distance_when_the_sensitive_column_has_a_tree() {
+    let input = people(3_000, 6);
+    let mut r = request(5);
+    r.hierarchies = Hierarchies::from_toml(&format!(
+        "{HIERARCHIES}\n[dx]\nkind = \"tree\"\n[dx.tree]\n\"*\" = [\"infection\", \"chronic\"]\ninfection = [\"flu\"]\nchronic = [\"asthma\", \"gout\", \"copd\", \"migraine\", \"eczema\"]\n"
+    ))
+    .unwrap();
+    r.params.t_closeness = Some(0.1);
+    let hierarchical = anonymize(&input, &r).unwrap();
+    assert!(hierarchical.report.t.unwrap() <= 0.1 + 1e-9);
+    // Moving mass between two chronic diagnoses costs half as much as across
+    // the root, so the same t allows finer classes than equal distance.
+    r.hierarchies = Hierarchies::from_toml(HIERARCHIES).unwrap();
+    let equal = anonymize(&input, &r).unwrap();
+    assert!(
+        hierarchical.report.classes > equal.report.classes,
+        "hierarchical {} vs equal {}",
+        hierarchical.report.classes,
+        equal.report.classes
+    );
+}
+
+#[test]
 fn impossible_requirements_are_refused_naming_the_constraint() {
     let input = people(40, 4);
     let err = anonymize(&input, &request(41)).unwrap_err().to_string();
