@@ -525,3 +525,40 @@ fn dp_bounds_each_units_contribution() {
     assert!((r["scale"].as_f64().unwrap() - 0.04).abs() < 1e-9, "{r}");
     assert!((r["value"].as_i64().unwrap() - 32).abs() <= 2, "{r}");
 }
+
+#[test]
+fn the_shipped_hierarchies_cover_the_synthetic_cohort() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let h = cohort_anonymizer::hierarchy::Hierarchies::load(
+        &root.join("anonymizer/hierarchies/cohort.toml"),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_keep, dir, vault) = super::vault();
+    let b = bundles(tmp.path(), 300, 5);
+    cohort_engine::ingest::ingest_paths(&vault, &access(), &[b], false).unwrap();
+    let conn = dir.connect().unwrap();
+    let conditions = cohort_engine::projection::read_table(&conn, "conditions").unwrap();
+    let icd = h.get("icd10").unwrap();
+    let codes: HashSet<String> = text(&conditions, "icd10").into_iter().collect();
+    assert!(codes.len() >= 8, "{codes:?}");
+    for code in &codes {
+        let up = icd
+            .ancestors("icd10", cohort_anonymizer::hierarchy::Value::Text(code))
+            .unwrap();
+        assert_eq!(up.last().map(String::as_str), Some("*"), "{code}: {up:?}");
+    }
+    let e11 = icd
+        .ancestors("icd10", cohort_anonymizer::hierarchy::Value::Text("E11.9"))
+        .unwrap();
+    assert_eq!(e11, ["E11", "E08-E13", "E00-E89", "*"]);
+    let patients = cohort_engine::projection::read_table(&conn, "patients").unwrap();
+    let race = h.get("race").unwrap();
+    for r in text(&patients, "race")
+        .into_iter()
+        .filter(|r| !r.is_empty())
+    {
+        race.ancestors("race", cohort_anonymizer::hierarchy::Value::Text(&r))
+            .unwrap();
+    }
+}
