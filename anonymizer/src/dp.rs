@@ -1036,6 +1036,11 @@ pub fn quantile(
     ))
 }
 
+/// Clopper–Pearson bounds, shared with the integration tests' DP audit.
+#[cfg(test)]
+#[path = "../tests/it/clopper_pearson.rs"]
+mod clopper_pearson;
+
 #[cfg(test)]
 mod tests {
     //! Unit and statistical tests. Every statistical assertion is a one-sided
@@ -1047,64 +1052,11 @@ mod tests {
 
     use super::*;
     use crate::accountant::PrivacyKind;
-    use statrs::function::beta::beta_reg;
 
     /// Level of each one-sided statistical assertion.
     const ALPHA_TEST: f64 = 2e-8;
 
-    /// `P[X ≥ k]` for `X ~ Bin(n, p)`.
-    fn upper_tail(k: u64, n: u64, p: f64) -> f64 {
-        if k == 0 {
-            1.0
-        } else {
-            beta_reg(k as f64, (n - k + 1) as f64, p)
-        }
-    }
-
-    /// `P[X ≤ k]` for `X ~ Bin(n, p)`.
-    fn lower_tail(k: u64, n: u64, p: f64) -> f64 {
-        if k >= n {
-            1.0
-        } else {
-            beta_reg((n - k) as f64, (k + 1) as f64, 1.0 - p)
-        }
-    }
-
-    /// One-sided Clopper–Pearson lower bound: `P[bound > p] ≤ alpha`.
-    fn cp_lower(k: u64, n: u64, alpha: f64) -> f64 {
-        if k == 0 {
-            return 0.0;
-        }
-        // Largest p with P[X ≥ k | p] ≤ alpha (increasing in p).
-        let (mut low, mut high) = (0.0, k as f64 / n as f64);
-        for _ in 0..200 {
-            let middle = (low + high) / 2.0;
-            if upper_tail(k, n, middle) <= alpha {
-                low = middle
-            } else {
-                high = middle
-            }
-        }
-        low
-    }
-
-    /// One-sided Clopper–Pearson upper bound: `P[bound < p] ≤ alpha`.
-    fn cp_upper(k: u64, n: u64, alpha: f64) -> f64 {
-        if k >= n {
-            return 1.0;
-        }
-        // Smallest p with P[X ≤ k | p] ≤ alpha (decreasing in p).
-        let (mut low, mut high) = (k as f64 / n as f64, 1.0);
-        for _ in 0..200 {
-            let middle = (low + high) / 2.0;
-            if lower_tail(k, n, middle) <= alpha {
-                high = middle
-            } else {
-                low = middle
-            }
-        }
-        high
-    }
+    use super::clopper_pearson::{cp_lower, cp_upper};
 
     /// Asserts that `hits` out of `n` is consistent with probability `p`
     /// (two one-sided bounds).

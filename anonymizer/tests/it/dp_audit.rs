@@ -25,53 +25,19 @@
 
 use std::time::Instant;
 
+use super::clopper_pearson::{cp_lower, cp_upper};
 use cohort_anonymizer::dp::{self, Privacy};
 use opendp::core::Measurement;
 use opendp::domains::AtomDomain;
 use opendp::measurements::make_laplace;
 use opendp::measures::MaxDivergence;
 use opendp::metrics::AbsoluteDistance;
-use statrs::function::beta::beta_reg;
 
 /// Level of each one-sided Clopper–Pearson bound.
 const ALPHA_BOUND: f64 = 1e-7;
 
 /// Samples per neighbouring dataset.
 const SAMPLES: u64 = 200_000;
-
-/// Largest p with `P[Bin(n, p) ≥ k] ≤ alpha`: a one-sided lower bound on p.
-fn cp_lower(k: u64, n: u64, alpha: f64) -> f64 {
-    if k == 0 {
-        return 0.0;
-    }
-    let (mut low, mut high) = (0.0, k as f64 / n as f64);
-    for _ in 0..200 {
-        let middle = (low + high) / 2.0;
-        if beta_reg(k as f64, (n - k + 1) as f64, middle) <= alpha {
-            low = middle;
-        } else {
-            high = middle;
-        }
-    }
-    low
-}
-
-/// Smallest p with `P[Bin(n, p) ≤ k] ≤ alpha`: a one-sided upper bound on p.
-fn cp_upper(k: u64, n: u64, alpha: f64) -> f64 {
-    if k >= n {
-        return 1.0;
-    }
-    let (mut low, mut high) = (k as f64 / n as f64, 1.0);
-    for _ in 0..200 {
-        let middle = (low + high) / 2.0;
-        if beta_reg((n - k) as f64, (k + 1) as f64, 1.0 - middle) <= alpha {
-            high = middle;
-        } else {
-            low = middle;
-        }
-    }
-    high
-}
 
 /// The audit of one mechanism: `mechanism(true_answer)` releases a noisy
 /// answer; `D` has true answer `truth`, `D'` has `truth + sensitivity`.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
+mod clopper_pearson;
 mod dp_audit;
 mod mondrian;
 
