@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::error::{Error, Result};
-use crate::hierarchy::{Hierarchies, Hierarchy, Value};
+use crate::hierarchy::{Hierarchies, Hierarchy, Value, date_from_unix_days};
 
 /// Three-digit ZIP prefixes whose population was 20,000 or fewer in the 2000
 /// census; Safe Harbor requires them to be released as `000` (HHS guidance,
@@ -573,14 +573,10 @@ fn epoch_days(name: &str, array: &ArrayRef) -> Result<Vec<Option<i64>>> {
     Ok(days.as_primitive::<Int64Type>().iter().collect())
 }
 
-fn date_of(days: i64) -> NaiveDate {
-    NaiveDate::from_num_days_from_ce_opt(days as i32 + 719_163).unwrap_or_default()
-}
-
 fn year(name: &str, array: &ArrayRef, top_code_at: Option<NaiveDate>) -> Result<ArrayRef> {
     let mut b = Int32Builder::with_capacity(array.len());
     for d in epoch_days(name, array)? {
-        match d.map(date_of) {
+        match d.map(date_from_unix_days) {
             None => b.append_null(),
             Some(date) => {
                 let mut y = date.year();

@@ -351,6 +351,15 @@ fn band_label(lo: f64, hi: f64, origin: f64, w: f64) -> String {
     }
 }
 
+/// The date `days` after 1970-01-01 (Arrow's `Date32`).
+pub(crate) fn date_from_unix_days(days: i64) -> NaiveDate {
+    const UNIX_EPOCH_FROM_CE: i64 = 719_163;
+    i32::try_from(days + UNIX_EPOCH_FROM_CE)
+        .ok()
+        .and_then(NaiveDate::from_num_days_from_ce_opt)
+        .unwrap_or_default()
+}
+
 /// Numbers print without a trailing `.0` when integral.
 pub(crate) fn format_number(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {

@@ -36,7 +36,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::hierarchy::{DomainTree, Hierarchies, Hierarchy, Value, format_number};
+use crate::hierarchy::{
+    DomainTree, Hierarchies, Hierarchy, Value, date_from_unix_days, format_number,
+};
 use crate::privacy_model::{GroundDistance, LDiversity, TCloseness, emd, entropy};
 
 /// How ordered attributes are cut.
@@ -468,10 +470,6 @@ fn as_days(name: &str, array: &ArrayRef) -> Result<Vec<i32>> {
     Ok(a.as_primitive::<Int32Type>().values().to_vec())
 }
 
-fn day_to_date(days: i32) -> NaiveDate {
-    NaiveDate::from_num_days_from_ce_opt(days + 719_163).unwrap_or_default()
-}
-
 fn encode_sensitive(
     name: &str,
     array: &ArrayRef,
@@ -887,7 +885,10 @@ fn generalize(ctx: &Ctx, rows: &[u32]) -> (Vec<String>, Vec<f64>) {
 
 fn range_label(lo: f64, hi: f64, date: bool) -> String {
     if date {
-        let (a, b) = (day_to_date(lo as i32), day_to_date(hi as i32));
+        let (a, b) = (
+            date_from_unix_days(lo as i64),
+            date_from_unix_days(hi as i64),
+        );
         return if a == b {
             a.to_string()
         } else {

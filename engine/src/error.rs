@@ -88,6 +88,11 @@ pub enum Error {
     #[error("{0}")]
     AuditBroken(String),
 
+    /// De-identification, anonymization, a DP release or the accountant
+    /// refused (the message names the column, constraint or budget at fault).
+    #[error("{0}")]
+    Anonymizer(#[from] cohort_anonymizer::Error),
+
     /// Arrow or Parquet failed while building or writing a projection.
     #[error("columnar projection: {0}")]
     Arrow(String),

@@ -549,15 +549,12 @@ pub fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Exported>> {
     for table in &TABLES {
         let path = dir.join(format!("{}.parquet", table.name));
         let tmp = crate::fsutil::temp_in(dir)?;
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::SNAPPY)
-            .build();
         let mut writer = parquet::arrow::ArrowWriter::try_new(
             tmp.as_file()
                 .try_clone()
                 .map_err(|e| Error::io("opening", tmp.path().to_owned(), e))?,
             table.schema(),
-            Some(props),
+            Some(crate::tabular::parquet_properties()),
         )?;
         let mut rows = 0;
         scan(conn, table, 65_536, |b| {

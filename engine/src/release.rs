@@ -188,13 +188,12 @@ impl Request {
     /// What the release costs, before it runs (reserved first).
     pub fn charge(&self) -> Result<cohort_anonymizer::accountant::Charge> {
         use cohort_anonymizer::accountant::{Amount, Charge};
-        let bad = |e: cohort_anonymizer::Error| Error::Invalid(e.to_string());
         match (&self.statistic, self.privacy) {
             (Statistic::Keys { delta, .. }, Privacy::Pure { epsilon }) => Ok(Charge::Approx {
-                epsilon: Amount::from_f64_display(epsilon).map_err(bad)?,
-                delta: Amount::from_f64_display(*delta).map_err(bad)?,
+                epsilon: Amount::from_f64_display(epsilon)?,
+                delta: Amount::from_f64_display(*delta)?,
             }),
-            _ => self.privacy.charge().map_err(bad),
+            _ => Ok(self.privacy.charge()?),
         }
     }
 }
@@ -212,10 +211,9 @@ pub fn release(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
     }
     let rows = bounded_rows(batch, unit, max_rows)?;
     let dropped = batch.num_rows() - rows.len();
-    let dp = |e: cohort_anonymizer::Error| Error::Invalid(e.to_string());
     let (statistic_name, value, mechanism, scale, accuracy, charge) = match statistic {
         Statistic::Count => {
-            let r = dp::count(rows.len() as i64, max_rows, privacy).map_err(dp)?;
+            let r = dp::count(rows.len() as i64, max_rows, privacy)?;
             (
                 "count".to_string(),
                 to_json(r.value()),
@@ -232,7 +230,7 @@ pub fn release(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
         } => {
             let xs = numbers(batch, column, &rows)?;
             let sum: f64 = xs.iter().map(|x| x.clamp(*lower, *upper)).sum();
-            let r = dp::sum_f64(sum, *lower, *upper, max_rows, privacy).map_err(dp)?;
+            let r = dp::sum_f64(sum, *lower, *upper, max_rows, privacy)?;
             (
                 format!("sum({column}) clamped to [{lower}, {upper}]"),
                 to_json(r.value()),
@@ -249,8 +247,7 @@ pub fn release(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
         } => {
             let xs = numbers(batch, column, &rows)?;
             let sum: f64 = xs.iter().map(|x| x.clamp(*lower, *upper)).sum();
-            let r =
-                dp::mean(sum, xs.len() as i64, *lower, *upper, max_rows, privacy).map_err(dp)?;
+            let r = dp::mean(sum, xs.len() as i64, *lower, *upper, max_rows, privacy)?;
             (
                 format!("mean({column}) clamped to [{lower}, {upper}]"),
                 to_json(r.value()),
@@ -276,7 +273,7 @@ pub fn release(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
                     counts[i] += 1;
                 }
             }
-            let r = dp::histogram(&counts, max_rows, max_rows, privacy).map_err(dp)?;
+            let r = dp::histogram(&counts, max_rows, max_rows, privacy)?;
             let value: serde_json::Map<String, serde_json::Value> = domain
                 .iter()
                 .cloned()
@@ -305,7 +302,7 @@ pub fn release(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
                     *counts.entry(t.value(r).to_string()).or_default() += 1;
                 }
             }
-            let r = dp::select_keys(counts, max_rows, max_rows, epsilon, *delta).map_err(dp)?;
+            let r = dp::select_keys(counts, max_rows, max_rows, epsilon, *delta)?;
             let kept = &r.value().keys;
             let value: serde_json::Map<String, serde_json::Value> = kept
                 .iter()
@@ -334,7 +331,7 @@ pub fn release(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
                 ));
             };
             let xs = numbers(batch, column, &rows)?;
-            let r = dp::quantile(&xs, candidates, *alpha, max_rows, epsilon).map_err(dp)?;
+            let r = dp::quantile(&xs, candidates, *alpha, max_rows, epsilon)?;
             (
                 format!("quantile {alpha} of {column}"),
                 to_json(r.value()),
@@ -387,15 +384,11 @@ pub fn release_with_budget(
     let charge = request.charge()?;
     let mut accountant = load_budget(budget_file)?;
     let id = QueryId::new(query_id);
-    accountant
-        .reserve(id.clone(), charge)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    accountant.reserve(id.clone(), charge)?;
     save_budget(budget_file, &accountant)?;
     match release(batch, request) {
         Ok(mut outcome) => {
-            accountant
-                .commit(&id, None)
-                .map_err(|e| Error::Invalid(e.to_string()))?;
+            accountant.commit(&id, None)?;
             save_budget(budget_file, &accountant)?;
             outcome.debit = Some(Debit {
                 query_id: query_id.into(),
@@ -404,9 +397,7 @@ pub fn release_with_budget(
             Ok(outcome)
         }
         Err(e) => {
-            accountant
-                .release(&id)
-                .map_err(|e| Error::Invalid(e.to_string()))?;
+            accountant.release(&id)?;
             save_budget(budget_file, &accountant)?;
             Err(e)
         }

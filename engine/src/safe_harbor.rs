@@ -88,11 +88,10 @@ pub fn policy(table: &str, today: NaiveDate) -> Result<Policy> {
             )));
         }
     };
-    Policy::new(
+    Ok(Policy::new(
         rules.into_iter().map(|(c, r)| (c.to_string(), r)),
         Hierarchies::default(),
-    )
-    .map_err(|e| Error::Invalid(e.to_string()))
+    )?)
 }
 
 #[cfg(test)]

@@ -126,6 +126,13 @@ fn type_column(column: &ArrayRef) -> ArrayRef {
     cast(column, &target).unwrap_or_else(|_| column.clone())
 }
 
+/// How cohort writes Parquet: Snappy-compressed.
+pub fn parquet_properties() -> parquet::file::properties::WriterProperties {
+    parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build()
+}
+
 /// Writes a table to `path` (format by extension), replacing it atomically.
 pub fn write(path: &Path, batch: &RecordBatch) -> Result<()> {
     let format = Format::of(path)?;
@@ -146,10 +153,11 @@ pub fn write(path: &Path, batch: &RecordBatch) -> Result<()> {
             w.write(batch)?;
         }
         Format::Parquet => {
-            let props = parquet::file::properties::WriterProperties::builder()
-                .set_compression(parquet::basic::Compression::SNAPPY)
-                .build();
-            let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+            let mut w = parquet::arrow::ArrowWriter::try_new(
+                file,
+                batch.schema(),
+                Some(parquet_properties()),
+            )?;
             w.write(batch)?;
             w.close()?;
         }
