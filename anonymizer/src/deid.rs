@@ -424,8 +424,8 @@ pub fn deidentify(
         let out: Option<ArrayRef> = match rule {
             Rule::Drop {} => None,
             Rule::Keep {} => Some(array.clone()),
-            Rule::Pseudonymize {} => Some(map_text(name, array, |s| Ok(Some(key.pseudonym(s))))?),
-            Rule::Zip3 {} => Some(map_text(name, array, |s| Ok(Some(zip3(s))))?),
+            Rule::Pseudonymize {} => Some(map_text(name, array, |_, s| Ok(key.pseudonym(s)))?),
+            Rule::Zip3 {} => Some(map_text(name, array, |_, s| Ok(zip3(s)))?),
             Rule::Generalize { level } => {
                 let h = policy.hierarchies.get(name).expect("validated");
                 Some(generalize(name, array, h, *level)?)
@@ -481,11 +481,12 @@ fn changed_count(before: &ArrayRef, after: &ArrayRef) -> usize {
         .count()
 }
 
-/// Applies `f` to every non-null value read as text.
+/// Applies `f` (a pure function of the value; `row` is for its errors) to
+/// every non-null value read as text, once per distinct value.
 fn map_text(
     name: &str,
     array: &ArrayRef,
-    f: impl Fn(&str) -> Result<Option<String>>,
+    f: impl Fn(usize, &str) -> Result<String>,
 ) -> Result<ArrayRef> {
     let text = cast(array, &DataType::Utf8).map_err(|e| Error::UnsupportedType {
         column: name.into(),
@@ -493,12 +494,18 @@ fn map_text(
         what: format!("cannot be read as text ({e})"),
     })?;
     let s = text.as_string::<i32>();
+    let mut done: HashMap<&str, String> = HashMap::new();
     let mut b = StringBuilder::with_capacity(s.len(), s.len() * 16);
     for i in 0..s.len() {
-        match s.is_valid(i).then(|| f(s.value(i))).transpose()?.flatten() {
-            Some(v) => b.append_value(v),
-            None => b.append_null(),
+        if s.is_null(i) {
+            b.append_null();
+            continue;
         }
+        let v = s.value(i);
+        if !done.contains_key(v) {
+            done.insert(v, f(i, v)?);
+        }
+        b.append_value(&done[v]);
     }
     Ok(Arc::new(b.finish()))
 }
@@ -515,18 +522,18 @@ pub fn zip3(zip: &str) -> String {
 
 fn generalize(name: &str, array: &ArrayRef, h: &Hierarchy, level: usize) -> Result<ArrayRef> {
     let numeric = array.data_type().is_numeric();
-    map_text(name, array, |s| {
+    map_text(name, array, |row, s| {
         let value = match (h, numeric) {
             (Hierarchy::Interval { .. }, true) => {
                 Value::Number(s.parse().map_err(|_| Error::BadValue {
                     column: name.into(),
-                    row: 0,
+                    row,
                     message: format!("{s:?} is not a number"),
                 })?)
             }
             _ => Value::Text(s),
         };
-        h.generalize(name, value, level).map(Some)
+        h.generalize(name, value, level)
     })
 }
 
