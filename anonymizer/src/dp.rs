@@ -51,20 +51,20 @@ use opendp::accuracy::{
     gaussian_scale_to_accuracy, laplacian_scale_to_accuracy,
 };
 use opendp::core::{Domain, Measurement, Metric, MetricSpace};
-use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
+use opendp::domains::AtomDomain;
 use opendp::measurements::{
     DiscreteGaussian, DiscreteLaplace, MakeNoise, make_gaussian, make_laplace,
-    make_laplace_threshold, make_private_quantile,
 };
-use opendp::measures::{Approximate, MaxDivergence, ZeroConcentratedDivergence};
-use opendp::metrics::{
-    AbsoluteDistance, L1Distance, L01InfDistance, L2Distance, SymmetricDistance,
-};
+use opendp::measures::{MaxDivergence, ZeroConcentratedDivergence};
+use opendp::metrics::AbsoluteDistance;
 use opendp::traits::Hashable;
 use serde::{Deserialize, Serialize};
 
 use crate::accountant::{Amount, Charge};
 use crate::error::{Error, Result};
+
+mod planned;
+pub use planned::{IntegerNoise, KeyThreshold, QuantileChoice, Sensitivity};
 
 /// The significance level of [`Release::accuracy_95`].
 const ALPHA: f64 = 0.05;
@@ -109,7 +109,7 @@ impl Privacy {
 }
 
 /// A privacy target in exact units: what the noise is calibrated to.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Target {
     Pure(Amount),
     Zcdp(Amount),
@@ -526,30 +526,6 @@ fn noisy_i64(value: i64, sensitivity: u128, target: Target) -> Result<Noisy<i64>
     }
 }
 
-/// Adds calibrated integer noise to every element of `values`, whose L1
-/// (pure) or L2 (zCDP) sensitivity is given.
-fn noisy_i64_vec(values: &[i64], l1: u128, l2: f64, target: Target) -> Result<Noisy<Vec<i64>>> {
-    let input = values.to_vec();
-    let domain = VectorDomain::new(AtomDomain::<i64>::default());
-    match target {
-        Target::Pure(epsilon) => {
-            let ideal = u128_to_f64_ceil(l1) / epsilon.to_f64();
-            laplace(
-                domain,
-                L1Distance::<u128>::default(),
-                l1,
-                ideal,
-                epsilon,
-                &input,
-            )
-        }
-        Target::Zcdp(rho) => {
-            let ideal = l2 / (2.0 * rho.to_f64()).sqrt();
-            gaussian(domain, L2Distance::<f64>::default(), l2, ideal, rho, &input)
-        }
-    }
-}
-
 /// Adds calibrated noise to a real `value` whose sensitivity is `sensitivity`.
 fn noisy_f64(value: f64, sensitivity: f64, target: Target) -> Result<Noisy<f64>> {
     let (domain, metric) = (
@@ -807,20 +783,9 @@ pub fn histogram(
     }
     check_rows("max_bins_per_unit", max_bins_per_unit)?;
     check_rows("max_rows_per_bin", max_rows_per_bin)?;
-    let target = privacy.target()?;
-    let bins = u64::from(max_bins_per_unit).min(counts.len() as u64);
-    let rows = u128::from(max_rows_per_bin);
-    let l1 = u128::from(bins) * rows;
-    let l2 = mul_ceil((bins as f64).sqrt().next_up(), f64::from(max_rows_per_bin));
-    let noisy = noisy_i64_vec(counts, l1, l2, target)?;
-    let accuracy = integer_accuracy(noisy.mechanism, noisy.scale, ALPHA)?;
-    Ok(Release::new(
-        noisy.value,
-        noisy.mechanism,
-        noisy.scale,
-        target.charge(),
-        accuracy,
-    ))
+    let bins = u32::try_from(counts.len()).map_or(max_bins_per_unit, |n| n.min(max_bins_per_unit));
+    let sensitivity = Sensitivity::grouped(bins, u128::from(max_rows_per_bin))?;
+    IntegerNoise::calibrate(sensitivity, privacy.charge()?)?.release(counts)
 }
 
 /// DP key selection for a `GROUP BY` whose keys are not public: noisy
@@ -865,81 +830,13 @@ pub fn select_keys<K: Hashable + Ord>(
         ));
     }
     let delta_target = Amount::from_f64_display(delta)?;
-    let l0 = max_partitions_per_unit;
-    let li = u128::from(max_rows_per_partition);
-    let l1 = u128::from(l0) * li;
-    let d_in = (l0, l1, li);
-    let min_threshold = i64::from(max_rows_per_partition);
-
-    let context = opendp("building the Laplace threshold mechanism");
-    let build = |scale: f64, threshold: i64| {
-        let m: Measurement<_, _, Approximate<MaxDivergence>, HashMap<K, i64>> =
-            make_laplace_threshold(
-                MapDomain::new(AtomDomain::<K>::default(), AtomDomain::<i64>::default()),
-                L01InfDistance::<AbsoluteDistance<u128>>::default(),
-                scale,
-                threshold,
-                None,
-            )
-            .map_err(&context)?;
-        let (eps, del) = m.map(&d_in).map_err(&context)?;
-        Ok::<_, Error>((m, eps, del))
-    };
-
-    // ε depends only on the scale.
-    let ideal = u128_to_f64_ceil(l1) / epsilon_target.to_f64();
-    let (_, scale) = calibrate(epsilon_target, 1, ideal, |scale| {
-        let (m, eps, _) = build(scale, min_threshold)?;
-        Ok((m, eps))
-    })?;
-
-    // δ falls as the threshold rises: find the smallest threshold meeting δ.
-    let meets = |threshold: i64| -> Result<bool> {
-        let (_, _, del) = build(scale, threshold)?;
-        Ok(Amount::from_f64_ceil(del)? <= delta_target)
-    };
-    let (mut low, mut high) = (min_threshold, min_threshold);
-    while !meets(high)? {
-        low = high;
-        high = high
-            .checked_mul(2)
-            .filter(|&h| h < i64::MAX / 4)
-            .ok_or_else(|| {
-                Error::parameter(
-                    "delta",
-                    delta,
-                    "no threshold reaches this δ with the given ε: use a larger δ or ε",
-                )
-            })?;
-    }
-    // Invariant: meets(high); low == high or !meets(low).
-    while high - low > 1 {
-        let middle = low + (high - low) / 2;
-        if meets(middle)? {
-            high = middle;
-        } else {
-            low = middle;
-        }
-    }
-    let threshold = if meets(low)? { low } else { high };
-
-    let (measurement, _, _) = build(scale, threshold)?;
-    let noisy = measurement
-        .invoke(&counts)
-        .map_err(opendp("sampling the Laplace threshold mechanism"))?;
-    let mut keys: Vec<(K, i64)> = noisy.into_iter().collect();
-    keys.sort_by(|a, b| a.0.cmp(&b.0));
-    let accuracy = integer_accuracy(MechanismKind::LaplaceThreshold, scale, ALPHA)?;
-    Ok(Release::new(
-        KeySelection { keys, threshold },
-        MechanismKind::LaplaceThreshold,
-        scale,
-        Charge::Approx {
-            epsilon: epsilon_target,
-            delta: delta_target,
-        },
-        accuracy,
-    ))
+    KeyThreshold::calibrate(
+        max_partitions_per_unit,
+        max_rows_per_partition,
+        epsilon_target,
+        delta_target,
+    )?
+    .release(counts)
 }
 
 /// A DP `alpha`-quantile (0.5 is the median), chosen among public `candidates`.
@@ -978,6 +875,20 @@ pub fn quantile(
             "remove or impute NaN values before a quantile",
         ));
     }
+    check_quantile_parameters(candidates, alpha)?;
+    check_rows("max_rows_per_unit", max_rows_per_unit)?;
+    let epsilon_target = positive_amount("epsilon", epsilon)?;
+    QuantileChoice::calibrate(
+        candidates.to_vec(),
+        alpha,
+        max_rows_per_unit,
+        epsilon_target,
+    )?
+    .release(values)
+}
+
+/// Candidates must be finite and strictly increasing, `alpha` in `[0, 1]`.
+fn check_quantile_parameters(candidates: &[f64], alpha: f64) -> Result<()> {
     if candidates.is_empty() {
         return Err(Error::parameter(
             "candidates",
@@ -1002,38 +913,7 @@ pub fn quantile(
             "must be in [0, 1]; 0.5 is the median",
         ));
     }
-    check_rows("max_rows_per_unit", max_rows_per_unit)?;
-    let epsilon_target = positive_amount("epsilon", epsilon)?;
-
-    let d_in = max_rows_per_unit;
-    let context = opendp("building the private quantile mechanism");
-    let ideal = 2.0 * f64::from(d_in) * alpha.max(1.0 - alpha) / epsilon_target.to_f64();
-    let (measurement, scale) = calibrate(epsilon_target, 1, ideal, |scale| {
-        let m: Measurement<_, _, MaxDivergence, f64> = make_private_quantile(
-            VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
-            SymmetricDistance,
-            MaxDivergence,
-            candidates.to_vec(),
-            alpha,
-            scale,
-        )
-        .map_err(&context)?;
-        let loss = m.map(&d_in).map_err(&context)?;
-        Ok((m, loss))
-    })?;
-    let chosen = measurement
-        .invoke(&values.to_vec())
-        .map_err(opendp("sampling the private quantile"))?;
-    let accuracy = scale * (candidates.len() as f64 / ALPHA).ln();
-    Ok(Release::new(
-        chosen,
-        MechanismKind::ExponentialQuantile,
-        scale,
-        Charge::Pure {
-            epsilon: epsilon_target,
-        },
-        accuracy,
-    ))
+    Ok(())
 }
 
 /// Clopper–Pearson bounds, shared with the integration tests' DP audit.
@@ -1052,6 +932,10 @@ mod tests {
 
     use super::*;
     use crate::accountant::PrivacyKind;
+    use opendp::domains::MapDomain;
+    use opendp::measurements::make_laplace_threshold;
+    use opendp::measures::Approximate;
+    use opendp::metrics::L01InfDistance;
 
     /// Level of each one-sided statistical assertion.
     const ALPHA_TEST: f64 = 2e-8;
