@@ -1,14 +1,73 @@
 //! # cohort-query-planner
 //!
-//! Turns a researcher's SQL into a private plan. DataFusion parses and plans
-//! the statement; a list of rules over the `LogicalPlan` (one rule per file,
-//! written with DataFusion's `TreeNode` API) checks it against the study's
-//! scope and rewrites it: contribution bounding per patient, clamping to the
-//! declared bounds, aggregates mapped to the anonymizer's mechanisms, DP key
-//! selection for non-public group keys. The result carries its cost in ε
-//! (and δ) and the expected error of every output column, which is also what
-//! `EXPLAIN PRIVACY` prints.
+//! Turns a researcher's SQL into a differentially private plan, and runs it.
 //!
-//! The crate is filled by the query-planner issue; the foundation only
-//! reserves its place in the dependency graph (it depends on
-//! `cohort-anonymizer` for mechanisms and accounting).
+//! DataFusion parses and plans the statement over the study's tables (only
+//! their approved columns, only allow-listed functions). The planner then
+//! types every relation of the plan as private (rows of patients), public
+//! or published (Qrlew's approach), refusing what would leak: row-level
+//! answers, joins that pair different patients, grouping by identifiers,
+//! sampling before aggregation, aggregates without bounds or mechanism.
+//! Each aggregate over patients' rows becomes
+//!
+//! ```text
+//! NoisyAggregate                 noise from the anonymizer's OpenDP mechanisms
+//!   Aggregate                    DataFusion's exact aggregate of clamped values
+//!     BoundContributions         at most G groups and R rows per patient
+//!       <the researcher's FROM / WHERE / JOIN>
+//! ```
+//!
+//! and the rest of the query (HAVING, ORDER BY, LIMIT, arithmetic) runs on
+//! the noisy values. The query's ε (or ρ) is split between its releases,
+//! every noise scale is calibrated before any data is read, and the cost is
+//! checked against the study's per-query cap and remaining budget.
+//! `EXPLAIN PRIVACY <query>` shows all of it without running anything.
+//!
+//! ```no_run
+//! # async fn demo() -> cohort_query_planner::Result<()> {
+//! use std::collections::HashMap;
+//! use std::sync::Arc;
+//! use cohort_anonymizer::accountant::Charge;
+//! use cohort_query_planner::{Planner, QueryOptions, StudyPolicy};
+//! use datafusion::catalog::TableProvider;
+//!
+//! let policy = StudyPolicy::from_toml(r#"
+//!     privacy_unit = "patient_id"
+//!     [query]
+//!     epsilon = "0.1"
+//!     [contribution]
+//!     max_rows = 3
+//!     [tables.visits.columns]
+//!     patient_id = {}
+//!     sex = { domain = ["F", "M"] }
+//!     hba1c = { lower = 4, upper = 14 }
+//! "#)?;
+//! # let visits: Arc<dyn TableProvider> = todo!();
+//! let planner = Planner::new(policy, HashMap::from([("visits".to_string(), visits)]))?;
+//! let options = QueryOptions::new(Charge::Pure { epsilon: "1".parse()? });
+//! let plan = planner.plan("SELECT sex, AVG(hba1c) FROM visits GROUP BY sex", &options).await?;
+//! println!("{}", plan.explain());
+//! let answer = plan.execute().await?;
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod catalog;
+mod error;
+mod facts;
+mod nodes;
+mod plan;
+mod planner;
+pub mod policy;
+mod release;
+mod rules;
+mod typing;
+
+pub use catalog::{AGGREGATE_FUNCTIONS, SCALAR_FUNCTIONS};
+pub use error::{Error, Result, Rule};
+pub use nodes::{Contributors, ReleasedAggregate};
+pub use plan::{PlannedAggregate, PlannedOutput, PrivateAnswer, PrivatePlan};
+pub use planner::{KEY_SELECTION_WEIGHT, Planner, QueryOptions};
+pub use policy::StudyPolicy;
+pub use release::{ErrorBound, Noise, Statistic};

@@ -1,0 +1,421 @@
+//! A planned private query: the executable DataFusion plan, its releases
+//! and their cost and expected error; `EXPLAIN PRIVACY` prints it.
+
+use std::collections::HashMap;
+use std::fmt::{self, Write};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use cohort_anonymizer::accountant::Charge;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::prelude::SessionContext;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::facts::strip_alias;
+use crate::nodes::{Contributors, Keys, NoisyAggregate, ReleasedAggregate, Site};
+use crate::policy::Bounds;
+use crate::release::{ErrorBound, Noise, Statistic, round_sig, unit_scale};
+
+/// A query's private plan. Executing it consumes it: every execution draws
+/// fresh noise, so a plan is run at most once (a repeated query is a new
+/// plan, and is paid for again).
+pub struct PrivatePlan {
+    sql: String,
+    explain: bool,
+    plan: LogicalPlan,
+    sites: Vec<Arc<Site>>,
+    cost: Charge,
+    remaining: Charge,
+    cap: Option<Charge>,
+    contributors: Contributors,
+    context: SessionContext,
+    names: HashMap<String, String>,
+}
+
+/// One noisy release of a plan, as `EXPLAIN PRIVACY` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedOutput {
+    /// The output column it appears as.
+    pub output: String,
+    /// The aggregate, as written.
+    pub aggregate: String,
+    /// What is released.
+    pub statistic: Statistic,
+    /// The mechanism(s).
+    pub mechanism: String,
+    /// The clamping bounds, if any.
+    pub bounds: Option<Bounds>,
+    /// The L1 (pure) or L2 (zCDP) sensitivity of each noisy part, in the statistic's units.
+    pub sensitivity: Vec<f64>,
+    /// The noise scale of each part, in the statistic's units.
+    pub scale: Vec<f64>,
+    /// What it costs.
+    pub charge: Charge,
+    /// Its expected error (95%).
+    pub error_95: ErrorBound,
+}
+
+/// The contribution bounding and keys of one DP aggregate.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedAggregate {
+    /// The `GROUP BY` keys, as written.
+    pub keys: Vec<String>,
+    /// How the released groups are chosen, in words.
+    pub groups: String,
+    /// Groups one patient adds to.
+    pub max_groups: u32,
+    /// Rows one patient adds to one group.
+    pub max_rows: u32,
+    /// How the kept rows are chosen.
+    pub sampling: String,
+    /// The privacy unit.
+    pub unit: String,
+    /// What key selection costs, when the keys are selected.
+    pub key_selection: Option<Charge>,
+    /// Its releases.
+    pub outputs: Vec<PlannedOutput>,
+}
+
+/// The answer of an executed plan.
+#[derive(Debug)]
+pub struct PrivateAnswer {
+    /// The result rows (the researcher's query over the noisy aggregates).
+    pub batches: Vec<RecordBatch>,
+    /// Every noisy release, per group, with its 95% error.
+    pub releases: Vec<ReleasedAggregate>,
+    /// The privacy units whose rows contributed, sorted.
+    pub contributors: Vec<String>,
+    /// What the answer cost.
+    pub cost: Charge,
+}
+
+impl PrivatePlan {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        sql: String,
+        explain: bool,
+        plan: LogicalPlan,
+        sites: Vec<Arc<Site>>,
+        cost: Charge,
+        remaining: Charge,
+        cap: Option<Charge>,
+        contributors: Contributors,
+        context: SessionContext,
+        names: HashMap<String, String>,
+    ) -> PrivatePlan {
+        PrivatePlan {
+            sql,
+            explain,
+            plan,
+            sites,
+            cost,
+            remaining,
+            cap,
+            contributors,
+            context,
+            names,
+        }
+    }
+
+    /// Whether the query was `EXPLAIN PRIVACY ...` (show it, do not run it).
+    pub fn is_explain(&self) -> bool {
+        self.explain
+    }
+
+    /// The query, without `EXPLAIN PRIVACY`.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// What running it costs, in the budget's kind.
+    pub fn cost(&self) -> Charge {
+        self.cost
+    }
+
+    /// The rewritten logical plan (before DataFusion's optimizer).
+    pub fn logical_plan(&self) -> &LogicalPlan {
+        &self.plan
+    }
+
+    /// The DP aggregates with their bounding and releases.
+    pub fn aggregates(&self) -> Vec<PlannedAggregate> {
+        self.sites
+            .iter()
+            .map(|site| PlannedAggregate {
+                keys: site.key_names.clone(),
+                groups: match &site.keys {
+                    Keys::None => "one group (no GROUP BY)".to_string(),
+                    Keys::Public(domain) => {
+                        format!("public domain: all {} groups are released", domain.len())
+                    }
+                    Keys::Selected { threshold, .. } => match threshold {
+                        Some(t) => format!(
+                            "DP key selection: groups with a noisy patient count ≥ {} \
+                             (Laplace scale {})",
+                            t.threshold(),
+                            round_sig(t.scale())
+                        ),
+                        None => "DP key selection".to_string(),
+                    },
+                },
+                max_groups: site.max_groups,
+                max_rows: site.max_rows,
+                sampling: site.sampling.clone(),
+                unit: site.unit.clone(),
+                key_selection: match &site.keys {
+                    Keys::Selected { charge, .. } => *charge,
+                    _ => None,
+                },
+                outputs: site
+                    .releases
+                    .iter()
+                    .filter_map(|release| {
+                        let noise = release.noise.as_ref()?;
+                        Some(PlannedOutput {
+                            output: self
+                                .names
+                                .get(&release.output)
+                                .cloned()
+                                .unwrap_or_else(|| release.output.clone()),
+                            aggregate: release.aggregate.clone(),
+                            statistic: release.statistic.clone(),
+                            mechanism: noise.mechanism(),
+                            bounds: release.statistic.bounds(),
+                            sensitivity: sensitivities(noise, &release.statistic),
+                            scale: noise.scales(&release.statistic),
+                            charge: release.charge?,
+                            error_95: noise.error_bound(&release.statistic).ok()?,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The text of `EXPLAIN PRIVACY`.
+    pub fn explain(&self) -> String {
+        let mut out = String::new();
+        let _ = self.write_explain(&mut out);
+        out
+    }
+
+    fn write_explain(&self, out: &mut String) -> fmt::Result {
+        writeln!(out, "EXPLAIN PRIVACY")?;
+        writeln!(out, "query:     {}", self.sql)?;
+        write!(out, "cost:      {}", self.cost)?;
+        if let Some(cap) = self.cap {
+            write!(out, " (per-query cap {cap})")?;
+        }
+        writeln!(out, "; budget left before it: {}", self.remaining)?;
+        if self.sites.is_empty() {
+            writeln!(out, "no patient data is read: nothing is released or spent")?;
+        }
+        for (index, aggregate) in self.aggregates().iter().enumerate() {
+            writeln!(out)?;
+            let keys = if aggregate.keys.is_empty() {
+                "(no GROUP BY)".to_string()
+            } else {
+                format!("GROUP BY {}", aggregate.keys.join(", "))
+            };
+            writeln!(out, "aggregate {}: {keys}", index + 1)?;
+            writeln!(out, "  groups:   {}", aggregate.groups)?;
+            if let Some(charge) = aggregate.key_selection {
+                writeln!(out, "            key selection costs {charge}")?;
+            }
+            writeln!(
+                out,
+                "  bounding: each {} adds to at most {} group(s), at most {} row(s) per group; \
+                 rows kept: {}",
+                aggregate.unit, aggregate.max_groups, aggregate.max_rows, aggregate.sampling
+            )?;
+            let header = [
+                "output",
+                "aggregate",
+                "mechanism",
+                "bounds",
+                "sensitivity",
+                "scale",
+                "cost",
+                "95% error",
+            ];
+            let rows: Vec<[String; 8]> = aggregate
+                .outputs
+                .iter()
+                .map(|o| {
+                    [
+                        o.output.clone(),
+                        o.aggregate.clone(),
+                        o.mechanism.clone(),
+                        o.bounds.map_or("-".to_string(), |b| b.to_string()),
+                        list(&o.sensitivity),
+                        list(&o.scale),
+                        o.charge.to_string(),
+                        o.error_95.to_string(),
+                    ]
+                })
+                .collect();
+            write_table(out, &header, &rows)?;
+        }
+        writeln!(out)?;
+        writeln!(out, "plan:")?;
+        for line in self.plan.display_indent().to_string().lines() {
+            writeln!(out, "  {line}")?;
+        }
+        Ok(())
+    }
+
+    /// Runs the plan: DataFusion executes the bounded exact aggregates,
+    /// the noise is drawn, and the researcher's query runs over the noisy
+    /// values. Consumes the plan.
+    pub async fn execute(self) -> Result<PrivateAnswer> {
+        let frame = self.context.execute_logical_plan(self.plan).await?;
+        let batches = frame.collect().await?;
+        let releases = self.sites.iter().flat_map(|site| site.log.take()).collect();
+        Ok(PrivateAnswer {
+            batches,
+            releases,
+            contributors: self.contributors.sorted(),
+            cost: self.cost,
+        })
+    }
+
+    /// The physical plan DataFusion would run (for benchmarks and tests);
+    /// creating it draws no noise.
+    pub async fn physical_plan(&self) -> Result<String> {
+        let frame = self.context.execute_logical_plan(self.plan.clone()).await?;
+        let physical = frame.create_physical_plan().await?;
+        Ok(datafusion::physical_plan::displayable(physical.as_ref())
+            .indent(false)
+            .to_string())
+    }
+}
+
+impl fmt::Debug for PrivatePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivatePlan")
+            .field("sql", &self.sql)
+            .field("cost", &self.cost)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sensitivities of each noisy part, in the statistic's units.
+fn sensitivities(noise: &Noise, statistic: &Statistic) -> Vec<f64> {
+    let of = |n: &cohort_anonymizer::dp::IntegerNoise| match n.mechanism() {
+        cohort_anonymizer::dp::MechanismKind::DiscreteGaussian => n.sensitivity().l2,
+        _ => n.sensitivity().l1 as f64,
+    };
+    match (noise, statistic) {
+        (Noise::Integer { noise }, Statistic::Sum { decimals, .. }) => {
+            vec![of(noise) / unit_scale(*decimals)]
+        }
+        (Noise::Integer { noise }, _) => vec![of(noise)],
+        (Noise::Mean { sum, count }, Statistic::Mean { decimals, .. }) => {
+            vec![of(sum) / unit_scale(*decimals), of(count)]
+        }
+        (
+            Noise::Variance {
+                count,
+                sum,
+                squares,
+            },
+            Statistic::Variance {
+                decimals,
+                square_decimals,
+                ..
+            },
+        ) => vec![
+            of(count),
+            of(sum) / unit_scale(*decimals),
+            of(squares) / unit_scale(*square_decimals),
+        ],
+        (Noise::Quantile { .. }, _) => vec![],
+        _ => vec![],
+    }
+}
+
+fn list(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    values
+        .iter()
+        .map(|v| round_sig(*v))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn write_table<const N: usize>(
+    out: &mut String,
+    header: &[&str; N],
+    rows: &[[String; N]],
+) -> fmt::Result {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c}{}", " ".repeat(widths[i] - c.chars().count())))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    writeln!(out, "  {}", line(header.to_vec()))?;
+    for row in rows {
+        writeln!(out, "  {}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+/// For each DP aggregate output, the name it is shown under in the answer
+/// (`AVG(x) AS m` shows `avg(t.x)` as `m`), following the projections,
+/// sorts, limits and filters above it.
+pub(crate) fn output_names(plan: &LogicalPlan) -> HashMap<String, String> {
+    let mut names = HashMap::new();
+    // Names at the current level → names in the answer (None: the same).
+    let mut renames: Option<HashMap<String, String>> = None;
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Projection(projection) => {
+                let mut next = HashMap::new();
+                for expr in &projection.expr {
+                    let shown = expr.schema_name().to_string();
+                    let final_name = match &renames {
+                        None => Some(shown),
+                        Some(renames) => renames.get(&shown).cloned(),
+                    };
+                    if let (Expr::Column(column), Some(final_name)) =
+                        (strip_alias(expr), final_name)
+                    {
+                        next.insert(column.name.clone(), final_name);
+                    }
+                }
+                renames = Some(next);
+                node = projection.input.as_ref();
+            }
+            LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::SubqueryAlias(_) => node = node.inputs()[0],
+            LogicalPlan::Extension(extension) => {
+                if let Some(noisy) = extension.node.as_any().downcast_ref::<NoisyAggregate>() {
+                    for release in &noisy.site.releases {
+                        if let Some(shown) = renames.as_ref().and_then(|r| r.get(&release.output)) {
+                            names.insert(release.output.clone(), shown.clone());
+                        }
+                    }
+                }
+                return names;
+            }
+            _ => return names,
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Contribution bounding: per patient, across joined tables, over groups,
+//! random and deterministic.
+
+use crate::fixture::*;
+
+/// Patient 0 has 44 observations and 10 conditions: 440 joined rows. The
+/// bound is per patient, so they count at most `max_rows` = 3.
+#[tokio::test]
+async fn a_patient_with_many_rows_across_joined_tables_counts_max_rows() {
+    let (planner, options) = exact();
+    let sql = "SELECT COUNT(*) AS n FROM observations o \
+               JOIN conditions c ON o.patient_id = c.patient_id";
+    let answer = run(&planner, sql, &options).await;
+    let conditions = |i: usize| if i == 0 { 10 } else { i % 3 };
+    let expected: usize = (0..PATIENTS)
+        .map(|i| (observations_of(i) * conditions(i)).min(3))
+        .sum();
+    assert_eq!(column(&answer, 0), [expected as f64]);
+    let joined: usize = (0..PATIENTS)
+        .map(|i| observations_of(i) * conditions(i))
+        .sum();
+    assert!(
+        joined > expected + 400,
+        "patient 0 alone has 440 joined rows"
+    );
+
+    // Only patient 0's rows: the answer is exactly the bound.
+    let sql = "SELECT COUNT(*) AS n FROM observations o \
+               JOIN conditions c ON o.patient_id = c.patient_id WHERE o.patient_id = 'p0000'";
+    let answer = run(&planner, sql, &options).await;
+    assert_eq!(column(&answer, 0), [3.0]);
+    assert_eq!(answer.contributors, ["p0000"]);
+}
+
+#[tokio::test]
+async fn a_patient_adds_to_at_most_max_groups_groups() {
+    // Patient 0 has 22 hba1c and 22 sbp observations. With max_groups = 1
+    // their rows go to one code only, at most 3 of them.
+    let (planner, options) = exact_with(&POLICY.replace("max_groups = 2", "max_groups = 1"));
+    let sql = "SELECT code, COUNT(*) AS n FROM observations WHERE patient_id = 'p0000' \
+               GROUP BY code";
+    let plan = plan(&planner, sql, &options).await;
+    assert!(
+        shape(&plan).contains("max_groups=1 by [observations.code]"),
+        "{}",
+        shape(&plan)
+    );
+    let answer = plan.execute().await.unwrap();
+    let counts = column(&answer, 1);
+    assert_eq!(counts.len(), 2, "both codes are in the public domain");
+    assert_eq!(counts.iter().sum::<f64>(), 3.0, "{:?}", rows(&answer));
+    assert!(
+        counts.contains(&0.0),
+        "one code gets nothing: {:?}",
+        rows(&answer)
+    );
+}
+
+#[tokio::test]
+async fn reservoir_sampling_varies_and_first_by_is_deterministic() {
+    // Patient 0's 44 observations have values 0, 1, ..., 43: their sum over
+    // 3 kept rows depends on which rows are kept.
+    let sql = "SELECT SUM(value) AS s FROM observations WHERE patient_id = 'p0000'";
+    let (planner, options) = exact();
+    let mut sums = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let answer = run(&planner, sql, &options).await;
+        sums.insert(column(&answer, 0)[0] as i64);
+    }
+    // P[20 random draws of 3 of 44 rows all give one sum] is far below 1e-9.
+    assert!(sums.len() > 1, "reservoir sampling is random: {sums:?}");
+    assert!(sums.iter().all(|&s| (3..=42 + 41 + 40).contains(&s)));
+
+    let (planner, options) = exact_with(&POLICY.replace(
+        "max_groups = 2",
+        "max_groups = 2\nsampling = { first_by = [\"value\"] }",
+    ));
+    for _ in 0..5 {
+        let answer = run(&planner, sql, &options).await;
+        assert_eq!(
+            column(&answer, 0),
+            [0.0 + 1.0 + 2.0],
+            "the 3 smallest values"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rows_of_patients_outside_the_query_do_not_contribute() {
+    let (planner, options) = exact();
+    let sql = "SELECT COUNT(*) FROM patients WHERE sex = 'M'";
+    let answer = run(&planner, sql, &options).await;
+    assert_eq!(answer.contributors.len(), PATIENTS / 2);
+    assert!(answer.contributors.iter().all(|id| {
+        let i: usize = id[1..].parse().unwrap();
+        i % 2 == 1
+    }));
+}

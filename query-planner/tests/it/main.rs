@@ -1,0 +1,9 @@
+//! Integration tests of the query planner: supported forms (rewrite and
+//! answer), refusals (one per rule and form), contribution bounding, cost
+//! and EXPLAIN PRIVACY.
+
+mod bounding;
+mod cost;
+mod fixture;
+mod forms;
+mod refusals;
