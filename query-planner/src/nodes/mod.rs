@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::Result as DfResult;
+use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_plan::ExecutionPlan;
@@ -61,6 +61,22 @@ impl ExtensionPlanner for PrivateOperatorPlanner {
             ))));
         }
         if let Some(noisy) = node.as_any().downcast_ref::<NoisyAggregate>() {
+            // The noise is applied by position: refuse to run if an
+            // optimizer changed the exact aggregate's columns.
+            let input = physical_inputs[0].schema();
+            let found: Vec<&str> = input
+                .fields()
+                .iter()
+                .skip(noisy.site.key_count)
+                .map(|f| f.name().as_str())
+                .collect();
+            if found != noisy.site.inner_names {
+                return Err(DataFusionError::Internal(format!(
+                    "the exact statistics of a DP aggregate changed during optimisation \
+                     (expected {:?}, found {found:?}); refusing to release",
+                    noisy.site.inner_names
+                )));
+            }
             return Ok(Some(Arc::new(NoisyAggregateExec::new(
                 Arc::clone(&physical_inputs[0]),
                 Arc::new(noisy.schema.as_arrow().clone()),

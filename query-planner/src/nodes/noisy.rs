@@ -92,6 +92,8 @@ pub(crate) struct Site {
     pub sampling: String,
     /// The privacy unit, for EXPLAIN.
     pub unit: String,
+    /// The names of the inner aggregate's statistics, after the keys.
+    pub inner_names: Vec<String>,
     pub log: ReleaseLog,
 }
 

@@ -179,6 +179,7 @@ pub(crate) fn rewrite(
             contributors: contributors.clone(),
         }),
     });
+    let inner_names = inner.iter().map(|e| e.schema_name().to_string()).collect();
     let exact = LogicalPlan::Aggregate(Aggregate::try_new(
         Arc::new(bounded),
         group_expr.clone(),
@@ -197,6 +198,7 @@ pub(crate) fn rewrite(
             .collect(),
         sampling,
         unit: scope.unit.clone(),
+        inner_names,
         log: ReleaseLog::default(),
     });
     let noisy = LogicalPlan::Extension(Extension {

@@ -7,3 +7,4 @@ mod cost;
 mod fixture;
 mod forms;
 mod refusals;
+mod snapshots;
