@@ -90,8 +90,13 @@ pub enum Error {
 
     /// De-identification, anonymization, a DP release or the accountant
     /// refused (the message names the column, constraint or budget at fault).
-    #[error("{0}")]
+    #[error(transparent)]
     Anonymizer(#[from] cohort_anonymizer::Error),
+
+    /// The query planner refused or failed (the message names the rule and
+    /// the offending SQL).
+    #[error(transparent)]
+    Query(#[from] cohort_query_planner::Error),
 
     /// Arrow or Parquet failed while building or writing a projection.
     #[error("columnar projection: {0}")]

@@ -31,6 +31,7 @@ pub mod keystore;
 pub mod projection;
 pub mod release;
 pub mod safe_harbor;
+pub mod sql;
 pub mod store;
 pub mod tabular;
 pub mod vault;

@@ -99,6 +99,39 @@ enum Command {
     /// Privacy budget files: create one, show what is left.
     #[command(subcommand)]
     Budget(BudgetCmd),
+    /// Ask a differentially private SQL question of a study's tables.
+    Query(QueryArgs),
+}
+
+/// `cohort query`: private SQL over the tables a study policy names.
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// The study policy (TOML); each table names its data with `source = "file.parquet"`.
+    #[arg(long)]
+    study: PathBuf,
+    /// The SQL; prefix it with `EXPLAIN PRIVACY` to see the private plan without running it.
+    sql: String,
+    /// Show the private plan (bounds, mechanisms, scales, cost, error) and spend nothing.
+    #[arg(long)]
+    explain: bool,
+    /// ε of this query (else the policy's `query.epsilon`).
+    #[arg(long)]
+    epsilon: Option<String>,
+    /// ρ of this query, for a zCDP budget (else the policy's `query.rho`).
+    #[arg(long, conflicts_with = "epsilon")]
+    rho: Option<String>,
+    /// δ for DP key selection of GROUP BY keys without a public domain.
+    #[arg(long)]
+    delta: Option<String>,
+    /// How to split the cost between outputs: `name=weight,...` (default: equal).
+    #[arg(long, value_delimiter = ',')]
+    split: Vec<String>,
+    /// A budget file (`cohort budget init`) to debit; refused if it cannot pay.
+    #[arg(long)]
+    budget: Option<PathBuf>,
+    /// The debit's id in the budget file.
+    #[arg(long)]
+    query_id: Option<String>,
 }
 
 /// `cohort dp`: one DP statistic from a CSV or Parquet table.
@@ -472,6 +505,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Anonymize(args) => anonymize(cli, args),
         Command::Dp(args) => dp_release(cli, args),
+        Command::Query(args) => sql_query(cli, args),
         Command::Budget(cmd) => budget(cli, cmd),
         Command::Deidentify(args) => deidentify(cli, &dir()?, args),
         Command::Export { out } => {
@@ -657,13 +691,7 @@ fn dp_release(cli: &Cli, a: &DpArgs) -> anyhow::Result<ExitCode> {
     let table = cohort_engine::tabular::read(&a.input)?;
     let outcome = match &a.budget {
         Some(file) => {
-            let id = a.query_id.clone().unwrap_or_else(|| {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or_default();
-                format!("q-{nanos}")
-            });
+            let id = a.query_id.clone().unwrap_or_else(release::new_query_id);
             release::release_with_budget(file, &id, &table, &request)?
         }
         None => release::release(&table, &request)?,
@@ -689,6 +717,126 @@ fn dp_release(cli: &Cli, a: &DpArgs) -> anyhow::Result<ExitCode> {
         lines.join("\n")
     });
     Ok(ExitCode::SUCCESS)
+}
+
+fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
+    use cohort_anonymizer::accountant::Amount;
+    use cohort_engine::sql::{self, SqlRequest};
+
+    let amount = |name: &str, v: &Option<String>| -> anyhow::Result<Option<Amount>> {
+        v.as_deref()
+            .map(|v| {
+                v.parse::<Amount>()
+                    .map_err(|e| anyhow::anyhow!("--{name} {v}: {e}"))
+            })
+            .transpose()
+    };
+    let mut weights = std::collections::BTreeMap::new();
+    for item in &a.split {
+        let (name, weight) = item
+            .rsplit_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--split {item}: expected name=weight"))?;
+        let weight: u32 = weight
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--split {item}: the weight must be a whole number"))?;
+        weights.insert(name.to_string(), weight);
+    }
+    let request = SqlRequest {
+        study: a.study.clone(),
+        sql: a.sql.clone(),
+        budget: a.budget.clone(),
+        query_id: a.query_id.clone(),
+        epsilon: amount("epsilon", &a.epsilon)?,
+        rho: amount("rho", &a.rho)?,
+        delta: amount("delta", &a.delta)?,
+        weights,
+        explain: a.explain,
+    };
+    let outcome = sql::query(&request)?;
+    emit(cli, &outcome, || {
+        if let Some(explain) = &outcome.explain {
+            return explain.trim_end().to_string();
+        }
+        let mut lines = render_table(&outcome.columns, &outcome.rows);
+        lines.push(String::new());
+        lines.push("each release with its 95% error:".into());
+        for r in &outcome.releases {
+            let parts: Vec<String> = r
+                .groups
+                .iter()
+                .zip(r.values.iter().zip(&r.error_95))
+                .map(|(g, (v, e))| {
+                    let label = if g.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{g}: ")
+                    };
+                    format!("{label}{} ± {}", short(*v), short(*e))
+                })
+                .collect();
+            lines.push(format!("  {}  {}", r.output, parts.join("; ")));
+        }
+        let mut summary = format!(
+            "cost {}; {} patients contributed",
+            outcome.cost, outcome.contributors
+        );
+        if let Some(d) = &outcome.debit {
+            summary.push_str(&format!(
+                "; debited as {}, remaining {}",
+                d.query_id, d.remaining
+            ));
+        }
+        lines.push(summary);
+        lines.join("\n")
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A number with at most 4 decimals, for text output.
+fn short(x: f64) -> String {
+    let text = format!("{x:.4}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    text.to_string()
+}
+
+/// Rows as an aligned text table.
+fn render_table(columns: &[String], rows: &[Vec<serde_json::Value>]) -> Vec<String> {
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.as_f64().map_or(n.to_string(), |x| {
+            if n.is_f64() { short(x) } else { n.to_string() }
+        }),
+        other => other.to_string(),
+    };
+    let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    for row in &cells {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |values: Vec<&str>| {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{v:<width$}", width = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(columns.iter().map(String::as_str).collect())];
+    out.push(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  "),
+    );
+    for row in &cells {
+        out.push(line(row.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 fn budget(cli: &Cli, cmd: &BudgetCmd) -> anyhow::Result<ExitCode> {

@@ -109,6 +109,15 @@ pub struct Debit {
     pub remaining: String,
 }
 
+/// A fresh query id for a debit (`q-` and the time in nanoseconds).
+pub fn new_query_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("q-{nanos}")
+}
+
 /// The rows kept when each unit contributes at most `max_rows` (first in
 /// file order); all rows when there is no unit column.
 pub fn bounded_rows(batch: &RecordBatch, unit: Option<&str>, max_rows: u32) -> Result<Vec<usize>> {

@@ -62,6 +62,7 @@ mod planner;
 pub mod policy;
 mod release;
 mod rules;
+pub mod sources;
 mod typing;
 
 pub use catalog::{AGGREGATE_FUNCTIONS, SCALAR_FUNCTIONS};
@@ -71,3 +72,6 @@ pub use plan::{PlannedAggregate, PlannedOutput, PrivateAnswer, PrivatePlan};
 pub use planner::{KEY_SELECTION_WEIGHT, Planner, QueryOptions};
 pub use policy::StudyPolicy;
 pub use release::{ErrorBound, Noise, Statistic};
+
+/// DataFusion's table interface, which a [`Planner`] reads its tables through.
+pub use datafusion::catalog::TableProvider;

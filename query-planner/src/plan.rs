@@ -207,7 +207,11 @@ impl PrivatePlan {
         if let Some(cap) = self.cap {
             write!(out, " (per-query cap {cap})")?;
         }
-        writeln!(out, "; budget left before it: {}", self.remaining)?;
+        if unlimited(&self.remaining) {
+            writeln!(out, "; no budget is debited")?;
+        } else {
+            writeln!(out, "; budget left before it: {}", self.remaining)?;
+        }
         if self.sites.is_empty() {
             writeln!(out, "no patient data is read: nothing is released or spent")?;
         }
@@ -297,6 +301,16 @@ impl fmt::Debug for PrivatePlan {
             .field("sql", &self.sql)
             .field("cost", &self.cost)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether `remaining` is the "no budget" of a caller that accounts elsewhere.
+fn unlimited(remaining: &Charge) -> bool {
+    use cohort_anonymizer::accountant::Amount;
+    match remaining {
+        Charge::Pure { epsilon } => *epsilon == Amount::MAX,
+        Charge::Approx { epsilon, .. } => *epsilon == Amount::MAX,
+        Charge::Zcdp { rho } => *rho == Amount::MAX,
     }
 }
 

@@ -37,7 +37,9 @@ pub enum Statistic {
         /// Fixed-point decimals.
         decimals: u32,
     },
-    /// `AVG(x)`: a noisy sum over a noisy count.
+    /// `AVG(x)`: the bounds' midpoint plus a noisy sum of the values'
+    /// distances from it over a noisy count (centring halves the sum's
+    /// sensitivity when the bounds are far from zero).
     Mean {
         /// The clamping bounds.
         bounds: Bounds,
@@ -232,8 +234,9 @@ pub(crate) fn calibrate(
         },
         Statistic::Mean { bounds, decimals } => {
             let parts = split_charge(share, 2)?;
+            let half = (bounds.upper - bounds.lower) / 2.0;
             Noise::Mean {
-                sum: noise(rows_u * units(bounds.magnitude(), *decimals), parts[0])?,
+                sum: noise(rows_u * units(half, *decimals), parts[0])?,
                 count: noise(rows_u, parts[1])?,
             }
         }
@@ -401,13 +404,15 @@ impl Noise {
             (Noise::Integer { noise }, _) => ErrorBound::Absolute {
                 half_width: noise.accuracy(0.05)?,
             },
-            // Both noises within their 97.5% intervals (union bound):
-            // |S̃/C̃ − S/C| ≤ (a_S + B·a_C)/C̃, as `dp::mean`.
+            // Both noises within their 97.5% intervals (union bound): the
+            // centred sum S (|S/C| ≤ h, half the bounds' width) gives
+            // |S̃/C̃ − S/C| ≤ (a_S + h·a_C)/C̃, as `dp::mean` with B = h.
             (Noise::Mean { sum, count }, Statistic::Mean { bounds, decimals }) => {
                 let a_sum = sum.accuracy(0.025)? / unit_scale(*decimals);
                 let a_count = count.accuracy(0.025)?;
+                let half = (bounds.upper - bounds.lower) / 2.0;
                 ErrorBound::OverCount {
-                    numerator: (a_sum + bounds.magnitude() * a_count) * (1.0 + 1e-12),
+                    numerator: (a_sum + half * a_count) * (1.0 + 1e-12),
                     cap: bounds.upper - bounds.lower,
                 }
             }

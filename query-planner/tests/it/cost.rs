@@ -134,7 +134,7 @@ async fn explain_privacy_shows_the_plan_and_runs_nothing() {
         "m       avg(patients.age)",
         "discrete Laplace (sum, count)",
         "[0, 100]",
-        "200 / 2",
+        "100 / 2",
         "ε = 1",
         "/n",
         "BoundContributions",
