@@ -312,7 +312,13 @@ impl Planner {
             }
             for release in &mut site.releases {
                 let share = shares.next().expect("one share per release");
-                let noise = calibrate(&release.statistic, share, site.max_groups, site.max_rows)?;
+                let noise = calibrate(
+                    &release.statistic,
+                    &release.influence,
+                    share,
+                    site.max_groups,
+                    site.max_rows,
+                )?;
                 release.noise = Some(noise);
                 release.charge = Some(share);
                 charges.push(share);

@@ -125,14 +125,33 @@ pub enum Noise {
     },
 }
 
+/// How much one row, or one patient in one group, can move an exact statistic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Influence {
+    /// Each row moves it by at most this much (in its units): a patient's
+    /// at most `max_rows` rows in a group move it `max_rows` times as much.
+    PerRow(u128),
+    /// A patient moves it by at most this much in each group, however many
+    /// rows they have (a count of distinct patients).
+    PerGroup(u128),
+}
+
+impl Influence {
+    /// The most one patient moves the statistic in one group.
+    fn per_group(self, rows: u32) -> Result<u128> {
+        match self {
+            Influence::PerRow(units) => units
+                .checked_mul(u128::from(rows))
+                .ok_or_else(|| Error::Options("a statistic's sensitivity overflows".into())),
+            Influence::PerGroup(units) => Ok(units),
+        }
+    }
+}
+
 /// Scale of `decimals` fixed-point units.
 pub(crate) fn unit_scale(decimals: u32) -> f64 {
     10f64.powi(decimals as i32)
-}
-
-/// The units of a value of magnitude `magnitude` at `decimals`, rounded up.
-fn units(magnitude: f64, decimals: u32) -> u128 {
-    (magnitude * unit_scale(decimals)).ceil().max(1.0) as u128
 }
 
 /// `charge` split into `parts` charges of its kind whose units add up to it exactly.
@@ -210,48 +229,42 @@ fn quantile_epsilon(share: Charge, groups: u32) -> Result<Amount> {
     }
 }
 
-/// Calibrates the noise of `statistic` for `share`, where a patient adds
-/// to at most `groups` groups and `rows` rows in each.
+/// Calibrates the noise of `statistic`, whose exact statistics move by
+/// `influence`, for `share`, where a patient adds to at most `groups`
+/// groups and `rows` rows in each.
 pub(crate) fn calibrate(
     statistic: &Statistic,
+    influence: &[Influence],
     share: Charge,
     groups: u32,
     rows: u32,
 ) -> Result<Noise> {
-    let rows_u = u128::from(rows);
-    let noise = |per_group: u128, charge: Charge| -> Result<IntegerNoise> {
+    let noise = |index: usize, charge: Charge| -> Result<IntegerNoise> {
+        let influence = influence
+            .get(index)
+            .ok_or_else(|| Error::Options("internal: a statistic without its bound".into()))?;
         Ok(IntegerNoise::calibrate(
-            Sensitivity::grouped(groups, per_group)?,
+            Sensitivity::grouped(groups, influence.per_group(rows)?)?,
             charge,
         )?)
     };
     Ok(match statistic {
-        Statistic::Count { per_group } => Noise::Integer {
-            noise: noise(u128::from(*per_group), share)?,
+        Statistic::Count { .. } | Statistic::Sum { .. } => Noise::Integer {
+            noise: noise(0, share)?,
         },
-        Statistic::Sum { bounds, decimals } => Noise::Integer {
-            noise: noise(rows_u * units(bounds.magnitude(), *decimals), share)?,
-        },
-        Statistic::Mean { bounds, decimals } => {
+        Statistic::Mean { .. } => {
             let parts = split_charge(share, 2)?;
-            let half = (bounds.upper - bounds.lower) / 2.0;
             Noise::Mean {
-                sum: noise(rows_u * units(half, *decimals), parts[0])?,
-                count: noise(rows_u, parts[1])?,
+                sum: noise(0, parts[0])?,
+                count: noise(1, parts[1])?,
             }
         }
-        Statistic::Variance {
-            bounds,
-            decimals,
-            square_decimals,
-            ..
-        } => {
+        Statistic::Variance { .. } => {
             let parts = split_charge(share, 3)?;
-            let half = (bounds.upper - bounds.lower) / 2.0;
             Noise::Variance {
-                count: noise(rows_u, parts[0])?,
-                sum: noise(rows_u * units(half, *decimals), parts[1])?,
-                squares: noise(rows_u * units(half * half, *square_decimals), parts[2])?,
+                count: noise(0, parts[0])?,
+                sum: noise(1, parts[1])?,
+                squares: noise(2, parts[2])?,
             }
         }
         Statistic::Quantile {

@@ -43,7 +43,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::release::{Noise, Statistic, unit_scale};
+use crate::release::{Influence, Noise, Statistic, unit_scale};
 
 /// How the released groups of a DP aggregate are chosen.
 #[derive(Clone, Debug)]
@@ -72,6 +72,8 @@ pub(crate) struct PlannedRelease {
     pub statistic: Statistic,
     /// Indices of its exact statistics among the inner aggregate's columns.
     pub inputs: Vec<usize>,
+    /// How much one row or patient moves each of them.
+    pub influence: Vec<Influence>,
     pub noise: Option<Noise>,
     pub charge: Option<Charge>,
 }
@@ -506,8 +508,9 @@ fn release(site: &Site, exact: &RecordBatch, schema: &SchemaRef) -> Result<Recor
                     .zip(counts.value())
                     .map(|(&s, &c)| {
                         if c >= 1 {
-                            let mean =
-                                (s as f64 / scale / c as f64).clamp(bounds.lower, bounds.upper);
+                            // The sum is of distances from the midpoint.
+                            let mean = (midpoint + s as f64 / scale / c as f64)
+                                .clamp(bounds.lower, bounds.upper);
                             (mean, bound.at_count(c as f64))
                         } else {
                             (midpoint, bound.at_count(0.0))

@@ -28,7 +28,7 @@ use datafusion::logical_expr::{Aggregate, Cast, Expr, ExprSchemable, LogicalPlan
 use crate::error::{Error, Result, Rule};
 use crate::facts::{self, ColumnFacts, Interval, strip_alias};
 use crate::policy::{Bounds, DEFAULT_QUANTILE_CANDIDATES, Scope};
-use crate::release::Statistic;
+use crate::release::{Influence, Statistic};
 use crate::typing::{Kind, Typed};
 
 /// Refuses `GROUPING SETS`, `ROLLUP` and `CUBE`.
@@ -127,10 +127,12 @@ fn per_unit_interval(
     }
 }
 
-/// An aggregate mapped to its statistic and the exact aggregates computing it.
+/// An aggregate mapped to its statistic and the exact aggregates computing
+/// it, each with how much one row or patient can move it: the bound is
+/// computed here, beside the expression it bounds.
 pub(crate) struct Mapped {
     pub statistic: Statistic,
-    pub inner: Vec<Expr>,
+    pub inner: Vec<(Expr, Influence)>,
 }
 
 /// Maps one aggregate expression of a DP aggregate.
@@ -181,7 +183,10 @@ pub(crate) fn map(
         if counts_rows {
             return Ok(Mapped {
                 statistic: Statistic::Count { per_group: rows },
-                inner: vec![aggregate(count_udaf(), vec![lit(1i64)], false, filter)],
+                inner: vec![(
+                    aggregate(count_udaf(), vec![lit(1i64)], false, filter),
+                    Influence::PerRow(1),
+                )],
             });
         }
         let [argument] = params.args.as_slice() else {
@@ -197,11 +202,20 @@ pub(crate) fn map(
             statistic: Statistic::Count {
                 per_group: if counts_patients { 1 } else { rows },
             },
-            inner: vec![aggregate(
-                count_udaf(),
-                vec![argument.clone()],
-                params.distinct,
-                filter,
+            inner: vec![(
+                aggregate(
+                    count_udaf(),
+                    vec![argument.clone()],
+                    params.distinct,
+                    filter,
+                ),
+                // A patient adds 1 to a count of distinct patients, and at
+                // most one per row to any other count.
+                if counts_patients {
+                    Influence::PerGroup(1)
+                } else {
+                    Influence::PerRow(1)
+                },
             )],
         });
     }
@@ -282,37 +296,39 @@ pub(crate) fn map(
             None => present,
         })
     };
+    let half = (bounds.upper - bounds.lower) / 2.0;
+    let centre = bounds.lower + half;
+    let count = || {
+        (
+            aggregate(count_udaf(), vec![argument.clone()], false, filter.clone()),
+            Influence::PerRow(1),
+        )
+    };
+    // A sum of `x` in fixed point with `decimals`, where |x| ≤ `magnitude`:
+    // each row moves it by at most ⌈magnitude · 10^decimals⌉ units.
+    let fixed_sum = |x: Expr, magnitude: f64, decimals: u32| {
+        (
+            aggregate(sum_udaf(), vec![fixed(x, decimals)], false, filter.clone()),
+            Influence::PerRow(units(magnitude, decimals)),
+        )
+    };
     Ok(match kind {
         Kind2::Sum => {
             let decimals = Statistic::decimals_for(bounds.magnitude(), precision);
             Mapped {
                 statistic: Statistic::Sum { bounds, decimals },
-                inner: vec![aggregate(
-                    sum_udaf(),
-                    vec![fixed(clamped, decimals)],
-                    false,
-                    filter,
-                )],
+                inner: vec![fixed_sum(clamped, bounds.magnitude(), decimals)],
             }
         }
+        // Values centred on the bounds' midpoint: |x − c| ≤ half the width.
         Kind2::Mean => {
-            let decimals = Statistic::decimals_for(bounds.magnitude(), precision);
+            let decimals = Statistic::decimals_for(half, precision);
             Mapped {
                 statistic: Statistic::Mean { bounds, decimals },
-                inner: vec![
-                    aggregate(
-                        sum_udaf(),
-                        vec![fixed(clamped, decimals)],
-                        false,
-                        filter.clone(),
-                    ),
-                    aggregate(count_udaf(), vec![argument.clone()], false, filter),
-                ],
+                inner: vec![fixed_sum(clamped - lit(centre), half, decimals), count()],
             }
         }
         Kind2::Variance { sample, root } => {
-            let half = (bounds.upper - bounds.lower) / 2.0;
-            let centre = bounds.lower + half;
             let centred = clamped - lit(centre);
             let decimals = Statistic::decimals_for(half, precision);
             let square_decimals = Statistic::decimals_for(half * half, 2 * precision);
@@ -325,19 +341,9 @@ pub(crate) fn map(
                     root,
                 },
                 inner: vec![
-                    aggregate(count_udaf(), vec![argument.clone()], false, filter.clone()),
-                    aggregate(
-                        sum_udaf(),
-                        vec![fixed(centred.clone(), decimals)],
-                        false,
-                        filter.clone(),
-                    ),
-                    aggregate(
-                        sum_udaf(),
-                        vec![fixed(centred.clone() * centred, square_decimals)],
-                        false,
-                        filter,
-                    ),
+                    count(),
+                    fixed_sum(centred.clone(), half, decimals),
+                    fixed_sum(centred.clone() * centred, half * half, square_decimals),
                 ],
             }
         }
@@ -368,15 +374,19 @@ pub(crate) fn map(
                     alpha,
                     candidates,
                 },
-                inner: vec![aggregate(
-                    array_agg_udaf(),
-                    vec![clamped],
-                    false,
-                    not_null(filter),
+                // The quantile's score moves by at most one per row.
+                inner: vec![(
+                    aggregate(array_agg_udaf(), vec![clamped], false, not_null(filter)),
+                    Influence::PerRow(1),
                 )],
             }
         }
     })
+}
+
+/// ⌈magnitude · 10^decimals⌉ fixed-point units (at least 1).
+fn units(magnitude: f64, decimals: u32) -> u128 {
+    (magnitude * 10f64.powi(decimals as i32)).ceil().max(1.0) as u128
 }
 
 enum Kind2 {
@@ -460,4 +470,147 @@ fn candidates_of(facts: &ColumnFacts, scope: &Scope, bounds: Bounds) -> Vec<f64>
         candidates.dedup();
         candidates
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The per-row bounds that calibrate the noise are checked against the
+    //! very expressions they bound, evaluated on extreme inputs.
+
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use arrow::array::{
+        Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    };
+    use arrow::datatypes::{DataType, Decimal128Type, Field, Schema};
+    use datafusion::common::{Column, DFSchema};
+    use datafusion::functions_aggregate::expr_fn::{avg, count, stddev, sum, var_pop};
+    use datafusion::logical_expr::col;
+    use datafusion::logical_expr::execution_props::ExecutionProps;
+    use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+    use datafusion::physical_expr::create_physical_expr;
+
+    use super::*;
+    use crate::policy::StudyPolicy;
+    use crate::typing::Kind;
+
+    fn check(data_type: DataType, lower: f64, upper: f64, precision: Option<u32>) {
+        let arrow_schema = Arc::new(Schema::new(vec![
+            Field::new("x", data_type.clone(), true),
+            Field::new("patient_id", DataType::Utf8, true),
+        ]));
+        let schema = DFSchema::try_from_qualified_schema("t", &arrow_schema).unwrap();
+        let precision = precision.map_or(String::new(), |p| format!(", precision = {p}"));
+        let policy = StudyPolicy::from_toml(&format!(
+            "privacy_unit = \"patient_id\"\n[tables.t.columns]\npatient_id = {{}}\n\
+             x = {{ lower = {lower:?}, upper = {upper:?}{precision} }}"
+        ))
+        .unwrap();
+        let scope = policy
+            .resolve(&HashMap::from([(
+                "t".to_string(),
+                Arc::clone(&arrow_schema),
+            )]))
+            .unwrap();
+        let declared = scope.tables["t"].column("x").unwrap();
+        let typed = Typed {
+            kind: Kind::Private {
+                unit: 1,
+                rows_per_unit: None,
+            },
+            columns: vec![
+                ColumnFacts {
+                    interval: Interval::from_bounds(declared.bounds),
+                    ..Default::default()
+                },
+                ColumnFacts::default(),
+            ],
+            sampled: None,
+            per_unit: None,
+        };
+        // Extremes, just inside and outside the bounds, and non-values.
+        let mut values = vec![
+            lower,
+            upper,
+            lower - 1e6,
+            upper + 1e6,
+            (lower + upper) / 2.0,
+            lower.next_up(),
+            upper.next_down(),
+            -1e300,
+            1e300,
+        ];
+        let x: ArrayRef = if data_type.is_integer() {
+            Arc::new(Int64Array::from_iter(
+                values
+                    .iter()
+                    .map(|v| Some(v.clamp(-9e15, 9e15) as i64))
+                    .chain([None]),
+            ))
+        } else {
+            values.extend([f64::NAN, f64::INFINITY, f64::NEG_INFINITY]);
+            Arc::new(Float64Array::from_iter(
+                values.iter().map(|&v| Some(v)).chain([None]),
+            ))
+        };
+        let ids: ArrayRef = Arc::new(StringArray::from(vec!["p"; x.len()]));
+        let batch = RecordBatch::try_new(Arc::clone(&arrow_schema), vec![x, ids]).unwrap();
+        let unit = Column::new(Some("t"), "patient_id");
+        for aggregate in [
+            sum(col("t.x")),
+            avg(col("t.x")),
+            var_pop(col("t.x")),
+            stddev(col("t.x")),
+            count(col("t.x")),
+        ] {
+            let mapped = map(&aggregate, &schema, &typed, &scope, 3, &unit).unwrap();
+            for (inner, influence) in mapped.inner {
+                let Expr::AggregateFunction(function) = inner else {
+                    panic!("an aggregate")
+                };
+                let Influence::PerRow(bound) = influence else {
+                    panic!("per-row bounds here")
+                };
+                if function.func.name() != "sum" {
+                    assert_eq!(bound, 1, "{aggregate}: a count moves by one per row");
+                    continue;
+                }
+                let argument = create_physical_expr(
+                    &function.params.args[0],
+                    &schema,
+                    &ExecutionProps::new(),
+                    &PhysicalPlanningContext::default(),
+                )
+                .unwrap();
+                let result = argument
+                    .evaluate(&batch)
+                    .unwrap()
+                    .into_array(batch.num_rows())
+                    .unwrap();
+                let decimals = result.as_primitive::<Decimal128Type>();
+                for row in 0..decimals.len() {
+                    if decimals.is_null(row) {
+                        continue;
+                    }
+                    let units = decimals.value(row).unsigned_abs();
+                    assert!(
+                        units <= bound,
+                        "{aggregate} [{lower}, {upper}] ({data_type}): row {row} moves the sum by \
+                         {units} units, its bound is {bound}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn per_row_bounds_hold_for_the_exact_statistics_they_calibrate() {
+        check(DataType::Float64, 4.0, 14.0, None);
+        check(DataType::Float64, -3.5, 7.25, Some(2));
+        check(DataType::Float64, 0.0, 1e9, None);
+        check(DataType::Float64, 0.1, 0.3, Some(9));
+        check(DataType::Int64, 0.0, 100.0, None);
+        check(DataType::Int64, -7.0, 5.0, None);
+    }
 }

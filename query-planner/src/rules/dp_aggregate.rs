@@ -79,14 +79,17 @@ pub(crate) fn rewrite(
     for expr in &aggr_expr {
         let mapped = aggregates::map(expr, &input_schema, typed, scope, max_rows, &unit_column)?;
         let first = inner.len();
-        for (j, exact) in mapped.inner.into_iter().enumerate() {
+        let mut influence = Vec::with_capacity(mapped.inner.len());
+        for (j, (exact, bound)) in mapped.inner.into_iter().enumerate() {
             inner.push(exact.alias(format!("__cohort_{id}_{first}_{j}")));
+            influence.push(bound);
         }
         let output = expr.schema_name().to_string();
         releases.push(PlannedRelease {
             aggregate: output.clone(),
             output,
             inputs: (first..inner.len()).collect(),
+            influence,
             statistic: mapped.statistic,
             noise: None,
             charge: None,
