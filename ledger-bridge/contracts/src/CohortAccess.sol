@@ -1,0 +1,286 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+
+/// @title CohortAccess: roles, provider credentials, patients' access grants
+/// and emergency overrides. The registry every other cohort contract reads
+/// its roles and grants from.
+/// @dev Grants are keyed by the patient's address. Time is the block
+/// timestamp; every expiry is exclusive (a grant expiring at t is void at t).
+contract CohortAccess is AccessControl {
+    bytes32 public constant ADMIN_ROLE = DEFAULT_ADMIN_ROLE;
+    bytes32 public constant PATIENT_ROLE = keccak256("cohort.PATIENT");
+    bytes32 public constant PROVIDER_ROLE = keccak256("cohort.PROVIDER");
+    bytes32 public constant RESEARCHER_ROLE = keccak256("cohort.RESEARCHER");
+    bytes32 public constant STEWARD_ROLE = keccak256("cohort.STEWARD");
+    bytes32 public constant AUDITOR_ROLE = keccak256("cohort.AUDITOR");
+    bytes32 public constant ENGINE_ROLE = keccak256("cohort.ENGINE");
+    bytes32 public constant ISSUER_ROLE = keccak256("cohort.ISSUER");
+
+    /// Access levels, ordered: a higher level includes the lower ones.
+    uint8 public constant LEVEL_NONE = 0;
+    uint8 public constant LEVEL_READ = 1;
+    uint8 public constant LEVEL_WRITE = 2;
+
+    /// The longest grant or delegation a patient can give in one call.
+    uint64 public constant MAX_DURATION = 366 days;
+
+    struct Credential {
+        address issuer;
+        bytes32 licenseHash;
+        uint64 expiresAt;
+        bool revoked;
+    }
+
+    struct Grant {
+        uint8 level;
+        uint64 expiresAt;
+        address grantedBy; // the patient, or the delegate who acted for them
+    }
+
+    struct Delegation {
+        uint8 maxLevel;
+        uint64 expiresAt;
+    }
+
+    enum Review {
+        None,
+        Pending,
+        Justified,
+        Unjustified
+    }
+
+    struct Emergency {
+        address patient;
+        address provider;
+        bytes32 reasonHash;
+        uint64 startedAt;
+        uint64 expiresAt;
+        Review review;
+        address reviewer;
+        bytes32 findingHash;
+    }
+
+    mapping(address provider => Credential) private _credentials;
+    mapping(address patient => mapping(address provider => Grant)) private _grants;
+    mapping(address patient => mapping(address delegate => Delegation)) private _delegations;
+    Emergency[] private _emergencies;
+    mapping(address patient => mapping(address provider => uint256)) private _lastEmergency; // id + 1
+    uint256 public pendingReviews;
+    uint64 public emergencyDuration = 24 hours;
+
+    event PatientRegistered(address indexed patient);
+    event CredentialAttested(address indexed provider, address indexed issuer, bytes32 licenseHash, uint64 expiresAt);
+    event CredentialRevoked(address indexed provider, address indexed by);
+    event AccessGranted(
+        address indexed patient, address indexed provider, uint8 level, uint64 expiresAt, address grantedBy
+    );
+    event AccessRevoked(address indexed patient, address indexed provider, address revokedBy);
+    event DelegateSet(address indexed patient, address indexed delegate, uint8 maxLevel, uint64 expiresAt);
+    event DelegateRevoked(address indexed patient, address indexed delegate);
+    event EmergencyAccessed(
+        uint256 indexed id, address indexed patient, address indexed provider, bytes32 reasonHash, uint64 expiresAt
+    );
+    event EmergencyReviewed(uint256 indexed id, address indexed reviewer, bool justified, bytes32 findingHash);
+    event EmergencyDurationSet(uint64 duration);
+
+    error InvalidLevel(uint8 level);
+    error InvalidDuration(uint64 duration, uint64 max);
+    error InvalidExpiry(uint64 expiresAt);
+    error NotAPatient(address account);
+    error NotAProvider(address account);
+    error NotCredentialed(address provider);
+    error NotADelegate(address patient, address delegate);
+    error ExceedsDelegation(uint8 level, uint64 expiresAt, uint8 maxLevel, uint64 delegationExpiresAt);
+    error NoSuchGrant(address patient, address provider);
+    error NoSuchEmergency(uint256 id);
+    error AlreadyReviewed(uint256 id);
+    error NotIssuerOfCredential(address provider, address issuer);
+    error ZeroAddress();
+
+    constructor(address admin) {
+        if (admin == address(0)) revert ZeroAddress();
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+    }
+
+    // ---------------------------------------------------------------- patients
+
+    /// Any account may register itself as a patient.
+    function registerPatient() external {
+        if (_grantRole(PATIENT_ROLE, msg.sender)) emit PatientRegistered(msg.sender);
+    }
+
+    // ------------------------------------------------------------- credentials
+
+    /// An issuer attests a provider's licence until `expiresAt`.
+    function attestCredential(address provider, bytes32 licenseHash, uint64 expiresAt)
+        external
+        onlyRole(ISSUER_ROLE)
+    {
+        if (provider == address(0)) revert ZeroAddress();
+        if (!hasRole(PROVIDER_ROLE, provider)) revert NotAProvider(provider);
+        if (expiresAt <= block.timestamp) revert InvalidExpiry(expiresAt);
+        _credentials[provider] = Credential(msg.sender, licenseHash, expiresAt, false);
+        emit CredentialAttested(provider, msg.sender, licenseHash, expiresAt);
+    }
+
+    /// The issuer who attested a credential, or an admin, revokes it.
+    function revokeCredential(address provider) external {
+        Credential storage c = _credentials[provider];
+        if (c.issuer != msg.sender && !hasRole(ADMIN_ROLE, msg.sender)) {
+            revert NotIssuerOfCredential(provider, msg.sender);
+        }
+        c.revoked = true;
+        emit CredentialRevoked(provider, msg.sender);
+    }
+
+    function credentialOf(address provider) external view returns (Credential memory) {
+        return _credentials[provider];
+    }
+
+    /// A provider holds the role and an unexpired, unrevoked credential.
+    function isCredentialed(address provider) public view returns (bool) {
+        Credential storage c = _credentials[provider];
+        return hasRole(PROVIDER_ROLE, provider) && c.issuer != address(0) && !c.revoked
+            && block.timestamp < c.expiresAt;
+    }
+
+    // ------------------------------------------------------------------ grants
+
+    /// A patient grants `provider` access at `level` for `duration` seconds.
+    function grantAccess(address provider, uint64 duration, uint8 level) external {
+        _requirePatient(msg.sender);
+        _grant(msg.sender, provider, duration, level, msg.sender);
+    }
+
+    /// A patient's delegate grants access on the patient's behalf, within
+    /// the level and the expiry of the delegation.
+    function grantAccessFor(address patient, address provider, uint64 duration, uint8 level) external {
+        Delegation memory d = _activeDelegation(patient, msg.sender);
+        uint64 expiresAt = uint64(block.timestamp) + duration;
+        if (level > d.maxLevel || expiresAt > d.expiresAt) {
+            revert ExceedsDelegation(level, expiresAt, d.maxLevel, d.expiresAt);
+        }
+        _grant(patient, provider, duration, level, msg.sender);
+    }
+
+    /// The patient (or a delegate) revokes a provider's grant.
+    function revokeAccess(address patient, address provider) external {
+        if (msg.sender != patient) _activeDelegation(patient, msg.sender);
+        Grant storage g = _grants[patient][provider];
+        if (g.level == LEVEL_NONE || block.timestamp >= g.expiresAt) revert NoSuchGrant(patient, provider);
+        delete _grants[patient][provider];
+        emit AccessRevoked(patient, provider, msg.sender);
+    }
+
+    function grantOf(address patient, address provider) external view returns (Grant memory) {
+        return _grants[patient][provider];
+    }
+
+    /// Whether `provider` may act on `patient`'s records at `level` now: an
+    /// unexpired grant at that level or above from a credentialed provider,
+    /// or (for reading) an unexpired emergency override.
+    function hasAccess(address patient, address provider, uint8 level) public view returns (bool) {
+        if (!isCredentialed(provider)) return false;
+        Grant storage g = _grants[patient][provider];
+        if (g.level >= level && level != LEVEL_NONE && block.timestamp < g.expiresAt) return true;
+        return level == LEVEL_READ && inEmergency(patient, provider);
+    }
+
+    // ------------------------------------------------------------- delegation
+
+    /// A patient lets `delegate` grant and revoke access for them, at most
+    /// at `maxLevel`, for `duration` seconds.
+    function setDelegate(address delegate, uint8 maxLevel, uint64 duration) external {
+        _requirePatient(msg.sender);
+        if (delegate == address(0)) revert ZeroAddress();
+        if (maxLevel == LEVEL_NONE || maxLevel > LEVEL_WRITE) revert InvalidLevel(maxLevel);
+        if (duration == 0 || duration > MAX_DURATION) revert InvalidDuration(duration, MAX_DURATION);
+        uint64 expiresAt = uint64(block.timestamp) + duration;
+        _delegations[msg.sender][delegate] = Delegation(maxLevel, expiresAt);
+        emit DelegateSet(msg.sender, delegate, maxLevel, expiresAt);
+    }
+
+    function revokeDelegate(address delegate) external {
+        if (_delegations[msg.sender][delegate].maxLevel == LEVEL_NONE) revert NotADelegate(msg.sender, delegate);
+        delete _delegations[msg.sender][delegate];
+        emit DelegateRevoked(msg.sender, delegate);
+    }
+
+    function delegationOf(address patient, address delegate) external view returns (Delegation memory) {
+        return _delegations[patient][delegate];
+    }
+
+    // -------------------------------------------------------------- emergency
+
+    /// A credentialed provider opens an emergency override on a patient's
+    /// records: read access that expires on its own after
+    /// `emergencyDuration`, announced by an event and queued for review.
+    function emergencyAccess(address patient, bytes32 reasonHash) external returns (uint256 id) {
+        if (!isCredentialed(msg.sender)) revert NotCredentialed(msg.sender);
+        _requirePatient(patient);
+        uint64 expiresAt = uint64(block.timestamp) + emergencyDuration;
+        id = _emergencies.length;
+        _emergencies.push(
+            Emergency(patient, msg.sender, reasonHash, uint64(block.timestamp), expiresAt, Review.Pending, address(0), 0)
+        );
+        _lastEmergency[patient][msg.sender] = id + 1;
+        pendingReviews += 1;
+        emit EmergencyAccessed(id, patient, msg.sender, reasonHash, expiresAt);
+    }
+
+    /// An auditor records the post-event review of an override.
+    function reviewEmergency(uint256 id, bool justified, bytes32 findingHash) external onlyRole(AUDITOR_ROLE) {
+        if (id >= _emergencies.length) revert NoSuchEmergency(id);
+        Emergency storage e = _emergencies[id];
+        if (e.review != Review.Pending) revert AlreadyReviewed(id);
+        e.review = justified ? Review.Justified : Review.Unjustified;
+        e.reviewer = msg.sender;
+        e.findingHash = findingHash;
+        pendingReviews -= 1;
+        emit EmergencyReviewed(id, msg.sender, justified, findingHash);
+    }
+
+    function emergencyOf(uint256 id) external view returns (Emergency memory) {
+        if (id >= _emergencies.length) revert NoSuchEmergency(id);
+        return _emergencies[id];
+    }
+
+    function emergencyCount() external view returns (uint256) {
+        return _emergencies.length;
+    }
+
+    /// Whether `provider`'s latest override on `patient` is still open.
+    function inEmergency(address patient, address provider) public view returns (bool) {
+        uint256 last = _lastEmergency[patient][provider];
+        return last != 0 && block.timestamp < _emergencies[last - 1].expiresAt;
+    }
+
+    function setEmergencyDuration(uint64 duration) external onlyRole(ADMIN_ROLE) {
+        if (duration == 0 || duration > 7 days) revert InvalidDuration(duration, 7 days);
+        emergencyDuration = duration;
+        emit EmergencyDurationSet(duration);
+    }
+
+    // ---------------------------------------------------------------- internal
+
+    function _grant(address patient, address provider, uint64 duration, uint8 level, address by) private {
+        if (provider == address(0)) revert ZeroAddress();
+        if (!hasRole(PROVIDER_ROLE, provider)) revert NotAProvider(provider);
+        if (level == LEVEL_NONE || level > LEVEL_WRITE) revert InvalidLevel(level);
+        if (duration == 0 || duration > MAX_DURATION) revert InvalidDuration(duration, MAX_DURATION);
+        uint64 expiresAt = uint64(block.timestamp) + duration;
+        _grants[patient][provider] = Grant(level, expiresAt, by);
+        emit AccessGranted(patient, provider, level, expiresAt, by);
+    }
+
+    function _activeDelegation(address patient, address delegate) private view returns (Delegation memory d) {
+        d = _delegations[patient][delegate];
+        if (d.maxLevel == LEVEL_NONE || block.timestamp >= d.expiresAt) revert NotADelegate(patient, delegate);
+    }
+
+    function _requirePatient(address account) private view {
+        if (!hasRole(PATIENT_ROLE, account)) revert NotAPatient(account);
+    }
+}

@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {CohortAccess} from "./CohortAccess.sol";
+
+/// @title PatientRecords: the hashes of patients' health records, every
+/// version of them, who may read them, and guardian recovery of a
+/// patient's record control.
+/// @dev The records themselves stay off chain (encrypted, content-addressed
+/// blocks); this contract holds their hashes. A patient is identified by
+/// the address that first registered; the key that controls their records
+/// can move to a new one when m of their n guardians agree.
+contract PatientRecords {
+    struct Record {
+        address patient;
+        string metadata;
+        uint64 createdAt;
+    }
+
+    struct Version {
+        bytes32 dataHash;
+        address author;
+        uint64 at;
+    }
+
+    struct Guardians {
+        address[] members;
+        uint8 threshold;
+        uint64 round; // bumped at every change or completed recovery: stale approvals lapse
+    }
+
+    CohortAccess public immutable access;
+
+    mapping(bytes32 recordId => Record) private _records;
+    mapping(bytes32 recordId => Version[]) private _versions;
+    mapping(bytes32 recordId => mapping(address viewer => bool)) private _viewers;
+    mapping(address patient => uint256) public recordCount;
+
+    /// The patient a key acts for (when it is not the patient's own address).
+    mapping(address key => address patient) private _patientOfKey;
+    /// The key that controls a patient's records (zero: the patient's own address).
+    mapping(address patient => address key) private _controller;
+    mapping(address patient => Guardians) private _guardians;
+    mapping(address patient => mapping(uint64 round => mapping(address newKey => uint8))) private _approvals;
+    mapping(address patient => mapping(uint64 round => mapping(address guardian => bool))) private _approved;
+
+    event RecordAdded(bytes32 indexed recordId, address indexed patient, bytes32 dataHash, string metadata);
+    event RecordUpdated(bytes32 indexed recordId, address indexed patient, uint256 version, bytes32 dataHash, address author);
+    event ViewerAuthorized(bytes32 indexed recordId, address indexed viewer);
+    event ViewerRemoved(bytes32 indexed recordId, address indexed viewer);
+    event RecordAccessed(
+        bytes32 indexed recordId, address indexed patient, address indexed accessor, uint256 version, bool emergency
+    );
+    event GuardiansSet(address indexed patient, address[] guardians, uint8 threshold);
+    event RecoveryApproved(address indexed patient, address indexed guardian, address newKey, uint8 approvals);
+    event ControlRecovered(address indexed patient, address indexed oldKey, address indexed newKey);
+
+    error NotAPatient(address account);
+    error NotController(address patient, address caller);
+    error RecordExists(bytes32 recordId);
+    error NoSuchRecord(bytes32 recordId);
+    error NotThePatientOf(bytes32 recordId, address patient);
+    error AccessDenied(bytes32 recordId, address accessor);
+    error InvalidGuardians(uint256 count, uint8 threshold);
+    error NotAGuardian(address patient, address account);
+    error AlreadyApproved(address patient, address guardian);
+    error KeyInUse(address key);
+    error ZeroAddress();
+
+    constructor(CohortAccess access_) {
+        if (address(access_) == address(0)) revert ZeroAddress();
+        access = access_;
+    }
+
+    // ----------------------------------------------------------------- records
+
+    /// The caller's patient adds a record: its first version's hash, public
+    /// metadata (a type, never PHI) and the accounts that may read it.
+    function addHealthRecord(bytes32 recordHash, string calldata metadata, address[] calldata authorizedViewers)
+        external
+        returns (bytes32 recordId)
+    {
+        address patient = _actingPatient();
+        recordId = keccak256(abi.encode(patient, recordHash));
+        if (_records[recordId].patient != address(0)) revert RecordExists(recordId);
+        _records[recordId] = Record(patient, metadata, uint64(block.timestamp));
+        _versions[recordId].push(Version(recordHash, msg.sender, uint64(block.timestamp)));
+        recordCount[patient] += 1;
+        emit RecordAdded(recordId, patient, recordHash, metadata);
+        for (uint256 i = 0; i < authorizedViewers.length; i++) {
+            address viewer = authorizedViewers[i];
+            if (viewer == address(0)) revert ZeroAddress();
+            if (!_viewers[recordId][viewer]) {
+                _viewers[recordId][viewer] = true;
+                emit ViewerAuthorized(recordId, viewer);
+            }
+        }
+    }
+
+    /// A new version of a record, by the patient's controlling key or a
+    /// provider with write access. Every earlier version is kept.
+    function updateHealthRecord(address patient, bytes32 recordId, bytes32 newDataHash) external {
+        Record storage r = _record(recordId);
+        if (r.patient != patient) revert NotThePatientOf(recordId, patient);
+        if (controllerOf(patient) != msg.sender && !access.hasAccess(patient, msg.sender, access.LEVEL_WRITE())) {
+            revert AccessDenied(recordId, msg.sender);
+        }
+        _versions[recordId].push(Version(newDataHash, msg.sender, uint64(block.timestamp)));
+        emit RecordUpdated(recordId, patient, _versions[recordId].length - 1, newDataHash, msg.sender);
+    }
+
+    /// Reads the current version's hash, leaving an access event for the
+    /// audit trail: by the patient's key, a listed viewer, a provider with a
+    /// read grant, or a provider under an open emergency override.
+    function accessPatientRecord(address patient, bytes32 recordId) external returns (bytes32 dataHash, uint256 version) {
+        Record storage r = _record(recordId);
+        if (r.patient != patient) revert NotThePatientOf(recordId, patient);
+        bool emergency = false;
+        if (controllerOf(patient) != msg.sender && !_viewers[recordId][msg.sender]) {
+            if (!access.hasAccess(patient, msg.sender, access.LEVEL_READ())) revert AccessDenied(recordId, msg.sender);
+            CohortAccess.Grant memory g = access.grantOf(patient, msg.sender);
+            emergency = g.level == 0 || block.timestamp >= g.expiresAt;
+        }
+        version = _versions[recordId].length - 1;
+        dataHash = _versions[recordId][version].dataHash;
+        emit RecordAccessed(recordId, patient, msg.sender, version, emergency);
+    }
+
+    function authorizeViewer(bytes32 recordId, address viewer) external {
+        Record storage r = _record(recordId);
+        _requireController(r.patient);
+        if (viewer == address(0)) revert ZeroAddress();
+        _viewers[recordId][viewer] = true;
+        emit ViewerAuthorized(recordId, viewer);
+    }
+
+    function removeViewer(bytes32 recordId, address viewer) external {
+        Record storage r = _record(recordId);
+        _requireController(r.patient);
+        _viewers[recordId][viewer] = false;
+        emit ViewerRemoved(recordId, viewer);
+    }
+
+    function recordOf(bytes32 recordId) external view returns (Record memory) {
+        return _record(recordId);
+    }
+
+    function versionsOf(bytes32 recordId) external view returns (Version[] memory) {
+        _record(recordId);
+        return _versions[recordId];
+    }
+
+    function isViewer(bytes32 recordId, address viewer) external view returns (bool) {
+        return _viewers[recordId][viewer];
+    }
+
+    // ----------------------------------------------------------------- control
+
+    /// The key that controls `patient`'s records.
+    function controllerOf(address patient) public view returns (address) {
+        address key = _controller[patient];
+        return key == address(0) ? patient : key;
+    }
+
+    /// The patient `key` acts for, or zero if it acts for none.
+    function patientOf(address key) public view returns (address) {
+        address patient = _patientOfKey[key];
+        if (patient != address(0)) return controllerOf(patient) == key ? patient : address(0);
+        if (!access.hasRole(access.PATIENT_ROLE(), key)) return address(0);
+        return controllerOf(key) == key ? key : address(0);
+    }
+
+    /// The patient names `guardians`, any `threshold` of whom may move
+    /// control of their records to a new key.
+    function setGuardians(address[] calldata guardians, uint8 threshold) external {
+        address patient = _actingPatient();
+        if (threshold == 0 || threshold > guardians.length || guardians.length > 16) {
+            revert InvalidGuardians(guardians.length, threshold);
+        }
+        for (uint256 i = 0; i < guardians.length; i++) {
+            if (guardians[i] == address(0) || guardians[i] == patient) revert ZeroAddress();
+            for (uint256 j = 0; j < i; j++) {
+                if (guardians[j] == guardians[i]) revert InvalidGuardians(guardians.length, threshold);
+            }
+        }
+        Guardians storage g = _guardians[patient];
+        g.members = guardians;
+        g.threshold = threshold;
+        g.round += 1;
+        emit GuardiansSet(patient, guardians, threshold);
+    }
+
+    function guardiansOf(address patient) external view returns (address[] memory members, uint8 threshold) {
+        Guardians storage g = _guardians[patient];
+        return (g.members, g.threshold);
+    }
+
+    /// A guardian approves moving `patient`'s record control to `newKey`;
+    /// the approval that reaches the threshold moves it.
+    function approveRecovery(address patient, address newKey) external {
+        if (newKey == address(0)) revert ZeroAddress();
+        if (_patientOfKey[newKey] != address(0) || access.hasRole(access.PATIENT_ROLE(), newKey)) revert KeyInUse(newKey);
+        Guardians storage g = _guardians[patient];
+        bool member = false;
+        for (uint256 i = 0; i < g.members.length; i++) {
+            if (g.members[i] == msg.sender) member = true;
+        }
+        if (!member) revert NotAGuardian(patient, msg.sender);
+        uint64 round = g.round;
+        if (_approved[patient][round][msg.sender]) revert AlreadyApproved(patient, msg.sender);
+        _approved[patient][round][msg.sender] = true;
+        uint8 approvals = ++_approvals[patient][round][newKey];
+        emit RecoveryApproved(patient, msg.sender, newKey, approvals);
+        if (approvals >= g.threshold) {
+            address oldKey = controllerOf(patient);
+            _controller[patient] = newKey;
+            _patientOfKey[newKey] = patient;
+            g.round += 1;
+            emit ControlRecovered(patient, oldKey, newKey);
+        }
+    }
+
+    // ---------------------------------------------------------------- internal
+
+    function _actingPatient() private view returns (address patient) {
+        patient = patientOf(msg.sender);
+        if (patient == address(0)) revert NotAPatient(msg.sender);
+    }
+
+    function _requireController(address patient) private view {
+        if (controllerOf(patient) != msg.sender) revert NotController(patient, msg.sender);
+    }
+
+    function _record(bytes32 recordId) private view returns (Record storage r) {
+        r = _records[recordId];
+        if (r.patient == address(0)) revert NoSuchRecord(recordId);
+    }
+}
