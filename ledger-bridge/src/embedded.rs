@@ -1,0 +1,748 @@
+//! `EmbeddedLedger`: revm in process, with the whole chain (blocks,
+//! signed transactions, logs, accounts, code and storage) in one SQLite
+//! file, so a restart keeps everything.
+//!
+//! Each sent transaction is signed (EIP-1559) by its account's key, its
+//! sender recovered from the signature, executed by revm against the
+//! persisted state and, when it succeeds, written with its block in one
+//! SQLite transaction: a crash leaves the chain at the previous block or
+//! the next, never between. A transaction a contract reverts is refused
+//! before it is mined, as a node's gas estimation refuses it.
+//!
+//! Gas is metered (a transaction may use at most the 2^24 gas that Osaka
+//! allows) but free: base fee and gas price are zero, as on a permissioned
+//! chain, so accounts need ether only for the value they send.
+//!
+//! Block hashes are keccak-256 of an RLP header whose transactions root is
+//! the real ordered-trie root; its state root is a running keccak-256 of
+//! every state change, not a Merkle-Patricia root (nothing here needs
+//! state proofs).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use alloy::consensus::{Header, SignableTransaction, TxEip1559, TxEnvelope, proofs};
+use alloy::eips::eip2718::Encodable2718;
+use alloy::network::TxSignerSync;
+use alloy::primitives::{Address, B256, Bytes, Log, LogData, TxKind, U256, keccak256};
+use async_trait::async_trait;
+use revm::bytecode::Bytecode;
+use revm::context::result::{EVMError, ExecutionResult, Output};
+use revm::context::{BlockEnv, TxEnv};
+use revm::database_interface::{DBErrorMarker, DatabaseRef};
+use revm::primitives::KECCAK_EMPTY;
+use revm::state::{AccountInfo, EvmState};
+use revm::{Context, ExecuteEvm, MainBuilder, MainContext};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::contracts::decode_revert;
+use crate::error::{Error, Result};
+use crate::ledger::{Account, Backend, ChainLog, Ledger, LogQuery, Receipt, Tx};
+
+/// The chain id of an embedded chain unless told otherwise (distinct from
+/// public networks and from anvil's 31337).
+pub const DEFAULT_CHAIN_ID: u64 = 1_337_001;
+
+/// The block gas limit.
+pub const BLOCK_GAS_LIMIT: u64 = 30_000_000;
+
+/// The most gas one transaction may use (EIP-7825's cap).
+pub const TX_GAS_LIMIT: u64 = 1 << 24;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS accounts (
+    address BLOB PRIMARY KEY, balance BLOB NOT NULL, nonce INTEGER NOT NULL, code_hash BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS code (hash BLOB PRIMARY KEY, bytecode BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS storage (
+    address BLOB NOT NULL, slot BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY (address, slot)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+    number INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE, parent_hash BLOB NOT NULL,
+    timestamp INTEGER NOT NULL, gas_used INTEGER NOT NULL, state_root BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transactions (
+    hash BLOB PRIMARY KEY, block_number INTEGER NOT NULL, sender BLOB NOT NULL, recipient BLOB,
+    contract_address BLOB, gas_used INTEGER NOT NULL, raw BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS logs (
+    block_number INTEGER NOT NULL, log_index INTEGER NOT NULL, tx_hash BLOB NOT NULL,
+    address BLOB NOT NULL, topics BLOB NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (block_number, log_index)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS logs_by_address ON logs (address, block_number);
+";
+
+/// An in-process chain persisted in a SQLite file.
+#[derive(Clone)]
+pub struct EmbeddedLedger {
+    path: PathBuf,
+    chain_id: u64,
+    chain: Arc<Mutex<Chain>>,
+}
+
+struct Chain {
+    conn: Connection,
+    chain_id: u64,
+}
+
+/// The latest block, as the next one needs it.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    number: u64,
+    hash: B256,
+    timestamp: u64,
+    state_root: B256,
+}
+
+impl EmbeddedLedger {
+    /// Opens the chain in `path`, creating it (with its genesis block) on
+    /// first use with `chain_id`. An existing chain keeps its own id; a
+    /// different `chain_id` for it is refused.
+    pub fn open(path: &Path, chain_id: u64) -> Result<EmbeddedLedger> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Config(format!(
+                    "cannot create {} for the chain: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        let stored: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'chain_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let chain_id = match stored {
+            Some(bytes) => {
+                let stored = u64::from_be_bytes(
+                    bytes
+                        .try_into()
+                        .map_err(|_| Error::decode("the stored chain id", "not 8 bytes"))?,
+                );
+                if stored != chain_id {
+                    return Err(Error::Config(format!(
+                        "the chain in {} has chain id {stored}, not {chain_id}",
+                        path.display()
+                    )));
+                }
+                stored
+            }
+            None => {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('chain_id', ?1)",
+                    params![chain_id.to_be_bytes().to_vec()],
+                )?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('time_offset', ?1)",
+                    params![0u64.to_be_bytes().to_vec()],
+                )?;
+                let genesis = header(B256::ZERO, 0, unix_now(), 0, &[], B256::ZERO);
+                tx.execute(
+                    "INSERT INTO blocks (number, hash, parent_hash, timestamp, gas_used, state_root)
+                     VALUES (0, ?1, ?2, ?3, 0, ?4)",
+                    params![
+                        genesis.hash_slow().as_slice(),
+                        B256::ZERO.as_slice(),
+                        genesis.timestamp as i64,
+                        B256::ZERO.as_slice()
+                    ],
+                )?;
+                tx.commit()?;
+                chain_id
+            }
+        };
+        Ok(EmbeddedLedger {
+            path: path.to_owned(),
+            chain_id,
+            chain: Arc::new(Mutex::new(Chain { conn, chain_id })),
+        })
+    }
+
+    /// The chain's database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Chain> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (every change is one transaction), so a poisoned lock is usable.
+        self.chain.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the chain on a blocking thread (SQLite commits fsync).
+    async fn with_chain<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Chain) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let chain = Arc::clone(&self.chain);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = chain.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("the chain's worker thread failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Ledger for EmbeddedLedger {
+    fn backend(&self) -> Backend {
+        Backend::Embedded {
+            path: self.path.display().to_string(),
+        }
+    }
+
+    async fn chain_id(&self) -> Result<u64> {
+        Ok(self.chain_id)
+    }
+
+    async fn block_number(&self) -> Result<u64> {
+        Ok(self.lock().head()?.number)
+    }
+
+    async fn block_hash(&self, number: u64) -> Result<Option<B256>> {
+        self.lock().block_hash(number)
+    }
+
+    async fn timestamp(&self) -> Result<u64> {
+        Ok(self.lock().head()?.timestamp)
+    }
+
+    async fn balance(&self, address: Address) -> Result<U256> {
+        let chain = self.lock();
+        Ok(State(&chain.conn)
+            .basic_ref(address)?
+            .map_or(U256::ZERO, |a| a.balance))
+    }
+
+    async fn send(&self, from: &Account, tx: Tx) -> Result<Receipt> {
+        let from = from.clone();
+        self.with_chain(move |chain| chain.send(&from, tx)).await
+    }
+
+    async fn call(&self, from: Address, to: Address, input: Bytes) -> Result<Bytes> {
+        self.lock().call(from, to, input)
+    }
+
+    async fn logs(&self, query: &LogQuery) -> Result<Vec<ChainLog>> {
+        self.lock().logs(query)
+    }
+
+    async fn set_balance(&self, address: Address, wei: U256) -> Result<()> {
+        self.with_chain(move |chain| chain.set_balance(address, wei))
+            .await
+    }
+
+    async fn increase_time(&self, seconds: u64) -> Result<()> {
+        self.with_chain(move |chain| {
+            let offset = chain.time_offset()?.saturating_add(seconds);
+            chain.conn.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'time_offset'",
+                params![offset.to_be_bytes().to_vec()],
+            )?;
+            chain.mine_empty().map(|_| ())
+        })
+        .await
+    }
+
+    async fn mine(&self) -> Result<u64> {
+        self.with_chain(|chain| chain.mine_empty()).await
+    }
+}
+
+impl Chain {
+    fn head(&self) -> Result<Head> {
+        Ok(self.conn.query_row(
+            "SELECT number, hash, timestamp, state_root FROM blocks ORDER BY number DESC LIMIT 1",
+            [],
+            |r| {
+                Ok(Head {
+                    number: r.get::<_, i64>(0)? as u64,
+                    hash: B256::from(r.get::<_, [u8; 32]>(1)?),
+                    timestamp: r.get::<_, i64>(2)? as u64,
+                    state_root: B256::from(r.get::<_, [u8; 32]>(3)?),
+                })
+            },
+        )?)
+    }
+
+    fn block_hash(&self, number: u64) -> Result<Option<B256>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT hash FROM blocks WHERE number = ?1")?
+            .query_row(params![number as i64], |r| r.get::<_, [u8; 32]>(0))
+            .optional()?
+            .map(B256::from))
+    }
+
+    fn time_offset(&self) -> Result<u64> {
+        let bytes: Vec<u8> = self.conn.query_row(
+            "SELECT value FROM meta WHERE key = 'time_offset'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| {
+            Error::decode("the stored time offset", "not 8 bytes")
+        })?))
+    }
+
+    /// The environment of the block after `head`: now (plus the
+    /// development clock's offset), never before its parent.
+    fn next_block(&self, head: &Head) -> Result<BlockEnv> {
+        let timestamp = (unix_now() + self.time_offset()?).max(head.timestamp);
+        Ok(BlockEnv {
+            number: U256::from(head.number + 1),
+            timestamp: U256::from(timestamp),
+            gas_limit: BLOCK_GAS_LIMIT,
+            basefee: 0,
+            ..Default::default()
+        })
+    }
+
+    fn execute(
+        &self,
+        block: BlockEnv,
+        tx: TxEnv,
+        read_only: bool,
+    ) -> Result<revm::context::result::ResultAndState> {
+        let chain_id = self.chain_id;
+        let mut evm = Context::mainnet()
+            .modify_cfg_chained(|cfg| {
+                cfg.chain_id = chain_id;
+                cfg.disable_nonce_check = read_only;
+            })
+            .with_block(block)
+            .with_ref_db(State(&self.conn))
+            .build_mainnet();
+        evm.transact(tx).map_err(|e| match e {
+            EVMError::Database(StoreError(e)) => Error::Store(e),
+            EVMError::Transaction(invalid) => Error::Rejected(invalid.to_string()),
+            other => Error::Rejected(other.to_string()),
+        })
+    }
+
+    fn send(&mut self, from: &Account, tx: Tx) -> Result<Receipt> {
+        let head = self.head()?;
+        let block = self.next_block(&head)?;
+        let nonce = State(&self.conn)
+            .basic_ref(from.address())?
+            .map_or(0, |a| a.nonce);
+        let mut unsigned = TxEip1559 {
+            chain_id: self.chain_id,
+            nonce,
+            gas_limit: TX_GAS_LIMIT,
+            max_fee_per_gas: 0,
+            max_priority_fee_per_gas: 0,
+            to: tx.to.map_or(TxKind::Create, TxKind::Call),
+            value: tx.value,
+            access_list: Default::default(),
+            input: tx.input,
+        };
+        let signature = from
+            .signer()
+            .sign_transaction_sync(&mut unsigned)
+            .map_err(|e| Error::Rejected(format!("signing failed: {e}")))?;
+        let signed = unsigned.into_signed(signature);
+        // The sender is whoever the signature says, not whoever asked.
+        let sender = signed
+            .signature()
+            .recover_address_from_prehash(&signed.signature_hash())
+            .map_err(|e| Error::Rejected(format!("the signature does not recover: {e}")))?;
+        let tx_hash = *signed.hash();
+        let envelope = TxEnvelope::Eip1559(signed);
+        let unsigned = envelope.as_eip1559().expect("built as EIP-1559").tx();
+        let env = TxEnv {
+            tx_type: 2,
+            caller: sender,
+            gas_limit: unsigned.gas_limit,
+            gas_price: unsigned.max_fee_per_gas,
+            gas_priority_fee: Some(unsigned.max_priority_fee_per_gas),
+            kind: unsigned.to,
+            value: unsigned.value,
+            data: unsigned.input.clone(),
+            nonce: unsigned.nonce,
+            chain_id: Some(unsigned.chain_id),
+            ..Default::default()
+        };
+        let outcome = self.execute(block.clone(), env, false)?;
+        let (gas_used, logs, contract_address) = match outcome.result {
+            ExecutionResult::Success {
+                gas, logs, output, ..
+            } => {
+                let created = match output {
+                    Output::Create(_, address) => address,
+                    Output::Call(_) => None,
+                };
+                (gas.tx_gas_used(), logs, created)
+            }
+            ExecutionResult::Revert { output, .. } => {
+                return Err(Error::Reverted(decode_revert(&output)));
+            }
+            ExecutionResult::Halt { reason, .. } => {
+                return Err(Error::Rejected(format!("execution halted: {reason:?}")));
+            }
+        };
+
+        let number = head.number + 1;
+        let timestamp = block.timestamp.to::<u64>();
+        let state_root = state_commitment(head.state_root, &outcome.state);
+        let header = header(
+            head.hash,
+            number,
+            timestamp,
+            gas_used,
+            std::slice::from_ref(&envelope),
+            state_root,
+        );
+        let block_hash = header.hash_slow();
+
+        let db = self.conn.transaction()?;
+        write_state(&db, &outcome.state)?;
+        db.execute(
+            "INSERT INTO blocks (number, hash, parent_hash, timestamp, gas_used, state_root)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                number as i64,
+                block_hash.as_slice(),
+                head.hash.as_slice(),
+                timestamp as i64,
+                gas_used as i64,
+                state_root.as_slice()
+            ],
+        )?;
+        db.execute(
+            "INSERT INTO transactions (hash, block_number, sender, recipient, contract_address, gas_used, raw)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                tx_hash.as_slice(),
+                number as i64,
+                sender.as_slice(),
+                tx.to.map(|a| a.to_vec()),
+                contract_address.map(|a| a.to_vec()),
+                gas_used as i64,
+                envelope.encoded_2718()
+            ],
+        )?;
+        let mut chain_logs = Vec::with_capacity(logs.len());
+        for (index, log) in logs.into_iter().enumerate() {
+            let topics: Vec<u8> = log.topics().iter().flat_map(|t| t.0).collect();
+            db.execute(
+                "INSERT INTO logs (block_number, log_index, tx_hash, address, topics, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    number as i64,
+                    index as i64,
+                    tx_hash.as_slice(),
+                    log.address.as_slice(),
+                    topics,
+                    log.data.data.as_ref()
+                ],
+            )?;
+            chain_logs.push(ChainLog {
+                block_number: number,
+                tx_hash,
+                log_index: index as u64,
+                log,
+            });
+        }
+        db.commit()?;
+        Ok(Receipt {
+            tx_hash,
+            block_number: number,
+            gas_used,
+            contract_address,
+            logs: chain_logs,
+        })
+    }
+
+    fn call(&self, from: Address, to: Address, input: Bytes) -> Result<Bytes> {
+        let head = self.head()?;
+        let block = self.next_block(&head)?;
+        let nonce = State(&self.conn).basic_ref(from)?.map_or(0, |a| a.nonce);
+        let env = TxEnv {
+            tx_type: 2,
+            caller: from,
+            gas_limit: TX_GAS_LIMIT,
+            gas_price: 0,
+            gas_priority_fee: Some(0),
+            kind: TxKind::Call(to),
+            data: input,
+            nonce,
+            chain_id: Some(self.chain_id),
+            ..Default::default()
+        };
+        match self.execute(block, env, true)?.result {
+            ExecutionResult::Success { output, .. } => Ok(output.into_data()),
+            ExecutionResult::Revert { output, .. } => Err(Error::Reverted(decode_revert(&output))),
+            ExecutionResult::Halt { reason, .. } => {
+                Err(Error::Rejected(format!("execution halted: {reason:?}")))
+            }
+        }
+    }
+
+    fn logs(&self, query: &LogQuery) -> Result<Vec<ChainLog>> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT block_number, log_index, tx_hash, address, topics, data FROM logs
+             WHERE block_number BETWEEN ?1 AND ?2 ORDER BY block_number, log_index",
+        )?;
+        let rows = statement.query_map(
+            params![
+                query.from_block as i64,
+                query.to_block.min(i64::MAX as u64) as i64
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, [u8; 32]>(2)?,
+                    r.get::<_, [u8; 20]>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            },
+        )?;
+        let mut logs = Vec::new();
+        for row in rows {
+            let (block_number, log_index, tx_hash, address, topics, data) = row?;
+            let address = Address::from(address);
+            if !query.addresses.is_empty() && !query.addresses.contains(&address) {
+                continue;
+            }
+            let topics: Vec<B256> = topics.chunks_exact(32).map(B256::from_slice).collect();
+            logs.push(ChainLog {
+                block_number,
+                tx_hash: B256::from(tx_hash),
+                log_index,
+                log: Log {
+                    address,
+                    data: LogData::new(topics, data.into())
+                        .ok_or_else(|| Error::decode("a stored log", "more than 4 topics"))?,
+                },
+            });
+        }
+        Ok(logs)
+    }
+
+    fn set_balance(&mut self, address: Address, wei: U256) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO accounts (address, balance, nonce, code_hash) VALUES (?1, ?2, 0, ?3)
+             ON CONFLICT (address) DO UPDATE SET balance = excluded.balance",
+            params![
+                address.as_slice(),
+                wei.to_be_bytes::<32>(),
+                KECCAK_EMPTY.as_slice()
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn mine_empty(&mut self) -> Result<u64> {
+        let head = self.head()?;
+        let block = self.next_block(&head)?;
+        let number = head.number + 1;
+        let timestamp = block.timestamp.to::<u64>();
+        let header = header(head.hash, number, timestamp, 0, &[], head.state_root);
+        self.conn.execute(
+            "INSERT INTO blocks (number, hash, parent_hash, timestamp, gas_used, state_root)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+            params![
+                number as i64,
+                header.hash_slow().as_slice(),
+                head.hash.as_slice(),
+                timestamp as i64,
+                head.state_root.as_slice()
+            ],
+        )?;
+        Ok(number)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn header(
+    parent_hash: B256,
+    number: u64,
+    timestamp: u64,
+    gas_used: u64,
+    transactions: &[TxEnvelope],
+    state_root: B256,
+) -> Header {
+    Header {
+        parent_hash,
+        number,
+        timestamp,
+        gas_limit: BLOCK_GAS_LIMIT,
+        gas_used,
+        base_fee_per_gas: Some(0),
+        transactions_root: proofs::calculate_transaction_root(transactions),
+        state_root,
+        ..Default::default()
+    }
+}
+
+/// A running hash of every state change, in a canonical order.
+fn state_commitment(parent: B256, state: &EvmState) -> B256 {
+    let mut touched: Vec<_> = state.iter().filter(|(_, a)| a.is_touched()).collect();
+    touched.sort_by_key(|(address, _)| **address);
+    let mut bytes = parent.to_vec();
+    for (address, account) in touched {
+        bytes.extend_from_slice(address.as_slice());
+        bytes.extend_from_slice(&account.info.balance.to_be_bytes::<32>());
+        bytes.extend_from_slice(&account.info.nonce.to_be_bytes());
+        bytes.extend_from_slice(account.info.code_hash.as_slice());
+        let mut slots: Vec<_> = account.storage.iter().collect();
+        slots.sort_by_key(|(slot, _)| **slot);
+        for (slot, value) in slots {
+            bytes.extend_from_slice(&slot.to_be_bytes::<32>());
+            bytes.extend_from_slice(&value.present_value.to_be_bytes::<32>());
+        }
+    }
+    keccak256(bytes)
+}
+
+/// Writes revm's state changes (every touched account, its code and every
+/// slot it loaded) into the SQLite transaction.
+fn write_state(db: &rusqlite::Transaction<'_>, state: &EvmState) -> Result<()> {
+    for (address, account) in state {
+        if !account.is_touched() {
+            continue;
+        }
+        let address = address.as_slice();
+        if account.is_selfdestructed() {
+            db.execute("DELETE FROM accounts WHERE address = ?1", params![address])?;
+            db.execute("DELETE FROM storage WHERE address = ?1", params![address])?;
+            continue;
+        }
+        if account.is_created() {
+            db.execute("DELETE FROM storage WHERE address = ?1", params![address])?;
+        }
+        if let Some(code) = &account.info.code
+            && !code.is_empty()
+        {
+            db.prepare_cached("INSERT OR IGNORE INTO code (hash, bytecode) VALUES (?1, ?2)")?
+                .execute(params![
+                    account.info.code_hash.as_slice(),
+                    code.original_byte_slice()
+                ])?;
+        }
+        db.prepare_cached(
+            "INSERT INTO accounts (address, balance, nonce, code_hash) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (address) DO UPDATE SET
+                 balance = excluded.balance, nonce = excluded.nonce, code_hash = excluded.code_hash",
+        )?
+        .execute(params![
+            address,
+            account.info.balance.to_be_bytes::<32>(),
+            account.info.nonce as i64,
+            account.info.code_hash.as_slice()
+        ])?;
+        for (slot, value) in &account.storage {
+            if value.present_value.is_zero() {
+                db.prepare_cached("DELETE FROM storage WHERE address = ?1 AND slot = ?2")?
+                    .execute(params![address, slot.to_be_bytes::<32>()])?;
+            } else {
+                db.prepare_cached(
+                    "INSERT OR REPLACE INTO storage (address, slot, value) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![
+                    address,
+                    slot.to_be_bytes::<32>(),
+                    value.present_value.to_be_bytes::<32>()
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// revm's view of the persisted state.
+struct State<'a>(&'a Connection);
+
+/// A SQLite failure inside revm.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct StoreError(#[from] rusqlite::Error);
+
+impl DBErrorMarker for StoreError {}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Error {
+        Error::Store(e.0)
+    }
+}
+
+impl DatabaseRef for State<'_> {
+    type Error = StoreError;
+
+    fn basic_ref(&self, address: Address) -> Result<Option<AccountInfo>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT balance, nonce, code_hash FROM accounts WHERE address = ?1")?
+            .query_row(params![address.as_slice()], |r| {
+                Ok((
+                    r.get::<_, [u8; 32]>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, [u8; 32]>(2)?,
+                ))
+            })
+            .optional()?
+            .map(|(balance, nonce, code_hash)| {
+                AccountInfo::default()
+                    .with_balance(U256::from_be_bytes(balance))
+                    .with_nonce(nonce as u64)
+                    .with_code_hash(B256::from(code_hash))
+            }))
+    }
+
+    fn code_by_hash_ref(&self, code_hash: B256) -> Result<Bytecode, StoreError> {
+        if code_hash == KECCAK_EMPTY || code_hash == B256::ZERO {
+            return Ok(Bytecode::default());
+        }
+        let raw: Option<Vec<u8>> = self
+            .0
+            .prepare_cached("SELECT bytecode FROM code WHERE hash = ?1")?
+            .query_row(params![code_hash.as_slice()], |r| r.get(0))
+            .optional()?;
+        // Code is only ever stored by revm after analysis, so it decodes;
+        // a missing row is an account without code.
+        Ok(raw
+            .and_then(|raw| Bytecode::new_raw_checked(Bytes::from(raw)).ok())
+            .unwrap_or_default())
+    }
+
+    fn storage_ref(&self, address: Address, index: U256) -> Result<U256, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT value FROM storage WHERE address = ?1 AND slot = ?2")?
+            .query_row(
+                params![address.as_slice(), index.to_be_bytes::<32>()],
+                |r| r.get::<_, [u8; 32]>(0),
+            )
+            .optional()?
+            .map_or(U256::ZERO, U256::from_be_bytes))
+    }
+
+    fn block_hash_ref(&self, number: u64) -> Result<B256, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT hash FROM blocks WHERE number = ?1")?
+            .query_row(params![number as i64], |r| r.get::<_, [u8; 32]>(0))
+            .optional()?
+            .map_or(B256::ZERO, B256::from))
+    }
+}

@@ -1,0 +1,512 @@
+//! The event follower: mirrors the contracts' roles, grants, emergencies,
+//! studies, approvals, consents, budget moves, claims and record accesses
+//! into SQLite tables (`ledger_*`), so that the engine can read them
+//! without asking the chain.
+//!
+//! Each batch of blocks is applied in one SQLite transaction together with
+//! the follower's position, so a restart resumes exactly after the last
+//! block applied: nothing is skipped and nothing applied twice. Only
+//! blocks with the configured number of confirmations are read (1: the
+//! head itself, right for the embedded chain; more on a network that can
+//! reorganise). A processed block whose hash later changes is reported as
+//! [`Error::Reorg`], never silently mirrored twice.
+
+use alloy::primitives::{Address, B256, U256};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::contracts::{CohortAccess, Event, PatientRecords, ResearchStudy, Role};
+use crate::error::{Error, Result};
+use crate::ledger::LogQuery;
+
+/// Blocks read per batch.
+pub const BATCH_BLOCKS: u64 = 2_000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ledger_follower (
+    id INTEGER PRIMARY KEY CHECK (id = 1), chain_id INTEGER NOT NULL, contracts TEXT NOT NULL,
+    block INTEGER NOT NULL, block_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_roles (
+    role TEXT NOT NULL, account TEXT NOT NULL, active INTEGER NOT NULL, block INTEGER NOT NULL,
+    PRIMARY KEY (role, account)
+);
+CREATE TABLE IF NOT EXISTS ledger_grants (
+    patient TEXT NOT NULL, provider TEXT NOT NULL, level INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+    granted_by TEXT NOT NULL, active INTEGER NOT NULL, block INTEGER NOT NULL,
+    PRIMARY KEY (patient, provider)
+);
+CREATE TABLE IF NOT EXISTS ledger_emergencies (
+    id INTEGER PRIMARY KEY, patient TEXT NOT NULL, provider TEXT NOT NULL, reason_hash TEXT NOT NULL,
+    expires_at INTEGER NOT NULL, review TEXT NOT NULL, reviewer TEXT, block INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_studies (
+    study_id INTEGER PRIMARY KEY, researcher TEXT NOT NULL, purpose_hash TEXT NOT NULL,
+    scope_hash TEXT NOT NULL, kind TEXT NOT NULL, budget TEXT NOT NULL, delta_budget TEXT NOT NULL,
+    escrow TEXT NOT NULL, status TEXT NOT NULL, approvals INTEGER NOT NULL, ends_at INTEGER,
+    block INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_approvals (
+    study_id INTEGER NOT NULL, steward TEXT NOT NULL, approvals INTEGER NOT NULL, block INTEGER NOT NULL,
+    PRIMARY KEY (study_id, steward)
+);
+CREATE TABLE IF NOT EXISTS ledger_consents (
+    study_id INTEGER NOT NULL, patient TEXT NOT NULL, purposes TEXT NOT NULL, expires_at INTEGER NOT NULL,
+    active INTEGER NOT NULL, given_block INTEGER NOT NULL, withdrawn_block INTEGER,
+    PRIMARY KEY (study_id, patient)
+);
+CREATE TABLE IF NOT EXISTS ledger_budget_events (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, tx_hash TEXT NOT NULL, study_id INTEGER NOT NULL,
+    query_id TEXT NOT NULL, kind TEXT NOT NULL, cost TEXT NOT NULL, delta_cost TEXT NOT NULL,
+    result_hash TEXT, contributors_root TEXT, fee TEXT,
+    PRIMARY KEY (block, log_index)
+);
+CREATE TABLE IF NOT EXISTS ledger_claims (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, study_id INTEGER NOT NULL, query_id TEXT NOT NULL,
+    patient TEXT NOT NULL, amount TEXT NOT NULL,
+    PRIMARY KEY (block, log_index)
+);
+CREATE TABLE IF NOT EXISTS ledger_record_access (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, record_id TEXT NOT NULL, patient TEXT NOT NULL,
+    accessor TEXT NOT NULL, version INTEGER NOT NULL, emergency INTEGER NOT NULL,
+    PRIMARY KEY (block, log_index)
+);
+";
+
+/// Where the follower stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Position {
+    /// The chain it follows.
+    pub chain_id: u64,
+    /// The last block applied.
+    pub block: u64,
+    /// That block's hash.
+    pub block_hash: B256,
+}
+
+/// What one [`Follower::sync`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    /// The first block read (none if already up to date).
+    pub from_block: Option<u64>,
+    /// The last block applied.
+    pub to_block: Option<u64>,
+    /// Events mirrored.
+    pub events: usize,
+    /// The chain's head when it started.
+    pub head: u64,
+    /// Blocks above the applied ones still waiting for confirmations.
+    pub unconfirmed: u64,
+}
+
+/// Mirrors a deployment's events into SQLite.
+pub struct Follower {
+    client: Client,
+    confirmations: u64,
+}
+
+impl Follower {
+    /// A follower of `client`'s contracts that applies a block once it has
+    /// `confirmations` (at least 1: the block itself).
+    pub fn new(client: Client, confirmations: u64) -> Result<Follower> {
+        if confirmations == 0 {
+            return Err(Error::Config(
+                "confirmations must be at least 1 (the block itself)".into(),
+            ));
+        }
+        Ok(Follower {
+            client,
+            confirmations,
+        })
+    }
+
+    /// Creates the mirror tables in `conn` if they are missing.
+    pub fn install(conn: &Connection) -> Result<()> {
+        conn.execute_batch(SCHEMA)?;
+        Ok(())
+    }
+
+    /// The follower's position in `conn`, if it has applied anything.
+    pub fn position(conn: &Connection) -> Result<Option<Position>> {
+        Follower::install(conn)?;
+        Ok(conn
+            .query_row(
+                "SELECT chain_id, block, block_hash FROM ledger_follower WHERE id = 1",
+                [],
+                |r| {
+                    Ok(Position {
+                        chain_id: r.get::<_, i64>(0)? as u64,
+                        block: r.get::<_, i64>(1)? as u64,
+                        block_hash: B256::from(r.get::<_, [u8; 32]>(2)?),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Applies every confirmed block after the position.
+    pub async fn sync(&self, conn: &mut Connection) -> Result<SyncReport> {
+        Follower::install(conn)?;
+        let ledger = self.client.ledger();
+        let contracts = *self.client.contracts();
+        let chain_id = ledger.chain_id().await?;
+        let head = ledger.block_number().await?;
+        let mut report = SyncReport {
+            head,
+            ..SyncReport::default()
+        };
+        let position = Follower::position(conn)?;
+        let contracts_json = serde_json::to_string(&contracts).expect("addresses serialise");
+        let mut next = match &position {
+            Some(p) => {
+                if p.chain_id != chain_id {
+                    return Err(Error::Config(format!(
+                        "the mirror follows chain {}, but the ledger is chain {chain_id}",
+                        p.chain_id
+                    )));
+                }
+                let stored: String = conn.query_row(
+                    "SELECT contracts FROM ledger_follower WHERE id = 1",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if stored != contracts_json {
+                    return Err(Error::Config(
+                        "the mirror follows another deployment of the contracts".into(),
+                    ));
+                }
+                let found = ledger.block_hash(p.block).await?.unwrap_or(B256::ZERO);
+                if found != p.block_hash {
+                    return Err(Error::Reorg {
+                        number: p.block,
+                        stored: p.block_hash,
+                        found,
+                    });
+                }
+                p.block + 1
+            }
+            None => contracts.deployed_at,
+        };
+        let Some(safe) = (head + 1).checked_sub(self.confirmations) else {
+            report.unconfirmed = head + 1;
+            return Ok(report);
+        };
+        report.unconfirmed = head - safe;
+        while next <= safe {
+            let to = (next + BATCH_BLOCKS - 1).min(safe);
+            let logs = ledger
+                .logs(&LogQuery {
+                    from_block: next,
+                    to_block: to,
+                    addresses: contracts.addresses(),
+                })
+                .await?;
+            let hash = ledger
+                .block_hash(to)
+                .await?
+                .ok_or_else(|| Error::Rpc(format!("the node has no block {to}")))?;
+            let db = conn.transaction()?;
+            for log in &logs {
+                if let Some(event) = contracts.decode_event(&log.log) {
+                    apply(&db, log.block_number, log.log_index, log.tx_hash, event)?;
+                    report.events += 1;
+                }
+            }
+            db.execute(
+                "INSERT INTO ledger_follower (id, chain_id, contracts, block, block_hash)
+                 VALUES (1, ?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET block = excluded.block, block_hash = excluded.block_hash",
+                params![chain_id as i64, contracts_json, to as i64, hash.as_slice()],
+            )?;
+            db.commit()?;
+            report.from_block.get_or_insert(next);
+            report.to_block = Some(to);
+            next = to + 1;
+        }
+        Ok(report)
+    }
+}
+
+fn hex(address: Address) -> String {
+    format!("{address:#x}")
+}
+
+fn word(value: B256) -> String {
+    format!("{value:#x}")
+}
+
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        0 => "pure",
+        1 => "approx",
+        2 => "zcdp",
+        _ => "unknown",
+    }
+}
+
+/// Applies one event to the mirror.
+fn apply(
+    db: &rusqlite::Transaction<'_>,
+    block: u64,
+    log_index: u64,
+    tx_hash: B256,
+    event: Event,
+) -> Result<()> {
+    let block = block as i64;
+    let index = log_index as i64;
+    match event {
+        Event::Access(e) => match e {
+            CohortAccess::CohortAccessEvents::RoleGranted(g) => {
+                let role = Role::from_id(g.role).map_or_else(|| word(g.role), |r| r.name().into());
+                db.execute(
+                    "INSERT INTO ledger_roles (role, account, active, block) VALUES (?1, ?2, 1, ?3)
+                     ON CONFLICT (role, account) DO UPDATE SET active = 1, block = excluded.block",
+                    params![role, hex(g.account), block],
+                )?;
+            }
+            CohortAccess::CohortAccessEvents::RoleRevoked(r) => {
+                let role = Role::from_id(r.role).map_or_else(|| word(r.role), |r| r.name().into());
+                db.execute(
+                    "UPDATE ledger_roles SET active = 0, block = ?3 WHERE role = ?1 AND account = ?2",
+                    params![role, hex(r.account), block],
+                )?;
+            }
+            CohortAccess::CohortAccessEvents::AccessGranted(g) => {
+                db.execute(
+                    "INSERT INTO ledger_grants (patient, provider, level, expires_at, granted_by, active, block)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+                     ON CONFLICT (patient, provider) DO UPDATE SET level = excluded.level,
+                        expires_at = excluded.expires_at, granted_by = excluded.granted_by,
+                        active = 1, block = excluded.block",
+                    params![
+                        hex(g.patient),
+                        hex(g.provider),
+                        g.level,
+                        g.expiresAt as i64,
+                        hex(g.grantedBy),
+                        block
+                    ],
+                )?;
+            }
+            CohortAccess::CohortAccessEvents::AccessRevoked(r) => {
+                db.execute(
+                    "UPDATE ledger_grants SET active = 0, block = ?3 WHERE patient = ?1 AND provider = ?2",
+                    params![hex(r.patient), hex(r.provider), block],
+                )?;
+            }
+            CohortAccess::CohortAccessEvents::EmergencyAccessed(e) => {
+                db.execute(
+                    "INSERT OR REPLACE INTO ledger_emergencies
+                     (id, patient, provider, reason_hash, expires_at, review, reviewer, block)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', NULL, ?6)",
+                    params![
+                        e.id.to::<u64>() as i64,
+                        hex(e.patient),
+                        hex(e.provider),
+                        word(e.reasonHash),
+                        e.expiresAt as i64,
+                        block
+                    ],
+                )?;
+            }
+            CohortAccess::CohortAccessEvents::EmergencyReviewed(r) => {
+                db.execute(
+                    "UPDATE ledger_emergencies SET review = ?2, reviewer = ?3 WHERE id = ?1",
+                    params![
+                        r.id.to::<u64>() as i64,
+                        if r.justified {
+                            "justified"
+                        } else {
+                            "unjustified"
+                        },
+                        hex(r.reviewer)
+                    ],
+                )?;
+            }
+            _ => {}
+        },
+        Event::Study(e) => match e {
+            ResearchStudy::ResearchStudyEvents::StudyProposed(p) => {
+                db.execute(
+                    "INSERT OR REPLACE INTO ledger_studies (study_id, researcher, purpose_hash, scope_hash,
+                        kind, budget, delta_budget, escrow, status, approvals, ends_at, block)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'proposed', 0, NULL, ?9)",
+                    params![
+                        p.studyId.to::<u64>() as i64,
+                        hex(p.researcher),
+                        word(p.purposeHash),
+                        word(p.scopeHash),
+                        kind_name(p.kind),
+                        p.budget.to_string(),
+                        p.deltaBudget.to_string(),
+                        p.escrow.to_string(),
+                        block
+                    ],
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::StudyApprovalGiven(a) => {
+                let id = a.studyId.to::<u64>() as i64;
+                db.execute(
+                    "INSERT OR REPLACE INTO ledger_approvals (study_id, steward, approvals, block)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![id, hex(a.steward), a.approvals, block],
+                )?;
+                db.execute(
+                    "UPDATE ledger_studies SET approvals = ?2, block = ?3 WHERE study_id = ?1",
+                    params![id, a.approvals, block],
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::StudyApproved(a) => {
+                db.execute(
+                    "UPDATE ledger_studies SET status = 'approved', ends_at = ?2, block = ?3 WHERE study_id = ?1",
+                    params![a.studyId.to::<u64>() as i64, a.endsAt as i64, block],
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::EscrowAdded(a) => {
+                db.execute(
+                    "UPDATE ledger_studies SET escrow = ?2, block = ?3 WHERE study_id = ?1",
+                    params![a.studyId.to::<u64>() as i64, a.escrow.to_string(), block],
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::StudyClosed(c) => {
+                db.execute(
+                    "UPDATE ledger_studies SET status = 'closed', escrow = '0', block = ?2 WHERE study_id = ?1",
+                    params![c.studyId.to::<u64>() as i64, block],
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::ConsentGiven(c) => {
+                db.execute(
+                    "INSERT INTO ledger_consents (study_id, patient, purposes, expires_at, active, given_block, withdrawn_block)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5, NULL)
+                     ON CONFLICT (study_id, patient) DO UPDATE SET purposes = excluded.purposes,
+                        expires_at = excluded.expires_at, active = 1, given_block = excluded.given_block,
+                        withdrawn_block = NULL",
+                    params![
+                        c.studyId.to::<u64>() as i64,
+                        hex(c.patient),
+                        c.purposes.to_string(),
+                        c.expiresAt as i64,
+                        block
+                    ],
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::ConsentWithdrawn(w) => {
+                db.execute(
+                    "UPDATE ledger_consents SET active = 0, withdrawn_block = ?3 WHERE study_id = ?1 AND patient = ?2",
+                    params![w.studyId.to::<u64>() as i64, hex(w.patient), block],
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::BudgetReserved(r) => {
+                budget_event(
+                    db,
+                    block,
+                    index,
+                    tx_hash,
+                    r.studyId,
+                    r.queryId,
+                    "reserved",
+                    r.cost,
+                    r.deltaCost,
+                    None,
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::BudgetCommitted(c) => {
+                budget_event(
+                    db,
+                    block,
+                    index,
+                    tx_hash,
+                    c.studyId,
+                    c.queryId,
+                    "committed",
+                    c.cost,
+                    c.deltaCost,
+                    Some((c.resultHash, c.contributorsRoot, c.fee)),
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::BudgetReleased(r) => {
+                budget_event(
+                    db,
+                    block,
+                    index,
+                    tx_hash,
+                    r.studyId,
+                    r.queryId,
+                    "released",
+                    r.cost,
+                    r.deltaCost,
+                    None,
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::CompensationClaimed(c) => {
+                db.execute(
+                    "INSERT OR REPLACE INTO ledger_claims (block, log_index, study_id, query_id, patient, amount)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        block,
+                        index,
+                        c.studyId.to::<u64>() as i64,
+                        word(c.queryId),
+                        hex(c.patient),
+                        c.amount.to_string()
+                    ],
+                )?;
+            }
+            _ => {}
+        },
+        Event::Records(PatientRecords::PatientRecordsEvents::RecordAccessed(a)) => {
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_record_access
+                 (block, log_index, record_id, patient, accessor, version, emergency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    block,
+                    index,
+                    word(a.recordId),
+                    hex(a.patient),
+                    hex(a.accessor),
+                    a.version.to::<u64>() as i64,
+                    a.emergency
+                ],
+            )?;
+        }
+        Event::Records(_) => {}
+        Event::Appointments(_) => {}
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn budget_event(
+    db: &rusqlite::Transaction<'_>,
+    block: i64,
+    index: i64,
+    tx_hash: B256,
+    study: U256,
+    query: B256,
+    kind: &str,
+    cost: u128,
+    delta: u128,
+    committed: Option<(B256, B256, U256)>,
+) -> Result<()> {
+    db.execute(
+        "INSERT OR REPLACE INTO ledger_budget_events (block, log_index, tx_hash, study_id, query_id, kind,
+            cost, delta_cost, result_hash, contributors_root, fee)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            block,
+            index,
+            word(tx_hash),
+            study.to::<u64>() as i64,
+            word(query),
+            kind,
+            cost.to_string(),
+            delta.to_string(),
+            committed.map(|c| word(c.0)),
+            committed.map(|c| word(c.1)),
+            committed.map(|c| c.2.to_string())
+        ],
+    )?;
+    Ok(())
+}

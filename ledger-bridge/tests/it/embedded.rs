@@ -1,0 +1,156 @@
+//! What is particular to the embedded chain: persistence across restarts,
+//! its chain id, and reverted transactions leaving no trace.
+
+use std::sync::Arc;
+
+use cohort_ledger_bridge::alloy::primitives::U256;
+use cohort_ledger_bridge::contracts::ResearchStudy;
+use cohort_ledger_bridge::{Client, EmbeddedLedger, Error, Ledger, LogQuery, Target};
+
+use crate::fixture::{Fixture, addr, ether, query_id, units};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_blocks_nonces_balances_storage_and_logs() {
+    let f = Fixture::embedded().await;
+    let id = f.approved_study(units(1), units(1) / 2, ether(5)).await;
+    f.client
+        .consent(&f.patients[0], id, U256::from(3), f.now().await + 86_400)
+        .await
+        .unwrap();
+    f.client
+        .reserve(
+            &f.engine,
+            id,
+            query_id("before restart"),
+            crate::fixture::eps(units(1) / 4),
+        )
+        .await
+        .unwrap();
+    let path = f.dir.as_ref().unwrap().path().join("chain.db");
+    let contracts = *f.client.contracts();
+    let head = f.ledger.block_number().await.unwrap();
+    let hashes: Vec<_> = futures_hashes(&*f.ledger, head).await;
+    let all = LogQuery {
+        from_block: 0,
+        to_block: head,
+        addresses: vec![],
+    };
+    let logs = f.ledger.logs(&all).await.unwrap();
+    let escrow = f.ledger.balance(contracts.study).await.unwrap();
+    let researcher = f.ledger.balance(addr(&f.researcher)).await.unwrap();
+    let study = f.client.study(id).await.unwrap();
+    drop(f.client);
+    drop(f.ledger);
+
+    let reopened: Arc<dyn Ledger> = Arc::new(EmbeddedLedger::open(&path, 1_337_001).unwrap());
+    let client = Client::new(Arc::clone(&reopened), contracts);
+    client.verify_deployed().await.unwrap();
+    assert_eq!(reopened.block_number().await.unwrap(), head);
+    assert_eq!(futures_hashes(&*reopened, head).await, hashes);
+    let again = reopened.logs(&all).await.unwrap();
+    assert_eq!(again.len(), logs.len());
+    assert!(
+        again
+            .iter()
+            .zip(&logs)
+            .all(|(a, b)| a.log == b.log && a.tx_hash == b.tx_hash)
+    );
+    assert_eq!(reopened.balance(contracts.study).await.unwrap(), escrow);
+    assert_eq!(
+        reopened.balance(addr(&f.researcher)).await.unwrap(),
+        researcher
+    );
+    assert_eq!(client.study(id).await.unwrap(), study, "storage survives");
+    assert!(client.has_consent(id, addr(&f.patients[0])).await.unwrap());
+    // The engine's nonce carried over: it can send again, and the budget
+    // reserved before the restart still counts.
+    client
+        .reserve(
+            &f.engine,
+            id,
+            query_id("after restart"),
+            crate::fixture::eps(units(1) / 4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(client.remaining(id).await.unwrap().primary, units(1) / 2);
+    assert_eq!(reopened.block_number().await.unwrap(), head + 1);
+}
+
+async fn futures_hashes(
+    ledger: &dyn Ledger,
+    head: u64,
+) -> Vec<cohort_ledger_bridge::alloy::primitives::B256> {
+    let mut hashes = Vec::new();
+    for n in 0..=head {
+        hashes.push(
+            ledger
+                .block_hash(n)
+                .await
+                .unwrap()
+                .expect("every block has a hash"),
+        );
+    }
+    hashes
+}
+
+#[tokio::test]
+async fn another_chain_id_for_an_existing_chain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.db");
+    EmbeddedLedger::open(&path, 7).unwrap();
+    let err = EmbeddedLedger::open(&path, 8).err().unwrap();
+    assert!(err.to_string().contains("chain id 7, not 8"), "{err}");
+    assert_eq!(
+        EmbeddedLedger::open(&path, 7)
+            .unwrap()
+            .chain_id()
+            .await
+            .unwrap(),
+        7
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_transaction_changes_nothing() {
+    let f = Fixture::embedded().await;
+    let head = f.ledger.block_number().await.unwrap();
+    let balance = f.ledger.balance(addr(&f.outsider)).await.unwrap();
+    let refused = f
+        .client
+        .propose_study(&f.outsider, Fixture::proposal(units(1), units(1)), ether(1))
+        .await;
+    assert!(matches!(refused, Err(Error::Reverted(_))));
+    assert_eq!(
+        f.ledger.block_number().await.unwrap(),
+        head,
+        "nothing was mined"
+    );
+    assert_eq!(f.ledger.balance(addr(&f.outsider)).await.unwrap(), balance);
+    // Sending more ether than the account has is refused by the chain.
+    let broke = f
+        .client
+        .send_value(
+            &f.researcher,
+            Target::Study,
+            ResearchStudy::proposeStudyCall {
+                p: Fixture::proposal(units(1), units(1)),
+            },
+            ether(1_000),
+        )
+        .await;
+    assert!(matches!(broke, Err(Error::Rejected(_))), "{broke:?}");
+    assert_eq!(f.ledger.block_number().await.unwrap(), head);
+    // The refusals left the nonces alone: the next proposal is study 1.
+    let id = f
+        .client
+        .propose_study(
+            &f.researcher,
+            Fixture::proposal(units(1), units(1)),
+            U256::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(id, 1);
+    assert_eq!(f.ledger.block_number().await.unwrap(), head + 1);
+}

@@ -1,0 +1,57 @@
+//! The contracts' test suite, run unchanged on both backends: the embedded
+//! revm chain and a real anvil node; then what is particular to each
+//! backend, the follower, and the artifacts' freshness.
+
+mod access;
+mod appointments;
+mod artifacts;
+mod embedded;
+mod fixture;
+mod follower;
+mod records;
+mod rpc;
+mod study;
+
+/// For each suite function, one test on a fresh embedded chain and one on
+/// a fresh anvil.
+macro_rules! on_both_backends {
+    ($($module:ident :: $name:ident),* $(,)?) => {
+        mod on_embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::$module::$name(&crate::fixture::Fixture::embedded().await).await
+                }
+            )*
+        }
+        mod on_anvil {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::$module::$name(&crate::fixture::Fixture::anvil().await).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    access::only_the_admin_grants_roles,
+    access::credentials_are_attested_expire_and_are_revoked,
+    access::grants_have_levels_expire_and_are_revoked,
+    access::delegates_grant_within_the_patients_rights,
+    access::emergency_access_expires_and_is_reviewed,
+    records::records_keep_every_version_and_gate_access,
+    records::guardians_move_record_control_to_a_new_key,
+    study::a_study_is_approved_by_m_of_n_stewards,
+    study::consent_covers_purposes_until_withdrawn_or_expired,
+    study::the_budget_is_reserved_committed_and_released_exactly,
+    study::the_budget_invariant_holds_over_random_operations,
+    study::contributors_claim_their_share_once_with_a_proof,
+    study::closing_refunds_the_unallocated_escrow,
+    study::concurrent_reservations_never_overspend,
+    appointments::the_fee_is_held_until_the_appointment_is_completed,
+    appointments::cancellation_refunds_by_the_policy,
+    appointments::no_shows_are_counted_after_the_grace_period,
+    appointments::insurance_is_attested_and_reminders_are_sent_once,
+);

@@ -1,0 +1,306 @@
+//! PatientRecords: versions, grant-gated access with an audit event, and
+//! guardian recovery.
+
+use cohort_ledger_bridge::alloy::primitives::{B256, keccak256};
+use cohort_ledger_bridge::alloy::sol_types::SolEvent;
+use cohort_ledger_bridge::contracts::{CohortAccess, PatientRecords};
+use cohort_ledger_bridge::{Account, Target};
+
+use crate::fixture::{Fixture, account, addr, assert_reverts, count_events};
+
+const HOUR: u64 = 3_600;
+
+async fn add_record(
+    f: &Fixture,
+    patient: &Account,
+    content: &str,
+    viewers: Vec<cohort_ledger_bridge::alloy::primitives::Address>,
+) -> B256 {
+    let receipt = f
+        .client
+        .send(
+            patient,
+            Target::Records,
+            PatientRecords::addHealthRecordCall {
+                recordHash: keccak256(content),
+                metadata: "Observation".into(),
+                authorizedViewers: viewers,
+            },
+        )
+        .await
+        .unwrap();
+    receipt
+        .logs
+        .iter()
+        .find_map(|l| PatientRecords::RecordAdded::decode_log(&l.log).ok())
+        .expect("RecordAdded")
+        .data
+        .recordId
+}
+
+async fn grant(f: &Fixture, patient: &Account, provider: &Account, level: u8) {
+    f.client
+        .send(
+            patient,
+            Target::Access,
+            CohortAccess::grantAccessCall {
+                provider: addr(provider),
+                duration: HOUR,
+                level,
+            },
+        )
+        .await
+        .unwrap();
+}
+
+pub async fn records_keep_every_version_and_gate_access(f: &Fixture) {
+    f.credential_providers().await;
+    let (patient, reader, writer, viewer) = (
+        &f.patients[0],
+        &f.providers[0],
+        &f.providers[1],
+        &f.patients[2],
+    );
+    assert_reverts(
+        f.client
+            .send(
+                &f.outsider,
+                Target::Records,
+                PatientRecords::addHealthRecordCall {
+                    recordHash: keccak256("x"),
+                    metadata: String::new(),
+                    authorizedViewers: vec![],
+                },
+            )
+            .await,
+        "NotAPatient",
+    );
+    let id = add_record(f, patient, "hba1c 7.1 v1", vec![addr(viewer)]).await;
+    let duplicate = f
+        .client
+        .send(
+            patient,
+            Target::Records,
+            PatientRecords::addHealthRecordCall {
+                recordHash: keccak256("hba1c 7.1 v1"),
+                metadata: "Observation".into(),
+                authorizedViewers: vec![],
+            },
+        )
+        .await;
+    assert_reverts(duplicate, "RecordExists");
+
+    let access = PatientRecords::accessPatientRecordCall {
+        patient: addr(patient),
+        recordId: id,
+    };
+    assert_reverts(
+        f.client.send(reader, Target::Records, access.clone()).await,
+        "AccessDenied",
+    );
+    grant(f, patient, reader, 1).await;
+    let receipt = f
+        .client
+        .send(reader, Target::Records, access.clone())
+        .await
+        .unwrap();
+    let accessed = receipt
+        .logs
+        .iter()
+        .find_map(|l| PatientRecords::RecordAccessed::decode_log(&l.log).ok())
+        .expect("an access event for the audit trail");
+    assert_eq!(accessed.data.accessor, addr(reader));
+    assert!(!accessed.data.emergency);
+    // A listed viewer reads without a grant.
+    f.client
+        .send(viewer, Target::Records, access.clone())
+        .await
+        .unwrap();
+
+    let update = |hash: &str| PatientRecords::updateHealthRecordCall {
+        patient: addr(patient),
+        recordId: id,
+        newDataHash: keccak256(hash),
+    };
+    assert_reverts(
+        f.client
+            .send(reader, Target::Records, update("v2 by reader"))
+            .await,
+        "AccessDenied",
+    );
+    grant(f, patient, writer, 2).await;
+    let receipt = f
+        .client
+        .send(writer, Target::Records, update("hba1c 6.8 v2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, PatientRecords::RecordUpdated::SIGNATURE_HASH),
+        1
+    );
+    f.client
+        .send(patient, Target::Records, update("hba1c 6.5 v3"))
+        .await
+        .unwrap();
+    let wrong_patient = PatientRecords::updateHealthRecordCall {
+        patient: addr(&f.patients[1]),
+        recordId: id,
+        newDataHash: keccak256("v4"),
+    };
+    assert_reverts(
+        f.client.send(patient, Target::Records, wrong_patient).await,
+        "NotThePatientOf",
+    );
+
+    let versions = f
+        .client
+        .view(
+            Target::Records,
+            PatientRecords::versionsOfCall { recordId: id },
+        )
+        .await
+        .unwrap();
+    let hashes: Vec<B256> = versions.iter().map(|v| v.dataHash).collect();
+    assert_eq!(
+        hashes,
+        vec![
+            keccak256("hba1c 7.1 v1"),
+            keccak256("hba1c 6.8 v2"),
+            keccak256("hba1c 6.5 v3")
+        ],
+        "every version is kept, in order"
+    );
+    assert_eq!(versions[1].author, addr(writer));
+    let current = f
+        .client
+        .view_as(addr(reader), Target::Records, access)
+        .await
+        .unwrap();
+    assert_eq!(
+        (current.dataHash, current.version.to::<u64>()),
+        (keccak256("hba1c 6.5 v3"), 2)
+    );
+}
+
+pub async fn guardians_move_record_control_to_a_new_key(f: &Fixture) {
+    let patient = &f.patients[0];
+    let guardians: Vec<Account> = (0..3).map(|i| account(&format!("guardian{i}"))).collect();
+    for g in &guardians {
+        f.ledger
+            .set_balance(g.address(), crate::fixture::ether(1))
+            .await
+            .unwrap();
+    }
+    let new_key = account("patient0-new-key");
+    f.ledger
+        .set_balance(new_key.address(), crate::fixture::ether(1))
+        .await
+        .unwrap();
+    let id = add_record(f, patient, "record before recovery", vec![]).await;
+
+    let set = |threshold| PatientRecords::setGuardiansCall {
+        guardians: guardians.iter().map(Account::address).collect(),
+        threshold,
+    };
+    assert_reverts(
+        f.client.send(patient, Target::Records, set(0)).await,
+        "InvalidGuardians",
+    );
+    assert_reverts(
+        f.client.send(patient, Target::Records, set(4)).await,
+        "InvalidGuardians",
+    );
+    f.client
+        .send(patient, Target::Records, set(2))
+        .await
+        .unwrap();
+
+    let approve = |key: &Account| PatientRecords::approveRecoveryCall {
+        patient: addr(patient),
+        newKey: key.address(),
+    };
+    assert_reverts(
+        f.client
+            .send(&f.outsider, Target::Records, approve(&new_key))
+            .await,
+        "NotAGuardian",
+    );
+    let patient_as_key = f
+        .client
+        .send(&guardians[0], Target::Records, approve(&f.patients[1]))
+        .await;
+    assert_reverts(patient_as_key, "KeyInUse");
+    f.client
+        .send(&guardians[0], Target::Records, approve(&new_key))
+        .await
+        .unwrap();
+    assert_reverts(
+        f.client
+            .send(&guardians[0], Target::Records, approve(&new_key))
+            .await,
+        "AlreadyApproved",
+    );
+    let controller = || {
+        f.client.view(
+            Target::Records,
+            PatientRecords::controllerOfCall {
+                patient: addr(patient),
+            },
+        )
+    };
+    assert_eq!(
+        controller().await.unwrap(),
+        addr(patient),
+        "one approval is not enough"
+    );
+    let receipt = f
+        .client
+        .send(&guardians[2], Target::Records, approve(&new_key))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, PatientRecords::ControlRecovered::SIGNATURE_HASH),
+        1
+    );
+    assert_eq!(controller().await.unwrap(), new_key.address());
+
+    let update = PatientRecords::updateHealthRecordCall {
+        patient: addr(patient),
+        recordId: id,
+        newDataHash: keccak256("after recovery"),
+    };
+    assert_reverts(
+        f.client
+            .send(patient, Target::Records, update.clone())
+            .await,
+        "AccessDenied",
+    );
+    f.client
+        .send(&new_key, Target::Records, update)
+        .await
+        .unwrap();
+    // The new key adds records for the same patient; the old key no longer acts.
+    let added = add_record(f, &new_key, "record after recovery", vec![]).await;
+    let record = f
+        .client
+        .view(
+            Target::Records,
+            PatientRecords::recordOfCall { recordId: added },
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.patient, addr(patient));
+    let by_old_key = f
+        .client
+        .send(
+            patient,
+            Target::Records,
+            PatientRecords::addHealthRecordCall {
+                recordHash: keccak256("by the lost key"),
+                metadata: String::new(),
+                authorizedViewers: vec![],
+            },
+        )
+        .await;
+    assert_reverts(by_old_key, "NotAPatient");
+}
