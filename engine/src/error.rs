@@ -98,6 +98,11 @@ pub enum Error {
     #[error(transparent)]
     Query(#[from] cohort_query_planner::Error),
 
+    /// The ledger refused or could not be reached (a contract's error is
+    /// named with its arguments).
+    #[error(transparent)]
+    Ledger(#[from] cohort_ledger_bridge::Error),
+
     /// Arrow or Parquet failed while building or writing a projection.
     #[error("columnar projection: {0}")]
     Arrow(String),

@@ -19,8 +19,10 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod accounts;
 pub mod audit;
 pub mod blockstore;
+pub mod chain;
 pub mod cid;
 pub mod datadir;
 pub mod fhir;

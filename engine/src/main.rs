@@ -101,6 +101,46 @@ enum Command {
     Budget(BudgetCmd),
     /// Ask a differentially private SQL question of a study's tables.
     Query(QueryArgs),
+    /// The ledger: deploy the contracts, see the chain, mirror its events.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+    /// Named accounts: the Ethereum keys of the actors, held by the keystore.
+    #[command(subcommand)]
+    Account(AccountCmd),
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// The backend, chain id, block height, contract addresses and the follower's position.
+    Status,
+    /// Deploy the contracts (to the embedded chain, or to the node at --rpc-url) as the `--as` account.
+    Deploy {
+        /// A JSON-RPC node (http://host:port); without it, the embedded chain.
+        #[arg(long)]
+        rpc_url: Option<String>,
+        /// Stewards who must approve a study.
+        #[arg(long, default_value_t = cohort_engine::chain::DEFAULT_APPROVALS)]
+        approvals: u8,
+        /// Confirmations the follower waits for (default: 1 embedded, 2 on a node).
+        #[arg(long)]
+        confirmations: Option<u64>,
+        /// Deploy a new set even though contracts are recorded.
+        #[arg(long)]
+        redeploy: bool,
+    },
+    /// Mirror every confirmed block's events into cohort.db (resumes where it stopped).
+    Sync,
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Every account's name and address (no passphrase needed).
+    List,
+    /// Create an account (a new secp256k1 key, stored wrapped by the keystore).
+    New {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// `cohort query`: private SQL over the tables a study policy names.
@@ -506,6 +546,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Anonymize(args) => anonymize(cli, args),
         Command::Dp(args) => dp_release(cli, args),
         Command::Query(args) => sql_query(cli, args),
+        Command::Ledger(cmd) => ledger(cli, &dir()?, cmd),
+        Command::Account(cmd) => account(cli, &dir()?, cmd),
         Command::Budget(cmd) => budget(cli, cmd),
         Command::Deidentify(args) => deidentify(cli, &dir()?, args),
         Command::Export { out } => {
@@ -1229,4 +1271,143 @@ fn verify_text(v: &audit::Verification) -> String {
         None => format!("audit chain intact: {} entries, head {}", v.entries, v.head),
         Some(b) => format!("audit chain BROKEN at entry {}: {}", b.seq, b.reason),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn ledger(cli: &Cli, dir: &DataDir, cmd: &LedgerCmd) -> anyhow::Result<ExitCode> {
+    use cohort_engine::chain;
+    let rt = runtime()?;
+    match cmd {
+        LedgerCmd::Status => {
+            let conn = dir.connect()?;
+            let status = rt.block_on(chain::status(dir, &conn))?;
+            emit(cli, &status, || {
+                let mut lines = vec![
+                    format!("backend    {}", status.backend),
+                    format!("chain id   {}", status.chain_id),
+                    format!("block      {}", status.block),
+                ];
+                match &status.contracts {
+                    Some(c) => {
+                        lines.push(format!("contracts  CohortAccess   {:#x}", c.access));
+                        lines.push(format!("           PatientRecords {:#x}", c.records));
+                        lines.push(format!("           ResearchStudy  {:#x}", c.study));
+                        lines.push(format!("           Appointments   {:#x}", c.appointments));
+                        lines.push(format!("           deployed at block {}", c.deployed_at));
+                    }
+                    None => {
+                        lines.push("contracts  not deployed (run `cohort ledger deploy`)".into())
+                    }
+                }
+                if let (Some(n), Some(m)) = (status.required_approvals, status.confirmations) {
+                    lines.push(format!(
+                        "approvals  {n} stewards per study; follower waits for {m} confirmation(s)"
+                    ));
+                }
+                match (&status.follower, status.follower_behind) {
+                    (Some(p), Some(behind)) => lines.push(format!(
+                        "follower   at block {} ({:#x}), {behind} block(s) behind",
+                        p.block, p.block_hash
+                    )),
+                    (None, Some(behind)) => lines.push(format!(
+                        "follower   not started, {behind} block(s) to apply (run `cohort ledger sync`)"
+                    )),
+                    _ => {}
+                }
+                lines.join("\n")
+            });
+        }
+        LedgerCmd::Deploy {
+            rpc_url,
+            approvals,
+            confirmations,
+            redeploy,
+        } => {
+            let vault = unlock(cli, dir, None)?;
+            let request = chain::DeployRequest {
+                rpc_url: rpc_url.clone(),
+                approvals: *approvals,
+                confirmations: *confirmations,
+                admin: cli.actor.clone(),
+                redeploy: *redeploy,
+            };
+            let config = rt.block_on(chain::deploy(dir, vault.conn(), vault.keys(), &request))?;
+            cohort_engine::audit::append(
+                vault.conn(),
+                &cohort_engine::audit::Event {
+                    actor: &cli.actor,
+                    action: "ledger.deploy",
+                    target: &format!("chain/{}", config.chain_id),
+                    purpose: "operations",
+                    detail: serde_json::to_value(config.contracts).expect("addresses serialise"),
+                },
+            )?;
+            emit(cli, &config, || {
+                let c = &config.contracts;
+                format!(
+                    "deployed on chain {} by `{}` (block {}):\n  CohortAccess   {:#x}\n  PatientRecords {:#x}\n  ResearchStudy  {:#x}\n  Appointments   {:#x}\nENGINE role granted to `{}`; {} steward approvals per study",
+                    config.chain_id,
+                    config.admin,
+                    c.deployed_at,
+                    c.access,
+                    c.records,
+                    c.study,
+                    c.appointments,
+                    config.engine,
+                    config.required_approvals
+                )
+            });
+        }
+        LedgerCmd::Sync => {
+            let mut conn = dir.connect()?;
+            let report = rt.block_on(chain::sync(dir, &mut conn))?;
+            emit(cli, &report, || {
+                match (report.from_block, report.to_block) {
+                    (Some(from), Some(to)) => format!(
+                        "applied blocks {from}..={to}: {} event(s); head {}, {} block(s) awaiting confirmations",
+                        report.events, report.head, report.unconfirmed
+                    ),
+                    _ => format!(
+                        "up to date at head {} ({} block(s) awaiting confirmations)",
+                        report.head, report.unconfirmed
+                    ),
+                }
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Result<ExitCode> {
+    use cohort_engine::accounts;
+    match cmd {
+        AccountCmd::List => {
+            let list = accounts::list(&dir.connect()?)?;
+            emit(cli, &list, || {
+                if list.is_empty() {
+                    return "no accounts yet (`cohort account new NAME`)".into();
+                }
+                list.iter()
+                    .map(|a| format!("{:<16} {}", a.name, a.address))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        AccountCmd::New { name } => {
+            let vault = unlock(cli, dir, None)?;
+            if accounts::address_of(vault.conn(), name)?.is_some() {
+                bail!("account `{name}` already exists (`cohort account list` shows it)");
+            }
+            let account = accounts::get_or_create(vault.conn(), vault.keys(), name)?;
+            let info =
+                serde_json::json!({ "name": name, "address": format!("{:#x}", account.address()) });
+            emit(cli, &info, || format!("{name} {:#x}", account.address()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

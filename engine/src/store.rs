@@ -63,6 +63,15 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 
+-- Named Ethereum accounts (secp256k1): the key only wrapped by the keystore.
+CREATE TABLE IF NOT EXISTS accounts (
+    name        TEXT PRIMARY KEY,
+    address     TEXT NOT NULL UNIQUE,
+    wrapped_key BLOB NOT NULL,
+    kek_id      TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+
 -- The columnar projection: the current version of each resource, flattened.
 CREATE TABLE IF NOT EXISTS proj_patients (
     patient_id   TEXT PRIMARY KEY,

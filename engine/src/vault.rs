@@ -124,6 +124,11 @@ impl Vault {
         &self.conn
     }
 
+    /// The keystore that wraps every key.
+    pub fn keys(&self) -> &dyn KeyStore {
+        self.keys.as_ref()
+    }
+
     /// The block store.
     pub fn blocks(&self) -> &dyn BlockStore {
         self.blocks.as_ref()

@@ -7,6 +7,7 @@ mod cid;
 mod cli;
 mod generate;
 mod ingest;
+mod ledger;
 mod query;
 mod steward;
 mod vault;

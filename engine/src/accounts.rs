@@ -1,0 +1,128 @@
+//! Named Ethereum accounts: each actor's secp256k1 key, created from the
+//! operating system's entropy on first use and stored only wrapped by the
+//! keystore, like the patients' data keys.
+//!
+//! Listing accounts needs no keys (the addresses are public); using one to
+//! sign needs the keystore's passphrase.
+
+use cohort_ledger_bridge::Account;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::keystore::{KeyStore, SecretKey};
+use crate::{Error, Result};
+
+/// One account as listed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// Its name (`--as NAME`).
+    pub name: String,
+    /// Its Ethereum address.
+    pub address: String,
+    /// When it was created.
+    pub created_at: String,
+}
+
+fn context(name: &str) -> Vec<u8> {
+    [b"cohort/account/".as_slice(), name.as_bytes()].concat()
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "`{name}` is not an account name: use 1 to 64 letters, digits, `-`, `_` or `.`"
+        )))
+    }
+}
+
+/// The account `name`, created (and stored wrapped) if it does not exist.
+pub fn get_or_create(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Result<Account> {
+    check_name(name)?;
+    if let Some(account) = load(conn, keys, name)? {
+        return Ok(account);
+    }
+    let (secret, account) = loop {
+        // A uniformly random 32-byte string is a valid secp256k1 key but
+        // for a chance of about 2^-128.
+        let secret = SecretKey::generate();
+        if let Ok(account) = Account::from_secret(name, secret.expose()) {
+            break (secret, account);
+        }
+    };
+    let wrapped = keys.wrap(&secret, &context(name))?;
+    conn.execute(
+        "INSERT INTO accounts (name, address, wrapped_key, kek_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            name,
+            format!("{:#x}", account.address()),
+            wrapped,
+            keys.key_id(),
+            crate::store::now()
+        ],
+    )?;
+    Ok(account)
+}
+
+/// The existing account `name`.
+pub fn get(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Result<Account> {
+    check_name(name)?;
+    load(conn, keys, name)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no account `{name}`: create it with `cohort account new {name}`"
+        ))
+    })
+}
+
+fn load(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Result<Option<Account>> {
+    let Some((wrapped, address)) = conn
+        .query_row(
+            "SELECT wrapped_key, address FROM accounts WHERE name = ?1",
+            [name],
+            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let secret = keys.unwrap(&wrapped, &context(name))?;
+    let account = Account::from_secret(name, secret.expose())
+        .map_err(|e| Error::Invalid(format!("account `{name}`: {e}")))?;
+    if format!("{:#x}", account.address()) != address {
+        return Err(Error::Invalid(format!(
+            "account `{name}`: its key does not give its stored address {address}"
+        )));
+    }
+    Ok(Some(account))
+}
+
+/// Every account, by name; needs no keys.
+pub fn list(conn: &Connection) -> Result<Vec<AccountInfo>> {
+    let mut statement =
+        conn.prepare("SELECT name, address, created_at FROM accounts ORDER BY name")?;
+    let rows = statement.query_map([], |r| {
+        Ok(AccountInfo {
+            name: r.get(0)?,
+            address: r.get(1)?,
+            created_at: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The address of account `name`, if it exists; needs no keys.
+pub fn address_of(conn: &Connection, name: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT address FROM accounts WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
