@@ -86,7 +86,12 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         times.push(started.elapsed().as_secs_f64() * 1e3);
         let mut rows = Vec::new();
         for batch in &answer.batches {
-            columns = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+            columns = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
             for row in 0..batch.num_rows() {
                 rows.push(
                     batch
