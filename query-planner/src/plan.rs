@@ -9,6 +9,7 @@ use arrow::array::RecordBatch;
 use cohort_anonymizer::accountant::Charge;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::SessionContext;
+use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -272,7 +273,13 @@ impl PrivatePlan {
     /// Runs the plan: DataFusion executes the bounded exact aggregates,
     /// the noise is drawn, and the researcher's query runs over the noisy
     /// values. Consumes the plan.
-    pub async fn execute(self) -> Result<PrivateAnswer> {
+    /// (Boxed, like [`crate::Planner::plan`], so that DataFusion's
+    /// execution state machine is compiled once, in this crate.)
+    pub fn execute(self) -> BoxFuture<'static, Result<PrivateAnswer>> {
+        Box::pin(self.execute_inner())
+    }
+
+    async fn execute_inner(self) -> Result<PrivateAnswer> {
         let frame = self.context.execute_logical_plan(self.plan).await?;
         let batches = frame.collect().await?;
         let releases = self.sites.iter().flat_map(|site| site.log.take()).collect();
@@ -286,7 +293,11 @@ impl PrivatePlan {
 
     /// The physical plan DataFusion would run (for benchmarks and tests);
     /// creating it draws no noise.
-    pub async fn physical_plan(&self) -> Result<String> {
+    pub fn physical_plan(&self) -> BoxFuture<'_, Result<String>> {
+        Box::pin(self.physical_plan_inner())
+    }
+
+    async fn physical_plan_inner(&self) -> Result<String> {
         let frame = self.context.execute_logical_plan(self.plan.clone()).await?;
         let physical = frame.create_physical_plan().await?;
         Ok(datafusion::physical_plan::displayable(physical.as_ref())

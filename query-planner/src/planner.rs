@@ -17,6 +17,7 @@ use datafusion::optimizer::{Optimizer, OptimizerRule};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use futures::future::BoxFuture;
 
 use crate::catalog;
 use crate::error::{Error, Result, Rule};
@@ -102,7 +103,20 @@ impl Planner {
     /// against every rule, rewrites it, splits and calibrates its cost and
     /// checks it against the per-query cap and the remaining budget.
     /// Nothing is run and nothing is spent.
-    pub async fn plan(&self, sql: &str, options: &QueryOptions) -> Result<PrivatePlan> {
+    ///
+    /// The future is boxed so that the planning state machine is compiled
+    /// once, in this crate: an `async fn` body is otherwise compiled anew
+    /// in every crate that awaits it, and this one reaches all of
+    /// DataFusion's SQL planner.
+    pub fn plan<'a>(
+        &'a self,
+        sql: &'a str,
+        options: &'a QueryOptions,
+    ) -> BoxFuture<'a, Result<PrivatePlan>> {
+        Box::pin(self.plan_inner(sql, options))
+    }
+
+    async fn plan_inner(&self, sql: &str, options: &QueryOptions) -> Result<PrivatePlan> {
         let (explain, body) = strip_explain_privacy(sql);
         if body.to_ascii_lowercase().contains("__cohort") {
             return Err(Error::refused(

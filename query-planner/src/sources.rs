@@ -8,12 +8,19 @@ use arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use futures::future::BoxFuture;
 
 use crate::error::{Error, Result};
 
 /// A Parquet file (or a directory of them), read lazily: a query reads
 /// only the columns and row groups it needs.
-pub async fn parquet(path: &Path) -> Result<Arc<dyn TableProvider>> {
+/// (Boxed, like [`crate::Planner::plan`], so that DataFusion's listing
+/// code is compiled once, in this crate.)
+pub fn parquet(path: &Path) -> BoxFuture<'_, Result<Arc<dyn TableProvider>>> {
+    Box::pin(parquet_inner(path))
+}
+
+async fn parquet_inner(path: &Path) -> Result<Arc<dyn TableProvider>> {
     let location = path
         .to_str()
         .ok_or_else(|| Error::Policy(format!("{} is not a UTF-8 path", path.display())))?;
