@@ -120,15 +120,18 @@ impl Client {
         value: U256,
     ) -> Result<Receipt> {
         self.ledger
-            .send(
-                from,
-                Tx {
-                    to: Some(self.contracts.address(target)),
-                    input: call.abi_encode().into(),
-                    value,
-                },
-            )
+            .send(from, self.tx(target, call).with_value(value))
             .await
+    }
+
+    /// The transaction that sends `call` to `target`, for
+    /// [`Ledger::send_all`].
+    pub fn tx<C: SolCall>(&self, target: Target, call: C) -> Tx {
+        Tx {
+            to: Some(self.contracts.address(target)),
+            input: call.abi_encode().into(),
+            value: U256::ZERO,
+        }
     }
 
     /// Reads `call` from `target` (as no particular sender).

@@ -9,6 +9,12 @@
 //! the next, never between. A transaction a contract reverts is refused
 //! before it is mined, as a node's gas estimation refuses it.
 //!
+//! Transactions sent concurrently share a block (group commit): whichever
+//! sender gets the chain first mines everything queued by then, in the
+//! order it was sent, and one fsync makes the whole block durable. A
+//! block that would pass the block gas limit is split into consecutive
+//! blocks within the same SQLite transaction.
+//!
 //! Gas is metered (a transaction may use at most the 2^24 gas that Osaka
 //! allows) but free: base fee and gas price are zero, as on a permissioned
 //! chain, so accounts need ether only for the value they send.
@@ -19,7 +25,7 @@
 //! state proofs).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy::consensus::{Header, SignableTransaction, TxEip1559, TxEnvelope, proofs};
@@ -35,6 +41,7 @@ use revm::primitives::KECCAK_EMPTY;
 use revm::state::{AccountInfo, EvmState};
 use revm::{Context, ExecuteEvm, MainBuilder, MainContext};
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
 
 use crate::contracts::decode_revert;
 use crate::error::{Error, Result};
@@ -81,6 +88,14 @@ pub struct EmbeddedLedger {
     path: PathBuf,
     chain_id: u64,
     chain: Arc<Mutex<Chain>>,
+    queue: Arc<Mutex<Vec<Pending>>>,
+}
+
+/// A transaction waiting for the next block, and where its receipt goes.
+struct Pending {
+    from: Account,
+    tx: Tx,
+    reply: oneshot::Sender<Result<Receipt>>,
 }
 
 struct Chain {
@@ -166,6 +181,7 @@ impl EmbeddedLedger {
             path: path.to_owned(),
             chain_id,
             chain: Arc::new(Mutex::new(Chain { conn, chain_id })),
+            queue: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -178,6 +194,33 @@ impl EmbeddedLedger {
         // A panic while holding the lock cannot leave SQLite half-written
         // (every change is one transaction), so a poisoned lock is usable.
         self.chain.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues transactions for the next block, in order, under one lock.
+    fn enqueue(&self, txs: Vec<(Account, Tx)>) -> Vec<oneshot::Receiver<Result<Receipt>>> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        txs.into_iter()
+            .map(|(from, tx)| {
+                let (reply, receipt) = oneshot::channel();
+                queue.push(Pending { from, tx, reply });
+                receipt
+            })
+            .collect()
+    }
+
+    /// Mines whatever is queued when this task gets the chain. A task whose
+    /// transactions another took (with its own, before releasing the chain)
+    /// finds them answered once this returns.
+    async fn mine_queued(&self) -> Result<()> {
+        let queue = Arc::clone(&self.queue);
+        self.with_chain(move |chain| {
+            let batch = std::mem::take(&mut *queue.lock().unwrap_or_else(PoisonError::into_inner));
+            if !batch.is_empty() {
+                chain.mine(batch);
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `f` on the chain on a blocking thread (SQLite commits fsync).
@@ -227,8 +270,28 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn send(&self, from: &Account, tx: Tx) -> Result<Receipt> {
-        let from = from.clone();
-        self.with_chain(move |chain| chain.send(&from, tx)).await
+        let receipt = self
+            .enqueue(vec![(from.clone(), tx)])
+            .pop()
+            .expect("one queued");
+        self.mine_queued().await?;
+        receipt.await.map_err(|_| dropped())?
+    }
+
+    async fn send_all(&self, txs: Vec<(Account, Tx)>) -> Vec<Result<Receipt>> {
+        let receipts = self.enqueue(txs);
+        if let Err(e) = self.mine_queued().await {
+            let reason = e.to_string();
+            return receipts
+                .iter()
+                .map(|_| Err(Error::Config(reason.clone())))
+                .collect();
+        }
+        let mut outcomes = Vec::with_capacity(receipts.len());
+        for receipt in receipts {
+            outcomes.push(receipt.await.unwrap_or_else(|_| Err(dropped())));
+        }
+        outcomes
     }
 
     async fn call(&self, from: Address, to: Address, input: Bytes) -> Result<Bytes> {
@@ -310,160 +373,68 @@ impl Chain {
         })
     }
 
-    fn execute(
-        &self,
-        block: BlockEnv,
-        tx: TxEnv,
-        read_only: bool,
-    ) -> Result<revm::context::result::ResultAndState> {
-        let chain_id = self.chain_id;
-        let mut evm = Context::mainnet()
-            .modify_cfg_chained(|cfg| {
-                cfg.chain_id = chain_id;
-                cfg.disable_nonce_check = read_only;
-            })
-            .with_block(block)
-            .with_ref_db(State(&self.conn))
-            .build_mainnet();
-        evm.transact(tx).map_err(|e| match e {
-            EVMError::Database(StoreError(e)) => Error::Store(e),
-            EVMError::Transaction(invalid) => Error::Rejected(invalid.to_string()),
-            other => Error::Rejected(other.to_string()),
-        })
+    /// Mines `batch` in the order it was sent and answers each sender.
+    /// One that fails alone (a revert, a bad nonce) is answered with its
+    /// error and leaves no trace; a failure of the database fails them all
+    /// and writes nothing.
+    fn mine(&mut self, batch: Vec<Pending>) {
+        let (senders, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| ((p.from, p.tx), p.reply)).unzip();
+        match self.mine_blocks(senders) {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // A sender that stopped waiting no longer needs it.
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Config(format!(
+                        "the block holding the transaction was not written: {reason}"
+                    ))));
+                }
+            }
+        }
     }
 
-    fn send(&mut self, from: &Account, tx: Tx) -> Result<Receipt> {
+    /// Executes the transactions into as few blocks as the gas limit
+    /// allows and writes them all in one SQLite transaction.
+    fn mine_blocks(&mut self, batch: Vec<(Account, Tx)>) -> Result<Vec<Result<Receipt>>> {
+        let chain_id = self.chain_id;
         let head = self.head()?;
-        let block = self.next_block(&head)?;
-        let nonce = State(&self.conn)
-            .basic_ref(from.address())?
-            .map_or(0, |a| a.nonce);
-        let mut unsigned = TxEip1559 {
-            chain_id: self.chain_id,
-            nonce,
-            gas_limit: TX_GAS_LIMIT,
-            max_fee_per_gas: 0,
-            max_priority_fee_per_gas: 0,
-            to: tx.to.map_or(TxKind::Create, TxKind::Call),
-            value: tx.value,
-            access_list: Default::default(),
-            input: tx.input,
-        };
-        let signature = from
-            .signer()
-            .sign_transaction_sync(&mut unsigned)
-            .map_err(|e| Error::Rejected(format!("signing failed: {e}")))?;
-        let signed = unsigned.into_signed(signature);
-        // The sender is whoever the signature says, not whoever asked.
-        let sender = signed
-            .signature()
-            .recover_address_from_prehash(&signed.signature_hash())
-            .map_err(|e| Error::Rejected(format!("the signature does not recover: {e}")))?;
-        let tx_hash = *signed.hash();
-        let envelope = TxEnvelope::Eip1559(signed);
-        let unsigned = envelope.as_eip1559().expect("built as EIP-1559").tx();
-        let env = TxEnv {
-            tx_type: 2,
-            caller: sender,
-            gas_limit: unsigned.gas_limit,
-            gas_price: unsigned.max_fee_per_gas,
-            gas_priority_fee: Some(unsigned.max_priority_fee_per_gas),
-            kind: unsigned.to,
-            value: unsigned.value,
-            data: unsigned.input.clone(),
-            nonce: unsigned.nonce,
-            chain_id: Some(unsigned.chain_id),
-            ..Default::default()
-        };
-        let outcome = self.execute(block.clone(), env, false)?;
-        let (gas_used, logs, contract_address) = match outcome.result {
-            ExecutionResult::Success {
-                gas, logs, output, ..
-            } => {
-                let created = match output {
-                    Output::Create(_, address) => address,
-                    Output::Call(_) => None,
-                };
-                (gas.tx_gas_used(), logs, created)
-            }
-            ExecutionResult::Revert { output, .. } => {
-                return Err(Error::Reverted(decode_revert(&output)));
-            }
-            ExecutionResult::Halt { reason, .. } => {
-                return Err(Error::Rejected(format!("execution halted: {reason:?}")));
-            }
-        };
-
-        let number = head.number + 1;
-        let timestamp = block.timestamp.to::<u64>();
-        let state_root = state_commitment(head.state_root, &outcome.state);
-        let header = header(
-            head.hash,
-            number,
-            timestamp,
-            gas_used,
-            std::slice::from_ref(&envelope),
-            state_root,
-        );
-        let block_hash = header.hash_slow();
-
+        let env = self.next_block(&head)?;
         let db = self.conn.transaction()?;
-        write_state(&db, &outcome.state)?;
-        db.execute(
-            "INSERT INTO blocks (number, hash, parent_hash, timestamp, gas_used, state_root)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                number as i64,
-                block_hash.as_slice(),
-                head.hash.as_slice(),
-                timestamp as i64,
-                gas_used as i64,
-                state_root.as_slice()
-            ],
-        )?;
-        db.execute(
-            "INSERT INTO transactions (hash, block_number, sender, recipient, contract_address, gas_used, raw)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                tx_hash.as_slice(),
-                number as i64,
-                sender.as_slice(),
-                tx.to.map(|a| a.to_vec()),
-                contract_address.map(|a| a.to_vec()),
-                gas_used as i64,
-                envelope.encoded_2718()
-            ],
-        )?;
-        let mut chain_logs = Vec::with_capacity(logs.len());
-        for (index, log) in logs.into_iter().enumerate() {
-            let topics: Vec<u8> = log.topics().iter().flat_map(|t| t.0).collect();
-            db.execute(
-                "INSERT INTO logs (block_number, log_index, tx_hash, address, topics, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    number as i64,
-                    index as i64,
-                    tx_hash.as_slice(),
-                    log.address.as_slice(),
-                    topics,
-                    log.data.data.as_ref()
-                ],
-            )?;
-            chain_logs.push(ChainLog {
-                block_number: number,
-                tx_hash,
-                log_index: index as u64,
-                log,
-            });
+        let mut block = OpenBlock::after(head, env);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (from, tx) in batch {
+            let signed = match sign(chain_id, &db, &from, &tx) {
+                Ok(signed) => signed,
+                Err(e) => {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+            };
+            let mut executed = execute_signed(&db, chain_id, &block.env, &signed);
+            if let Ok(run) = &executed
+                && !block.transactions.is_empty()
+                && block.gas_used + run.gas_used > BLOCK_GAS_LIMIT
+            {
+                // It does not fit: seal this block, run it in the next.
+                block = block.seal(&db)?;
+                executed = execute_signed(&db, chain_id, &block.env, &signed);
+            }
+            match executed {
+                Ok(run) => outcomes.push(Ok(block.include(&db, signed, run)?)),
+                Err(Error::Store(e)) => return Err(Error::Store(e)),
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        if !block.transactions.is_empty() {
+            block.seal(&db)?;
         }
         db.commit()?;
-        Ok(Receipt {
-            tx_hash,
-            block_number: number,
-            gas_used,
-            contract_address,
-            logs: chain_logs,
-        })
+        Ok(outcomes)
     }
 
     fn call(&self, from: Address, to: Address, input: Bytes) -> Result<Bytes> {
@@ -482,7 +453,7 @@ impl Chain {
             chain_id: Some(self.chain_id),
             ..Default::default()
         };
-        match self.execute(block, env, true)?.result {
+        match execute(&self.conn, self.chain_id, block, env, true)?.result {
             ExecutionResult::Success { output, .. } => Ok(output.into_data()),
             ExecutionResult::Revert { output, .. } => Err(Error::Reverted(decode_revert(&output))),
             ExecutionResult::Halt { reason, .. } => {
@@ -566,6 +537,255 @@ impl Chain {
         )?;
         Ok(number)
     }
+}
+
+/// A signed transaction with the sender its signature recovers to.
+struct Signed {
+    envelope: TxEnvelope,
+    hash: B256,
+    sender: Address,
+}
+
+/// Signs `tx` with the sender's key at its next nonce (as the state in
+/// `db`, including this block's earlier transactions, has it).
+fn sign(chain_id: u64, db: &Connection, from: &Account, tx: &Tx) -> Result<Signed> {
+    let nonce = State(db).basic_ref(from.address())?.map_or(0, |a| a.nonce);
+    let mut unsigned = TxEip1559 {
+        chain_id,
+        nonce,
+        gas_limit: TX_GAS_LIMIT,
+        max_fee_per_gas: 0,
+        max_priority_fee_per_gas: 0,
+        to: tx.to.map_or(TxKind::Create, TxKind::Call),
+        value: tx.value,
+        access_list: Default::default(),
+        input: tx.input.clone(),
+    };
+    let signature = from
+        .signer()
+        .sign_transaction_sync(&mut unsigned)
+        .map_err(|e| Error::Rejected(format!("signing failed: {e}")))?;
+    let signed = unsigned.into_signed(signature);
+    // The sender is whoever the signature says, not whoever asked.
+    let sender = signed
+        .signature()
+        .recover_address_from_prehash(&signed.signature_hash())
+        .map_err(|e| Error::Rejected(format!("the signature does not recover: {e}")))?;
+    let hash = *signed.hash();
+    Ok(Signed {
+        envelope: TxEnvelope::Eip1559(signed),
+        hash,
+        sender,
+    })
+}
+
+/// A successful execution, not yet written.
+struct Run {
+    gas_used: u64,
+    logs: Vec<Log>,
+    contract_address: Option<Address>,
+    state: EvmState,
+}
+
+/// Executes a signed transaction against `db` in `block`; a revert or a
+/// halt is an error and changes nothing.
+fn execute_signed(
+    db: &Connection,
+    chain_id: u64,
+    block: &BlockEnv,
+    signed: &Signed,
+) -> Result<Run> {
+    let unsigned = signed
+        .envelope
+        .as_eip1559()
+        .expect("built as EIP-1559")
+        .tx();
+    let env = TxEnv {
+        tx_type: 2,
+        caller: signed.sender,
+        gas_limit: unsigned.gas_limit,
+        gas_price: unsigned.max_fee_per_gas,
+        gas_priority_fee: Some(unsigned.max_priority_fee_per_gas),
+        kind: unsigned.to,
+        value: unsigned.value,
+        data: unsigned.input.clone(),
+        nonce: unsigned.nonce,
+        chain_id: Some(unsigned.chain_id),
+        ..Default::default()
+    };
+    let outcome = execute(db, chain_id, block.clone(), env, false)?;
+    match outcome.result {
+        ExecutionResult::Success {
+            gas, logs, output, ..
+        } => Ok(Run {
+            gas_used: gas.tx_gas_used(),
+            logs,
+            contract_address: match output {
+                Output::Create(_, address) => address,
+                Output::Call(_) => None,
+            },
+            state: outcome.state,
+        }),
+        ExecutionResult::Revert { output, .. } => Err(Error::Reverted(decode_revert(&output))),
+        ExecutionResult::Halt { reason, .. } => {
+            Err(Error::Rejected(format!("execution halted: {reason:?}")))
+        }
+    }
+}
+
+fn execute(
+    db: &Connection,
+    chain_id: u64,
+    block: BlockEnv,
+    tx: TxEnv,
+    read_only: bool,
+) -> Result<revm::context::result::ResultAndState> {
+    let mut evm = Context::mainnet()
+        .modify_cfg_chained(|cfg| {
+            cfg.chain_id = chain_id;
+            cfg.disable_nonce_check = read_only;
+        })
+        .with_block(block)
+        .with_ref_db(State(db))
+        .build_mainnet();
+    evm.transact(tx).map_err(|e| match e {
+        EVMError::Database(StoreError(e)) => Error::Store(e),
+        EVMError::Transaction(invalid) => Error::Rejected(invalid.to_string()),
+        other => Error::Rejected(other.to_string()),
+    })
+}
+
+/// The block being filled: its transactions are written as they are
+/// included, the block row when it is sealed.
+struct OpenBlock {
+    parent: Head,
+    env: BlockEnv,
+    gas_used: u64,
+    state_root: B256,
+    transactions: Vec<TxEnvelope>,
+    logs: u64,
+}
+
+impl OpenBlock {
+    fn after(parent: Head, env: BlockEnv) -> OpenBlock {
+        OpenBlock {
+            state_root: parent.state_root,
+            parent,
+            env,
+            gas_used: 0,
+            transactions: Vec::new(),
+            logs: 0,
+        }
+    }
+
+    fn number(&self) -> u64 {
+        self.parent.number + 1
+    }
+
+    /// Writes the transaction's state changes, its row and its logs.
+    fn include(
+        &mut self,
+        db: &rusqlite::Transaction<'_>,
+        signed: Signed,
+        run: Run,
+    ) -> Result<Receipt> {
+        let number = self.number();
+        write_state(db, &run.state)?;
+        self.state_root = state_commitment(self.state_root, &run.state);
+        let to = signed
+            .envelope
+            .as_eip1559()
+            .expect("built as EIP-1559")
+            .tx()
+            .to;
+        db.prepare_cached(
+            "INSERT INTO transactions (hash, block_number, sender, recipient, contract_address, gas_used, raw)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            signed.hash.as_slice(),
+            number as i64,
+            signed.sender.as_slice(),
+            to.to().map(|a| a.to_vec()),
+            run.contract_address.map(|a| a.to_vec()),
+            run.gas_used as i64,
+            signed.envelope.encoded_2718()
+        ])?;
+        let mut logs = Vec::with_capacity(run.logs.len());
+        for log in run.logs {
+            let topics: Vec<u8> = log.topics().iter().flat_map(|t| t.0).collect();
+            db.prepare_cached(
+                "INSERT INTO logs (block_number, log_index, tx_hash, address, topics, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                number as i64,
+                self.logs as i64,
+                signed.hash.as_slice(),
+                log.address.as_slice(),
+                topics,
+                log.data.data.as_ref()
+            ])?;
+            logs.push(ChainLog {
+                block_number: number,
+                tx_hash: signed.hash,
+                log_index: self.logs,
+                log,
+            });
+            self.logs += 1;
+        }
+        self.gas_used += run.gas_used;
+        self.transactions.push(signed.envelope);
+        Ok(Receipt {
+            tx_hash: signed.hash,
+            block_number: number,
+            gas_used: run.gas_used,
+            contract_address: run.contract_address,
+            logs,
+        })
+    }
+
+    /// Writes the block row and opens the next block at the same time.
+    fn seal(self, db: &rusqlite::Transaction<'_>) -> Result<OpenBlock> {
+        let number = self.number();
+        let timestamp = self.env.timestamp.to::<u64>();
+        let header = header(
+            self.parent.hash,
+            number,
+            timestamp,
+            self.gas_used,
+            &self.transactions,
+            self.state_root,
+        );
+        let hash = header.hash_slow();
+        db.execute(
+            "INSERT INTO blocks (number, hash, parent_hash, timestamp, gas_used, state_root)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                number as i64,
+                hash.as_slice(),
+                self.parent.hash.as_slice(),
+                timestamp as i64,
+                self.gas_used as i64,
+                self.state_root.as_slice()
+            ],
+        )?;
+        let head = Head {
+            number,
+            hash,
+            timestamp,
+            state_root: self.state_root,
+        };
+        let env = BlockEnv {
+            number: U256::from(number + 1),
+            ..self.env
+        };
+        Ok(OpenBlock::after(head, env))
+    }
+}
+
+fn dropped() -> Error {
+    Error::Config("the chain's worker dropped a transaction unanswered".to_owned())
 }
 
 fn unix_now() -> u64 {

@@ -69,6 +69,13 @@ pub struct Tx {
     pub value: U256,
 }
 
+impl Tx {
+    /// The same transaction sending `value` wei.
+    pub fn with_value(self, value: U256) -> Tx {
+        Tx { value, ..self }
+    }
+}
+
 /// A mined transaction.
 #[derive(Debug, Clone)]
 pub struct Receipt {
@@ -161,6 +168,17 @@ pub trait Ledger: Send + Sync {
 
     /// Signs `tx` with `from`'s key, sends it and waits until it is mined.
     async fn send(&self, from: &Account, tx: Tx) -> Result<Receipt>;
+
+    /// Sends several transactions in order, each with its own outcome (one
+    /// that fails does not stop the others). The embedded chain mines them
+    /// into one block, one fsync; a node gets them one after another.
+    async fn send_all(&self, txs: Vec<(Account, Tx)>) -> Vec<Result<Receipt>> {
+        let mut outcomes = Vec::with_capacity(txs.len());
+        for (from, tx) in txs {
+            outcomes.push(self.send(&from, tx).await);
+        }
+        outcomes
+    }
 
     /// Runs a call against the latest state without changing it.
     async fn call(&self, from: Address, to: Address, input: Bytes) -> Result<Bytes>;

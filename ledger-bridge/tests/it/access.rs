@@ -55,6 +55,31 @@ pub async fn only_the_admin_grants_roles(f: &Fixture) {
         .await
         .unwrap();
     assert!(!f.client.has_role(Role::Researcher, outsider).await.unwrap());
+    // An account may give up its own role, and only its own.
+    f.client
+        .grant_role(&f.admin, Role::Researcher, outsider)
+        .await
+        .unwrap();
+    let renounce = |account| CohortAccess::renounceRoleCall {
+        role: Role::Researcher.id(),
+        callerConfirmation: account,
+    };
+    assert_reverts(
+        f.client
+            .send(&f.admin, Target::Access, renounce(outsider))
+            .await,
+        "AccessControlBadConfirmation",
+    );
+    let receipt = f
+        .client
+        .send(&f.outsider, Target::Access, renounce(outsider))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, CohortAccess::RoleRevoked::SIGNATURE_HASH),
+        1
+    );
+    assert!(!f.client.has_role(Role::Researcher, outsider).await.unwrap());
     // The role ids are the contract's.
     let patient_role: B256 = f
         .client
@@ -369,4 +394,50 @@ pub async fn emergency_access_expires_and_is_reviewed(f: &Fixture) {
         f.client.send(&f.auditor, Target::Access, review).await,
         "AlreadyReviewed",
     );
+}
+
+pub async fn the_admin_sets_the_emergency_duration_within_a_week(f: &Fixture) {
+    let set = |duration| CohortAccess::setEmergencyDurationCall { duration };
+    assert_reverts(
+        f.client.send(&f.outsider, Target::Access, set(HOUR)).await,
+        "AccessControlUnauthorizedAccount",
+    );
+    for bad in [0, 7 * 24 * HOUR + 1] {
+        assert_reverts(
+            f.client.send(&f.admin, Target::Access, set(bad)).await,
+            "InvalidDuration",
+        );
+    }
+    let receipt = f
+        .client
+        .send(&f.admin, Target::Access, set(HOUR))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, CohortAccess::EmergencyDurationSet::SIGNATURE_HASH),
+        1
+    );
+    // An override opened now lasts the new hour.
+    f.credential_providers().await;
+    let open = CohortAccess::emergencyAccessCall {
+        patient: addr(&f.patients[0]),
+        reasonHash: keccak256("stroke"),
+    };
+    f.client
+        .send(&f.providers[0], Target::Access, open)
+        .await
+        .unwrap();
+    let emergency = f
+        .client
+        .view(
+            Target::Access,
+            CohortAccess::emergencyOfCall {
+                id: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(emergency.expiresAt - emergency.startedAt, HOUR);
+    f.ledger.increase_time(HOUR).await.unwrap();
+    assert!(!has_access(f, 0, 0, READ).await, "expired after the hour");
 }

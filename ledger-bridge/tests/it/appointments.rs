@@ -352,3 +352,67 @@ pub async fn insurance_is_attested_and_reminders_are_sent_once(f: &Fixture) {
         "AlreadyReminded",
     );
 }
+
+pub async fn the_admin_sets_the_cancellation_policy(f: &Fixture) {
+    let policy = |cutoff: u64, late_bps: u16, window: u64| Appointments::setPolicyCall {
+        cutoff,
+        lateBps: late_bps,
+        window,
+        grace: 3_600,
+    };
+    assert_reverts(
+        f.client
+            .send(
+                &f.outsider,
+                Target::Appointments,
+                policy(6 * 3_600, 2_500, 3_600),
+            )
+            .await,
+        "MissingRole",
+    );
+    for bad in [
+        policy(6 * 3_600, 10_001, 3_600),
+        policy(6 * 3_600, 2_500, 0),
+    ] {
+        assert_reverts(
+            f.client.send(&f.admin, Target::Appointments, bad).await,
+            "InvalidPolicy",
+        );
+    }
+    let receipt = f
+        .client
+        .send(
+            &f.admin,
+            Target::Appointments,
+            policy(6 * 3_600, 2_500, 3_600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, Appointments::PolicySet::SIGNATURE_HASH),
+        1
+    );
+    // 12 h ahead is now before the 6 h cut-off: the whole fee back; 3 h
+    // ahead is after it: a quarter back.
+    set_fee(f).await;
+    let (patient, provider) = (&f.patients[0], &f.providers[0]);
+    for (hours, refund) in [(12, fee()), (3, fee() / U256::from(4))] {
+        let id = book(f, patient, provider, hours).await;
+        let receipt = f
+            .client
+            .send(
+                patient,
+                Target::Appointments,
+                Appointments::cancelCall { id },
+            )
+            .await
+            .unwrap();
+        let cancelled = receipt
+            .logs
+            .iter()
+            .find_map(|l| Appointments::AppointmentCancelled::decode_log(&l.log).ok())
+            .unwrap();
+        assert_eq!(cancelled.data.refund, refund, "{hours} h ahead");
+        assert_eq!(cancelled.data.providerShare, fee() - refund);
+    }
+}

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use cohort_ledger_bridge::alloy::primitives::U256;
 use cohort_ledger_bridge::contracts::ResearchStudy;
-use cohort_ledger_bridge::{Client, EmbeddedLedger, Error, Ledger, LogQuery, Target};
+use cohort_ledger_bridge::{
+    Account, BLOCK_GAS_LIMIT, Client, EmbeddedLedger, Error, Ledger, LogQuery, Target, Tx,
+};
 
 use crate::fixture::{Fixture, addr, ether, query_id, units};
 
@@ -153,4 +155,102 @@ async fn a_refused_transaction_changes_nothing() {
         .unwrap();
     assert_eq!(id, 1);
     assert_eq!(f.ledger.block_number().await.unwrap(), head + 1);
+}
+
+/// The reservations that `send_all` sends for study `id`, one unit each.
+fn reservations(f: &Fixture, id: u64, n: usize, tag: &str) -> Vec<(Account, Tx)> {
+    (0..n)
+        .map(|i| {
+            let call = ResearchStudy::reserveCall {
+                studyId: U256::from(id),
+                queryId: query_id(&format!("{tag} {i}")),
+                cost: 1,
+                deltaCost: 0,
+            };
+            (f.engine.clone(), f.client.tx(Target::Study, call))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_sent_together_are_one_block_that_a_restart_keeps() {
+    let f = Fixture::embedded().await;
+    let id = f.approved_study(units(1), units(1), U256::ZERO).await;
+    let head = f.ledger.block_number().await.unwrap();
+    let receipts: Vec<_> = f
+        .ledger
+        .send_all(reservations(&f, id, 20, "batch"))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(receipts.iter().all(|r| r.block_number == head + 1));
+    assert_eq!(
+        f.ledger.block_number().await.unwrap(),
+        head + 1,
+        "one block"
+    );
+    // Log indices run through the block, in the order sent.
+    let indices: Vec<u64> = receipts
+        .iter()
+        .flat_map(|r| r.logs.iter().map(|l| l.log_index))
+        .collect();
+    assert_eq!(indices, (0..indices.len() as u64).collect::<Vec<_>>());
+    let block = LogQuery {
+        from_block: head + 1,
+        to_block: head + 1,
+        addresses: vec![],
+    };
+    let logs = f.ledger.logs(&block).await.unwrap();
+    assert_eq!(logs.len(), indices.len());
+    assert_eq!(f.client.study(id).await.unwrap().openReservations, 20);
+
+    let path = f.dir.as_ref().unwrap().path().join("chain.db");
+    let hash = f.ledger.block_hash(head + 1).await.unwrap();
+    let contracts = *f.client.contracts();
+    drop(f.client);
+    drop(f.ledger);
+    let reopened: Arc<dyn Ledger> = Arc::new(EmbeddedLedger::open(&path, 1_337_001).unwrap());
+    assert_eq!(reopened.block_hash(head + 1).await.unwrap(), hash);
+    let again = reopened.logs(&block).await.unwrap();
+    assert!(
+        again
+            .iter()
+            .zip(&logs)
+            .all(|(a, b)| a.log == b.log && a.log_index == b.log_index)
+    );
+    let client = Client::new(reopened, contracts);
+    assert_eq!(client.study(id).await.unwrap().openReservations, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_block_gas_limit_fills_consecutive_blocks() {
+    let f = Fixture::embedded().await;
+    let id = f.approved_study(units(1), units(1), U256::ZERO).await;
+    let head = f.ledger.block_number().await.unwrap();
+    let receipts: Vec<_> = f
+        .ledger
+        .send_all(reservations(&f, id, 600, "gas"))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let last = f.ledger.block_number().await.unwrap();
+    assert!(last > head + 1, "600 reservations do not fit one block");
+    let mut gas = std::collections::BTreeMap::<u64, u64>::new();
+    for r in &receipts {
+        *gas.entry(r.block_number).or_default() += r.gas_used;
+    }
+    assert_eq!(
+        gas.keys().copied().collect::<Vec<_>>(),
+        (head + 1..=last).collect::<Vec<_>>(),
+        "consecutive blocks, in the order sent"
+    );
+    assert!(gas.values().all(|&g| g <= BLOCK_GAS_LIMIT), "{gas:?}");
+    assert!(
+        receipts
+            .windows(2)
+            .all(|w| w[0].block_number <= w[1].block_number)
+    );
+    assert_eq!(f.client.study(id).await.unwrap().openReservations, 600);
 }

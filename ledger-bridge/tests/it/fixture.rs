@@ -56,16 +56,17 @@ impl Fixture {
     pub async fn embedded() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let ledger = EmbeddedLedger::open(&dir.path().join("chain.db"), 1_337_001).unwrap();
-        Fixture::deploy(Arc::new(ledger), None, Some(dir)).await
+        Fixture::with_ledger(Arc::new(ledger), None, Some(dir)).await
     }
 
     pub async fn anvil() -> Fixture {
         let anvil = Anvil::spawn(&[]).unwrap();
         let ledger = RpcLedger::connect(anvil.url()).unwrap();
-        Fixture::deploy(Arc::new(ledger), Some(anvil), None).await
+        Fixture::with_ledger(Arc::new(ledger), Some(anvil), None).await
     }
 
-    async fn deploy(
+    /// Deploys the contracts on `ledger` and funds and enrols the cast.
+    pub async fn with_ledger(
         ledger: Arc<dyn Ledger>,
         anvil: Option<Anvil>,
         dir: Option<tempfile::TempDir>,

@@ -1,6 +1,6 @@
 //! The contracts' test suite, run unchanged on both backends: the embedded
 //! revm chain and a real anvil node; then what is particular to each
-//! backend, the follower, and the artifacts' freshness.
+//! backend, the follower, the artifacts' freshness and the gas report.
 
 mod access;
 mod appointments;
@@ -8,6 +8,7 @@ mod artifacts;
 mod embedded;
 mod fixture;
 mod follower;
+mod gas;
 mod records;
 mod rpc;
 mod study;
@@ -32,6 +33,18 @@ macro_rules! on_both_backends {
                 }
             )*
         }
+        /// The suite as a list, for the gas report.
+        mod suite {
+            use futures::future::LocalBoxFuture;
+            use crate::fixture::Fixture;
+            $(
+                fn $name(f: &Fixture) -> LocalBoxFuture<'_, ()> {
+                    Box::pin(crate::$module::$name(f))
+                }
+            )*
+            pub const ALL: &[(&str, for<'a> fn(&'a Fixture) -> LocalBoxFuture<'a, ()>)] =
+                &[$((stringify!($name), $name)),*];
+        }
     };
 }
 
@@ -41,8 +54,10 @@ on_both_backends!(
     access::grants_have_levels_expire_and_are_revoked,
     access::delegates_grant_within_the_patients_rights,
     access::emergency_access_expires_and_is_reviewed,
+    access::the_admin_sets_the_emergency_duration_within_a_week,
     records::records_keep_every_version_and_gate_access,
     records::guardians_move_record_control_to_a_new_key,
+    records::the_patient_lists_and_removes_viewers,
     study::a_study_is_approved_by_m_of_n_stewards,
     study::consent_covers_purposes_until_withdrawn_or_expired,
     study::the_budget_is_reserved_committed_and_released_exactly,
@@ -50,8 +65,11 @@ on_both_backends!(
     study::contributors_claim_their_share_once_with_a_proof,
     study::closing_refunds_the_unallocated_escrow,
     study::concurrent_reservations_never_overspend,
+    study::transactions_sent_together_each_get_their_own_outcome,
+    study::the_admin_sets_the_threshold_and_the_researcher_adds_escrow,
     appointments::the_fee_is_held_until_the_appointment_is_completed,
     appointments::cancellation_refunds_by_the_policy,
+    appointments::the_admin_sets_the_cancellation_policy,
     appointments::no_shows_are_counted_after_the_grace_period,
     appointments::insurance_is_attested_and_reminders_are_sent_once,
 );

@@ -304,3 +304,69 @@ pub async fn guardians_move_record_control_to_a_new_key(f: &Fixture) {
         .await;
     assert_reverts(by_old_key, "NotAPatient");
 }
+
+pub async fn the_patient_lists_and_removes_viewers(f: &Fixture) {
+    let (patient, viewer) = (&f.patients[0], &f.patients[2]);
+    let id = add_record(f, patient, "psa 1.2", vec![]).await;
+    let access = PatientRecords::accessPatientRecordCall {
+        patient: addr(patient),
+        recordId: id,
+    };
+    assert_reverts(
+        f.client.send(viewer, Target::Records, access.clone()).await,
+        "AccessDenied",
+    );
+    let authorize = |who| PatientRecords::authorizeViewerCall {
+        recordId: id,
+        viewer: who,
+    };
+    assert_reverts(
+        f.client
+            .send(&f.outsider, Target::Records, authorize(addr(viewer)))
+            .await,
+        "NotController",
+    );
+    assert_reverts(
+        f.client
+            .send(patient, Target::Records, authorize(Default::default()))
+            .await,
+        "ZeroAddress",
+    );
+    let receipt = f
+        .client
+        .send(patient, Target::Records, authorize(addr(viewer)))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, PatientRecords::ViewerAuthorized::SIGNATURE_HASH),
+        1
+    );
+    f.client
+        .send(viewer, Target::Records, access.clone())
+        .await
+        .unwrap();
+
+    let remove = PatientRecords::removeViewerCall {
+        recordId: id,
+        viewer: addr(viewer),
+    };
+    assert_reverts(
+        f.client
+            .send(&f.outsider, Target::Records, remove.clone())
+            .await,
+        "NotController",
+    );
+    let receipt = f
+        .client
+        .send(patient, Target::Records, remove)
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, PatientRecords::ViewerRemoved::SIGNATURE_HASH),
+        1
+    );
+    assert_reverts(
+        f.client.send(viewer, Target::Records, access).await,
+        "AccessDenied",
+    );
+}

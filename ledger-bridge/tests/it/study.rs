@@ -533,3 +533,112 @@ pub async fn concurrent_reservations_never_overspend(f: &Fixture) {
     assert_eq!(study.openReservations, 10);
     assert_eq!(c.remaining(id).await.unwrap(), eps(0));
 }
+
+pub async fn transactions_sent_together_each_get_their_own_outcome(f: &Fixture) {
+    let c = &f.client;
+    let cost = units(1) / 4;
+    let id = f.approved_study(units(1), cost, U256::ZERO).await;
+    let reserve = |q: &str| ResearchStudy::reserveCall {
+        studyId: U256::from(id),
+        queryId: query_id(q),
+        cost,
+        deltaCost: 0,
+    };
+    let commit = ResearchStudy::commitCall {
+        studyId: U256::from(id),
+        queryId: query_id("together 1"),
+        resultHash: keccak256("answer"),
+        contributorsRoot: keccak256("root"),
+        fee: U256::ZERO,
+    };
+    let mut outcomes = c
+        .ledger()
+        .send_all(vec![
+            (f.engine.clone(), c.tx(Target::Study, reserve("together 1"))),
+            (
+                f.outsider.clone(),
+                c.tx(Target::Study, reserve("together 2")),
+            ),
+            (f.engine.clone(), c.tx(Target::Study, reserve("together 3"))),
+            // Sees the first reservation, sent in the same call.
+            (f.engine.clone(), c.tx(Target::Study, commit)),
+        ])
+        .await;
+    assert_eq!(outcomes.len(), 4);
+    // Not the engine: refused alone.
+    assert_reverts(outcomes.remove(1), "MissingRole");
+    assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+    let study = c.study(id).await.unwrap();
+    assert_eq!(study.committed, cost);
+    assert_eq!(study.reserved, cost);
+    assert_eq!(c.remaining(id).await.unwrap(), eps(units(1) / 2));
+}
+
+pub async fn the_admin_sets_the_threshold_and_the_researcher_adds_escrow(f: &Fixture) {
+    let c = &f.client;
+    let set = |approvals| ResearchStudy::setRequiredApprovalsCall { approvals };
+    assert_reverts(
+        c.send(&f.outsider, Target::Study, set(3)).await,
+        "MissingRole",
+    );
+    assert_reverts(
+        c.send(&f.admin, Target::Study, set(0)).await,
+        "InvalidApprovals",
+    );
+    let receipt = c.send(&f.admin, Target::Study, set(3)).await.unwrap();
+    assert_eq!(
+        count_events(
+            &receipt,
+            ResearchStudy::RequiredApprovalsSet::SIGNATURE_HASH
+        ),
+        1
+    );
+    let id = c
+        .propose_study(
+            &f.researcher,
+            Fixture::proposal(units(1), units(1)),
+            ether(1),
+        )
+        .await
+        .unwrap();
+    for s in &f.stewards[..2] {
+        c.approve_study(s, id).await.unwrap();
+    }
+    assert_eq!(
+        c.study(id).await.unwrap().status,
+        1,
+        "two of three: still proposed"
+    );
+    c.approve_study(&f.stewards[2], id).await.unwrap();
+    assert_eq!(
+        c.study(id).await.unwrap().status,
+        2,
+        "approved by the third"
+    );
+
+    let add = |study_id| ResearchStudy::addEscrowCall { studyId: study_id };
+    assert_reverts(
+        c.send_value(&f.outsider, Target::Study, add(U256::from(id)), ether(1))
+            .await,
+        "NotResearcher",
+    );
+    assert_reverts(
+        c.send_value(&f.researcher, Target::Study, add(U256::from(99)), ether(1))
+            .await,
+        "NoSuchStudy",
+    );
+    let held = f.ledger.balance(c.contracts().study).await.unwrap();
+    let receipt = c
+        .send_value(&f.researcher, Target::Study, add(U256::from(id)), ether(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, ResearchStudy::EscrowAdded::SIGNATURE_HASH),
+        1
+    );
+    assert_eq!(c.study(id).await.unwrap().escrow, ether(3));
+    assert_eq!(
+        f.ledger.balance(c.contracts().study).await.unwrap(),
+        held + ether(2)
+    );
+}
