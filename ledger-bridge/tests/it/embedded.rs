@@ -221,6 +221,28 @@ async fn transactions_sent_together_are_one_block_that_a_restart_keeps() {
     );
     let client = Client::new(reopened, contracts);
     assert_eq!(client.study(id).await.unwrap().openReservations, 20);
+    // Every stored transaction's signature recovers to its sender.
+    let chain = EmbeddedLedger::open(&path, 1_337_001).unwrap();
+    assert!(chain.verify_signatures().unwrap() > 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_sender_fails_signature_verification() {
+    let f = Fixture::embedded().await;
+    let path = f.dir.as_ref().unwrap().path().join("chain.db");
+    let chain = EmbeddedLedger::open(&path, 1_337_001).unwrap();
+    let sent = chain.verify_signatures().unwrap();
+    assert!(sent > 0);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE transactions SET sender = ?1 WHERE hash = (SELECT hash FROM transactions ORDER BY block_number LIMIT 1)",
+            [addr(&f.outsider).as_slice()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let err = chain.verify_signatures().unwrap_err();
+    assert!(err.to_string().contains("recorded as sent by"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
