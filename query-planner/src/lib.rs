@@ -26,10 +26,8 @@
 //! ```no_run
 //! # async fn demo() -> cohort_query_planner::Result<()> {
 //! use std::collections::HashMap;
-//! use std::sync::Arc;
 //! use cohort_anonymizer::accountant::Charge;
-//! use cohort_query_planner::{Planner, QueryOptions, StudyPolicy};
-//! use datafusion::catalog::TableProvider;
+//! use cohort_query_planner::{Planner, QueryOptions, StudyPolicy, sources};
 //!
 //! let policy = StudyPolicy::from_toml(r#"
 //!     privacy_unit = "patient_id"
@@ -42,7 +40,7 @@
 //!     sex = { domain = ["F", "M"] }
 //!     hba1c = { lower = 4, upper = 14 }
 //! "#)?;
-//! # let visits: Arc<dyn TableProvider> = todo!();
+//! let visits = sources::parquet("visits.parquet".as_ref()).await?;
 //! let planner = Planner::new(policy, HashMap::from([("visits".to_string(), visits)]))?;
 //! let options = QueryOptions::new(Charge::Pure { epsilon: "1".parse()? });
 //! let plan = planner.plan("SELECT sex, AVG(hba1c) FROM visits GROUP BY sex", &options).await?;

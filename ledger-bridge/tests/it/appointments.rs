@@ -39,6 +39,21 @@ async fn book(f: &Fixture, patient: &Account, provider: &Account, hours_ahead: u
         .id
 }
 
+/// `who` cancels appointment `id`; the cancellation event it emitted.
+async fn cancel(f: &Fixture, who: &Account, id: U256) -> Appointments::AppointmentCancelled {
+    let receipt = f
+        .client
+        .send(who, Target::Appointments, Appointments::cancelCall { id })
+        .await
+        .unwrap();
+    receipt
+        .logs
+        .iter()
+        .find_map(|l| Appointments::AppointmentCancelled::decode_log(&l.log).ok())
+        .expect("a cancellation event")
+        .data
+}
+
 async fn set_fee(f: &Fixture) {
     f.credential_providers().await;
     for p in &f.providers {
@@ -203,22 +218,9 @@ pub async fn cancellation_refunds_by_the_policy(f: &Fixture) {
         f.ledger.balance(addr(patient)).await.unwrap(),
         f.ledger.balance(addr(provider)).await.unwrap(),
     );
-    let receipt = f
-        .client
-        .send(
-            patient,
-            Target::Appointments,
-            Appointments::cancelCall { id: late },
-        )
-        .await
-        .unwrap();
-    let cancelled = receipt
-        .logs
-        .iter()
-        .find_map(|l| Appointments::AppointmentCancelled::decode_log(&l.log).ok())
-        .unwrap();
+    let cancelled = cancel(f, patient, late).await;
     assert_eq!(
-        (cancelled.data.refund, cancelled.data.providerShare),
+        (cancelled.refund, cancelled.providerShare),
         (fee() / U256::from(2), fee() / U256::from(2))
     );
     assert_close(
@@ -398,21 +400,8 @@ pub async fn the_admin_sets_the_cancellation_policy(f: &Fixture) {
     let (patient, provider) = (&f.patients[0], &f.providers[0]);
     for (hours, refund) in [(12, fee()), (3, fee() / U256::from(4))] {
         let id = book(f, patient, provider, hours).await;
-        let receipt = f
-            .client
-            .send(
-                patient,
-                Target::Appointments,
-                Appointments::cancelCall { id },
-            )
-            .await
-            .unwrap();
-        let cancelled = receipt
-            .logs
-            .iter()
-            .find_map(|l| Appointments::AppointmentCancelled::decode_log(&l.log).ok())
-            .unwrap();
-        assert_eq!(cancelled.data.refund, refund, "{hours} h ahead");
-        assert_eq!(cancelled.data.providerShare, fee() - refund);
+        let cancelled = cancel(f, patient, id).await;
+        assert_eq!(cancelled.refund, refund, "{hours} h ahead");
+        assert_eq!(cancelled.providerShare, fee() - refund);
     }
 }

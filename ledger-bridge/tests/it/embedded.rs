@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cohort_ledger_bridge::alloy::primitives::U256;
 use cohort_ledger_bridge::contracts::ResearchStudy;
 use cohort_ledger_bridge::{
-    Account, BLOCK_GAS_LIMIT, Client, EmbeddedLedger, Error, Ledger, LogQuery, Target, Tx,
+    Account, BLOCK_GAS_LIMIT, Client, EmbeddedLedger, Error, Ledger, LogQuery, Receipt, Target, Tx,
 };
 
 use crate::fixture::{Fixture, addr, ether, query_id, units};
@@ -157,9 +157,10 @@ async fn a_refused_transaction_changes_nothing() {
     assert_eq!(f.ledger.block_number().await.unwrap(), head + 1);
 }
 
-/// The reservations that `send_all` sends for study `id`, one unit each.
-fn reservations(f: &Fixture, id: u64, n: usize, tag: &str) -> Vec<(Account, Tx)> {
-    (0..n)
+/// Reserves one unit for each of `n` queries of study `id` with one
+/// `send_all`, and returns the receipts.
+async fn reserve_all(f: &Fixture, id: u64, n: usize, tag: &str) -> Vec<Receipt> {
+    let txs: Vec<(Account, Tx)> = (0..n)
         .map(|i| {
             let call = ResearchStudy::reserveCall {
                 studyId: U256::from(id),
@@ -169,6 +170,12 @@ fn reservations(f: &Fixture, id: u64, n: usize, tag: &str) -> Vec<(Account, Tx)>
             };
             (f.engine.clone(), f.client.tx(Target::Study, call))
         })
+        .collect();
+    f.ledger
+        .send_all(txs)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
         .collect()
 }
 
@@ -177,13 +184,7 @@ async fn transactions_sent_together_are_one_block_that_a_restart_keeps() {
     let f = Fixture::embedded().await;
     let id = f.approved_study(units(1), units(1), U256::ZERO).await;
     let head = f.ledger.block_number().await.unwrap();
-    let receipts: Vec<_> = f
-        .ledger
-        .send_all(reservations(&f, id, 20, "batch"))
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
+    let receipts = reserve_all(&f, id, 20, "batch").await;
     assert!(receipts.iter().all(|r| r.block_number == head + 1));
     assert_eq!(
         f.ledger.block_number().await.unwrap(),
@@ -250,13 +251,7 @@ async fn a_batch_over_the_block_gas_limit_fills_consecutive_blocks() {
     let f = Fixture::embedded().await;
     let id = f.approved_study(units(1), units(1), U256::ZERO).await;
     let head = f.ledger.block_number().await.unwrap();
-    let receipts: Vec<_> = f
-        .ledger
-        .send_all(reservations(&f, id, 600, "gas"))
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
+    let receipts = reserve_all(&f, id, 600, "gas").await;
     let last = f.ledger.block_number().await.unwrap();
     assert!(last > head + 1, "600 reservations do not fit one block");
     let mut gas = std::collections::BTreeMap::<u64, u64>::new();
