@@ -18,7 +18,7 @@ use std::sync::Arc;
 use cohort_ledger_bridge::alloy::primitives::U256;
 use cohort_ledger_bridge::{
     Account, Backend, Client, Contracts, EmbeddedLedger, Follower, Ledger, Position, Role,
-    RpcLedger, SyncReport,
+    RpcLedger, SyncReport, Verified,
 };
 use serde::{Deserialize, Serialize};
 
@@ -165,6 +165,31 @@ pub async fn client(dir: &DataDir) -> Result<(LedgerConfig, Client)> {
     let client = Client::new(ledger, config.contracts);
     client.verify_deployed().await?;
     Ok((config, client))
+}
+
+/// Checks the embedded chain file end to end: every block's hash against
+/// its header and transactions, every transaction's signature against its
+/// recorded sender (`EmbeddedLedger::verify`). A node checks its own chain,
+/// so a data directory on the RPC backend is refused.
+pub fn verify(dir: &DataDir) -> Result<Verified> {
+    let chain_id = match load(dir)?.map(|config| config.backend) {
+        Some(BackendConfig::Rpc { url }) => {
+            return Err(Error::Invalid(format!(
+                "this data directory's ledger is the node at {url}, which checks its own chain; \
+                 `cohort ledger verify` checks the embedded chain"
+            )));
+        }
+        Some(BackendConfig::Embedded { chain_id }) => chain_id,
+        None => cohort_ledger_bridge::DEFAULT_CHAIN_ID,
+    };
+    let path = chain_path(dir);
+    if !path.exists() {
+        return Err(Error::NotFound(format!(
+            "no embedded chain at {}: run `cohort ledger deploy`",
+            path.display()
+        )));
+    }
+    Ok(EmbeddedLedger::open(&path, chain_id)?.verify()?)
 }
 
 /// Deploys the contracts and records them; grants the ENGINE role to the

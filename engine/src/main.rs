@@ -130,6 +130,8 @@ enum LedgerCmd {
     },
     /// Mirror every confirmed block's events into cohort.db (resumes where it stopped).
     Sync,
+    /// Check the embedded chain file: every block hash, every transaction's signature.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -1377,6 +1379,16 @@ fn ledger(cli: &Cli, dir: &DataDir, cmd: &LedgerCmd) -> anyhow::Result<ExitCode>
                         report.head, report.unconfirmed
                     ),
                 }
+            });
+        }
+        LedgerCmd::Verify => {
+            let verified = chain::verify(dir)?;
+            emit(cli, &verified, || {
+                format!(
+                    "verified {} block(s) and {} transaction(s): every block hashes to its header \
+                     and transactions, every signature to its recorded sender",
+                    verified.blocks, verified.transactions
+                )
             });
         }
     }

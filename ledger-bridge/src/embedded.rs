@@ -4,15 +4,15 @@
 //!
 //! Each sent transaction is signed (EIP-1559) by its account's key and
 //! stored raw, so anyone can check its sender from the signature
-//! ([`EmbeddedLedger::verify_signatures`]); it is executed by revm against the
+//! ([`EmbeddedLedger::verify`]); it is executed by revm against the
 //! persisted state and, when it succeeds, written with its block in one
 //! SQLite transaction: a crash leaves the chain at the previous block or
 //! the next, never between. A transaction a contract reverts is refused
 //! before it is mined, as a node's gas estimation refuses it.
 //!
-//! Transactions sent concurrently share a block (group commit): whichever
-//! sender gets the chain first mines everything queued by then, in the
-//! order it was sent, and one fsync makes the whole block durable. A
+//! Transactions sent concurrently share a block (group commit): one miner
+//! thread mines everything queued by the time it gets to it, in the order
+//! it was sent, and one fsync makes the whole block durable. A
 //! block that would pass the block gas limit is split into consecutive
 //! blocks within the same SQLite transaction.
 //!
@@ -25,7 +25,8 @@
 //! every state change, not a Merkle-Patricia root (nothing here needs
 //! state proofs).
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -73,8 +74,10 @@ CREATE TABLE IF NOT EXISTS blocks (
     timestamp INTEGER NOT NULL, gas_used INTEGER NOT NULL, state_root BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS transactions (
-    hash BLOB PRIMARY KEY, block_number INTEGER NOT NULL, sender BLOB NOT NULL, recipient BLOB,
-    contract_address BLOB, gas_used INTEGER NOT NULL, raw BLOB NOT NULL
+    block_number INTEGER NOT NULL, tx_index INTEGER NOT NULL, hash BLOB NOT NULL,
+    sender BLOB NOT NULL, recipient BLOB, contract_address BLOB, gas_used INTEGER NOT NULL,
+    raw BLOB NOT NULL,
+    PRIMARY KEY (block_number, tx_index)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS logs (
     block_number INTEGER NOT NULL, log_index INTEGER NOT NULL, tx_hash BLOB NOT NULL,
@@ -84,13 +87,44 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_by_address ON logs (address, block_number);
 ";
 
+/// What [`EmbeddedLedger::verify`] checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Verified {
+    /// Blocks, the genesis block included.
+    pub blocks: u64,
+    /// Transactions.
+    pub transactions: u64,
+}
+
 /// An in-process chain persisted in a SQLite file.
 #[derive(Clone)]
 pub struct EmbeddedLedger {
     path: PathBuf,
     chain_id: u64,
     chain: Arc<Mutex<Chain>>,
-    queue: Arc<Mutex<Vec<Pending>>>,
+    queue: Arc<Mutex<Queue>>,
+}
+
+/// Transactions waiting for the next block, and whether the miner runs.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    mining: bool,
+}
+
+/// The running miner. Should it unwind, the transactions it left queued
+/// are answered (their senders see them dropped) and the next send starts
+/// a new miner.
+struct Miner(Arc<Mutex<Queue>>);
+
+impl Drop for Miner {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut queue = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.pending.clear();
+            queue.mining = false;
+        }
+    }
 }
 
 /// A transaction waiting for the next block, and where its receipt goes.
@@ -132,8 +166,28 @@ impl EmbeddedLedger {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Reads of state come from memory rather than a read() per page:
+        // a 64 MiB page cache and the file mapped (reading only).
+        conn.pragma_update(None, "cache_size", -65_536)?;
+        conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        // Transactions are keyed by their place in the chain (appended in
+        // order, and the order a block's hash commits to); a chain written
+        // before they were has no order within a block to recover.
+        let ordered: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('transactions') WHERE name = 'tx_index'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !ordered {
+            return Err(Error::Config(format!(
+                "the chain in {} was written by an earlier cohort that did not record the \
+                 order of transactions within a block; keep it for reference and start a new \
+                 chain file",
+                path.display()
+            )));
+        }
         let stored: Option<Vec<u8>> = conn
             .query_row("SELECT value FROM meta WHERE key = 'chain_id'", [], |r| {
                 r.get(0)
@@ -183,7 +237,7 @@ impl EmbeddedLedger {
             path: path.to_owned(),
             chain_id,
             chain: Arc::new(Mutex::new(Chain { conn, chain_id })),
-            queue: Arc::new(Mutex::new(Vec::new())),
+            queue: Arc::default(),
         })
     }
 
@@ -192,51 +246,101 @@ impl EmbeddedLedger {
         &self.path
     }
 
-    /// Recovers the sender of every stored transaction from its signature
-    /// and checks it against the recorded sender, its hash against the
-    /// recorded hash and its chain id; returns how many were checked.
-    pub fn verify_signatures(&self) -> Result<u64> {
+    /// Checks the whole stored chain: every block's hash against its
+    /// header (parent link, number, timestamp, gas used, state root and the
+    /// transactions root of its transactions in their stored order), and
+    /// every transaction's hash, chain id and signature, whose recovered
+    /// sender must be the recorded one. Stops at the first mismatch.
+    pub fn verify(&self) -> Result<Verified> {
         let chain = self.lock();
-        let mut statement = chain
-            .conn
-            .prepare("SELECT hash, sender, raw FROM transactions ORDER BY block_number")?;
-        let rows = statement.query_map([], |r| {
+        let mut blocks = chain.conn.prepare(
+            "SELECT number, hash, parent_hash, timestamp, gas_used, state_root FROM blocks
+             ORDER BY number",
+        )?;
+        let mut transactions = chain.conn.prepare(
+            "SELECT hash, sender, raw FROM transactions WHERE block_number = ?1 ORDER BY tx_index",
+        )?;
+        let rows = blocks.query_map([], |r| {
             Ok((
-                r.get::<_, [u8; 32]>(0)?,
-                r.get::<_, [u8; 20]>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(0)? as u64,
+                B256::from(r.get::<_, [u8; 32]>(1)?),
+                B256::from(r.get::<_, [u8; 32]>(2)?),
+                r.get::<_, i64>(3)? as u64,
+                r.get::<_, i64>(4)? as u64,
+                B256::from(r.get::<_, [u8; 32]>(5)?),
             ))
         })?;
-        let mut checked = 0;
+        let mut verified = Verified::default();
+        let mut previous: Option<(u64, B256)> = None;
         for row in rows {
-            let (hash, sender, raw) = row?;
-            let hash = B256::from(hash);
-            let envelope = TxEnvelope::decode_2718(&mut raw.as_slice())
-                .map_err(|e| Error::decode("a stored transaction", format!("{hash}: {e}")))?;
-            let signed = envelope.as_eip1559().ok_or_else(|| {
-                Error::decode("a stored transaction", format!("{hash}: not EIP-1559"))
-            })?;
-            let recovered = signed
-                .signature()
-                .recover_address_from_prehash(&signed.signature_hash())
-                .map_err(|e| Error::decode("a stored transaction", format!("{hash}: {e}")))?;
-            if *signed.hash() != hash
-                || recovered != Address::from(sender)
-                || signed.tx().chain_id != self.chain_id
-            {
-                return Err(Error::decode(
-                    "a stored transaction",
-                    format!(
-                        "{hash}: its signature recovers to {recovered} on chain {}, recorded as sent by {} on chain {}",
-                        signed.tx().chain_id,
-                        Address::from(sender),
-                        self.chain_id
-                    ),
-                ));
+            let (number, hash, parent_hash, timestamp, gas_used, state_root) = row?;
+            let bad_block =
+                |why: String| Error::decode("a stored block", format!("block {number}: {why}"));
+            let expected = previous.map_or((0, B256::ZERO), |(n, h)| (n + 1, h));
+            if (number, parent_hash) != expected {
+                return Err(bad_block(format!(
+                    "it follows block {} ({parent_hash}), not block {} ({})",
+                    number.wrapping_sub(1),
+                    expected.0.wrapping_sub(1),
+                    expected.1
+                )));
             }
-            checked += 1;
+            let mut envelopes = Vec::new();
+            let stored = transactions.query_map(params![number as i64], |r| {
+                Ok((
+                    B256::from(r.get::<_, [u8; 32]>(0)?),
+                    Address::from(r.get::<_, [u8; 20]>(1)?),
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            for transaction in stored {
+                let (hash, sender, raw) = transaction?;
+                envelopes.push(self.verify_transaction(hash, sender, &raw)?);
+            }
+            let header = header(
+                parent_hash,
+                number,
+                timestamp,
+                gas_used,
+                &envelopes,
+                state_root,
+            );
+            if header.hash_slow() != hash {
+                return Err(bad_block(format!(
+                    "its header and {} transactions hash to {}, recorded as {hash}",
+                    envelopes.len(),
+                    header.hash_slow()
+                )));
+            }
+            verified.blocks += 1;
+            verified.transactions += envelopes.len() as u64;
+            previous = Some((number, hash));
         }
-        Ok(checked)
+        Ok(verified)
+    }
+
+    /// Decodes a stored transaction and checks its hash, chain id and
+    /// signature against what was recorded with it.
+    fn verify_transaction(&self, hash: B256, sender: Address, raw: &[u8]) -> Result<TxEnvelope> {
+        let bad = |why: String| Error::decode("a stored transaction", format!("{hash}: {why}"));
+        let envelope = TxEnvelope::decode_2718(&mut &raw[..]).map_err(|e| bad(e.to_string()))?;
+        let signed = envelope
+            .as_eip1559()
+            .ok_or_else(|| bad("not EIP-1559".to_owned()))?;
+        let recovered = signed
+            .signature()
+            .recover_address_from_prehash(&signed.signature_hash())
+            .map_err(|e| bad(e.to_string()))?;
+        if *signed.hash() != hash || recovered != sender || signed.tx().chain_id != self.chain_id {
+            return Err(bad(format!(
+                "it hashes to {} and its signature recovers to {recovered} on chain {}, \
+                 recorded as sent by {sender} on chain {}",
+                signed.hash(),
+                signed.tx().chain_id,
+                self.chain_id
+            )));
+        }
+        Ok(envelope)
     }
 
     fn lock(&self) -> MutexGuard<'_, Chain> {
@@ -245,31 +349,51 @@ impl EmbeddedLedger {
         self.chain.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues transactions for the next block, in order, under one lock.
+    /// Queues transactions for the next block, in order, under one lock,
+    /// and starts the miner unless it is running: it will take these.
     fn enqueue(&self, txs: Vec<(Account, Tx)>) -> Vec<oneshot::Receiver<Result<Receipt>>> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        txs.into_iter()
+        let receipts = txs
+            .into_iter()
             .map(|(from, tx)| {
                 let (reply, receipt) = oneshot::channel();
-                queue.push(Pending { from, tx, reply });
+                queue.pending.push(Pending { from, tx, reply });
                 receipt
             })
-            .collect()
+            .collect();
+        if !queue.mining {
+            queue.mining = true;
+            drop(queue);
+            self.start_miner();
+        }
+        receipts
     }
 
-    /// Mines whatever is queued when this task gets the chain. A task whose
-    /// transactions another took (with its own, before releasing the chain)
-    /// finds them answered once this returns.
-    async fn mine_queued(&self) -> Result<()> {
+    /// The miner: one blocking thread that mines whatever is queued, one
+    /// batch after another, until the queue is empty. What arrives while a
+    /// batch is being mined waits for the next, so concurrent senders
+    /// share blocks and fsyncs, and only one thread ever waits for the
+    /// chain.
+    fn start_miner(&self) {
+        let chain = Arc::clone(&self.chain);
         let queue = Arc::clone(&self.queue);
-        self.with_chain(move |chain| {
-            let batch = std::mem::take(&mut *queue.lock().unwrap_or_else(PoisonError::into_inner));
-            if !batch.is_empty() {
-                chain.mine(batch);
+        tokio::task::spawn_blocking(move || {
+            let miner = Miner(queue);
+            loop {
+                let batch = {
+                    let mut queue = miner.0.lock().unwrap_or_else(PoisonError::into_inner);
+                    if queue.pending.is_empty() {
+                        queue.mining = false;
+                        return;
+                    }
+                    std::mem::take(&mut queue.pending)
+                };
+                chain
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .mine(batch);
             }
-            Ok(())
-        })
-        .await
+        });
     }
 
     /// Runs `f` on the chain on a blocking thread (SQLite commits fsync).
@@ -323,19 +447,11 @@ impl Ledger for EmbeddedLedger {
             .enqueue(vec![(from.clone(), tx)])
             .pop()
             .expect("one queued");
-        self.mine_queued().await?;
         receipt.await.map_err(|_| dropped())?
     }
 
     async fn send_all(&self, txs: Vec<(Account, Tx)>) -> Vec<Result<Receipt>> {
         let receipts = self.enqueue(txs);
-        if let Err(e) = self.mine_queued().await {
-            let reason = e.to_string();
-            return receipts
-                .iter()
-                .map(|_| Err(Error::Config(reason.clone())))
-                .collect();
-        }
         let mut outcomes = Vec::with_capacity(receipts.len());
         for receipt in receipts {
             outcomes.push(receipt.await.unwrap_or_else(|_| Err(dropped())));
@@ -454,27 +570,33 @@ impl Chain {
         let head = self.head()?;
         let env = self.next_block(&head)?;
         let db = self.conn.transaction()?;
+        let mut state = Overlay::new(&db);
         let mut block = OpenBlock::after(head, env);
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (from, tx) in batch {
-            let signed = match sign(chain_id, &db, &from, &tx) {
+        for (from, tx) in &batch {
+            let nonce = state.basic_ref(from.address())?.map_or(0, |a| a.nonce);
+            let signed = sign(chain_id, nonce, from, tx);
+            let signed = match signed {
                 Ok(signed) => signed,
                 Err(e) => {
                     outcomes.push(Err(e));
                     continue;
                 }
             };
-            let mut executed = execute_signed(&db, chain_id, &block.env, &signed);
+            let mut executed = execute_signed(&state, chain_id, &block.env, &signed);
             if let Ok(run) = &executed
                 && !block.transactions.is_empty()
                 && block.gas_used + run.gas_used > BLOCK_GAS_LIMIT
             {
                 // It does not fit: seal this block, run it in the next.
                 block = block.seal(&db)?;
-                executed = execute_signed(&db, chain_id, &block.env, &signed);
+                executed = execute_signed(&state, chain_id, &block.env, &signed);
             }
             match executed {
-                Ok(run) => outcomes.push(Ok(block.include(&db, signed, run)?)),
+                Ok(run) => {
+                    state.apply(&run.state);
+                    outcomes.push(Ok(block.include(&db, signed, run)?));
+                }
                 Err(Error::Store(e)) => return Err(Error::Store(e)),
                 Err(e) => outcomes.push(Err(e)),
             }
@@ -482,6 +604,7 @@ impl Chain {
         if !block.transactions.is_empty() {
             block.seal(&db)?;
         }
+        state.write()?;
         db.commit()?;
         Ok(outcomes)
     }
@@ -502,7 +625,7 @@ impl Chain {
             chain_id: Some(self.chain_id),
             ..Default::default()
         };
-        match execute(&self.conn, self.chain_id, block, env, true)?.result {
+        match execute(State(&self.conn), self.chain_id, block, env, true)?.result {
             ExecutionResult::Success { output, .. } => Ok(output.into_data()),
             ExecutionResult::Revert { output, .. } => Err(Error::Reverted(decode_revert(&output))),
             ExecutionResult::Halt { reason, .. } => {
@@ -595,10 +718,9 @@ struct Signed {
     sender: Address,
 }
 
-/// Signs `tx` with the sender's key at its next nonce (as the state in
-/// `db`, including this block's earlier transactions, has it).
-fn sign(chain_id: u64, db: &Connection, from: &Account, tx: &Tx) -> Result<Signed> {
-    let nonce = State(db).basic_ref(from.address())?.map_or(0, |a| a.nonce);
+/// Signs `tx` with the sender's key at `nonce` (its next, as the batch's
+/// state has it).
+fn sign(chain_id: u64, nonce: u64, from: &Account, tx: &Tx) -> Result<Signed> {
     let mut unsigned = TxEip1559 {
         chain_id,
         nonce,
@@ -617,7 +739,7 @@ fn sign(chain_id: u64, db: &Connection, from: &Account, tx: &Tx) -> Result<Signe
     let signed = unsigned.into_signed(signature);
     // The key is the sender's own, so its address is the sender: recovering
     // it here would double the cost of every transaction.
-    // [`EmbeddedLedger::verify_signatures`] recovers every stored one.
+    // [`EmbeddedLedger::verify`] recovers every stored one.
     let sender = from.address();
     let hash = *signed.hash();
     Ok(Signed {
@@ -638,7 +760,7 @@ struct Run {
 /// Executes a signed transaction against `db` in `block`; a revert or a
 /// halt is an error and changes nothing.
 fn execute_signed(
-    db: &Connection,
+    db: &Overlay<'_>,
     chain_id: u64,
     block: &BlockEnv,
     signed: &Signed,
@@ -682,7 +804,7 @@ fn execute_signed(
 }
 
 fn execute(
-    db: &Connection,
+    db: impl DatabaseRef<Error = StoreError>,
     chain_id: u64,
     block: BlockEnv,
     tx: TxEnv,
@@ -694,7 +816,7 @@ fn execute(
             cfg.disable_nonce_check = read_only;
         })
         .with_block(block)
-        .with_ref_db(State(db))
+        .with_ref_db(db)
         .build_mainnet();
     evm.transact(tx).map_err(|e| match e {
         EVMError::Database(StoreError(e)) => Error::Store(e),
@@ -730,7 +852,8 @@ impl OpenBlock {
         self.parent.number + 1
     }
 
-    /// Writes the transaction's state changes, its row and its logs.
+    /// Writes the transaction's row and its logs (its state changes are
+    /// the overlay's to write).
     fn include(
         &mut self,
         db: &rusqlite::Transaction<'_>,
@@ -738,7 +861,6 @@ impl OpenBlock {
         run: Run,
     ) -> Result<Receipt> {
         let number = self.number();
-        write_state(db, &run.state)?;
         self.state_root = state_commitment(self.state_root, &run.state);
         let to = signed
             .envelope
@@ -747,12 +869,14 @@ impl OpenBlock {
             .tx()
             .to;
         db.prepare_cached(
-            "INSERT INTO transactions (hash, block_number, sender, recipient, contract_address, gas_used, raw)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO transactions
+                 (block_number, tx_index, hash, sender, recipient, contract_address, gas_used, raw)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
-            signed.hash.as_slice(),
             number as i64,
+            self.transactions.len() as i64,
+            signed.hash.as_slice(),
             signed.sender.as_slice(),
             to.to().map(|a| a.to_vec()),
             run.contract_address.map(|a| a.to_vec()),
@@ -873,7 +997,11 @@ fn state_commitment(parent: B256, state: &EvmState) -> B256 {
         bytes.extend_from_slice(&account.info.balance.to_be_bytes::<32>());
         bytes.extend_from_slice(&account.info.nonce.to_be_bytes());
         bytes.extend_from_slice(account.info.code_hash.as_slice());
-        let mut slots: Vec<_> = account.storage.iter().collect();
+        let mut slots: Vec<_> = account
+            .storage
+            .iter()
+            .filter(|(_, slot)| account.is_created() || slot.is_changed())
+            .collect();
         slots.sort_by_key(|(slot, _)| **slot);
         for (slot, value) in slots {
             bytes.extend_from_slice(&slot.to_be_bytes::<32>());
@@ -883,59 +1011,165 @@ fn state_commitment(parent: B256, state: &EvmState) -> B256 {
     keccak256(bytes)
 }
 
-/// Writes revm's state changes (every touched account, its code and every
-/// slot it loaded) into the SQLite transaction.
-fn write_state(db: &rusqlite::Transaction<'_>, state: &EvmState) -> Result<()> {
-    for (address, account) in state {
-        if !account.is_touched() {
-            continue;
+/// The state as one batch of transactions sees it: what its transactions
+/// changed, over what they read, over the persisted state. Reads go to
+/// SQLite once per account and slot; each changed account and slot is
+/// written once, when the batch ends ([`Overlay::write`]), however many
+/// of the batch's transactions changed it. Reserve and commit touch the
+/// same few slots of a study, so this turns most of a transaction's reads
+/// and writes into map lookups.
+struct Overlay<'a> {
+    db: &'a Connection,
+    /// Accounts as the batch has them; `None` for one that does not exist.
+    accounts: RefCell<HashMap<Address, Option<AccountInfo>>>,
+    /// Slots as the batch has them.
+    storage: RefCell<HashMap<(Address, U256), U256>>,
+    /// Accounts created or destroyed in the batch: their persisted
+    /// storage is gone, so a slot the overlay does not hold is zero.
+    wiped: HashSet<Address>,
+    changed_accounts: HashSet<Address>,
+    changed_slots: HashSet<(Address, U256)>,
+    /// Code deployed in the batch, by hash.
+    code: HashMap<B256, Bytecode>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(db: &'a Connection) -> Overlay<'a> {
+        Overlay {
+            db,
+            accounts: RefCell::default(),
+            storage: RefCell::default(),
+            wiped: HashSet::new(),
+            changed_accounts: HashSet::new(),
+            changed_slots: HashSet::new(),
+            code: HashMap::new(),
         }
-        let address = address.as_slice();
-        if account.is_selfdestructed() {
-            db.execute("DELETE FROM accounts WHERE address = ?1", params![address])?;
-            db.execute("DELETE FROM storage WHERE address = ?1", params![address])?;
-            continue;
+    }
+
+    /// Takes in a successful transaction's changes: every touched account
+    /// and every slot whose value it changed (all of a new contract's).
+    fn apply(&mut self, state: &EvmState) {
+        let accounts = self.accounts.get_mut();
+        let storage = self.storage.get_mut();
+        for (address, account) in state {
+            if !account.is_touched() {
+                continue;
+            }
+            if account.is_selfdestructed() || account.is_created() {
+                storage.retain(|(a, _), _| a != address);
+                self.changed_slots.retain(|(a, _)| a != address);
+                self.wiped.insert(*address);
+            }
+            self.changed_accounts.insert(*address);
+            if account.is_selfdestructed() {
+                accounts.insert(*address, None);
+                continue;
+            }
+            let mut info = account.info.clone();
+            if let Some(code) = info.code.take()
+                && !code.is_empty()
+            {
+                self.code.insert(info.code_hash, code);
+            }
+            accounts.insert(*address, Some(info));
+            for (slot, value) in &account.storage {
+                if account.is_created() || value.is_changed() {
+                    storage.insert((*address, *slot), value.present_value);
+                    self.changed_slots.insert((*address, *slot));
+                }
+            }
         }
-        if account.is_created() {
-            db.execute("DELETE FROM storage WHERE address = ?1", params![address])?;
+    }
+
+    /// Writes every change into the SQLite transaction.
+    fn write(self) -> Result<()> {
+        let db = self.db;
+        for address in &self.wiped {
+            db.prepare_cached("DELETE FROM storage WHERE address = ?1")?
+                .execute(params![address.as_slice()])?;
         }
-        if let Some(code) = &account.info.code
-            && !code.is_empty()
-        {
+        for (hash, code) in &self.code {
             db.prepare_cached("INSERT OR IGNORE INTO code (hash, bytecode) VALUES (?1, ?2)")?
-                .execute(params![
-                    account.info.code_hash.as_slice(),
-                    code.original_byte_slice()
-                ])?;
+                .execute(params![hash.as_slice(), code.original_byte_slice()])?;
         }
-        db.prepare_cached(
-            "INSERT INTO accounts (address, balance, nonce, code_hash) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (address) DO UPDATE SET
-                 balance = excluded.balance, nonce = excluded.nonce, code_hash = excluded.code_hash",
-        )?
-        .execute(params![
-            address,
-            account.info.balance.to_be_bytes::<32>(),
-            account.info.nonce as i64,
-            account.info.code_hash.as_slice()
-        ])?;
-        for (slot, value) in &account.storage {
-            if value.present_value.is_zero() {
+        let accounts = self.accounts.into_inner();
+        for address in &self.changed_accounts {
+            match &accounts[address] {
+                None => {
+                    db.prepare_cached("DELETE FROM accounts WHERE address = ?1")?
+                        .execute(params![address.as_slice()])?;
+                }
+                Some(info) => {
+                    db.prepare_cached(
+                        "INSERT INTO accounts (address, balance, nonce, code_hash) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (address) DO UPDATE SET
+                             balance = excluded.balance, nonce = excluded.nonce, code_hash = excluded.code_hash",
+                    )?
+                    .execute(params![
+                        address.as_slice(),
+                        info.balance.to_be_bytes::<32>(),
+                        info.nonce as i64,
+                        info.code_hash.as_slice()
+                    ])?;
+                }
+            }
+        }
+        let storage = self.storage.into_inner();
+        for key @ (address, slot) in &self.changed_slots {
+            let value = storage[key];
+            if value.is_zero() {
                 db.prepare_cached("DELETE FROM storage WHERE address = ?1 AND slot = ?2")?
-                    .execute(params![address, slot.to_be_bytes::<32>()])?;
+                    .execute(params![address.as_slice(), slot.to_be_bytes::<32>()])?;
             } else {
                 db.prepare_cached(
                     "INSERT OR REPLACE INTO storage (address, slot, value) VALUES (?1, ?2, ?3)",
                 )?
                 .execute(params![
-                    address,
+                    address.as_slice(),
                     slot.to_be_bytes::<32>(),
-                    value.present_value.to_be_bytes::<32>()
+                    value.to_be_bytes::<32>()
                 ])?;
             }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+impl DatabaseRef for Overlay<'_> {
+    type Error = StoreError;
+
+    fn basic_ref(&self, address: Address) -> Result<Option<AccountInfo>, StoreError> {
+        if let Some(account) = self.accounts.borrow().get(&address) {
+            return Ok(account.clone());
+        }
+        let account = State(self.db).basic_ref(address)?;
+        self.accounts.borrow_mut().insert(address, account.clone());
+        Ok(account)
+    }
+
+    fn code_by_hash_ref(&self, code_hash: B256) -> Result<Bytecode, StoreError> {
+        match self.code.get(&code_hash) {
+            Some(code) => Ok(code.clone()),
+            None => State(self.db).code_by_hash_ref(code_hash),
+        }
+    }
+
+    fn storage_ref(&self, address: Address, index: U256) -> Result<U256, StoreError> {
+        if let Some(value) = self.storage.borrow().get(&(address, index)) {
+            return Ok(*value);
+        }
+        let value = if self.wiped.contains(&address) {
+            U256::ZERO
+        } else {
+            State(self.db).storage_ref(address, index)?
+        };
+        self.storage.borrow_mut().insert((address, index), value);
+        Ok(value)
+    }
+
+    fn block_hash_ref(&self, number: u64) -> Result<B256, StoreError> {
+        State(self.db).block_hash_ref(number)
+    }
 }
 
 /// revm's view of the persisted state.

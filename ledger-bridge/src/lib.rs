@@ -49,7 +49,7 @@ mod rpc;
 
 pub use client::{Client, Cost};
 pub use contracts::{Contracts, Event, Role, Target, decode_revert};
-pub use embedded::{BLOCK_GAS_LIMIT, DEFAULT_CHAIN_ID, EmbeddedLedger, TX_GAS_LIMIT};
+pub use embedded::{BLOCK_GAS_LIMIT, DEFAULT_CHAIN_ID, EmbeddedLedger, TX_GAS_LIMIT, Verified};
 pub use error::{Error, Result, Revert};
 pub use follower::{Follower, Position, SyncReport};
 pub use ledger::{Account, Backend, ChainLog, Ledger, LogQuery, Receipt, Tx};

@@ -135,6 +135,12 @@ pub(crate) fn session(
     let aggregate = SessionStateDefaults::default_aggregate_functions()
         .into_iter()
         .filter(|f| names(f.name(), f.aliases()).any(|n| AGGREGATE_FUNCTIONS.contains(&n)))
+        // SQL's VARIANCE (PostgreSQL, SmartNoise) is the sample variance,
+        // which DataFusion names only VAR, VAR_SAMP and VAR_SAMPLE.
+        .map(|f| match f.name() {
+            "var" => Arc::new(f.as_ref().clone().with_aliases(["variance"])),
+            _ => f,
+        })
         .collect();
     let config = SessionConfig::new()
         .with_information_schema(false)

@@ -112,6 +112,13 @@ fn deploy_to_the_embedded_chain_then_status_and_sync_survive_a_restart() {
     assert_eq!(after["follower"]["block"].as_u64(), Some(block));
     assert_eq!(after["follower_behind"].as_u64(), Some(0));
     assert_eq!(cohort_json(dir, &["ledger", "sync"])["events"], 0);
+    // The chain file checks end to end: genesis and every later block.
+    let verified = cohort_json(dir, &["ledger", "verify"]);
+    assert_eq!(verified["blocks"].as_u64(), Some(block + 1));
+    assert!(
+        verified["transactions"].as_u64().unwrap() >= 5,
+        "{verified}"
+    );
 
     let text = cohort(dir, &["ledger", "status"]);
     let shown = String::from_utf8_lossy(&text.stdout);

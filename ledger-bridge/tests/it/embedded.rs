@@ -222,9 +222,11 @@ async fn transactions_sent_together_are_one_block_that_a_restart_keeps() {
     );
     let client = Client::new(reopened, contracts);
     assert_eq!(client.study(id).await.unwrap().openReservations, 20);
-    // Every stored transaction's signature recovers to its sender.
+    // Every block hashes to its record, every signature to its sender.
     let chain = EmbeddedLedger::open(&path, 1_337_001).unwrap();
-    assert!(chain.verify_signatures().unwrap() > 20);
+    let verified = chain.verify().unwrap();
+    assert!(verified.transactions > 20, "{verified:?}");
+    assert_eq!(verified.blocks, chain.block_number().await.unwrap() + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,18 +234,70 @@ async fn a_tampered_sender_fails_signature_verification() {
     let f = Fixture::embedded().await;
     let path = f.dir.as_ref().unwrap().path().join("chain.db");
     let chain = EmbeddedLedger::open(&path, 1_337_001).unwrap();
-    let sent = chain.verify_signatures().unwrap();
-    assert!(sent > 0);
+    assert!(chain.verify().unwrap().transactions > 0);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let changed = conn
         .execute(
-            "UPDATE transactions SET sender = ?1 WHERE hash = (SELECT hash FROM transactions ORDER BY block_number LIMIT 1)",
+            "UPDATE transactions SET sender = ?1 WHERE (block_number, tx_index) = \
+             (SELECT block_number, tx_index FROM transactions ORDER BY block_number LIMIT 1)",
             [addr(&f.outsider).as_slice()],
         )
         .unwrap();
     assert_eq!(changed, 1);
-    let err = chain.verify_signatures().unwrap_err();
+    let err = chain.verify().unwrap_err();
     assert!(err.to_string().contains("recorded as sent by"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_transactions_fail_block_verification() {
+    let f = Fixture::embedded().await;
+    let id = f.approved_study(units(1), units(1), U256::ZERO).await;
+    let receipts = reserve_all(&f, id, 8, "order").await;
+    let block = receipts[0].block_number;
+    assert!(
+        receipts.iter().all(|r| r.block_number == block),
+        "one block"
+    );
+    let path = f.dir.as_ref().unwrap().path().join("chain.db");
+    let chain = EmbeddedLedger::open(&path, 1_337_001).unwrap();
+    chain.verify().unwrap();
+    // Swap the block's first two transactions: each is still validly
+    // signed, but the block's hash commits to their order.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for (from, to) in [(0, -1), (1, 0), (-1, 1)] {
+        conn.execute(
+            "UPDATE transactions SET tx_index = ?3 WHERE block_number = ?1 AND tx_index = ?2",
+            rusqlite::params![block as i64, from, to],
+        )
+        .unwrap();
+    }
+    let err = chain.verify().unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("block {block}:")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_without_transaction_order_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE transactions (hash BLOB PRIMARY KEY, block_number INTEGER NOT NULL, \
+             sender BLOB NOT NULL, recipient BLOB, contract_address BLOB, \
+             gas_used INTEGER NOT NULL, raw BLOB NOT NULL) WITHOUT ROWID;",
+        )
+        .unwrap();
+    let err = EmbeddedLedger::open(&path, 1_337_001)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("earlier cohort"), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

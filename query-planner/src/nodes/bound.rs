@@ -13,17 +13,18 @@
 //!
 //! Rows whose privacy unit is NULL belong to no patient and are dropped.
 
-use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::{cast, concat_batches, take_record_batch};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, UInt32Array,
+};
+use arrow::compute::{cast, concat_batches, filter_record_batch, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DFSchemaRef, Result as DfResult};
+use datafusion::common::{DFSchemaRef, HashMap, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
@@ -38,21 +39,33 @@ use futures::StreamExt;
 use rand::RngExt;
 
 /// The patients whose rows survived bounding: they contributed to the answer.
+///
+/// Each partition records its contributors as one array of their ids (a
+/// patient's rows are all in one partition); the ids become strings only
+/// when asked for.
 #[derive(Clone, Debug, Default)]
-pub struct Contributors(Arc<Mutex<BTreeSet<String>>>);
+pub struct Contributors(Arc<Mutex<Vec<ArrayRef>>>);
 
 impl Contributors {
-    /// The contributors recorded so far, sorted.
+    /// The contributors recorded so far, sorted, each once.
     pub fn sorted(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default()
+        let Ok(chunks) = self.0.lock() else {
+            return Vec::new();
+        };
+        let mut ids: Vec<&str> = chunks
+            .iter()
+            .filter_map(|chunk| chunk.as_string_opt::<i32>())
+            .flat_map(|chunk| chunk.iter().flatten())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(str::to_owned).collect()
     }
 
-    fn extend(&self, ids: impl IntoIterator<Item = String>) {
-        if let Ok(mut set) = self.0.lock() {
-            set.extend(ids);
+    /// Records the ids in `ids` (cast to strings).
+    fn extend(&self, ids: ArrayRef) {
+        if let Ok(mut chunks) = self.0.lock() {
+            chunks.push(ids);
         }
     }
 }
@@ -375,53 +388,74 @@ impl Bounder {
             }
         };
 
-        let mut entries: Vec<(u32, u32, u64, u32)> = (0..rows)
-            .filter(|&row| !units.is_null(row))
-            .map(|row| (unit_ids.ids[row], group_ids[row], priority[row], row as u32))
-            .collect();
-        entries.sort_unstable();
+        // Each patient's rows, in row order: a counting sort by patient id
+        // (rows without a patient are in none).
+        let mut start = vec![0usize; unit_ids.count + 1];
+        for (row, &unit) in unit_ids.ids.iter().enumerate() {
+            if !units.is_null(row) {
+                start[unit as usize + 1] += 1;
+            }
+        }
+        for unit in 0..unit_ids.count {
+            start[unit + 1] += start[unit];
+        }
+        let mut next = start.clone();
+        let mut by_unit = vec![0u32; start[unit_ids.count]];
+        for (row, &unit) in unit_ids.ids.iter().enumerate() {
+            if !units.is_null(row) {
+                by_unit[next[unit as usize]] = row as u32;
+                next[unit as usize] += 1;
+            }
+        }
 
-        let mut kept: Vec<u32> = Vec::new();
-        let mut kept_units: Vec<u32> = Vec::new();
+        let mut keep = BooleanBufferBuilder::new(rows);
+        keep.append_n(rows, false);
+        let mut kept_units: Vec<u32> = Vec::with_capacity(unit_ids.count);
         let mut rng = rand::rng();
-        for unit_entries in entries.chunk_by(|a, b| a.0 == b.0) {
+        // One patient's rows as (group, priority, row), sorted.
+        let mut entries: Vec<(u32, u64, u32)> = Vec::new();
+        for unit in 0..unit_ids.count {
+            let unit_rows = &by_unit[start[unit]..start[unit + 1]];
+            let Some(&first_row) = unit_rows.first() else {
+                continue;
+            };
+            entries.clear();
+            entries.extend(
+                unit_rows
+                    .iter()
+                    .map(|&row| (group_ids[row as usize], priority[row as usize], row)),
+            );
+            entries.sort_unstable();
             // The patient's groups, each a run of its entries.
-            let mut groups: Vec<&[(u32, u32, u64, u32)]> =
-                unit_entries.chunk_by(|a, b| a.1 == b.1).collect();
+            let mut groups: Vec<&[(u32, u64, u32)]> = entries.chunk_by(|a, b| a.0 == b.0).collect();
             if groups.len() > self.max_groups {
                 match self.order {
                     // A uniformly random subset of the patient's groups.
                     None => {
-                        let mut keyed: Vec<(u64, &[(u32, u32, u64, u32)])> =
+                        let mut keyed: Vec<(u64, &[(u32, u64, u32)])> =
                             groups.iter().map(|g| (rng.random::<u64>(), *g)).collect();
                         keyed.sort_unstable_by_key(|(key, _)| *key);
                         groups = keyed.into_iter().map(|(_, g)| g).collect();
                     }
                     // The first groups by their keys' content.
-                    Some(_) => groups.sort_by_key(|g| group_rank[g[0].1 as usize]),
+                    Some(_) => groups.sort_by_key(|g| group_rank[g[0].0 as usize]),
                 }
                 groups.truncate(self.max_groups);
             }
             for group in groups {
-                kept.extend(group.iter().take(self.max_rows).map(|entry| entry.3));
+                for entry in group.iter().take(self.max_rows) {
+                    keep.set_bit(entry.2 as usize, true);
+                }
             }
-            kept_units.push(unit_entries[0].3);
+            kept_units.push(first_row);
         }
-        kept.sort_unstable();
 
-        let ids = cast(&units, &DataType::Utf8)?;
-        let ids = ids
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .ok_or_else(|| {
-                datafusion::error::DataFusionError::Internal("unit ids cast to Utf8".into())
-            })?;
-        self.contributors.extend(
-            kept_units
-                .iter()
-                .map(|&row| ids.value(row as usize).to_string()),
-        );
-        Ok(take_record_batch(&batch, &UInt32Array::from(kept))?)
+        let ids = take(&units, &UInt32Array::from(kept_units), None)?;
+        self.contributors.extend(cast(&ids, &DataType::Utf8)?);
+        Ok(filter_record_batch(
+            &batch,
+            &BooleanArray::new(keep.finish(), None),
+        )?)
     }
 }
 
@@ -439,7 +473,8 @@ fn intern(columns: &[ArrayRef]) -> DfResult<Interned> {
             .collect(),
     )?;
     let rows = converter.convert_columns(columns)?;
-    let mut seen: HashMap<arrow::row::Row<'_>, u32> = HashMap::with_capacity(rows.num_rows() / 2);
+    let mut seen: HashMap<arrow::row::Row<'_>, u32> =
+        HashMap::with_capacity_and_hasher(rows.num_rows() / 2, Default::default());
     let ids = rows
         .iter()
         .map(|row| {

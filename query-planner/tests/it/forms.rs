@@ -76,16 +76,21 @@ async fn sum_avg_variance_and_stddev_of_clamped_values() {
     let variance_pop = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
     let sql = format!(
         "SELECT SUM(value) AS s, AVG(value) AS m, VAR_POP(value) AS vp, VAR_SAMP(value) AS vs, \
-         STDDEV(value) AS sd {HBA1C}"
+         STDDEV(value) AS sd, VARIANCE(value) AS v {HBA1C}"
     );
     let answer = run(&planner, &sql, &options).await;
-    let row: Vec<f64> = (0..5).map(|i| column(&answer, i)[0]).collect();
+    let row: Vec<f64> = (0..6).map(|i| column(&answer, i)[0]).collect();
     approx(row[0], sum, 1e-3);
     approx(row[1], mean, 1e-6);
     approx(row[2], variance_pop, 1e-4);
     approx(row[3], variance_pop * n / (n - 1.0), 1e-4);
     approx(row[4], (variance_pop * n / (n - 1.0)).sqrt(), 1e-4);
+    // VARIANCE is the sample variance, as in PostgreSQL.
+    approx(row[5], variance_pop * n / (n - 1.0), 1e-4);
+    // VARIANCE(value) and VAR_SAMP(value) are one aggregate, released (and
+    // paid for) once.
     assert_eq!(answer.releases.len(), 5);
+    assert_eq!(row[5], row[3]);
 }
 
 #[tokio::test]
