@@ -96,3 +96,38 @@ async fn rows_of_patients_outside_the_query_do_not_contribute() {
         i % 2 == 1
     }));
 }
+
+/// Rows without a patient belong to no one: bounding drops them, so they
+/// are neither counted nor listed as contributors, however many there are.
+#[tokio::test]
+async fn rows_without_a_patient_are_dropped() {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+    use cohort_query_planner::{Planner, StudyPolicy};
+    use datafusion::datasource::MemTable;
+
+    let ids: Vec<Option<&str>> = [Some("p1"), None, Some("p1"), None, None, Some("p2"), None]
+        .into_iter()
+        .chain(std::iter::repeat_n(None, 50))
+        .collect();
+    let values: Vec<f64> = (0..ids.len()).map(|i| i as f64 % 10.0).collect();
+    let batch = RecordBatch::try_from_iter([
+        ("patient_id", Arc::new(StringArray::from(ids)) as ArrayRef),
+        ("value", Arc::new(Float64Array::from(values))),
+    ])
+    .unwrap();
+    let table = Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap());
+    let policy = POLICY.replace("max_epsilon = \"5\"", "max_epsilon = \"10000000000000\"");
+    let policy = format!(
+        "{}\n[tables.readings.columns]\npatient_id = {{}}\nvalue = {{ lower = 0, upper = 10 }}\n",
+        policy
+    );
+    let mut tables = tables();
+    tables.insert("readings".to_owned(), table);
+    let planner = Planner::new(StudyPolicy::from_toml(&policy).unwrap(), tables).unwrap();
+    let (_, options) = exact();
+    let answer = run(&planner, "SELECT COUNT(*) AS n FROM readings", &options).await;
+    assert_eq!(column(&answer, 0), [3.0], "p1's two rows and p2's one");
+    assert_eq!(answer.contributors, ["p1", "p2"]);
+}
