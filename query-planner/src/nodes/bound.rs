@@ -412,8 +412,8 @@ impl Bounder {
         keep.append_n(rows, false);
         let mut kept_units: Vec<u32> = Vec::with_capacity(unit_ids.count);
         let mut rng = rand::rng();
-        // One patient's rows as (group, priority, row), sorted.
-        let mut entries: Vec<(u32, u64, u32)> = Vec::new();
+        // One patient's rows, sorted.
+        let mut entries: Vec<Entry> = Vec::new();
         for unit in 0..unit_ids.count {
             let unit_rows = &by_unit[start[unit]..start[unit + 1]];
             let Some(&first_row) = unit_rows.first() else {
@@ -427,12 +427,12 @@ impl Bounder {
             );
             entries.sort_unstable();
             // The patient's groups, each a run of its entries.
-            let mut groups: Vec<&[(u32, u64, u32)]> = entries.chunk_by(|a, b| a.0 == b.0).collect();
+            let mut groups: Vec<&[Entry]> = entries.chunk_by(|a, b| a.0 == b.0).collect();
             if groups.len() > self.max_groups {
                 match self.order {
                     // A uniformly random subset of the patient's groups.
                     None => {
-                        let mut keyed: Vec<(u64, &[(u32, u64, u32)])> =
+                        let mut keyed: Vec<(u64, &[Entry])> =
                             groups.iter().map(|g| (rng.random::<u64>(), *g)).collect();
                         keyed.sort_unstable_by_key(|(key, _)| *key);
                         groups = keyed.into_iter().map(|(_, g)| g).collect();
@@ -458,6 +458,10 @@ impl Bounder {
         )?)
     }
 }
+
+/// One row of a patient: its group id, its priority within the group, and
+/// its index in the batch.
+type Entry = (u32, u64, u32);
 
 /// Dense ids for the distinct rows of `columns`.
 struct Interned {
