@@ -25,8 +25,7 @@
 //! every state change, not a Merkle-Patricia root (nothing here needs
 //! state proofs).
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,7 +38,10 @@ use async_trait::async_trait;
 use revm::bytecode::Bytecode;
 use revm::context::result::{EVMError, ExecutionResult, Output};
 use revm::context::{BlockEnv, TxEnv};
-use revm::database_interface::{DBErrorMarker, DatabaseRef};
+use revm::database::{AccountState, Cache, CacheDB};
+use revm::database_interface::{
+    DBErrorMarker, Database, DatabaseCommit, DatabaseRef, WrapDatabaseRef,
+};
 use revm::primitives::KECCAK_EMPTY;
 use revm::state::{AccountInfo, EvmState};
 use revm::{Context, ExecuteEvm, MainBuilder, MainContext};
@@ -570,11 +572,16 @@ impl Chain {
         let head = self.head()?;
         let env = self.next_block(&head)?;
         let db = self.conn.transaction()?;
-        let mut state = Overlay::new(&db);
+        // What the batch's transactions read and changed, over the
+        // persisted state: each account and slot is read from SQLite once
+        // and written once, when the batch ends, however many of its
+        // transactions touched it (reserve and commit touch the same few
+        // slots of a study).
+        let mut state = CacheDB::new(State(&db));
         let mut block = OpenBlock::after(head, env);
         let mut outcomes = Vec::with_capacity(batch.len());
         for (from, tx) in &batch {
-            let nonce = state.basic_ref(from.address())?.map_or(0, |a| a.nonce);
+            let nonce = state.basic(from.address())?.map_or(0, |a| a.nonce);
             let signed = sign(chain_id, nonce, from, tx);
             let signed = match signed {
                 Ok(signed) => signed,
@@ -583,18 +590,20 @@ impl Chain {
                     continue;
                 }
             };
-            let mut executed = execute_signed(&state, chain_id, &block.env, &signed);
+            let mut executed = execute_signed(&mut state, chain_id, &block.env, &signed);
             if let Ok(run) = &executed
                 && !block.transactions.is_empty()
                 && block.gas_used + run.gas_used > BLOCK_GAS_LIMIT
             {
                 // It does not fit: seal this block, run it in the next.
                 block = block.seal(&db)?;
-                executed = execute_signed(&state, chain_id, &block.env, &signed);
+                executed = execute_signed(&mut state, chain_id, &block.env, &signed);
             }
             match executed {
-                Ok(run) => {
-                    state.apply(&run.state);
+                Ok(mut run) => {
+                    let changes = std::mem::take(&mut run.state);
+                    block.state_root = state_commitment(block.state_root, &changes);
+                    state.commit(changes);
                     outcomes.push(Ok(block.include(&db, signed, run)?));
                 }
                 Err(Error::Store(e)) => return Err(Error::Store(e)),
@@ -604,7 +613,7 @@ impl Chain {
         if !block.transactions.is_empty() {
             block.seal(&db)?;
         }
-        state.write()?;
+        write_state(&db, state.cache)?;
         db.commit()?;
         Ok(outcomes)
     }
@@ -625,7 +634,15 @@ impl Chain {
             chain_id: Some(self.chain_id),
             ..Default::default()
         };
-        match execute(State(&self.conn), self.chain_id, block, env, true)?.result {
+        match execute(
+            WrapDatabaseRef(State(&self.conn)),
+            self.chain_id,
+            block,
+            env,
+            true,
+        )?
+        .result
+        {
             ExecutionResult::Success { output, .. } => Ok(output.into_data()),
             ExecutionResult::Revert { output, .. } => Err(Error::Reverted(decode_revert(&output))),
             ExecutionResult::Halt { reason, .. } => {
@@ -760,7 +777,7 @@ struct Run {
 /// Executes a signed transaction against `db` in `block`; a revert or a
 /// halt is an error and changes nothing.
 fn execute_signed(
-    db: &Overlay<'_>,
+    db: &mut CacheDB<State<'_>>,
     chain_id: u64,
     block: &BlockEnv,
     signed: &Signed,
@@ -804,7 +821,7 @@ fn execute_signed(
 }
 
 fn execute(
-    db: impl DatabaseRef<Error = StoreError>,
+    db: impl Database<Error = StoreError>,
     chain_id: u64,
     block: BlockEnv,
     tx: TxEnv,
@@ -816,7 +833,7 @@ fn execute(
             cfg.disable_nonce_check = read_only;
         })
         .with_block(block)
-        .with_ref_db(db)
+        .with_db(db)
         .build_mainnet();
     evm.transact(tx).map_err(|e| match e {
         EVMError::Database(StoreError(e)) => Error::Store(e),
@@ -853,7 +870,7 @@ impl OpenBlock {
     }
 
     /// Writes the transaction's row and its logs (its state changes are
-    /// the overlay's to write).
+    /// written with the batch's).
     fn include(
         &mut self,
         db: &rusqlite::Transaction<'_>,
@@ -861,7 +878,6 @@ impl OpenBlock {
         run: Run,
     ) -> Result<Receipt> {
         let number = self.number();
-        self.state_root = state_commitment(self.state_root, &run.state);
         let to = signed
             .envelope
             .as_eip1559()
@@ -1011,165 +1027,60 @@ fn state_commitment(parent: B256, state: &EvmState) -> B256 {
     keccak256(bytes)
 }
 
-/// The state as one batch of transactions sees it: what its transactions
-/// changed, over what they read, over the persisted state. Reads go to
-/// SQLite once per account and slot; each changed account and slot is
-/// written once, when the batch ends ([`Overlay::write`]), however many
-/// of the batch's transactions changed it. Reserve and commit touch the
-/// same few slots of a study, so this turns most of a transaction's reads
-/// and writes into map lookups.
-struct Overlay<'a> {
-    db: &'a Connection,
-    /// Accounts as the batch has them; `None` for one that does not exist.
-    accounts: RefCell<HashMap<Address, Option<AccountInfo>>>,
-    /// Slots as the batch has them.
-    storage: RefCell<HashMap<(Address, U256), U256>>,
-    /// Accounts created or destroyed in the batch: their persisted
-    /// storage is gone, so a slot the overlay does not hold is zero.
-    wiped: HashSet<Address>,
-    changed_accounts: HashSet<Address>,
-    changed_slots: HashSet<(Address, U256)>,
-    /// Code deployed in the batch, by hash.
-    code: HashMap<B256, Bytecode>,
-}
-
-impl<'a> Overlay<'a> {
-    fn new(db: &'a Connection) -> Overlay<'a> {
-        Overlay {
-            db,
-            accounts: RefCell::default(),
-            storage: RefCell::default(),
-            wiped: HashSet::new(),
-            changed_accounts: HashSet::new(),
-            changed_slots: HashSet::new(),
-            code: HashMap::new(),
-        }
-    }
-
-    /// Takes in a successful transaction's changes: every touched account
-    /// and every slot whose value it changed (all of a new contract's).
-    fn apply(&mut self, state: &EvmState) {
-        let accounts = self.accounts.get_mut();
-        let storage = self.storage.get_mut();
-        for (address, account) in state {
-            if !account.is_touched() {
-                continue;
-            }
-            if account.is_selfdestructed() || account.is_created() {
-                storage.retain(|(a, _), _| a != address);
-                self.changed_slots.retain(|(a, _)| a != address);
-                self.wiped.insert(*address);
-            }
-            self.changed_accounts.insert(*address);
-            if account.is_selfdestructed() {
-                accounts.insert(*address, None);
-                continue;
-            }
-            let mut info = account.info.clone();
-            if let Some(code) = info.code.take()
-                && !code.is_empty()
-            {
-                self.code.insert(info.code_hash, code);
-            }
-            accounts.insert(*address, Some(info));
-            for (slot, value) in &account.storage {
-                if account.is_created() || value.is_changed() {
-                    storage.insert((*address, *slot), value.present_value);
-                    self.changed_slots.insert((*address, *slot));
-                }
-            }
-        }
-    }
-
-    /// Writes every change into the SQLite transaction.
-    fn write(self) -> Result<()> {
-        let db = self.db;
-        for address in &self.wiped {
-            db.prepare_cached("DELETE FROM storage WHERE address = ?1")?
-                .execute(params![address.as_slice()])?;
-        }
-        for (hash, code) in &self.code {
+/// Writes what a batch's transactions changed (revm's cache of it) into
+/// the SQLite transaction; accounts the batch only read are left alone.
+fn write_state(db: &rusqlite::Transaction<'_>, cache: Cache) -> Result<()> {
+    for (hash, code) in &cache.contracts {
+        if !code.is_empty() {
             db.prepare_cached("INSERT OR IGNORE INTO code (hash, bytecode) VALUES (?1, ?2)")?
                 .execute(params![hash.as_slice(), code.original_byte_slice()])?;
         }
-        let accounts = self.accounts.into_inner();
-        for address in &self.changed_accounts {
-            match &accounts[address] {
-                None => {
-                    db.prepare_cached("DELETE FROM accounts WHERE address = ?1")?
-                        .execute(params![address.as_slice()])?;
-                }
-                Some(info) => {
-                    db.prepare_cached(
-                        "INSERT INTO accounts (address, balance, nonce, code_hash) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (address) DO UPDATE SET
-                             balance = excluded.balance, nonce = excluded.nonce, code_hash = excluded.code_hash",
-                    )?
-                    .execute(params![
-                        address.as_slice(),
-                        info.balance.to_be_bytes::<32>(),
-                        info.nonce as i64,
-                        info.code_hash.as_slice()
-                    ])?;
-                }
+    }
+    for (address, account) in &cache.accounts {
+        let address = address.as_slice();
+        match account.account_state {
+            AccountState::None => continue,
+            AccountState::NotExisting => {
+                db.prepare_cached("DELETE FROM accounts WHERE address = ?1")?
+                    .execute(params![address])?;
+                db.prepare_cached("DELETE FROM storage WHERE address = ?1")?
+                    .execute(params![address])?;
+                continue;
             }
+            AccountState::StorageCleared => {
+                db.prepare_cached("DELETE FROM storage WHERE address = ?1")?
+                    .execute(params![address])?;
+            }
+            AccountState::Touched => {}
         }
-        let storage = self.storage.into_inner();
-        for key @ (address, slot) in &self.changed_slots {
-            let value = storage[key];
+        db.prepare_cached(
+            "INSERT INTO accounts (address, balance, nonce, code_hash) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (address) DO UPDATE SET
+                 balance = excluded.balance, nonce = excluded.nonce, code_hash = excluded.code_hash",
+        )?
+        .execute(params![
+            address,
+            account.info.balance.to_be_bytes::<32>(),
+            account.info.nonce as i64,
+            account.info.code_hash.as_slice()
+        ])?;
+        for (slot, value) in &account.storage {
             if value.is_zero() {
                 db.prepare_cached("DELETE FROM storage WHERE address = ?1 AND slot = ?2")?
-                    .execute(params![address.as_slice(), slot.to_be_bytes::<32>()])?;
+                    .execute(params![address, slot.to_be_bytes::<32>()])?;
             } else {
                 db.prepare_cached(
                     "INSERT OR REPLACE INTO storage (address, slot, value) VALUES (?1, ?2, ?3)",
                 )?
                 .execute(params![
-                    address.as_slice(),
+                    address,
                     slot.to_be_bytes::<32>(),
                     value.to_be_bytes::<32>()
                 ])?;
             }
         }
-        Ok(())
     }
-}
-
-impl DatabaseRef for Overlay<'_> {
-    type Error = StoreError;
-
-    fn basic_ref(&self, address: Address) -> Result<Option<AccountInfo>, StoreError> {
-        if let Some(account) = self.accounts.borrow().get(&address) {
-            return Ok(account.clone());
-        }
-        let account = State(self.db).basic_ref(address)?;
-        self.accounts.borrow_mut().insert(address, account.clone());
-        Ok(account)
-    }
-
-    fn code_by_hash_ref(&self, code_hash: B256) -> Result<Bytecode, StoreError> {
-        match self.code.get(&code_hash) {
-            Some(code) => Ok(code.clone()),
-            None => State(self.db).code_by_hash_ref(code_hash),
-        }
-    }
-
-    fn storage_ref(&self, address: Address, index: U256) -> Result<U256, StoreError> {
-        if let Some(value) = self.storage.borrow().get(&(address, index)) {
-            return Ok(*value);
-        }
-        let value = if self.wiped.contains(&address) {
-            U256::ZERO
-        } else {
-            State(self.db).storage_ref(address, index)?
-        };
-        self.storage.borrow_mut().insert((address, index), value);
-        Ok(value)
-    }
-
-    fn block_hash_ref(&self, number: u64) -> Result<B256, StoreError> {
-        State(self.db).block_hash_ref(number)
-    }
+    Ok(())
 }
 
 /// revm's view of the persisted state.

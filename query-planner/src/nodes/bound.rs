@@ -54,19 +54,20 @@ impl Contributors {
         };
         let mut ids: Vec<&str> = chunks
             .iter()
-            .filter_map(|chunk| chunk.as_string_opt::<i32>())
-            .flat_map(|chunk| chunk.iter().flatten())
+            .flat_map(|chunk| chunk.as_string::<i32>().iter().flatten())
             .collect();
         ids.sort_unstable();
         ids.dedup();
         ids.into_iter().map(str::to_owned).collect()
     }
 
-    /// Records the ids in `ids` (cast to strings).
-    fn extend(&self, ids: ArrayRef) {
+    /// Records the ids in `ids`, whatever their type, as strings.
+    fn extend(&self, ids: &dyn Array) -> DfResult<()> {
+        let ids = cast(ids, &DataType::Utf8)?;
         if let Ok(mut chunks) = self.0.lock() {
             chunks.push(ids);
         }
+        Ok(())
     }
 }
 
@@ -450,8 +451,8 @@ impl Bounder {
             kept_units.push(first_row);
         }
 
-        let ids = take(&units, &UInt32Array::from(kept_units), None)?;
-        self.contributors.extend(cast(&ids, &DataType::Utf8)?);
+        self.contributors
+            .extend(&take(&units, &UInt32Array::from(kept_units), None)?)?;
         Ok(filter_record_batch(
             &batch,
             &BooleanArray::new(keep.finish(), None),
