@@ -32,6 +32,7 @@ pub mod ingest;
 pub mod keystore;
 pub mod projection;
 pub mod release;
+pub mod research;
 pub mod safe_harbor;
 pub mod sql;
 pub mod store;

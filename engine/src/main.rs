@@ -10,6 +10,10 @@ use cohort_engine::vault::{Access, Vault};
 use cohort_engine::{DataDir, audit, generate, ingest, projection};
 use serde::Serialize;
 
+mod demo;
+mod research_cli;
+use research_cli::{compensation, consent, release, research_query, study};
+
 /// cohort: privacy-preserving research analytics over encrypted health records.
 #[derive(Parser)]
 #[command(name = "cohort", version, about, long_about = None)]
@@ -37,10 +41,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate a small synthetic cohort, ingest it, and show counts and a verified audit chain.
+    /// The research path end to end on a synthetic cohort: study, approval, consent,
+    /// private queries, a k-anonymous extract, compensation, withdrawal, verified chains.
     Demo {
         /// Patients to generate.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 10_000)]
         patients: u64,
         /// Seed for the synthetic population.
         #[arg(long, default_value_t = 42)]
@@ -99,8 +104,31 @@ enum Command {
     /// Privacy budget files: create one, show what is left.
     #[command(subcommand)]
     Budget(BudgetCmd),
-    /// Ask a differentially private SQL question of a study's tables.
+    /// Ask a differentially private SQL question of a study (budgeted on the ledger).
     Query(QueryArgs),
+    /// Studies: propose (researcher), approve (steward), list, show.
+    #[command(subcommand)]
+    Study(StudyCmd),
+    /// A patient's consent to a study: give, withdraw, list.
+    #[command(subcommand)]
+    Consent(ConsentCmd),
+    /// Release a k-anonymous extract of a study's view (only if its stewards allowed microdata).
+    Release {
+        /// The study id.
+        study: u64,
+        /// Every equivalence class has at least k rows.
+        #[arg(long)]
+        k: usize,
+        /// Distinct l-diversity of the study's sensitive column.
+        #[arg(long)]
+        l: Option<usize>,
+        /// Where to write the extract (.parquet); default under the data directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// What a patient earned from the queries their records answered, and claiming it.
+    #[command(subcommand)]
+    Compensation(CompensationCmd),
     /// The ledger: deploy the contracts, see the chain, mirror its events.
     #[command(subcommand)]
     Ledger(LedgerCmd),
@@ -135,6 +163,65 @@ enum LedgerCmd {
 }
 
 #[derive(Subcommand)]
+enum StudyCmd {
+    /// Propose a study from a study file (TOML), as the `--as` researcher, sending its escrow.
+    Propose {
+        /// The study file.
+        file: PathBuf,
+    },
+    /// Approve a study, as the `--as` steward; the approval reaching the threshold builds its view.
+    Approve {
+        /// The study id.
+        study: u64,
+    },
+    /// Every study proposed through this data directory.
+    List,
+    /// One study: terms, status, budget left, consents, queries, releases.
+    Show {
+        /// The study id.
+        study: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsentCmd {
+    /// Consent to a study, as the `--as` patient account.
+    Give {
+        /// The study id.
+        study: u64,
+        /// Days the consent lasts.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Purposes covered (default: the study's), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        purposes: Vec<String>,
+    },
+    /// Withdraw from a study, as the `--as` patient account: every later query leaves you out.
+    Withdraw {
+        /// The study id.
+        study: u64,
+    },
+    /// The `--as` patient account's consents.
+    List,
+}
+
+#[derive(Subcommand)]
+enum CompensationCmd {
+    /// What the `--as` patient account earned, per study and query.
+    Show {
+        /// Only this study.
+        #[arg(long)]
+        study: Option<u64>,
+    },
+    /// Claim every unclaimed share on the ledger, with its Merkle proof.
+    Claim {
+        /// Only this study.
+        #[arg(long)]
+        study: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum AccountCmd {
     /// Every account's name and address (no passphrase needed).
     List,
@@ -142,15 +229,34 @@ enum AccountCmd {
     New {
         /// Its name.
         name: String,
+        /// Link it to this patient of the vault (it then consents and is paid for them).
+        #[arg(long)]
+        patient: Option<String>,
+    },
+    /// Add ether to an account (embedded or development chains only: the
+    /// operator mints it, standing in for a payment rail).
+    Fund {
+        /// The account.
+        name: String,
+        /// How much: "1 ether", "500 gwei".
+        amount: String,
+    },
+    /// Grant a role on the ledger, as the `--as` admin.
+    Grant {
+        /// The account.
+        name: String,
+        /// researcher, steward, auditor, provider, issuer, patient, engine or admin.
+        role: String,
     },
 }
 
-/// `cohort query`: private SQL over the tables a study policy names.
+/// `cohort query`: private SQL over a study's view, or over the tables a
+/// policy file names.
 #[derive(clap::Args)]
 struct QueryArgs {
-    /// The study policy (TOML); each table names its data with `source = "file.parquet"`.
-    #[arg(long)]
-    study: PathBuf,
+    /// A study id on the ledger, or a study policy file (TOML) whose tables
+    /// name their data with `source = "file.parquet"` (then --budget is the budget file).
+    study: String,
     /// The SQL; prefix it with `EXPLAIN PRIVACY` to see the private plan without running it.
     sql: String,
     /// Show the private plan (bounds, mechanisms, scales, cost, error) and spend nothing.
@@ -171,7 +277,7 @@ struct QueryArgs {
     /// A budget file (`cohort budget init`) to debit; refused if it cannot pay.
     #[arg(long)]
     budget: Option<PathBuf>,
-    /// The debit's id in the budget file.
+    /// The query's id: repeating it returns the stored answer, never new noise.
     #[arg(long)]
     query_id: Option<String>,
 }
@@ -452,7 +558,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let dir = || DataDir::open(&cli.data_dir);
     let progress = !cli.json && std::io::stderr().is_terminal();
     match &cli.command {
-        Command::Demo { patients, seed } => demo(cli, &dir()?, *patients, *seed),
+        Command::Demo { patients, seed } => demo::demo(cli, &dir()?, *patients, *seed),
         Command::Generate {
             patients,
             seed,
@@ -547,7 +653,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Anonymize(args) => anonymize(cli, args),
         Command::Dp(args) => dp_release(cli, args),
-        Command::Query(args) => sql_query(cli, args),
+        Command::Query(args) => match args.study.parse::<u64>() {
+            Ok(id) => research_query(cli, &dir()?, id, args),
+            Err(_) => sql_query(cli, args),
+        },
+        Command::Study(cmd) => study(cli, &dir()?, cmd),
+        Command::Consent(cmd) => consent(cli, &dir()?, cmd),
+        Command::Release { study, k, l, out } => release(cli, &dir()?, *study, *k, *l, out.as_deref()),
+        Command::Compensation(cmd) => compensation(cli, &dir()?, cmd),
         Command::Ledger(cmd) => ledger(cli, &dir()?, cmd),
         Command::Account(cmd) => account(cli, &dir()?, cmd),
         Command::Budget(cmd) => budget(cli, cmd),
@@ -786,7 +899,7 @@ fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
         weights.insert(name.to_string(), weight);
     }
     let request = SqlRequest {
-        study: a.study.clone(),
+        study: PathBuf::from(&a.study),
         sql: a.sql.clone(),
         budget: a.budget.clone(),
         query_id: a.query_id.clone(),
@@ -1054,127 +1167,6 @@ fn records(cli: &Cli, dir: &DataDir, cmd: &RecordsCmd) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow::Result<ExitCode> {
-    let say = |s: &str| {
-        if !cli.json {
-            println!("{s}");
-        }
-    };
-    let progress = !cli.json && std::io::stderr().is_terminal();
-    say(&format!(
-        "cohort demo: data directory {}",
-        dir.root().display()
-    ));
-
-    let bundles = dir.root().join("demo").join("bundles");
-    say(&format!(
-        "\n1. Generating {patients} synthetic patients (seed {seed}) as FHIR R4 bundles"
-    ));
-    let generated = generate::generate(&generate::Options {
-        progress,
-        ..generate::Options::new(patients, seed, &bundles)
-    })?;
-    say(&format!(
-        "   {} resources in {} bundles under {}",
-        generated.resources,
-        generated.bundles,
-        bundles.display()
-    ));
-
-    say(
-        "\n2. Ingesting: each resource encrypted with its patient's key, stored under its IPFS CID",
-    );
-    let vault = unlock(cli, dir, Some("cohort-demo"))?;
-    let access = Access::new(&cli.actor, "demo ingest");
-    let report = ingest::ingest_paths(&vault, &access, &[bundles], progress)?;
-    say(&format!(
-        "   {}",
-        ingest_text(&report).replace('\n', "\n   ")
-    ));
-
-    say("\n3. The columnar projection (Arrow tables for research)");
-    let counts = projection::counts(vault.conn())?;
-    say(&format!(
-        "   {}",
-        counts_text(&counts).replace('\n', "\n   ")
-    ));
-
-    let sample = vault.list(None, 1)?;
-    if let Some(r) = sample.first() {
-        say("\n4. A record's version history (every update links to the previous block)");
-        for v in vault.history(&r.record_id)? {
-            say(&format!("   {} v{} {}", v.record_id, v.version, v.cid));
-        }
-    }
-
-    say(
-        "\n5. De-identifying patients (HIPAA Safe Harbor), then a 5-anonymous extract and a DP count",
-    );
-    let anonymized = demo_anonymizer(&vault)?;
-    say(&format!("   {}", anonymized.replace('\n', "\n   ")));
-
-    say("\n6. Verifying the audit log's hash chain");
-    let verification = audit::verify(vault.conn())?;
-    say(&format!("   {}", verify_text(&verification)));
-    if cli.json {
-        println!(
-            "{}",
-            serde_json::json!({ "generated": generated, "ingest": report, "counts": counts, "anonymizer": anonymized, "audit": verification })
-        );
-    }
-    Ok(if verification.is_intact() && report.rejected.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// The demo's anonymizer step: Safe Harbor over the patients table, Mondrian
-/// over what remains, and one DP count; returns what to print.
-fn demo_anonymizer(vault: &Vault) -> anyhow::Result<String> {
-    use cohort_anonymizer::deid::{self, PseudonymKey};
-    use cohort_anonymizer::dp::{self, Privacy};
-    use cohort_anonymizer::mondrian::{self, Mode, Params, Request};
-
-    let patients = projection::read_table(vault.conn(), "patients")?;
-    let policy = cohort_engine::safe_harbor::policy("patients", chrono::Utc::now().date_naive())?;
-    let key = PseudonymKey::derive(vault.pseudonym_master()?.expose(), "demo-study");
-    let (safe, report) = deid::deidentify(&patients, &policy, &key)?;
-    let dropped = report
-        .columns
-        .iter()
-        .filter(|c| c.output_type == "-")
-        .count();
-    let extract = mondrian::anonymize(
-        &safe,
-        &Request {
-            quasi_identifiers: ["birth_date", "gender", "zip"].map(String::from).to_vec(),
-            sensitive: Some("race".into()),
-            keep: vec!["patient_id".into()],
-            hierarchies: Default::default(),
-            params: Params {
-                mode: Mode::Relaxed,
-                ..Params::k(5)
-            },
-        },
-    )?;
-    let r = &extract.report;
-    let count = dp::count(safe.num_rows() as i64, 1, Privacy::Pure { epsilon: 0.5 })?;
-    Ok(format!(
-        "Safe Harbor: {} columns dropped, ids pseudonymized for the study, ZIPs to 3 digits, dates to years\n\
-         k = 5 on birth year, gender, ZIP3: {} classes (smallest {}), NCP {:.3}, {} suppressed\n\
-         patients, DP count at ε = 0.5: {} (true {}; 95% within ±{})",
-        dropped,
-        r.classes,
-        r.min_class_size,
-        r.ncp,
-        r.suppressed,
-        count.value(),
-        safe.num_rows(),
-        count.accuracy_95()
-    ))
-}
-
 /// Opens the vault. The passphrase comes from --passphrase-file, then
 /// $COHORT_PASSPHRASE, then the demo's built-in passphrase (`demo` only),
 /// then a prompt on a terminal.
@@ -1410,15 +1402,55 @@ fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Result<ExitCod
                     .join("\n")
             });
         }
-        AccountCmd::New { name } => {
+        AccountCmd::New { name, patient } => {
             let vault = unlock(cli, dir, None)?;
             if accounts::address_of(vault.conn(), name)?.is_some() {
                 bail!("account `{name}` already exists (`cohort account list` shows it)");
             }
-            let account = accounts::get_or_create(vault.conn(), vault.keys(), name)?;
+            let account = match patient {
+                Some(p) => cohort_engine::research::link_patient(vault.conn(), &vault, name, p)?,
+                None => accounts::get_or_create(vault.conn(), vault.keys(), name)?,
+            };
             let info =
                 serde_json::json!({ "name": name, "address": format!("{:#x}", account.address()) });
             emit(cli, &info, || format!("{name} {:#x}", account.address()));
+        }
+        AccountCmd::Fund { name, amount } => {
+            let wei = cohort_engine::research::study::parse_wei("the amount", amount)?;
+            let address = accounts::address_of(&dir.connect()?, name)?
+                .with_context(|| format!("no account `{name}` (`cohort account new {name}`)"))?;
+            let address: cohort_ledger_bridge::alloy::primitives::Address = address.parse()?;
+            let rt = runtime()?;
+            let (config, client) = rt.block_on(cohort_engine::chain::client(dir))?;
+            if !matches!(config.backend, cohort_engine::chain::BackendConfig::Embedded { .. }) {
+                bail!("`account fund` mints ether on the embedded chain; on a node, send ether to {address:#x} from a funded account");
+            }
+            let balance = rt.block_on(client.ledger().balance(address))? + wei;
+            rt.block_on(client.ledger().set_balance(address, balance))?;
+            let info = serde_json::json!({ "name": name, "address": format!("{address:#x}"), "balance": balance.to_string() });
+            emit(cli, &info, || format!("{name} now holds {}", cohort_engine::research::study::format_wei(balance)));
+        }
+        AccountCmd::Grant { name, role } => {
+            let role: cohort_ledger_bridge::Role =
+                role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let vault = unlock(cli, dir, None)?;
+            let admin = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
+            let account = accounts::get_or_create(vault.conn(), vault.keys(), name)?;
+            let rt = runtime()?;
+            let (_, client) = rt.block_on(cohort_engine::chain::client(dir))?;
+            rt.block_on(client.grant_role(&admin, role, account.address()))?;
+            cohort_engine::audit::append(
+                vault.conn(),
+                &cohort_engine::audit::Event {
+                    actor: &cli.actor,
+                    action: "role.grant",
+                    target: &format!("{:#x}", account.address()),
+                    purpose: "operations",
+                    detail: serde_json::json!({ "account": name, "role": role.name() }),
+                },
+            )?;
+            let info = serde_json::json!({ "name": name, "address": format!("{:#x}", account.address()), "role": role.name() });
+            emit(cli, &info, || format!("granted {} to {name} ({:#x})", role.name(), account.address()));
         }
     }
     Ok(ExitCode::SUCCESS)

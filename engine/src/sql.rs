@@ -209,7 +209,7 @@ async fn load_tables(
 }
 
 /// Column names and rows of the answer as JSON values.
-fn table(batches: &[RecordBatch]) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>)> {
+pub(crate) fn table(batches: &[RecordBatch]) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>)> {
     let columns = batches
         .first()
         .map(|b| {

@@ -338,6 +338,32 @@ impl Client {
         .await
     }
 
+    /// The engine records a k-anonymous extract of study `id` (the hash of
+    /// its bytes, its k, its l or 0, its rows); refused unless the study
+    /// allows microdata.
+    pub async fn record_release(
+        &self,
+        engine: &Account,
+        id: u64,
+        extract_hash: B256,
+        k: u32,
+        l: u32,
+        rows: u64,
+    ) -> Result<Receipt> {
+        self.send(
+            engine,
+            Target::Study,
+            ResearchStudy::recordReleaseCall {
+                studyId: U256::from(id),
+                extractHash: extract_hash,
+                k,
+                l,
+                rows,
+            },
+        )
+        .await
+    }
+
     /// A patient claims `amount` of query `query`'s fee with `proof`.
     pub async fn claim(
         &self,

@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS ledger_claims (
     patient TEXT NOT NULL, amount TEXT NOT NULL,
     PRIMARY KEY (block, log_index)
 );
+CREATE TABLE IF NOT EXISTS ledger_releases (
+    extract_hash TEXT PRIMARY KEY, study_id INTEGER NOT NULL, k INTEGER NOT NULL, l INTEGER NOT NULL,
+    rows INTEGER NOT NULL, block INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ledger_record_access (
     block INTEGER NOT NULL, log_index INTEGER NOT NULL, record_id TEXT NOT NULL, patient TEXT NOT NULL,
     accessor TEXT NOT NULL, version INTEGER NOT NULL, emergency INTEGER NOT NULL,
@@ -437,6 +441,20 @@ fn apply(
                     r.cost,
                     r.deltaCost,
                     None,
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::MicrodataReleased(r) => {
+                db.execute(
+                    "INSERT OR REPLACE INTO ledger_releases (extract_hash, study_id, k, l, rows, block)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        word(r.extractHash),
+                        r.studyId.to::<u64>() as i64,
+                        r.k,
+                        r.l,
+                        r.rows as i64,
+                        block
+                    ],
                 )?;
             }
             ResearchStudy::ResearchStudyEvents::CompensationClaimed(c) => {

@@ -18,39 +18,34 @@ fn demo_runs_on_embedded_defaults_and_again() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let d = data.to_str().unwrap();
-    let first = bare(&["--data-dir", d, "demo", "--patients", "50"])
+    let first = bare(&["--data-dir", d, "demo", "--patients", "60"])
         .output()
         .unwrap();
     assert!(first.status.success(), "{}", stderr(&first));
     let text = stdout(&first);
-    assert!(text.contains("patients              50"), "{text}");
+    assert!(text.contains("patients              60"), "{text}");
+    assert!(text.contains("42 patients (70%) consent"), "{text}");
+    assert!(text.contains("approves: 2 of 2, approved"), "{text}");
+    assert!(text.contains("contributors: 42 before the withdrawal, 41 after"), "{text}");
+    assert!(text.contains("mean_hba1c") && text.contains("median_systolic"), "{text}");
+    assert!(text.contains("recorded on the ledger as 0x"), "{text}");
     assert!(text.contains("audit chain intact"), "{text}");
-    assert!(text.contains("k = 5 on birth year, gender, ZIP3"), "{text}");
-    let smallest: usize = text
-        .split("(smallest ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no class size in {text}"));
-    assert!(smallest >= 5, "{text}");
-    let second = bare(&["--data-dir", d, "demo", "--patients", "50", "--json"])
+    assert!(text.contains("remaining ε 1"), "4 queries at 0.5 of 3: {text}");
+
+    // Again on the same directory: the same records, a second study.
+    let second = bare(&["--data-dir", d, "demo", "--patients", "60", "--json"])
         .output()
         .unwrap();
     assert!(second.status.success(), "{}", stderr(&second));
     let v: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
-    assert_eq!(
-        v["ingest"]["created"], 0,
-        "the same seed re-ingests as unchanged"
-    );
-    assert!(v["ingest"]["unchanged"].as_u64().unwrap() > 500);
+    let ingest = &v["steps"][1]["value"];
+    assert_eq!(ingest["created"], 0, "the same seed re-ingests as unchanged");
+    assert_eq!(v["study"]["study_id"], 2);
+    assert_eq!(v["study"]["queries"], 4);
+    assert_eq!(v["contributors_before_withdrawal"], 42);
+    assert_eq!(v["contributors_after_withdrawal"], 41);
     assert_eq!(v["audit"]["first_broken"], serde_json::Value::Null);
-    assert!(
-        v["anonymizer"]
-            .as_str()
-            .unwrap()
-            .contains("DP count at ε = 0.5"),
-        "{v}"
-    );
+    assert!(v["ledger"]["transactions"].as_u64().unwrap() > 2 * 42);
 }
 
 #[test]

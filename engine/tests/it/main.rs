@@ -9,6 +9,7 @@ mod generate;
 mod ingest;
 mod ledger;
 mod query;
+mod research;
 mod steward;
 mod vault;
 

@@ -68,7 +68,6 @@ fn query_answers_with_error_bars_and_debits_the_budget() {
         tmp.path(),
         &[
             "query",
-            "--study",
             p,
             "--budget",
             b,
@@ -84,7 +83,6 @@ fn query_answers_with_error_bars_and_debits_the_budget() {
         tmp.path(),
         &[
             "query",
-            "--study",
             p,
             "--budget",
             b,
@@ -153,7 +151,7 @@ fn refused_and_unaffordable_queries_spend_nothing() {
         ),
     ];
     for (args, expected) in cases {
-        let mut all = vec!["query", "--study", p, "--budget", b];
+        let mut all = vec!["query", p, "--budget", b];
         all.extend_from_slice(args);
         let o = cohort(tmp.path(), &all);
         assert!(!o.status.success(), "{args:?} succeeded");
@@ -171,7 +169,6 @@ fn refused_and_unaffordable_queries_spend_nothing() {
         tmp.path(),
         &[
             "query",
-            "--study",
             p,
             "--budget",
             b,
@@ -193,7 +190,6 @@ fn csv_sources_and_no_budget_file_work_too() {
         tmp.path(),
         &[
             "query",
-            "--study",
             policy.to_str().unwrap(),
             "SELECT FLOOR(age / 10) * 10 AS decade, COUNT(*) AS n FROM visits GROUP BY 1 ORDER BY 1",
         ],

@@ -92,6 +92,7 @@ contract ResearchStudy is ReentrancyGuard {
     mapping(uint256 studyId => mapping(address patient => Consent)) private _consents;
     mapping(bytes32 queryId => Query) private _queries;
     mapping(bytes32 queryId => mapping(address patient => bool)) private _claimed;
+    mapping(bytes32 extractHash => uint256 studyId) private _releasedIn;
 
     event RequiredApprovalsSet(uint8 approvals);
     event StudyProposed(
@@ -121,6 +122,7 @@ contract ResearchStudy is ReentrancyGuard {
         uint256 fee
     );
     event BudgetReleased(uint256 indexed studyId, bytes32 indexed queryId, uint128 cost, uint128 deltaCost);
+    event MicrodataReleased(uint256 indexed studyId, bytes32 indexed extractHash, uint32 k, uint32 l, uint64 rows);
     event CompensationClaimed(uint256 indexed studyId, bytes32 indexed queryId, address indexed patient, uint256 amount);
 
     error MissingRole(bytes32 role, address account);
@@ -147,6 +149,9 @@ contract ResearchStudy is ReentrancyGuard {
     error NotResearcher(uint256 studyId, address caller);
     error ReservationsOpen(uint256 studyId, uint32 open);
     error TransferFailed(address to, uint256 amount);
+    error MicrodataNotAllowed(uint256 studyId);
+    error InvalidRelease(bytes32 extractHash, uint32 k, uint32 l);
+    error ReleaseExists(bytes32 extractHash, uint256 studyId);
 
     modifier onlyRole(bytes32 role) {
         if (!access.hasRole(role, msg.sender)) revert MissingRole(role, msg.sender);
@@ -360,6 +365,32 @@ contract ResearchStudy is ReentrancyGuard {
 
     function queryOf(bytes32 queryId) external view returns (Query memory) {
         return _queries[queryId];
+    }
+
+    // ------------------------------------------------------------- microdata
+
+    /// Records a k-anonymous extract of an approved study that allows
+    /// microdata: the hash of its bytes, its k and l (0: no l-diversity)
+    /// and its row count. Recording the same extract again is a no-op.
+    function recordRelease(uint256 studyId, bytes32 extractHash, uint32 k, uint32 l, uint64 rows)
+        external
+        onlyRole(access.ENGINE_ROLE())
+    {
+        Study storage s = _study(studyId);
+        uint256 recorded = _releasedIn[extractHash];
+        if (recorded == studyId) return;
+        if (recorded != 0) revert ReleaseExists(extractHash, recorded);
+        if (s.status != Status.Approved) revert WrongStatus(studyId, s.status);
+        if (block.timestamp >= s.endsAt) revert StudyEnded(studyId, s.endsAt);
+        if (!s.terms.microdata) revert MicrodataNotAllowed(studyId);
+        if (extractHash == 0 || k < 2 || l == 1) revert InvalidRelease(extractHash, k, l);
+        _releasedIn[extractHash] = studyId;
+        emit MicrodataReleased(studyId, extractHash, k, l, rows);
+    }
+
+    /// The study an extract was released in (0: none).
+    function releasedIn(bytes32 extractHash) external view returns (uint256) {
+        return _releasedIn[extractHash];
     }
 
     // ---------------------------------------------------------- compensation

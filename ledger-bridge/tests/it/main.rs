@@ -63,6 +63,7 @@ on_both_backends!(
     study::the_budget_is_reserved_committed_and_released_exactly,
     study::the_budget_invariant_holds_over_random_operations,
     study::contributors_claim_their_share_once_with_a_proof,
+    study::microdata_releases_are_recorded_only_when_allowed,
     study::closing_refunds_the_unallocated_escrow,
     study::concurrent_reservations_never_overspend,
     study::transactions_sent_together_each_get_their_own_outcome,

@@ -454,6 +454,62 @@ pub async fn contributors_claim_their_share_once_with_a_proof(f: &Fixture) {
     assert_eq!(study.escrow, ether(1) - tree.total());
 }
 
+pub async fn microdata_releases_are_recorded_only_when_allowed(f: &Fixture) {
+    let c = &f.client;
+    let id = f.approved_study(units(1), units(1), ether(0)).await;
+    let extract = keccak256("extract bytes");
+    assert_reverts(
+        c.record_release(&f.researcher, id, extract, 10, 2, 100).await,
+        "MissingRole",
+    );
+    assert_reverts(
+        c.record_release(&f.engine, id, extract, 1, 0, 100).await,
+        "InvalidRelease",
+    );
+    assert_reverts(
+        c.record_release(&f.engine, id, extract, 10, 1, 100).await,
+        "InvalidRelease",
+    );
+    let receipt = c
+        .record_release(&f.engine, id, extract, 10, 2, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, ResearchStudy::MicrodataReleased::SIGNATURE_HASH),
+        1
+    );
+    // Recording the same extract again is a no-op, not a second release.
+    let again = c
+        .record_release(&f.engine, id, extract, 10, 2, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&again, ResearchStudy::MicrodataReleased::SIGNATURE_HASH),
+        0
+    );
+
+    // A study whose stewards approved no microdata refuses any extract.
+    let mut terms = Fixture::proposal(units(1), units(1));
+    terms.microdata = false;
+    let closed = c
+        .propose_study(&f.researcher, terms, ether(0))
+        .await
+        .unwrap();
+    for s in &f.stewards[..2] {
+        c.approve_study(s, closed).await.unwrap();
+    }
+    assert_reverts(
+        c.record_release(&f.engine, closed, keccak256("other"), 10, 0, 5)
+            .await,
+        "MicrodataNotAllowed",
+    );
+    // An extract belongs to one study.
+    assert_reverts(
+        c.record_release(&f.engine, closed, extract, 10, 2, 100).await,
+        "ReleaseExists",
+    );
+}
+
 pub async fn closing_refunds_the_unallocated_escrow(f: &Fixture) {
     let c = &f.client;
     let id = f.approved_study(units(1), units(1), ether(3)).await;

@@ -1,0 +1,284 @@
+//! `cohort demo`: the research path end to end on embedded defaults, over a
+//! synthetic cohort: generate, ingest, deploy, propose a diabetes study,
+//! approve it 2 of 3, consent, three private queries, a k = 10 extract,
+//! compensation, a withdrawal the next query honours, and both chains
+//! (audit log and ledger) verified.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use cohort_engine::research::query::{QueryOutcome, QueryRequest};
+use cohort_engine::research::{self, Session, StudyFile};
+use cohort_engine::vault::Access;
+use cohort_engine::{DataDir, accounts, audit, chain, generate, ingest, projection};
+use cohort_ledger_bridge::Role;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::{Cli, counts_text, ingest_text, unlock, verify_text};
+use crate::research_cli::{outcome_text, release_text};
+
+/// The demo's study file, written into the data directory.
+fn study_file(year: i32) -> String {
+    format!(
+        r#"# The demo's study: glycaemic control and blood pressure in type 2 diabetes.
+privacy_unit = "patient_id"
+
+[study]
+title = "Glycaemic control in type 2 diabetes"
+purpose = "How HbA1c and blood pressure vary with age and sex, for a diabetes care programme"
+purposes = ["research"]
+duration_days = 365
+escrow = "1 ether"
+fee_per_query = "0.07 ether"
+microdata = true
+
+[budget]
+epsilon = "3"
+
+[release]
+table = "patients"
+quasi_identifiers = ["birth_date", "gender", "zip"]
+sensitive = "race"
+suppression = 0.02
+
+[query]
+epsilon = "0.5"
+max_epsilon = "1"
+
+[contribution]
+max_rows = 3
+
+[tables.patients]
+rows_per_unit = 1
+[tables.patients.columns]
+patient_id = {{ identifier = true }}
+birth_date = {{ lower = {low}, upper = {year} }}
+gender = {{ domain = ["female", "male"] }}
+race = {{}}
+zip = {{}}
+
+[tables.observations.columns]
+patient_id = {{ identifier = true }}
+loinc = {{}}
+value = {{ lower = 0, upper = 300 }}
+"#,
+        low = year - 90,
+    )
+}
+
+pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let json = cli.json;
+    let say = |s: &str| {
+        if !json {
+            println!("{s}");
+        }
+    };
+    let mut record: Vec<serde_json::Value> = Vec::new();
+    let mut keep = |step: &'static str, v: &dyn erased::Value| record.push(serde_json::json!({ "step": step, "value": v.json() }));
+    let progress = !json && std::io::stderr().is_terminal();
+    say(&format!("cohort demo: data directory {}", dir.root().display()));
+
+    // 1. Generate and ingest.
+    let bundles = dir.root().join("demo").join("bundles");
+    say(&format!("\n1. Generating {patients} synthetic patients (seed {seed}) as FHIR R4 bundles"));
+    let generated = generate::generate(&generate::Options {
+        progress,
+        ..generate::Options::new(patients, seed, &bundles)
+    })?;
+    say(&format!("   {} resources in {} bundles ({:.1} s)", generated.resources, generated.bundles, generated.seconds));
+    keep("generate", &generated);
+
+    say("\n2. Ingesting: each resource encrypted with its patient's key, stored under its IPFS CID");
+    let vault = unlock(cli, dir, Some("cohort-demo"))?;
+    let report = ingest::ingest_paths(&vault, &Access::new(&cli.actor, "demo ingest"), &[bundles], progress)?;
+    say(&format!("   {}", ingest_text(&report).replace('\n', "\n   ")));
+    let counts = projection::counts(vault.conn())?;
+    say(&format!("   {}", counts_text(&counts).replace('\n', "\n   ")));
+    keep("ingest", &report);
+
+    // 2. The ledger and the actors.
+    say("\n3. The ledger: contracts on the embedded EVM; a researcher and three stewards");
+    let rt = super::runtime()?;
+    if chain::load(dir)?.is_none() {
+        rt.block_on(chain::deploy(
+            dir,
+            vault.conn(),
+            vault.keys(),
+            &chain::DeployRequest {
+                rpc_url: None,
+                approvals: 2,
+                confirmations: None,
+                admin: cli.actor.clone(),
+                redeploy: false,
+            },
+        ))?;
+    }
+    let (config, client) = rt.block_on(chain::client(dir))?;
+    let admin = accounts::get_or_create(vault.conn(), vault.keys(), &config.admin)?;
+    let researcher = accounts::get_or_create(vault.conn(), vault.keys(), "researcher")?;
+    let stewards: Vec<_> = (1..=3)
+        .map(|i| accounts::get_or_create(vault.conn(), vault.keys(), &format!("steward-{i}")))
+        .collect::<Result<_, _>>()?;
+    rt.block_on(client.grant_role(&admin, Role::Researcher, researcher.address()))?;
+    // The escrow's ether: minted on the embedded chain, standing in for a payment.
+    let balance = rt.block_on(client.ledger().balance(researcher.address()))?;
+    rt.block_on(client.ledger().set_balance(researcher.address(), balance + cohort_engine::research::study::parse_wei("escrow", "1 ether")?))?;
+    for s in &stewards {
+        rt.block_on(client.grant_role(&admin, Role::Steward, s.address()))?;
+    }
+    say(&format!(
+        "   chain {}, ResearchStudy at {:#x}; {} stewards of 3 must approve a study",
+        config.chain_id, config.contracts.study, config.required_approvals
+    ));
+    let session = rt.block_on(Session::open(dir, &vault))?;
+
+    // 3. Propose and approve.
+    let year = chrono::Utc::now().date_naive().format("%Y").to_string().parse::<i32>()?;
+    let text = study_file(year);
+    let study_path = dir.root().join("demo").join("diabetes-study.toml");
+    std::fs::write(&study_path, &text)?;
+    let file = StudyFile::parse(&text)?;
+    say(&format!("\n4. The researcher proposes \"{}\" ({}), ε budget 3, 0.5 per query, 1 ether escrow", file.terms.title, study_path.display()));
+    let proposed = rt.block_on(session.propose(vault.conn(), &researcher, &file))?;
+    let id = proposed.study_id;
+    say(&format!("   study {id} proposed; scope hash {}", proposed.scope_hash));
+    for s in &stewards[..2] {
+        let a = rt.block_on(session.approve(vault.conn(), s, id))?;
+        say(&format!("   {} approves: {} of {}{}", s.name(), a.approvals, a.required, if a.approved { ", approved" } else { "" }));
+    }
+
+    // 4. Consent.
+    let mut ids: Vec<String> = vault
+        .conn()
+        .prepare("SELECT patient_id FROM proj_patients ORDER BY patient_id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    ids.shuffle(&mut rng);
+    ids.truncate(ids.len() * 7 / 10);
+    ids.sort();
+    say(&format!("\n5. {} patients (70%) consent, each from their own account", ids.len()));
+    let t = Instant::now();
+    let linked = {
+        let tx = vault.conn().unchecked_transaction()?;
+        let mut linked = Vec::with_capacity(ids.len());
+        for (i, pid) in ids.iter().enumerate() {
+            linked.push(research::link_patient(&tx, &vault, &format!("patient-{i:05}"), pid)?);
+        }
+        tx.commit()?;
+        linked
+    };
+    let results = rt.block_on(session.consent_all(vault.conn(), &linked, id, None, 365))?;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} consents failed");
+    }
+    say(&format!("   {} consents on chain in {:.1} s", results.len(), t.elapsed().as_secs_f64()));
+
+    // 5. Three private queries.
+    say("\n6. Three differentially private queries, each reserved, run, committed, then answered");
+    let ask = |sql: String, query_id: &str| -> anyhow::Result<QueryOutcome> {
+        Ok(rt.block_on(session.query(
+            researcher.name(),
+            id,
+            &QueryRequest {
+                sql,
+                query_id: Some(format!("demo-{query_id}")),
+                ..Default::default()
+            },
+        ))?)
+    };
+    let queries = [
+        ("age-bands", format!("SELECT FLOOR(({year} - birth_date) / 10) * 10 AS age_band, COUNT(*) AS patients FROM patients GROUP BY age_band ORDER BY age_band")),
+        ("hba1c-by-sex", "SELECT p.gender, AVG(LEAST(GREATEST(o.value, 3), 15)) AS mean_hba1c FROM patients p JOIN observations o ON o.patient_id = p.patient_id WHERE o.loinc = '4548-4' GROUP BY p.gender ORDER BY p.gender".to_string()),
+        ("median-systolic", "SELECT MEDIAN(LEAST(GREATEST(value, 80), 200)) AS median_systolic FROM observations WHERE loinc = '8480-6'".to_string()),
+    ];
+    let mut first_contributors = 0;
+    for (i, (name, sql)) in queries.iter().enumerate() {
+        let outcome = ask(sql.clone(), name)?;
+        if i == 0 {
+            first_contributors = outcome.answer.as_ref().map_or(0, |a| a.contributors);
+        }
+        say(&format!("\n   {sql}"));
+        say(&format!("   {}", outcome_text(&outcome).replace('\n', "\n   ")));
+        keep("query", &outcome);
+    }
+
+    // 6. The extract.
+    say("\n7. A k = 10 anonymous extract (Mondrian, l = 2 on race), recorded on the ledger");
+    let released = rt.block_on(session.release(researcher.name(), id, 10, Some(2), None))?;
+    say(&format!("   {}", release_text(&released).replace('\n', "\n   ")));
+    keep("release", &released);
+
+    // 7. Compensation.
+    let patient = &linked[0];
+    say(&format!("\n8. Compensation: {} sees and claims their share", patient.name()));
+    let earnings = rt.block_on(session.earnings(patient.address(), Some(id)))?;
+    say(&format!("   earned {} over {} queries", earnings.earned, earnings.shares.len()));
+    let claimed = rt.block_on(session.claim(patient, Some(id)))?;
+    say(&format!("   claimed {} to {}", claimed.paid_text, claimed.address));
+    keep("claim", &claimed);
+
+    // 8. Withdrawal.
+    let leaving = &linked[1];
+    say(&format!("\n9. {} withdraws; the next query cannot count them", leaving.name()));
+    rt.block_on(session.withdraw(vault.conn(), leaving, id))?;
+    let after = ask("SELECT COUNT(*) AS patients FROM patients".into(), "after-withdrawal")?;
+    let after_contributors = after.answer.as_ref().map_or(0, |a| a.contributors);
+    say(&format!("   {}", outcome_text(&after).replace('\n', "\n   ")));
+    say(&format!("   contributors: {first_contributors} before the withdrawal, {after_contributors} after"));
+    keep("query", &after);
+
+    // 9. Verify.
+    say("\n10. Verifying the audit log's hash chain and the ledger's blocks");
+    let verification = audit::verify(vault.conn())?;
+    say(&format!("   {}", verify_text(&verification)));
+    let verified = chain::verify(dir)?;
+    say(&format!("   ledger: {} blocks and {} transactions verified", verified.blocks, verified.transactions));
+    let shown = rt.block_on(session.show(vault.conn(), id))?;
+    say(&format!("   study {id}: remaining {}, {} queries answered, {} owed to patients", shown.remaining, shown.queries, shown.owed));
+    let seconds = started.elapsed().as_secs_f64();
+    say(&format!("\ndone in {seconds:.1} s"));
+    if json {
+        #[derive(Serialize)]
+        struct Summary<'a> {
+            steps: &'a [serde_json::Value],
+            study: &'a research::StudySummary,
+            audit: &'a audit::Verification,
+            ledger: &'a cohort_ledger_bridge::Verified,
+            contributors_before_withdrawal: usize,
+            contributors_after_withdrawal: usize,
+            seconds: f64,
+        }
+        println!(
+            "{}",
+            serde_json::to_string(&Summary {
+                steps: &record,
+                study: &shown,
+                audit: &verification,
+                ledger: &verified,
+                contributors_before_withdrawal: first_contributors,
+                contributors_after_withdrawal: after_contributors,
+                seconds,
+            })?
+        );
+    }
+    let ok = verification.is_intact() && report.rejected.is_empty() && after_contributors + 1 == first_contributors;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Steps of different types kept as JSON for `--json`.
+mod erased {
+    pub trait Value {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Value for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("a step serialises")
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Compensation: each committed query's fee is shared by the patients whose
+//! records contributed (equal shares, a Merkle tree of (account, amount)
+//! committed with the debit); a patient sees what they earned per study and
+//! query and claims it on the ledger with a proof of their leaf.
+
+use cohort_ledger_bridge::Account;
+use cohort_ledger_bridge::alloy::primitives::{Address, B256, U256};
+use cohort_ledger_bridge::merkle::ContributorTree;
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{Session, journal, study};
+use crate::{Error, Result, audit};
+
+/// One share of one query's fee.
+#[derive(Debug, Clone, Serialize)]
+pub struct Earning {
+    /// The study.
+    pub study_id: u64,
+    /// The query's id.
+    pub query_id: String,
+    /// Its ledger id.
+    pub ledger_id: String,
+    /// The share (wei).
+    pub amount: String,
+    /// The share, for people.
+    pub amount_text: String,
+    /// Whether it was claimed.
+    pub claimed: bool,
+}
+
+/// What a patient has earned.
+#[derive(Debug, Clone, Serialize)]
+pub struct Earnings {
+    /// The account.
+    pub address: String,
+    /// Every share.
+    pub shares: Vec<Earning>,
+    /// All earned.
+    pub earned: String,
+    /// Claimed so far.
+    pub claimed: String,
+    /// Left to claim.
+    pub claimable: String,
+}
+
+/// What a claim paid.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claimed {
+    /// The account paid.
+    pub address: String,
+    /// Queries paid for.
+    pub queries: Vec<String>,
+    /// The total paid (wei).
+    pub paid: String,
+    /// The total, for people.
+    pub paid_text: String,
+}
+
+impl Session {
+    /// What `address` earned, per study and query (optionally one study).
+    pub async fn earnings(&self, address: Address, study_id: Option<u64>) -> Result<Earnings> {
+        self.sync().await?;
+        let conn = self.dir.connect()?;
+        let mut s = conn.prepare(
+            "SELECT q.study_id, q.query_id, q.ledger_id, s.amount,
+                EXISTS (SELECT 1 FROM ledger_claims c WHERE c.query_id = q.ledger_id AND c.patient = s.address)
+             FROM research_shares s JOIN research_queries q ON q.ledger_id = s.ledger_id
+             WHERE s.address = ?1 AND q.state IN ('committed', 'delivered') AND (?2 IS NULL OR q.study_id = ?2)
+             ORDER BY q.study_id, q.created_at",
+        )?;
+        let rows = s.query_map(
+            params![format!("{address:#x}"), study_id.map(|i| i as i64)],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, bool>(4)?,
+                ))
+            },
+        )?;
+        let (mut earned, mut claimed) = (U256::ZERO, U256::ZERO);
+        let mut shares = Vec::new();
+        for row in rows {
+            let (study_id, query_id, ledger_id, amount, was_claimed) = row?;
+            let wei: U256 = amount.parse().unwrap_or(U256::ZERO);
+            earned += wei;
+            if was_claimed {
+                claimed += wei;
+            }
+            shares.push(Earning {
+                study_id,
+                query_id,
+                ledger_id,
+                amount_text: study::format_wei(wei),
+                amount,
+                claimed: was_claimed,
+            });
+        }
+        Ok(Earnings {
+            address: format!("{address:#x}"),
+            shares,
+            earned: study::format_wei(earned),
+            claimed: study::format_wei(claimed),
+            claimable: study::format_wei(earned - claimed),
+        })
+    }
+
+    /// Claims every unclaimed share of `patient` (optionally of one study),
+    /// each with its Merkle proof.
+    pub async fn claim(&self, patient: &Account, study_id: Option<u64>) -> Result<Claimed> {
+        let earnings = self.earnings(patient.address(), study_id).await?;
+        let conn = self.dir.connect()?;
+        let mut paid = U256::ZERO;
+        let mut queries = Vec::new();
+        for share in earnings.shares.iter().filter(|s| !s.claimed) {
+            let all = journal::shares(&conn, &share.ledger_id)?;
+            let mut leaves = Vec::with_capacity(all.len());
+            for (a, amount) in &all {
+                let a: Address = a
+                    .parse()
+                    .map_err(|_| Error::Invalid(format!("a stored address `{a}` is not one")))?;
+                let amount: U256 = amount
+                    .parse()
+                    .map_err(|_| Error::Invalid(format!("a stored share `{amount}` is not one")))?;
+                leaves.push((a, amount));
+            }
+            let tree = ContributorTree::new(leaves)?;
+            let (amount, proof) = tree.proof(patient.address()).ok_or_else(|| {
+                Error::Invalid(format!("{:#x} has no share of query {}", patient.address(), share.query_id))
+            })?;
+            let ledger_id: B256 = share
+                .ledger_id
+                .parse()
+                .map_err(|_| Error::Invalid("a malformed ledger id in the journal".into()))?;
+            self.client
+                .claim(patient, share.study_id, ledger_id, amount, proof)
+                .await?;
+            paid += amount;
+            queries.push(share.query_id.clone());
+        }
+        if queries.is_empty() {
+            return Err(Error::Invalid(format!(
+                "account `{}` has nothing left to claim{}",
+                patient.name(),
+                study_id.map(|i| format!(" in study {i}")).unwrap_or_default()
+            )));
+        }
+        audit::append(
+            &conn,
+            &audit::Event {
+                actor: patient.name(),
+                action: "compensation.claim",
+                target: &format!("{:#x}", patient.address()),
+                purpose: "compensation",
+                detail: serde_json::json!({ "queries": queries, "paid": paid.to_string() }),
+            },
+        )?;
+        Ok(Claimed {
+            address: format!("{:#x}", patient.address()),
+            queries,
+            paid: paid.to_string(),
+            paid_text: study::format_wei(paid),
+        })
+    }
+}

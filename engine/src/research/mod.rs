@@ -1,0 +1,700 @@
+//! The research path (ARCHITECTURE.md, "The research path"): a researcher
+//! proposes a study on the ledger, stewards approve it m of n, patients
+//! consent and may withdraw, and every query is planned, reserved on the
+//! ledger, run over the study's view, committed with its result hash and
+//! contributors, and only then answered. Fees accrue to the contributors,
+//! who claim them with Merkle proofs; approved studies may release
+//! k-anonymous extracts, recorded on the ledger.
+//!
+//! A [`Session`] is the engine's side: it holds the ledger client, the
+//! engine's account and the pseudonym master, and opens its own SQLite
+//! connection per call, so that many queries may run at once.
+
+pub mod compensation;
+mod journal;
+pub mod microdata;
+pub mod query;
+pub mod study;
+pub mod view;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cohort_anonymizer::deid::PseudonymKey;
+use cohort_ledger_bridge::alloy::primitives::{Address, U256, keccak256};
+use cohort_ledger_bridge::contracts::ResearchStudy;
+use cohort_ledger_bridge::{Account, Client, Follower, Role};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::chain::{self, LedgerConfig};
+use crate::vault::Vault;
+use crate::{DataDir, Error, Result, accounts, audit};
+pub use study::StudyFile;
+use view::{Consenting, View};
+
+/// Creates the research tables.
+pub fn install(conn: &Connection) -> Result<()> {
+    conn.execute_batch(journal::SCHEMA)?;
+    Ok(())
+}
+
+/// The engine's side of the research path.
+pub struct Session {
+    dir: DataDir,
+    config: LedgerConfig,
+    client: Client,
+    engine: Account,
+    master: zeroize::Zeroizing<[u8; 32]>,
+    /// Follower syncs and view builds, one at a time.
+    sync: tokio::sync::Mutex<()>,
+    views: Mutex<HashMap<u64, Arc<View>>>,
+}
+
+/// What `cohort study propose` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct Proposed {
+    /// The study's id on chain.
+    pub study_id: u64,
+    /// Its title.
+    pub title: String,
+    /// The hash of the study file, committed on chain.
+    pub scope_hash: String,
+    /// The escrow sent with it.
+    pub escrow: String,
+}
+
+/// What `cohort study approve` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct Approval {
+    /// The study.
+    pub study_id: u64,
+    /// Approvals so far.
+    pub approvals: u8,
+    /// Approvals needed.
+    pub required: u8,
+    /// Whether the study is now approved.
+    pub approved: bool,
+    /// Patients in the view, when approved.
+    pub view_patients: Option<usize>,
+}
+
+/// A study as `cohort study list` and `show` describe it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudySummary {
+    /// Its id.
+    pub study_id: u64,
+    /// Its title.
+    pub title: String,
+    /// Its purpose.
+    pub purpose: String,
+    /// proposed, approved or closed.
+    pub status: String,
+    /// Approvals given.
+    pub approvals: u8,
+    /// The researcher's address.
+    pub researcher: String,
+    /// The budget.
+    pub budget: String,
+    /// What is left of it (ε or ρ, and δ for an (ε, δ) budget).
+    pub remaining: String,
+    /// Escrow not yet allocated to any query.
+    pub escrow: String,
+    /// Fees allocated to contributors and not yet claimed.
+    pub owed: String,
+    /// Patients whose consent covers the study now.
+    pub consenting: usize,
+    /// Queries answered.
+    pub queries: usize,
+    /// Extracts released.
+    pub releases: usize,
+    /// Whether microdata may be released.
+    pub microdata: bool,
+    /// When queries stop (unix seconds), once approved.
+    pub ends_at: Option<u64>,
+}
+
+/// A patient's consent as `cohort consent list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentInfo {
+    /// The study.
+    pub study_id: u64,
+    /// Its title, when known here.
+    pub title: Option<String>,
+    /// Purposes covered.
+    pub purposes: Vec<String>,
+    /// When it lapses (unix seconds).
+    pub expires_at: u64,
+    /// Whether it is in force (not withdrawn).
+    pub active: bool,
+}
+
+/// What a consent or withdrawal did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentChange {
+    /// The study.
+    pub study_id: u64,
+    /// The patient's account.
+    pub account: String,
+    /// given or withdrawn.
+    pub change: &'static str,
+    /// The transaction.
+    pub tx_hash: String,
+}
+
+fn budget_text(kind: u8, primary: u128, delta: u128) -> String {
+    use cohort_anonymizer::accountant::Amount;
+    let a = |u: u128| Amount::from_units(u).to_string();
+    match kind {
+        0 => format!("ε {}", a(primary)),
+        1 => format!("ε {}, δ {}", a(primary), a(delta)),
+        _ => format!("ρ {}", a(primary)),
+    }
+}
+
+/// Links an account to a patient of the vault (so that it may consent and
+/// be paid for that patient's records), creating the account if needed.
+pub fn link_patient(conn: &Connection, vault: &Vault, name: &str, patient_id: &str) -> Result<Account> {
+    install(conn)?;
+    let known: Option<String> = conn
+        .query_row(
+            "SELECT patient_id FROM proj_patients WHERE patient_id = ?1",
+            [patient_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if known.is_none() {
+        return Err(Error::NotFound(format!(
+            "no patient `{patient_id}` in the vault (`cohort records list` shows them)"
+        )));
+    }
+    if let Some(linked) = linked_account(conn, patient_id)? {
+        if linked != name {
+            return Err(Error::Invalid(format!(
+                "patient `{patient_id}` is already linked to account `{linked}`"
+            )));
+        }
+    }
+    let account = accounts::get_or_create(conn, vault.keys(), name)?;
+    conn.execute(
+        "INSERT INTO research_patients (patient_id, account, address) VALUES (?1, ?2, ?3)
+         ON CONFLICT (patient_id) DO NOTHING",
+        params![patient_id, name, format!("{:#x}", account.address())],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Error::Invalid(format!("account `{name}` is already linked to another patient"))
+        }
+        other => other.into(),
+    })?;
+    Ok(account)
+}
+
+fn linked_account(conn: &Connection, patient_id: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT account FROM research_patients WHERE patient_id = ?1",
+            [patient_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+impl Session {
+    /// The session of `dir`'s deployed ledger, acting as its engine account.
+    pub async fn open(dir: &DataDir, vault: &Vault) -> Result<Session> {
+        install(vault.conn())?;
+        let (config, client) = chain::client(dir).await?;
+        let engine = accounts::get(vault.conn(), vault.keys(), &config.engine)?;
+        let master = zeroize::Zeroizing::new(*vault.pseudonym_master()?.expose());
+        let session = Session {
+            dir: dir.clone(),
+            config,
+            client,
+            engine,
+            master,
+            sync: tokio::sync::Mutex::new(()),
+            views: Mutex::new(HashMap::new()),
+        };
+        // A restart finishes or undoes what a killed process left.
+        session.recover(vault.conn()).await?;
+        Ok(session)
+    }
+
+    /// The ledger client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn contract(&self) -> Address {
+        self.client.contracts().study
+    }
+
+    /// The study's pseudonym key: pseudonyms of one study do not link to
+    /// another's.
+    fn key(&self, study_id: u64) -> PseudonymKey {
+        PseudonymKey::derive(
+            &self.master,
+            &format!("study/{:#x}/{study_id}", self.contract()),
+        )
+    }
+
+    /// Mirrors every confirmed block into `cohort.db`.
+    pub async fn sync(&self) -> Result<()> {
+        let _one = self.sync.lock().await;
+        let mut conn = self.dir.connect()?;
+        Follower::new(self.client.clone(), self.config.confirmations)?
+            .sync(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// `researcher` proposes the study in `file`, sending its escrow.
+    pub async fn propose(&self, conn: &Connection, researcher: &Account, file: &StudyFile) -> Result<Proposed> {
+        // The view's columns must exist after Safe Harbor, and the policy
+        // must fit their types: checked on the empty view before anything is sent.
+        let empty = view::build(conn, file, &self.key(0), None, today())?;
+        let mut tables = HashMap::new();
+        for (name, batch) in empty {
+            tables.insert(
+                name,
+                cohort_query_planner::sources::batches(batch.schema(), vec![batch])?,
+            );
+        }
+        cohort_query_planner::Planner::new(file.scope.clone(), tables)?;
+        if !self.client.has_role(Role::Researcher, researcher.address()).await? {
+            return Err(Error::Invalid(format!(
+                "account `{}` does not hold the researcher role: the admin grants it with \
+                 `cohort account grant {} researcher`",
+                researcher.name(),
+                researcher.name()
+            )));
+        }
+        let balance = self.client.ledger().balance(researcher.address()).await?;
+        if balance < file.escrow() {
+            return Err(Error::Invalid(format!(
+                "account `{}` holds {} but the study's escrow is {}: fund it first \
+                 (`cohort account fund {} \"{}\"` on the embedded chain)",
+                researcher.name(),
+                study::format_wei(balance),
+                study::format_wei(file.escrow()),
+                researcher.name(),
+                study::format_wei(file.escrow())
+            )));
+        }
+        let id = self
+            .client
+            .propose_study(researcher, file.proposal()?, file.escrow())
+            .await?;
+        conn.execute(
+            "INSERT OR REPLACE INTO research_studies (study_id, contract, title, file, researcher, proposed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                id as i64,
+                format!("{:#x}", self.contract()),
+                file.terms.title,
+                file.text,
+                researcher.name(),
+                crate::store::now()
+            ],
+        )?;
+        audit::append(
+            conn,
+            &audit::Event {
+                actor: researcher.name(),
+                action: "study.propose",
+                target: &format!("study/{id}"),
+                purpose: "research",
+                detail: serde_json::json!({
+                    "title": file.terms.title,
+                    "scope_hash": format!("{:#x}", file.scope_hash()),
+                    "budget": file.budget.to_string(),
+                    "escrow": file.terms.escrow,
+                }),
+            },
+        )?;
+        Ok(Proposed {
+            study_id: id,
+            title: file.terms.title.clone(),
+            scope_hash: format!("{:#x}", file.scope_hash()),
+            escrow: study::format_wei(file.escrow()),
+        })
+    }
+
+    /// The study file of `id` and its state on chain; refused unless the
+    /// file hashes to the scope the stewards approved.
+    pub async fn study(&self, conn: &Connection, id: u64) -> Result<(StudyFile, ResearchStudy::Study)> {
+        let text: Option<String> = conn
+            .query_row(
+                "SELECT file FROM research_studies WHERE study_id = ?1 AND contract = ?2",
+                params![id as i64, format!("{:#x}", self.contract())],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let text = text.ok_or_else(|| {
+            Error::NotFound(format!(
+                "no study {id} was proposed through this data directory (`cohort study list`)"
+            ))
+        })?;
+        let file = StudyFile::parse(&text)?;
+        let on_chain = self.client.study(id).await?;
+        if on_chain.terms.scopeHash != file.scope_hash() {
+            return Err(Error::Invalid(format!(
+                "study {id}: the stored study file does not hash to the scope approved on chain"
+            )));
+        }
+        Ok((file, on_chain))
+    }
+
+    /// A steward approves study `id`; the approval that reaches the
+    /// threshold builds the study's view.
+    pub async fn approve(&self, conn: &Connection, steward: &Account, id: u64) -> Result<Approval> {
+        let (file, _) = self.study(conn, id).await?;
+        self.client.approve_study(steward, id).await?;
+        let on_chain = self.client.study(id).await?;
+        let approved = on_chain.status == 2;
+        audit::append(
+            conn,
+            &audit::Event {
+                actor: steward.name(),
+                action: "study.approve",
+                target: &format!("study/{id}"),
+                purpose: "oversight",
+                detail: serde_json::json!({ "approvals": on_chain.approvals, "approved": approved }),
+            },
+        )?;
+        let view_patients = if approved {
+            let view = self.view(conn, id, &file).await?;
+            Some(view.accounts.len())
+        } else {
+            None
+        };
+        Ok(Approval {
+            study_id: id,
+            approvals: on_chain.approvals,
+            required: self.client.view(
+                cohort_ledger_bridge::Target::Study,
+                ResearchStudy::requiredApprovalsCall {},
+            )
+            .await?,
+            approved,
+            view_patients,
+        })
+    }
+
+    /// Every study proposed here, with its state on chain.
+    pub async fn list(&self, conn: &Connection) -> Result<Vec<StudySummary>> {
+        let ids: Vec<i64> = conn
+            .prepare("SELECT study_id FROM research_studies WHERE contract = ?1 ORDER BY study_id")?
+            .query_map([format!("{:#x}", self.contract())], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::new();
+        for id in ids {
+            out.push(self.show(conn, id as u64).await?);
+        }
+        Ok(out)
+    }
+
+    /// One study: terms, status, budget left, consents, queries.
+    pub async fn show(&self, conn: &Connection, id: u64) -> Result<StudySummary> {
+        let (file, s) = self.study(conn, id).await?;
+        self.sync().await?;
+        let left = self.client.remaining(id).await?;
+        let consenting = self.consenting(conn, id, &s).await?.len();
+        let count = |sql: &str| -> Result<usize> {
+            Ok(conn.query_row(sql, [id as i64], |r| r.get::<_, i64>(0))? as usize)
+        };
+        Ok(StudySummary {
+            study_id: id,
+            title: file.terms.title.clone(),
+            purpose: file.terms.purpose.clone(),
+            status: match s.status {
+                1 => "proposed",
+                2 => "approved",
+                3 => "closed",
+                _ => "unknown",
+            }
+            .into(),
+            approvals: s.approvals,
+            researcher: format!("{:#x}", s.researcher),
+            budget: budget_text(s.terms.kind, s.terms.budget, s.terms.deltaBudget),
+            remaining: budget_text(s.terms.kind, left.primary, left.delta),
+            escrow: study::format_wei(s.escrow),
+            owed: study::format_wei(s.owed),
+            consenting,
+            queries: count(
+                "SELECT COUNT(*) FROM research_queries WHERE study_id = ?1 AND state IN ('committed', 'delivered')",
+            )?,
+            releases: count("SELECT COUNT(*) FROM research_releases WHERE study_id = ?1")?,
+            microdata: s.terms.microdata,
+            ends_at: (s.endsAt != 0).then_some(s.endsAt),
+        })
+    }
+
+    /// The patient account's consent to study `id`, for the study's
+    /// purposes (or `purposes`) for `days` days.
+    pub async fn consent(
+        &self,
+        conn: &Connection,
+        patient: &Account,
+        id: u64,
+        purposes: Option<&[String]>,
+        days: u32,
+    ) -> Result<ConsentChange> {
+        let results = self.consent_all(conn, std::slice::from_ref(patient), id, purposes, days).await?;
+        results.into_iter().next().expect("one result per patient")
+    }
+
+    /// Many patients consent at once (their transactions share blocks).
+    /// Each patient's outcome is its own.
+    pub async fn consent_all(
+        &self,
+        conn: &Connection,
+        patients: &[Account],
+        id: u64,
+        purposes: Option<&[String]>,
+        days: u32,
+    ) -> Result<Vec<Result<ConsentChange>>> {
+        let (file, _) = self.study(conn, id).await?;
+        if days == 0 {
+            return Err(Error::Invalid("--days must be at least 1".into()));
+        }
+        let mask = match purposes {
+            Some(p) => study::purpose_mask(p)?,
+            None => study::purpose_mask(&file.terms.purposes)?,
+        };
+        for p in patients {
+            self.patient_of(conn, p)?;
+        }
+        let now = self.client.ledger().timestamp().await?;
+        let expires = now + u64::from(days) * 86_400;
+        let ledger = self.client.ledger();
+        // Registration is idempotent: every patient registers, in one batch.
+        let register: Vec<_> = patients
+            .iter()
+            .map(|p| {
+                (
+                    p.clone(),
+                    self.client.tx(
+                        cohort_ledger_bridge::Target::Access,
+                        cohort_ledger_bridge::contracts::CohortAccess::registerPatientCall {},
+                    ),
+                )
+            })
+            .collect();
+        let consents: Vec<_> = patients
+            .iter()
+            .map(|p| {
+                (
+                    p.clone(),
+                    self.client.tx(
+                        cohort_ledger_bridge::Target::Study,
+                        ResearchStudy::consentCall {
+                            studyId: U256::from(id),
+                            purposes: mask,
+                            expiresAt: expires,
+                        },
+                    ),
+                )
+            })
+            .collect();
+        let registered = ledger.send_all(register).await;
+        let mut out = Vec::with_capacity(patients.len());
+        let mut to_send = Vec::new();
+        let mut slots = Vec::new();
+        for ((p, tx), r) in patients.iter().zip(consents).zip(registered) {
+            match r {
+                Ok(_) => {
+                    slots.push(Some(out.len()));
+                    to_send.push((p.clone(), tx.1));
+                    out.push(Err(Error::Invalid("not sent".into())));
+                }
+                Err(e) => {
+                    slots.push(None);
+                    out.push(Err(e.into()));
+                }
+            }
+        }
+        let sent = ledger.send_all(to_send).await;
+        let tx = conn.unchecked_transaction()?;
+        let mut sent = sent.into_iter();
+        for (p, slot) in patients.iter().zip(slots) {
+            let Some(slot) = slot else { continue };
+            let r = sent.next().expect("one receipt per consent");
+            out[slot] = match r {
+                Ok(receipt) => {
+                    audit::append(
+                        &tx,
+                        &audit::Event {
+                            actor: p.name(),
+                            action: "consent.give",
+                            target: &format!("study/{id}"),
+                            purpose: "research",
+                            detail: serde_json::json!({
+                                "purposes": study::purpose_names(mask),
+                                "expires_at": expires,
+                            }),
+                        },
+                    )?;
+                    Ok(ConsentChange {
+                        study_id: id,
+                        account: p.name().to_string(),
+                        change: "given",
+                        tx_hash: format!("{:#x}", receipt.tx_hash),
+                    })
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The patient account withdraws from study `id`: every later query
+    /// leaves their records out.
+    pub async fn withdraw(&self, conn: &Connection, patient: &Account, id: u64) -> Result<ConsentChange> {
+        self.study(conn, id).await?;
+        self.patient_of(conn, patient)?;
+        let receipt = self.client.withdraw(patient, id).await?;
+        audit::append(
+            conn,
+            &audit::Event {
+                actor: patient.name(),
+                action: "consent.withdraw",
+                target: &format!("study/{id}"),
+                purpose: "research",
+                detail: serde_json::json!({}),
+            },
+        )?;
+        // The next query rebuilds the view without them.
+        self.views.lock().expect("views lock").remove(&id);
+        Ok(ConsentChange {
+            study_id: id,
+            account: patient.name().to_string(),
+            change: "withdrawn",
+            tx_hash: format!("{:#x}", receipt.tx_hash),
+        })
+    }
+
+    /// The consents of the account `address`.
+    pub async fn consents_of(&self, conn: &Connection, address: Address) -> Result<Vec<ConsentInfo>> {
+        self.sync().await?;
+        let mut s = conn.prepare(
+            "SELECT c.study_id, s.title, c.purposes, c.expires_at, c.active
+             FROM ledger_consents c LEFT JOIN research_studies s ON s.study_id = c.study_id AND s.contract = ?2
+             WHERE c.patient = ?1 ORDER BY c.study_id",
+        )?;
+        let rows = s.query_map(
+            params![format!("{address:#x}"), format!("{:#x}", self.contract())],
+            |r| {
+                Ok(ConsentInfo {
+                    study_id: r.get::<_, i64>(0)? as u64,
+                    title: r.get(1)?,
+                    purposes: study::purpose_names(
+                        r.get::<_, String>(2)?.parse().unwrap_or(U256::ZERO),
+                    ),
+                    expires_at: r.get::<_, i64>(3)? as u64,
+                    active: r.get::<_, i64>(4)? == 1,
+                })
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The patient a linked account stands for.
+    fn patient_of(&self, conn: &Connection, account: &Account) -> Result<String> {
+        conn.query_row(
+            "SELECT patient_id FROM research_patients WHERE account = ?1",
+            [account.name()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "account `{}` is not linked to a patient: `cohort account new {} --patient <patient id>`",
+                account.name(),
+                account.name()
+            ))
+        })
+    }
+
+    /// The patients whose consent covers study `id` now, from the mirror
+    /// (call [`Session::sync`] first).
+    async fn consenting(&self, conn: &Connection, id: u64, s: &ResearchStudy::Study) -> Result<Vec<Consenting>> {
+        let now = self.client.ledger().timestamp().await?;
+        let needed = s.terms.purposes;
+        let mut q = conn.prepare(
+            "SELECT p.patient_id, p.address, c.purposes FROM ledger_consents c
+             JOIN research_patients p ON p.address = c.patient
+             WHERE c.study_id = ?1 AND c.active = 1 AND c.expires_at > ?2",
+        )?;
+        let rows = q.query_map(params![id as i64, now as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (patient_id, address, purposes) = row?;
+            let purposes: U256 = purposes.parse().unwrap_or(U256::ZERO);
+            if needed == U256::ZERO || purposes & needed != needed {
+                continue;
+            }
+            let address: Address = address
+                .parse()
+                .map_err(|_| Error::Invalid(format!("a stored address `{address}` is not one")))?;
+            out.push(Consenting {
+                patient_id,
+                address,
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The study's view over the patients consenting now.
+    pub(crate) async fn view(&self, conn: &Connection, id: u64, file: &StudyFile) -> Result<Arc<View>> {
+        self.sync().await?;
+        let _one = self.sync.lock().await;
+        let s = self.client.study(id).await?;
+        let consenting = self.consenting(conn, id, &s).await?;
+        let digest = view::digest(file, &consenting);
+        if let Some(v) = self.views.lock().expect("views lock").get(&id)
+            && v.digest == digest
+        {
+            return Ok(Arc::clone(v));
+        }
+        let dir = self
+            .dir
+            .root()
+            .join("research")
+            .join("studies")
+            .join(id.to_string())
+            .join("view");
+        let built = Arc::new(view::load_or_build(
+            conn,
+            &dir,
+            file,
+            &self.key(id),
+            &consenting,
+            today(),
+        )?);
+        self.views
+            .lock()
+            .expect("views lock")
+            .insert(id, Arc::clone(&built));
+        Ok(built)
+    }
+}
+
+/// The date Safe Harbor computes ages at.
+fn today() -> chrono::NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
+/// The ledger's id of query `query_id` of study `study_id`.
+pub(crate) fn ledger_query_id(contract: Address, study_id: u64, query_id: &str) -> cohort_ledger_bridge::alloy::primitives::B256 {
+    let mut bytes = b"cohort/query/v1\0".to_vec();
+    bytes.extend_from_slice(contract.as_slice());
+    bytes.extend_from_slice(&study_id.to_be_bytes());
+    bytes.extend_from_slice(query_id.as_bytes());
+    keccak256(bytes)
+}

@@ -1,0 +1,212 @@
+//! A study's research view: the consented patients' rows of the study's
+//! tables, de-identified by Safe Harbor with the study's own pseudonyms,
+//! cut to the approved columns.
+//!
+//! The view is rebuilt whenever the set of consenting patients changes
+//! (a consent given, withdrawn or expired), so every query sees exactly the
+//! patients whose consent covers the study at that moment; between changes
+//! it is kept as Parquet under `research/studies/<id>/view/`, named in a
+//! manifest by the digest of the consenting set it was built from.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use cohort_anonymizer::deid::{self, PseudonymKey};
+use cohort_ledger_bridge::alloy::primitives::Address;
+use cohort_query_planner::{TableProvider, sources};
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::study::StudyFile;
+use crate::{Error, Result, projection, safe_harbor};
+
+/// One consenting patient: their id in the vault and their account.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Consenting {
+    /// The patient's id in the vault.
+    pub patient_id: String,
+    /// The account that consented (and is paid).
+    pub address: Address,
+}
+
+/// The research view of one study at one consenting set.
+pub struct View {
+    /// The digest of the consenting set it was built from.
+    pub digest: String,
+    /// Its tables, as the planner reads them.
+    pub tables: HashMap<String, Arc<dyn TableProvider>>,
+    /// Rows per table.
+    pub rows: HashMap<String, usize>,
+    /// The tables' rows.
+    pub batches: HashMap<String, RecordBatch>,
+    /// Each consenting patient's pseudonym, to their account.
+    pub accounts: HashMap<String, Address>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    digest: String,
+    tables: Vec<String>,
+}
+
+/// The digest naming a consenting set of a study file.
+pub fn digest(file: &StudyFile, consenting: &[Consenting]) -> String {
+    let mut h = Sha256::new();
+    h.update(file.scope_hash().as_slice());
+    let mut ids: Vec<&str> = consenting.iter().map(|c| c.patient_id.as_str()).collect();
+    ids.sort_unstable();
+    for id in ids {
+        h.update(id.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The view of `file` over `consenting`, from `dir` when it was built
+/// for this set already, else built from the projection and stored there.
+pub fn load_or_build(
+    conn: &Connection,
+    dir: &Path,
+    file: &StudyFile,
+    key: &PseudonymKey,
+    consenting: &[Consenting],
+    today: chrono::NaiveDate,
+) -> Result<View> {
+    let digest = digest(file, consenting);
+    let accounts = consenting
+        .iter()
+        .map(|c| (key.pseudonym(&c.patient_id), c.address))
+        .collect();
+    let batches = match stored(dir, &digest)? {
+        Some(batches) => batches,
+        None => {
+            let ids: HashSet<&str> = consenting.iter().map(|c| c.patient_id.as_str()).collect();
+            let batches = build(conn, file, key, Some(&ids), today)?;
+            store(dir, &digest, &batches)?;
+            batches
+        }
+    };
+    let mut tables = HashMap::new();
+    let mut rows = HashMap::new();
+    let mut by_name = HashMap::new();
+    for (name, batch) in batches {
+        rows.insert(name.clone(), batch.num_rows());
+        tables.insert(name.clone(), sources::batches(batch.schema(), vec![batch.clone()])?);
+        by_name.insert(name, batch);
+    }
+    Ok(View {
+        digest,
+        tables,
+        rows,
+        batches: by_name,
+        accounts,
+    })
+}
+
+/// The view's tables: every row of the projection when `only` is `None`
+/// (to check a proposal's columns), else the rows of those patients.
+pub fn build(
+    conn: &Connection,
+    file: &StudyFile,
+    key: &PseudonymKey,
+    only: Option<&HashSet<&str>>,
+    today: chrono::NaiveDate,
+) -> Result<Vec<(String, RecordBatch)>> {
+    let mut out = Vec::new();
+    for (name, table) in &file.scope.tables {
+        projection::table(name).map_err(|_| {
+            Error::Invalid(format!(
+                "study table `{name}` is not a table of the research projection \
+                 (patients, observations, conditions, encounters, medications)"
+            ))
+        })?;
+        let batch = match only {
+            Some(ids) => {
+                let all = projection::read_table(conn, name)?;
+                keep_patients(&all, ids)?
+            }
+            None => RecordBatch::new_empty(projection::table(name)?.schema()),
+        };
+        let (safe, _) = deid::deidentify(&batch, &safe_harbor::policy(name, today)?, key)?;
+        let schema = safe.schema();
+        let mut indices = Vec::new();
+        for column in table.columns.keys() {
+            let index = schema.index_of(column).map_err(|_| {
+                let available: Vec<&str> =
+                    schema.fields().iter().map(|f| f.name().as_str()).collect();
+                Error::Invalid(format!(
+                    "study column `{name}.{column}` is not in the research view: Safe Harbor \
+                     removes direct identifiers; `{name}` offers {}",
+                    available.join(", ")
+                ))
+            })?;
+            indices.push(index);
+        }
+        let projected = safe
+            .project(&indices)
+            .map_err(|e| Error::Arrow(e.to_string()))?;
+        out.push((name.clone(), projected));
+    }
+    Ok(out)
+}
+
+/// The rows of `batch` whose `patient_id` is in `ids`.
+fn keep_patients(batch: &RecordBatch, ids: &HashSet<&str>) -> Result<RecordBatch> {
+    let column = batch
+        .column_by_name("patient_id")
+        .ok_or_else(|| Error::Arrow("a projection table without patient_id".into()))?;
+    let column = column.as_string::<i32>();
+    let mask: BooleanArray = (0..column.len())
+        .map(|i| Some(column.is_valid(i) && ids.contains(column.value(i))))
+        .collect();
+    arrow::compute::filter_record_batch(batch, &mask).map_err(|e| Error::Arrow(e.to_string()))
+}
+
+fn manifest_path(dir: &Path) -> PathBuf {
+    dir.join("manifest.json")
+}
+
+fn stored(dir: &Path, digest: &str) -> Result<Option<Vec<(String, RecordBatch)>>> {
+    let path = manifest_path(dir);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let Ok(manifest) = serde_json::from_str::<Manifest>(&text) else {
+        return Ok(None);
+    };
+    if manifest.digest != digest {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for name in manifest.tables {
+        let file = dir.join(format!("{name}.parquet"));
+        if !file.exists() {
+            return Ok(None);
+        }
+        out.push((name, crate::tabular::read(&file)?));
+    }
+    Ok(Some(out))
+}
+
+fn store(dir: &Path, digest: &str, batches: &[(String, RecordBatch)]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    // The manifest goes first: a crash mid-way leaves no manifest naming
+    // half-written tables.
+    let _ = std::fs::remove_file(manifest_path(dir));
+    for (name, batch) in batches {
+        crate::tabular::write(&dir.join(format!("{name}.parquet")), batch)?;
+    }
+    let manifest = Manifest {
+        digest: digest.to_string(),
+        tables: batches.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    crate::fsutil::write_atomic(
+        &manifest_path(dir),
+        serde_json::to_string(&manifest)
+            .expect("a manifest serialises")
+            .as_bytes(),
+    )
+}

@@ -1,0 +1,312 @@
+//! The research path's commands: studies, consent, budgeted queries,
+//! microdata releases and compensation, each acting as the `--as` account.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cohort_engine::research::query::{QueryOutcome, QueryRequest};
+use cohort_engine::research::{Session, StudyFile};
+use cohort_engine::vault::Vault;
+use cohort_engine::{DataDir, accounts};
+
+use super::{Cli, CompensationCmd, ConsentCmd, QueryArgs, StudyCmd, emit, render_table, runtime, short, unlock};
+
+/// The vault, the session and the runtime the research commands run on.
+fn open(cli: &Cli, dir: &DataDir) -> anyhow::Result<(Vault, Session, tokio::runtime::Runtime)> {
+    let vault = unlock(cli, dir, None)?;
+    let rt = runtime()?;
+    let session = rt.block_on(Session::open(dir, &vault))?;
+    Ok((vault, session, rt))
+}
+
+fn actor(cli: &Cli, vault: &Vault) -> anyhow::Result<cohort_ledger_bridge::Account> {
+    Ok(accounts::get(vault.conn(), vault.keys(), &cli.actor)?)
+}
+
+pub(crate) fn study(cli: &Cli, dir: &DataDir, cmd: &StudyCmd) -> anyhow::Result<ExitCode> {
+    let (vault, session, rt) = open(cli, dir)?;
+    match cmd {
+        StudyCmd::Propose { file } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the study file {}", file.display()))?;
+            let parsed = StudyFile::parse(&text).with_context(|| format!("{}", file.display()))?;
+            let researcher = actor(cli, &vault)?;
+            let p = rt.block_on(session.propose(vault.conn(), &researcher, &parsed))?;
+            emit(cli, &p, || {
+                format!(
+                    "proposed study {} \"{}\" with {} escrow; scope hash {}\n\
+                     stewards approve it with `cohort study approve {} --as <steward>`",
+                    p.study_id, p.title, p.escrow, p.scope_hash, p.study_id
+                )
+            });
+        }
+        StudyCmd::Approve { study } => {
+            let steward = actor(cli, &vault)?;
+            let a = rt.block_on(session.approve(vault.conn(), &steward, *study))?;
+            emit(cli, &a, || {
+                let mut s = format!(
+                    "study {}: {} of {} approvals",
+                    a.study_id, a.approvals, a.required
+                );
+                if let Some(n) = a.view_patients {
+                    s.push_str(&format!(
+                        "; approved, its view holds the {n} consenting patient(s)"
+                    ));
+                }
+                s
+            });
+        }
+        StudyCmd::List => {
+            let list = rt.block_on(session.list(vault.conn()))?;
+            emit(cli, &list, || {
+                if list.is_empty() {
+                    return "no studies yet (`cohort study propose FILE --as <researcher>`)".into();
+                }
+                list.iter()
+                    .map(|s| {
+                        format!(
+                            "{:>4}  {:<9} {:<40} remaining {}, {} consenting, {} queries",
+                            s.study_id, s.status, s.title, s.remaining, s.consenting, s.queries
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        StudyCmd::Show { study } => {
+            let s = rt.block_on(session.show(vault.conn(), *study))?;
+            emit(cli, &s, || {
+                format!(
+                    "study {} \"{}\" ({})\n  purpose     {}\n  approvals   {}\n  budget      {}\n  remaining   {}\n  \
+                     escrow      {} unallocated, {} owed to patients\n  consenting  {} patient(s)\n  \
+                     answered    {} quer(ies), {} extract(s) released{}",
+                    s.study_id,
+                    s.title,
+                    s.status,
+                    s.purpose,
+                    s.approvals,
+                    s.budget,
+                    s.remaining,
+                    s.escrow,
+                    s.owed,
+                    s.consenting,
+                    s.queries,
+                    s.releases,
+                    if s.microdata { "" } else { " (no microdata)" }
+                )
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn consent(cli: &Cli, dir: &DataDir, cmd: &ConsentCmd) -> anyhow::Result<ExitCode> {
+    let (vault, session, rt) = open(cli, dir)?;
+    let patient = actor(cli, &vault)?;
+    match cmd {
+        ConsentCmd::Give {
+            study,
+            days,
+            purposes,
+        } => {
+            let purposes = (!purposes.is_empty()).then_some(purposes.as_slice());
+            let c = rt.block_on(session.consent(vault.conn(), &patient, *study, purposes, *days))?;
+            emit(cli, &c, || {
+                format!("{} consented to study {} ({})", c.account, c.study_id, c.tx_hash)
+            });
+        }
+        ConsentCmd::Withdraw { study } => {
+            let c = rt.block_on(session.withdraw(vault.conn(), &patient, *study))?;
+            emit(cli, &c, || {
+                format!(
+                    "{} withdrew from study {}: later queries leave their records out ({})",
+                    c.account, c.study_id, c.tx_hash
+                )
+            });
+        }
+        ConsentCmd::List => {
+            let list = rt.block_on(session.consents_of(vault.conn(), patient.address()))?;
+            emit(cli, &list, || {
+                if list.is_empty() {
+                    return format!("{} has no consents", patient.name());
+                }
+                list.iter()
+                    .map(|c| {
+                        format!(
+                            "study {:>4}  {:<9} {:<40} purposes {} until {}",
+                            c.study_id,
+                            if c.active { "active" } else { "withdrawn" },
+                            c.title.as_deref().unwrap_or("(not proposed here)"),
+                            c.purposes.join(","),
+                            c.expires_at
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn research_query(cli: &Cli, dir: &DataDir, id: u64, a: &QueryArgs) -> anyhow::Result<ExitCode> {
+    use cohort_anonymizer::accountant::Amount;
+    if a.budget.is_some() {
+        anyhow::bail!("--budget is for policy files; a study's budget is on the ledger");
+    }
+    let amount = |name: &str, v: &Option<String>| -> anyhow::Result<Option<Amount>> {
+        v.as_deref()
+            .map(|v| v.parse::<Amount>().map_err(|e| anyhow::anyhow!("--{name} {v}: {e}")))
+            .transpose()
+    };
+    let mut weights = std::collections::BTreeMap::new();
+    for item in &a.split {
+        let (name, weight) = item
+            .rsplit_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--split {item}: expected name=weight"))?;
+        let weight: u32 = weight
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--split {item}: the weight must be a whole number"))?;
+        weights.insert(name.to_string(), weight);
+    }
+    let request = QueryRequest {
+        sql: a.sql.clone(),
+        query_id: a.query_id.clone(),
+        epsilon: amount("epsilon", &a.epsilon)?,
+        rho: amount("rho", &a.rho)?,
+        delta: amount("delta", &a.delta)?,
+        weights,
+        explain: a.explain,
+    };
+    let (_vault, session, rt) = open(cli, dir)?;
+    let outcome = rt.block_on(session.query(&cli.actor, id, &request))?;
+    emit(cli, &outcome, || outcome_text(&outcome));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A query's answer for people: the table, each release's 95% error, the cost.
+pub(crate) fn outcome_text(outcome: &QueryOutcome) -> String {
+    if let Some(explain) = &outcome.explain {
+        return explain.trim_end().to_string();
+    }
+    let Some(answer) = &outcome.answer else {
+        return String::new();
+    };
+    let mut lines = render_table(&answer.columns, &answer.rows);
+    lines.push(String::new());
+    if let Some(releases) = answer.releases.as_array() {
+        lines.push("each release with its 95% error:".into());
+        for r in releases {
+            let groups = r["groups"].as_array().cloned().unwrap_or_default();
+            let values = r["values"].as_array().cloned().unwrap_or_default();
+            let errors = r["error_95"].as_array().cloned().unwrap_or_default();
+            let parts: Vec<String> = groups
+                .iter()
+                .zip(values.iter().zip(&errors))
+                .map(|(g, (v, e))| {
+                    let g = g.as_str().unwrap_or_default();
+                    let label = if g.is_empty() { String::new() } else { format!("{g}: ") };
+                    format!(
+                        "{label}{} ± {}",
+                        short(v.as_f64().unwrap_or(f64::NAN)),
+                        short(e.as_f64().unwrap_or(f64::NAN))
+                    )
+                })
+                .collect();
+            lines.push(format!("  {}  {}", r["output"].as_str().unwrap_or_default(), parts.join("; ")));
+        }
+    }
+    lines.push(format!(
+        "cost {}; {} patients contributed; remaining {}{}",
+        answer.cost,
+        answer.contributors,
+        outcome.remaining,
+        if outcome.replayed {
+            format!("; the stored answer of query `{}` (no new noise, nothing spent)", answer.query_id)
+        } else {
+            format!("; query id `{}`", answer.query_id)
+        }
+    ));
+    lines.join("\n")
+}
+
+pub(crate) fn release(
+    cli: &Cli,
+    dir: &DataDir,
+    id: u64,
+    k: usize,
+    l: Option<usize>,
+    out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let (_vault, session, rt) = open(cli, dir)?;
+    let r = rt.block_on(session.release(&cli.actor, id, k, l, out))?;
+    emit(cli, &r, || release_text(&r));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn release_text(r: &cohort_engine::research::microdata::Released) -> String {
+    format!(
+        "released {} rows of study {} to {} (k = {}{}, measured k = {}{})\n  \
+         {} classes, {} suppressed; information loss NCP {:.4}, discernibility {:.3e}\n  \
+         recorded on the ledger as {}; report {}",
+        r.report.rows_out,
+        r.study_id,
+        r.path.display(),
+        r.k,
+        if r.l > 0 { format!(", l = {}", r.l) } else { String::new() },
+        r.measured_k,
+        r.measured_l.map(|l| format!(", l = {l}")).unwrap_or_default(),
+        r.report.classes,
+        r.report.suppressed,
+        r.report.ncp,
+        r.report.discernibility,
+        r.extract_hash,
+        r.report_path.display()
+    )
+}
+
+pub(crate) fn compensation(cli: &Cli, dir: &DataDir, cmd: &CompensationCmd) -> anyhow::Result<ExitCode> {
+    let (vault, session, rt) = open(cli, dir)?;
+    let patient = actor(cli, &vault)?;
+    match cmd {
+        CompensationCmd::Show { study } => {
+            let e = rt.block_on(session.earnings(patient.address(), *study))?;
+            emit(cli, &e, || {
+                let mut lines: Vec<String> = e
+                    .shares
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "study {:>4}  query {:<24} {:>22}  {}",
+                            s.study_id,
+                            s.query_id,
+                            s.amount_text,
+                            if s.claimed { "claimed" } else { "claimable" }
+                        )
+                    })
+                    .collect();
+                lines.push(format!(
+                    "{}: earned {}, claimed {}, claimable {}",
+                    patient.name(),
+                    e.earned,
+                    e.claimed,
+                    e.claimable
+                ));
+                lines.join("\n")
+            });
+        }
+        CompensationCmd::Claim { study } => {
+            let c = rt.block_on(session.claim(&patient, *study))?;
+            emit(cli, &c, || {
+                format!(
+                    "paid {} to {} for {} quer(ies)",
+                    c.paid_text,
+                    c.address,
+                    c.queries.len()
+                )
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,418 @@
+//! The research path end to end: proposal, m-of-n approval, consent and
+//! withdrawal, budgeted queries on the embedded ledger, crashes between
+//! their steps, concurrent queries against one budget, microdata and
+//! compensation.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cohort_engine::chain::{self, DeployRequest};
+use cohort_engine::research::query::QueryRequest;
+use cohort_engine::research::{self, Session, StudyFile};
+use cohort_engine::{DataDir, accounts};
+use cohort_ledger_bridge::{Account, Role};
+
+use crate::{PASSPHRASE, access, bundles, cohort, cohort_json, stderr, vault};
+
+/// A study file over the projection, with `extra` lines in [study].
+fn study_text(epsilon_budget: &str, per_query: &str, microdata: bool) -> String {
+    format!(
+        r#"privacy_unit = "patient_id"
+[study]
+title = "Test study"
+purpose = "Testing the research path"
+duration_days = 30
+escrow = "1 ether"
+fee_per_query = "0.03 ether"
+microdata = {microdata}
+[budget]
+epsilon = "{epsilon_budget}"
+{release}
+[query]
+epsilon = "{per_query}"
+max_epsilon = "1"
+[contribution]
+max_rows = 3
+[tables.patients]
+rows_per_unit = 1
+[tables.patients.columns]
+patient_id = {{ identifier = true }}
+birth_date = {{ lower = 1930, upper = 2026 }}
+gender = {{ domain = ["female", "male"] }}
+race = {{}}
+zip = {{}}
+[tables.observations.columns]
+patient_id = {{ identifier = true }}
+loinc = {{}}
+value = {{ lower = 0, upper = 300 }}
+"#,
+        release = if microdata {
+            "[release]\ntable = \"patients\"\nquasi_identifiers = [\"birth_date\", \"gender\"]\nsensitive = \"race\"\nsuppression = 0.1"
+        } else {
+            ""
+        }
+    )
+}
+
+/// A data directory with `patients` ingested, contracts deployed (2 of 3
+/// stewards), a researcher and stewards with their roles.
+struct Setup {
+    tmp: tempfile::TempDir,
+    dir: DataDir,
+    data: PathBuf,
+    patient_ids: Vec<String>,
+}
+
+fn setup(patients: u64) -> Setup {
+    let (tmp, dir, vault) = vault();
+    let input = bundles(tmp.path(), patients, 7);
+    cohort_engine::ingest::ingest_paths(&vault, &access(), &[input], false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(chain::deploy(
+        &dir,
+        vault.conn(),
+        vault.keys(),
+        &DeployRequest {
+            rpc_url: None,
+            approvals: 2,
+            confirmations: None,
+            admin: "operator".into(),
+            redeploy: false,
+        },
+    ))
+    .unwrap();
+    let (_, client) = rt.block_on(chain::client(&dir)).unwrap();
+    let admin = accounts::get(vault.conn(), vault.keys(), "operator").unwrap();
+    let grants = [("researcher", Role::Researcher), ("steward-1", Role::Steward), ("steward-2", Role::Steward), ("steward-3", Role::Steward)];
+    for (name, role) in grants {
+        let a = accounts::get_or_create(vault.conn(), vault.keys(), name).unwrap();
+        rt.block_on(client.grant_role(&admin, role, a.address())).unwrap();
+    }
+    let data = dir.root().to_path_buf();
+    // The researcher's ether for escrows, from the CLI.
+    crate::cohort_json(&data, &["account", "fund", "researcher", "5 ether"]);
+    let patient_ids: Vec<String> = vault
+        .conn()
+        .prepare("SELECT patient_id FROM proj_patients ORDER BY patient_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    Setup {
+        tmp,
+        dir,
+        data,
+        patient_ids,
+    }
+}
+
+impl Setup {
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Proposes and approves (2 of 3) through the library; links and
+    /// consents the first `consenting` patients; returns the study id and
+    /// the patients' accounts.
+    fn approved_study(&self, text: &str, consenting: usize) -> (u64, Vec<Account>) {
+        let vault = self.dir.unlock(PASSPHRASE).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let session = rt.block_on(Session::open(&self.dir, &vault)).unwrap();
+        let file = StudyFile::parse(text).unwrap();
+        let researcher = accounts::get(vault.conn(), vault.keys(), "researcher").unwrap();
+        let id = rt
+            .block_on(session.propose(vault.conn(), &researcher, &file))
+            .unwrap()
+            .study_id;
+        for s in ["steward-1", "steward-2"] {
+            let s = accounts::get(vault.conn(), vault.keys(), s).unwrap();
+            rt.block_on(session.approve(vault.conn(), &s, id)).unwrap();
+        }
+        let mut patients = Vec::new();
+        for (i, pid) in self.patient_ids.iter().take(consenting).enumerate() {
+            let name = format!("patient-{i}");
+            let a = match accounts::get(vault.conn(), vault.keys(), &name) {
+                Ok(a) => a,
+                Err(_) => research::link_patient(vault.conn(), &vault, &name, pid).unwrap(),
+            };
+            patients.push(a);
+        }
+        for r in rt
+            .block_on(session.consent_all(vault.conn(), &patients, id, None, 30))
+            .unwrap()
+        {
+            r.unwrap();
+        }
+        (id, patients)
+    }
+}
+
+fn remaining_epsilon(data: &Path, study: u64) -> String {
+    let show = cohort_json(data, &["study", "show", &study.to_string()]);
+    show["remaining"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_research_path_runs_from_the_cli() {
+    let s = setup(40);
+    let d = &s.data;
+    let file = s.write("study.toml", &study_text("3", "0.5", true));
+    let file = file.to_str().unwrap();
+
+    // Only a researcher proposes; stewards approve, 2 of 3, never the proposer.
+    let refused = cohort(d, &["study", "propose", file, "--as", "steward-1"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("researcher role"), "{}", stderr(&refused));
+    let p = cohort_json(d, &["study", "propose", file, "--as", "researcher"]);
+    let id = p["study_id"].as_u64().unwrap().to_string();
+    let q = "SELECT COUNT(*) AS n FROM patients";
+    let early = cohort(d, &["query", &id, q, "--as", "researcher"]);
+    assert!(stderr(&early).contains("not approved"), "{}", stderr(&early));
+    let a1 = cohort_json(d, &["study", "approve", &id, "--as", "steward-1"]);
+    assert_eq!(a1["approved"], false);
+    let again = cohort(d, &["study", "approve", &id, "--as", "steward-1"]);
+    assert!(stderr(&again).contains("AlreadyApproved"), "{}", stderr(&again));
+    let a2 = cohort_json(d, &["study", "approve", &id, "--as", "steward-2"]);
+    assert_eq!(a2["approved"], true);
+    assert_eq!(a2["view_patients"], 0);
+
+    // Three patients consent from their own accounts.
+    for i in 0..3 {
+        let name = format!("p{i}");
+        cohort_json(d, &["account", "new", &name, "--patient", &s.patient_ids[i]]);
+        cohort_json(d, &["consent", "give", &id, "--as", &name]);
+    }
+    let not_linked = cohort(d, &["consent", "give", &id, "--as", "researcher"]);
+    assert!(stderr(&not_linked).contains("not linked to a patient"));
+    let listed = cohort_json(d, &["consent", "list", "--as", "p0"]);
+    assert_eq!(listed[0]["active"], true);
+
+    // The view holds the consenting patients only.
+    let first = cohort_json(d, &["query", &id, q, "--as", "researcher", "--query-id", "first"]);
+    assert_eq!(first["answer"]["contributors"], 3);
+    assert_eq!(first["replayed"], false);
+    let view = cohort_engine::tabular::read(&d.join("research/studies").join(&id).join("view/patients.parquet")).unwrap();
+    assert_eq!(view.num_rows(), 3, "the view holds exactly the consenting patients");
+    assert!(view.column_by_name("family_name").is_none() && view.column_by_name("ssn").is_none());
+
+    // Row-level output is refused before anything is spent.
+    let rows = cohort(d, &["query", &id, "SELECT patient_id, zip FROM patients", "--as", "researcher"]);
+    assert!(!rows.status.success());
+    assert_eq!(remaining_epsilon(d, id.parse().unwrap()), "ε 2.5");
+
+    // A withdrawal: the next query cannot count them.
+    cohort_json(d, &["consent", "withdraw", &id, "--as", "p1"]);
+    let second = cohort_json(d, &["query", &id, q, "--as", "researcher", "--query-id", "second"]);
+    assert_eq!(second["answer"]["contributors"], 2);
+    let view = cohort_engine::tabular::read(&d.join("research/studies").join(&id).join("view/patients.parquet")).unwrap();
+    assert_eq!(view.num_rows(), 2);
+
+    // Compensation: p0 earned a share of both queries, p1 of the first only.
+    let p0 = cohort_json(d, &["compensation", "show", "--as", "p0"]);
+    assert_eq!(p0["shares"].as_array().unwrap().len(), 2);
+    assert_eq!(p0["earned"], "0.025 ether", "0.03/3 + 0.03/2");
+    let p1 = cohort_json(d, &["compensation", "show", "--as", "p1"]);
+    assert_eq!(p1["shares"].as_array().unwrap().len(), 1);
+    let paid = cohort_json(d, &["compensation", "claim", "--as", "p0"]);
+    assert_eq!(paid["paid"], "25000000000000000");
+    let twice = cohort(d, &["compensation", "claim", "--as", "p0"]);
+    assert!(stderr(&twice).contains("nothing left to claim"), "{}", stderr(&twice));
+    let p0 = cohort_json(d, &["compensation", "show", "--as", "p0"]);
+    assert_eq!(p0["claimable"], "0 ether");
+
+    // A k-anonymous extract, recorded on the ledger.
+    let r = cohort_json(d, &["release", &id, "--k", "2", "--as", "researcher"]);
+    assert!(r["measured_k"].as_u64().unwrap() >= 2);
+    let extract = cohort_engine::tabular::read(Path::new(r["path"].as_str().unwrap())).unwrap();
+    assert!(extract.column_by_name("patient_id").is_none());
+    let show = cohort_json(d, &["study", "show", &id]);
+    assert_eq!(show["releases"], 1);
+    assert_eq!(show["queries"], 2);
+    cohort_json(d, &["ledger", "sync"]);
+    let conn = s.dir.connect().unwrap();
+    let on_chain: i64 = conn
+        .query_row("SELECT COUNT(*) FROM ledger_releases WHERE extract_hash = ?1", [r["extract_hash"].as_str().unwrap()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(on_chain, 1);
+
+    // A study without microdata approval releases nothing.
+    let closed = s.write("closed.toml", &study_text("1", "0.5", false));
+    let p = cohort_json(d, &["study", "propose", closed.to_str().unwrap(), "--as", "researcher"]);
+    let id2 = p["study_id"].as_u64().unwrap().to_string();
+    cohort_json(d, &["study", "approve", &id2, "--as", "steward-1"]);
+    cohort_json(d, &["study", "approve", &id2, "--as", "steward-3"]);
+    let refused = cohort(d, &["release", &id2, "--k", "2", "--as", "researcher"]);
+    assert!(stderr(&refused).contains("not approved for microdata"), "{}", stderr(&refused));
+
+    // Every step is in the audit chain, which is intact.
+    let log = cohort_json(d, &["audit", "log", "--limit", "200"]);
+    let actions: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for a in ["study.propose", "study.approve", "consent.give", "consent.withdraw", "research.query", "research.release", "compensation.claim"] {
+        assert!(actions.contains(&a), "no {a} in the audit log");
+    }
+    assert_eq!(cohort_json(d, &["audit", "verify"])["first_broken"], serde_json::Value::Null);
+}
+
+/// Runs a query that stops at `step`, then SIGKILLs it there.
+fn killed_at(data: &Path, study: &str, sql: &str, query_id: &str, step: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["--data-dir"])
+        .arg(data)
+        .args(["query", study, sql, "--as", "researcher", "--query-id", query_id])
+        .env("COHORT_PASSPHRASE", PASSPHRASE)
+        .env("COHORT_TEST_PAUSE_AT", step)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let marker = format!("paused at {step}");
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line == marker => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("the query ended before reaching {step}: {:?}", child.wait()),
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+}
+
+#[test]
+fn a_killed_query_is_finished_or_undone_on_restart_and_never_answered_twice() {
+    let s = setup(20);
+    let (id, _) = s.approved_study(&study_text("3", "0.5", false), 5);
+    let study = id.to_string();
+    let d = &s.data;
+    let sql = "SELECT gender, COUNT(*) AS n FROM patients GROUP BY gender";
+    assert_eq!(remaining_epsilon(d, id), "ε 3");
+
+    // Killed between reserve and the plan's run: the restart releases the reservation.
+    killed_at(d, &study, sql, "k1", "reserved");
+    assert_eq!(remaining_epsilon(d, id), "ε 3", "the reservation was released on restart");
+    let again = cohort(d, &["query", &study, sql, "--as", "researcher", "--query-id", "k1"]);
+    assert!(stderr(&again).contains("interrupted"), "{}", stderr(&again));
+    assert_eq!(remaining_epsilon(d, id), "ε 3");
+
+    // Killed with the answer stored but not committed: the restart commits it, once.
+    killed_at(d, &study, sql, "k2", "answered");
+    assert_eq!(remaining_epsilon(d, id), "ε 2.5", "the stored answer was committed on restart");
+    let a = cohort_json(d, &["query", &study, sql, "--as", "researcher", "--query-id", "k2"]);
+    let b = cohort_json(d, &["query", &study, sql, "--as", "researcher", "--query-id", "k2"]);
+    assert_eq!(a["replayed"], true);
+    assert_eq!(a["answer"], b["answer"], "the same noise, not fresh noise");
+    assert_eq!(remaining_epsilon(d, id), "ε 2.5", "replays spend nothing");
+
+    // Killed after the commit, before delivery: the stored answer is what the id returns.
+    killed_at(d, &study, sql, "k3", "committed");
+    assert_eq!(remaining_epsilon(d, id), "ε 2");
+    let c = cohort_json(d, &["query", &study, sql, "--as", "researcher", "--query-id", "k3"]);
+    assert_eq!(c["replayed"], true);
+    cohort_json(d, &["ledger", "sync"]);
+    let conn = s.dir.connect().unwrap();
+    let committed: String = conn
+        .query_row(
+            "SELECT result_hash FROM ledger_budget_events WHERE kind = 'committed' AND query_id = ?1",
+            [c["answer"]["ledger_id"].as_str().unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(Some(committed.as_str()), c["result_hash"].as_str(), "the delivered answer is the committed one");
+    let reservations: i64 = conn
+        .query_row("SELECT COUNT(*) FROM ledger_budget_events WHERE kind = 'reserved'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(reservations, 3, "one reservation per query id, never two");
+
+    // A query id names one question.
+    let other = cohort(d, &["query", &study, "SELECT COUNT(*) FROM patients", "--as", "researcher", "--query-id", "k3"]);
+    assert!(stderr(&other).contains("different question"), "{}", stderr(&other));
+}
+
+#[test]
+fn concurrent_queries_spend_exactly_what_the_budget_allows() {
+    let s = setup(20);
+    // 2 / 0.05: exactly 40 of 120 queries can be paid for.
+    let text = study_text("2", "0.05", false).replace("0.03 ether", "0.001 ether");
+    let (id, _) = s.approved_study(&text, 8);
+    let vault = s.dir.unlock(PASSPHRASE).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let session = rt.block_on(Session::open(&s.dir, &vault)).unwrap();
+    let requests: Vec<QueryRequest> = (0..120)
+        .map(|i| QueryRequest {
+            sql: "SELECT COUNT(*) AS n FROM patients".into(),
+            query_id: Some(format!("c{i}")),
+            ..Default::default()
+        })
+        .collect();
+    let results = rt.block_on(futures::future::join_all(
+        requests.iter().map(|r| session.query("researcher", id, r)),
+    ));
+    let answered = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(answered, 40, "exactly what the budget allows");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        let text = e.to_string();
+        assert!(text.contains("BudgetExceeded") || text.contains("budget"), "an unexpected failure: {text}");
+    }
+    let left = rt.block_on(session.client().remaining(id)).unwrap();
+    assert_eq!(left.primary, 0, "40 × 0.05 = 2 spent, nothing reserved");
+    let study = rt.block_on(session.client().study(id)).unwrap();
+    assert_eq!(study.committed, 2 * cohort_anonymizer::accountant::UNITS_PER_ONE);
+    assert_eq!(study.reserved, 0);
+    assert_eq!(study.openReservations, 0);
+    let delivered: i64 = s
+        .dir
+        .connect()
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM research_queries WHERE state = 'delivered'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(delivered, 40);
+}
+
+#[test]
+fn a_patient_claims_only_their_own_share_and_only_once() {
+    let s = setup(12);
+    let (id, patients) = s.approved_study(&study_text("3", "0.5", false), 4);
+    let vault = s.dir.unlock(PASSPHRASE).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let session = rt.block_on(Session::open(&s.dir, &vault)).unwrap();
+    let out = rt
+        .block_on(session.query(
+            "researcher",
+            id,
+            &QueryRequest {
+                sql: "SELECT COUNT(*) FROM patients".into(),
+                query_id: Some("paid".into()),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    let answer = out.answer.unwrap();
+    assert_eq!(answer.contributors, 4);
+    let ledger_id: cohort_ledger_bridge::alloy::primitives::B256 = answer.ledger_id.parse().unwrap();
+
+    // Another patient replaying a's proof and amount is refused by the contract.
+    let shares = rt.block_on(session.earnings(patients[0].address(), None)).unwrap();
+    let amount: cohort_ledger_bridge::alloy::primitives::U256 = shares.shares[0].amount.parse().unwrap();
+    let tree = cohort_ledger_bridge::merkle::ContributorTree::new(
+        patients.iter().map(|p| (p.address(), amount)),
+    )
+    .unwrap();
+    let (_, proof) = tree.proof(patients[0].address()).unwrap();
+    let stolen = rt.block_on(session.client().claim(&patients[1], id, ledger_id, amount, proof));
+    assert!(stolen.unwrap_err().to_string().contains("InvalidProof"));
+
+    let paid = rt.block_on(session.claim(&patients[0], Some(id))).unwrap();
+    assert_eq!(paid.paid, amount.to_string());
+    assert!(rt.block_on(session.claim(&patients[0], Some(id))).is_err());
+    let (_, proof) = tree.proof(patients[0].address()).unwrap();
+    let twice = rt.block_on(session.client().claim(&patients[0], id, ledger_id, amount, proof));
+    assert!(twice.unwrap_err().to_string().contains("AlreadyClaimed"));
+    // The other contributors' shares are untouched.
+    let b = rt.block_on(session.earnings(patients[1].address(), None)).unwrap();
+    assert_eq!(b.claimable, cohort_engine::research::study::format_wei(amount));
+}
