@@ -92,7 +92,7 @@ contract ResearchStudy is ReentrancyGuard {
     mapping(uint256 studyId => mapping(address patient => Consent)) private _consents;
     mapping(bytes32 queryId => Query) private _queries;
     mapping(bytes32 queryId => mapping(address patient => bool)) private _claimed;
-    mapping(bytes32 extractHash => uint256 studyId) private _releasedIn;
+    mapping(uint256 studyId => mapping(bytes32 extractHash => bool)) private _released;
 
     event RequiredApprovalsSet(uint8 approvals);
     event StudyProposed(
@@ -151,7 +151,6 @@ contract ResearchStudy is ReentrancyGuard {
     error TransferFailed(address to, uint256 amount);
     error MicrodataNotAllowed(uint256 studyId);
     error InvalidRelease(bytes32 extractHash, uint32 k, uint32 l);
-    error ReleaseExists(bytes32 extractHash, uint256 studyId);
 
     modifier onlyRole(bytes32 role) {
         if (!access.hasRole(role, msg.sender)) revert MissingRole(role, msg.sender);
@@ -377,20 +376,18 @@ contract ResearchStudy is ReentrancyGuard {
         onlyRole(access.ENGINE_ROLE())
     {
         Study storage s = _study(studyId);
-        uint256 recorded = _releasedIn[extractHash];
-        if (recorded == studyId) return;
-        if (recorded != 0) revert ReleaseExists(extractHash, recorded);
+        if (_released[studyId][extractHash]) return;
         if (s.status != Status.Approved) revert WrongStatus(studyId, s.status);
         if (block.timestamp >= s.endsAt) revert StudyEnded(studyId, s.endsAt);
         if (!s.terms.microdata) revert MicrodataNotAllowed(studyId);
         if (extractHash == 0 || k < 2 || l == 1) revert InvalidRelease(extractHash, k, l);
-        _releasedIn[extractHash] = studyId;
+        _released[studyId][extractHash] = true;
         emit MicrodataReleased(studyId, extractHash, k, l, rows);
     }
 
-    /// The study an extract was released in (0: none).
-    function releasedIn(bytes32 extractHash) external view returns (uint256) {
-        return _releasedIn[extractHash];
+    /// Whether study `studyId` released the extract with this hash.
+    function isReleased(uint256 studyId, bytes32 extractHash) external view returns (bool) {
+        return _released[studyId][extractHash];
     }
 
     // ---------------------------------------------------------- compensation
