@@ -13,8 +13,8 @@ use cohort_engine::research::{self, Session, StudyFile};
 use cohort_engine::vault::Access;
 use cohort_engine::{DataDir, accounts, audit, chain, generate, ingest, projection};
 use cohort_ledger_bridge::Role;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use super::{Cli, counts_text, ingest_text, unlock, verify_text};
@@ -78,26 +78,49 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         }
     };
     let mut record: Vec<serde_json::Value> = Vec::new();
-    let mut keep = |step: &'static str, v: &dyn erased::Value| record.push(serde_json::json!({ "step": step, "value": v.json() }));
+    let mut keep = |step: &'static str, v: &dyn erased::Value| {
+        record.push(serde_json::json!({ "step": step, "value": v.json() }))
+    };
     let progress = !json && std::io::stderr().is_terminal();
-    say(&format!("cohort demo: data directory {}", dir.root().display()));
+    say(&format!(
+        "cohort demo: data directory {}",
+        dir.root().display()
+    ));
 
     // 1. Generate and ingest.
     let bundles = dir.root().join("demo").join("bundles");
-    say(&format!("\n1. Generating {patients} synthetic patients (seed {seed}) as FHIR R4 bundles"));
+    say(&format!(
+        "\n1. Generating {patients} synthetic patients (seed {seed}) as FHIR R4 bundles"
+    ));
     let generated = generate::generate(&generate::Options {
         progress,
         ..generate::Options::new(patients, seed, &bundles)
     })?;
-    say(&format!("   {} resources in {} bundles ({:.1} s)", generated.resources, generated.bundles, generated.seconds));
+    say(&format!(
+        "   {} resources in {} bundles ({:.1} s)",
+        generated.resources, generated.bundles, generated.seconds
+    ));
     keep("generate", &generated);
 
-    say("\n2. Ingesting: each resource encrypted with its patient's key, stored under its IPFS CID");
+    say(
+        "\n2. Ingesting: each resource encrypted with its patient's key, stored under its IPFS CID",
+    );
     let vault = unlock(cli, dir, Some("cohort-demo"))?;
-    let report = ingest::ingest_paths(&vault, &Access::new(&cli.actor, "demo ingest"), &[bundles], progress)?;
-    say(&format!("   {}", ingest_text(&report).replace('\n', "\n   ")));
+    let report = ingest::ingest_paths(
+        &vault,
+        &Access::new(&cli.actor, "demo ingest"),
+        &[bundles],
+        progress,
+    )?;
+    say(&format!(
+        "   {}",
+        ingest_text(&report).replace('\n', "\n   ")
+    ));
     let counts = projection::counts(vault.conn())?;
-    say(&format!("   {}", counts_text(&counts).replace('\n', "\n   ")));
+    say(&format!(
+        "   {}",
+        counts_text(&counts).replace('\n', "\n   ")
+    ));
     keep("ingest", &report);
 
     // 2. The ledger and the actors.
@@ -126,7 +149,10 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     rt.block_on(client.grant_role(&admin, Role::Researcher, researcher.address()))?;
     // The escrow's ether: minted on the embedded chain, standing in for a payment.
     let balance = rt.block_on(client.ledger().balance(researcher.address()))?;
-    rt.block_on(client.ledger().set_balance(researcher.address(), balance + cohort_engine::research::study::parse_wei("escrow", "1 ether")?))?;
+    rt.block_on(client.ledger().set_balance(
+        researcher.address(),
+        balance + cohort_engine::research::study::parse_wei("escrow", "1 ether")?,
+    ))?;
     for s in &stewards {
         rt.block_on(client.grant_role(&admin, Role::Steward, s.address()))?;
     }
@@ -137,18 +163,35 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     let session = rt.block_on(Session::open(dir, &vault))?;
 
     // 3. Propose and approve.
-    let year = chrono::Utc::now().date_naive().format("%Y").to_string().parse::<i32>()?;
+    let year = chrono::Utc::now()
+        .date_naive()
+        .format("%Y")
+        .to_string()
+        .parse::<i32>()?;
     let text = study_file(year);
     let study_path = dir.root().join("demo").join("diabetes-study.toml");
     std::fs::write(&study_path, &text)?;
     let file = StudyFile::parse(&text)?;
-    say(&format!("\n4. The researcher proposes \"{}\" ({}), ε budget 3, 0.5 per query, 1 ether escrow", file.terms.title, study_path.display()));
+    say(&format!(
+        "\n4. The researcher proposes \"{}\" ({}), ε budget 3, 0.5 per query, 1 ether escrow",
+        file.terms.title,
+        study_path.display()
+    ));
     let proposed = rt.block_on(session.propose(vault.conn(), &researcher, &file))?;
     let id = proposed.study_id;
-    say(&format!("   study {id} proposed; scope hash {}", proposed.scope_hash));
+    say(&format!(
+        "   study {id} proposed; scope hash {}",
+        proposed.scope_hash
+    ));
     for s in &stewards[..2] {
         let a = rt.block_on(session.approve(vault.conn(), s, id))?;
-        say(&format!("   {} approves: {} of {}{}", s.name(), a.approvals, a.required, if a.approved { ", approved" } else { "" }));
+        say(&format!(
+            "   {} approves: {} of {}{}",
+            s.name(),
+            a.approvals,
+            a.required,
+            if a.approved { ", approved" } else { "" }
+        ));
     }
 
     // 4. Consent.
@@ -161,13 +204,21 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     ids.shuffle(&mut rng);
     ids.truncate(ids.len() * 7 / 10);
     ids.sort();
-    say(&format!("\n5. {} patients (70%) consent, each from their own account", ids.len()));
+    say(&format!(
+        "\n5. {} patients (70%) consent, each from their own account",
+        ids.len()
+    ));
     let t = Instant::now();
     let linked = {
         let tx = vault.conn().unchecked_transaction()?;
         let mut linked = Vec::with_capacity(ids.len());
         for (i, pid) in ids.iter().enumerate() {
-            linked.push(research::link_patient(&tx, &vault, &format!("patient-{i:05}"), pid)?);
+            linked.push(research::link_patient(
+                &tx,
+                &vault,
+                &format!("patient-{i:05}"),
+                pid,
+            )?);
         }
         tx.commit()?;
         linked
@@ -177,7 +228,11 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     if failed > 0 {
         anyhow::bail!("{failed} consents failed");
     }
-    say(&format!("   {} consents on chain in {:.1} s", results.len(), t.elapsed().as_secs_f64()));
+    say(&format!(
+        "   {} consents on chain in {:.1} s",
+        results.len(),
+        t.elapsed().as_secs_f64()
+    ));
 
     // 5. Three private queries.
     say("\n6. Three differentially private queries, each reserved, run, committed, then answered");
@@ -204,33 +259,60 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
             first_contributors = outcome.answer.as_ref().map_or(0, |a| a.contributors);
         }
         say(&format!("\n   {sql}"));
-        say(&format!("   {}", outcome_text(&outcome).replace('\n', "\n   ")));
+        say(&format!(
+            "   {}",
+            outcome_text(&outcome).replace('\n', "\n   ")
+        ));
         keep("query", &outcome);
     }
 
     // 6. The extract.
     say("\n7. A k = 10 anonymous extract (Mondrian, l = 2 on race), recorded on the ledger");
     let released = rt.block_on(session.release(researcher.name(), id, 10, Some(2), None))?;
-    say(&format!("   {}", release_text(&released).replace('\n', "\n   ")));
+    say(&format!(
+        "   {}",
+        release_text(&released).replace('\n', "\n   ")
+    ));
     keep("release", &released);
 
     // 7. Compensation.
     let patient = &linked[0];
-    say(&format!("\n8. Compensation: {} sees and claims their share", patient.name()));
+    say(&format!(
+        "\n8. Compensation: {} sees and claims their share",
+        patient.name()
+    ));
     let earnings = rt.block_on(session.earnings(patient.address(), Some(id)))?;
-    say(&format!("   earned {} over {} queries", earnings.earned, earnings.shares.len()));
+    say(&format!(
+        "   earned {} over {} queries",
+        earnings.earned,
+        earnings.shares.len()
+    ));
     let claimed = rt.block_on(session.claim(patient, Some(id)))?;
-    say(&format!("   claimed {} to {}", claimed.paid_text, claimed.address));
+    say(&format!(
+        "   claimed {} to {}",
+        claimed.paid_text, claimed.address
+    ));
     keep("claim", &claimed);
 
     // 8. Withdrawal.
     let leaving = &linked[1];
-    say(&format!("\n9. {} withdraws; the next query cannot count them", leaving.name()));
+    say(&format!(
+        "\n9. {} withdraws; the next query cannot count them",
+        leaving.name()
+    ));
     rt.block_on(session.withdraw(vault.conn(), leaving, id))?;
-    let after = ask("SELECT COUNT(*) AS patients FROM patients".into(), "after-withdrawal")?;
+    let after = ask(
+        "SELECT COUNT(*) AS patients FROM patients".into(),
+        "after-withdrawal",
+    )?;
     let after_contributors = after.answer.as_ref().map_or(0, |a| a.contributors);
-    say(&format!("   {}", outcome_text(&after).replace('\n', "\n   ")));
-    say(&format!("   contributors: {first_contributors} before the withdrawal, {after_contributors} after"));
+    say(&format!(
+        "   {}",
+        outcome_text(&after).replace('\n', "\n   ")
+    ));
+    say(&format!(
+        "   contributors: {first_contributors} before the withdrawal, {after_contributors} after"
+    ));
     keep("query", &after);
 
     // 9. Verify.
@@ -238,9 +320,15 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     let verification = audit::verify(vault.conn())?;
     say(&format!("   {}", verify_text(&verification)));
     let verified = chain::verify(dir)?;
-    say(&format!("   ledger: {} blocks and {} transactions verified", verified.blocks, verified.transactions));
+    say(&format!(
+        "   ledger: {} blocks and {} transactions verified",
+        verified.blocks, verified.transactions
+    ));
     let shown = rt.block_on(session.show(vault.conn(), id))?;
-    say(&format!("   study {id}: remaining {}, {} queries answered, {} owed to patients", shown.remaining, shown.queries, shown.owed));
+    say(&format!(
+        "   study {id}: remaining {}, {} queries answered, {} owed to patients",
+        shown.remaining, shown.queries, shown.owed
+    ));
     let seconds = started.elapsed().as_secs_f64();
     say(&format!("\ndone in {seconds:.1} s"));
     if json {
@@ -267,8 +355,14 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
             })?
         );
     }
-    let ok = verification.is_intact() && report.rejected.is_empty() && after_contributors + 1 == first_contributors;
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let ok = verification.is_intact()
+        && report.rejected.is_empty()
+        && after_contributors + 1 == first_contributors;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Steps of different types kept as JSON for `--json`.

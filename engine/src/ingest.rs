@@ -190,17 +190,24 @@ pub fn store_bundle(
     }
     let mut cache = KeyCache::default();
     let mut outcome = BundleOutcome::default();
-    for r in &bundle.resources {
-        let record_id = r.record_id();
-        let rec = NewRecord {
+    let ids: Vec<String> = bundle.resources.iter().map(|r| r.record_id()).collect();
+    let records: Vec<NewRecord<'_>> = bundle
+        .resources
+        .iter()
+        .zip(&ids)
+        .map(|(r, record_id)| NewRecord {
             patient_id: &r.patient_id,
-            record_id: &record_id,
+            record_id,
             resource_type: r.resource_type,
             content: &r.json,
-        };
-        let (o, _) = vault
-            .put_in(&tx, &mut cache, &rec, r.resource_type == "Patient")
-            .map_err(|e| reject(r.entry, &record_id, e.to_string()))?;
+        })
+        .collect();
+    let stored = vault
+        .put_all_in(&tx, &mut cache, &records, |i| {
+            bundle.resources[i].resource_type == "Patient"
+        })
+        .map_err(|(i, e)| reject(bundle.resources[i].entry, &ids[i], e.to_string()))?;
+    for (r, (o, _)) in bundle.resources.iter().zip(stored) {
         match o {
             PutOutcome::Created => outcome.created += 1,
             PutOutcome::Updated => outcome.updated += 1,

@@ -659,7 +659,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Study(cmd) => study(cli, &dir()?, cmd),
         Command::Consent(cmd) => consent(cli, &dir()?, cmd),
-        Command::Release { study, k, l, out } => release(cli, &dir()?, *study, *k, *l, out.as_deref()),
+        Command::Release { study, k, l, out } => {
+            release(cli, &dir()?, *study, *k, *l, out.as_deref())
+        }
         Command::Compensation(cmd) => compensation(cli, &dir()?, cmd),
         Command::Ledger(cmd) => ledger(cli, &dir()?, cmd),
         Command::Account(cmd) => account(cli, &dir()?, cmd),
@@ -1422,13 +1424,23 @@ fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Result<ExitCod
             let address: cohort_ledger_bridge::alloy::primitives::Address = address.parse()?;
             let rt = runtime()?;
             let (config, client) = rt.block_on(cohort_engine::chain::client(dir))?;
-            if !matches!(config.backend, cohort_engine::chain::BackendConfig::Embedded { .. }) {
-                bail!("`account fund` mints ether on the embedded chain; on a node, send ether to {address:#x} from a funded account");
+            if !matches!(
+                config.backend,
+                cohort_engine::chain::BackendConfig::Embedded { .. }
+            ) {
+                bail!(
+                    "`account fund` mints ether on the embedded chain; on a node, send ether to {address:#x} from a funded account"
+                );
             }
             let balance = rt.block_on(client.ledger().balance(address))? + wei;
             rt.block_on(client.ledger().set_balance(address, balance))?;
             let info = serde_json::json!({ "name": name, "address": format!("{address:#x}"), "balance": balance.to_string() });
-            emit(cli, &info, || format!("{name} now holds {}", cohort_engine::research::study::format_wei(balance)));
+            emit(cli, &info, || {
+                format!(
+                    "{name} now holds {}",
+                    cohort_engine::research::study::format_wei(balance)
+                )
+            });
         }
         AccountCmd::Grant { name, role } => {
             let role: cohort_ledger_bridge::Role =
@@ -1450,7 +1462,13 @@ fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Result<ExitCod
                 },
             )?;
             let info = serde_json::json!({ "name": name, "address": format!("{:#x}", account.address()), "role": role.name() });
-            emit(cli, &info, || format!("granted {} to {name} ({:#x})", role.name(), account.address()));
+            emit(cli, &info, || {
+                format!(
+                    "granted {} to {name} ({:#x})",
+                    role.name(),
+                    account.address()
+                )
+            });
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -10,7 +10,10 @@ use cohort_engine::research::{Session, StudyFile};
 use cohort_engine::vault::Vault;
 use cohort_engine::{DataDir, accounts};
 
-use super::{Cli, CompensationCmd, ConsentCmd, QueryArgs, StudyCmd, emit, render_table, runtime, short, unlock};
+use super::{
+    Cli, CompensationCmd, ConsentCmd, QueryArgs, StudyCmd, emit, render_table, runtime, short,
+    unlock,
+};
 
 /// The vault, the session and the runtime the research commands run on.
 fn open(cli: &Cli, dir: &DataDir) -> anyhow::Result<(Vault, Session, tokio::runtime::Runtime)> {
@@ -111,9 +114,13 @@ pub(crate) fn consent(cli: &Cli, dir: &DataDir, cmd: &ConsentCmd) -> anyhow::Res
             purposes,
         } => {
             let purposes = (!purposes.is_empty()).then_some(purposes.as_slice());
-            let c = rt.block_on(session.consent(vault.conn(), &patient, *study, purposes, *days))?;
+            let c =
+                rt.block_on(session.consent(vault.conn(), &patient, *study, purposes, *days))?;
             emit(cli, &c, || {
-                format!("{} consented to study {} ({})", c.account, c.study_id, c.tx_hash)
+                format!(
+                    "{} consented to study {} ({})",
+                    c.account, c.study_id, c.tx_hash
+                )
             });
         }
         ConsentCmd::Withdraw { study } => {
@@ -150,14 +157,22 @@ pub(crate) fn consent(cli: &Cli, dir: &DataDir, cmd: &ConsentCmd) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn research_query(cli: &Cli, dir: &DataDir, id: u64, a: &QueryArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn research_query(
+    cli: &Cli,
+    dir: &DataDir,
+    id: u64,
+    a: &QueryArgs,
+) -> anyhow::Result<ExitCode> {
     use cohort_anonymizer::accountant::Amount;
     if a.budget.is_some() {
         anyhow::bail!("--budget is for policy files; a study's budget is on the ledger");
     }
     let amount = |name: &str, v: &Option<String>| -> anyhow::Result<Option<Amount>> {
         v.as_deref()
-            .map(|v| v.parse::<Amount>().map_err(|e| anyhow::anyhow!("--{name} {v}: {e}")))
+            .map(|v| {
+                v.parse::<Amount>()
+                    .map_err(|e| anyhow::anyhow!("--{name} {v}: {e}"))
+            })
             .transpose()
     };
     let mut weights = std::collections::BTreeMap::new();
@@ -206,7 +221,11 @@ pub(crate) fn outcome_text(outcome: &QueryOutcome) -> String {
                 .zip(values.iter().zip(&errors))
                 .map(|(g, (v, e))| {
                     let g = g.as_str().unwrap_or_default();
-                    let label = if g.is_empty() { String::new() } else { format!("{g}: ") };
+                    let label = if g.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{g}: ")
+                    };
                     format!(
                         "{label}{} ± {}",
                         short(v.as_f64().unwrap_or(f64::NAN)),
@@ -214,7 +233,11 @@ pub(crate) fn outcome_text(outcome: &QueryOutcome) -> String {
                     )
                 })
                 .collect();
-            lines.push(format!("  {}  {}", r["output"].as_str().unwrap_or_default(), parts.join("; ")));
+            lines.push(format!(
+                "  {}  {}",
+                r["output"].as_str().unwrap_or_default(),
+                parts.join("; ")
+            ));
         }
     }
     lines.push(format!(
@@ -223,7 +246,10 @@ pub(crate) fn outcome_text(outcome: &QueryOutcome) -> String {
         answer.contributors,
         outcome.remaining,
         if outcome.replayed {
-            format!("; the stored answer of query `{}` (no new noise, nothing spent)", answer.query_id)
+            format!(
+                "; the stored answer of query `{}` (no new noise, nothing spent)",
+                answer.query_id
+            )
         } else {
             format!("; query id `{}`", answer.query_id)
         }
@@ -254,9 +280,15 @@ pub(crate) fn release_text(r: &cohort_engine::research::microdata::Released) -> 
         r.study_id,
         r.path.display(),
         r.k,
-        if r.l > 0 { format!(", l = {}", r.l) } else { String::new() },
+        if r.l > 0 {
+            format!(", l = {}", r.l)
+        } else {
+            String::new()
+        },
         r.measured_k,
-        r.measured_l.map(|l| format!(", l = {l}")).unwrap_or_default(),
+        r.measured_l
+            .map(|l| format!(", l = {l}"))
+            .unwrap_or_default(),
         r.report.classes,
         r.report.suppressed,
         r.report.ncp,
@@ -266,7 +298,11 @@ pub(crate) fn release_text(r: &cohort_engine::research::microdata::Released) -> 
     )
 }
 
-pub(crate) fn compensation(cli: &Cli, dir: &DataDir, cmd: &CompensationCmd) -> anyhow::Result<ExitCode> {
+pub(crate) fn compensation(
+    cli: &Cli,
+    dir: &DataDir,
+    cmd: &CompensationCmd,
+) -> anyhow::Result<ExitCode> {
     let (vault, session, rt) = open(cli, dir)?;
     let patient = actor(cli, &vault)?;
     match cmd {

@@ -256,6 +256,137 @@ impl Vault {
         Ok((outcome, rv))
     }
 
+    /// Stores many records inside the caller's transaction, as
+    /// [`Vault::put_in`] would one by one, but sealing and writing their
+    /// blocks on every core between the metadata reads and the inserts
+    /// (block files, not SQLite, bound ingest). `create_patient(i)` says
+    /// whether record `i` may create its patient's key. Records naming the
+    /// same record id twice are stored one by one, in order.
+    pub(crate) fn put_all_in(
+        &self,
+        conn: &Connection,
+        cache: &mut KeyCache,
+        records: &[NewRecord<'_>],
+        create_patient: impl Fn(usize) -> bool,
+    ) -> std::result::Result<Vec<(PutOutcome, RecordVersion)>, (usize, Error)> {
+        use rayon::prelude::*;
+        let distinct: std::collections::HashSet<&str> =
+            records.iter().map(|r| r.record_id).collect();
+        if distinct.len() != records.len() {
+            return records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    self.put_in(conn, cache, r, create_patient(i))
+                        .map_err(|e| (i, e))
+                })
+                .collect();
+        }
+        // 1. Keys, MACs and current versions (SQLite, in order).
+        enum Plan {
+            Unchanged(RecordVersion),
+            Write {
+                key: SecretKey,
+                mac: [u8; 32],
+                version: i64,
+                prev: Option<String>,
+            },
+        }
+        let mut plans = Vec::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
+            let mut step = || -> Result<Plan> {
+                let key = self.data_key(conn, cache, record.patient_id, create_patient(i))?;
+                let mac = content_mac(&key, record.content);
+                let current = current_version(conn, record.record_id)?;
+                if let Some((cur, cur_mac)) = &current {
+                    if cur.patient_id != record.patient_id {
+                        return Err(Error::Invalid(format!(
+                            "{} belongs to another patient; a record cannot move between patients",
+                            record.record_id
+                        )));
+                    }
+                    if cur.resource_type != record.resource_type {
+                        return Err(Error::Invalid(format!(
+                            "{} is a {}, not a {}",
+                            record.record_id, cur.resource_type, record.resource_type
+                        )));
+                    }
+                    if *cur_mac == mac {
+                        return Ok(Plan::Unchanged(cur.clone()));
+                    }
+                }
+                Ok(Plan::Write {
+                    key,
+                    mac,
+                    version: current.as_ref().map_or(1, |(c, _)| c.version + 1),
+                    prev: current.map(|(c, _)| c.cid),
+                })
+            };
+            plans.push(step().map_err(|e| (i, e))?);
+        }
+        // 2. Seal and write the blocks, in parallel.
+        let blocks = &self.blocks;
+        let cids: Vec<Option<(String, i64)>> = plans
+            .par_iter()
+            .zip(records.par_iter())
+            .enumerate()
+            .map(|(i, (plan, record))| match plan {
+                Plan::Unchanged(_) => Ok(None),
+                Plan::Write { key, version, .. } => {
+                    let sealed = seal_block(
+                        key,
+                        record.patient_id,
+                        record.record_id,
+                        *version,
+                        record.content,
+                    );
+                    let cid = blocks.put(&sealed).map_err(|e| (i, e))?;
+                    Ok(Some((cid, sealed.len() as i64)))
+                }
+            })
+            .collect::<std::result::Result<_, (usize, Error)>>()?;
+        // 3. The metadata rows (SQLite, in order).
+        let mut out = Vec::with_capacity(records.len());
+        for (i, ((plan, record), cid)) in plans.into_iter().zip(records).zip(cids).enumerate() {
+            match (plan, cid) {
+                (Plan::Unchanged(cur), _) => out.push((PutOutcome::Unchanged, cur)),
+                (
+                    Plan::Write {
+                        mac, version, prev, ..
+                    },
+                    Some((cid, size)),
+                ) => {
+                    let rv = RecordVersion {
+                        record_id: record.record_id.to_owned(),
+                        version,
+                        patient_id: record.patient_id.to_owned(),
+                        resource_type: record.resource_type.to_owned(),
+                        cid,
+                        prev_cid: prev,
+                        size,
+                        created_at: crate::store::now(),
+                    };
+                    conn.prepare_cached(
+                        "INSERT INTO records(record_id, version, patient_id, resource_type, cid, prev_cid, content_mac, size, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![rv.record_id, rv.version, rv.patient_id, rv.resource_type, rv.cid, rv.prev_cid, mac.to_vec(), rv.size, rv.created_at])
+                    })
+                    .map_err(|e| (i, e.into()))?;
+                    let outcome = if rv.version > 1 {
+                        PutOutcome::Updated
+                    } else {
+                        PutOutcome::Created
+                    };
+                    out.push((outcome, rv));
+                }
+                (Plan::Write { .. }, None) => unreachable!("every write has its block"),
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads a record (the current version, or `version`), audited. The block
     /// is re-hashed against its CID and authenticated against its patient,
     /// record and version before anything is returned.

@@ -129,7 +129,11 @@ impl Session {
             }
             let tree = ContributorTree::new(leaves)?;
             let (amount, proof) = tree.proof(patient.address()).ok_or_else(|| {
-                Error::Invalid(format!("{:#x} has no share of query {}", patient.address(), share.query_id))
+                Error::Invalid(format!(
+                    "{:#x} has no share of query {}",
+                    patient.address(),
+                    share.query_id
+                ))
             })?;
             let ledger_id: B256 = share
                 .ledger_id
@@ -145,7 +149,9 @@ impl Session {
             return Err(Error::Invalid(format!(
                 "account `{}` has nothing left to claim{}",
                 patient.name(),
-                study_id.map(|i| format!(" in study {i}")).unwrap_or_default()
+                study_id
+                    .map(|i| format!(" in study {i}"))
+                    .unwrap_or_default()
             )));
         }
         audit::append(

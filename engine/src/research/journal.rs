@@ -163,7 +163,14 @@ pub(crate) fn answered(
     tx.execute(
         "UPDATE research_queries SET state = 'answered', answer = ?2, result_hash = ?3,
             contributors_root = ?4, fee = ?5, updated_at = ?6 WHERE ledger_id = ?1",
-        params![ledger_id, answer, result_hash, root, fee, crate::store::now()],
+        params![
+            ledger_id,
+            answer,
+            result_hash,
+            root,
+            fee,
+            crate::store::now()
+        ],
     )?;
     {
         let mut insert = tx.prepare(
@@ -179,8 +186,7 @@ pub(crate) fn answered(
 
 /// The shares of a query: (address, wei).
 pub(crate) fn shares(conn: &Connection, ledger_id: &str) -> Result<Vec<(String, String)>> {
-    let mut s =
-        conn.prepare("SELECT address, amount FROM research_shares WHERE ledger_id = ?1")?;
+    let mut s = conn.prepare("SELECT address, amount FROM research_shares WHERE ledger_id = ?1")?;
     let rows = s.query_map([ledger_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

@@ -67,7 +67,9 @@ impl Session {
             ))
         })?;
         if k < 2 {
-            return Err(Error::Invalid(format!("--k {k}: an extract needs k of at least 2")));
+            return Err(Error::Invalid(format!(
+                "--k {k}: an extract needs k of at least 2"
+            )));
         }
         if l == Some(0) || l == Some(1) {
             return Err(Error::Invalid(
@@ -80,7 +82,10 @@ impl Session {
             ));
         }
         let unit = &file.scope.privacy_unit;
-        if spec.quasi_identifiers.contains(unit) || spec.keep.contains(unit) || spec.sensitive.as_ref() == Some(unit) {
+        if spec.quasi_identifiers.contains(unit)
+            || spec.keep.contains(unit)
+            || spec.sensitive.as_ref() == Some(unit)
+        {
             return Err(Error::Invalid(format!(
                 "the extract may not carry `{unit}`: pseudonyms would link its rows"
             )));
@@ -90,9 +95,10 @@ impl Session {
             None => Hierarchies::default(),
         };
         let view = self.view(&conn, id, &file).await?;
-        let batch = view.batches.get(&spec.table).ok_or_else(|| {
-            Error::Invalid(format!("the view has no table `{}`", spec.table))
-        })?;
+        let batch = view
+            .batches
+            .get(&spec.table)
+            .ok_or_else(|| Error::Invalid(format!("the view has no table `{}`", spec.table)))?;
         let request = Request {
             quasi_identifiers: spec.quasi_identifiers.clone(),
             sensitive: spec.sensitive.clone(),
@@ -112,16 +118,27 @@ impl Session {
             &spec.quasi_identifiers,
             spec.sensitive.as_deref(),
         )?;
-        if extract.batch.num_rows() > 0 && (m.k < k || l.is_some_and(|l| m.l_distinct.unwrap_or(0) < l)) {
+        if extract.batch.num_rows() > 0
+            && (m.k < k || l.is_some_and(|l| m.l_distinct.unwrap_or(0) < l))
+        {
             return Err(Error::Invalid(format!(
                 "the extract measures k = {}, l = {:?}, short of k = {k}, l = {l:?}: nothing was released",
                 m.k, m.l_distinct
             )));
         }
 
-        let dir = self.dir.root().join("research").join("studies").join(id.to_string()).join("releases");
+        let dir = self
+            .dir
+            .root()
+            .join("research")
+            .join("studies")
+            .join(id.to_string())
+            .join("releases");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
-        let staged = dir.join(format!(".staged-{}.parquet", crate::release::new_query_id()));
+        let staged = dir.join(format!(
+            ".staged-{}.parquet",
+            crate::release::new_query_id()
+        ));
         crate::tabular::write(&staged, &extract.batch)?;
         let bytes = std::fs::read(&staged).map_err(|e| Error::io("reading", &staged, e))?;
         let hash = B256::from_slice(&Sha256::digest(&bytes));
@@ -132,10 +149,21 @@ impl Session {
         };
         let rows = extract.batch.num_rows() as u64;
         self.client
-            .record_release(&self.engine, id, hash, k as u32, l.unwrap_or(0) as u32, rows)
+            .record_release(
+                &self.engine,
+                id,
+                hash,
+                k as u32,
+                l.unwrap_or(0) as u32,
+                rows,
+            )
             .await?;
         std::fs::rename(&staged, &path)
-            .or_else(|_| std::fs::copy(&staged, &path).map(|_| ()).and_then(|_| std::fs::remove_file(&staged)))
+            .or_else(|_| {
+                std::fs::copy(&staged, &path)
+                    .map(|_| ())
+                    .and_then(|_| std::fs::remove_file(&staged))
+            })
             .map_err(|e| Error::io("writing", &path, e))?;
         let report_path = path.with_extension("report.json");
         let released = Released {

@@ -154,7 +154,12 @@ fn budget_text(kind: u8, primary: u128, delta: u128) -> String {
 
 /// Links an account to a patient of the vault (so that it may consent and
 /// be paid for that patient's records), creating the account if needed.
-pub fn link_patient(conn: &Connection, vault: &Vault, name: &str, patient_id: &str) -> Result<Account> {
+pub fn link_patient(
+    conn: &Connection,
+    vault: &Vault,
+    name: &str,
+    patient_id: &str,
+) -> Result<Account> {
     install(conn)?;
     let known: Option<String> = conn
         .query_row(
@@ -182,8 +187,12 @@ pub fn link_patient(conn: &Connection, vault: &Vault, name: &str, patient_id: &s
         params![patient_id, name, format!("{:#x}", account.address())],
     )
     .map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            Error::Invalid(format!("account `{name}` is already linked to another patient"))
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Error::Invalid(format!(
+                "account `{name}` is already linked to another patient"
+            ))
         }
         other => other.into(),
     })?;
@@ -250,7 +259,12 @@ impl Session {
     }
 
     /// `researcher` proposes the study in `file`, sending its escrow.
-    pub async fn propose(&self, conn: &Connection, researcher: &Account, file: &StudyFile) -> Result<Proposed> {
+    pub async fn propose(
+        &self,
+        conn: &Connection,
+        researcher: &Account,
+        file: &StudyFile,
+    ) -> Result<Proposed> {
         // The view's columns must exist after Safe Harbor, and the policy
         // must fit their types: checked on the empty view before anything is sent.
         let empty = view::build(conn, file, &self.key(0), None, today())?;
@@ -262,7 +276,11 @@ impl Session {
             );
         }
         cohort_query_planner::Planner::new(file.scope.clone(), tables)?;
-        if !self.client.has_role(Role::Researcher, researcher.address()).await? {
+        if !self
+            .client
+            .has_role(Role::Researcher, researcher.address())
+            .await?
+        {
             return Err(Error::Invalid(format!(
                 "account `{}` does not hold the researcher role: the admin grants it with \
                  `cohort account grant {} researcher`",
@@ -323,7 +341,11 @@ impl Session {
 
     /// The study file of `id` and its state on chain; refused unless the
     /// file hashes to the scope the stewards approved.
-    pub async fn study(&self, conn: &Connection, id: u64) -> Result<(StudyFile, ResearchStudy::Study)> {
+    pub async fn study(
+        &self,
+        conn: &Connection,
+        id: u64,
+    ) -> Result<(StudyFile, ResearchStudy::Study)> {
         let text: Option<String> = conn
             .query_row(
                 "SELECT file FROM research_studies WHERE study_id = ?1 AND contract = ?2",
@@ -372,11 +394,13 @@ impl Session {
         Ok(Approval {
             study_id: id,
             approvals: on_chain.approvals,
-            required: self.client.view(
-                cohort_ledger_bridge::Target::Study,
-                ResearchStudy::requiredApprovalsCall {},
-            )
-            .await?,
+            required: self
+                .client
+                .view(
+                    cohort_ledger_bridge::Target::Study,
+                    ResearchStudy::requiredApprovalsCall {},
+                )
+                .await?,
             approved,
             view_patients,
         })
@@ -441,7 +465,9 @@ impl Session {
         purposes: Option<&[String]>,
         days: u32,
     ) -> Result<ConsentChange> {
-        let results = self.consent_all(conn, std::slice::from_ref(patient), id, purposes, days).await?;
+        let results = self
+            .consent_all(conn, std::slice::from_ref(patient), id, purposes, days)
+            .await?;
         results.into_iter().next().expect("one result per patient")
     }
 
@@ -552,7 +578,12 @@ impl Session {
 
     /// The patient account withdraws from study `id`: every later query
     /// leaves their records out.
-    pub async fn withdraw(&self, conn: &Connection, patient: &Account, id: u64) -> Result<ConsentChange> {
+    pub async fn withdraw(
+        &self,
+        conn: &Connection,
+        patient: &Account,
+        id: u64,
+    ) -> Result<ConsentChange> {
         self.study(conn, id).await?;
         self.patient_of(conn, patient)?;
         let receipt = self.client.withdraw(patient, id).await?;
@@ -577,7 +608,11 @@ impl Session {
     }
 
     /// The consents of the account `address`.
-    pub async fn consents_of(&self, conn: &Connection, address: Address) -> Result<Vec<ConsentInfo>> {
+    pub async fn consents_of(
+        &self,
+        conn: &Connection,
+        address: Address,
+    ) -> Result<Vec<ConsentInfo>> {
         self.sync().await?;
         let mut s = conn.prepare(
             "SELECT c.study_id, s.title, c.purposes, c.expires_at, c.active
@@ -620,7 +655,12 @@ impl Session {
 
     /// The patients whose consent covers study `id` now, from the mirror
     /// (call [`Session::sync`] first).
-    async fn consenting(&self, conn: &Connection, id: u64, s: &ResearchStudy::Study) -> Result<Vec<Consenting>> {
+    async fn consenting(
+        &self,
+        conn: &Connection,
+        id: u64,
+        s: &ResearchStudy::Study,
+    ) -> Result<Vec<Consenting>> {
         let now = self.client.ledger().timestamp().await?;
         let needed = s.terms.purposes;
         let mut q = conn.prepare(
@@ -629,7 +669,11 @@ impl Session {
              WHERE c.study_id = ?1 AND c.active = 1 AND c.expires_at > ?2",
         )?;
         let rows = q.query_map(params![id as i64, now as i64], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -651,7 +695,12 @@ impl Session {
     }
 
     /// The study's view over the patients consenting now.
-    pub(crate) async fn view(&self, conn: &Connection, id: u64, file: &StudyFile) -> Result<Arc<View>> {
+    pub(crate) async fn view(
+        &self,
+        conn: &Connection,
+        id: u64,
+        file: &StudyFile,
+    ) -> Result<Arc<View>> {
         self.sync().await?;
         let _one = self.sync.lock().await;
         let s = self.client.study(id).await?;
@@ -691,7 +740,11 @@ fn today() -> chrono::NaiveDate {
 }
 
 /// The ledger's id of query `query_id` of study `study_id`.
-pub(crate) fn ledger_query_id(contract: Address, study_id: u64, query_id: &str) -> cohort_ledger_bridge::alloy::primitives::B256 {
+pub(crate) fn ledger_query_id(
+    contract: Address,
+    study_id: u64,
+    query_id: &str,
+) -> cohort_ledger_bridge::alloy::primitives::B256 {
     let mut bytes = b"cohort/query/v1\0".to_vec();
     bytes.extend_from_slice(contract.as_slice());
     bytes.extend_from_slice(&study_id.to_be_bytes());

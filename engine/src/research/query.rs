@@ -153,9 +153,7 @@ fn remaining_charge(kind: u8, left: Cost) -> Charge {
 }
 
 fn check_query_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id.chars().all(|c| c.is_ascii_graphic());
+    let ok = !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic());
     if ok {
         Ok(())
     } else {
@@ -214,7 +212,9 @@ impl Session {
             .view(Target::Study, ResearchStudy::queryOfCall { queryId: id })
             .await?;
         if q.state == 1 {
-            self.client.release(&self.engine, entry.study_id, id).await?;
+            self.client
+                .release(&self.engine, entry.study_id, id)
+                .await?;
         }
         journal::set_state(conn, &entry.ledger_id, "released")
     }
@@ -258,7 +258,12 @@ impl Session {
     }
 
     /// Answers `request` over study `id` for `actor`: see the module docs.
-    pub async fn query(&self, actor: &str, id: u64, request: &QueryRequest) -> Result<QueryOutcome> {
+    pub async fn query(
+        &self,
+        actor: &str,
+        id: u64,
+        request: &QueryRequest,
+    ) -> Result<QueryOutcome> {
         let conn = self.dir.connect()?;
         let (file, s) = self.study(&conn, id).await?;
         self.recover(&conn).await?;
@@ -334,7 +339,10 @@ impl Session {
             // A refusal reserved nothing; an unclear failure may have: ask.
             let q = self
                 .client
-                .view(Target::Study, ResearchStudy::queryOfCall { queryId: ledger_id })
+                .view(
+                    Target::Study,
+                    ResearchStudy::queryOfCall { queryId: ledger_id },
+                )
                 .await;
             match q {
                 Ok(q) if q.state == 0 => journal::remove(&conn, &ledger_hex)?,
@@ -362,13 +370,19 @@ impl Session {
         let mut shares = Vec::with_capacity(answer.contributors.len());
         for pseudonym in &answer.contributors {
             let address = view.accounts.get(pseudonym).ok_or_else(|| {
-                Error::Invalid("a contributor outside the consenting set (a view out of date)".into())
+                Error::Invalid(
+                    "a contributor outside the consenting set (a view out of date)".into(),
+                )
             })?;
             shares.push(*address);
         }
         let per_query = file.fee_per_query();
         let n = U256::from(shares.len());
-        let share = if shares.is_empty() { U256::ZERO } else { per_query / n };
+        let share = if shares.is_empty() {
+            U256::ZERO
+        } else {
+            per_query / n
+        };
         let (root, fee, share_rows) = if share.is_zero() {
             (B256::ZERO, U256::ZERO, vec![])
         } else {

@@ -252,9 +252,13 @@ impl StudyFile {
         };
         let (kind, budget, delta_budget, cap, delta_cap) = match self.budget {
             Budget::Pure { epsilon } => (0u8, epsilon, Amount::ZERO, q.max_epsilon, None),
-            Budget::Approx { epsilon, delta } => {
-                (1u8, epsilon, delta, q.max_epsilon, q.max_delta.or(Some(delta)))
-            }
+            Budget::Approx { epsilon, delta } => (
+                1u8,
+                epsilon,
+                delta,
+                q.max_epsilon,
+                q.max_delta.or(Some(delta)),
+            ),
             Budget::Zcdp { rho } => (2u8, rho, Amount::ZERO, q.max_rho, None),
         };
         let cap = cap.unwrap_or(budget);
@@ -345,12 +349,30 @@ patient_id = { identifier = true }
     #[test]
     fn bad_study_files_are_refused_by_name() {
         let cases = [
-            (FILE.replace("max_epsilon = \"1\"", "max_epsilon = \"3\""), "per-query cap"),
-            (FILE.replace("escrow = \"1 ether\"", "escrow = \"1 dollar\""), "escrow"),
-            (FILE.replace("[budget]\nepsilon = \"2\"", "[budget]"), "[budget]"),
-            (FILE.replace("duration_days = 30", "duration_days = 0"), "duration_days"),
-            (FILE.replace("title = \"t\"", "title = \"t\"\ncolour = 1"), "colour"),
-            (format!("{FILE}\n[release]\ntable = \"patients\"\nquasi_identifiers = []"), "microdata"),
+            (
+                FILE.replace("max_epsilon = \"1\"", "max_epsilon = \"3\""),
+                "per-query cap",
+            ),
+            (
+                FILE.replace("escrow = \"1 ether\"", "escrow = \"1 dollar\""),
+                "escrow",
+            ),
+            (
+                FILE.replace("[budget]\nepsilon = \"2\"", "[budget]"),
+                "[budget]",
+            ),
+            (
+                FILE.replace("duration_days = 30", "duration_days = 0"),
+                "duration_days",
+            ),
+            (
+                FILE.replace("title = \"t\"", "title = \"t\"\ncolour = 1"),
+                "colour",
+            ),
+            (
+                format!("{FILE}\n[release]\ntable = \"patients\"\nquasi_identifiers = []"),
+                "microdata",
+            ),
         ];
         for (text, needle) in cases {
             let e = StudyFile::parse(&text).unwrap_err().to_string();

@@ -94,7 +94,10 @@ pub fn load_or_build(
     let mut by_name = HashMap::new();
     for (name, batch) in batches {
         rows.insert(name.clone(), batch.num_rows());
-        tables.insert(name.clone(), sources::batches(batch.schema(), vec![batch.clone()])?);
+        tables.insert(
+            name.clone(),
+            sources::batches(batch.schema(), vec![batch.clone()])?,
+        );
         by_name.insert(name, batch);
     }
     Ok(View {

@@ -26,11 +26,20 @@ fn demo_runs_on_embedded_defaults_and_again() {
     assert!(text.contains("patients              60"), "{text}");
     assert!(text.contains("42 patients (70%) consent"), "{text}");
     assert!(text.contains("approves: 2 of 2, approved"), "{text}");
-    assert!(text.contains("contributors: 42 before the withdrawal, 41 after"), "{text}");
-    assert!(text.contains("mean_hba1c") && text.contains("median_systolic"), "{text}");
+    assert!(
+        text.contains("contributors: 42 before the withdrawal, 41 after"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mean_hba1c") && text.contains("median_systolic"),
+        "{text}"
+    );
     assert!(text.contains("recorded on the ledger as 0x"), "{text}");
     assert!(text.contains("audit chain intact"), "{text}");
-    assert!(text.contains("remaining ε 1"), "4 queries at 0.5 of 3: {text}");
+    assert!(
+        text.contains("remaining ε 1"),
+        "4 queries at 0.5 of 3: {text}"
+    );
 
     // Again on the same directory: the same records, a second study.
     let second = bare(&["--data-dir", d, "demo", "--patients", "60", "--json"])
@@ -39,7 +48,10 @@ fn demo_runs_on_embedded_defaults_and_again() {
     assert!(second.status.success(), "{}", stderr(&second));
     let v: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
     let ingest = &v["steps"][1]["value"];
-    assert_eq!(ingest["created"], 0, "the same seed re-ingests as unchanged");
+    assert_eq!(
+        ingest["created"], 0,
+        "the same seed re-ingests as unchanged"
+    );
     assert_eq!(v["study"]["study_id"], 2);
     assert_eq!(v["study"]["queries"], 4);
     assert_eq!(v["contributors_before_withdrawal"], 42);

@@ -84,10 +84,16 @@ fn setup(patients: u64) -> Setup {
     .unwrap();
     let (_, client) = rt.block_on(chain::client(&dir)).unwrap();
     let admin = accounts::get(vault.conn(), vault.keys(), "operator").unwrap();
-    let grants = [("researcher", Role::Researcher), ("steward-1", Role::Steward), ("steward-2", Role::Steward), ("steward-3", Role::Steward)];
+    let grants = [
+        ("researcher", Role::Researcher),
+        ("steward-1", Role::Steward),
+        ("steward-2", Role::Steward),
+        ("steward-3", Role::Steward),
+    ];
     for (name, role) in grants {
         let a = accounts::get_or_create(vault.conn(), vault.keys(), name).unwrap();
-        rt.block_on(client.grant_role(&admin, role, a.address())).unwrap();
+        rt.block_on(client.grant_role(&admin, role, a.address()))
+            .unwrap();
     }
     let data = dir.root().to_path_buf();
     // The researcher's ether for escrows, from the CLI.
@@ -166,16 +172,28 @@ fn the_research_path_runs_from_the_cli() {
     // Only a researcher proposes; stewards approve, 2 of 3, never the proposer.
     let refused = cohort(d, &["study", "propose", file, "--as", "steward-1"]);
     assert!(!refused.status.success());
-    assert!(stderr(&refused).contains("researcher role"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("researcher role"),
+        "{}",
+        stderr(&refused)
+    );
     let p = cohort_json(d, &["study", "propose", file, "--as", "researcher"]);
     let id = p["study_id"].as_u64().unwrap().to_string();
     let q = "SELECT COUNT(*) AS n FROM patients";
     let early = cohort(d, &["query", &id, q, "--as", "researcher"]);
-    assert!(stderr(&early).contains("not approved"), "{}", stderr(&early));
+    assert!(
+        stderr(&early).contains("not approved"),
+        "{}",
+        stderr(&early)
+    );
     let a1 = cohort_json(d, &["study", "approve", &id, "--as", "steward-1"]);
     assert_eq!(a1["approved"], false);
     let again = cohort(d, &["study", "approve", &id, "--as", "steward-1"]);
-    assert!(stderr(&again).contains("AlreadyApproved"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("AlreadyApproved"),
+        "{}",
+        stderr(&again)
+    );
     let a2 = cohort_json(d, &["study", "approve", &id, "--as", "steward-2"]);
     assert_eq!(a2["approved"], true);
     assert_eq!(a2["view_patients"], 0);
@@ -183,7 +201,10 @@ fn the_research_path_runs_from_the_cli() {
     // Three patients consent from their own accounts.
     for i in 0..3 {
         let name = format!("p{i}");
-        cohort_json(d, &["account", "new", &name, "--patient", &s.patient_ids[i]]);
+        cohort_json(
+            d,
+            &["account", "new", &name, "--patient", &s.patient_ids[i]],
+        );
         cohort_json(d, &["consent", "give", &id, "--as", &name]);
     }
     let not_linked = cohort(d, &["consent", "give", &id, "--as", "researcher"]);
@@ -192,23 +213,60 @@ fn the_research_path_runs_from_the_cli() {
     assert_eq!(listed[0]["active"], true);
 
     // The view holds the consenting patients only.
-    let first = cohort_json(d, &["query", &id, q, "--as", "researcher", "--query-id", "first"]);
+    let first = cohort_json(
+        d,
+        &["query", &id, q, "--as", "researcher", "--query-id", "first"],
+    );
     assert_eq!(first["answer"]["contributors"], 3);
     assert_eq!(first["replayed"], false);
-    let view = cohort_engine::tabular::read(&d.join("research/studies").join(&id).join("view/patients.parquet")).unwrap();
-    assert_eq!(view.num_rows(), 3, "the view holds exactly the consenting patients");
+    let view = cohort_engine::tabular::read(
+        &d.join("research/studies")
+            .join(&id)
+            .join("view/patients.parquet"),
+    )
+    .unwrap();
+    assert_eq!(
+        view.num_rows(),
+        3,
+        "the view holds exactly the consenting patients"
+    );
     assert!(view.column_by_name("family_name").is_none() && view.column_by_name("ssn").is_none());
 
     // Row-level output is refused before anything is spent.
-    let rows = cohort(d, &["query", &id, "SELECT patient_id, zip FROM patients", "--as", "researcher"]);
+    let rows = cohort(
+        d,
+        &[
+            "query",
+            &id,
+            "SELECT patient_id, zip FROM patients",
+            "--as",
+            "researcher",
+        ],
+    );
     assert!(!rows.status.success());
     assert_eq!(remaining_epsilon(d, id.parse().unwrap()), "ε 2.5");
 
     // A withdrawal: the next query cannot count them.
     cohort_json(d, &["consent", "withdraw", &id, "--as", "p1"]);
-    let second = cohort_json(d, &["query", &id, q, "--as", "researcher", "--query-id", "second"]);
+    let second = cohort_json(
+        d,
+        &[
+            "query",
+            &id,
+            q,
+            "--as",
+            "researcher",
+            "--query-id",
+            "second",
+        ],
+    );
     assert_eq!(second["answer"]["contributors"], 2);
-    let view = cohort_engine::tabular::read(&d.join("research/studies").join(&id).join("view/patients.parquet")).unwrap();
+    let view = cohort_engine::tabular::read(
+        &d.join("research/studies")
+            .join(&id)
+            .join("view/patients.parquet"),
+    )
+    .unwrap();
     assert_eq!(view.num_rows(), 2);
 
     // Compensation: p0 earned a share of both queries, p1 of the first only.
@@ -220,7 +278,11 @@ fn the_research_path_runs_from_the_cli() {
     let paid = cohort_json(d, &["compensation", "claim", "--as", "p0"]);
     assert_eq!(paid["paid"], "25000000000000000");
     let twice = cohort(d, &["compensation", "claim", "--as", "p0"]);
-    assert!(stderr(&twice).contains("nothing left to claim"), "{}", stderr(&twice));
+    assert!(
+        stderr(&twice).contains("nothing left to claim"),
+        "{}",
+        stderr(&twice)
+    );
     let p0 = cohort_json(d, &["compensation", "show", "--as", "p0"]);
     assert_eq!(p0["claimable"], "0 ether");
 
@@ -235,26 +297,59 @@ fn the_research_path_runs_from_the_cli() {
     cohort_json(d, &["ledger", "sync"]);
     let conn = s.dir.connect().unwrap();
     let on_chain: i64 = conn
-        .query_row("SELECT COUNT(*) FROM ledger_releases WHERE extract_hash = ?1", [r["extract_hash"].as_str().unwrap()], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_releases WHERE extract_hash = ?1",
+            [r["extract_hash"].as_str().unwrap()],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(on_chain, 1);
 
     // A study without microdata approval releases nothing.
     let closed = s.write("closed.toml", &study_text("1", "0.5", false));
-    let p = cohort_json(d, &["study", "propose", closed.to_str().unwrap(), "--as", "researcher"]);
+    let p = cohort_json(
+        d,
+        &[
+            "study",
+            "propose",
+            closed.to_str().unwrap(),
+            "--as",
+            "researcher",
+        ],
+    );
     let id2 = p["study_id"].as_u64().unwrap().to_string();
     cohort_json(d, &["study", "approve", &id2, "--as", "steward-1"]);
     cohort_json(d, &["study", "approve", &id2, "--as", "steward-3"]);
     let refused = cohort(d, &["release", &id2, "--k", "2", "--as", "researcher"]);
-    assert!(stderr(&refused).contains("not approved for microdata"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("not approved for microdata"),
+        "{}",
+        stderr(&refused)
+    );
 
     // Every step is in the audit chain, which is intact.
     let log = cohort_json(d, &["audit", "log", "--limit", "200"]);
-    let actions: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    for a in ["study.propose", "study.approve", "consent.give", "consent.withdraw", "research.query", "research.release", "compensation.claim"] {
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "study.propose",
+        "study.approve",
+        "consent.give",
+        "consent.withdraw",
+        "research.query",
+        "research.release",
+        "compensation.claim",
+    ] {
         assert!(actions.contains(&a), "no {a} in the audit log");
     }
-    assert_eq!(cohort_json(d, &["audit", "verify"])["first_broken"], serde_json::Value::Null);
+    assert_eq!(
+        cohort_json(d, &["audit", "verify"])["first_broken"],
+        serde_json::Value::Null
+    );
 }
 
 /// Runs a query that stops at `step`, then SIGKILLs it there.
@@ -262,7 +357,15 @@ fn killed_at(data: &Path, study: &str, sql: &str, query_id: &str, step: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
         .args(["--data-dir"])
         .arg(data)
-        .args(["query", study, sql, "--as", "researcher", "--query-id", query_id])
+        .args([
+            "query",
+            study,
+            sql,
+            "--as",
+            "researcher",
+            "--query-id",
+            query_id,
+        ])
         .env("COHORT_PASSPHRASE", PASSPHRASE)
         .env("COHORT_TEST_PAUSE_AT", step)
         .stdout(Stdio::null())
@@ -294,16 +397,57 @@ fn a_killed_query_is_finished_or_undone_on_restart_and_never_answered_twice() {
 
     // Killed between reserve and the plan's run: the restart releases the reservation.
     killed_at(d, &study, sql, "k1", "reserved");
-    assert_eq!(remaining_epsilon(d, id), "ε 3", "the reservation was released on restart");
-    let again = cohort(d, &["query", &study, sql, "--as", "researcher", "--query-id", "k1"]);
+    assert_eq!(
+        remaining_epsilon(d, id),
+        "ε 3",
+        "the reservation was released on restart"
+    );
+    let again = cohort(
+        d,
+        &[
+            "query",
+            &study,
+            sql,
+            "--as",
+            "researcher",
+            "--query-id",
+            "k1",
+        ],
+    );
     assert!(stderr(&again).contains("interrupted"), "{}", stderr(&again));
     assert_eq!(remaining_epsilon(d, id), "ε 3");
 
     // Killed with the answer stored but not committed: the restart commits it, once.
     killed_at(d, &study, sql, "k2", "answered");
-    assert_eq!(remaining_epsilon(d, id), "ε 2.5", "the stored answer was committed on restart");
-    let a = cohort_json(d, &["query", &study, sql, "--as", "researcher", "--query-id", "k2"]);
-    let b = cohort_json(d, &["query", &study, sql, "--as", "researcher", "--query-id", "k2"]);
+    assert_eq!(
+        remaining_epsilon(d, id),
+        "ε 2.5",
+        "the stored answer was committed on restart"
+    );
+    let a = cohort_json(
+        d,
+        &[
+            "query",
+            &study,
+            sql,
+            "--as",
+            "researcher",
+            "--query-id",
+            "k2",
+        ],
+    );
+    let b = cohort_json(
+        d,
+        &[
+            "query",
+            &study,
+            sql,
+            "--as",
+            "researcher",
+            "--query-id",
+            "k2",
+        ],
+    );
     assert_eq!(a["replayed"], true);
     assert_eq!(a["answer"], b["answer"], "the same noise, not fresh noise");
     assert_eq!(remaining_epsilon(d, id), "ε 2.5", "replays spend nothing");
@@ -311,7 +455,18 @@ fn a_killed_query_is_finished_or_undone_on_restart_and_never_answered_twice() {
     // Killed after the commit, before delivery: the stored answer is what the id returns.
     killed_at(d, &study, sql, "k3", "committed");
     assert_eq!(remaining_epsilon(d, id), "ε 2");
-    let c = cohort_json(d, &["query", &study, sql, "--as", "researcher", "--query-id", "k3"]);
+    let c = cohort_json(
+        d,
+        &[
+            "query",
+            &study,
+            sql,
+            "--as",
+            "researcher",
+            "--query-id",
+            "k3",
+        ],
+    );
     assert_eq!(c["replayed"], true);
     cohort_json(d, &["ledger", "sync"]);
     let conn = s.dir.connect().unwrap();
@@ -322,15 +477,38 @@ fn a_killed_query_is_finished_or_undone_on_restart_and_never_answered_twice() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(Some(committed.as_str()), c["result_hash"].as_str(), "the delivered answer is the committed one");
+    assert_eq!(
+        Some(committed.as_str()),
+        c["result_hash"].as_str(),
+        "the delivered answer is the committed one"
+    );
     let reservations: i64 = conn
-        .query_row("SELECT COUNT(*) FROM ledger_budget_events WHERE kind = 'reserved'", [], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_budget_events WHERE kind = 'reserved'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(reservations, 3, "one reservation per query id, never two");
 
     // A query id names one question.
-    let other = cohort(d, &["query", &study, "SELECT COUNT(*) FROM patients", "--as", "researcher", "--query-id", "k3"]);
-    assert!(stderr(&other).contains("different question"), "{}", stderr(&other));
+    let other = cohort(
+        d,
+        &[
+            "query",
+            &study,
+            "SELECT COUNT(*) FROM patients",
+            "--as",
+            "researcher",
+            "--query-id",
+            "k3",
+        ],
+    );
+    assert!(
+        stderr(&other).contains("different question"),
+        "{}",
+        stderr(&other)
+    );
 }
 
 #[test]
@@ -356,19 +534,29 @@ fn concurrent_queries_spend_exactly_what_the_budget_allows() {
     assert_eq!(answered, 40, "exactly what the budget allows");
     for e in results.iter().filter_map(|r| r.as_ref().err()) {
         let text = e.to_string();
-        assert!(text.contains("BudgetExceeded") || text.contains("budget"), "an unexpected failure: {text}");
+        assert!(
+            text.contains("BudgetExceeded") || text.contains("budget"),
+            "an unexpected failure: {text}"
+        );
     }
     let left = rt.block_on(session.client().remaining(id)).unwrap();
     assert_eq!(left.primary, 0, "40 × 0.05 = 2 spent, nothing reserved");
     let study = rt.block_on(session.client().study(id)).unwrap();
-    assert_eq!(study.committed, 2 * cohort_anonymizer::accountant::UNITS_PER_ONE);
+    assert_eq!(
+        study.committed,
+        2 * cohort_anonymizer::accountant::UNITS_PER_ONE
+    );
     assert_eq!(study.reserved, 0);
     assert_eq!(study.openReservations, 0);
     let delivered: i64 = s
         .dir
         .connect()
         .unwrap()
-        .query_row("SELECT COUNT(*) FROM research_queries WHERE state = 'delivered'", [], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM research_queries WHERE state = 'delivered'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(delivered, 40);
 }
@@ -393,26 +581,43 @@ fn a_patient_claims_only_their_own_share_and_only_once() {
         .unwrap();
     let answer = out.answer.unwrap();
     assert_eq!(answer.contributors, 4);
-    let ledger_id: cohort_ledger_bridge::alloy::primitives::B256 = answer.ledger_id.parse().unwrap();
+    let ledger_id: cohort_ledger_bridge::alloy::primitives::B256 =
+        answer.ledger_id.parse().unwrap();
 
     // Another patient replaying a's proof and amount is refused by the contract.
-    let shares = rt.block_on(session.earnings(patients[0].address(), None)).unwrap();
-    let amount: cohort_ledger_bridge::alloy::primitives::U256 = shares.shares[0].amount.parse().unwrap();
+    let shares = rt
+        .block_on(session.earnings(patients[0].address(), None))
+        .unwrap();
+    let amount: cohort_ledger_bridge::alloy::primitives::U256 =
+        shares.shares[0].amount.parse().unwrap();
     let tree = cohort_ledger_bridge::merkle::ContributorTree::new(
         patients.iter().map(|p| (p.address(), amount)),
     )
     .unwrap();
     let (_, proof) = tree.proof(patients[0].address()).unwrap();
-    let stolen = rt.block_on(session.client().claim(&patients[1], id, ledger_id, amount, proof));
+    let stolen = rt.block_on(
+        session
+            .client()
+            .claim(&patients[1], id, ledger_id, amount, proof),
+    );
     assert!(stolen.unwrap_err().to_string().contains("InvalidProof"));
 
     let paid = rt.block_on(session.claim(&patients[0], Some(id))).unwrap();
     assert_eq!(paid.paid, amount.to_string());
     assert!(rt.block_on(session.claim(&patients[0], Some(id))).is_err());
     let (_, proof) = tree.proof(patients[0].address()).unwrap();
-    let twice = rt.block_on(session.client().claim(&patients[0], id, ledger_id, amount, proof));
+    let twice = rt.block_on(
+        session
+            .client()
+            .claim(&patients[0], id, ledger_id, amount, proof),
+    );
     assert!(twice.unwrap_err().to_string().contains("AlreadyClaimed"));
     // The other contributors' shares are untouched.
-    let b = rt.block_on(session.earnings(patients[1].address(), None)).unwrap();
-    assert_eq!(b.claimable, cohort_engine::research::study::format_wei(amount));
+    let b = rt
+        .block_on(session.earnings(patients[1].address(), None))
+        .unwrap();
+    assert_eq!(
+        b.claimable,
+        cohort_engine::research::study::format_wei(amount)
+    );
 }

@@ -459,7 +459,8 @@ pub async fn microdata_releases_are_recorded_only_when_allowed(f: &Fixture) {
     let id = f.approved_study(units(1), units(1), ether(0)).await;
     let extract = keccak256("extract bytes");
     assert_reverts(
-        c.record_release(&f.researcher, id, extract, 10, 2, 100).await,
+        c.record_release(&f.researcher, id, extract, 10, 2, 100)
+            .await,
         "MissingRole",
     );
     assert_reverts(
