@@ -53,6 +53,7 @@ impl Session {
     ) -> Result<Released> {
         let conn = self.dir.connect()?;
         let (file, s) = self.study(&conn, id).await?;
+        self.require_researcher(&conn, actor, &s, id)?;
         if !s.terms.microdata {
             return Err(Error::Invalid(format!(
                 "study {id} was not approved for microdata: its stewards approved aggregate queries only"

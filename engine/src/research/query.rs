@@ -266,6 +266,7 @@ impl Session {
     ) -> Result<QueryOutcome> {
         let conn = self.dir.connect()?;
         let (file, s) = self.study(&conn, id).await?;
+        self.require_researcher(&conn, actor, &s, id)?;
         self.recover(&conn).await?;
         let query_id = request.query_id.clone().unwrap_or_else(new_query_id);
         check_query_id(&query_id)?;

@@ -232,6 +232,10 @@ fn the_research_path_runs_from_the_cli() {
     );
     assert!(view.column_by_name("family_name").is_none() && view.column_by_name("ssn").is_none());
 
+    // Only the study's researcher asks.
+    let other = cohort(d, &["query", &id, q, "--as", "steward-1"]);
+    assert!(stderr(&other).contains("researcher"), "{}", stderr(&other));
+
     // Row-level output is refused before anything is spent.
     let rows = cohort(
         d,
@@ -620,4 +624,48 @@ fn a_patient_claims_only_their_own_share_and_only_once() {
         b.claimable,
         cohort_engine::research::study::format_wei(amount)
     );
+}
+
+#[test]
+fn a_query_whose_commit_fails_releases_its_reservation() {
+    let s = setup(12);
+    // The escrow pays 10 fees of 0.1 ether; the budget would allow 40 queries.
+    let text = study_text("2", "0.05", false).replace("0.03 ether", "0.1 ether");
+    let (id, _) = s.approved_study(&text, 4);
+    let vault = s.dir.unlock(PASSPHRASE).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let session = rt.block_on(Session::open(&s.dir, &vault)).unwrap();
+    let requests: Vec<QueryRequest> = (0..40)
+        .map(|i| QueryRequest {
+            sql: "SELECT COUNT(*) AS n FROM patients".into(),
+            query_id: Some(format!("e{i}")),
+            ..Default::default()
+        })
+        .collect();
+    let results = rt.block_on(futures::future::join_all(
+        requests.iter().map(|r| session.query("researcher", id, r)),
+    ));
+    // Queries that passed the escrow check before others committed were
+    // reserved and run, then refused at the commit: each was released.
+    let answered = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(answered, 10, "exactly what the escrow pays for");
+    let study = rt.block_on(session.client().study(id)).unwrap();
+    assert_eq!(study.reserved, 0, "no reservation is left open");
+    assert_eq!(study.openReservations, 0);
+    assert_eq!(study.committed, 10 * cohort_anonymizer::accountant::UNITS_PER_ONE / 20);
+    assert_eq!(study.escrow, cohort_ledger_bridge::alloy::primitives::U256::ZERO);
+    let conn = s.dir.connect().unwrap();
+    let open: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM research_queries WHERE state IN ('reserving', 'reserved', 'answered')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(open, 0);
+    // Nothing of a released query is answered later: its id stays refused.
+    if let Some(i) = results.iter().position(|r| r.is_err()) {
+        let again = rt.block_on(session.query("researcher", id, &requests[i]));
+        assert!(again.is_err());
+    }
 }
