@@ -737,7 +737,13 @@ impl Session {
 impl Session {
     /// Refuses `actor` unless it is the account that proposed study `id`:
     /// only the study's researcher asks its questions and releases extracts.
-    pub(crate) fn require_researcher(&self, conn: &Connection, actor: &str, s: &ResearchStudy::Study, id: u64) -> Result<()> {
+    pub(crate) fn require_researcher(
+        &self,
+        conn: &Connection,
+        actor: &str,
+        s: &ResearchStudy::Study,
+        id: u64,
+    ) -> Result<()> {
         let address = accounts::address_of(conn, actor)?;
         if address.as_deref() != Some(format!("{:#x}", s.researcher).as_str()) {
             return Err(Error::Invalid(format!(

@@ -652,8 +652,14 @@ fn a_query_whose_commit_fails_releases_its_reservation() {
     let study = rt.block_on(session.client().study(id)).unwrap();
     assert_eq!(study.reserved, 0, "no reservation is left open");
     assert_eq!(study.openReservations, 0);
-    assert_eq!(study.committed, 10 * cohort_anonymizer::accountant::UNITS_PER_ONE / 20);
-    assert_eq!(study.escrow, cohort_ledger_bridge::alloy::primitives::U256::ZERO);
+    assert_eq!(
+        study.committed,
+        10 * cohort_anonymizer::accountant::UNITS_PER_ONE / 20
+    );
+    assert_eq!(
+        study.escrow,
+        cohort_ledger_bridge::alloy::primitives::U256::ZERO
+    );
     let conn = s.dir.connect().unwrap();
     let open: i64 = conn
         .query_row(
