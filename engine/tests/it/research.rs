@@ -232,6 +232,15 @@ fn the_research_path_runs_from_the_cli() {
     );
     assert!(view.column_by_name("family_name").is_none() && view.column_by_name("ssn").is_none());
 
+    // --explain shows the private plan and spends nothing.
+    let explained = cohort_json(d, &["query", &id, q, "--as", "researcher", "--explain"]);
+    assert!(
+        explained["explain"].as_str().unwrap().contains("ε = 0.5"),
+        "{explained}"
+    );
+    assert!(explained.get("answer").is_none());
+    assert_eq!(remaining_epsilon(d, id.parse().unwrap()), "ε 2.5");
+
     // Only the study's researcher asks.
     let other = cohort(d, &["query", &id, q, "--as", "steward-1"]);
     assert!(stderr(&other).contains("researcher"), "{}", stderr(&other));
@@ -324,6 +333,10 @@ fn the_research_path_runs_from_the_cli() {
     let id2 = p["study_id"].as_u64().unwrap().to_string();
     cohort_json(d, &["study", "approve", &id2, "--as", "steward-1"]);
     cohort_json(d, &["study", "approve", &id2, "--as", "steward-3"]);
+    let listed = cohort_json(d, &["study", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[0]["consenting"], 2);
+    assert_eq!(listed[1]["status"], "approved");
     let refused = cohort(d, &["release", &id2, "--k", "2", "--as", "researcher"]);
     assert!(
         stderr(&refused).contains("not approved for microdata"),
