@@ -113,6 +113,9 @@ pub struct Vault {
     keys: Arc<dyn KeyStore>,
 }
 
+/// Which record of a batch failed, and why.
+pub(crate) type RecordFailed = (usize, Box<Error>);
+
 impl Vault {
     /// A vault over an open metadata database, a block store and a keystore.
     pub fn new(conn: Connection, blocks: Arc<dyn BlockStore>, keys: Arc<dyn KeyStore>) -> Self {
@@ -268,7 +271,7 @@ impl Vault {
         cache: &mut KeyCache,
         records: &[NewRecord<'_>],
         create_patient: impl Fn(usize) -> bool,
-    ) -> std::result::Result<Vec<(PutOutcome, RecordVersion)>, (usize, Error)> {
+    ) -> std::result::Result<Vec<(PutOutcome, RecordVersion)>, RecordFailed> {
         use rayon::prelude::*;
         let distinct: std::collections::HashSet<&str> =
             records.iter().map(|r| r.record_id).collect();
@@ -278,7 +281,7 @@ impl Vault {
                 .enumerate()
                 .map(|(i, r)| {
                     self.put_in(conn, cache, r, create_patient(i))
-                        .map_err(|e| (i, e))
+                        .map_err(|e| (i, Box::new(e)))
                 })
                 .collect();
         }
@@ -322,7 +325,7 @@ impl Vault {
                     prev: current.map(|(c, _)| c.cid),
                 })
             };
-            plans.push(step().map_err(|e| (i, e))?);
+            plans.push(step().map_err(|e| (i, Box::new(e)))?);
         }
         // 2. Seal and write the blocks, in parallel.
         let blocks = &self.blocks;
@@ -340,11 +343,11 @@ impl Vault {
                         *version,
                         record.content,
                     );
-                    let cid = blocks.put(&sealed).map_err(|e| (i, e))?;
+                    let cid = blocks.put(&sealed).map_err(|e| (i, Box::new(e)))?;
                     Ok(Some((cid, sealed.len() as i64)))
                 }
             })
-            .collect::<std::result::Result<_, (usize, Error)>>()?;
+            .collect::<std::result::Result<_, RecordFailed>>()?;
         // 3. The metadata rows (SQLite, in order).
         let mut out = Vec::with_capacity(records.len());
         for (i, ((plan, record), cid)) in plans.into_iter().zip(records).zip(cids).enumerate() {
@@ -373,7 +376,7 @@ impl Vault {
                     .and_then(|mut s| {
                         s.execute(params![rv.record_id, rv.version, rv.patient_id, rv.resource_type, rv.cid, rv.prev_cid, mac.to_vec(), rv.size, rv.created_at])
                     })
-                    .map_err(|e| (i, e.into()))?;
+                    .map_err(|e| (i, Box::new(e.into())))?;
                     let outcome = if rv.version > 1 {
                         PutOutcome::Updated
                     } else {

@@ -173,12 +173,12 @@ pub fn link_patient(
             "no patient `{patient_id}` in the vault (`cohort records list` shows them)"
         )));
     }
-    if let Some(linked) = linked_account(conn, patient_id)? {
-        if linked != name {
-            return Err(Error::Invalid(format!(
-                "patient `{patient_id}` is already linked to account `{linked}`"
-            )));
-        }
+    if let Some(linked) = linked_account(conn, patient_id)?
+        && linked != name
+    {
+        return Err(Error::Invalid(format!(
+            "patient `{patient_id}` is already linked to account `{linked}`"
+        )));
     }
     let account = accounts::get_or_create(conn, vault.keys(), name)?;
     conn.execute(
