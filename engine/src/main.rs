@@ -16,7 +16,7 @@ use research_cli::{compensation, consent, release, research_query, study};
 
 /// cohort: privacy-preserving research analytics over encrypted health records.
 #[derive(Parser)]
-#[command(name = "cohort", version, about, long_about = None)]
+#[command(name = "cohort", version, about = "cohort: privacy-preserving research analytics over encrypted health records", long_about = None)]
 struct Cli {
     /// The data directory (created on first use).
     #[arg(long, global = true, env = "COHORT_DATA_DIR", default_value = cohort_engine::datadir::DEFAULT)]
