@@ -78,8 +78,8 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         }
     };
     let mut record: Vec<serde_json::Value> = Vec::new();
-    let mut keep = |step: &'static str, v: &dyn erased::Value| {
-        record.push(serde_json::json!({ "step": step, "value": v.json() }))
+    let mut keep = |step: &'static str, v: serde_json::Value| {
+        record.push(serde_json::json!({ "step": step, "value": v }))
     };
     let progress = !json && std::io::stderr().is_terminal();
     say(&format!(
@@ -100,7 +100,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         "   {} resources in {} bundles ({:.1} s)",
         generated.resources, generated.bundles, generated.seconds
     ));
-    keep("generate", &generated);
+    keep("generate", serde_json::to_value(&generated)?);
 
     say(
         "\n2. Ingesting: each resource encrypted with its patient's key, stored under its IPFS CID",
@@ -121,7 +121,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         "   {}",
         counts_text(&counts).replace('\n', "\n   ")
     ));
-    keep("ingest", &report);
+    keep("ingest", serde_json::to_value(&report)?);
 
     // 2. The ledger and the actors.
     say("\n3. The ledger: contracts on the embedded EVM; a researcher and three stewards");
@@ -263,7 +263,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
             "   {}",
             outcome_text(&outcome).replace('\n', "\n   ")
         ));
-        keep("query", &outcome);
+        keep("query", serde_json::to_value(&outcome)?);
     }
 
     // 6. The extract.
@@ -273,7 +273,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         "   {}",
         release_text(&released).replace('\n', "\n   ")
     ));
-    keep("release", &released);
+    keep("release", serde_json::to_value(&released)?);
 
     // 7. Compensation.
     let patient = &linked[0];
@@ -292,7 +292,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         "   claimed {} to {}",
         claimed.paid_text, claimed.address
     ));
-    keep("claim", &claimed);
+    keep("claim", serde_json::to_value(&claimed)?);
 
     // 8. Withdrawal.
     let leaving = &linked[1];
@@ -313,7 +313,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     say(&format!(
         "   contributors: {first_contributors} before the withdrawal, {after_contributors} after"
     ));
-    keep("query", &after);
+    keep("query", serde_json::to_value(&after)?);
 
     // 9. Verify.
     say("\n10. Verifying the audit log's hash chain and the ledger's blocks");
@@ -363,16 +363,4 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Steps of different types kept as JSON for `--json`.
-mod erased {
-    pub trait Value {
-        fn json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Value for T {
-        fn json(&self) -> serde_json::Value {
-            serde_json::to_value(self).expect("a step serialises")
-        }
-    }
 }

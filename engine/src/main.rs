@@ -878,10 +878,16 @@ fn dp_release(cli: &Cli, a: &DpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
-    use cohort_anonymizer::accountant::Amount;
-    use cohort_engine::sql::{self, SqlRequest};
+/// `--epsilon`, `--rho`, `--delta` and `--split` of `cohort query`, parsed.
+struct QueryOptions {
+    epsilon: Option<cohort_anonymizer::accountant::Amount>,
+    rho: Option<cohort_anonymizer::accountant::Amount>,
+    delta: Option<cohort_anonymizer::accountant::Amount>,
+    weights: std::collections::BTreeMap<String, u32>,
+}
 
+fn query_options(a: &QueryArgs) -> anyhow::Result<QueryOptions> {
+    use cohort_anonymizer::accountant::Amount;
     let amount = |name: &str, v: &Option<String>| -> anyhow::Result<Option<Amount>> {
         v.as_deref()
             .map(|v| {
@@ -900,14 +906,31 @@ fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
             .map_err(|_| anyhow::anyhow!("--split {item}: the weight must be a whole number"))?;
         weights.insert(name.to_string(), weight);
     }
+    Ok(QueryOptions {
+        epsilon: amount("epsilon", &a.epsilon)?,
+        rho: amount("rho", &a.rho)?,
+        delta: amount("delta", &a.delta)?,
+        weights,
+    })
+}
+
+fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
+    use cohort_engine::sql::{self, SqlRequest};
+
+    let QueryOptions {
+        epsilon,
+        rho,
+        delta,
+        weights,
+    } = query_options(a)?;
     let request = SqlRequest {
         study: PathBuf::from(&a.study),
         sql: a.sql.clone(),
         budget: a.budget.clone(),
         query_id: a.query_id.clone(),
-        epsilon: amount("epsilon", &a.epsilon)?,
-        rho: amount("rho", &a.rho)?,
-        delta: amount("delta", &a.delta)?,
+        epsilon,
+        rho,
+        delta,
         weights,
         explain: a.explain,
     };

@@ -11,8 +11,8 @@ use cohort_engine::vault::Vault;
 use cohort_engine::{DataDir, accounts};
 
 use super::{
-    Cli, CompensationCmd, ConsentCmd, QueryArgs, StudyCmd, emit, render_table, runtime, short,
-    unlock,
+    Cli, CompensationCmd, ConsentCmd, QueryArgs, StudyCmd, emit, query_options, render_table,
+    runtime, short, unlock,
 };
 
 /// The vault, the session and the runtime the research commands run on.
@@ -163,35 +163,17 @@ pub(crate) fn research_query(
     id: u64,
     a: &QueryArgs,
 ) -> anyhow::Result<ExitCode> {
-    use cohort_anonymizer::accountant::Amount;
     if a.budget.is_some() {
         anyhow::bail!("--budget is for policy files; a study's budget is on the ledger");
     }
-    let amount = |name: &str, v: &Option<String>| -> anyhow::Result<Option<Amount>> {
-        v.as_deref()
-            .map(|v| {
-                v.parse::<Amount>()
-                    .map_err(|e| anyhow::anyhow!("--{name} {v}: {e}"))
-            })
-            .transpose()
-    };
-    let mut weights = std::collections::BTreeMap::new();
-    for item in &a.split {
-        let (name, weight) = item
-            .rsplit_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--split {item}: expected name=weight"))?;
-        let weight: u32 = weight
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--split {item}: the weight must be a whole number"))?;
-        weights.insert(name.to_string(), weight);
-    }
+    let options = query_options(a)?;
     let request = QueryRequest {
         sql: a.sql.clone(),
         query_id: a.query_id.clone(),
-        epsilon: amount("epsilon", &a.epsilon)?,
-        rho: amount("rho", &a.rho)?,
-        delta: amount("delta", &a.delta)?,
-        weights,
+        epsilon: options.epsilon,
+        rho: options.rho,
+        delta: options.delta,
+        weights: options.weights,
         explain: a.explain,
     };
     let (_vault, session, rt) = open(cli, dir)?;

@@ -206,57 +206,12 @@ impl Vault {
         record: &NewRecord<'_>,
         create_patient: bool,
     ) -> Result<(PutOutcome, RecordVersion)> {
-        let key = self.data_key(conn, cache, record.patient_id, create_patient)?;
-        let mac = content_mac(&key, record.content);
-        let current = current_version(conn, record.record_id)?;
-        if let Some((cur, cur_mac)) = &current {
-            if cur.patient_id != record.patient_id {
-                return Err(Error::Invalid(format!(
-                    "{} belongs to another patient; a record cannot move between patients",
-                    record.record_id
-                )));
-            }
-            if cur.resource_type != record.resource_type {
-                return Err(Error::Invalid(format!(
-                    "{} is a {}, not a {}",
-                    record.record_id, cur.resource_type, record.resource_type
-                )));
-            }
-            if *cur_mac == mac {
-                return Ok((PutOutcome::Unchanged, cur.clone()));
-            }
-        }
-        let version = current.as_ref().map_or(1, |(c, _)| c.version + 1);
-        let sealed = seal_block(
-            &key,
-            record.patient_id,
-            record.record_id,
-            version,
-            record.content,
-        );
-        let cid = self.blocks.put(&sealed)?;
-        let rv = RecordVersion {
-            record_id: record.record_id.to_owned(),
-            version,
-            patient_id: record.patient_id.to_owned(),
-            resource_type: record.resource_type.to_owned(),
-            cid,
-            prev_cid: current.as_ref().map(|(c, _)| c.cid.clone()),
-            size: sealed.len() as i64,
-            created_at: crate::store::now(),
-        };
-        conn.prepare_cached(
-            "INSERT INTO records(record_id, version, patient_id, resource_type, cid, prev_cid, content_mac, size, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![rv.record_id, rv.version, rv.patient_id, rv.resource_type, rv.cid, rv.prev_cid, mac.to_vec(), rv.size, rv.created_at],
-        )?;
-        let outcome = if current.is_some() {
-            PutOutcome::Updated
-        } else {
-            PutOutcome::Created
-        };
-        Ok((outcome, rv))
+        let mut stored = self
+            .put_all_in(conn, cache, std::slice::from_ref(record), |_| {
+                create_patient
+            })
+            .map_err(|(_, e)| *e)?;
+        Ok(stored.pop().expect("one record in, one out"))
     }
 
     /// Stores many records inside the caller's transaction, as

@@ -524,53 +524,38 @@ impl Session {
                 )
             })
             .collect();
+        // A patient whose registration failed has that error as their outcome.
         let registered = ledger.send_all(register).await;
-        let mut out = Vec::with_capacity(patients.len());
-        let mut to_send = Vec::new();
-        let mut slots = Vec::new();
-        for ((p, tx), r) in patients.iter().zip(consents).zip(registered) {
-            match r {
-                Ok(_) => {
-                    slots.push(Some(out.len()));
-                    to_send.push((p.clone(), tx.1));
-                    out.push(Err(Error::Invalid("not sent".into())));
-                }
-                Err(e) => {
-                    slots.push(None);
-                    out.push(Err(e.into()));
-                }
-            }
-        }
-        let sent = ledger.send_all(to_send).await;
+        let sent = ledger.send_all(consents).await;
         let tx = conn.unchecked_transaction()?;
-        let mut sent = sent.into_iter();
-        for (p, slot) in patients.iter().zip(slots) {
-            let Some(slot) = slot else { continue };
-            let r = sent.next().expect("one receipt per consent");
-            out[slot] = match r {
-                Ok(receipt) => {
-                    audit::append(
-                        &tx,
-                        &audit::Event {
-                            actor: p.name(),
-                            action: "consent.give",
-                            target: &format!("study/{id}"),
-                            purpose: "research",
-                            detail: serde_json::json!({
-                                "purposes": study::purpose_names(mask),
-                                "expires_at": expires,
-                            }),
-                        },
-                    )?;
-                    Ok(ConsentChange {
-                        study_id: id,
-                        account: p.name().to_string(),
-                        change: "given",
-                        tx_hash: format!("{:#x}", receipt.tx_hash),
-                    })
+        let mut out = Vec::with_capacity(patients.len());
+        for ((p, registration), consent) in patients.iter().zip(registered).zip(sent) {
+            let receipt = match registration.and(consent) {
+                Ok(receipt) => receipt,
+                Err(e) => {
+                    out.push(Err(e.into()));
+                    continue;
                 }
-                Err(e) => Err(e.into()),
             };
+            audit::append(
+                &tx,
+                &audit::Event {
+                    actor: p.name(),
+                    action: "consent.give",
+                    target: &format!("study/{id}"),
+                    purpose: "research",
+                    detail: serde_json::json!({
+                        "purposes": study::purpose_names(mask),
+                        "expires_at": expires,
+                    }),
+                },
+            )?;
+            out.push(Ok(ConsentChange {
+                study_id: id,
+                account: p.name().to_string(),
+                change: "given",
+                tx_hash: format!("{:#x}", receipt.tx_hash),
+            }));
         }
         tx.commit()?;
         Ok(out)

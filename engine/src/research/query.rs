@@ -163,9 +163,8 @@ fn check_query_id(id: &str) -> Result<()> {
     }
 }
 
-fn parse_b256(text: &Option<String>, what: &str) -> Result<B256> {
-    text.as_deref()
-        .and_then(|t| t.parse().ok())
+fn parse_b256(text: Option<&str>, what: &str) -> Result<B256> {
+    text.and_then(|t| t.parse().ok())
         .ok_or_else(|| Error::Invalid(format!("the journal's {what} is missing or malformed")))
 }
 
@@ -221,9 +220,9 @@ impl Session {
 
     /// Commits a stored answer (idempotent on the ledger).
     async fn commit_stored(&self, conn: &Connection, entry: &journal::Entry) -> Result<()> {
-        let id: B256 = parse_b256(&Some(entry.ledger_id.clone()), "ledger id")?;
-        let hash = parse_b256(&entry.result_hash, "result hash")?;
-        let root = parse_b256(&entry.contributors_root, "contributors root")?;
+        let id: B256 = parse_b256(Some(&entry.ledger_id), "ledger id")?;
+        let hash = parse_b256(entry.result_hash.as_deref(), "result hash")?;
+        let root = parse_b256(entry.contributors_root.as_deref(), "contributors root")?;
         let fee: U256 = entry
             .fee
             .as_deref()

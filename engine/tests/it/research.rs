@@ -369,6 +369,35 @@ fn the_research_path_runs_from_the_cli() {
     );
 }
 
+/// `n` counting queries (ids `<prefix>0..`) sent to study `id` at once,
+/// from one session; returns them with their outcomes.
+fn ask_together(
+    s: &Setup,
+    id: u64,
+    n: usize,
+    prefix: &str,
+) -> (
+    tokio::runtime::Runtime,
+    Session,
+    Vec<QueryRequest>,
+    Vec<cohort_engine::Result<cohort_engine::research::query::QueryOutcome>>,
+) {
+    let vault = s.dir.unlock(PASSPHRASE).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let session = rt.block_on(Session::open(&s.dir, &vault)).unwrap();
+    let requests: Vec<QueryRequest> = (0..n)
+        .map(|i| QueryRequest {
+            sql: "SELECT COUNT(*) AS n FROM patients".into(),
+            query_id: Some(format!("{prefix}{i}")),
+            ..Default::default()
+        })
+        .collect();
+    let results = rt.block_on(futures::future::join_all(
+        requests.iter().map(|r| session.query("researcher", id, r)),
+    ));
+    (rt, session, requests, results)
+}
+
 /// Runs a query that stops at `step`, then SIGKILLs it there.
 fn killed_at(data: &Path, study: &str, sql: &str, query_id: &str, step: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
@@ -534,19 +563,7 @@ fn concurrent_queries_spend_exactly_what_the_budget_allows() {
     // 2 / 0.05: exactly 40 of 120 queries can be paid for.
     let text = study_text("2", "0.05", false).replace("0.03 ether", "0.001 ether");
     let (id, _) = s.approved_study(&text, 8);
-    let vault = s.dir.unlock(PASSPHRASE).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let session = rt.block_on(Session::open(&s.dir, &vault)).unwrap();
-    let requests: Vec<QueryRequest> = (0..120)
-        .map(|i| QueryRequest {
-            sql: "SELECT COUNT(*) AS n FROM patients".into(),
-            query_id: Some(format!("c{i}")),
-            ..Default::default()
-        })
-        .collect();
-    let results = rt.block_on(futures::future::join_all(
-        requests.iter().map(|r| session.query("researcher", id, r)),
-    ));
+    let (rt, session, _, results) = ask_together(&s, id, 120, "c");
     let answered = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(answered, 40, "exactly what the budget allows");
     for e in results.iter().filter_map(|r| r.as_ref().err()) {
@@ -645,19 +662,7 @@ fn a_query_whose_commit_fails_releases_its_reservation() {
     // The escrow pays 10 fees of 0.1 ether; the budget would allow 40 queries.
     let text = study_text("2", "0.05", false).replace("0.03 ether", "0.1 ether");
     let (id, _) = s.approved_study(&text, 4);
-    let vault = s.dir.unlock(PASSPHRASE).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let session = rt.block_on(Session::open(&s.dir, &vault)).unwrap();
-    let requests: Vec<QueryRequest> = (0..40)
-        .map(|i| QueryRequest {
-            sql: "SELECT COUNT(*) AS n FROM patients".into(),
-            query_id: Some(format!("e{i}")),
-            ..Default::default()
-        })
-        .collect();
-    let results = rt.block_on(futures::future::join_all(
-        requests.iter().map(|r| session.query("researcher", id, r)),
-    ));
+    let (rt, session, requests, results) = ask_together(&s, id, 40, "e");
     // Queries that passed the escrow check before others committed were
     // reserved and run, then refused at the commit: each was released.
     let answered = results.iter().filter(|r| r.is_ok()).count();
