@@ -12,7 +12,7 @@ use serde::Serialize;
 
 mod demo;
 mod research_cli;
-use research_cli::{compensation, consent, release, research_query, study};
+use research_cli::{compensation, consent, encrypt_field, release, research_query, study};
 
 /// cohort: privacy-preserving research analytics over encrypted health records.
 #[derive(Parser)]
@@ -112,6 +112,18 @@ enum Command {
     /// A patient's consent to a study: give, withdraw, list.
     #[command(subcommand)]
     Consent(ConsentCmd),
+    /// Encrypt a value for a study's encrypted column, as the patient (`--as`):
+    /// the value leaves this command only as a ciphertext with a range proof.
+    EncryptField {
+        /// The study id.
+        study: u64,
+        /// The encrypted column (as the study file declares it).
+        #[arg(long)]
+        column: String,
+        /// The value, within the column's declared bounds.
+        #[arg(long, allow_hyphen_values = true)]
+        value: i64,
+    },
     /// Release a k-anonymous extract of a study's view (only if its stewards allowed microdata).
     Release {
         /// The study id.
@@ -659,6 +671,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Study(cmd) => study(cli, &dir()?, cmd),
         Command::Consent(cmd) => consent(cli, &dir()?, cmd),
+        Command::EncryptField { study, column, value } => encrypt_field(cli, &dir()?, *study, column, *value),
         Command::Release { study, k, l, out } => {
             release(cli, &dir()?, *study, *k, *l, out.as_deref())
         }

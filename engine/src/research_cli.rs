@@ -177,8 +177,63 @@ pub(crate) fn research_query(
         explain: a.explain,
     };
     let (_vault, session, rt) = open(cli, dir)?;
-    let outcome = rt.block_on(session.query(&cli.actor, id, &request))?;
+    let job = session.job();
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = (!cli.json).then(|| {
+        let (job, finished) = (job.clone(), finished.clone());
+        std::thread::spawn(move || show_progress(&job, &finished))
+    });
+    // Ctrl-C cancels a homomorphic job: the query fails before anything is
+    // debited and nothing of the job is kept. A second Ctrl-C exits.
+    let cancel = job.clone();
+    rt.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("cancelling: the encrypted aggregate stops at its next record; Ctrl-C again to exit");
+            cancel.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let outcome = rt.block_on(session.query(&cli.actor, id, &request));
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    let outcome = outcome?;
     emit(cli, &outcome, || outcome_text(&outcome));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Draws the running homomorphic job's progress (records done of total,
+/// with an ETA) on the terminal until the query ends.
+fn show_progress(job: &cohort_fhe::Job, finished: &std::sync::atomic::AtomicBool) {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("encrypted aggregate {bar:30} {pos}/{len} records, ETA {eta}")
+            .expect("a valid template"),
+    );
+    while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+        let (done, total) = job.progress();
+        if total > 0 {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
+}
+
+pub(crate) fn encrypt_field(cli: &Cli, dir: &DataDir, study: u64, column: &str, value: i64) -> anyhow::Result<ExitCode> {
+    let (vault, session, rt) = open(cli, dir)?;
+    let patient = actor(cli, &vault)?;
+    let s = rt.block_on(session.encrypt_field(vault.conn(), &patient, study, column, value))?;
+    emit(cli, &s, || {
+        format!(
+            "encrypted {} for study {} ({} layer): sent {} bytes with its range proof ({:.3} s), proof checked and {} bytes kept ({:.3} s)",
+            s.column, s.study_id, s.layer, s.submitted_bytes, s.encrypt_seconds, s.stored_bytes, s.verify_seconds
+        )
+    });
     Ok(ExitCode::SUCCESS)
 }
 

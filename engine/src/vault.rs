@@ -132,6 +132,11 @@ impl Vault {
         self.keys.as_ref()
     }
 
+    /// The key store, shared (for a session that outlives one call).
+    pub fn shared_keys(&self) -> Arc<dyn KeyStore> {
+        Arc::clone(&self.keys)
+    }
+
     /// The block store.
     pub fn blocks(&self) -> &dyn BlockStore {
         self.blocks.as_ref()
@@ -449,6 +454,15 @@ impl Vault {
             |r| r.get(0),
         )?;
         let removed = crate::projection::remove_patient(&tx, patient_id)?;
+        // Ciphertexts a patient submitted for studies go with the records.
+        let research: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'research_encrypted')",
+            [],
+            |r| r.get(0),
+        )?;
+        if research {
+            tx.execute("DELETE FROM research_encrypted WHERE patient_id = ?1", [patient_id])?;
+        }
         audit::append(
             &tx,
             &Event {

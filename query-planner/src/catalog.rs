@@ -12,7 +12,7 @@ use datafusion::datasource::TableType;
 use datafusion::execution::SessionStateDefaults;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
+use datafusion::logical_expr::{AggregateUDF, Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -132,7 +132,7 @@ pub(crate) fn session(
         .into_iter()
         .filter(|f| names(f.name(), f.aliases()).any(|n| SCALAR_FUNCTIONS.contains(&n)))
         .collect();
-    let aggregate = SessionStateDefaults::default_aggregate_functions()
+    let mut aggregate: Vec<Arc<AggregateUDF>> = SessionStateDefaults::default_aggregate_functions()
         .into_iter()
         .filter(|f| names(f.name(), f.aliases()).any(|n| AGGREGATE_FUNCTIONS.contains(&n)))
         // SQL's VARIANCE (PostgreSQL, SmartNoise) is the sample variance,
@@ -142,6 +142,9 @@ pub(crate) fn session(
             _ => f,
         })
         .collect();
+    // Only reachable through the encrypted-columns rewrite: user SQL naming
+    // `__cohort…` is refused before planning.
+    aggregate.push(Arc::new(crate::rules::encrypted::udaf()));
     let config = SessionConfig::new()
         .with_information_schema(false)
         .with_create_default_catalog_and_schema(true);

@@ -32,6 +32,8 @@ pub enum Rule {
     UnsupportedSql,
     /// The query costs more than the per-query cap or the remaining budget.
     Budget,
+    /// An encrypted column used other than as an encrypted aggregate.
+    EncryptedColumn,
 }
 
 impl Rule {
@@ -49,6 +51,7 @@ impl Rule {
             Rule::JoinNotOnUnit => "joins-on-the-privacy-unit",
             Rule::UnsupportedSql => "supported-sql",
             Rule::Budget => "privacy-budget",
+            Rule::EncryptedColumn => "encrypted-columns",
         }
     }
 }

@@ -52,6 +52,7 @@
 #![deny(missing_docs)]
 
 mod catalog;
+mod encryption;
 mod error;
 mod facts;
 mod nodes;
@@ -64,6 +65,7 @@ pub mod sources;
 mod typing;
 
 pub use catalog::{AGGREGATE_FUNCTIONS, SCALAR_FUNCTIONS};
+pub use encryption::{EncryptedExecutor, EncryptedRelease};
 pub use error::{Error, Result, Rule};
 pub use nodes::{Contributors, ReleasedAggregate};
 pub use plan::{PlannedAggregate, PlannedOutput, PrivateAnswer, PrivatePlan};

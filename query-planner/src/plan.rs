@@ -12,6 +12,7 @@ use datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
+use crate::encryption::EncryptedRelease;
 use crate::error::Result;
 use crate::facts::strip_alias;
 use crate::nodes::{Contributors, Keys, NoisyAggregate, ReleasedAggregate, Site};
@@ -55,6 +56,8 @@ pub struct PlannedOutput {
     pub charge: Charge,
     /// Its expected error (95%).
     pub error_95: ErrorBound,
+    /// Set when it is computed under encryption: the layer and its cost.
+    pub encrypted: Option<EncryptedRelease>,
 }
 
 /// The contribution bounding and keys of one DP aggregate.
@@ -181,12 +184,16 @@ impl PrivatePlan {
                                 .unwrap_or_else(|| release.output.clone()),
                             aggregate: release.aggregate.clone(),
                             statistic: release.statistic.clone(),
-                            mechanism: noise.mechanism(),
+                            mechanism: match &release.encrypted {
+                                Some(e) => format!("{} under {} encryption", noise.mechanism(), e.layer),
+                                None => noise.mechanism(),
+                            },
                             bounds: release.statistic.bounds(),
                             sensitivity: sensitivities(noise, &release.statistic),
                             scale: noise.scales(&release.statistic),
                             charge: release.charge?,
                             error_95: noise.error_bound(&release.statistic).ok()?,
+                            encrypted: release.encrypted.clone(),
                         })
                     })
                     .collect(),
@@ -261,6 +268,18 @@ impl PrivatePlan {
                 })
                 .collect();
             write_table(out, &header, &rows)?;
+            for o in aggregate.outputs.iter() {
+                let Some(e) = &o.encrypted else { continue };
+                write!(out, "  encrypted: {} over {}.{} by {}", o.output, e.table, e.column, e.layer.describe())?;
+                match &e.estimate {
+                    Some(c) => writeln!(
+                        out,
+                        "; about {} {}, {:.2} s expected on the reference machine (docs/BENCHMARKS.md)",
+                        c.operations, c.operation, c.seconds
+                    )?,
+                    None => writeln!(out, "; no executor holds this study's keys, so it cannot run here")?,
+                }
+            }
         }
         writeln!(out)?;
         writeln!(out, "plan:")?;

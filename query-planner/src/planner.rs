@@ -20,6 +20,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::future::BoxFuture;
 
 use crate::catalog;
+use crate::encryption::{EncryptedExecutor, Executor};
 use crate::error::{Error, Result, Rule};
 use crate::nodes::{Keys, NoisyAggregate, Site};
 use crate::plan::{PrivatePlan, output_names};
@@ -37,6 +38,7 @@ pub struct Planner {
     policy: StudyPolicy,
     scope: Scope,
     context: SessionContext,
+    executor: Option<Executor>,
 }
 
 /// What a query may spend and how to split it.
@@ -91,7 +93,16 @@ impl Planner {
             policy,
             scope,
             context,
+            executor: None,
         })
+    }
+
+    /// The planner with the engine's executor for encrypted columns; without
+    /// one, a query over an encrypted column is planned and explained but
+    /// cannot run.
+    pub fn with_encryption(mut self, executor: Arc<dyn EncryptedExecutor>) -> Planner {
+        self.executor = Some(Executor(executor));
+        self
     }
 
     /// The study's policy.
@@ -125,8 +136,8 @@ impl Planner {
                 "names starting with `__cohort` are reserved for the planner",
             ));
         }
-        let statement = parse(body)?;
-        let DfStatement::Statement(inner) = &statement else {
+        let mut statement = parse(body)?;
+        let DfStatement::Statement(inner) = &mut statement else {
             return Err(Error::refused(
                 Rule::UnsupportedSql,
                 format!("`{}`", syntax::shorten(body)),
@@ -134,6 +145,7 @@ impl Planner {
             ));
         };
         syntax::check(inner, &self.scope)?;
+        rules::encrypted::rewrite(inner, &self.scope)?;
 
         let state = self.context.state();
         let plan = state
@@ -153,6 +165,7 @@ impl Planner {
 
         let names = output_names(&plan);
         let (sites, cost) = self.calibrate(sites, options, &names)?;
+        let sites = self.equip(sites);
         let plan = install(plan, &sites)?;
         Ok(PrivatePlan::new(
             body.to_string(),
@@ -210,6 +223,26 @@ impl Planner {
     }
 
     /// Splits the query's cost between its releases and calibrates them.
+    /// Gives each site the executor and each encrypted release its estimate.
+    fn equip(&self, sites: Vec<Arc<Site>>) -> Vec<Arc<Site>> {
+        sites
+            .into_iter()
+            .map(|site| {
+                if site.releases.iter().all(|r| r.encrypted.is_none()) {
+                    return site;
+                }
+                let mut site = (*site).clone();
+                site.executor = self.executor.clone();
+                for release in &mut site.releases {
+                    if let (Some(encrypted), Some(executor)) = (&mut release.encrypted, &self.executor) {
+                        encrypted.estimate = Some(executor.0.estimate(&encrypted.table, &encrypted.column, &encrypted.op));
+                    }
+                }
+                Arc::new(site)
+            })
+            .collect()
+    }
+
     fn calibrate(
         &self,
         sites: Vec<Arc<Site>>,

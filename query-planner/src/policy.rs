@@ -188,6 +188,9 @@ pub struct ColumnPolicy {
     pub precision: Option<u32>,
     /// The candidates a DP quantile chooses among.
     pub candidates: Option<Vec<f64>>,
+    /// The column holds patient-encrypted values (`"elgamal"` for sums,
+    /// `"tfhe"` for comparisons); its bounds are the plaintext's.
+    pub encrypted: Option<cohort_fhe::Layer>,
 }
 
 /// A value of a public domain, as written in TOML.
@@ -329,10 +332,23 @@ fn resolve_column(
                 .into(),
         ));
     }
+    if let Some(layer) = declared.encrypted {
+        let binary = matches!(data_type, DataType::Binary | DataType::LargeBinary | DataType::BinaryView);
+        if identifier || declared.domain.is_some() || declared.candidates.is_some() || !binary {
+            return Err(bad(format!(
+                "an encrypted ({layer}) column holds ciphertexts (Binary, here {data_type}); it takes \
+                 integer bounds and nothing else: no identifier, domain or candidates"
+            )));
+        }
+        match (declared.lower, declared.upper) {
+            (Some(lower), Some(upper)) if lower.fract() == 0.0 && upper.fract() == 0.0 && lower < upper => {}
+            _ => return Err(bad("an encrypted column needs integer bounds lower < upper: they bound each patient's contribution and the decryption's search".into())),
+        }
+    }
     let bounds = match (declared.lower, declared.upper) {
         (None, None) => None,
         (Some(lower), Some(upper)) => {
-            if !numeric {
+            if !numeric && declared.encrypted.is_none() {
                 return Err(bad(format!(
                     "bounds are for numeric columns, and this one is {data_type}"
                 )));
@@ -416,6 +432,7 @@ fn resolve_column(
         domain,
         precision,
         candidates,
+        encrypted: declared.encrypted,
     })
 }
 
@@ -518,6 +535,8 @@ pub struct DeclaredColumn {
     pub precision: u32,
     /// Declared quantile candidates.
     pub candidates: Option<Vec<f64>>,
+    /// The encryption layer of a patient-encrypted column.
+    pub encrypted: Option<cohort_fhe::Layer>,
 }
 
 #[cfg(test)]

@@ -91,6 +91,14 @@ impl Session {
                 "the extract may not carry `{unit}`: pseudonyms would link its rows"
             )));
         }
+        if let Some(c) = super::encryption::columns(&file).into_iter().find(|c| {
+            spec.quasi_identifiers.contains(&c.column) || spec.keep.contains(&c.column) || spec.sensitive.as_ref() == Some(&c.column)
+        }) {
+            return Err(Error::Invalid(format!(
+                "the extract may not carry `{}`: it is encrypted, and only its aggregates are released",
+                c.column
+            )));
+        }
         let hierarchies = match &spec.hierarchies {
             Some(t) => Hierarchies::from_toml(&toml::to_string(t).expect("a TOML table prints"))?,
             None => Hierarchies::default(),

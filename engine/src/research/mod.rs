@@ -11,6 +11,7 @@
 //! connection per call, so that many queries may run at once.
 
 pub mod compensation;
+pub mod encryption;
 mod journal;
 pub mod microdata;
 pub mod query;
@@ -36,6 +37,7 @@ use view::{Consenting, View};
 /// Creates the research tables.
 pub fn install(conn: &Connection) -> Result<()> {
     conn.execute_batch(journal::SCHEMA)?;
+    conn.execute_batch(encryption::SCHEMA)?;
     Ok(())
 }
 
@@ -46,6 +48,9 @@ pub struct Session {
     client: Client,
     engine: Account,
     master: zeroize::Zeroizing<[u8; 32]>,
+    keys: Arc<dyn crate::keystore::KeyStore>,
+    /// The homomorphic job running now: its progress, and its cancellation.
+    job: Arc<cohort_fhe::Job>,
     /// Follower syncs and view builds, one at a time.
     sync: tokio::sync::Mutex<()>,
     views: Mutex<HashMap<u64, Arc<View>>>,
@@ -222,6 +227,8 @@ impl Session {
             client,
             engine,
             master,
+            keys: vault.shared_keys(),
+            job: Arc::new(cohort_fhe::Job::new()),
             sync: tokio::sync::Mutex::new(()),
             views: Mutex::new(HashMap::new()),
         };
@@ -267,7 +274,7 @@ impl Session {
     ) -> Result<Proposed> {
         // The view's columns must exist after Safe Harbor, and the policy
         // must fit their types: checked on the empty view before anything is sent.
-        let empty = view::build(conn, file, &self.key(0), None, today())?;
+        let empty = view::build(conn, file, &self.key(0), None, today(), &Default::default())?;
         let mut tables = HashMap::new();
         for (name, batch) in empty {
             tables.insert(
@@ -385,7 +392,27 @@ impl Session {
                 detail: serde_json::json!({ "approvals": on_chain.approvals, "approved": approved }),
             },
         )?;
+        let required = self
+            .client
+            .view(
+                cohort_ledger_bridge::Target::Study,
+                ResearchStudy::requiredApprovalsCall {},
+            )
+            .await?;
         let view_patients = if approved {
+            if !encryption::columns(&file).is_empty() {
+                // The study's keys: shared among every steward account here,
+                // any `required` of them decrypting together.
+                let mut stewards = Vec::new();
+                for account in accounts::list(conn)? {
+                    let address: Address = account.address.parse().map_err(|e| Error::Invalid(format!("account {}: {e}", account.name)))?;
+                    if self.client.has_role(Role::Steward, address).await? {
+                        stewards.push(account.name.clone());
+                    }
+                }
+                let t = u32::from(required);
+                encryption::set_up(conn, self.keys.as_ref(), self.dir.root(), id, &file, &stewards, t)?;
+            }
             let view = self.view(conn, id, &file).await?;
             Some(view.accounts.len())
         } else {
@@ -394,13 +421,7 @@ impl Session {
         Ok(Approval {
             study_id: id,
             approvals: on_chain.approvals,
-            required: self
-                .client
-                .view(
-                    cohort_ledger_bridge::Target::Study,
-                    ResearchStudy::requiredApprovalsCall {},
-                )
-                .await?,
+            required,
             approved,
             view_patients,
         })
@@ -690,7 +711,8 @@ impl Session {
         let _one = self.sync.lock().await;
         let s = self.client.study(id).await?;
         let consenting = self.consenting(conn, id, &s).await?;
-        let digest = view::digest(file, &consenting);
+        let state = encryption::state(conn, id)?;
+        let digest = view::digest(file, &consenting, &state);
         if let Some(v) = self.views.lock().expect("views lock").get(&id)
             && v.digest == digest
         {
@@ -703,6 +725,10 @@ impl Session {
             .join("studies")
             .join(id.to_string())
             .join("view");
+        let mut cells = view::EncryptedCells::new();
+        for column in encryption::columns(file) {
+            cells.insert(column.column.clone(), encryption::cells(conn, id, &column.column)?);
+        }
         let built = Arc::new(view::load_or_build(
             conn,
             &dir,
@@ -710,6 +736,8 @@ impl Session {
             &self.key(id),
             &consenting,
             today(),
+            &cells,
+            &state,
         )?);
         self.views
             .lock()
@@ -720,6 +748,12 @@ impl Session {
 }
 
 impl Session {
+    /// The homomorphic job of the query running now: poll it for progress,
+    /// cancel it to stop the query (nothing is debited or kept).
+    pub fn job(&self) -> Arc<cohort_fhe::Job> {
+        Arc::clone(&self.job)
+    }
+
     /// Refuses `actor` unless it is the account that proposed study `id`:
     /// only the study's researcher asks its questions and releases extracts.
     pub(crate) fn require_researcher(

@@ -5,6 +5,7 @@
 //! [`Session::recover`]; a repeated query id is answered from the journal.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use cohort_anonymizer::accountant::{Amount, Charge};
 use cohort_ledger_bridge::alloy::primitives::{Address, B256, U256, keccak256};
@@ -62,6 +63,11 @@ pub struct Answer {
     pub contributors: usize,
     /// The fee shared by them (wei).
     pub fee: String,
+    /// The columns computed under encryption. In the stored (hashed) answer
+    /// their cells are sealed results; they are decrypted after the debit
+    /// is committed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encrypted: Vec<super::encryption::EncryptedOutput>,
 }
 
 /// What `cohort query <study>` prints.
@@ -275,7 +281,7 @@ impl Session {
         if !request.explain
             && let Some(entry) = journal::get(&conn, &ledger_hex)?
         {
-            return self.replay(&conn, &s, entry, &request.sql).await;
+            return self.replay(&conn, &file, &s, entry, &request.sql).await;
         }
         if s.status != 2 {
             return Err(Error::Invalid(format!(
@@ -293,6 +299,10 @@ impl Session {
         }
         let view = self.view(&conn, id, &file).await?;
         let planner = Planner::new(file.scope.clone(), view.tables.clone())?;
+        let planner = match super::encryption::Executor::load(&conn, self.dir.root(), id, &file, self.job())? {
+            Some(executor) => planner.with_encryption(Arc::new(executor)),
+            None => planner,
+        };
         let left = self.client.remaining(id).await?;
         let options = QueryOptions {
             remaining: remaining_charge(s.terms.kind, left),
@@ -405,6 +415,14 @@ impl Session {
             cost: answer.cost.to_string(),
             contributors: answer.contributors.len(),
             fee: fee.to_string(),
+            encrypted: aggregates
+                .iter()
+                .flat_map(|a| &a.outputs)
+                .filter_map(|o| {
+                    let e = o.encrypted.as_ref()?;
+                    Some(super::encryption::EncryptedOutput { output: o.output.clone(), column: e.column.clone(), layer: e.layer })
+                })
+                .collect(),
         };
         let text = serde_json::to_string(&stored).expect("an answer serialises");
         let hash = keccak256(text.as_bytes());
@@ -425,10 +443,12 @@ impl Session {
             return Err(e);
         }
         crash_point("committed");
+        let mut delivered = stored;
+        super::encryption::decrypt_answer(&conn, self.keys.as_ref(), self.dir.root(), &self.client, &file, &mut delivered, &text).await?;
         journal::set_state(&conn, &ledger_hex, "delivered")?;
         let left = self.client.remaining(id).await?;
         Ok(QueryOutcome {
-            answer: Some(stored),
+            answer: Some(delivered),
             result_hash: Some(format!("{hash:#x}")),
             contributors_root: Some(format!("{root:#x}")),
             plan: aggregates,
@@ -443,6 +463,7 @@ impl Session {
     async fn replay(
         &self,
         conn: &Connection,
+        file: &super::study::StudyFile,
         s: &ResearchStudy::Study,
         entry: journal::Entry,
         sql: &str,
@@ -469,9 +490,13 @@ impl Session {
             }
             _ => return Err(interrupted(&entry.query_id)),
         }
-        journal::set_state(conn, &entry.ledger_id, "delivered")?;
-        let answer: Answer = serde_json::from_str(entry.answer.as_deref().unwrap_or_default())
+        let text = entry.answer.as_deref().unwrap_or_default();
+        let mut answer: Answer = serde_json::from_str(text)
             .map_err(|e| Error::Invalid(format!("the journal's answer: {e}")))?;
+        // Sealed results are decrypted again: threshold decryption of the
+        // same ciphertexts gives the same values.
+        super::encryption::decrypt_answer(conn, self.keys.as_ref(), self.dir.root(), &self.client, file, &mut answer, text).await?;
+        journal::set_state(conn, &entry.ledger_id, "delivered")?;
         let left = self.client.remaining(entry.study_id).await?;
         Ok(QueryOutcome {
             cost: answer.cost.clone(),

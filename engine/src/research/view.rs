@@ -52,10 +52,15 @@ struct Manifest {
     tables: Vec<String>,
 }
 
-/// The digest naming a consenting set of a study file.
-pub fn digest(file: &StudyFile, consenting: &[Consenting]) -> String {
+/// Each encrypted column's stored ciphertexts, by patient id.
+pub type EncryptedCells = HashMap<String, HashMap<String, Vec<u8>>>;
+
+/// The digest naming a consenting set of a study file, and the state of its
+/// encrypted submissions (a new submission makes a new view).
+pub fn digest(file: &StudyFile, consenting: &[Consenting], encrypted_state: &str) -> String {
     let mut h = Sha256::new();
     h.update(file.scope_hash().as_slice());
+    h.update(encrypted_state.as_bytes());
     let mut ids: Vec<&str> = consenting.iter().map(|c| c.patient_id.as_str()).collect();
     ids.sort_unstable();
     for id in ids {
@@ -74,8 +79,10 @@ pub fn load_or_build(
     key: &PseudonymKey,
     consenting: &[Consenting],
     today: chrono::NaiveDate,
+    encrypted: &EncryptedCells,
+    encrypted_state: &str,
 ) -> Result<View> {
-    let digest = digest(file, consenting);
+    let digest = digest(file, consenting, encrypted_state);
     let accounts = consenting
         .iter()
         .map(|c| (key.pseudonym(&c.patient_id), c.address))
@@ -84,7 +91,7 @@ pub fn load_or_build(
         Some(batches) => batches,
         None => {
             let ids: HashSet<&str> = consenting.iter().map(|c| c.patient_id.as_str()).collect();
-            let batches = build(conn, file, key, Some(&ids), today)?;
+            let batches = build(conn, file, key, Some(&ids), today, encrypted)?;
             store(dir, &digest, &batches)?;
             batches
         }
@@ -117,6 +124,7 @@ pub fn build(
     key: &PseudonymKey,
     only: Option<&HashSet<&str>>,
     today: chrono::NaiveDate,
+    encrypted: &EncryptedCells,
 ) -> Result<Vec<(String, RecordBatch)>> {
     let mut out = Vec::new();
     for (name, table) in &file.scope.tables {
@@ -134,6 +142,7 @@ pub fn build(
             None => RecordBatch::new_empty(projection::table(name)?.schema()),
         };
         let (safe, _) = deid::deidentify(&batch, &safe_harbor::policy(name, today)?, key)?;
+        let safe = with_encrypted(&batch, safe, table, encrypted)?;
         let schema = safe.schema();
         let mut indices = Vec::new();
         for column in table.columns.keys() {
@@ -154,6 +163,43 @@ pub fn build(
         out.push((name.clone(), projected));
     }
     Ok(out)
+}
+
+/// Appends the table's encrypted columns to its de-identified rows: each
+/// row's patient's validated ciphertext, or NULL where none was submitted.
+/// Safe Harbor keeps rows in order, so `raw` (with real patient ids) and
+/// `safe` align row by row.
+fn with_encrypted(
+    raw: &RecordBatch,
+    safe: RecordBatch,
+    table: &cohort_query_planner::policy::TablePolicy,
+    encrypted: &EncryptedCells,
+) -> Result<RecordBatch> {
+    let columns: Vec<&String> = table
+        .columns
+        .iter()
+        .filter(|(_, c)| c.encrypted.is_some())
+        .map(|(name, _)| name)
+        .collect();
+    if columns.is_empty() {
+        return Ok(safe);
+    }
+    let ids = raw
+        .column_by_name("patient_id")
+        .ok_or_else(|| Error::Arrow("a projection table without patient_id".into()))?
+        .as_string::<i32>()
+        .clone();
+    let mut fields: Vec<arrow::datatypes::FieldRef> = safe.schema().fields().iter().cloned().collect();
+    let mut arrays = safe.columns().to_vec();
+    for name in columns {
+        let cells = encrypted.get(name.as_str());
+        let array: arrow::array::BinaryArray = (0..ids.len())
+            .map(|i| cells.and_then(|c| c.get(ids.value(i))).map(Vec::as_slice))
+            .collect();
+        fields.push(Arc::new(arrow::datatypes::Field::new(name.as_str(), arrow::datatypes::DataType::Binary, true)));
+        arrays.push(Arc::new(array));
+    }
+    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays).map_err(|e| Error::Arrow(e.to_string()))
 }
 
 /// The rows of `batch` whose `patient_id` is in `ids`.

@@ -37,9 +37,12 @@ fn demo_runs_on_embedded_defaults_and_again() {
     assert!(text.contains("recorded on the ledger as 0x"), "{text}");
     assert!(text.contains("audit chain intact"), "{text}");
     assert!(
-        text.contains("remaining ε 1"),
-        "4 queries at 0.5 of 3: {text}"
+        text.contains("remaining ε 0.5"),
+        "4 queries at 0.5 and 2 encrypted at 0.25, of 3: {text}"
     );
+    assert!(text.contains("answered by the elgamal layer"), "{text}");
+    assert!(text.contains("answered by the tfhe layer"), "{text}");
+    assert!(text.contains("42 patients encrypted their flag"), "{text}");
 
     // Again on the same directory: the same records, a second study.
     let second = bare(&["--data-dir", d, "demo", "--patients", "60", "--json"])
@@ -53,7 +56,22 @@ fn demo_runs_on_embedded_defaults_and_again() {
         "the same seed re-ingests as unchanged"
     );
     assert_eq!(v["study"]["study_id"], 2);
-    assert_eq!(v["study"]["queries"], 4);
+    assert_eq!(v["study"]["queries"], 6);
+    // The encrypted answers arrive decrypted: integers, not sealed bytes.
+    let encrypted: Vec<&serde_json::Value> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step"] == "encrypted")
+        .collect();
+    assert_eq!(encrypted.len(), 2);
+    for step in encrypted {
+        let rows = step["value"]["outcome"]["answer"]["rows"].as_array().unwrap();
+        assert!(!rows.is_empty());
+        for row in rows {
+            assert!(row.as_array().unwrap().last().unwrap().is_i64(), "{row}");
+        }
+    }
     assert_eq!(v["contributors_before_withdrawal"], 42);
     assert_eq!(v["contributors_after_withdrawal"], 41);
     assert_eq!(v["audit"]["first_broken"], serde_json::Value::Null);

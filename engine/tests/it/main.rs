@@ -5,6 +5,7 @@
 mod audit;
 mod cid;
 mod cli;
+mod encrypted;
 mod generate;
 mod ingest;
 mod ledger;

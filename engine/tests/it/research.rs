@@ -57,14 +57,14 @@ value = {{ lower = 0, upper = 300 }}
 
 /// A data directory with `patients` ingested, contracts deployed (2 of 3
 /// stewards), a researcher and stewards with their roles.
-struct Setup {
-    tmp: tempfile::TempDir,
-    dir: DataDir,
-    data: PathBuf,
-    patient_ids: Vec<String>,
+pub(crate) struct Setup {
+    pub(crate) tmp: tempfile::TempDir,
+    pub(crate) dir: DataDir,
+    pub(crate) data: PathBuf,
+    pub(crate) patient_ids: Vec<String>,
 }
 
-fn setup(patients: u64) -> Setup {
+pub(crate) fn setup(patients: u64) -> Setup {
     let (tmp, dir, vault) = vault();
     let input = bundles(tmp.path(), patients, 7);
     cohort_engine::ingest::ingest_paths(&vault, &access(), &[input], false).unwrap();
@@ -115,7 +115,7 @@ fn setup(patients: u64) -> Setup {
 }
 
 impl Setup {
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.tmp.path().join(name);
         std::fs::write(&p, text).unwrap();
         p
@@ -124,7 +124,7 @@ impl Setup {
     /// Proposes and approves (2 of 3) through the library; links and
     /// consents the first `consenting` patients; returns the study id and
     /// the patients' accounts.
-    fn approved_study(&self, text: &str, consenting: usize) -> (u64, Vec<Account>) {
+    pub(crate) fn approved_study(&self, text: &str, consenting: usize) -> (u64, Vec<Account>) {
         let vault = self.dir.unlock(PASSPHRASE).unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let session = rt.block_on(Session::open(&self.dir, &vault)).unwrap();
@@ -399,7 +399,7 @@ fn ask_together(
 }
 
 /// Runs a query that stops at `step`, then SIGKILLs it there.
-fn killed_at(data: &Path, study: &str, sql: &str, query_id: &str, step: &str) {
+pub(crate) fn killed_at(data: &Path, study: &str, sql: &str, query_id: &str, step: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
         .args(["--data-dir"])
         .arg(data)

@@ -20,7 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt32Array,
+    Array, ArrayRef, AsArray, BinaryArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt32Array,
 };
 use arrow::compute::{cast, concat_batches, take};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, UInt64Type};
@@ -43,6 +43,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::encryption::{EncryptedRelease, Executor};
 use crate::release::{Influence, Noise, Statistic, unit_scale};
 
 /// How the released groups of a DP aggregate are chosen.
@@ -76,6 +77,8 @@ pub(crate) struct PlannedRelease {
     pub influence: Vec<Influence>,
     pub noise: Option<Noise>,
     pub charge: Option<Charge>,
+    /// Set when the release is computed under encryption.
+    pub encrypted: Option<EncryptedRelease>,
 }
 
 /// One DP aggregate (a "site") of a query.
@@ -97,6 +100,8 @@ pub(crate) struct Site {
     /// The names of the inner aggregate's statistics, after the keys.
     pub inner_names: Vec<String>,
     pub log: ReleaseLog,
+    /// Computes the encrypted releases (installed by the planner).
+    pub executor: Option<Executor>,
 }
 
 /// What one aggregate released, per group.
@@ -486,6 +491,19 @@ fn release(site: &Site, exact: &RecordBatch, schema: &SchemaRef) -> Result<Recor
             .ok_or_else(|| internal("release was not calibrated"))?;
         let input = |j: usize| k + planned.inputs[j];
         let bound = noise.error_bound(&planned.statistic)?;
+        if let Some(encrypted) = &planned.encrypted {
+            let sealed = release_encrypted(site, encrypted, noise, exact, input(0), &groups.rows)?;
+            site.log.push(ReleasedAggregate {
+                output: planned.output.clone(),
+                aggregate: planned.aggregate.clone(),
+                groups: group_names.clone(),
+                values: vec![f64::NAN; n],
+                error_95: vec![bound.at_count(0.0); n],
+            });
+            let array: ArrayRef = Arc::new(BinaryArray::from_iter_values(sealed));
+            columns.push(cast(&array, schema.field(k + index).data_type())?);
+            continue;
+        }
         let (values, errors): (Vec<f64>, Vec<f64>) = match (&planned.statistic, noise) {
             (Statistic::Count { .. }, Noise::Integer { noise }) => {
                 let noisy = noise.release(&exact_ints(exact, input(0), &groups.rows)?)?;
@@ -591,6 +609,51 @@ fn release(site: &Site, exact: &RecordBatch, schema: &SchemaRef) -> Result<Recor
         columns.push(cast(&array, field.data_type())?);
     }
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// One encrypted release: each released group's ciphertexts, aggregated
+/// by the engine's executor with that group's noise added under
+/// encryption. The noise is drawn here and handed over; it is not kept.
+fn release_encrypted(
+    site: &Site,
+    encrypted: &EncryptedRelease,
+    noise: &Noise,
+    exact: &RecordBatch,
+    column: usize,
+    rows: &[Option<usize>],
+) -> Result<Vec<Vec<u8>>> {
+    let Noise::Integer { noise } = noise else {
+        return Err(internal("an encrypted release has integer noise"));
+    };
+    let Some(executor) = &site.executor else {
+        return Err(Error::Engine(Box::new(datafusion::error::DataFusionError::Plan(format!(
+            "`{}.{}` is encrypted and this engine holds no keys to aggregate it",
+            encrypted.table, encrypted.column
+        )))));
+    };
+    let lists = exact.column(column);
+    let lists = lists
+        .as_list_opt::<i32>()
+        .ok_or_else(|| internal("an encrypted release's input is a list"))?;
+    let draws = noise.release(&vec![0; rows.len()])?;
+    let mut sealed = Vec::with_capacity(rows.len());
+    for (row, &draw) in rows.iter().zip(draws.value()) {
+        let values = match row {
+            Some(r) if !lists.is_null(*r) => lists.value(*r),
+            _ => arrow::array::new_empty_array(&DataType::Binary),
+        };
+        let values = cast(&values, &DataType::Binary)?;
+        let binary = values
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| internal("ciphertexts are binary"))?;
+        let cells: Vec<&[u8]> = binary.iter().flatten().collect();
+        let result = executor
+            .0
+            .aggregate(&encrypted.table, &encrypted.column, &encrypted.op, &cells, draw)
+            .map_err(|e| Error::Engine(Box::new(datafusion::error::DataFusionError::External(Box::new(e)))))?;
+        sealed.push(result.to_bytes());
+    }
+    Ok(sealed)
 }
 
 /// Each released group's keys as text (for the release log).

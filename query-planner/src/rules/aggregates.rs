@@ -28,7 +28,9 @@ use datafusion::logical_expr::{Aggregate, Cast, Expr, ExprSchemable, LogicalPlan
 use crate::error::{Error, Result, Rule};
 use crate::facts::{self, ColumnFacts, Interval, strip_alias};
 use crate::policy::{Bounds, DEFAULT_QUANTILE_CANDIDATES, Scope};
+use crate::encryption::EncryptedRelease;
 use crate::release::{Influence, Statistic};
+use crate::rules::encrypted;
 use crate::typing::{Kind, Typed};
 
 /// Refuses `GROUPING SETS`, `ROLLUP` and `CUBE`.
@@ -133,6 +135,8 @@ fn per_unit_interval(
 pub(crate) struct Mapped {
     pub statistic: Statistic,
     pub inner: Vec<(Expr, Influence)>,
+    /// Set when the statistic is computed under encryption.
+    pub encrypted: Option<EncryptedRelease>,
 }
 
 /// Maps one aggregate expression of a DP aggregate.
@@ -174,6 +178,9 @@ pub(crate) fn map(
             None,
         ))
     };
+    if name == encrypted::FUNCTION {
+        return encrypted_aggregate(&params.args, schema, typed, scope, rows, filter, fragment());
+    }
     if name == "count" {
         let counts_rows = match params.args.as_slice() {
             [] => true,
@@ -182,6 +189,7 @@ pub(crate) fn map(
         };
         if counts_rows {
             return Ok(Mapped {
+                encrypted: None,
                 statistic: Statistic::Count { per_group: rows },
                 inner: vec![(
                     aggregate(count_udaf(), vec![lit(1i64)], false, filter),
@@ -199,6 +207,7 @@ pub(crate) fn map(
         let counts_patients =
             params.distinct && matches!(strip_alias(argument), Expr::Column(c) if c == unit);
         return Ok(Mapped {
+            encrypted: None,
             statistic: Statistic::Count {
                 per_group: if counts_patients { 1 } else { rows },
             },
@@ -316,6 +325,7 @@ pub(crate) fn map(
         Kind2::Sum => {
             let decimals = Statistic::decimals_for(bounds.magnitude(), precision);
             Mapped {
+                encrypted: None,
                 statistic: Statistic::Sum { bounds, decimals },
                 inner: vec![fixed_sum(clamped, bounds.magnitude(), decimals)],
             }
@@ -324,6 +334,7 @@ pub(crate) fn map(
         Kind2::Mean => {
             let decimals = Statistic::decimals_for(half, precision);
             Mapped {
+                encrypted: None,
                 statistic: Statistic::Mean { bounds, decimals },
                 inner: vec![fixed_sum(clamped - lit(centre), half, decimals), count()],
             }
@@ -333,6 +344,7 @@ pub(crate) fn map(
             let decimals = Statistic::decimals_for(half, precision);
             let square_decimals = Statistic::decimals_for(half * half, 2 * precision);
             Mapped {
+                encrypted: None,
                 statistic: Statistic::Variance {
                     bounds,
                     decimals,
@@ -369,6 +381,7 @@ pub(crate) fn map(
             };
             let candidates = candidates_of(&facts, scope, bounds);
             Mapped {
+                encrypted: None,
                 statistic: Statistic::Quantile {
                     bounds,
                     alpha,
@@ -381,6 +394,54 @@ pub(crate) fn map(
                 )],
             }
         }
+    })
+}
+
+/// `__cohort_encrypted(column, operation, constant)`, written by the
+/// encrypted-columns rule: a SUM or a predicate COUNT whose exact part is
+/// the group's list of ciphertexts, bounded and noised like its plaintext
+/// counterpart (integer values, so no fixed-point decimals).
+fn encrypted_aggregate(
+    args: &[Expr],
+    schema: &datafusion::common::DFSchema,
+    typed: &Typed,
+    scope: &Scope,
+    rows: u32,
+    filter: Option<Expr>,
+    fragment: String,
+) -> Result<Mapped> {
+    let refuse = |reason: &str| Error::refused(Rule::EncryptedColumn, fragment.clone(), reason.to_string());
+    let [argument, Expr::Literal(op, _), Expr::Literal(constant, _)] = args else {
+        return Err(refuse("the planner's encrypted aggregate takes a column, an operation and a constant"));
+    };
+    let (Some(Some(op)), ScalarValue::Int64(Some(constant))) = (op.try_as_str(), constant) else {
+        return Err(refuse("the planner's encrypted aggregate takes a column, an operation and a constant"));
+    };
+    let facts = facts::of_expr(argument, schema, &typed.columns);
+    let declared = facts
+        .copy_of
+        .as_ref()
+        .and_then(|source| Some((source, scope.tables.get(&source.table)?.column(&source.column)?)));
+    let Some((source, declared)) = declared else {
+        return Err(refuse("an encrypted column must be aggregated as itself, not through an expression"));
+    };
+    let (Some(layer), Some(bounds), Some(op)) = (declared.encrypted, declared.bounds, encrypted::operation(op, *constant)) else {
+        return Err(refuse("not an encrypted column of the study"));
+    };
+    let (statistic, influence) = match op {
+        cohort_fhe::EncryptedOp::Sum => (Statistic::Sum { bounds, decimals: 0 }, Influence::PerRow(units(bounds.magnitude(), 0))),
+        cohort_fhe::EncryptedOp::CountWhere { .. } => (Statistic::Count { per_group: rows }, Influence::PerRow(1)),
+    };
+    let present = argument.clone().is_not_null();
+    let filter = Some(match filter {
+        Some(filter) => filter.and(present),
+        None => present,
+    });
+    let cells = Expr::AggregateFunction(AggregateFunction::new_udf(array_agg_udaf(), vec![argument.clone()], false, filter.map(Box::new), vec![], None));
+    Ok(Mapped {
+        statistic,
+        inner: vec![(cells, influence)],
+        encrypted: Some(EncryptedRelease { layer, op, table: source.table.clone(), column: source.column.clone(), bounds, estimate: None }),
     })
 }
 

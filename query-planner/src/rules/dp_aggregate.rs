@@ -91,6 +91,7 @@ pub(crate) fn rewrite(
             inputs: (first..inner.len()).collect(),
             influence,
             statistic: mapped.statistic,
+            encrypted: mapped.encrypted,
             noise: None,
             charge: None,
         });
@@ -203,6 +204,7 @@ pub(crate) fn rewrite(
         unit: scope.unit.clone(),
         inner_names,
         log: ReleaseLog::default(),
+        executor: None,
     });
     let noisy = LogicalPlan::Extension(Extension {
         node: Arc::new(NoisyAggregate {

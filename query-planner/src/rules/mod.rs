@@ -18,6 +18,7 @@
 
 pub(crate) mod aggregates;
 pub(crate) mod dp_aggregate;
+pub(crate) mod encrypted;
 pub(crate) mod group_keys;
 pub(crate) mod joins;
 pub(crate) mod sampling;

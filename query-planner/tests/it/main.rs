@@ -4,6 +4,7 @@
 
 mod bounding;
 mod cost;
+mod encrypted;
 mod fixture;
 mod forms;
 mod refusals;
