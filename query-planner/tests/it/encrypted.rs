@@ -16,7 +16,10 @@ use cohort_query_planner::{EncryptedExecutor, Planner, StudyPolicy};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 
-use crate::fixture::{exact_with, pure};
+use cohort_anonymizer::accountant::Charge;
+use cohort_query_planner::QueryOptions;
+
+use crate::fixture::pure;
 
 const POLICY: &str = r#"
 privacy_unit = "patient_id"
@@ -52,6 +55,10 @@ impl DecryptionGate for Open {
 /// 30 patients, sex F/M alternating; patient i is flagged when i % 3 == 0;
 /// patient 29 submitted nothing (NULL).
 fn study() -> (Planner, CustodianKey, Vec<KeyShare>) {
+    study_with(POLICY)
+}
+
+fn study_with(policy: &str) -> (Planner, CustodianKey, Vec<KeyShare>) {
     let (key, shares) = threshold::generate(Threshold::new(2, 3).unwrap()).unwrap();
     let ids: Vec<String> = (0..30).map(|i| format!("p{i:02}")).collect();
     let sex: Vec<&str> = (0..30).map(|i| if i % 2 == 0 { "F" } else { "M" }).collect();
@@ -74,7 +81,7 @@ fn study() -> (Planner, CustodianKey, Vec<KeyShare>) {
     .unwrap();
     let table: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap());
     let tables = HashMap::from([("patients".to_string(), table)]);
-    let planner = Planner::new(StudyPolicy::from_toml(POLICY).unwrap(), tables)
+    let planner = Planner::new(StudyPolicy::from_toml(policy).unwrap(), tables)
         .unwrap()
         .with_encryption(Arc::new(Linear(LinearLayer::new(key.clone()))));
     (planner, key, shares)
@@ -89,8 +96,9 @@ fn decrypt(key: &CustodianKey, shares: &[KeyShare], hex_or_bytes: &[u8]) -> i64 
 
 #[tokio::test]
 async fn an_encrypted_sum_per_public_group_decrypts_to_the_exact_sums() {
-    let (planner, key, shares) = study();
-    let (_, options) = exact_with(POLICY);
+    let (planner, key, shares) = study_with(&POLICY.replace("max_epsilon = \"5\"", "max_epsilon = \"10000000000000\""));
+    let mut options = QueryOptions::new(Charge::Pure { epsilon: "100000000000000".parse().unwrap() });
+    options.epsilon = Some("1000000000000".parse().unwrap());
     let plan = planner.plan("SELECT sex, SUM(hiv) FROM patients GROUP BY sex ORDER BY sex", &options).await.unwrap();
     let outputs = &plan.aggregates()[0].outputs;
     assert_eq!(outputs[0].encrypted.as_ref().unwrap().layer, cohort_fhe::Layer::Elgamal);
