@@ -48,7 +48,9 @@ fn elgamal(c: &mut Criterion) {
             (v, Ciphertext::encrypt(&key.public, v).to_stored())
         })
         .collect();
-    let cells: Vec<&[u8]> = (0..VALUES).map(|i| distinct[i % 1000].1.as_slice()).collect();
+    let cells: Vec<&[u8]> = (0..VALUES)
+        .map(|i| distinct[i % 1000].1.as_slice())
+        .collect();
     let expected: i64 = (0..VALUES).map(|i| distinct[i % 1000].0).sum();
     let layer = LinearLayer::new(key.clone());
     let stewards: Vec<Steward> = shares.into_iter().take(3).map(Steward::new).collect();
@@ -59,56 +61,109 @@ fn elgamal(c: &mut Criterion) {
     g.throughput(Throughput::Elements(VALUES as u64));
     g.bench_function("sum 1M values, noise, 3-of-5 decryption", |b| {
         b.iter(|| {
-            let sealed = layer.aggregate(&EncryptedOp::Sum, &cells, 3, &Job::new()).unwrap();
-            let partials: Vec<_> = stewards.iter().map(|s| s.decrypt(&Open, "q", &sealed).unwrap()).collect();
+            let sealed = layer
+                .aggregate(&EncryptedOp::Sum, &cells, 3, &Job::new())
+                .unwrap();
+            let partials: Vec<_> = stewards
+                .iter()
+                .map(|s| s.decrypt(&Open, "q", &sealed).unwrap())
+                .collect();
             let total = linear::open(&key, "q", &sealed, &partials, lo, hi).unwrap();
             assert_eq!(total, expected + 3);
             black_box(total)
         })
     });
     g.throughput(Throughput::Elements(1));
-    g.bench_function("patient: encrypt a value in [0, 200] with its range proof", |b| {
-        b.iter(|| black_box(encrypt_proven(&key.public, 117, bounds, b"context").unwrap()))
-    });
+    g.bench_function(
+        "patient: encrypt a value in [0, 200] with its range proof",
+        |b| b.iter(|| black_box(encrypt_proven(&key.public, 117, bounds, b"context").unwrap())),
+    );
     let proven = encrypt_proven(&key.public, 117, bounds, b"context").unwrap();
     g.bench_function("engine: check a [0, 200] range proof once", |b| {
         b.iter(|| black_box(proven.verify(&key.public, bounds, b"context").unwrap()))
     });
     let flag = encrypt_proven(&key.public, 1, Bounds::new(0, 1).unwrap(), b"context").unwrap();
     g.bench_function("engine: check a 0/1 flag's proof once", |b| {
-        b.iter(|| black_box(flag.verify(&key.public, Bounds::new(0, 1).unwrap(), b"context").unwrap()))
+        b.iter(|| {
+            black_box(
+                flag.verify(&key.public, Bounds::new(0, 1).unwrap(), b"context")
+                    .unwrap(),
+            )
+        })
     });
     g.finish();
 }
 
 fn tfhe_layer(_c: &mut Criterion) {
-    let records: usize = std::env::var("COHORT_FHE_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let records: usize = std::env::var("COHORT_FHE_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let t = Instant::now();
     let keys = predicate::generate().unwrap();
-    println!("tfhe: key set and CRS generated in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "tfhe: key set and CRS generated in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let bounds = Bounds::new(0, 255).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let values: Vec<i64> = (0..records).map(|_| rng.random_range(20..=120)).collect();
     let t = Instant::now();
-    let submissions: Vec<Vec<u8>> = values.iter().map(|&v| predicate::encrypt_proven(&keys.public, v, bounds, b"ctx").unwrap()).collect();
+    let submissions: Vec<Vec<u8>> = values
+        .iter()
+        .map(|&v| predicate::encrypt_proven(&keys.public, v, bounds, b"ctx").unwrap())
+        .collect();
     let prove = t.elapsed().as_secs_f64() / records as f64;
     let t = Instant::now();
     let layer = PredicateLayer::new(keys.server.clone());
-    let cells: Vec<Vec<u8>> = submissions.iter().map(|s| layer.verify(&keys.public, s, bounds, b"ctx").unwrap()).collect();
+    let cells: Vec<Vec<u8>> = submissions
+        .iter()
+        .map(|s| layer.verify(&keys.public, s, bounds, b"ctx").unwrap())
+        .collect();
     let verify = t.elapsed().as_secs_f64() / records as f64;
-    println!("tfhe: proven encryption {:.0} ms per value (patient), verify and expand {:.0} ms per value (engine, once), {} bytes submitted, {} kept", prove * 1e3, verify * 1e3, submissions[0].len(), cells[0].len());
+    println!(
+        "tfhe: proven encryption {:.0} ms per value (patient), verify and expand {:.0} ms per value (engine, once), {} bytes submitted, {} kept",
+        prove * 1e3,
+        verify * 1e3,
+        submissions[0].len(),
+        cells[0].len()
+    );
 
     // tfhe's own single comparison, the operation each record needs.
     tfhe::set_server_key(keys.server.clone());
-    let one = layer.aggregate(&EncryptedOp::CountWhere { cmp: Comparison::Ge, constant: 65 }, &[&cells[0]], 0, &Job::new()).unwrap();
+    let one = layer
+        .aggregate(
+            &EncryptedOp::CountWhere {
+                cmp: Comparison::Ge,
+                constant: 65,
+            },
+            &[&cells[0]],
+            0,
+            &Job::new(),
+        )
+        .unwrap();
     black_box(one);
     let (ge_seconds, ge_pbs) = single_ge(&cells[0]);
-    println!("tfhe: one FheUint8 >= 65: {:.0} ms, {} programmable bootstraps", ge_seconds * 1e3, ge_pbs);
+    println!(
+        "tfhe: one FheUint8 >= 65: {:.0} ms, {} programmable bootstraps",
+        ge_seconds * 1e3,
+        ge_pbs
+    );
 
     let refs: Vec<&[u8]> = cells.iter().map(Vec::as_slice).collect();
     tfhe::reset_pbs_count();
     let t = Instant::now();
-    let sealed = layer.aggregate(&EncryptedOp::CountWhere { cmp: Comparison::Ge, constant: 65 }, &refs, 0, &Job::new()).unwrap();
+    let sealed = layer
+        .aggregate(
+            &EncryptedOp::CountWhere {
+                cmp: Comparison::Ge,
+                constant: 65,
+            },
+            &refs,
+            0,
+            &Job::new(),
+        )
+        .unwrap();
     let seconds = t.elapsed().as_secs_f64();
     let pbs = tfhe::get_pbs_count();
     let count = keys.client.decrypt(&Open, "q", &sealed).unwrap();
@@ -147,12 +202,18 @@ fn single_ge(cell: &[u8]) -> (f64, u64) {
 fn ratio(_c: &mut Criterion) {
     // The same SUM of 1,000 values in each layer, for the routing.
     let (key, _) = threshold::generate(Threshold::new(3, 5).unwrap()).unwrap();
-    let stored: Vec<Vec<u8>> = (0..1000).map(|i| Ciphertext::encrypt(&key.public, i % 200).to_stored()).collect();
+    let stored: Vec<Vec<u8>> = (0..1000)
+        .map(|i| Ciphertext::encrypt(&key.public, i % 200).to_stored())
+        .collect();
     let refs: Vec<&[u8]> = stored.iter().map(Vec::as_slice).collect();
     let layer = LinearLayer::new(key);
     let t = Instant::now();
     for _ in 0..10 {
-        black_box(layer.aggregate(&EncryptedOp::Sum, &refs, 0, &Job::new()).unwrap());
+        black_box(
+            layer
+                .aggregate(&EncryptedOp::Sum, &refs, 0, &Job::new())
+                .unwrap(),
+        );
     }
     let elgamal = t.elapsed().as_secs_f64() / 10.0;
     let keys = predicate::generate().unwrap();

@@ -13,8 +13,8 @@ use cohort_engine::research::{self, Session, StudyFile};
 use cohort_engine::vault::Access;
 use cohort_engine::{DataDir, accounts, audit, chain, generate, ingest, projection};
 use cohort_ledger_bridge::Role;
-use rand::{RngExt, SeedableRng};
 use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use super::{Cli, counts_text, ingest_text, unlock, verify_text};
@@ -271,7 +271,9 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     }
 
     // 5b. Encrypted aggregates.
-    say("\n6b. Values patients share only encrypted: an HIV flag (ElGamal) and an exact HbA1c (tfhe)");
+    say(
+        "\n6b. Values patients share only encrypted: an HIV flag (ElGamal) and an exact HbA1c (tfhe)",
+    );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0e1c);
     let flagged: Vec<(cohort_ledger_bridge::Account, i64)> = linked
         .iter()
@@ -295,8 +297,16 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         values.values, values.seconds
     ));
     let encrypted_queries = [
-        ("hiv-by-sex", "SELECT gender, SUM(hiv) AS hiv_positive FROM patients GROUP BY gender ORDER BY gender", "elgamal"),
-        ("hba1c-over-48", "SELECT COUNT(*) AS above_48 FROM patients WHERE hba1c_mmol >= 48", "tfhe"),
+        (
+            "hiv-by-sex",
+            "SELECT gender, SUM(hiv) AS hiv_positive FROM patients GROUP BY gender ORDER BY gender",
+            "elgamal",
+        ),
+        (
+            "hba1c-over-48",
+            "SELECT COUNT(*) AS above_48 FROM patients WHERE hba1c_mmol >= 48",
+            "tfhe",
+        ),
     ];
     for (name, sql, layer) in encrypted_queries {
         let t = Instant::now();
@@ -311,9 +321,18 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
             },
         ))?;
         say(&format!("\n   {sql}"));
-        say(&format!("   answered by the {layer} layer in {:.1} s (noise added under encryption, decrypted only after the debit was committed)", t.elapsed().as_secs_f64()));
-        say(&format!("   {}", outcome_text(&outcome).replace('\n', "\n   ")));
-        keep("encrypted", serde_json::json!({ "layer": layer, "seconds": t.elapsed().as_secs_f64(), "outcome": outcome }));
+        say(&format!(
+            "   answered by the {layer} layer in {:.1} s (noise added under encryption, decrypted only after the debit was committed)",
+            t.elapsed().as_secs_f64()
+        ));
+        say(&format!(
+            "   {}",
+            outcome_text(&outcome).replace('\n', "\n   ")
+        ));
+        keep(
+            "encrypted",
+            serde_json::json!({ "layer": layer, "seconds": t.elapsed().as_secs_f64(), "outcome": outcome }),
+        );
     }
 
     // 6. The extract.

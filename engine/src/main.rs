@@ -671,7 +671,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Study(cmd) => study(cli, &dir()?, cmd),
         Command::Consent(cmd) => consent(cli, &dir()?, cmd),
-        Command::EncryptField { study, column, value } => encrypt_field(cli, &dir()?, *study, column, *value),
+        Command::EncryptField {
+            study,
+            column,
+            value,
+        } => encrypt_field(cli, &dir()?, *study, column, *value),
         Command::Release { study, k, l, out } => {
             release(cli, &dir()?, *study, *k, *l, out.as_deref())
         }

@@ -188,7 +188,9 @@ pub(crate) fn research_query(
     let cancel = job.clone();
     rt.spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("cancelling: the encrypted aggregate stops at its next record; Ctrl-C again to exit");
+            eprintln!(
+                "cancelling: the encrypted aggregate stops at its next record; Ctrl-C again to exit"
+            );
             cancel.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(130);
@@ -210,8 +212,10 @@ pub(crate) fn research_query(
 fn show_progress(job: &cohort_fhe::Job, finished: &std::sync::atomic::AtomicBool) {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("encrypted aggregate {bar:30} {pos}/{len} records, ETA {eta}")
-            .expect("a valid template"),
+        indicatif::ProgressStyle::with_template(
+            "encrypted aggregate {bar:30} {pos}/{len} records, ETA {eta}",
+        )
+        .expect("a valid template"),
     );
     while !finished.load(std::sync::atomic::Ordering::SeqCst) {
         let (done, total) = job.progress();
@@ -224,14 +228,26 @@ fn show_progress(job: &cohort_fhe::Job, finished: &std::sync::atomic::AtomicBool
     bar.finish_and_clear();
 }
 
-pub(crate) fn encrypt_field(cli: &Cli, dir: &DataDir, study: u64, column: &str, value: i64) -> anyhow::Result<ExitCode> {
+pub(crate) fn encrypt_field(
+    cli: &Cli,
+    dir: &DataDir,
+    study: u64,
+    column: &str,
+    value: i64,
+) -> anyhow::Result<ExitCode> {
     let (vault, session, rt) = open(cli, dir)?;
     let patient = actor(cli, &vault)?;
     let s = rt.block_on(session.encrypt_field(vault.conn(), &patient, study, column, value))?;
     emit(cli, &s, || {
         format!(
             "encrypted {} for study {} ({} layer): sent {} bytes with its range proof ({:.3} s), proof checked and {} bytes kept ({:.3} s)",
-            s.column, s.study_id, s.layer, s.submitted_bytes, s.encrypt_seconds, s.stored_bytes, s.verify_seconds
+            s.column,
+            s.study_id,
+            s.layer,
+            s.submitted_bytes,
+            s.encrypt_seconds,
+            s.stored_bytes,
+            s.verify_seconds
         )
     });
     Ok(ExitCode::SUCCESS)

@@ -461,7 +461,10 @@ impl Vault {
             |r| r.get(0),
         )?;
         if research {
-            tx.execute("DELETE FROM research_encrypted WHERE patient_id = ?1", [patient_id])?;
+            tx.execute(
+                "DELETE FROM research_encrypted WHERE patient_id = ?1",
+                [patient_id],
+            )?;
         }
         audit::append(
             &tx,

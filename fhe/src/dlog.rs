@@ -21,11 +21,19 @@ const MAX_BABY: u64 = 1 << 20;
 /// Costs about `2·sqrt(hi - lo)` group additions.
 pub fn discrete_log(point: &G1Projective, lo: i64, hi: i64) -> Result<i64> {
     if lo > hi {
-        return Err(FheError::InvalidBounds { lo, hi, why: "the search range is empty" });
+        return Err(FheError::InvalidBounds {
+            lo,
+            hi,
+            why: "the search range is empty",
+        });
     }
     let span = (hi as i128 - lo as i128) as u128 + 1;
     if span > (MAX_BABY as u128) * (MAX_BABY as u128) {
-        return Err(FheError::InvalidBounds { lo, hi, why: "the search range exceeds 2^40 values" });
+        return Err(FheError::InvalidBounds {
+            lo,
+            hi,
+            why: "the search range exceeds 2^40 values",
+        });
     }
     let baby = (span as f64).sqrt().ceil().max(1.0) as u64;
     let baby = baby.min(MAX_BABY);

@@ -56,7 +56,10 @@ pub struct Ciphertext {
 impl Ciphertext {
     /// The encryption of 0 with no randomness: the neutral element of `+`.
     pub fn zero() -> Self {
-        Ciphertext { c1: G1Projective::ZERO, c2: G1Projective::ZERO }
+        Ciphertext {
+            c1: G1Projective::ZERO,
+            c2: G1Projective::ZERO,
+        }
     }
 
     /// Encrypts `m` under `pk` with fresh randomness.
@@ -66,7 +69,10 @@ impl Ciphertext {
 
     pub(crate) fn encrypt_with(pk: &PublicKey, m: i64, r: &ark_bls12_381::Fr) -> Self {
         let g = group::generator();
-        Ciphertext { c1: g * r, c2: g * group::scalar_of(m) + G1Projective::from(pk.0) * r }
+        Ciphertext {
+            c1: g * r,
+            c2: g * group::scalar_of(m) + G1Projective::from(pk.0) * r,
+        }
     }
 
     /// Adds a public constant to the plaintext (no randomness needed: the
@@ -79,7 +85,10 @@ impl Ciphertext {
     /// weight in a range proof).
     pub fn scale(&self, k: i64) -> Self {
         let k = group::scalar_of(k);
-        Ciphertext { c1: self.c1 * k, c2: self.c2 * k }
+        Ciphertext {
+            c1: self.c1 * k,
+            c2: self.c2 * k,
+        }
     }
 
     /// The ciphertext on the wire: version byte, `c1`, `c2` compressed.
@@ -97,7 +106,10 @@ impl Ciphertext {
         let body = versioned("ciphertext", bytes, CIPHERTEXT_BYTES)?;
         let c1 = group::read_point("ciphertext", &body[..POINT_BYTES])?;
         let c2 = group::read_point("ciphertext", &body[POINT_BYTES..])?;
-        Ok(Ciphertext { c1: c1.into(), c2: c2.into() })
+        Ok(Ciphertext {
+            c1: c1.into(),
+            c2: c2.into(),
+        })
     }
 
     /// The validated at-rest form: two uncompressed points. Write it only
@@ -146,10 +158,17 @@ pub(crate) fn versioned<'a>(what: &'static str, bytes: &'a [u8], len: usize) -> 
         return Err(malformed(what, "empty"));
     };
     if version != FORMAT_VERSION {
-        return Err(FheError::Version { what, found: version, supported: FORMAT_VERSION });
+        return Err(FheError::Version {
+            what,
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     if bytes.len() != len {
-        return Err(malformed(what, format!("{} bytes, expected {len}", bytes.len())));
+        return Err(malformed(
+            what,
+            format!("{} bytes, expected {len}", bytes.len()),
+        ));
     }
     Ok(body)
 }
@@ -175,7 +194,13 @@ where
 
 fn decode_stored(i: usize, cell: &[u8]) -> Result<(G1Affine, G1Affine)> {
     if cell.len() != STORED_CIPHERTEXT_BYTES {
-        return Err(malformed("stored ciphertext", format!("cell {i} has {} bytes, expected {STORED_CIPHERTEXT_BYTES}", cell.len())));
+        return Err(malformed(
+            "stored ciphertext",
+            format!(
+                "cell {i} has {} bytes, expected {STORED_CIPHERTEXT_BYTES}",
+                cell.len()
+            ),
+        ));
     }
     let c1 = group::read_raw_point_unchecked("stored ciphertext", &cell[..RAW_POINT_BYTES])?;
     let c2 = group::read_raw_point_unchecked("stored ciphertext", &cell[RAW_POINT_BYTES..])?;
@@ -185,5 +210,8 @@ fn decode_stored(i: usize, cell: &[u8]) -> Result<(G1Affine, G1Affine)> {
 /// Decodes one at-rest ciphertext (for tests and single values).
 pub fn from_stored(cell: &[u8]) -> Result<Ciphertext> {
     let (c1, c2) = decode_stored(0, cell)?;
-    Ok(Ciphertext { c1: c1.into(), c2: c2.into() })
+    Ok(Ciphertext {
+        c1: c1.into(),
+        c2: c2.into(),
+    })
 }

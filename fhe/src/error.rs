@@ -43,7 +43,9 @@ pub enum FheError {
     },
     /// A range proof that does not verify: the value may be out of bounds,
     /// the ciphertext may have been altered, or it was made for another field.
-    #[error("the range proof does not verify (bit {bit}): the ciphertext was altered, made for another field, or encrypts a value outside its bounds")]
+    #[error(
+        "the range proof does not verify (bit {bit}): the ciphertext was altered, made for another field, or encrypts a value outside its bounds"
+    )]
     RangeProof {
         /// The first bit whose proof failed.
         bit: usize,
@@ -57,7 +59,9 @@ pub enum FheError {
         n: u32,
     },
     /// A dealt share that does not match its dealer's public commitments.
-    #[error("the share dealer {dealer} sent to steward {index} does not match the dealer's commitments")]
+    #[error(
+        "the share dealer {dealer} sent to steward {index} does not match the dealer's commitments"
+    )]
     BadShare {
         /// The dealer's steward index.
         dealer: u32,
@@ -121,5 +125,8 @@ pub enum FheError {
 pub type Result<T> = std::result::Result<T, FheError>;
 
 pub(crate) fn malformed(what: &'static str, why: impl Into<String>) -> FheError {
-    FheError::Malformed { what, why: why.into() }
+    FheError::Malformed {
+        what,
+        why: why.into(),
+    }
 }

@@ -35,25 +35,34 @@ pub(crate) fn scalar_of(m: i64) -> Fr {
 }
 
 pub(crate) fn write_point(out: &mut Vec<u8>, p: &G1Affine) {
-    p.serialize_compressed(&mut *out).expect("writing to a Vec cannot fail");
+    p.serialize_compressed(&mut *out)
+        .expect("writing to a Vec cannot fail");
 }
 
 /// Decodes a compressed point with every check (on the curve, in the
 /// prime-order subgroup): the only way a point enters from outside.
 pub(crate) fn read_point(what: &'static str, bytes: &[u8]) -> Result<G1Affine> {
-    G1Affine::deserialize_compressed(bytes).map_err(|e| malformed(what, format!("not a point of the BLS12-381 G1 subgroup ({e})")))
+    G1Affine::deserialize_compressed(bytes).map_err(|e| {
+        malformed(
+            what,
+            format!("not a point of the BLS12-381 G1 subgroup ({e})"),
+        )
+    })
 }
 
 pub(crate) fn write_scalar(out: &mut Vec<u8>, s: &Fr) {
-    s.serialize_compressed(&mut *out).expect("writing to a Vec cannot fail");
+    s.serialize_compressed(&mut *out)
+        .expect("writing to a Vec cannot fail");
 }
 
 pub(crate) fn read_scalar(what: &'static str, bytes: &[u8]) -> Result<Fr> {
-    Fr::deserialize_compressed(bytes).map_err(|e| malformed(what, format!("not a canonical scalar ({e})")))
+    Fr::deserialize_compressed(bytes)
+        .map_err(|e| malformed(what, format!("not a canonical scalar ({e})")))
 }
 
 pub(crate) fn write_raw_point(out: &mut Vec<u8>, p: &G1Affine) {
-    p.serialize_uncompressed(&mut *out).expect("writing to a Vec cannot fail");
+    p.serialize_uncompressed(&mut *out)
+        .expect("writing to a Vec cannot fail");
 }
 
 /// Decodes an uncompressed point without the curve and subgroup checks.

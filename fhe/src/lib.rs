@@ -51,7 +51,9 @@ impl Layer {
     /// The name EXPLAIN PRIVACY prints.
     pub fn describe(&self) -> &'static str {
         match self {
-            Layer::Elgamal => "exponential ElGamal on BLS12-381, threshold decryption by the stewards",
+            Layer::Elgamal => {
+                "exponential ElGamal on BLS12-381, threshold decryption by the stewards"
+            }
             Layer::Tfhe => "tfhe (TFHE-rs), decrypted by the custodian decryptor",
         }
     }
@@ -160,12 +162,23 @@ impl Sealed {
             return Err(error::malformed("sealed result", "shorter than its header"));
         };
         if *version != elgamal::FORMAT_VERSION {
-            return Err(FheError::Version { what: "sealed result", found: *version, supported: elgamal::FORMAT_VERSION });
+            return Err(FheError::Version {
+                what: "sealed result",
+                found: *version,
+                supported: elgamal::FORMAT_VERSION,
+            });
         }
         match layer {
             0 => Ok(linear::seal(&elgamal::Ciphertext::from_bytes(ciphertext)?)),
-            1 => Ok(Sealed { layer: Layer::Tfhe, ciphertext: ciphertext.to_vec(), digest: predicate::result_digest(ciphertext) }),
-            other => Err(error::malformed("sealed result", format!("unknown layer {other}"))),
+            1 => Ok(Sealed {
+                layer: Layer::Tfhe,
+                ciphertext: ciphertext.to_vec(),
+                digest: predicate::result_digest(ciphertext),
+            }),
+            other => Err(error::malformed(
+                "sealed result",
+                format!("unknown layer {other}"),
+            )),
         }
     }
 }
@@ -179,7 +192,8 @@ pub trait EncryptedAggregate {
     /// (already sampled for the declared bounds and ε) under encryption, and
     /// seals the result. The noise is not kept: it exists only in the
     /// caller's sample and, re-randomised, inside the ciphertext.
-    fn aggregate(&self, op: &EncryptedOp, cells: &[&[u8]], noise: i64, job: &Job) -> Result<Sealed>;
+    fn aggregate(&self, op: &EncryptedOp, cells: &[&[u8]], noise: i64, job: &Job)
+    -> Result<Sealed>;
 }
 
 /// Authorises a decryption. The engine's gate checks the ledger for a
@@ -207,7 +221,10 @@ impl Job {
 
     /// Records done so far and in all.
     pub fn progress(&self) -> (usize, usize) {
-        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
     }
 
     /// Asks the job to stop at its next record.
@@ -229,7 +246,10 @@ impl Job {
     pub(crate) fn step(&self) -> Result<()> {
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
         if self.is_cancelled() {
-            return Err(FheError::Cancelled { done, total: self.total.load(Ordering::Relaxed) });
+            return Err(FheError::Cancelled {
+                done,
+                total: self.total.load(Ordering::Relaxed),
+            });
         }
         Ok(())
     }

@@ -7,7 +7,10 @@ use crate::elgamal::{self, Ciphertext};
 use crate::error::{FheError, Result, malformed};
 use crate::range::Bounds;
 use crate::threshold::{CustodianKey, KeyShare, PartialDecryption};
-use crate::{CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, Job, Layer, Sealed, decryption_context};
+use crate::{
+    CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, Job, Layer, Sealed,
+    decryption_context,
+};
 
 /// Seconds per value of an encrypted SUM on the reference machine (two
 /// mixed additions on two cores, unchecked decoding included; 1,000,000
@@ -44,14 +47,26 @@ impl EncryptedAggregate for LinearLayer {
         Layer::Elgamal
     }
 
-    fn aggregate(&self, op: &EncryptedOp, cells: &[&[u8]], noise: i64, job: &Job) -> Result<Sealed> {
+    fn aggregate(
+        &self,
+        op: &EncryptedOp,
+        cells: &[&[u8]],
+        noise: i64,
+        job: &Job,
+    ) -> Result<Sealed> {
         if *op != EncryptedOp::Sum {
-            return Err(malformed("operation", format!("{op:?} is not linear; route it to tfhe")));
+            return Err(malformed(
+                "operation",
+                format!("{op:?} is not linear; route it to tfhe"),
+            ));
         }
         job.start(cells.len());
         let mut sum = elgamal::sum_stored(cells.par_iter().copied().enumerate())?;
         if job.is_cancelled() {
-            return Err(FheError::Cancelled { done: 0, total: cells.len() });
+            return Err(FheError::Cancelled {
+                done: 0,
+                total: cells.len(),
+            });
         }
         // Fresh randomness with the noise: the sealed result is unlinkable
         // to the sum before noise, even for someone who saw that sum's bytes.
@@ -62,7 +77,11 @@ impl EncryptedAggregate for LinearLayer {
 
 /// Seals an ElGamal ciphertext.
 pub fn seal(ct: &Ciphertext) -> Sealed {
-    Sealed { layer: Layer::Elgamal, ciphertext: ct.to_bytes(), digest: ct.digest() }
+    Sealed {
+        layer: Layer::Elgamal,
+        ciphertext: ct.to_bytes(),
+        digest: ct.digest(),
+    }
 }
 
 /// A data steward's decryptor: its key share, released only as a partial
@@ -84,23 +103,46 @@ impl Steward {
 
     /// Checks the gate for the digest of the ciphertext itself (not the
     /// digest the caller claims), then decrypts its share.
-    pub fn decrypt(&self, gate: &dyn DecryptionGate, query_id: &str, sealed: &Sealed) -> Result<PartialDecryption> {
+    pub fn decrypt(
+        &self,
+        gate: &dyn DecryptionGate,
+        query_id: &str,
+        sealed: &Sealed,
+    ) -> Result<PartialDecryption> {
         if sealed.layer != Layer::Elgamal {
-            return Err(malformed("sealed result", "a steward decrypts only ElGamal results"));
+            return Err(malformed(
+                "sealed result",
+                "a steward decrypts only ElGamal results",
+            ));
         }
         let ct = Ciphertext::from_bytes(&sealed.ciphertext)?;
         let digest = ct.digest();
         gate.authorize(query_id, &digest)?;
-        Ok(self.share.partial_decrypt(&ct, &decryption_context(query_id, &digest)))
+        Ok(self
+            .share
+            .partial_decrypt(&ct, &decryption_context(query_id, &digest)))
     }
 }
 
 /// Combines t stewards' partial decryptions of `sealed` into the noisy
 /// aggregate, searching `[lo, hi]` (see [`search_range`]).
-pub fn open(key: &CustodianKey, query_id: &str, sealed: &Sealed, partials: &[PartialDecryption], lo: i64, hi: i64) -> Result<i64> {
+pub fn open(
+    key: &CustodianKey,
+    query_id: &str,
+    sealed: &Sealed,
+    partials: &[PartialDecryption],
+    lo: i64,
+    hi: i64,
+) -> Result<i64> {
     let ct = Ciphertext::from_bytes(&sealed.ciphertext)?;
     let digest = ct.digest();
-    key.combine(&ct, &decryption_context(query_id, &digest), partials, lo, hi)
+    key.combine(
+        &ct,
+        &decryption_context(query_id, &digest),
+        partials,
+        lo,
+        hi,
+    )
 }
 
 /// Where a noisy sum of `records` values within `bounds` can lie, with

@@ -19,19 +19,25 @@ use std::io::Cursor;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
+use tfhe::integer::ciphertext::IntegerProvenCompactCiphertextListConformanceParams;
 use tfhe::prelude::*;
 use tfhe::safe_serialization::{safe_deserialize, safe_deserialize_conformant, safe_serialize};
 use tfhe::shortint::parameters::{
-    PARAM_KEYSWITCH_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+    PARAM_KEYSWITCH_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+    PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
     PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
 };
-use tfhe::integer::ciphertext::IntegerProvenCompactCiphertextListConformanceParams;
 use tfhe::zk::{CompactPkeCrs, ZkComputeLoad};
-use tfhe::{ClientKey, CompactPublicKey, Config, ConfigBuilder, FheUint8, FheUint16, FheUint32, ProvenCompactCiphertextList, ServerKey, set_server_key};
+use tfhe::{
+    ClientKey, CompactPublicKey, Config, ConfigBuilder, FheUint8, FheUint16, FheUint32,
+    ProvenCompactCiphertextList, ServerKey, set_server_key,
+};
 
 use crate::error::{FheError, Result, malformed};
 use crate::range::Bounds;
-use crate::{Comparison, CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, Job, Layer, Sealed};
+use crate::{
+    Comparison, CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, Job, Layer, Sealed,
+};
 
 /// Format version of every encoding this module writes.
 pub const FORMAT_VERSION: u8 = 1;
@@ -50,7 +56,12 @@ const PBS_PER_RECORD: f64 = 4.3;
 
 /// The cost of a predicate count over `records` values.
 pub fn estimate(_op: &EncryptedOp, records: u64) -> CostEstimate {
-    CostEstimate { layer: Layer::Tfhe, operations: (PBS_PER_RECORD * records as f64).ceil() as u64, operation: "programmable bootstraps", seconds: SECONDS_PER_RECORD * records as f64 }
+    CostEstimate {
+        layer: Layer::Tfhe,
+        operations: (PBS_PER_RECORD * records as f64).ceil() as u64,
+        operation: "programmable bootstraps",
+        seconds: SECONDS_PER_RECORD * records as f64,
+    }
 }
 
 /// The parameter set: tfhe's default 2-bit message, 2-bit carry blocks
@@ -58,7 +69,10 @@ pub fn estimate(_op: &EncryptedOp, records: u64) -> CostEstimate {
 /// parameters that proven encryption requires.
 pub fn config() -> Config {
     ConfigBuilder::with_custom_parameters(PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)
-        .use_dedicated_compact_public_key_parameters((PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, PARAM_KEYSWITCH_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128))
+        .use_dedicated_compact_public_key_parameters((
+            PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+            PARAM_KEYSWITCH_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+        ))
         .build()
 }
 
@@ -76,10 +90,18 @@ impl Width {
     /// The width for `bounds`, or why there is none.
     pub fn for_bounds(bounds: Bounds) -> Result<Self> {
         match (bounds.lo, bounds.hi) {
-            (lo, _) if lo < 0 => Err(FheError::InvalidBounds { lo: bounds.lo, hi: bounds.hi, why: "tfhe columns hold unsigned values" }),
+            (lo, _) if lo < 0 => Err(FheError::InvalidBounds {
+                lo: bounds.lo,
+                hi: bounds.hi,
+                why: "tfhe columns hold unsigned values",
+            }),
             (_, hi) if hi <= u8::MAX as i64 => Ok(Width::U8),
             (_, hi) if hi <= u16::MAX as i64 => Ok(Width::U16),
-            _ => Err(FheError::InvalidBounds { lo: bounds.lo, hi: bounds.hi, why: "tfhe columns hold at most 16-bit values" }),
+            _ => Err(FheError::InvalidBounds {
+                lo: bounds.lo,
+                hi: bounds.hi,
+                why: "tfhe columns hold at most 16-bit values",
+            }),
         }
     }
 
@@ -117,7 +139,11 @@ pub fn generate() -> Result<KeySet> {
     let server = ServerKey::new(&client);
     let key = CompactPublicKey::try_new(&client).map_err(tfhe_error)?;
     let crs = CompactPkeCrs::from_config(config, PROOF_BITS).map_err(tfhe_error)?;
-    Ok(KeySet { client: CustodianKey(client), server, public: PublicParams { key, crs } })
+    Ok(KeySet {
+        client: CustodianKey(client),
+        server,
+        public: PublicParams { key, crs },
+    })
 }
 
 impl PublicParams {
@@ -132,7 +158,10 @@ impl PublicParams {
     /// Reads parameters written by [`PublicParams::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new("tfhe public parameters", bytes)?;
-        Ok(PublicParams { key: r.object()?, crs: r.object()? })
+        Ok(PublicParams {
+            key: r.object()?,
+            crs: r.object()?,
+        })
     }
 }
 
@@ -167,7 +196,9 @@ impl CustodianKey {
 
     /// Decodes a key written by [`CustodianKey::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        Ok(CustodianKey(Reader::new("tfhe client key", bytes)?.object()?))
+        Ok(CustodianKey(
+            Reader::new("tfhe client key", bytes)?.object()?,
+        ))
     }
 
     /// The tfhe client key itself, for benches and tests that encrypt
@@ -179,9 +210,17 @@ impl CustodianKey {
     /// Decrypts a sealed count after the gate authorises the digest of the
     /// ciphertext itself. The result is signed: noise can take a small count
     /// below zero.
-    pub fn decrypt(&self, gate: &dyn DecryptionGate, query_id: &str, sealed: &Sealed) -> Result<i64> {
+    pub fn decrypt(
+        &self,
+        gate: &dyn DecryptionGate,
+        query_id: &str,
+        sealed: &Sealed,
+    ) -> Result<i64> {
         if sealed.layer != Layer::Tfhe {
-            return Err(malformed("sealed result", "the custodian decrypts only tfhe results"));
+            return Err(malformed(
+                "sealed result",
+                "the custodian decrypts only tfhe results",
+            ));
         }
         let digest = result_digest(&sealed.ciphertext);
         gate.authorize(query_id, &digest)?;
@@ -202,9 +241,18 @@ impl CustodianKey {
 
 /// Patient side: encrypts `value` under the custodian's compact public key
 /// with a zero-knowledge proof bound to `context` (study, column, patient).
-pub fn encrypt_proven(params: &PublicParams, value: i64, bounds: Bounds, context: &[u8]) -> Result<Vec<u8>> {
+pub fn encrypt_proven(
+    params: &PublicParams,
+    value: i64,
+    bounds: Bounds,
+    context: &[u8],
+) -> Result<Vec<u8>> {
     if value < bounds.lo || value > bounds.hi {
-        return Err(FheError::OutOfRange { value, lo: bounds.lo, hi: bounds.hi });
+        return Err(FheError::OutOfRange {
+            value,
+            lo: bounds.lo,
+            hi: bounds.hi,
+        });
     }
     let width = Width::for_bounds(bounds)?;
     let mut builder = ProvenCompactCiphertextList::builder(&params.key);
@@ -212,7 +260,9 @@ pub fn encrypt_proven(params: &PublicParams, value: i64, bounds: Bounds, context
         Width::U8 => builder.push(value as u8),
         Width::U16 => builder.push(value as u16),
     };
-    let list = builder.build_with_proof_packed(&params.crs, context, ZkComputeLoad::Proof).map_err(tfhe_error)?;
+    let list = builder
+        .build_with_proof_packed(&params.crs, context, ZkComputeLoad::Proof)
+        .map_err(tfhe_error)?;
     let mut out = vec![FORMAT_VERSION, width.tag()];
     put(&mut out, &list)?;
     Ok(out)
@@ -222,27 +272,61 @@ pub fn encrypt_proven(params: &PublicParams, value: i64, bounds: Bounds, context
 /// parameters and `context`, expands the value with the server key, and
 /// returns its at-rest encoding. A wrong proof, context, type or width is
 /// refused here and never stored.
-pub fn verify(params: &PublicParams, server: &ServerKey, submission: &[u8], bounds: Bounds, context: &[u8]) -> Result<Vec<u8>> {
+pub fn verify(
+    params: &PublicParams,
+    server: &ServerKey,
+    submission: &[u8],
+    bounds: Bounds,
+    context: &[u8],
+) -> Result<Vec<u8>> {
     let width = Width::for_bounds(bounds)?;
     let mut r = Reader::new("tfhe submission", submission)?;
     let tag = r.byte()?;
     if tag != width.tag() {
-        return Err(malformed("tfhe submission", format!("a {tag}-bit value for a column kept in {} bits", width.tag())));
+        return Err(malformed(
+            "tfhe submission",
+            format!(
+                "a {tag}-bit value for a column kept in {} bits",
+                width.tag()
+            ),
+        ));
     }
-    let conformance = IntegerProvenCompactCiphertextListConformanceParams::from_crs_and_parameters(PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, &params.crs);
-    let list: ProvenCompactCiphertextList = safe_deserialize_conformant(Cursor::new(r.body()?), SIZE_LIMIT, &conformance).map_err(|e| malformed("tfhe submission", e))?;
+    let conformance = IntegerProvenCompactCiphertextListConformanceParams::from_crs_and_parameters(
+        PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+        &params.crs,
+    );
+    let list: ProvenCompactCiphertextList =
+        safe_deserialize_conformant(Cursor::new(r.body()?), SIZE_LIMIT, &conformance)
+            .map_err(|e| malformed("tfhe submission", e))?;
     if list.len() != 1 {
-        return Err(malformed("tfhe submission", format!("{} values, expected 1", list.len())));
+        return Err(malformed(
+            "tfhe submission",
+            format!("{} values, expected 1", list.len()),
+        ));
     }
     set_server_key(server.clone());
-    let expanded = list.verify_and_expand(&params.crs, &params.key, context).map_err(|e| match e.kind() {
-        tfhe::ErrorKind::InvalidZkProof => FheError::RangeProof { bit: 0 },
-        _ => tfhe_error(e),
-    })?;
+    let expanded = list
+        .verify_and_expand(&params.crs, &params.key, context)
+        .map_err(|e| match e.kind() {
+            tfhe::ErrorKind::InvalidZkProof => FheError::RangeProof { bit: 0 },
+            _ => tfhe_error(e),
+        })?;
     let mut out = vec![FORMAT_VERSION, width.tag()];
     match width {
-        Width::U8 => put(&mut out, &expanded.get::<FheUint8>(0).map_err(tfhe_error)?.ok_or_else(|| malformed("tfhe submission", "empty"))?)?,
-        Width::U16 => put(&mut out, &expanded.get::<FheUint16>(0).map_err(tfhe_error)?.ok_or_else(|| malformed("tfhe submission", "empty"))?)?,
+        Width::U8 => put(
+            &mut out,
+            &expanded
+                .get::<FheUint8>(0)
+                .map_err(tfhe_error)?
+                .ok_or_else(|| malformed("tfhe submission", "empty"))?,
+        )?,
+        Width::U16 => put(
+            &mut out,
+            &expanded
+                .get::<FheUint16>(0)
+                .map_err(tfhe_error)?
+                .ok_or_else(|| malformed("tfhe submission", "empty"))?,
+        )?,
     }
     Ok(out)
 }
@@ -260,11 +344,19 @@ impl PredicateLayer {
 
     /// The layer with a server key written by [`server_key_to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        Ok(PredicateLayer { server: server_key_from_bytes(bytes)? })
+        Ok(PredicateLayer {
+            server: server_key_from_bytes(bytes)?,
+        })
     }
 
     /// [`verify`] with this layer's server key.
-    pub fn verify(&self, params: &PublicParams, submission: &[u8], bounds: Bounds, context: &[u8]) -> Result<Vec<u8>> {
+    pub fn verify(
+        &self,
+        params: &PublicParams,
+        submission: &[u8],
+        bounds: Bounds,
+        context: &[u8],
+    ) -> Result<Vec<u8>> {
         verify(params, &self.server, submission, bounds, context)
     }
 }
@@ -274,9 +366,18 @@ impl EncryptedAggregate for PredicateLayer {
         Layer::Tfhe
     }
 
-    fn aggregate(&self, op: &EncryptedOp, cells: &[&[u8]], noise: i64, job: &Job) -> Result<Sealed> {
+    fn aggregate(
+        &self,
+        op: &EncryptedOp,
+        cells: &[&[u8]],
+        noise: i64,
+        job: &Job,
+    ) -> Result<Sealed> {
         let EncryptedOp::CountWhere { cmp, constant } = *op else {
-            return Err(malformed("operation", "tfhe answers comparisons; route sums to ElGamal"));
+            return Err(malformed(
+                "operation",
+                "tfhe answers comparisons; route sums to ElGamal",
+            ));
         };
         job.start(cells.len());
         // The server key is thread-local in tfhe: set it on every worker.
@@ -294,12 +395,22 @@ impl EncryptedAggregate for PredicateLayer {
             .collect::<Result<_>>()?;
         let mut out = vec![FORMAT_VERSION];
         if wide {
-            let mut total: FheUint32 = bits.into_iter().map(FheUint32::cast_from).collect::<Vec<_>>().iter().sum();
+            let mut total: FheUint32 = bits
+                .into_iter()
+                .map(FheUint32::cast_from)
+                .collect::<Vec<_>>()
+                .iter()
+                .sum();
             total += noise as i32 as u32;
             out.push(32);
             put(&mut out, &total)?;
         } else {
-            let mut total: FheUint16 = bits.into_iter().map(FheUint16::cast_from).collect::<Vec<_>>().iter().sum();
+            let mut total: FheUint16 = bits
+                .into_iter()
+                .map(FheUint16::cast_from)
+                .collect::<Vec<_>>()
+                .iter()
+                .sum();
             total += noise as i16 as u16;
             out.push(16);
             put(&mut out, &total)?;
@@ -309,7 +420,11 @@ impl EncryptedAggregate for PredicateLayer {
             return Err(FheError::Cancelled { done, total });
         }
         let digest = result_digest(&out);
-        Ok(Sealed { layer: Layer::Tfhe, ciphertext: out, digest })
+        Ok(Sealed {
+            layer: Layer::Tfhe,
+            ciphertext: out,
+            digest,
+        })
     }
 }
 
@@ -318,9 +433,22 @@ impl EncryptedAggregate for PredicateLayer {
 fn compare(i: usize, cell: &[u8], cmp: Comparison, constant: i64) -> Result<tfhe::FheBool> {
     let mut r = Reader::new("stored tfhe value", cell).map_err(|e| at_cell(i, e))?;
     match r.byte().map_err(|e| at_cell(i, e))? {
-        8 => Ok(compare_typed::<FheUint8>(r.object().map_err(|e| at_cell(i, e))?, cmp, constant, u8::MAX as i64)),
-        16 => Ok(compare_typed::<FheUint16>(r.object().map_err(|e| at_cell(i, e))?, cmp, constant, u16::MAX as i64)),
-        w => Err(malformed("stored tfhe value", format!("cell {i}: unknown width {w}"))),
+        8 => Ok(compare_typed::<FheUint8>(
+            r.object().map_err(|e| at_cell(i, e))?,
+            cmp,
+            constant,
+            u8::MAX as i64,
+        )),
+        16 => Ok(compare_typed::<FheUint16>(
+            r.object().map_err(|e| at_cell(i, e))?,
+            cmp,
+            constant,
+            u16::MAX as i64,
+        )),
+        w => Err(malformed(
+            "stored tfhe value",
+            format!("cell {i}: unknown width {w}"),
+        )),
     }
 }
 
@@ -356,7 +484,10 @@ where
 
 fn at_cell(i: usize, e: FheError) -> FheError {
     match e {
-        FheError::Malformed { what, why } => FheError::Malformed { what, why: format!("cell {i}: {why}") },
+        FheError::Malformed { what, why } => FheError::Malformed {
+            what,
+            why: format!("cell {i}: {why}"),
+        },
         other => other,
     }
 }
@@ -372,7 +503,10 @@ fn tfhe_error(e: impl std::fmt::Display) -> FheError {
     FheError::Tfhe(e.to_string())
 }
 
-fn put<T: serde::Serialize + tfhe::Versionize + tfhe::named::Named>(out: &mut Vec<u8>, object: &T) -> Result<()> {
+fn put<T: serde::Serialize + tfhe::Versionize + tfhe::named::Named>(
+    out: &mut Vec<u8>,
+    object: &T,
+) -> Result<()> {
     let mut body = Vec::new();
     safe_serialize(object, &mut body, SIZE_LIMIT).map_err(tfhe_error)?;
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
@@ -391,17 +525,26 @@ impl<'a> Reader<'a> {
         match bytes.split_first() {
             None => Err(malformed(what, "empty")),
             Some((&v, rest)) if v == FORMAT_VERSION => Ok(Reader { what, rest }),
-            Some((&v, _)) => Err(FheError::Version { what, found: v, supported: FORMAT_VERSION }),
+            Some((&v, _)) => Err(FheError::Version {
+                what,
+                found: v,
+                supported: FORMAT_VERSION,
+            }),
         }
     }
 
     fn byte(&mut self) -> Result<u8> {
-        let (&b, rest) = self.rest.split_first().ok_or_else(|| malformed(self.what, "truncated"))?;
+        let (&b, rest) = self
+            .rest
+            .split_first()
+            .ok_or_else(|| malformed(self.what, "truncated"))?;
         self.rest = rest;
         Ok(b)
     }
 
-    fn object<T: serde::de::DeserializeOwned + tfhe::Unversionize + tfhe::named::Named>(&mut self) -> Result<T> {
+    fn object<T: serde::de::DeserializeOwned + tfhe::Unversionize + tfhe::named::Named>(
+        &mut self,
+    ) -> Result<T> {
         let body = self.body()?;
         safe_deserialize(Cursor::new(body), SIZE_LIMIT).map_err(|e| malformed(self.what, e))
     }
@@ -413,7 +556,10 @@ impl<'a> Reader<'a> {
         let (len, rest) = self.rest.split_at(8);
         let len = u64::from_le_bytes(len.try_into().expect("8 bytes")) as usize;
         if rest.len() < len {
-            return Err(malformed(self.what, format!("a {len}-byte object in {} bytes", rest.len())));
+            return Err(malformed(
+                self.what,
+                format!("a {len}-byte object in {} bytes", rest.len()),
+            ));
         }
         let (body, rest) = rest.split_at(len);
         self.rest = rest;

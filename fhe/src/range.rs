@@ -31,10 +31,18 @@ impl Bounds {
     /// Checks `lo < hi` and a span the proofs can cover (at most 2^40).
     pub fn new(lo: i64, hi: i64) -> Result<Self> {
         if lo >= hi {
-            return Err(FheError::InvalidBounds { lo, hi, why: "need lo < hi" });
+            return Err(FheError::InvalidBounds {
+                lo,
+                hi,
+                why: "need lo < hi",
+            });
         }
         if (hi as i128 - lo as i128) >= 1i128 << 40 {
-            return Err(FheError::InvalidBounds { lo, hi, why: "the span exceeds 2^40" });
+            return Err(FheError::InvalidBounds {
+                lo,
+                hi,
+                why: "the span exceeds 2^40",
+            });
         }
         Ok(Bounds { lo, hi })
     }
@@ -78,9 +86,18 @@ const BIT_BYTES: usize = 2 * POINT_BYTES + PROOF_BYTES;
 /// Encrypts `value` under `pk` with a proof that it lies in `bounds`, bound
 /// to `context`. Refuses a value outside the bounds: there is no proof of
 /// a false statement to make.
-pub fn encrypt_proven(pk: &PublicKey, value: i64, bounds: Bounds, context: &[u8]) -> Result<ProvenCiphertext> {
+pub fn encrypt_proven(
+    pk: &PublicKey,
+    value: i64,
+    bounds: Bounds,
+    context: &[u8],
+) -> Result<ProvenCiphertext> {
     if value < bounds.lo || value > bounds.hi {
-        return Err(FheError::OutOfRange { value, lo: bounds.lo, hi: bounds.hi });
+        return Err(FheError::OutOfRange {
+            value,
+            lo: bounds.lo,
+            hi: bounds.hi,
+        });
     }
     let weights = bounds.weights();
     let mut rest = value - bounds.lo;
@@ -94,7 +111,10 @@ pub fn encrypt_proven(pk: &PublicKey, value: i64, bounds: Bounds, context: &[u8]
     for (i, bit) in bits.iter_mut().enumerate().take(last) {
         *bit = (rest >> i) & 1;
     }
-    debug_assert_eq!(bits.iter().zip(&weights).map(|(b, w)| b * w).sum::<i64>(), value - bounds.lo);
+    debug_assert_eq!(
+        bits.iter().zip(&weights).map(|(b, w)| b * w).sum::<i64>(),
+        value - bounds.lo
+    );
 
     let mut cts = Vec::with_capacity(bits.len());
     let mut proofs = Vec::with_capacity(bits.len());
@@ -114,7 +134,16 @@ impl ProvenCiphertext {
     pub fn verify(&self, pk: &PublicKey, bounds: Bounds, context: &[u8]) -> Result<Ciphertext> {
         let weights = bounds.weights();
         if self.bits.len() != weights.len() {
-            return Err(malformed("proven ciphertext", format!("{} bits, but bounds [{}, {}] need {}", self.bits.len(), bounds.lo, bounds.hi, weights.len())));
+            return Err(malformed(
+                "proven ciphertext",
+                format!(
+                    "{} bits, but bounds [{}, {}] need {}",
+                    self.bits.len(),
+                    bounds.lo,
+                    bounds.hi,
+                    weights.len()
+                ),
+            ));
         }
         let mut sum = Ciphertext::zero();
         for (i, ((ct, proof), w)) in self.bits.iter().zip(&self.proofs).zip(&weights).enumerate() {
@@ -132,7 +161,13 @@ impl ProvenCiphertext {
         let mut out = Vec::with_capacity(2 + self.bits.len() * BIT_BYTES);
         out.push(FORMAT_VERSION);
         out.push(self.bits.len() as u8);
-        let affine = G1Projective::normalize_batch(&self.bits.iter().flat_map(|c| [c.c1, c.c2]).collect::<Vec<_>>());
+        let affine = G1Projective::normalize_batch(
+            &self
+                .bits
+                .iter()
+                .flat_map(|c| [c.c1, c.c2])
+                .collect::<Vec<_>>(),
+        );
         for (i, proof) in self.proofs.iter().enumerate() {
             group::write_point(&mut out, &affine[2 * i]);
             group::write_point(&mut out, &affine[2 * i + 1]);
@@ -151,29 +186,59 @@ impl ProvenCiphertext {
             return Err(malformed(WHAT, "shorter than its header"));
         };
         if *version != FORMAT_VERSION {
-            return Err(FheError::Version { what: WHAT, found: *version, supported: FORMAT_VERSION });
+            return Err(FheError::Version {
+                what: WHAT,
+                found: *version,
+                supported: FORMAT_VERSION,
+            });
         }
         let n = *n as usize;
         if n == 0 || body.len() != n * BIT_BYTES {
-            return Err(malformed(WHAT, format!("{} bytes for {n} bits, expected {}", bytes.len(), 2 + n * BIT_BYTES)));
+            return Err(malformed(
+                WHAT,
+                format!(
+                    "{} bytes for {n} bits, expected {}",
+                    bytes.len(),
+                    2 + n * BIT_BYTES
+                ),
+            ));
         }
         let mut bits = Vec::with_capacity(n);
         let mut proofs = Vec::with_capacity(n);
         for chunk in body.chunks_exact(BIT_BYTES) {
             let c1 = group::read_point(WHAT, &chunk[..POINT_BYTES])?;
             let c2 = group::read_point(WHAT, &chunk[POINT_BYTES..2 * POINT_BYTES])?;
-            bits.push(Ciphertext { c1: c1.into(), c2: c2.into() });
+            bits.push(Ciphertext {
+                c1: c1.into(),
+                c2: c2.into(),
+            });
             let s = &chunk[2 * POINT_BYTES..];
-            let scalar = |i: usize| group::read_scalar(WHAT, &s[i * SCALAR_BYTES..(i + 1) * SCALAR_BYTES]);
-            proofs.push(OrProof { e0: scalar(0)?, e1: scalar(1)?, z0: scalar(2)?, z1: scalar(3)? });
+            let scalar =
+                |i: usize| group::read_scalar(WHAT, &s[i * SCALAR_BYTES..(i + 1) * SCALAR_BYTES]);
+            proofs.push(OrProof {
+                e0: scalar(0)?,
+                e1: scalar(1)?,
+                z0: scalar(2)?,
+                z1: scalar(3)?,
+            });
         }
         Ok(ProvenCiphertext { bits, proofs })
     }
 }
 
-fn transcript(pk: &PublicKey, ct: &Ciphertext, context: &[u8], bit: usize, commitments: &[G1Projective; 4]) -> Fr {
+fn transcript(
+    pk: &PublicKey,
+    ct: &Ciphertext,
+    context: &[u8],
+    bit: usize,
+    commitments: &[G1Projective; 4],
+) -> Fr {
     let mut t = Transcript::new("range-bit/v1");
-    t.bytes(context).bytes(&(bit as u32).to_le_bytes()).affine(&pk.0).point(&ct.c1).point(&ct.c2);
+    t.bytes(context)
+        .bytes(&(bit as u32).to_le_bytes())
+        .affine(&pk.0)
+        .point(&ct.c1)
+        .point(&ct.c2);
     for a in commitments {
         t.point(a);
     }
@@ -181,7 +246,14 @@ fn transcript(pk: &PublicKey, ct: &Ciphertext, context: &[u8], bit: usize, commi
 }
 
 /// Statement j (j = 0, 1): `(c1, c2 - jG) = (rG, rH)` for some r.
-fn prove_bit(pk: &PublicKey, ct: &Ciphertext, bit: bool, r: &Fr, context: &[u8], index: usize) -> OrProof {
+fn prove_bit(
+    pk: &PublicKey,
+    ct: &Ciphertext,
+    bit: bool,
+    r: &Fr,
+    context: &[u8],
+    index: usize,
+) -> OrProof {
     let g = group::generator();
     let h = G1Projective::from(pk.0);
     let shifted = [ct.c2, ct.c2 - g];
@@ -203,7 +275,12 @@ fn prove_bit(pk: &PublicKey, ct: &Ciphertext, bit: bool, r: &Fr, context: &[u8],
     zs[real] = z_real;
     es[fake] = e_fake;
     zs[fake] = z_fake;
-    OrProof { e0: es[0], e1: es[1], z0: zs[0], z1: zs[1] }
+    OrProof {
+        e0: es[0],
+        e1: es[1],
+        z0: zs[0],
+        z1: zs[1],
+    }
 }
 
 fn verify_bit(pk: &PublicKey, ct: &Ciphertext, p: &OrProof, context: &[u8], index: usize) -> bool {
@@ -223,12 +300,25 @@ mod tests {
 
     #[test]
     fn weights_cover_exactly_the_span() {
-        for (lo, hi) in [(0, 1), (0, 2), (0, 7), (0, 8), (20, 200), (-5, 5), (0, 1000)] {
+        for (lo, hi) in [
+            (0, 1),
+            (0, 2),
+            (0, 7),
+            (0, 8),
+            (20, 200),
+            (-5, 5),
+            (0, 1000),
+        ] {
             let b = Bounds::new(lo, hi).unwrap();
             let w = b.weights();
             let mut reachable = std::collections::BTreeSet::new();
             for mask in 0u32..(1 << w.len()) {
-                reachable.insert((0..w.len()).filter(|i| mask >> i & 1 == 1).map(|i| w[i]).sum::<i64>());
+                reachable.insert(
+                    (0..w.len())
+                        .filter(|i| mask >> i & 1 == 1)
+                        .map(|i| w[i])
+                        .sum::<i64>(),
+                );
             }
             let expected: std::collections::BTreeSet<i64> = (0..=hi - lo).collect();
             assert_eq!(reachable, expected, "bounds [{lo}, {hi}] weights {w:?}");

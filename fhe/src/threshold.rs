@@ -52,8 +52,13 @@ impl Dealer {
         check_index(threshold, index)?;
         let coefficients: Vec<Fr> = (0..threshold.t).map(|_| group::random_scalar()).collect();
         let g = group::generator();
-        let commitments = G1Projective::normalize_batch(&coefficients.iter().map(|a| g * a).collect::<Vec<_>>());
-        Ok(Dealer { index, coefficients, commitments })
+        let commitments =
+            G1Projective::normalize_batch(&coefficients.iter().map(|a| g * a).collect::<Vec<_>>());
+        Ok(Dealer {
+            index,
+            coefficients,
+            commitments,
+        })
     }
 
     /// The Feldman commitments `a_k·G`, published to every steward.
@@ -100,7 +105,11 @@ pub struct KeyShare {
 
 impl std::fmt::Debug for KeyShare {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyShare {{ index: {}, secret: <redacted> }}", self.index)
+        write!(
+            f,
+            "KeyShare {{ index: {}, secret: <redacted> }}",
+            self.index
+        )
     }
 }
 
@@ -119,10 +128,21 @@ impl KeyShare {
         let mut secret = Fr::ZERO;
         for d in received {
             if d.commitments.len() != threshold.t as usize {
-                return Err(malformed("dealer commitments", format!("dealer {} published {} commitments, expected {}", d.dealer, d.commitments.len(), threshold.t)));
+                return Err(malformed(
+                    "dealer commitments",
+                    format!(
+                        "dealer {} published {} commitments, expected {}",
+                        d.dealer,
+                        d.commitments.len(),
+                        threshold.t
+                    ),
+                ));
             }
             if group::generator() * d.value != evaluate_commitments(d.commitments, index) {
-                return Err(FheError::BadShare { dealer: d.dealer, index });
+                return Err(FheError::BadShare {
+                    dealer: d.dealer,
+                    index,
+                });
             }
             secret += d.value;
         }
@@ -148,7 +168,10 @@ impl KeyShare {
         if index == 0 {
             return Err(malformed("key share", "steward index 0"));
         }
-        Ok(KeyShare { index, secret: group::read_scalar("key share", &body[1..])? })
+        Ok(KeyShare {
+            index,
+            secret: group::read_scalar("key share", &body[1..])?,
+        })
     }
 
     /// `D_i = s_i·c1` with its proof, bound to `context` (the query id and
@@ -160,7 +183,12 @@ impl KeyShare {
         let w = group::random_scalar();
         let (a, b) = (g * w, ct.c1 * w);
         let e = dleq_challenge(context, self.index, &y, &ct.c1, &d, &a, &b);
-        PartialDecryption { index: self.index, d: d.into_affine(), e, z: w + e * self.secret }
+        PartialDecryption {
+            index: self.index,
+            d: d.into_affine(),
+            e,
+            z: w + e * self.secret,
+        }
     }
 }
 
@@ -182,12 +210,20 @@ impl CustodianKey {
         let mut h = G1Projective::ZERO;
         for (_, c) in dealers {
             if c.len() != threshold.t as usize {
-                return Err(malformed("dealer commitments", format!("{} commitments, expected {}", c.len(), threshold.t)));
+                return Err(malformed(
+                    "dealer commitments",
+                    format!("{} commitments, expected {}", c.len(), threshold.t),
+                ));
             }
             h += c[0];
         }
         let verification: Vec<G1Projective> = (1..=threshold.n)
-            .map(|i| dealers.iter().map(|(_, c)| evaluate_commitments(c, i)).sum())
+            .map(|i| {
+                dealers
+                    .iter()
+                    .map(|(_, c)| evaluate_commitments(c, i))
+                    .sum()
+            })
             .collect();
         Ok(CustodianKey {
             threshold,
@@ -198,7 +234,11 @@ impl CustodianKey {
 
     /// Version, t, n, the public key, then `Y_1..Y_n`, points compressed.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT_VERSION, self.threshold.t as u8, self.threshold.n as u8];
+        let mut out = vec![
+            FORMAT_VERSION,
+            self.threshold.t as u8,
+            self.threshold.n as u8,
+        ];
         group::write_point(&mut out, &self.public.0);
         for y in &self.verification {
             group::write_point(&mut out, y);
@@ -212,28 +252,47 @@ impl CustodianKey {
             return Err(malformed("custodian key", "shorter than its header"));
         };
         let threshold = Threshold::new(*t as u32, *n as u32)?;
-        let body = versioned("custodian key", bytes, 3 + POINT_BYTES * (1 + threshold.n as usize))?;
+        let body = versioned(
+            "custodian key",
+            bytes,
+            3 + POINT_BYTES * (1 + threshold.n as usize),
+        )?;
         let points = body[2..]
             .chunks_exact(POINT_BYTES)
             .map(|c| group::read_point("custodian key", c))
             .collect::<Result<Vec<_>>>()?;
-        Ok(CustodianKey { threshold, public: PublicKey(points[0]), verification: points[1..].to_vec() })
+        Ok(CustodianKey {
+            threshold,
+            public: PublicKey(points[0]),
+            verification: points[1..].to_vec(),
+        })
     }
 
     /// Checks each partial decryption's proof, keeps t from distinct
     /// stewards, and returns `m` in `[lo, hi]` such that the ciphertext
     /// encrypts `m`. A steward whose proof fails is named in the error even
     /// when enough honest partials were offered, so it can be removed.
-    pub fn combine(&self, ct: &Ciphertext, context: &[u8], partials: &[PartialDecryption], lo: i64, hi: i64) -> Result<i64> {
+    pub fn combine(
+        &self,
+        ct: &Ciphertext,
+        context: &[u8],
+        partials: &[PartialDecryption],
+        lo: i64,
+        hi: i64,
+    ) -> Result<i64> {
         let mut valid: BTreeMap<u32, G1Affine> = BTreeMap::new();
         for p in partials {
             self.verify(ct, context, p)?;
             valid.insert(p.index, p.d);
         }
         if valid.len() < self.threshold.t as usize {
-            return Err(FheError::NotEnoughShares { got: valid.len(), needed: self.threshold.t });
+            return Err(FheError::NotEnoughShares {
+                got: valid.len(),
+                needed: self.threshold.t,
+            });
         }
-        let chosen: Vec<(u32, G1Affine)> = valid.into_iter().take(self.threshold.t as usize).collect();
+        let chosen: Vec<(u32, G1Affine)> =
+            valid.into_iter().take(self.threshold.t as usize).collect();
         let indices: Vec<u32> = chosen.iter().map(|(i, _)| *i).collect();
         let mut s = G1Projective::ZERO;
         for (i, d) in &chosen {
@@ -245,7 +304,10 @@ impl CustodianKey {
     /// Checks one steward's proof of correct decryption.
     pub fn verify(&self, ct: &Ciphertext, context: &[u8], p: &PartialDecryption) -> Result<()> {
         if p.index == 0 || p.index > self.threshold.n {
-            return Err(FheError::UnknownSteward { index: p.index, n: self.threshold.n });
+            return Err(FheError::UnknownSteward {
+                index: p.index,
+                n: self.threshold.n,
+            });
         }
         let g = group::generator();
         let y: G1Projective = self.verification[p.index as usize - 1].into();
@@ -287,9 +349,20 @@ impl PartialDecryption {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let body = versioned("partial decryption", bytes, PARTIAL_BYTES)?;
         let d = group::read_point("partial decryption", &body[1..1 + POINT_BYTES])?;
-        let e = group::read_scalar("partial decryption", &body[1 + POINT_BYTES..1 + POINT_BYTES + SCALAR_BYTES])?;
-        let z = group::read_scalar("partial decryption", &body[1 + POINT_BYTES + SCALAR_BYTES..])?;
-        Ok(PartialDecryption { index: body[0] as u32, d, e, z })
+        let e = group::read_scalar(
+            "partial decryption",
+            &body[1 + POINT_BYTES..1 + POINT_BYTES + SCALAR_BYTES],
+        )?;
+        let z = group::read_scalar(
+            "partial decryption",
+            &body[1 + POINT_BYTES + SCALAR_BYTES..],
+        )?;
+        Ok(PartialDecryption {
+            index: body[0] as u32,
+            d,
+            e,
+            z,
+        })
     }
 }
 
@@ -297,14 +370,23 @@ impl PartialDecryption {
 /// single-host deployment whose stewards' key stores are on this machine.
 /// Returns the public key and every steward's share.
 pub fn generate(threshold: Threshold) -> Result<(CustodianKey, Vec<KeyShare>)> {
-    let dealers = (1..=threshold.n).map(|i| Dealer::new(threshold, i)).collect::<Result<Vec<_>>>()?;
-    let published: Vec<(u32, &[G1Affine])> = dealers.iter().map(|d| (d.index(), d.commitments())).collect();
+    let dealers = (1..=threshold.n)
+        .map(|i| Dealer::new(threshold, i))
+        .collect::<Result<Vec<_>>>()?;
+    let published: Vec<(u32, &[G1Affine])> = dealers
+        .iter()
+        .map(|d| (d.index(), d.commitments()))
+        .collect();
     let key = CustodianKey::from_commitments(threshold, &published)?;
     let shares = (1..=threshold.n)
         .map(|to| {
             let received: Vec<DealtShare<'_>> = dealers
                 .iter()
-                .map(|d| DealtShare { dealer: d.index(), commitments: d.commitments(), value: d.share_for(to) })
+                .map(|d| DealtShare {
+                    dealer: d.index(),
+                    commitments: d.commitments(),
+                    value: d.share_for(to),
+                })
                 .collect();
             KeyShare::combine(threshold, to, &received)
         })
@@ -314,7 +396,10 @@ pub fn generate(threshold: Threshold) -> Result<(CustodianKey, Vec<KeyShare>)> {
 
 fn check_index(threshold: Threshold, index: u32) -> Result<()> {
     if index == 0 || index > threshold.n {
-        return Err(FheError::UnknownSteward { index, n: threshold.n });
+        return Err(FheError::UnknownSteward {
+            index,
+            n: threshold.n,
+        });
     }
     Ok(())
 }
@@ -324,19 +409,31 @@ fn check_dealers(threshold: Threshold, dealers: impl Iterator<Item = u32>) -> Re
     seen.sort_unstable();
     seen.dedup();
     if seen.len() != threshold.n as usize || seen.iter().any(|&i| i == 0 || i > threshold.n) {
-        return Err(malformed("key generation", format!("need one dealing from each of the {} stewards, got dealers {seen:?}", threshold.n)));
+        return Err(malformed(
+            "key generation",
+            format!(
+                "need one dealing from each of the {} stewards, got dealers {seen:?}",
+                threshold.n
+            ),
+        ));
     }
     Ok(())
 }
 
 fn evaluate(coefficients: &[Fr], x: u32) -> Fr {
     let x = Fr::from(x as u64);
-    coefficients.iter().rev().fold(Fr::ZERO, |acc, a| acc * x + a)
+    coefficients
+        .iter()
+        .rev()
+        .fold(Fr::ZERO, |acc, a| acc * x + a)
 }
 
 fn evaluate_commitments(commitments: &[G1Affine], x: u32) -> G1Projective {
     let x = Fr::from(x as u64);
-    commitments.iter().rev().fold(G1Projective::ZERO, |acc, c| acc * x + c)
+    commitments
+        .iter()
+        .rev()
+        .fold(G1Projective::ZERO, |acc, c| acc * x + c)
 }
 
 fn lagrange_at_zero(i: u32, indices: &[u32]) -> Fr {
@@ -347,11 +444,27 @@ fn lagrange_at_zero(i: u32, indices: &[u32]) -> Fr {
         num *= xj;
         den *= xj - xi;
     }
-    num * den.inverse().expect("distinct indices give a non-zero denominator")
+    num * den
+        .inverse()
+        .expect("distinct indices give a non-zero denominator")
 }
 
-fn dleq_challenge(context: &[u8], index: u32, y: &G1Projective, c1: &G1Projective, d: &G1Projective, a: &G1Projective, b: &G1Projective) -> Fr {
+fn dleq_challenge(
+    context: &[u8],
+    index: u32,
+    y: &G1Projective,
+    c1: &G1Projective,
+    d: &G1Projective,
+    a: &G1Projective,
+    b: &G1Projective,
+) -> Fr {
     let mut t = Transcript::new("partial-decryption/v1");
-    t.bytes(context).bytes(&index.to_le_bytes()).point(y).point(c1).point(d).point(a).point(b);
+    t.bytes(context)
+        .bytes(&index.to_le_bytes())
+        .point(y)
+        .point(c1)
+        .point(d)
+        .point(a)
+        .point(b);
     t.challenge()
 }

@@ -20,7 +20,14 @@ pub trait EncryptedExecutor: Send + Sync {
 
     /// Aggregates one group's ciphertexts with `noise` added under
     /// encryption and seals the result.
-    fn aggregate(&self, table: &str, column: &str, op: &EncryptedOp, cells: &[&[u8]], noise: i64) -> Result<Sealed, FheError>;
+    fn aggregate(
+        &self,
+        table: &str,
+        column: &str,
+        op: &EncryptedOp,
+        cells: &[&[u8]],
+        noise: i64,
+    ) -> Result<Sealed, FheError>;
 }
 
 /// A release computed under encryption.

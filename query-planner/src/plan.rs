@@ -185,7 +185,9 @@ impl PrivatePlan {
                             aggregate: release.aggregate.clone(),
                             statistic: release.statistic.clone(),
                             mechanism: match &release.encrypted {
-                                Some(e) => format!("{} under {} encryption", noise.mechanism(), e.layer),
+                                Some(e) => {
+                                    format!("{} under {} encryption", noise.mechanism(), e.layer)
+                                }
                                 None => noise.mechanism(),
                             },
                             bounds: release.statistic.bounds(),
@@ -270,14 +272,24 @@ impl PrivatePlan {
             write_table(out, &header, &rows)?;
             for o in aggregate.outputs.iter() {
                 let Some(e) = &o.encrypted else { continue };
-                write!(out, "  encrypted: {} over {}.{} by {}", o.output, e.table, e.column, e.layer.describe())?;
+                write!(
+                    out,
+                    "  encrypted: {} over {}.{} by {}",
+                    o.output,
+                    e.table,
+                    e.column,
+                    e.layer.describe()
+                )?;
                 match &e.estimate {
                     Some(c) => writeln!(
                         out,
                         "; about {} {}, {:.2} s expected on the reference machine (docs/BENCHMARKS.md)",
                         c.operations, c.operation, c.seconds
                     )?,
-                    None => writeln!(out, "; no executor holds this study's keys, so it cannot run here")?,
+                    None => writeln!(
+                        out,
+                        "; no executor holds this study's keys, so it cannot run here"
+                    )?,
                 }
             }
         }

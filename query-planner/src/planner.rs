@@ -234,8 +234,14 @@ impl Planner {
                 let mut site = (*site).clone();
                 site.executor = self.executor.clone();
                 for release in &mut site.releases {
-                    if let (Some(encrypted), Some(executor)) = (&mut release.encrypted, &self.executor) {
-                        encrypted.estimate = Some(executor.0.estimate(&encrypted.table, &encrypted.column, &encrypted.op));
+                    if let (Some(encrypted), Some(executor)) =
+                        (&mut release.encrypted, &self.executor)
+                    {
+                        encrypted.estimate = Some(executor.0.estimate(
+                            &encrypted.table,
+                            &encrypted.column,
+                            &encrypted.op,
+                        ));
                     }
                 }
                 Arc::new(site)

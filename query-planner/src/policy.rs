@@ -333,7 +333,10 @@ fn resolve_column(
         ));
     }
     if let Some(layer) = declared.encrypted {
-        let binary = matches!(data_type, DataType::Binary | DataType::LargeBinary | DataType::BinaryView);
+        let binary = matches!(
+            data_type,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+        );
         if identifier || declared.domain.is_some() || declared.candidates.is_some() || !binary {
             return Err(bad(format!(
                 "an encrypted ({layer}) column holds ciphertexts (Binary, here {data_type}); it takes \

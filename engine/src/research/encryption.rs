@@ -27,13 +27,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cohort_ledger_bridge::alloy::primitives::{B256, keccak256};
 use cohort_fhe::linear::{self, LinearLayer, Steward};
 use cohort_fhe::predicate::{self, PredicateLayer};
 use cohort_fhe::range::{Bounds, ProvenCiphertext};
 use cohort_fhe::threshold::{self, CustodianKey, KeyShare, Threshold};
-use cohort_fhe::{CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, FheError, Job, Layer, Sealed};
+use cohort_fhe::{
+    CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, FheError, Job, Layer, Sealed,
+};
 use cohort_ledger_bridge::Target;
+use cohort_ledger_bridge::alloy::primitives::{B256, keccak256};
 use cohort_ledger_bridge::contracts::ResearchStudy;
 use cohort_query_planner::EncryptedExecutor;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -101,7 +103,13 @@ pub fn columns(file: &StudyFile) -> Vec<EncryptedColumn> {
     for (table, t) in &file.scope.tables {
         for (column, c) in &t.columns {
             if let (Some(layer), Some(lower), Some(upper)) = (c.encrypted, c.lower, c.upper) {
-                out.push(EncryptedColumn { table: table.clone(), column: column.clone(), layer, lower: lower as i64, upper: upper as i64 });
+                out.push(EncryptedColumn {
+                    table: table.clone(),
+                    column: column.clone(),
+                    layer,
+                    lower: lower as i64,
+                    upper: upper as i64,
+                });
             }
         }
     }
@@ -114,7 +122,10 @@ fn column<'a>(file: &'a [EncryptedColumn], name: &str) -> Result<&'a EncryptedCo
         Error::Invalid(if names.is_empty() {
             "this study declares no encrypted column".to_string()
         } else {
-            format!("`{name}` is not an encrypted column of this study (it declares {})", names.join(", "))
+            format!(
+                "`{name}` is not an encrypted column of this study (it declares {})",
+                names.join(", ")
+            )
         })
     })
 }
@@ -131,14 +142,25 @@ fn tfhe_dir(root: &std::path::Path) -> PathBuf {
 /// Generates what a just-approved study's encrypted columns need: the
 /// ElGamal key shared among `stewards` with threshold `t`, and the
 /// deployment's tfhe keys if they do not exist yet. Idempotent.
-pub(crate) fn set_up(conn: &Connection, keys: &dyn KeyStore, root: &std::path::Path, study: u64, file: &StudyFile, stewards: &[String], t: u32) -> Result<()> {
+pub(crate) fn set_up(
+    conn: &Connection,
+    keys: &dyn KeyStore,
+    root: &std::path::Path,
+    study: u64,
+    file: &StudyFile,
+    stewards: &[String],
+    t: u32,
+) -> Result<()> {
     let cols = columns(file);
     if cols.iter().any(|c| c.layer == Layer::Elgamal) && custodian_key(conn, study)?.is_none() {
         let n = stewards.len() as u32;
         let threshold = Threshold::new(t.min(n).max(1), n).map_err(fhe_error)?;
         let (key, shares) = threshold::generate(threshold).map_err(fhe_error)?;
         let tx = conn.unchecked_transaction()?;
-        tx.execute("INSERT INTO research_fhe_keys (study_id, custodian) VALUES (?1, ?2)", params![study as i64, key.to_bytes()])?;
+        tx.execute(
+            "INSERT INTO research_fhe_keys (study_id, custodian) VALUES (?1, ?2)",
+            params![study as i64, key.to_bytes()],
+        )?;
         for (steward, share) in stewards.iter().zip(&shares) {
             let data = SecretKey::generate();
             let context = share_context(study, steward);
@@ -172,15 +194,25 @@ fn ensure_tfhe_keys(keys: &dyn KeyStore, root: &std::path::Path) -> Result<()> {
     let set = predicate::generate().map_err(fhe_error)?;
     let data = SecretKey::generate();
     let wrapped = keys.wrap(&data, TFHE_CLIENT_CONTEXT.as_bytes())?;
-    let (nonce, sealed) = keystore::seal(&data, &set.client.to_bytes().map_err(fhe_error)?, TFHE_CLIENT_CONTEXT.as_bytes());
+    let (nonce, sealed) = keystore::seal(
+        &data,
+        &set.client.to_bytes().map_err(fhe_error)?,
+        TFHE_CLIENT_CONTEXT.as_bytes(),
+    );
     let mut blob = Vec::new();
     blob.extend_from_slice(&(wrapped.len() as u32).to_le_bytes());
     blob.extend_from_slice(&wrapped);
     blob.extend_from_slice(&nonce);
     blob.extend_from_slice(&sealed);
     // Public and server keys first; the client key last marks the set complete.
-    write_atomic(&dir.join("public.bin"), &set.public.to_bytes().map_err(fhe_error)?)?;
-    write_atomic(&dir.join("server.bin"), &predicate::server_key_to_bytes(&set.server).map_err(fhe_error)?)?;
+    write_atomic(
+        &dir.join("public.bin"),
+        &set.public.to_bytes().map_err(fhe_error)?,
+    )?;
+    write_atomic(
+        &dir.join("server.bin"),
+        &predicate::server_key_to_bytes(&set.server).map_err(fhe_error)?,
+    )?;
     write_atomic(&dir.join("client.sealed"), &blob)?;
     Ok(())
 }
@@ -207,33 +239,58 @@ fn tfhe_custodian(keys: &dyn KeyStore, root: &std::path::Path) -> Result<predica
     let path = tfhe_dir(root).join("client.sealed");
     let blob = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
     let bad = || Error::Invalid("the tfhe custodian key file is damaged".into());
-    let len = u32::from_le_bytes(blob.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes")) as usize;
+    let len =
+        u32::from_le_bytes(blob.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes")) as usize;
     let wrapped = blob.get(4..4 + len).ok_or_else(bad)?;
     let nonce = blob.get(4 + len..28 + len).ok_or_else(bad)?;
     let sealed = blob.get(28 + len..).ok_or_else(bad)?;
     let data = keys.unwrap(wrapped, TFHE_CLIENT_CONTEXT.as_bytes())?;
-    let plain = zeroize::Zeroizing::new(keystore::open(&data, nonce, sealed, TFHE_CLIENT_CONTEXT.as_bytes()).ok_or_else(bad)?);
+    let plain = zeroize::Zeroizing::new(
+        keystore::open(&data, nonce, sealed, TFHE_CLIENT_CONTEXT.as_bytes()).ok_or_else(bad)?,
+    );
     predicate::CustodianKey::from_bytes(&plain).map_err(fhe_error)
 }
 
 /// The study's ElGamal custodian key, once generated.
 pub(crate) fn custodian_key(conn: &Connection, study: u64) -> Result<Option<CustodianKey>> {
     let bytes: Option<Vec<u8>> = conn
-        .query_row("SELECT custodian FROM research_fhe_keys WHERE study_id = ?1", [study as i64], |r| r.get(0))
+        .query_row(
+            "SELECT custodian FROM research_fhe_keys WHERE study_id = ?1",
+            [study as i64],
+            |r| r.get(0),
+        )
         .optional()?;
-    bytes.map(|b| CustodianKey::from_bytes(&b).map_err(fhe_error)).transpose()
+    bytes
+        .map(|b| CustodianKey::from_bytes(&b).map_err(fhe_error))
+        .transpose()
 }
 
-fn shares(conn: &Connection, keys: &dyn KeyStore, study: u64, want: usize) -> Result<Vec<KeyShare>> {
+fn shares(
+    conn: &Connection,
+    keys: &dyn KeyStore,
+    study: u64,
+    want: usize,
+) -> Result<Vec<KeyShare>> {
     let mut stmt = conn.prepare("SELECT steward, wrapped, nonce, sealed FROM research_fhe_shares WHERE study_id = ?1 ORDER BY idx LIMIT ?2")?;
-    let rows = stmt.query_map(params![study as i64, want as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, Vec<u8>>(3)?)))?;
+    let rows = stmt.query_map(params![study as i64, want as i64], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+        ))
+    })?;
     let mut out = Vec::new();
     for row in rows {
         let (steward, wrapped, nonce, sealed) = row?;
         let context = share_context(study, &steward);
         let data = keys.unwrap(&wrapped, context.as_bytes())?;
         let plain = zeroize::Zeroizing::new(
-            keystore::open(&data, &nonce, &sealed, context.as_bytes()).ok_or_else(|| Error::Invalid(format!("steward {steward}'s key share for study {study} does not open")))?,
+            keystore::open(&data, &nonce, &sealed, context.as_bytes()).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "steward {steward}'s key share for study {study} does not open"
+                ))
+            })?,
         );
         out.push(KeyShare::from_bytes(&plain).map_err(fhe_error)?);
     }
@@ -249,28 +306,59 @@ pub(crate) fn context(contract: &str, study: u64, column: &str, patient_id: &str
 
 /// What a patient's device does: encrypts `value` for `column` under the
 /// study's public keys, with the layer's range proof.
-pub(crate) fn encrypt_field(conn: &Connection, root: &std::path::Path, column: &EncryptedColumn, study: u64, value: i64, context: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn encrypt_field(
+    conn: &Connection,
+    root: &std::path::Path,
+    column: &EncryptedColumn,
+    study: u64,
+    value: i64,
+    context: &[u8],
+) -> Result<Vec<u8>> {
     let bounds = column.bounds()?;
     match column.layer {
         Layer::Elgamal => {
-            let key = custodian_key(conn, study)?.ok_or_else(|| Error::Invalid(format!("study {study} has no encryption key yet: it is made when the study is approved")))?;
-            Ok(cohort_fhe::range::encrypt_proven(&key.public, value, bounds, context).map_err(fhe_error)?.to_bytes())
+            let key = custodian_key(conn, study)?.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "study {study} has no encryption key yet: it is made when the study is approved"
+                ))
+            })?;
+            Ok(
+                cohort_fhe::range::encrypt_proven(&key.public, value, bounds, context)
+                    .map_err(fhe_error)?
+                    .to_bytes(),
+            )
         }
-        Layer::Tfhe => predicate::encrypt_proven(&tfhe_public(root)?, value, bounds, context).map_err(fhe_error),
+        Layer::Tfhe => predicate::encrypt_proven(&tfhe_public(root)?, value, bounds, context)
+            .map_err(fhe_error),
     }
 }
 
 /// What the engine does with a submission: checks its proof once and
 /// stores the validated ciphertext (replacing an earlier one).
-pub(crate) fn accept(conn: &Connection, root: &std::path::Path, column: &EncryptedColumn, study: u64, patient_id: &str, submission: &[u8], context: &[u8]) -> Result<usize> {
+pub(crate) fn accept(
+    conn: &Connection,
+    root: &std::path::Path,
+    column: &EncryptedColumn,
+    study: u64,
+    patient_id: &str,
+    submission: &[u8],
+    context: &[u8],
+) -> Result<usize> {
     let bounds = column.bounds()?;
     let cell = match column.layer {
         Layer::Elgamal => {
-            let key = custodian_key(conn, study)?.ok_or_else(|| Error::Invalid(format!("study {study} has no encryption key yet")))?;
+            let key = custodian_key(conn, study)?.ok_or_else(|| {
+                Error::Invalid(format!("study {study} has no encryption key yet"))
+            })?;
             let proven = ProvenCiphertext::from_bytes(submission).map_err(fhe_error)?;
-            proven.verify(&key.public, bounds, context).map_err(fhe_error)?.to_stored()
+            proven
+                .verify(&key.public, bounds, context)
+                .map_err(fhe_error)?
+                .to_stored()
         }
-        Layer::Tfhe => tfhe_server(root)?.verify(&tfhe_public(root)?, submission, bounds, context).map_err(fhe_error)?,
+        Layer::Tfhe => tfhe_server(root)?
+            .verify(&tfhe_public(root)?, submission, bounds, context)
+            .map_err(fhe_error)?,
     };
     conn.execute(
         "INSERT INTO research_encrypted (study_id, patient_id, column_name, layer, cell, submitted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -281,14 +369,26 @@ pub(crate) fn accept(conn: &Connection, root: &std::path::Path, column: &Encrypt
 }
 
 /// Every patient's stored ciphertext of one column.
-pub(crate) fn cells(conn: &Connection, study: u64, column: &str) -> Result<HashMap<String, Vec<u8>>> {
-    let mut stmt = conn.prepare("SELECT patient_id, cell FROM research_encrypted WHERE study_id = ?1 AND column_name = ?2")?;
-    let rows = stmt.query_map(params![study as i64, column], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+pub(crate) fn cells(
+    conn: &Connection,
+    study: u64,
+    column: &str,
+) -> Result<HashMap<String, Vec<u8>>> {
+    let mut stmt = conn.prepare(
+        "SELECT patient_id, cell FROM research_encrypted WHERE study_id = ?1 AND column_name = ?2",
+    )?;
+    let rows = stmt.query_map(params![study as i64, column], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 fn stored_count(conn: &Connection, study: u64, column: &str) -> Result<u64> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM research_encrypted WHERE study_id = ?1 AND column_name = ?2", params![study as i64, column], |r| r.get::<_, i64>(0))? as u64)
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM research_encrypted WHERE study_id = ?1 AND column_name = ?2",
+        params![study as i64, column],
+        |r| r.get::<_, i64>(0),
+    )? as u64)
 }
 
 /// The state of a study's submissions, part of its view's digest.
@@ -298,7 +398,11 @@ pub(crate) fn state(conn: &Connection, study: u64) -> Result<String> {
         [study as i64],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    Ok(if n == 0 { String::new() } else { format!("encrypted:{n}:{}", last.unwrap_or_default()) })
+    Ok(if n == 0 {
+        String::new()
+    } else {
+        format!("encrypted:{n}:{}", last.unwrap_or_default())
+    })
 }
 
 /// The planner's executor for one study: the study's ElGamal key and, if
@@ -311,13 +415,21 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
-    pub(crate) fn load(conn: &Connection, root: &std::path::Path, study: u64, file: &StudyFile, job: Arc<Job>) -> Result<Option<Executor>> {
+    pub(crate) fn load(
+        conn: &Connection,
+        root: &std::path::Path,
+        study: u64,
+        file: &StudyFile,
+        job: Arc<Job>,
+    ) -> Result<Option<Executor>> {
         let cols = columns(file);
         if cols.is_empty() {
             return Ok(None);
         }
         let linear = custodian_key(conn, study)?.map(LinearLayer::new);
-        let predicate = if cols.iter().any(|c| c.layer == Layer::Tfhe) && tfhe_dir(root).join("server.bin").exists() {
+        let predicate = if cols.iter().any(|c| c.layer == Layer::Tfhe)
+            && tfhe_dir(root).join("server.bin").exists()
+        {
             Some(tfhe_server(root)?)
         } else {
             None
@@ -326,7 +438,12 @@ impl Executor {
         for c in &cols {
             stored.insert(c.column.clone(), stored_count(conn, study, &c.column)?);
         }
-        Ok(Some(Executor { linear, predicate, stored, job }))
+        Ok(Some(Executor {
+            linear,
+            predicate,
+            stored,
+            job,
+        }))
     }
 }
 
@@ -335,11 +452,29 @@ impl EncryptedExecutor for Executor {
         cohort_fhe::estimate(op, self.stored.get(column).copied().unwrap_or(0))
     }
 
-    fn aggregate(&self, _table: &str, column: &str, op: &EncryptedOp, cells: &[&[u8]], noise: i64) -> std::result::Result<Sealed, FheError> {
-        let missing = |layer: &str| FheError::NotAuthorized { query_id: String::new(), why: format!("no {layer} key for `{column}` in this deployment") };
+    fn aggregate(
+        &self,
+        _table: &str,
+        column: &str,
+        op: &EncryptedOp,
+        cells: &[&[u8]],
+        noise: i64,
+    ) -> std::result::Result<Sealed, FheError> {
+        let missing = |layer: &str| FheError::NotAuthorized {
+            query_id: String::new(),
+            why: format!("no {layer} key for `{column}` in this deployment"),
+        };
         match cohort_fhe::route(op) {
-            Layer::Elgamal => self.linear.as_ref().ok_or_else(|| missing("ElGamal"))?.aggregate(op, cells, noise, &self.job),
-            Layer::Tfhe => self.predicate.as_ref().ok_or_else(|| missing("tfhe"))?.aggregate(op, cells, noise, &self.job),
+            Layer::Elgamal => self
+                .linear
+                .as_ref()
+                .ok_or_else(|| missing("ElGamal"))?
+                .aggregate(op, cells, noise, &self.job),
+            Layer::Tfhe => self
+                .predicate
+                .as_ref()
+                .ok_or_else(|| missing("tfhe"))?
+                .aggregate(op, cells, noise, &self.job),
         }
     }
 }
@@ -366,10 +501,28 @@ pub struct LedgerGate {
 impl LedgerGate {
     /// Asks the ledger about `ledger_id` and admits the sealed results of
     /// `answer_text` only if the chain holds a committed debit of its hash.
-    pub async fn check(client: &cohort_ledger_bridge::Client, ledger_id: B256, answer_text: &str, sealed: &[Sealed]) -> Result<LedgerGate> {
-        let q = client.view(Target::Study, ResearchStudy::queryOfCall { queryId: ledger_id }).await?;
+    pub async fn check(
+        client: &cohort_ledger_bridge::Client,
+        ledger_id: B256,
+        answer_text: &str,
+        sealed: &[Sealed],
+    ) -> Result<LedgerGate> {
+        let q = client
+            .view(
+                Target::Study,
+                ResearchStudy::queryOfCall { queryId: ledger_id },
+            )
+            .await?;
         let hex = format!("{ledger_id:#x}");
-        let refuse = |why: String| Error::Invalid(FheError::NotAuthorized { query_id: hex.clone(), why }.to_string());
+        let refuse = |why: String| {
+            Error::Invalid(
+                FheError::NotAuthorized {
+                    query_id: hex.clone(),
+                    why,
+                }
+                .to_string(),
+            )
+        };
         if q.state != 2 {
             let state = match q.state {
                 0 => "unknown to the ledger",
@@ -380,19 +533,30 @@ impl LedgerGate {
             return Err(refuse(format!("the query is {state}")));
         }
         if q.resultHash != keccak256(answer_text.as_bytes()) {
-            return Err(refuse("the committed result hash is not the hash of this answer".into()));
+            return Err(refuse(
+                "the committed result hash is not the hash of this answer".into(),
+            ));
         }
-        Ok(LedgerGate { ledger_id: hex, digests: sealed.iter().map(|s| s.digest).collect() })
+        Ok(LedgerGate {
+            ledger_id: hex,
+            digests: sealed.iter().map(|s| s.digest).collect(),
+        })
     }
 }
 
 impl DecryptionGate for LedgerGate {
     fn authorize(&self, query_id: &str, digest: &[u8; 32]) -> cohort_fhe::Result<()> {
         if query_id != self.ledger_id {
-            return Err(FheError::NotAuthorized { query_id: query_id.into(), why: "the committed debit is for another query".into() });
+            return Err(FheError::NotAuthorized {
+                query_id: query_id.into(),
+                why: "the committed debit is for another query".into(),
+            });
         }
         if !self.digests.contains(digest) {
-            return Err(FheError::NotAuthorized { query_id: query_id.into(), why: "this result is not part of the committed answer".into() });
+            return Err(FheError::NotAuthorized {
+                query_id: query_id.into(),
+                why: "this result is not part of the committed answer".into(),
+            });
         }
         Ok(())
     }
@@ -416,41 +580,73 @@ pub(crate) async fn decrypt_answer(
     let cols = columns(file);
     let mut targets = Vec::new();
     for out in &answer.encrypted {
-        let index = answer.columns.iter().position(|c| *c == out.output).ok_or_else(|| Error::Invalid(format!("answer column `{}` is missing", out.output)))?;
+        let index = answer
+            .columns
+            .iter()
+            .position(|c| *c == out.output)
+            .ok_or_else(|| Error::Invalid(format!("answer column `{}` is missing", out.output)))?;
         targets.push((index, out.clone()));
     }
     let mut sealed_cells = Vec::new();
     for row in &answer.rows {
         for (index, _) in &targets {
-            let text = row[*index].as_str().ok_or_else(|| Error::Invalid("a sealed result is not text".into()))?;
-            let bytes = data_encoding::HEXLOWER_PERMISSIVE.decode(text.as_bytes()).map_err(|e| Error::Invalid(format!("a sealed result is not hex: {e}")))?;
+            let text = row[*index]
+                .as_str()
+                .ok_or_else(|| Error::Invalid("a sealed result is not text".into()))?;
+            let bytes = data_encoding::HEXLOWER_PERMISSIVE
+                .decode(text.as_bytes())
+                .map_err(|e| Error::Invalid(format!("a sealed result is not hex: {e}")))?;
             sealed_cells.push(Sealed::from_bytes(&bytes).map_err(fhe_error)?);
         }
     }
-    let ledger_id: B256 = answer.ledger_id.parse().map_err(|e| Error::Invalid(format!("ledger id: {e}")))?;
+    let ledger_id: B256 = answer
+        .ledger_id
+        .parse()
+        .map_err(|e| Error::Invalid(format!("ledger id: {e}")))?;
     let gate = LedgerGate::check(client, ledger_id, answer_text, &sealed_cells).await?;
     let study = answer.study_id;
     let key = custodian_key(conn, study)?;
     let stewards: Vec<Steward> = match &key {
-        Some(k) => shares(conn, keys, study, k.threshold.t as usize)?.into_iter().map(Steward::new).collect(),
+        Some(k) => shares(conn, keys, study, k.threshold.t as usize)?
+            .into_iter()
+            .map(Steward::new)
+            .collect(),
         None => vec![],
     };
-    let custodian = if targets.iter().any(|(_, o)| o.layer == Layer::Tfhe) { Some(tfhe_custodian(keys, root)?) } else { None };
+    let custodian = if targets.iter().any(|(_, o)| o.layer == Layer::Tfhe) {
+        Some(tfhe_custodian(keys, root)?)
+    } else {
+        None
+    };
     let mut sealed = sealed_cells.into_iter();
     for row in answer.rows.iter_mut() {
         for (index, out) in &targets {
             let s = sealed.next().expect("one sealed result per cell");
             let value = match s.layer {
                 Layer::Elgamal => {
-                    let key = key.as_ref().ok_or_else(|| Error::Invalid(format!("study {study} has no ElGamal key")))?;
-                    let partials = stewards.iter().map(|st| st.decrypt(&gate, &answer.ledger_id, &s)).collect::<cohort_fhe::Result<Vec<_>>>().map_err(fhe_error)?;
+                    let key = key.as_ref().ok_or_else(|| {
+                        Error::Invalid(format!("study {study} has no ElGamal key"))
+                    })?;
+                    let partials = stewards
+                        .iter()
+                        .map(|st| st.decrypt(&gate, &answer.ledger_id, &s))
+                        .collect::<cohort_fhe::Result<Vec<_>>>()
+                        .map_err(fhe_error)?;
                     let c = column(&cols, &out.column)?;
-                    let (lo, hi) = linear::search_range(stored_count(conn, study, &c.column)?, c.bounds()?, NOISE_TAIL);
-                    linear::open(key, &answer.ledger_id, &s, &partials, lo, hi).map_err(fhe_error)?
+                    let (lo, hi) = linear::search_range(
+                        stored_count(conn, study, &c.column)?,
+                        c.bounds()?,
+                        NOISE_TAIL,
+                    );
+                    linear::open(key, &answer.ledger_id, &s, &partials, lo, hi)
+                        .map_err(fhe_error)?
                 }
                 Layer::Tfhe => {
                     let custodian = custodian.as_ref().expect("loaded above");
-                    custodian.decrypt(&gate, &answer.ledger_id, &s).map_err(fhe_error)?.max(0)
+                    custodian
+                        .decrypt(&gate, &answer.ledger_id, &s)
+                        .map_err(fhe_error)?
+                        .max(0)
                 }
             };
             row[*index] = value.into();
@@ -483,15 +679,29 @@ impl super::Session {
     /// study's keys with a range proof; the engine checks the proof once and
     /// keeps the validated ciphertext beside the patient's records. Neither
     /// the value nor the ciphertext is logged.
-    pub async fn encrypt_field(&self, conn: &Connection, patient: &cohort_ledger_bridge::Account, id: u64, name: &str, value: i64) -> Result<Submitted> {
+    pub async fn encrypt_field(
+        &self,
+        conn: &Connection,
+        patient: &cohort_ledger_bridge::Account,
+        id: u64,
+        name: &str,
+        value: i64,
+    ) -> Result<Submitted> {
         let (file, s) = self.study(conn, id).await?;
         if s.status != 2 {
-            return Err(Error::Invalid(format!("study {id} is not approved: its encryption keys are made when it is")));
+            return Err(Error::Invalid(format!(
+                "study {id} is not approved: its encryption keys are made when it is"
+            )));
         }
         let patient_id = self.patient_of(conn, patient)?;
         let cols = columns(&file);
         let c = column(&cols, name)?;
-        let ctx = context(&format!("{:#x}", self.contract()), id, &c.column, &patient_id);
+        let ctx = context(
+            &format!("{:#x}", self.contract()),
+            id,
+            &c.column,
+            &patient_id,
+        );
         let root = self.dir.root();
         let t = std::time::Instant::now();
         let submission = encrypt_field(conn, root, c, id, value, &ctx)?;
@@ -509,7 +719,15 @@ impl super::Session {
                 detail: serde_json::json!({ "layer": c.layer, "submitted_bytes": submission.len() }),
             },
         )?;
-        Ok(Submitted { study_id: id, column: c.column.clone(), layer: c.layer, submitted_bytes: submission.len(), stored_bytes, encrypt_seconds, verify_seconds })
+        Ok(Submitted {
+            study_id: id,
+            column: c.column.clone(),
+            layer: c.layer,
+            submitted_bytes: submission.len(),
+            stored_bytes,
+            encrypt_seconds,
+            verify_seconds,
+        })
     }
 }
 
@@ -529,11 +747,19 @@ pub struct BatchSubmitted {
 impl super::Session {
     /// Many patients' [`super::Session::encrypt_field`] at once: encrypted
     /// and checked in parallel, stored in one transaction, one audit event.
-    pub async fn encrypt_fields(&self, conn: &Connection, id: u64, name: &str, values: &[(cohort_ledger_bridge::Account, i64)]) -> Result<BatchSubmitted> {
+    pub async fn encrypt_fields(
+        &self,
+        conn: &Connection,
+        id: u64,
+        name: &str,
+        values: &[(cohort_ledger_bridge::Account, i64)],
+    ) -> Result<BatchSubmitted> {
         use rayon::prelude::*;
         let (file, s) = self.study(conn, id).await?;
         if s.status != 2 {
-            return Err(Error::Invalid(format!("study {id} is not approved: its encryption keys are made when it is")));
+            return Err(Error::Invalid(format!(
+                "study {id} is not approved: its encryption keys are made when it is"
+            )));
         }
         let cols = columns(&file);
         let c = column(&cols, name)?;
@@ -547,13 +773,19 @@ impl super::Session {
         let root = self.dir.root();
         let cells: Vec<(String, Vec<u8>)> = match c.layer {
             Layer::Elgamal => {
-                let key = custodian_key(conn, id)?.ok_or_else(|| Error::Invalid(format!("study {id} has no encryption key yet")))?;
+                let key = custodian_key(conn, id)?.ok_or_else(|| {
+                    Error::Invalid(format!("study {id} has no encryption key yet"))
+                })?;
                 patients
                     .par_iter()
                     .map(|(pid, v)| {
                         let ctx = context(&contract, id, &c.column, pid);
-                        let submission = cohort_fhe::range::encrypt_proven(&key.public, *v, bounds, &ctx)?.to_bytes();
-                        let cell = ProvenCiphertext::from_bytes(&submission)?.verify(&key.public, bounds, &ctx)?.to_stored();
+                        let submission =
+                            cohort_fhe::range::encrypt_proven(&key.public, *v, bounds, &ctx)?
+                                .to_bytes();
+                        let cell = ProvenCiphertext::from_bytes(&submission)?
+                            .verify(&key.public, bounds, &ctx)?
+                            .to_stored();
                         Ok((pid.clone(), cell))
                     })
                     .collect::<cohort_fhe::Result<_>>()
@@ -565,8 +797,14 @@ impl super::Session {
                 let mut out = Vec::with_capacity(patients.len());
                 for (pid, v) in &patients {
                     let ctx = context(&contract, id, &c.column, pid);
-                    let submission = predicate::encrypt_proven(&public, *v, bounds, &ctx).map_err(fhe_error)?;
-                    out.push((pid.clone(), server.verify(&public, &submission, bounds, &ctx).map_err(fhe_error)?));
+                    let submission =
+                        predicate::encrypt_proven(&public, *v, bounds, &ctx).map_err(fhe_error)?;
+                    out.push((
+                        pid.clone(),
+                        server
+                            .verify(&public, &submission, bounds, &ctx)
+                            .map_err(fhe_error)?,
+                    ));
                 }
                 out
             }
@@ -591,6 +829,11 @@ impl super::Session {
             },
         )?;
         tx.commit()?;
-        Ok(BatchSubmitted { column: c.column.clone(), layer: c.layer, values: cells.len(), seconds: t.elapsed().as_secs_f64() })
+        Ok(BatchSubmitted {
+            column: c.column.clone(),
+            layer: c.layer,
+            values: cells.len(),
+            seconds: t.elapsed().as_secs_f64(),
+        })
     }
 }

@@ -92,7 +92,9 @@ impl Session {
             )));
         }
         if let Some(c) = super::encryption::columns(&file).into_iter().find(|c| {
-            spec.quasi_identifiers.contains(&c.column) || spec.keep.contains(&c.column) || spec.sensitive.as_ref() == Some(&c.column)
+            spec.quasi_identifiers.contains(&c.column)
+                || spec.keep.contains(&c.column)
+                || spec.sensitive.as_ref() == Some(&c.column)
         }) {
             return Err(Error::Invalid(format!(
                 "the extract may not carry `{}`: it is encrypted, and only its aggregates are released",

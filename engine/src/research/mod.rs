@@ -405,13 +405,24 @@ impl Session {
                 // any `required` of them decrypting together.
                 let mut stewards = Vec::new();
                 for account in accounts::list(conn)? {
-                    let address: Address = account.address.parse().map_err(|e| Error::Invalid(format!("account {}: {e}", account.name)))?;
+                    let address: Address = account
+                        .address
+                        .parse()
+                        .map_err(|e| Error::Invalid(format!("account {}: {e}", account.name)))?;
                     if self.client.has_role(Role::Steward, address).await? {
                         stewards.push(account.name.clone());
                     }
                 }
                 let t = u32::from(required);
-                encryption::set_up(conn, self.keys.as_ref(), self.dir.root(), id, &file, &stewards, t)?;
+                encryption::set_up(
+                    conn,
+                    self.keys.as_ref(),
+                    self.dir.root(),
+                    id,
+                    &file,
+                    &stewards,
+                    t,
+                )?;
             }
             let view = self.view(conn, id, &file).await?;
             Some(view.accounts.len())
@@ -727,7 +738,10 @@ impl Session {
             .join("view");
         let mut cells = view::EncryptedCells::new();
         for column in encryption::columns(file) {
-            cells.insert(column.column.clone(), encryption::cells(conn, id, &column.column)?);
+            cells.insert(
+                column.column.clone(),
+                encryption::cells(conn, id, &column.column)?,
+            );
         }
         let built = Arc::new(view::load_or_build(
             conn,

@@ -299,10 +299,12 @@ impl Session {
         }
         let view = self.view(&conn, id, &file).await?;
         let planner = Planner::new(file.scope.clone(), view.tables.clone())?;
-        let planner = match super::encryption::Executor::load(&conn, self.dir.root(), id, &file, self.job())? {
-            Some(executor) => planner.with_encryption(Arc::new(executor)),
-            None => planner,
-        };
+        let planner =
+            match super::encryption::Executor::load(&conn, self.dir.root(), id, &file, self.job())?
+            {
+                Some(executor) => planner.with_encryption(Arc::new(executor)),
+                None => planner,
+            };
         let left = self.client.remaining(id).await?;
         let options = QueryOptions {
             remaining: remaining_charge(s.terms.kind, left),
@@ -420,7 +422,11 @@ impl Session {
                 .flat_map(|a| &a.outputs)
                 .filter_map(|o| {
                     let e = o.encrypted.as_ref()?;
-                    Some(super::encryption::EncryptedOutput { output: o.output.clone(), column: e.column.clone(), layer: e.layer })
+                    Some(super::encryption::EncryptedOutput {
+                        output: o.output.clone(),
+                        column: e.column.clone(),
+                        layer: e.layer,
+                    })
                 })
                 .collect(),
         };
@@ -444,7 +450,16 @@ impl Session {
         }
         crash_point("committed");
         let mut delivered = stored;
-        super::encryption::decrypt_answer(&conn, self.keys.as_ref(), self.dir.root(), &self.client, &file, &mut delivered, &text).await?;
+        super::encryption::decrypt_answer(
+            &conn,
+            self.keys.as_ref(),
+            self.dir.root(),
+            &self.client,
+            &file,
+            &mut delivered,
+            &text,
+        )
+        .await?;
         journal::set_state(&conn, &ledger_hex, "delivered")?;
         let left = self.client.remaining(id).await?;
         Ok(QueryOutcome {
@@ -495,7 +510,16 @@ impl Session {
             .map_err(|e| Error::Invalid(format!("the journal's answer: {e}")))?;
         // Sealed results are decrypted again: threshold decryption of the
         // same ciphertexts gives the same values.
-        super::encryption::decrypt_answer(conn, self.keys.as_ref(), self.dir.root(), &self.client, file, &mut answer, text).await?;
+        super::encryption::decrypt_answer(
+            conn,
+            self.keys.as_ref(),
+            self.dir.root(),
+            &self.client,
+            file,
+            &mut answer,
+            text,
+        )
+        .await?;
         journal::set_state(conn, &entry.ledger_id, "delivered")?;
         let left = self.client.remaining(entry.study_id).await?;
         Ok(QueryOutcome {

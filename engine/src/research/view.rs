@@ -189,17 +189,23 @@ fn with_encrypted(
         .ok_or_else(|| Error::Arrow("a projection table without patient_id".into()))?
         .as_string::<i32>()
         .clone();
-    let mut fields: Vec<arrow::datatypes::FieldRef> = safe.schema().fields().iter().cloned().collect();
+    let mut fields: Vec<arrow::datatypes::FieldRef> =
+        safe.schema().fields().iter().cloned().collect();
     let mut arrays = safe.columns().to_vec();
     for name in columns {
         let cells = encrypted.get(name.as_str());
         let array: arrow::array::BinaryArray = (0..ids.len())
             .map(|i| cells.and_then(|c| c.get(ids.value(i))).map(Vec::as_slice))
             .collect();
-        fields.push(Arc::new(arrow::datatypes::Field::new(name.as_str(), arrow::datatypes::DataType::Binary, true)));
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            name.as_str(),
+            arrow::datatypes::DataType::Binary,
+            true,
+        )));
         arrays.push(Arc::new(array));
     }
-    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays).map_err(|e| Error::Arrow(e.to_string()))
+    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays)
+        .map_err(|e| Error::Arrow(e.to_string()))
 }
 
 /// The rows of `batch` whose `patient_id` is in `ids`.

@@ -66,7 +66,9 @@ fn demo_runs_on_embedded_defaults_and_again() {
         .collect();
     assert_eq!(encrypted.len(), 2);
     for step in encrypted {
-        let rows = step["value"]["outcome"]["answer"]["rows"].as_array().unwrap();
+        let rows = step["value"]["outcome"]["answer"]["rows"]
+            .as_array()
+            .unwrap();
         assert!(!rows.is_empty());
         for row in rows {
             assert!(row.as_array().unwrap().last().unwrap().is_i64(), "{row}");

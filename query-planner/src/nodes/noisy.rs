@@ -20,7 +20,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt32Array,
+    Array, ArrayRef, AsArray, BinaryArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
+    UInt32Array,
 };
 use arrow::compute::{cast, concat_batches, take};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, UInt64Type};
@@ -42,8 +43,8 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::encryption::{EncryptedRelease, Executor};
+use crate::error::{Error, Result};
 use crate::release::{Influence, Noise, Statistic, unit_scale};
 
 /// How the released groups of a DP aggregate are chosen.
@@ -626,10 +627,12 @@ fn release_encrypted(
         return Err(internal("an encrypted release has integer noise"));
     };
     let Some(executor) = &site.executor else {
-        return Err(Error::Engine(Box::new(datafusion::error::DataFusionError::Plan(format!(
-            "`{}.{}` is encrypted and this engine holds no keys to aggregate it",
-            encrypted.table, encrypted.column
-        )))));
+        return Err(Error::Engine(Box::new(
+            datafusion::error::DataFusionError::Plan(format!(
+                "`{}.{}` is encrypted and this engine holds no keys to aggregate it",
+                encrypted.table, encrypted.column
+            )),
+        )));
     };
     let lists = exact.column(column);
     let lists = lists
@@ -649,8 +652,18 @@ fn release_encrypted(
         let cells: Vec<&[u8]> = binary.iter().flatten().collect();
         let result = executor
             .0
-            .aggregate(&encrypted.table, &encrypted.column, &encrypted.op, &cells, draw)
-            .map_err(|e| Error::Engine(Box::new(datafusion::error::DataFusionError::External(Box::new(e)))))?;
+            .aggregate(
+                &encrypted.table,
+                &encrypted.column,
+                &encrypted.op,
+                &cells,
+                draw,
+            )
+            .map_err(|e| {
+                Error::Engine(Box::new(datafusion::error::DataFusionError::External(
+                    Box::new(e),
+                )))
+            })?;
         sealed.push(result.to_bytes());
     }
     Ok(sealed)

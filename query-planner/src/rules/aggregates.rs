@@ -25,10 +25,10 @@ use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Aggregate, Cast, Expr, ExprSchemable, LogicalPlan, lit, when};
 
+use crate::encryption::EncryptedRelease;
 use crate::error::{Error, Result, Rule};
 use crate::facts::{self, ColumnFacts, Interval, strip_alias};
 use crate::policy::{Bounds, DEFAULT_QUANTILE_CANDIDATES, Scope};
-use crate::encryption::EncryptedRelease;
 use crate::release::{Influence, Statistic};
 use crate::rules::encrypted;
 use crate::typing::{Kind, Typed};
@@ -410,38 +410,73 @@ fn encrypted_aggregate(
     filter: Option<Expr>,
     fragment: String,
 ) -> Result<Mapped> {
-    let refuse = |reason: &str| Error::refused(Rule::EncryptedColumn, fragment.clone(), reason.to_string());
+    let refuse =
+        |reason: &str| Error::refused(Rule::EncryptedColumn, fragment.clone(), reason.to_string());
     let [argument, Expr::Literal(op, _), Expr::Literal(constant, _)] = args else {
-        return Err(refuse("the planner's encrypted aggregate takes a column, an operation and a constant"));
+        return Err(refuse(
+            "the planner's encrypted aggregate takes a column, an operation and a constant",
+        ));
     };
     let (Some(Some(op)), ScalarValue::Int64(Some(constant))) = (op.try_as_str(), constant) else {
-        return Err(refuse("the planner's encrypted aggregate takes a column, an operation and a constant"));
+        return Err(refuse(
+            "the planner's encrypted aggregate takes a column, an operation and a constant",
+        ));
     };
     let facts = facts::of_expr(argument, schema, &typed.columns);
-    let declared = facts
-        .copy_of
-        .as_ref()
-        .and_then(|source| Some((source, scope.tables.get(&source.table)?.column(&source.column)?)));
+    let declared = facts.copy_of.as_ref().and_then(|source| {
+        Some((
+            source,
+            scope.tables.get(&source.table)?.column(&source.column)?,
+        ))
+    });
     let Some((source, declared)) = declared else {
-        return Err(refuse("an encrypted column must be aggregated as itself, not through an expression"));
+        return Err(refuse(
+            "an encrypted column must be aggregated as itself, not through an expression",
+        ));
     };
-    let (Some(layer), Some(bounds), Some(op)) = (declared.encrypted, declared.bounds, encrypted::operation(op, *constant)) else {
+    let (Some(layer), Some(bounds), Some(op)) = (
+        declared.encrypted,
+        declared.bounds,
+        encrypted::operation(op, *constant),
+    ) else {
         return Err(refuse("not an encrypted column of the study"));
     };
     let (statistic, influence) = match op {
-        cohort_fhe::EncryptedOp::Sum => (Statistic::Sum { bounds, decimals: 0 }, Influence::PerRow(units(bounds.magnitude(), 0))),
-        cohort_fhe::EncryptedOp::CountWhere { .. } => (Statistic::Count { per_group: rows }, Influence::PerRow(1)),
+        cohort_fhe::EncryptedOp::Sum => (
+            Statistic::Sum {
+                bounds,
+                decimals: 0,
+            },
+            Influence::PerRow(units(bounds.magnitude(), 0)),
+        ),
+        cohort_fhe::EncryptedOp::CountWhere { .. } => {
+            (Statistic::Count { per_group: rows }, Influence::PerRow(1))
+        }
     };
     let present = argument.clone().is_not_null();
     let filter = Some(match filter {
         Some(filter) => filter.and(present),
         None => present,
     });
-    let cells = Expr::AggregateFunction(AggregateFunction::new_udf(array_agg_udaf(), vec![argument.clone()], false, filter.map(Box::new), vec![], None));
+    let cells = Expr::AggregateFunction(AggregateFunction::new_udf(
+        array_agg_udaf(),
+        vec![argument.clone()],
+        false,
+        filter.map(Box::new),
+        vec![],
+        None,
+    ));
     Ok(Mapped {
         statistic,
         inner: vec![(cells, influence)],
-        encrypted: Some(EncryptedRelease { layer, op, table: source.table.clone(), column: source.column.clone(), bounds, estimate: None }),
+        encrypted: Some(EncryptedRelease {
+            layer,
+            op,
+            table: source.table.clone(),
+            column: source.column.clone(),
+            bounds,
+            estimate: None,
+        }),
     })
 }
 

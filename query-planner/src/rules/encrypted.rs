@@ -24,7 +24,10 @@ use arrow::datatypes::DataType;
 use cohort_fhe::{Comparison, EncryptedOp, Layer};
 use datafusion::common::DataFusionError;
 use datafusion::logical_expr::{AggregateUDF, Volatility, create_udaf};
-use datafusion::sql::sqlparser::ast::{BinaryOperator, Ident, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, SelectItem, SetExpr, Statement, Value, visit_expressions, visit_expressions_mut};
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
+    SelectItem, SetExpr, Statement, Value, visit_expressions, visit_expressions_mut,
+};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -49,7 +52,11 @@ pub(crate) fn udaf() -> AggregateUDF {
         vec![DataType::Binary, DataType::Utf8, DataType::Int64],
         Arc::new(DataType::Binary),
         Volatility::Immutable,
-        Arc::new(|_| Err(DataFusionError::Internal(format!("{FUNCTION} runs only inside a DP aggregate")))),
+        Arc::new(|_| {
+            Err(DataFusionError::Internal(format!(
+                "{FUNCTION} runs only inside a DP aggregate"
+            )))
+        }),
         Arc::new(vec![DataType::Binary]),
     )
 }
@@ -60,7 +67,13 @@ pub(crate) fn columns(scope: &Scope) -> BTreeMap<String, EncryptedColumn> {
     for scoped in scope.tables.values() {
         for (column, declared) in &scoped.columns {
             if let Some(layer) = declared.encrypted {
-                out.insert(column.to_ascii_lowercase(), EncryptedColumn { column: column.clone(), layer });
+                out.insert(
+                    column.to_ascii_lowercase(),
+                    EncryptedColumn {
+                        column: column.clone(),
+                        layer,
+                    },
+                );
             }
         }
     }
@@ -91,15 +104,21 @@ pub(crate) fn rewrite(statement: &mut Statement, scope: &Scope) -> Result<()> {
     if before.is_empty() {
         return Ok(());
     }
-    let refuse = |reason: String| Error::refused(Rule::EncryptedColumn, format!("`{}`", before[0]), reason);
+    let refuse =
+        |reason: String| Error::refused(Rule::EncryptedColumn, format!("`{}`", before[0]), reason);
     let Statement::Query(query) = statement else {
-        return Err(refuse("encrypted columns can only be read by a SELECT".into()));
+        return Err(refuse(
+            "encrypted columns can only be read by a SELECT".into(),
+        ));
     };
     if query.with.is_some() {
         return Err(refuse("an encrypted column cannot be read through a WITH clause; aggregate it in a plain SELECT".into()));
     }
     let SetExpr::Select(select) = query.body.as_mut() else {
-        return Err(refuse("an encrypted column can only be aggregated in a single SELECT (no UNION, no VALUES)".into()));
+        return Err(refuse(
+            "an encrypted column can only be aggregated in a single SELECT (no UNION, no VALUES)"
+                .into(),
+        ));
     };
 
     // WHERE: at most one conjunct `enc <op> constant`, which leaves the plan.
@@ -112,19 +131,30 @@ pub(crate) fn rewrite(statement: &mut Statement, scope: &Scope) -> Result<()> {
                 continue;
             }
             let Some(found) = comparison(&conjunct, &encrypted) else {
-                return Err(refuse(format!("`{conjunct}` computes on an encrypted column; only `column <op> constant` (>=, >, <=, <, =) can filter on one, joined to the rest of WHERE by AND")));
+                return Err(refuse(format!(
+                    "`{conjunct}` computes on an encrypted column; only `column <op> constant` (>=, >, <=, <, =) can filter on one, joined to the rest of WHERE by AND"
+                )));
             };
             if predicate.is_some() {
-                return Err(refuse("a query can filter on one encrypted comparison".into()));
+                return Err(refuse(
+                    "a query can filter on one encrypted comparison".into(),
+                ));
             }
             predicate = Some(found);
         }
-        select.selection = kept.into_iter().reduce(|a, b| SqlExpr::BinaryOp { left: Box::new(a), op: BinaryOperator::And, right: Box::new(b) });
+        select.selection = kept.into_iter().reduce(|a, b| SqlExpr::BinaryOp {
+            left: Box::new(a),
+            op: BinaryOperator::And,
+            right: Box::new(b),
+        });
     }
     if let Some((column, ..)) = &predicate
         && column.layer != Layer::Tfhe
     {
-        return Err(refuse(format!("`{}` is an ElGamal column, which supports SUM only; comparisons need a column declared encrypted = \"tfhe\"", column.column)));
+        return Err(refuse(format!(
+            "`{}` is an ElGamal column, which supports SUM only; comparisons need a column declared encrypted = \"tfhe\"",
+            column.column
+        )));
     }
 
     // SELECT: SUM(enc) and, with a predicate, COUNT(*) become the planner's aggregate.
@@ -140,7 +170,10 @@ pub(crate) fn rewrite(statement: &mut Statement, scope: &Scope) -> Result<()> {
             }
         {
             let alias = Ident::with_quote('"', expr.to_string());
-            *item = SelectItem::ExprWithAlias { expr: expr.clone(), alias };
+            *item = SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias,
+            };
         }
         let expr = match item {
             SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => expr,
@@ -149,9 +182,14 @@ pub(crate) fn rewrite(statement: &mut Statement, scope: &Scope) -> Result<()> {
         let mut failure = None;
         let _ = visit_expressions_mut(expr, |e: &mut SqlExpr| {
             let replacement = match classify(e, &encrypted) {
-                Some(Use::Sum(column)) if column.layer == Layer::Elgamal => Some(format!("{FUNCTION}({}, 'sum', 0)", column.column)),
+                Some(Use::Sum(column)) if column.layer == Layer::Elgamal => {
+                    Some(format!("{FUNCTION}({}, 'sum', 0)", column.column))
+                }
                 Some(Use::Sum(column)) => {
-                    failure = Some(format!("`{}` is a tfhe column, which answers comparisons; SUM needs a column declared encrypted = \"elgamal\"", column.column));
+                    failure = Some(format!(
+                        "`{}` is a tfhe column, which answers comparisons; SUM needs a column declared encrypted = \"elgamal\"",
+                        column.column
+                    ));
                     None
                 }
                 Some(Use::CountStar) => predicate.as_ref().map(|(column, op, constant)| {
@@ -172,7 +210,9 @@ pub(crate) fn rewrite(statement: &mut Statement, scope: &Scope) -> Result<()> {
         }
     }
     if predicate.is_some() && !counted {
-        return Err(refuse("an encrypted comparison in WHERE can only be counted: select COUNT(*)".into()));
+        return Err(refuse(
+            "an encrypted comparison in WHERE can only be counted: select COUNT(*)".into(),
+        ));
     }
 
     // Every mention must have been consumed: what remains is exactly the
@@ -197,18 +237,25 @@ fn classify<'a>(e: &SqlExpr, encrypted: &'a BTreeMap<String, EncryptedColumn>) -
         return None;
     }
     let name = f.name.to_string().to_ascii_lowercase();
-    let FunctionArguments::List(list) = &f.args else { return None };
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
     if list.duplicate_treatment.is_some() {
         return None;
     }
     match (name.as_str(), list.args.as_slice()) {
-        ("sum", [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))]) => column_of(arg, encrypted).map(Use::Sum),
+        ("sum", [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))]) => {
+            column_of(arg, encrypted).map(Use::Sum)
+        }
         ("count", [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)]) => Some(Use::CountStar),
         _ => None,
     }
 }
 
-fn column_of<'a>(e: &SqlExpr, encrypted: &'a BTreeMap<String, EncryptedColumn>) -> Option<&'a EncryptedColumn> {
+fn column_of<'a>(
+    e: &SqlExpr,
+    encrypted: &'a BTreeMap<String, EncryptedColumn>,
+) -> Option<&'a EncryptedColumn> {
     let name = match e {
         SqlExpr::Identifier(ident) => &ident.value,
         SqlExpr::CompoundIdentifier(parts) => &parts.last()?.value,
@@ -218,7 +265,10 @@ fn column_of<'a>(e: &SqlExpr, encrypted: &'a BTreeMap<String, EncryptedColumn>) 
     encrypted.get(&name.to_ascii_lowercase())
 }
 
-fn comparison<'a>(e: &SqlExpr, encrypted: &'a BTreeMap<String, EncryptedColumn>) -> Option<(&'a EncryptedColumn, &'static str, i64)> {
+fn comparison<'a>(
+    e: &SqlExpr,
+    encrypted: &'a BTreeMap<String, EncryptedColumn>,
+) -> Option<(&'a EncryptedColumn, &'static str, i64)> {
     let SqlExpr::BinaryOp { left, op, right } = e else {
         return match e {
             SqlExpr::Nested(inner) => comparison(inner, encrypted),
@@ -250,7 +300,10 @@ fn integer(e: &SqlExpr) -> Option<i64> {
             Value::Number(n, _) => n.parse().ok(),
             _ => None,
         },
-        SqlExpr::UnaryOp { op: datafusion::sql::sqlparser::ast::UnaryOperator::Minus, expr } => integer(expr).map(|v| -v),
+        SqlExpr::UnaryOp {
+            op: datafusion::sql::sqlparser::ast::UnaryOperator::Minus,
+            expr,
+        } => integer(expr).map(|v| -v),
         SqlExpr::Nested(inner) => integer(inner),
         _ => None,
     }
@@ -258,12 +311,26 @@ fn integer(e: &SqlExpr) -> Option<i64> {
 
 fn conjuncts(e: SqlExpr) -> Vec<SqlExpr> {
     match e {
-        SqlExpr::BinaryOp { left, op: BinaryOperator::And, right } => {
+        SqlExpr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
             let mut out = conjuncts(*left);
             out.extend(conjuncts(*right));
             out
         }
-        SqlExpr::Nested(inner) if matches!(*inner, SqlExpr::BinaryOp { op: BinaryOperator::And, .. }) => conjuncts(*inner),
+        SqlExpr::Nested(inner)
+            if matches!(
+                *inner,
+                SqlExpr::BinaryOp {
+                    op: BinaryOperator::And,
+                    ..
+                }
+            ) =>
+        {
+            conjuncts(*inner)
+        }
         other => vec![other],
     }
 }
@@ -292,11 +359,17 @@ fn mentions_expr(expr: &SqlExpr, encrypted: &BTreeMap<String, EncryptedColumn>) 
 
 fn identifier(e: &SqlExpr, encrypted: &BTreeMap<String, EncryptedColumn>) -> Option<String> {
     match e {
-        SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_) => column_of(e, encrypted).map(|c| c.column.clone()),
+        SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_) => {
+            column_of(e, encrypted).map(|c| c.column.clone())
+        }
         _ => None,
     }
 }
 
-fn parse_expr(sql: &str) -> std::result::Result<SqlExpr, datafusion::sql::sqlparser::parser::ParserError> {
-    Parser::new(&GenericDialect {}).try_with_sql(sql)?.parse_expr()
+fn parse_expr(
+    sql: &str,
+) -> std::result::Result<SqlExpr, datafusion::sql::sqlparser::parser::ParserError> {
+    Parser::new(&GenericDialect {})
+        .try_with_sql(sql)?
+        .parse_expr()
 }
