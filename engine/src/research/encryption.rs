@@ -360,12 +360,32 @@ pub(crate) fn accept(
             .verify(&tfhe_public(root)?, submission, bounds, context)
             .map_err(fhe_error)?,
     };
+    store(
+        conn,
+        study,
+        patient_id,
+        column,
+        &cell,
+        &chrono::Utc::now().to_rfc3339(),
+    )?;
+    Ok(cell.len())
+}
+
+/// Keeps a validated ciphertext, replacing the patient's earlier one.
+fn store(
+    conn: &Connection,
+    study: u64,
+    patient_id: &str,
+    column: &EncryptedColumn,
+    cell: &[u8],
+    at: &str,
+) -> Result<()> {
     conn.execute(
         "INSERT INTO research_encrypted (study_id, patient_id, column_name, layer, cell, submitted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (study_id, patient_id, column_name) DO UPDATE SET cell = excluded.cell, submitted_at = excluded.submitted_at",
-        params![study as i64, patient_id, column.column, column.layer.to_string(), cell, chrono::Utc::now().to_rfc3339()],
+        params![study as i64, patient_id, column.column, column.layer.to_string(), cell, at],
     )?;
-    Ok(cell.len())
+    Ok(())
 }
 
 /// Every patient's stored ciphertext of one column.
@@ -812,11 +832,7 @@ impl super::Session {
         let tx = conn.unchecked_transaction()?;
         let now = chrono::Utc::now().to_rfc3339();
         for (pid, cell) in &cells {
-            tx.execute(
-                "INSERT INTO research_encrypted (study_id, patient_id, column_name, layer, cell, submitted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (study_id, patient_id, column_name) DO UPDATE SET cell = excluded.cell, submitted_at = excluded.submitted_at",
-                params![id as i64, pid, c.column, c.layer.to_string(), cell, now],
-            )?;
+            store(&tx, id, pid, c, cell, &now)?;
         }
         crate::audit::append(
             &tx,

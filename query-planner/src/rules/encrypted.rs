@@ -26,7 +26,7 @@ use datafusion::common::DataFusionError;
 use datafusion::logical_expr::{AggregateUDF, Volatility, create_udaf};
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
-    SelectItem, SetExpr, Statement, Value, visit_expressions, visit_expressions_mut,
+    SelectItem, SetExpr, Statement, Value, Visit, visit_expressions, visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -126,7 +126,7 @@ pub(crate) fn rewrite(statement: &mut Statement, scope: &Scope) -> Result<()> {
     if let Some(selection) = select.selection.take() {
         let mut kept = Vec::new();
         for conjunct in conjuncts(selection) {
-            if mentions_expr(&conjunct, &encrypted).is_empty() {
+            if mentions(&conjunct, &encrypted).is_empty() {
                 kept.push(conjunct);
                 continue;
             }
@@ -335,20 +335,11 @@ fn conjuncts(e: SqlExpr) -> Vec<SqlExpr> {
     }
 }
 
-fn mentions(statement: &Statement, encrypted: &BTreeMap<String, EncryptedColumn>) -> Vec<String> {
+/// The encrypted columns named anywhere in `node` (a statement or an
+/// expression), once per mention.
+fn mentions<V: Visit>(node: &V, encrypted: &BTreeMap<String, EncryptedColumn>) -> Vec<String> {
     let mut found = Vec::new();
-    let _ = visit_expressions(statement, |e: &SqlExpr| {
-        if let Some(column) = identifier(e, encrypted) {
-            found.push(column);
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    found
-}
-
-fn mentions_expr(expr: &SqlExpr, encrypted: &BTreeMap<String, EncryptedColumn>) -> Vec<String> {
-    let mut found = Vec::new();
-    let _ = visit_expressions(expr, |e: &SqlExpr| {
+    let _ = visit_expressions(node, |e: &SqlExpr| {
         if let Some(column) = identifier(e, encrypted) {
             found.push(column);
         }
