@@ -26,7 +26,7 @@ use datafusion::common::DataFusionError;
 use datafusion::logical_expr::{AggregateUDF, Volatility, create_udaf};
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
-    SelectItem, SetExpr, Statement, Value, Visit, visit_expressions, visit_expressions_mut,
+    SelectItem, SetExpr, Statement, Value, Visit, Visitor,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -180,7 +180,7 @@ pub(crate) fn rewrite(statement: &mut Statement, scope: &Scope) -> Result<()> {
             _ => continue,
         };
         let mut failure = None;
-        let _ = visit_expressions_mut(expr, |e: &mut SqlExpr| {
+        let replaced = rewrite_first(expr, REWRITE_DEPTH, &mut |e: &mut SqlExpr| {
             let replacement = match classify(e, &encrypted) {
                 Some(Use::Sum(column)) if column.layer == Layer::Elgamal => {
                     Some(format!("{FUNCTION}({}, 'sum', 0)", column.column))
@@ -198,13 +198,13 @@ pub(crate) fn rewrite(statement: &mut Statement, scope: &Scope) -> Result<()> {
                 }),
                 None => None,
             };
-            if let Some(sql) = replacement {
-                *e = parse_expr(&sql).expect("the planner's own expression parses");
-                rewritten += 1;
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
+            let Some(sql) = replacement else {
+                return false;
+            };
+            *e = parse_expr(&sql).expect("the planner's own expression parses");
+            true
         });
+        rewritten += usize::from(replaced);
         if let Some(reason) = failure {
             return Err(refuse(reason));
         }
@@ -224,6 +224,63 @@ pub(crate) fn rewrite(statement: &mut Statement, scope: &Scope) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The deepest the SELECT-list rewrite descends. A mention below it stays
+/// as written, and the final mention count refuses the query.
+const REWRITE_DEPTH: usize = 64;
+
+/// Replaces the first sub-expression of `expr`, in post-order, that
+/// `replace` rewrites, and says whether there was one. It descends through
+/// arithmetic, casts, `CASE` and function arguments, which is where an
+/// aggregate's result is used. A mention anywhere else stays unrewritten,
+/// and the final mention count refuses the query. It is written by hand:
+/// sqlparser's `VisitMut` walk of every node type (see [`super::walk`])
+/// was a third of the planner's code generation.
+fn rewrite_first(
+    expr: &mut SqlExpr,
+    depth: usize,
+    replace: &mut dyn FnMut(&mut SqlExpr) -> bool,
+) -> bool {
+    let Some(depth) = depth.checked_sub(1) else {
+        return false;
+    };
+    let mut descend = |e: &mut SqlExpr| rewrite_first(e, depth, replace);
+    let inner = match expr {
+        SqlExpr::BinaryOp { left, right, .. } => descend(left) || descend(right),
+        SqlExpr::UnaryOp { expr, .. } | SqlExpr::Nested(expr) | SqlExpr::Cast { expr, .. } => {
+            descend(expr)
+        }
+        SqlExpr::Case {
+            operand,
+            conditions,
+            else_result,
+            ..
+        } => {
+            operand.as_deref_mut().is_some_and(&mut descend)
+                || conditions
+                    .iter_mut()
+                    .any(|when| descend(&mut when.condition) || descend(&mut when.result))
+                || else_result.as_deref_mut().is_some_and(&mut descend)
+        }
+        SqlExpr::Function(f) => match &mut f.args {
+            FunctionArguments::List(list) => list.args.iter_mut().any(|arg| match arg {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
+                | FunctionArg::Named {
+                    arg: FunctionArgExpr::Expr(e),
+                    ..
+                }
+                | FunctionArg::ExprNamed {
+                    arg: FunctionArgExpr::Expr(e),
+                    ..
+                } => descend(e),
+                _ => false,
+            }),
+            _ => false,
+        },
+        _ => false,
+    };
+    inner || replace(expr)
 }
 
 enum Use<'a> {
@@ -337,15 +394,29 @@ fn conjuncts(e: SqlExpr) -> Vec<SqlExpr> {
 
 /// The encrypted columns named anywhere in `node` (a statement or an
 /// expression), once per mention.
-fn mentions<V: Visit>(node: &V, encrypted: &BTreeMap<String, EncryptedColumn>) -> Vec<String> {
-    let mut found = Vec::new();
-    let _ = visit_expressions(node, |e: &SqlExpr| {
-        if let Some(column) = identifier(e, encrypted) {
-            found.push(column);
+fn mentions<N: Visit>(node: &N, encrypted: &BTreeMap<String, EncryptedColumn>) -> Vec<String> {
+    let mut mentions = Mentions {
+        encrypted,
+        found: Vec::new(),
+    };
+    let _ = super::walk::walk(node, &mut mentions);
+    mentions.found
+}
+
+struct Mentions<'a> {
+    encrypted: &'a BTreeMap<String, EncryptedColumn>,
+    found: Vec<String>,
+}
+
+impl Visitor for Mentions<'_> {
+    type Break = Error;
+
+    fn pre_visit_expr(&mut self, e: &SqlExpr) -> ControlFlow<Error> {
+        if let Some(column) = identifier(e, self.encrypted) {
+            self.found.push(column);
         }
-        ControlFlow::<()>::Continue(())
-    });
-    found
+        ControlFlow::Continue(())
+    }
 }
 
 fn identifier(e: &SqlExpr, encrypted: &BTreeMap<String, EncryptedColumn>) -> Option<String> {

@@ -14,6 +14,8 @@
 //! - [`dp_aggregate`]: the rewrite of a DP aggregate into contribution
 //!   bounding, exact aggregation and noise.
 //!
+//! - [`walk`]: the one visitor type every syntax-tree walk goes through.
+//!
 //! The typing pass ([`crate::typing`]) applies them to each operator.
 
 pub(crate) mod aggregates;
@@ -24,3 +26,4 @@ pub(crate) mod joins;
 pub(crate) mod sampling;
 pub(crate) mod subqueries;
 pub(crate) mod syntax;
+pub(crate) mod walk;

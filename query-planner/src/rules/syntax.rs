@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, Function, ObjectName, Query, Select, Spanned, Statement, TableFactor, Visit, Visitor,
+    Expr, Function, ObjectName, Query, Select, Spanned, Statement, TableFactor, Visitor,
 };
 use datafusion::sql::sqlparser::tokenizer::Span;
 
@@ -32,7 +32,7 @@ pub(crate) fn check(statement: &Statement, scope: &Scope) -> Result<()> {
         scope,
         ctes: BTreeSet::new(),
     };
-    match statement.visit(&mut visitor) {
+    match super::walk::walk(statement, &mut visitor) {
         ControlFlow::Break(error) => Err(error),
         ControlFlow::Continue(()) => Ok(()),
     }

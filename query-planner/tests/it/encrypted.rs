@@ -181,7 +181,11 @@ async fn explain_names_the_layer_and_its_cost() {
 #[tokio::test]
 async fn every_other_use_of_an_encrypted_column_is_refused() {
     let (planner, _, _) = study();
+    // Deeper than the rewrite descends: left unrewritten, hence refused.
+    let deep = format!("SELECT SUM(hiv){} FROM patients", " + 0".repeat(100));
     for sql in [
+        deep.as_str(),
+        "SELECT (SELECT SUM(hiv) FROM patients) FROM patients",
         "SELECT hiv FROM patients",
         "SELECT sex, COUNT(*) FROM patients WHERE hiv = 1 GROUP BY sex",
         "SELECT hiv, COUNT(*) FROM patients GROUP BY hiv",
