@@ -19,7 +19,6 @@
 //! Run: `cargo bench --workspace --bench fhe` (`--workspace`, so that the
 //! features and the build are the test suite's).
 
-
 use std::hint::black_box;
 use std::time::Instant;
 
