@@ -236,7 +236,7 @@ const REWRITE_DEPTH: usize = 64;
 /// aggregate's result is used. A mention anywhere else stays unrewritten,
 /// and the final mention count refuses the query. It is written by hand:
 /// sqlparser's `VisitMut` walk of every node type (see [`super::walk`])
-/// was a third of the planner's code generation.
+/// was a third of the planner's unoptimised IR.
 fn rewrite_first(
     expr: &mut SqlExpr,
     depth: usize,

@@ -3,8 +3,9 @@
 //! sqlparser's `Visit` is generic over the visitor, so each visitor type
 //! instantiates the walk of all ~500 node types again, each step wrapped in
 //! a stack-growth check (`recursive_protection`). Three visitor types made
-//! that the bulk of the planner's code generation and of the CI build; the
-//! rules now hand their visitors to [`walk`] as trait objects instead.
+//! that two thirds of the planner's unoptimised IR (a smaller share of its
+//! optimised build, see docs/BENCHMARKS.md "CI cost"); the rules now hand
+//! their visitors to [`walk`] as trait objects instead.
 
 use std::ops::ControlFlow;
 
