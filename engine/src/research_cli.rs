@@ -279,11 +279,10 @@ pub(crate) fn outcome_text(outcome: &QueryOutcome) -> String {
                     } else {
                         format!("{g}: ")
                     };
-                    format!(
-                        "{label}{} ± {}",
-                        short(v.as_f64().unwrap_or(f64::NAN)),
-                        short(e.as_f64().unwrap_or(f64::NAN))
-                    )
+                    // A value computed under encryption is decrypted into
+                    // the table only after the debit; the release has none.
+                    let value = v.as_f64().map_or("(in the table)".into(), short);
+                    format!("{label}{value} ± {}", short(e.as_f64().unwrap_or(f64::NAN)))
                 })
                 .collect();
             lines.push(format!(

@@ -43,6 +43,9 @@ fn demo_runs_on_embedded_defaults_and_again() {
     assert!(text.contains("answered by the elgamal layer"), "{text}");
     assert!(text.contains("answered by the tfhe layer"), "{text}");
     assert!(text.contains("42 patients encrypted their flag"), "{text}");
+    // An encrypted release's value is decrypted into the table, not the error line.
+    assert!(!text.contains("NaN"), "{text}");
+    assert!(text.contains("female: (in the table) ± "), "{text}");
 
     // Again on the same directory: the same records, a second study.
     let second = bare(&["--data-dir", d, "demo", "--patients", "60", "--json"])
