@@ -65,12 +65,12 @@ pub fn discrete_log(point: &G1Projective, lo: i64, hi: i64) -> Result<i64> {
             q -= stride;
         }
         for (i, a) in G1Projective::normalize_batch(&batch).iter().enumerate() {
-            if let Some(&j) = table.get(&key(a)) {
-                if table_points[j as usize] == *a {
-                    let offset = (k + i as u64) as i128 * baby as i128 + j as i128;
-                    if offset < span as i128 {
-                        return Ok((lo as i128 + offset) as i64);
-                    }
+            if let Some(&j) = table.get(&key(a))
+                && table_points[j as usize] == *a
+            {
+                let offset = (k + i as u64) as i128 * baby as i128 + j as i128;
+                if offset < span as i128 {
+                    return Ok((lo as i128 + offset) as i64);
                 }
             }
         }

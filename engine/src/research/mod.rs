@@ -751,7 +751,7 @@ impl Session {
             &consenting,
             today(),
             &cells,
-            &state,
+            digest,
         )?);
         self.views
             .lock()

@@ -71,7 +71,9 @@ pub fn digest(file: &StudyFile, consenting: &[Consenting], encrypted_state: &str
 }
 
 /// The view of `file` over `consenting`, from `dir` when it was built
-/// for this set already, else built from the projection and stored there.
+/// for this set already (`digest`, from [`digest`]), else built from the
+/// projection and stored there.
+#[allow(clippy::too_many_arguments)]
 pub fn load_or_build(
     conn: &Connection,
     dir: &Path,
@@ -80,9 +82,8 @@ pub fn load_or_build(
     consenting: &[Consenting],
     today: chrono::NaiveDate,
     encrypted: &EncryptedCells,
-    encrypted_state: &str,
+    digest: String,
 ) -> Result<View> {
-    let digest = digest(file, consenting, encrypted_state);
     let accounts = consenting
         .iter()
         .map(|c| (key.pseudonym(&c.patient_id), c.address))

@@ -213,8 +213,7 @@ fn an_encrypted_sum_runs_from_the_cli_and_decrypts_only_after_its_debit() {
     let (_, client) = rt.block_on(cohort_engine::chain::client(&s.dir)).unwrap();
     let refused = rt
         .block_on(LedgerGate::check(&client, lid, &text, &sealed))
-        .err()
-        .expect("an uncommitted result was authorised");
+        .expect_err("an uncommitted result was authorised");
     assert!(
         refused.to_string().contains("reserved but not committed"),
         "{refused}"
