@@ -12,6 +12,7 @@ use serde::Serialize;
 
 mod demo;
 mod research_cli;
+mod serve_cli;
 use research_cli::{compensation, consent, encrypt_field, release, research_query, study};
 
 /// cohort: privacy-preserving research analytics over encrypted health records.
@@ -50,6 +51,24 @@ enum Command {
         /// Seed for the synthetic population.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+    /// Serve the research path over Arrow Flight SQL until Ctrl-C or SIGTERM
+    /// (clients sign in with `cohort login`).
+    Serve {
+        /// The address to listen on (port 0: any free port).
+        #[arg(long, env = "COHORT_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+        /// How long a sign-in's token lasts, in seconds.
+        #[arg(long, env = "COHORT_TOKEN_TTL", default_value_t = 900)]
+        token_ttl: u64,
+    },
+    /// Sign in to a `cohort serve` as the `--as` account: its key signs the
+    /// server's EIP-4361 challenge. Prints the bearer token for any Flight
+    /// SQL client (`authorization: Bearer <token>`).
+    Login {
+        /// The server, e.g. http://127.0.0.1:50051.
+        #[arg(long, env = "COHORT_SERVER")]
+        server: String,
     },
     /// Write a synthetic population as FHIR R4 bundles.
     Generate {
@@ -571,6 +590,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let progress = !cli.json && std::io::stderr().is_terminal();
     match &cli.command {
         Command::Demo { patients, seed } => demo::demo(cli, &dir()?, *patients, *seed),
+        Command::Serve { listen, token_ttl } => serve_cli::serve(cli, &dir()?, *listen, *token_ttl),
+        Command::Login { server } => serve_cli::login(cli, &dir()?, server),
         Command::Generate {
             patients,
             seed,

@@ -47,6 +47,26 @@ impl Account {
     pub(crate) fn signer(&self) -> &PrivateKeySigner {
         &self.signer
     }
+
+    /// Signs `message` as an EIP-191 personal message (what a wallet signs
+    /// for an EIP-4361 sign-in): 65 bytes, r ‖ s ‖ v.
+    pub fn sign_message(&self, message: &str) -> Result<[u8; 65]> {
+        use alloy::signers::SignerSync;
+        let signature = self
+            .signer
+            .sign_message_sync(message.as_bytes())
+            .map_err(|e| Error::Config(format!("signing as `{}`: {e}", self.name)))?;
+        Ok(signature.as_bytes())
+    }
+}
+
+/// The account that signed `message` as an EIP-191 personal message.
+pub fn message_signer(message: &str, signature: &[u8]) -> Result<Address> {
+    let signature = alloy::primitives::Signature::from_raw(signature)
+        .map_err(|e| Error::Config(format!("not a 65-byte secp256k1 signature: {e}")))?;
+    signature
+        .recover_address_from_msg(message.as_bytes())
+        .map_err(|e| Error::Config(format!("the signature recovers no account: {e}")))
 }
 
 impl fmt::Debug for Account {

@@ -52,7 +52,7 @@ pub use contracts::{Contracts, Event, Role, Target, decode_revert};
 pub use embedded::{BLOCK_GAS_LIMIT, DEFAULT_CHAIN_ID, EmbeddedLedger, TX_GAS_LIMIT, Verified};
 pub use error::{Error, Result, Revert};
 pub use follower::{Follower, Position, SyncReport};
-pub use ledger::{Account, Backend, ChainLog, Ledger, LogQuery, Receipt, Tx};
+pub use ledger::{Account, Backend, ChainLog, Ledger, LogQuery, Receipt, Tx, message_signer};
 pub use rpc::{DEFAULT_RECEIPT_TIMEOUT, RpcLedger};
 
 /// alloy, as this crate uses it (primitives, `sol!` types).

@@ -11,6 +11,7 @@ mod ingest;
 mod ledger;
 mod query;
 mod research;
+mod server;
 mod steward;
 mod vault;
 

@@ -16,7 +16,7 @@ use cohort_ledger_bridge::{Account, Role};
 use crate::{PASSPHRASE, access, bundles, cohort, cohort_json, stderr, vault};
 
 /// A study file over the projection, with `extra` lines in [study].
-fn study_text(epsilon_budget: &str, per_query: &str, microdata: bool) -> String {
+pub(crate) fn study_text(epsilon_budget: &str, per_query: &str, microdata: bool) -> String {
     format!(
         r#"privacy_unit = "patient_id"
 [study]

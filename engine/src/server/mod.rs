@@ -1,0 +1,66 @@
+//! `cohort serve`: the research path behind Arrow Flight SQL, so that ADBC,
+//! pyarrow and JDBC clients ask their questions unchanged.
+//!
+//! A client signs in with its Ethereum key ([`auth`]: an EIP-4361 challenge
+//! from the `cohort.challenge` action, its signature in the Flight
+//! handshake), then sends `authorization: Bearer <token>` and
+//! `cohort-study: <id>` with each statement. Everything else is refused:
+//! the on-chain role checks of the research path decide what an account
+//! may ask.
+
+pub mod auth;
+pub mod flight;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+
+use crate::research::Session;
+use crate::{DataDir, Error, Result, chain};
+
+/// How `cohort serve` listens.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// How long a sign-in's token lasts.
+    pub token_ttl: Duration,
+}
+
+/// The largest message a client may send (a statement, a handshake).
+const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// Serves `session` until `shutdown` resolves, then lets the calls in
+/// flight finish. `ready` receives the bound address once it accepts.
+pub async fn serve(
+    dir: &DataDir,
+    session: Session,
+    options: &ServeOptions,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let config = chain::load(dir)?.ok_or_else(|| {
+        Error::Invalid("no ledger is deployed in this data directory: run `cohort ledger deploy` (or `cohort demo`) first".into())
+    })?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", options.listen)))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Invalid(format!("the listening socket: {e}")))?;
+    let auth = Arc::new(auth::Auth::new(
+        &format!("http://{bound}"),
+        config.chain_id,
+        options.token_ttl,
+    ));
+    let service = flight::Research::new(Arc::new(session), dir.clone(), auth);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    ready(bound);
+    tonic::transport::Server::builder()
+        .add_service(FlightServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| Error::Invalid(format!("the server stopped: {e}")))
+}

@@ -1,0 +1,258 @@
+//! `cohort serve` and `cohort login` end to end: a real server process on
+//! loopback, a real Flight SQL client, signatures from the keystore's keys.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use arrow::array::Int64Array;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::research::{setup, study_text};
+use crate::{PASSPHRASE, cohort, stderr, stdout};
+
+/// A `cohort serve` child on a free loopback port; killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .arg("--data-dir")
+            .arg(data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("COHORT_PASSPHRASE", PASSPHRASE)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cohort serve starts");
+        // The server prints one line once it accepts connections.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Server { child, url }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn login(data: &Path, server: &Server, actor: &str) -> String {
+    let o = cohort(data, &["login", "--as", actor, "--server", &server.url]);
+    assert!(o.status.success(), "login as {actor}: {}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+async fn client(
+    url: &str,
+    token: Option<&str>,
+    study: Option<&str>,
+) -> FlightSqlServiceClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = FlightSqlServiceClient::new(channel);
+    if let Some(t) = token {
+        c.set_token(t.to_string());
+    }
+    if let Some(s) = study {
+        c.set_header("cohort-study", s);
+    }
+    c
+}
+
+/// Runs `sql`; the answer's batches, or the server's status.
+async fn ask(
+    c: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<Vec<arrow::array::RecordBatch>, tonic::Status> {
+    let as_status = |e: FlightError| match e {
+        FlightError::Tonic(s) => *s,
+        other => tonic::Status::unknown(other.to_string()),
+    };
+    let info = c.execute(sql.to_string(), None).await.map_err(as_status)?;
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    c.do_get(ticket)
+        .await
+        .map_err(as_status)?
+        .try_collect()
+        .await
+        .map_err(as_status)
+}
+
+fn remaining(data: &Path, study: u64) -> String {
+    let show = crate::cohort_json(data, &["study", "show", &study.to_string()]);
+    show["remaining"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn flight_sql_answers_signed_in_researchers_and_refuses_everyone_else() {
+    let s = setup(30);
+    let (id, _) = s.approved_study(&study_text("3", "0.5", false), 20);
+    let study = id.to_string();
+    let server = Server::start(&s.data);
+    let token = login(&s.data, &server, "researcher");
+    assert_eq!(token.len(), 64, "a 32-byte hex token: {token}");
+    let steward = login(&s.data, &server, "steward-1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // The researcher's question is answered, debited and streamed as Arrow.
+        let before = remaining(&s.data, id);
+        let mut c = client(&server.url, Some(&token), Some(&study)).await;
+        let batches = ask(&mut c, "SELECT COUNT(*) AS n FROM patients")
+            .await
+            .unwrap();
+        let n = batches[0]
+            .column_by_name("n")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("a count arrives as Int64")
+            .value(0);
+        assert!((0..=60).contains(&n), "a noisy count of 20 patients: {n}");
+        let after = remaining(&s.data, id);
+        assert_ne!(before, after, "the answer was debited");
+
+        // EXPLAIN PRIVACY arrives as a plan column and spends nothing.
+        let plan = ask(&mut c, "EXPLAIN PRIVACY SELECT COUNT(*) AS n FROM patients")
+            .await
+            .unwrap();
+        assert_eq!(plan[0].schema().field(0).name(), "plan");
+        assert_eq!(remaining(&s.data, id), after);
+
+        // A row-level query is refused with the planner's reason, and spends nothing.
+        let refused = ask(&mut c, "SELECT patient_id FROM patients")
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(!refused.message().is_empty());
+        assert_eq!(
+            remaining(&s.data, id),
+            after,
+            "a refused query spends nothing"
+        );
+
+        // No token, a forged one, no study: refused before anything runs.
+        let mut anonymous = client(&server.url, None, Some(&study)).await;
+        let e = ask(&mut anonymous, "SELECT COUNT(*) AS n FROM patients")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        let forged = "ab".repeat(32);
+        let mut forger = client(&server.url, Some(&forged), Some(&study)).await;
+        let e = ask(&mut forger, "SELECT COUNT(*) AS n FROM patients")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        assert!(e.message().contains("not one this server issued"), "{e:?}");
+        let mut nowhere = client(&server.url, Some(&token), None).await;
+        let e = ask(&mut nowhere, "SELECT COUNT(*) AS n FROM patients")
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("cohort-study"), "{e:?}");
+
+        // A signed-in steward is not the study's researcher.
+        let mut other = client(&server.url, Some(&steward), Some(&study)).await;
+        let e = ask(&mut other, "SELECT COUNT(*) AS n FROM patients")
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("researcher"), "{e:?}");
+        assert_eq!(
+            remaining(&s.data, id),
+            after,
+            "refused callers spend nothing"
+        );
+
+        // A ticket is fetched once, by the account that asked.
+        let info = c
+            .execute("SELECT COUNT(*) AS n FROM patients".into(), None)
+            .await
+            .unwrap();
+        let ticket = info.endpoint[0].ticket.clone().unwrap();
+        let stolen = other.do_get(ticket.clone()).await;
+        let stolen: Result<Vec<_>, _> = match stolen {
+            Ok(stream) => stream.try_collect().await,
+            Err(e) => Err(e),
+        };
+        assert!(stolen.is_err(), "another account fetched the answer");
+        let mine: Vec<_> = c
+            .do_get(ticket.clone())
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(mine[0].num_rows(), 1);
+        let again: Result<Vec<_>, _> = match c.do_get(ticket).await {
+            Ok(stream) => stream.try_collect().await,
+            Err(e) => Err(e),
+        };
+        assert!(again.is_err(), "an answer was fetched twice");
+    });
+    assert!(server.stop().success(), "SIGTERM stops the server cleanly");
+}
+
+#[test]
+fn login_names_what_is_wrong() {
+    let s = setup(5);
+    let server = Server::start(&s.data);
+    let unknown = cohort(
+        &s.data,
+        &["login", "--as", "nobody", "--server", &server.url],
+    );
+    assert!(!unknown.status.success());
+    assert!(stderr(&unknown).contains("nobody"), "{}", stderr(&unknown));
+    let nowhere = cohort(
+        &s.data,
+        &[
+            "login",
+            "--as",
+            "researcher",
+            "--server",
+            "http://127.0.0.1:1",
+        ],
+    );
+    assert!(!nowhere.status.success());
+    assert!(
+        stderr(&nowhere).contains("cannot reach"),
+        "{}",
+        stderr(&nowhere)
+    );
+    let garbage = cohort(
+        &s.data,
+        &["login", "--as", "researcher", "--server", "not a url"],
+    );
+    assert!(!garbage.status.success());
+    assert!(
+        stderr(&garbage).contains("not a server address"),
+        "{}",
+        stderr(&garbage)
+    );
+}
