@@ -61,14 +61,33 @@ enum Command {
         /// How long a sign-in's token lasts, in seconds.
         #[arg(long, env = "COHORT_TOKEN_TTL", default_value_t = 900)]
         token_ttl: u64,
+        /// The TLS certificate chain (PEM); default: one generated for local
+        /// use under the data directory's server/tls/.
+        #[arg(
+            long,
+            env = "COHORT_TLS_CERT",
+            requires = "tls_key",
+            conflicts_with = "plaintext"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// The TLS private key (PEM).
+        #[arg(long, env = "COHORT_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Plain HTTP/2 without TLS: refused unless the address is loopback.
+        #[arg(long)]
+        plaintext: bool,
     },
     /// Sign in to a `cohort serve` as the `--as` account: its key signs the
     /// server's EIP-4361 challenge. Prints the bearer token for any Flight
     /// SQL client (`authorization: Bearer <token>`).
     Login {
-        /// The server, e.g. http://127.0.0.1:50051.
+        /// The server, e.g. https://127.0.0.1:50051.
         #[arg(long, env = "COHORT_SERVER")]
         server: String,
+        /// The certificate (PEM) to trust for an https server; default: the
+        /// one `cohort serve` generated in this data directory.
+        #[arg(long, env = "COHORT_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
     /// Write a synthetic population as FHIR R4 bundles.
     Generate {
@@ -590,8 +609,26 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let progress = !cli.json && std::io::stderr().is_terminal();
     match &cli.command {
         Command::Demo { patients, seed } => demo::demo(cli, &dir()?, *patients, *seed),
-        Command::Serve { listen, token_ttl } => serve_cli::serve(cli, &dir()?, *listen, *token_ttl),
-        Command::Login { server } => serve_cli::login(cli, &dir()?, server),
+        Command::Serve {
+            listen,
+            token_ttl,
+            tls_cert,
+            tls_key,
+            plaintext,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                _ if *plaintext => cohort_engine::server::tls::Tls::Off,
+                (Some(cert), Some(key)) => cohort_engine::server::tls::Tls::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                _ => cohort_engine::server::tls::Tls::SelfSigned,
+            };
+            serve_cli::serve(cli, &dir()?, *listen, *token_ttl, tls)
+        }
+        Command::Login { server, ca_cert } => {
+            serve_cli::login(cli, &dir()?, server, ca_cert.as_deref())
+        }
         Command::Generate {
             patients,
             seed,

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use anyhow::Context;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, HandshakeRequest};
 use cohort_engine::research::Session;
+use cohort_engine::server::tls::{Tls, self_signed_cert_path};
 use cohort_engine::server::{self, ServeOptions, flight::CHALLENGE_ACTION};
 use cohort_engine::{DataDir, accounts};
 use serde::Serialize;
@@ -20,6 +22,7 @@ pub(crate) fn serve(
     dir: &DataDir,
     listen: SocketAddr,
     token_ttl: u64,
+    tls: Tls,
 ) -> anyhow::Result<ExitCode> {
     let vault = unlock(cli, dir, None)?;
     let rt = runtime()?;
@@ -27,14 +30,17 @@ pub(crate) fn serve(
     let options = ServeOptions {
         listen,
         token_ttl: Duration::from_secs(token_ttl),
+        tls,
     };
     rt.block_on(server::serve(
         dir,
         session,
         &options,
-        |bound| {
+        |url| {
             // One line on stdout, flushed: scripts wait for it.
-            println!("cohort serve: Flight SQL on http://{bound} (sign in with `cohort login --server http://{bound}`)");
+            println!(
+                "cohort serve: Flight SQL on {url} (sign in with `cohort login --server {url}`)"
+            );
             let _ = std::io::stdout().flush();
         },
         stop_signal(),
@@ -60,13 +66,33 @@ struct LoggedIn {
     token: String,
 }
 
-pub(crate) fn login(cli: &Cli, dir: &DataDir, server: &str) -> anyhow::Result<ExitCode> {
+pub(crate) fn login(
+    cli: &Cli,
+    dir: &DataDir,
+    server: &str,
+    ca_cert: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let vault = unlock(cli, dir, None)?;
     let account = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+        .with_context(|| format!("`{server}` is not a server address (https://host:port)"))?;
+    if server.starts_with("https://") {
+        let generated = self_signed_cert_path(dir);
+        let path = ca_cert.unwrap_or(&generated);
+        let pem = std::fs::read(path).with_context(|| {
+            format!(
+                "reading the server's certificate {} (pass --ca-cert)",
+                path.display()
+            )
+        })?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
     let rt = runtime()?;
     let token = rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(server.to_string())
-            .with_context(|| format!("`{server}` is not a server address (http://host:port)"))?
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot reach {server}"))?;

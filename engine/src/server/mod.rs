@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod flight;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,18 +28,20 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// How long a sign-in's token lasts.
     pub token_ttl: Duration,
+    /// TLS (on by default, with a generated certificate).
+    pub tls: tls::Tls,
 }
 
 /// The largest message a client may send (a statement, a handshake).
 const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// Serves `session` until `shutdown` resolves, then lets the calls in
-/// flight finish. `ready` receives the bound address once it accepts.
+/// flight finish. `ready` receives the server's URL once it accepts.
 pub async fn serve(
     dir: &DataDir,
     session: Session,
     options: &ServeOptions,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(&str),
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let config = chain::load(dir)?.ok_or_else(|| {
@@ -50,15 +53,25 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|e| Error::Invalid(format!("the listening socket: {e}")))?;
-    let auth = Arc::new(auth::Auth::new(
-        &format!("http://{bound}"),
-        config.chain_id,
-        options.token_ttl,
-    ));
+    let identity = tls::identity(dir, &options.tls, bound)?;
+    let url = format!(
+        "{}://{bound}",
+        if identity.is_some() { "https" } else { "http" }
+    );
+    let auth = Arc::new(auth::Auth::new(&url, config.chain_id, options.token_ttl));
     let service = flight::Research::new(Arc::new(session), dir.clone(), auth);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    ready(bound);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = identity {
+        builder = builder
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .map_err(|e| Error::Invalid(format!("the server's TLS certificate or key: {e}")))?;
+    }
+    ready(&url);
+    builder
         .add_service(FlightServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

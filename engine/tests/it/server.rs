@@ -39,7 +39,7 @@ impl Server {
             .unwrap();
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
         Server { child, url }
@@ -68,16 +68,25 @@ fn login(data: &Path, server: &Server, actor: &str) -> String {
     stdout(&o).trim().to_string()
 }
 
+/// A TLS endpoint trusting the certificate the server generated in `data`.
+fn endpoint(data: &Path, url: &str) -> tonic::transport::Endpoint {
+    let pem = std::fs::read(data.join("server/tls/cert.pem")).unwrap();
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )
+        .unwrap()
+}
+
 async fn client(
+    data: &Path,
     url: &str,
     token: Option<&str>,
     study: Option<&str>,
 ) -> FlightSqlServiceClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = endpoint(data, url).connect().await.unwrap();
     let mut c = FlightSqlServiceClient::new(channel);
     if let Some(t) = token {
         c.set_token(t.to_string());
@@ -118,6 +127,11 @@ fn flight_sql_answers_signed_in_researchers_and_refuses_everyone_else() {
     let (id, _) = s.approved_study(&study_text("3", "0.5", false), 20);
     let study = id.to_string();
     let server = Server::start(&s.data);
+    assert!(
+        server.url.starts_with("https://"),
+        "TLS by default: {}",
+        server.url
+    );
     let token = login(&s.data, &server, "researcher");
     assert_eq!(token.len(), 64, "a 32-byte hex token: {token}");
     let steward = login(&s.data, &server, "steward-1");
@@ -125,7 +139,7 @@ fn flight_sql_answers_signed_in_researchers_and_refuses_everyone_else() {
     rt.block_on(async {
         // The researcher's question is answered, debited and streamed as Arrow.
         let before = remaining(&s.data, id);
-        let mut c = client(&server.url, Some(&token), Some(&study)).await;
+        let mut c = client(&s.data, &server.url, Some(&token), Some(&study)).await;
         let batches = ask(&mut c, "SELECT COUNT(*) AS n FROM patients")
             .await
             .unwrap();
@@ -160,26 +174,26 @@ fn flight_sql_answers_signed_in_researchers_and_refuses_everyone_else() {
         );
 
         // No token, a forged one, no study: refused before anything runs.
-        let mut anonymous = client(&server.url, None, Some(&study)).await;
+        let mut anonymous = client(&s.data, &server.url, None, Some(&study)).await;
         let e = ask(&mut anonymous, "SELECT COUNT(*) AS n FROM patients")
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
         let forged = "ab".repeat(32);
-        let mut forger = client(&server.url, Some(&forged), Some(&study)).await;
+        let mut forger = client(&s.data, &server.url, Some(&forged), Some(&study)).await;
         let e = ask(&mut forger, "SELECT COUNT(*) AS n FROM patients")
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
         assert!(e.message().contains("not one this server issued"), "{e:?}");
-        let mut nowhere = client(&server.url, Some(&token), None).await;
+        let mut nowhere = client(&s.data, &server.url, Some(&token), None).await;
         let e = ask(&mut nowhere, "SELECT COUNT(*) AS n FROM patients")
             .await
             .unwrap_err();
         assert!(e.message().contains("cohort-study"), "{e:?}");
 
         // A signed-in steward is not the study's researcher.
-        let mut other = client(&server.url, Some(&steward), Some(&study)).await;
+        let mut other = client(&s.data, &server.url, Some(&steward), Some(&study)).await;
         let e = ask(&mut other, "SELECT COUNT(*) AS n FROM patients")
             .await
             .unwrap_err();
@@ -220,6 +234,40 @@ fn flight_sql_answers_signed_in_researchers_and_refuses_everyone_else() {
 }
 
 #[test]
+fn tls_is_on_by_default_and_plaintext_only_on_loopback() {
+    let s = setup(5);
+    let server = Server::start(&s.data);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // A client that does not trust the server's certificate cannot connect.
+        let untrusting = tonic::transport::Endpoint::from_shared(server.url.clone())
+            .unwrap()
+            .tls_config(tonic::transport::ClientTlsConfig::new())
+            .unwrap()
+            .connect()
+            .await;
+        assert!(
+            untrusting.is_err(),
+            "connected without trusting the certificate"
+        );
+        // Plain HTTP/2 to the TLS port gets nothing either.
+        let plain = server.url.replace("https://", "http://");
+        let channel = tonic::transport::Endpoint::from_shared(plain)
+            .unwrap()
+            .connect_lazy();
+        let mut c = FlightSqlServiceClient::new(channel);
+        assert!(c.execute("SELECT 1".into(), None).await.is_err());
+    });
+    let wide = cohort(&s.data, &["serve", "--listen", "0.0.0.0:0", "--plaintext"]);
+    assert!(!wide.status.success());
+    assert!(
+        stderr(&wide).contains("only on a loopback address"),
+        "{}",
+        stderr(&wide)
+    );
+}
+
+#[test]
 fn login_names_what_is_wrong() {
     let s = setup(5);
     let server = Server::start(&s.data);
@@ -236,7 +284,7 @@ fn login_names_what_is_wrong() {
             "--as",
             "researcher",
             "--server",
-            "http://127.0.0.1:1",
+            "https://127.0.0.1:1",
         ],
     );
     assert!(!nowhere.status.success());
