@@ -68,28 +68,8 @@ fn generate(cert_path: &Path, key_path: &Path, listen: SocketAddr) -> Result<()>
         .map_err(|e| Error::Invalid(format!("generating the server's certificate: {e}")))?;
     let dir = cert_path.parent().expect("a file under server/tls");
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
-    // The key first, readable by the owner only; the certificate last marks
-    // the pair complete.
-    write_private(key_path, signing_key.serialize_pem().as_bytes())?;
-    let tmp = cert_path.with_extension("tmp");
-    std::fs::write(&tmp, cert.pem()).map_err(|e| Error::io("writing", &tmp, e))?;
-    std::fs::rename(&tmp, cert_path).map_err(|e| Error::io("renaming", &tmp, e))?;
-    Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io("creating", &tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io("writing", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming", &tmp, e))
+    // Owner-only and atomic (fsutil); the key first, so the certificate
+    // marks the pair complete.
+    crate::fsutil::write_atomic(key_path, signing_key.serialize_pem().as_bytes())?;
+    crate::fsutil::write_atomic(cert_path, cert.pem().as_bytes())
 }

@@ -55,6 +55,15 @@ pub(crate) fn cohort(data_dir: &Path, args: &[&str]) -> Output {
         .expect("the cohort binary runs")
 }
 
+/// Asserts that `o` failed and that its stderr names `what`.
+pub(crate) fn assert_fails_with(o: &Output, what: &str) {
+    assert!(
+        !o.status.success(),
+        "succeeded; expected an error naming {what:?}"
+    );
+    assert!(stderr(o).contains(what), "{}", stderr(o));
+}
+
 pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

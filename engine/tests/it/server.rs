@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::research::{setup, study_text};
-use crate::{PASSPHRASE, cohort, stderr, stdout};
+use crate::{PASSPHRASE, assert_fails_with, cohort, stderr, stdout};
 
 /// A `cohort serve` child on a free loopback port; killed when dropped.
 struct Server {
@@ -259,12 +259,7 @@ fn tls_is_on_by_default_and_plaintext_only_on_loopback() {
         assert!(c.execute("SELECT 1".into(), None).await.is_err());
     });
     let wide = cohort(&s.data, &["serve", "--listen", "0.0.0.0:0", "--plaintext"]);
-    assert!(!wide.status.success());
-    assert!(
-        stderr(&wide).contains("only on a loopback address"),
-        "{}",
-        stderr(&wide)
-    );
+    assert_fails_with(&wide, "only on a loopback address");
 }
 
 #[test]
@@ -275,8 +270,7 @@ fn login_names_what_is_wrong() {
         &s.data,
         &["login", "--as", "nobody", "--server", &server.url],
     );
-    assert!(!unknown.status.success());
-    assert!(stderr(&unknown).contains("nobody"), "{}", stderr(&unknown));
+    assert_fails_with(&unknown, "nobody");
     let nowhere = cohort(
         &s.data,
         &[
@@ -287,20 +281,10 @@ fn login_names_what_is_wrong() {
             "https://127.0.0.1:1",
         ],
     );
-    assert!(!nowhere.status.success());
-    assert!(
-        stderr(&nowhere).contains("cannot reach"),
-        "{}",
-        stderr(&nowhere)
-    );
+    assert_fails_with(&nowhere, "cannot reach");
     let garbage = cohort(
         &s.data,
         &["login", "--as", "researcher", "--server", "not a url"],
     );
-    assert!(!garbage.status.success());
-    assert!(
-        stderr(&garbage).contains("not a server address"),
-        "{}",
-        stderr(&garbage)
-    );
+    assert_fails_with(&garbage, "not a server address");
 }
