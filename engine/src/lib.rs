@@ -34,6 +34,7 @@ pub mod projection;
 pub mod release;
 pub mod research;
 pub mod safe_harbor;
+pub mod second_factor;
 pub mod server;
 pub mod sql;
 pub mod store;

@@ -53,29 +53,46 @@ enum Command {
         seed: u64,
     },
     /// Serve the research path over Arrow Flight SQL until Ctrl-C or SIGTERM
-    /// (clients sign in with `cohort login`).
+    /// (clients sign in with `cohort login`). Settings come from the
+    /// configuration file (`--config`, else `<data-dir>/cohort.toml` if
+    /// present), each key overridable by `COHORT_<SECTION>_<KEY>`, and
+    /// these flags over both.
     Serve {
-        /// The address to listen on (port 0: any free port).
-        #[arg(long, env = "COHORT_LISTEN", default_value = "127.0.0.1:50051")]
-        listen: std::net::SocketAddr,
-        /// How long a sign-in's token lasts, in seconds.
-        #[arg(long, env = "COHORT_TOKEN_TTL", default_value_t = 900)]
-        token_ttl: u64,
-        /// The TLS certificate chain (PEM); default: one generated for local
-        /// use under the data directory's server/tls/.
-        #[arg(
-            long,
-            env = "COHORT_TLS_CERT",
-            requires = "tls_key",
-            conflicts_with = "plaintext"
-        )]
+        /// The configuration file (TOML); it must exist when named.
+        #[arg(long, env = "COHORT_CONFIG")]
+        config: Option<PathBuf>,
+        /// The address to listen on (port 0: any free port) [server.listen].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// How long a sign-in's token lasts, in seconds [auth.token_ttl_secs].
+        #[arg(long)]
+        token_ttl: Option<u64>,
+        /// The TLS certificate chain (PEM) [tls.cert, with tls.mode = "files"];
+        /// default: one generated for local use under the data directory's
+        /// server/tls/.
+        #[arg(long, requires = "tls_key", conflicts_with = "plaintext")]
         tls_cert: Option<PathBuf>,
-        /// The TLS private key (PEM).
-        #[arg(long, env = "COHORT_TLS_KEY", requires = "tls_cert")]
+        /// The TLS private key (PEM) [tls.key].
+        #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
-        /// Plain HTTP/2 without TLS: refused unless the address is loopback.
+        /// Plain HTTP/2 without TLS [tls.mode = "off"]: refused unless the
+        /// address is loopback.
         #[arg(long)]
         plaintext: bool,
+        /// Print the configuration that would take effect, as TOML, and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Ask a `cohort serve` whether it is serving (the gRPC health check);
+    /// exits 0 when it is, 1 otherwise. Needs no sign-in.
+    Health {
+        /// The server, e.g. https://127.0.0.1:50051.
+        #[arg(long, env = "COHORT_SERVER")]
+        server: String,
+        /// The certificate (PEM) to trust for an https server; default: the
+        /// one `cohort serve` generated in this data directory.
+        #[arg(long, env = "COHORT_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
     /// Sign in to a `cohort serve` as the `--as` account: its key signs the
     /// server's EIP-4361 challenge. Prints the bearer token for any Flight
@@ -88,6 +105,9 @@ enum Command {
         /// one `cohort serve` generated in this data directory.
         #[arg(long, env = "COHORT_CA_CERT")]
         ca_cert: Option<PathBuf>,
+        /// The current TOTP code (stewards and admins; `cohort account totp` enrolls).
+        #[arg(long, env = "COHORT_TOTP")]
+        totp: Option<String>,
     },
     /// Write a synthetic population as FHIR R4 bundles.
     Generate {
@@ -297,6 +317,16 @@ enum AccountCmd {
         name: String,
         /// researcher, steward, auditor, provider, issuer, patient, engine or admin.
         role: String,
+    },
+    /// Enroll a TOTP second factor for an account (stewards and admins sign
+    /// in to `cohort serve` with it). Prints the secret and its otpauth://
+    /// URI once, for an authenticator app.
+    Totp {
+        /// The account.
+        name: String,
+        /// Issue a new secret even if one is enrolled (the old one stops working).
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -586,14 +616,17 @@ enum AuditCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `serve` sets up its logs from its configuration ([log]).
+    if !matches!(cli.command, Command::Serve { .. }) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG")
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -610,25 +643,33 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Demo { patients, seed } => demo::demo(cli, &dir()?, *patients, *seed),
         Command::Serve {
+            config,
             listen,
             token_ttl,
             tls_cert,
             tls_key,
             plaintext,
+            print_config,
         } => {
-            let tls = match (tls_cert, tls_key) {
-                _ if *plaintext => cohort_engine::server::tls::Tls::Off,
-                (Some(cert), Some(key)) => cohort_engine::server::tls::Tls::Files {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                },
-                _ => cohort_engine::server::tls::Tls::SelfSigned,
+            let flags = serve_cli::ServeFlags {
+                config: config.clone(),
+                listen: *listen,
+                token_ttl: *token_ttl,
+                tls_cert: tls_cert.clone(),
+                tls_key: tls_key.clone(),
+                plaintext: *plaintext,
+                print_config: *print_config,
             };
-            serve_cli::serve(cli, &dir()?, *listen, *token_ttl, tls)
+            serve_cli::serve(cli, &dir()?, &flags)
         }
-        Command::Login { server, ca_cert } => {
-            serve_cli::login(cli, &dir()?, server, ca_cert.as_deref())
+        Command::Health { server, ca_cert } => {
+            serve_cli::health(cli, &dir()?, server, ca_cert.as_deref())
         }
+        Command::Login {
+            server,
+            ca_cert,
+            totp,
+        } => serve_cli::login(cli, &dir()?, server, ca_cert.as_deref(), totp.as_deref()),
         Command::Generate {
             patients,
             seed,
@@ -1565,6 +1606,27 @@ fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Result<ExitCod
                     "granted {} to {name} ({:#x})",
                     role.name(),
                     account.address()
+                )
+            });
+        }
+        AccountCmd::Totp { name, replace } => {
+            let vault = unlock(cli, dir, None)?;
+            let enrolled =
+                cohort_engine::second_factor::enroll(vault.conn(), vault.keys(), name, *replace)?;
+            cohort_engine::audit::append(
+                vault.conn(),
+                &cohort_engine::audit::Event {
+                    actor: &cli.actor,
+                    action: "account.totp.enroll",
+                    target: name,
+                    purpose: "operations",
+                    detail: serde_json::json!({ "replaced": replace }),
+                },
+            )?;
+            emit(cli, &enrolled, || {
+                format!(
+                    "second factor enrolled for {name}; add it to an authenticator app (shown once):\n  secret: {}\n  {}",
+                    enrolled.secret, enrolled.otpauth_uri
                 )
             });
         }

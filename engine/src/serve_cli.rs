@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,32 +10,83 @@ use anyhow::Context;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, HandshakeRequest};
 use cohort_engine::research::Session;
-use cohort_engine::server::tls::{Tls, self_signed_cert_path};
-use cohort_engine::server::{self, ServeOptions, flight::CHALLENGE_ACTION};
+use cohort_engine::server::tls::self_signed_cert_path;
+use cohort_engine::server::{self, Config, config, flight::CHALLENGE_ACTION};
 use cohort_engine::{DataDir, accounts};
 use serde::Serialize;
 
 use super::{Cli, emit, runtime, unlock};
 
-pub(crate) fn serve(
-    cli: &Cli,
-    dir: &DataDir,
-    listen: SocketAddr,
-    token_ttl: u64,
-    tls: Tls,
-) -> anyhow::Result<ExitCode> {
+/// `cohort serve`'s flags; each, when given, wins over the file and the
+/// environment.
+pub(crate) struct ServeFlags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub token_ttl: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub plaintext: bool,
+    pub print_config: bool,
+}
+
+/// The file, the environment, then the flags.
+fn effective_config(dir: &DataDir, flags: &ServeFlags) -> anyhow::Result<Config> {
+    let fallback = dir.root().join(config::DEFAULT_FILE);
+    let mut c = Config::load(flags.config.as_deref(), &fallback, |k| {
+        std::env::var(k).ok()
+    })?;
+    if let Some(listen) = flags.listen {
+        c.server.listen = listen;
+    }
+    if let Some(ttl) = flags.token_ttl {
+        anyhow::ensure!(ttl > 0, "--token-ttl must be at least 1 second");
+        c.auth.token_ttl_secs = ttl;
+    }
+    if let (Some(cert), Some(key)) = (&flags.tls_cert, &flags.tls_key) {
+        c.tls = config::TlsSection {
+            mode: config::TlsMode::Files,
+            cert: Some(cert.clone()),
+            key: Some(key.clone()),
+        };
+    }
+    if flags.plaintext {
+        c.tls = config::TlsSection {
+            mode: config::TlsMode::Off,
+            cert: None,
+            key: None,
+        };
+    }
+    Ok(c)
+}
+
+/// Structured logs on stderr, as `[log]` says.
+fn init_logs(log: &config::LogSection) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.filter)
+        .with_context(|| format!("[log] filter `{}` is not a tracing filter", log.filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+pub(crate) fn serve(cli: &Cli, dir: &DataDir, flags: &ServeFlags) -> anyhow::Result<ExitCode> {
+    let config = effective_config(dir, flags)?;
+    if flags.print_config {
+        print!("{}", config.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_logs(&config.log)?;
     let vault = unlock(cli, dir, None)?;
     let rt = runtime()?;
     let session = rt.block_on(Session::open(dir, &vault))?;
-    let options = ServeOptions {
-        listen,
-        token_ttl: Duration::from_secs(token_ttl),
-        tls,
-    };
     rt.block_on(server::serve(
         dir,
         session,
-        &options,
+        &config,
         |url| {
             // One line on stdout, flushed: scripts wait for it.
             println!(
@@ -45,8 +96,78 @@ pub(crate) fn serve(
         },
         stop_signal(),
     ))?;
+    // Calls aborted after the grace period may still hold blocking threads:
+    // do not wait for them.
+    rt.shutdown_timeout(Duration::ZERO);
     eprintln!("cohort serve: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A gRPC endpoint for `server`, trusting `ca_cert` (default: the
+/// certificate `cohort serve` generated in this data directory) for https.
+fn endpoint(
+    dir: &DataDir,
+    server: &str,
+    ca_cert: Option<&Path>,
+) -> anyhow::Result<tonic::transport::Endpoint> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+        .with_context(|| format!("`{server}` is not a server address (https://host:port)"))?;
+    if server.starts_with("https://") {
+        let generated = self_signed_cert_path(dir);
+        let path = ca_cert.unwrap_or(&generated);
+        let pem = std::fs::read(path).with_context(|| {
+            format!(
+                "reading the server's certificate {} (pass --ca-cert)",
+                path.display()
+            )
+        })?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    Ok(endpoint.connect_timeout(Duration::from_secs(10)))
+}
+
+#[derive(Serialize)]
+struct Health {
+    server: String,
+    status: String,
+}
+
+pub(crate) fn health(
+    cli: &Cli,
+    dir: &DataDir,
+    server: &str,
+    ca_cert: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let endpoint = endpoint(dir, server, ca_cert)?;
+    let rt = runtime()?;
+    let status = rt.block_on(async {
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach {server}"))?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: server::FLIGHT_SERVICE.into(),
+            })
+            .await?;
+        anyhow::Ok(reply.into_inner().status())
+    })?;
+    let out = Health {
+        server: server.to_string(),
+        status: status.as_str_name().to_string(),
+    };
+    emit(cli, &out, || out.status.clone());
+    Ok(
+        if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// Ctrl-C or SIGTERM.
@@ -71,25 +192,11 @@ pub(crate) fn login(
     dir: &DataDir,
     server: &str,
     ca_cert: Option<&Path>,
+    totp: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let vault = unlock(cli, dir, None)?;
     let account = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
-    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
-        .with_context(|| format!("`{server}` is not a server address (https://host:port)"))?;
-    if server.starts_with("https://") {
-        let generated = self_signed_cert_path(dir);
-        let path = ca_cert.unwrap_or(&generated);
-        let pem = std::fs::read(path).with_context(|| {
-            format!(
-                "reading the server's certificate {} (pass --ca-cert)",
-                path.display()
-            )
-        })?;
-        endpoint = endpoint.tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
-        )?;
-    }
+    let endpoint = endpoint(dir, server, ca_cert)?;
     let rt = runtime()?;
     let token = rt.block_on(async {
         let channel = endpoint
@@ -109,10 +216,13 @@ pub(crate) fn login(
         let message =
             String::from_utf8(challenge.body.to_vec()).context("the challenge is not text")?;
         let signature = account.sign_message(&message)?;
-        let payload = serde_json::json!({
+        let mut payload = serde_json::json!({
             "message": message,
             "signature": format!("0x{}", data_encoding::HEXLOWER.encode(&signature)),
         });
+        if let Some(code) = totp {
+            payload["totp"] = code.into();
+        }
         let request = HandshakeRequest {
             protocol_version: 0,
             payload: serde_json::to_vec(&payload)?.into(),

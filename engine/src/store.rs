@@ -72,6 +72,17 @@ CREATE TABLE IF NOT EXISTS accounts (
     created_at  TEXT NOT NULL
 );
 
+-- A steward's or administrator's TOTP secret (RFC 6238), wrapped by the
+-- keystore like the account key; last_step is the last time step accepted,
+-- so that a code is never accepted twice.
+CREATE TABLE IF NOT EXISTS second_factors (
+    account        TEXT PRIMARY KEY REFERENCES accounts(name),
+    wrapped_secret BLOB NOT NULL,
+    kek_id         TEXT NOT NULL,
+    enrolled_at    TEXT NOT NULL,
+    last_step      INTEGER NOT NULL DEFAULT 0
+);
+
 -- The columnar projection: the current version of each resource, flattened.
 CREATE TABLE IF NOT EXISTS proj_patients (
     patient_id   TEXT PRIMARY KEY,

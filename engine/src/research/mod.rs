@@ -215,6 +215,17 @@ fn linked_account(conn: &Connection, patient_id: &str) -> Result<Option<String>>
 }
 
 impl Session {
+    /// Whether `address` holds `role` on the ledger now (read, never
+    /// taken from a client).
+    pub async fn has_role(&self, role: Role, address: Address) -> Result<bool> {
+        Ok(self.client.has_role(role, address).await?)
+    }
+
+    /// The keystore the session unwraps with (second factors, accounts).
+    pub(crate) fn keystore(&self) -> &dyn crate::keystore::KeyStore {
+        self.keys.as_ref()
+    }
+
     /// The session of `dir`'s deployed ledger, acting as its engine account.
     pub async fn open(dir: &DataDir, vault: &Vault) -> Result<Session> {
         install(vault.conn())?;

@@ -124,6 +124,14 @@ impl Auth {
     /// Accepts `signature` over `message` (a challenge of this server, used
     /// once) and returns a fresh token with the account it stands for.
     pub fn sign_in(&self, message: &str, signature: &[u8]) -> Result<(String, Address), AuthError> {
+        let signer = self.verify_signature(message, signature)?;
+        Ok((self.issue_token(signer), signer))
+    }
+
+    /// The account whose `signature` answers `message`, a challenge of
+    /// this server; the challenge is used up whatever the outcome. No token
+    /// yet: a second factor may still be due.
+    pub fn verify_signature(&self, message: &str, signature: &[u8]) -> Result<Address, AuthError> {
         let nonce = message
             .lines()
             .find_map(|l| l.strip_prefix("Nonce: "))
@@ -146,6 +154,11 @@ impl Auth {
         if signer != challenge.address {
             return Err(AuthError::WrongSigner(challenge.address.to_checksum(None)));
         }
+        Ok(signer)
+    }
+
+    /// A fresh token for `signer`, valid for the token lifetime.
+    pub fn issue_token(&self, signer: Address) -> String {
         let token = random_hex(32);
         let mut tokens = self.tokens.lock().expect("tokens lock");
         tokens.retain(|_, p| p.expires > Instant::now());
@@ -156,7 +169,7 @@ impl Auth {
                 expires: Instant::now() + self.token_ttl,
             },
         );
-        Ok((token, signer))
+        token
     }
 
     /// The account behind an `authorization` header's value.

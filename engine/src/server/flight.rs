@@ -21,6 +21,7 @@ use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
     Ticket,
 };
+use cohort_ledger_bridge::Role;
 use cohort_ledger_bridge::alloy::primitives::Address;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
@@ -29,7 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::{Auth, AuthError};
 use crate::research::Session;
 use crate::research::query::{QueryOutcome, QueryRequest};
-use crate::{DataDir, Error, accounts};
+use crate::{DataDir, Error, accounts, second_factor};
 
 /// The action that asks for a sign-in challenge; its body is the address.
 pub const CHALLENGE_ACTION: &str = "cohort.challenge";
@@ -53,17 +54,57 @@ pub struct Research {
     session: Arc<Session>,
     dir: DataDir,
     auth: Arc<Auth>,
+    /// Whether stewards and administrators must add a TOTP code.
+    second_factor: bool,
     answers: Mutex<HashMap<String, Stored>>,
 }
 
+/// The roles whose sign-in takes a second factor: they approve studies and
+/// grant roles, so a stolen key alone must not be enough.
+const SECOND_FACTOR_ROLES: [Role; 2] = [Role::Steward, Role::Admin];
+
 impl Research {
-    pub(crate) fn new(session: Arc<Session>, dir: DataDir, auth: Arc<Auth>) -> Research {
+    pub(crate) fn new(
+        session: Arc<Session>,
+        dir: DataDir,
+        auth: Arc<Auth>,
+        second_factor: bool,
+    ) -> Research {
         Research {
             session,
             dir,
             auth,
+            second_factor,
             answers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The TOTP check for an account holding a [`SECOND_FACTOR_ROLES`]
+    /// role on chain; nothing for any other account.
+    async fn check_second_factor(
+        &self,
+        address: Address,
+        code: Option<&str>,
+    ) -> Result<(), Status> {
+        if !self.second_factor {
+            return Ok(());
+        }
+        let mut needs = false;
+        for role in SECOND_FACTOR_ROLES {
+            needs |= self.session.has_role(role, address).await.map_err(status)?;
+        }
+        if !needs {
+            return Ok(());
+        }
+        let name = self.account_name(address)?;
+        let conn = self.dir.connect().map_err(internal)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| Status::internal("the clock is before 1970"))?
+            .as_secs();
+        second_factor::verify(&conn, self.session.keystore(), &name, code, now)
+            .map_err(internal)?
+            .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<Address, Status> {
@@ -177,25 +218,37 @@ impl FlightSqlService for Research {
             .await?
             .ok_or_else(|| Status::invalid_argument("an empty handshake"))?;
         #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
         struct SignIn {
             message: String,
             signature: String,
+            /// The TOTP code, for stewards and administrators.
+            #[serde(default)]
+            totp: Option<String>,
         }
         let sign_in: SignIn = serde_json::from_slice(&first.payload).map_err(|e| {
             Status::invalid_argument(format!(
-                "the handshake payload must be JSON {{\"message\", \"signature\"}}: {e}"
+                "the handshake payload must be JSON {{\"message\", \"signature\", \"totp\"?}}: {e}"
             ))
         })?;
         let signature = data_encoding::HEXLOWER_PERMISSIVE
             .decode(sign_in.signature.trim_start_matches("0x").as_bytes())
             .map_err(|e| Status::invalid_argument(format!("the signature is not hex: {e}")))?;
-        let (token, address) =
-            self.auth
-                .sign_in(&sign_in.message, &signature)
-                .map_err(|e| match e {
-                    AuthError::Busy => Status::resource_exhausted(e.to_string()),
-                    _ => Status::unauthenticated(e.to_string()),
-                })?;
+        let address = self
+            .auth
+            .verify_signature(&sign_in.message, &signature)
+            .map_err(|e| match e {
+                AuthError::Busy => Status::resource_exhausted(e.to_string()),
+                _ => Status::unauthenticated(e.to_string()),
+            })?;
+        if let Err(e) = self
+            .check_second_factor(address, sign_in.totp.as_deref())
+            .await
+        {
+            tracing::info!(account = %address, "sign-in refused: second factor");
+            return Err(e);
+        }
+        let token = self.auth.issue_token(address);
         tracing::info!(account = %address, "signed in");
         let reply = HandshakeResponse {
             protocol_version: first.protocol_version,
@@ -241,6 +294,7 @@ impl FlightSqlService for Research {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let started = Instant::now();
         let caller = self.caller(&request)?;
         let study = header(&request, STUDY_HEADER)
             .ok_or_else(|| {
@@ -272,7 +326,20 @@ impl FlightSqlService for Research {
         })
         .await
         .map_err(|e| Status::internal(format!("the query's task failed: {e}")))?
-        .map_err(status)?;
+        .map_err(status);
+        // Who asked of which study, and how it ended: never the SQL or the
+        // answer (both may carry what the research path protects).
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let outcome = match outcome {
+            Ok(o) => {
+                tracing::info!(account = %caller, study, elapsed_ms, explain = o.explain.is_some(), "answered");
+                o
+            }
+            Err(e) => {
+                tracing::info!(account = %caller, study, elapsed_ms, code = ?e.code(), "refused");
+                return Err(e);
+            }
+        };
         let batch = outcome_batch(&outcome)?;
         let schema = batch.schema();
         let handle = super::auth::random_hex(16);

@@ -9,57 +9,70 @@
 //! may ask.
 
 pub mod auth;
+pub mod config;
 pub mod flight;
 pub mod tls;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use tonic_health::ServingStatus;
+
+pub use config::Config;
 
 use crate::research::Session;
 use crate::{DataDir, Error, Result, chain};
 
-/// How `cohort serve` listens.
-#[derive(Clone, Debug)]
-pub struct ServeOptions {
-    /// The address to listen on (port 0: any free port).
-    pub listen: SocketAddr,
-    /// How long a sign-in's token lasts.
-    pub token_ttl: Duration,
-    /// TLS (on by default, with a generated certificate).
-    pub tls: tls::Tls,
-}
+/// The gRPC health service's name for the research service
+/// (`grpc.health.v1.Health/Check` with this `service`; the empty name
+/// answers for the whole server).
+pub const FLIGHT_SERVICE: &str = "arrow.flight.protocol.FlightService";
 
-/// The largest message a client may send (a statement, a handshake).
-const MAX_REQUEST_BYTES: usize = 1 << 20;
-
-/// Serves `session` until `shutdown` resolves, then lets the calls in
-/// flight finish. `ready` receives the server's URL once it accepts.
+/// Serves `session` until `shutdown` resolves. Then the health service
+/// says NOT_SERVING, no new call is accepted, and the calls in flight have
+/// `[server] shutdown_grace_secs` to finish before they are dropped (a
+/// dropped query either reached the ledger's debit or did not; a retry
+/// with the same `cohort-query-id` is answered once either way). `ready`
+/// receives the server's URL once it accepts.
 pub async fn serve(
     dir: &DataDir,
     session: Session,
-    options: &ServeOptions,
+    config: &Config,
     ready: impl FnOnce(&str),
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    let config = chain::load(dir)?.ok_or_else(|| {
+    let chain = chain::load(dir)?.ok_or_else(|| {
         Error::Invalid("no ledger is deployed in this data directory: run `cohort ledger deploy` (or `cohort demo`) first".into())
     })?;
-    let listener = tokio::net::TcpListener::bind(options.listen)
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", options.listen)))?;
+        .map_err(|e| Error::Invalid(format!("cannot listen on {listen}: {e}")))?;
     let bound = listener
         .local_addr()
         .map_err(|e| Error::Invalid(format!("the listening socket: {e}")))?;
-    let identity = tls::identity(dir, &options.tls, bound)?;
+    let identity = tls::identity(dir, &config.tls(), bound)?;
     let url = format!(
         "{}://{bound}",
         if identity.is_some() { "https" } else { "http" }
     );
-    let auth = Arc::new(auth::Auth::new(&url, config.chain_id, options.token_ttl));
-    let service = flight::Research::new(Arc::new(session), dir.clone(), auth);
+    let auth = Arc::new(auth::Auth::new(
+        &url,
+        chain.chain_id,
+        Duration::from_secs(config.auth.token_ttl_secs),
+    ));
+    let service = flight::Research::new(
+        Arc::new(session),
+        dir.clone(),
+        auth,
+        config.auth.second_factor,
+    );
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(FLIGHT_SERVICE, ServingStatus::Serving)
+        .await;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = identity {
@@ -70,10 +83,35 @@ pub async fn serve(
             )
             .map_err(|e| Error::Invalid(format!("the server's TLS certificate or key: {e}")))?;
     }
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let stopping = Arc::clone(&stopping);
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("stopping: no new calls; finishing the calls in flight");
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(FLIGHT_SERVICE, ServingStatus::NotServing)
+                .await;
+            stopping.notify_one();
+        }
+    };
+    let max = config.server.max_request_bytes;
+    let server = builder
+        .add_service(health_service)
+        .add_service(FlightServiceServer::new(service).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(incoming, signal);
+    tracing::info!(%url, "serving");
     ready(&url);
-    builder
-        .add_service(FlightServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::Invalid(format!("the server stopped: {e}")))
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    tokio::select! {
+        stopped = server => stopped.map_err(|e| Error::Invalid(format!("the server stopped: {e}"))),
+        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "calls still in flight after the grace period: aborting them");
+            Ok(())
+        }
+    }
 }

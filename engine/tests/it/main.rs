@@ -44,6 +44,11 @@ pub(crate) fn access() -> Access {
 
 /// Runs the `cohort` binary against `data_dir` with the test passphrase.
 pub(crate) fn cohort(data_dir: &Path, args: &[&str]) -> Output {
+    cohort_env(data_dir, args, &[])
+}
+
+/// [`cohort`] with these environment variables set as well.
+pub(crate) fn cohort_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cohort"))
         .arg("--data-dir")
         .arg(data_dir)
@@ -51,6 +56,7 @@ pub(crate) fn cohort(data_dir: &Path, args: &[&str]) -> Output {
         .env("COHORT_PASSPHRASE", PASSPHRASE)
         .env_remove("COHORT_DATA_DIR")
         .env_remove("COHORT_PASSPHRASE_FILE")
+        .envs(env.iter().copied())
         .output()
         .expect("the cohort binary runs")
 }

@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::research::{setup, study_text};
-use crate::{PASSPHRASE, assert_fails_with, cohort, stderr, stdout};
+use crate::{PASSPHRASE, assert_fails_with, cohort, cohort_env, stderr, stdout};
 
 /// A `cohort serve` child on a free loopback port; killed when dropped.
 struct Server {
@@ -23,11 +23,17 @@ struct Server {
 
 impl Server {
     fn start(data: &Path) -> Server {
+        Server::start_env(data, &[])
+    }
+
+    /// With these environment variables (`COHORT_<SECTION>_<KEY>` settings).
+    fn start_env(data: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
             .arg("--data-dir")
             .arg(data)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("COHORT_PASSPHRASE", PASSPHRASE)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -46,13 +52,20 @@ impl Server {
     }
 
     /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
+    fn stop(self) -> std::process::ExitStatus {
+        self.stop_with_logs().0
+    }
+
+    /// SIGTERM, then the exit status and everything the server logged.
+    fn stop_with_logs(mut self) -> (std::process::ExitStatus, String) {
         let killed = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(killed.success());
-        self.child.wait().unwrap()
+        let mut logs = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut logs).unwrap();
+        (self.child.wait().unwrap(), logs)
     }
 }
 
@@ -66,6 +79,19 @@ fn login(data: &Path, server: &Server, actor: &str) -> String {
     let o = cohort(data, &["login", "--as", actor, "--server", &server.url]);
     assert!(o.status.success(), "login as {actor}: {}", stderr(&o));
     stdout(&o).trim().to_string()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Enrolls `actor`'s second factor; its secret (base32).
+fn enroll_totp(data: &Path, actor: &str) -> String {
+    let e = crate::cohort_json(data, &["account", "totp", actor]);
+    e["secret"].as_str().unwrap().to_string()
 }
 
 /// A TLS endpoint trusting the certificate the server generated in `data`.
@@ -134,7 +160,22 @@ fn flight_sql_answers_signed_in_researchers_and_refuses_everyone_else() {
     );
     let token = login(&s.data, &server, "researcher");
     assert_eq!(token.len(), 64, "a 32-byte hex token: {token}");
-    let steward = login(&s.data, &server, "steward-1");
+    let secret = enroll_totp(&s.data, "steward-1");
+    let code = cohort_engine::second_factor::code_for(&secret, unix_now()).unwrap();
+    let o = cohort(
+        &s.data,
+        &[
+            "login",
+            "--as",
+            "steward-1",
+            "--server",
+            &server.url,
+            "--totp",
+            &code,
+        ],
+    );
+    assert!(o.status.success(), "steward login: {}", stderr(&o));
+    let steward = stdout(&o).trim().to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // The researcher's question is answered, debited and streamed as Arrow.
@@ -287,4 +328,156 @@ fn login_names_what_is_wrong() {
         &["login", "--as", "researcher", "--server", "not a url"],
     );
     assert_fails_with(&garbage, "not a server address");
+}
+
+#[test]
+fn stewards_sign_in_with_a_second_factor_used_once() {
+    let s = setup(5);
+    let server = Server::start(&s.data);
+    let login_with = |actor: &str, code: Option<&str>| {
+        let mut args = vec!["login", "--as", actor, "--server", &server.url];
+        if let Some(c) = code {
+            args.extend(["--totp", c]);
+        }
+        cohort(&s.data, &args)
+    };
+    // Not enrolled: refused, naming the command that enrolls.
+    assert_fails_with(&login_with("steward-1", None), "cohort account totp");
+    let secret = enroll_totp(&s.data, "steward-1");
+    // Enrolled, but no code, or a wrong one.
+    assert_fails_with(&login_with("steward-1", None), "--totp");
+    let code = cohort_engine::second_factor::code_for(&secret, unix_now()).unwrap();
+    let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    assert_fails_with(&login_with("steward-1", Some(&wrong)), "wrong or expired");
+    // The right code signs in once; replayed, it is refused.
+    let ok = login_with("steward-1", Some(&code));
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(stdout(&ok).trim().len(), 64);
+    assert_fails_with(&login_with("steward-1", Some(&code)), "already used");
+    // A researcher needs no second factor (and an ignored code does no harm).
+    assert!(login_with("researcher", None).status.success());
+    // Enrolling again without --replace is refused.
+    let again = cohort(&s.data, &["account", "totp", "steward-1"]);
+    assert_fails_with(&again, "--replace");
+    // A closed test deployment may turn the factor off.
+    let (status, _) = server.stop_with_logs();
+    assert!(status.success());
+    let lax = Server::start_env(&s.data, &[("COHORT_AUTH_SECOND_FACTOR", "false")]);
+    let o = cohort(
+        &s.data,
+        &["login", "--as", "steward-2", "--server", &lax.url],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn configuration_file_environment_and_flags_in_that_order() {
+    let s = setup(5);
+    let file = s.data.join("cohort.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:7001\"\nshutdown_grace_secs = 3\n[auth]\ntoken_ttl_secs = 60\n",
+    )
+    .unwrap();
+    let print = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["serve", "--print-config"];
+        all.extend(args);
+        let o = cohort_env(&s.data, &all, env);
+        assert!(o.status.success(), "{}", stderr(&o));
+        toml::from_str::<toml::Table>(&stdout(&o)).unwrap()
+    };
+    // The data directory's cohort.toml is read by default.
+    let c = print(&[], &[]);
+    assert_eq!(c["server"]["listen"].as_str(), Some("127.0.0.1:7001"));
+    assert_eq!(c["server"]["shutdown_grace_secs"].as_integer(), Some(3));
+    assert_eq!(c["auth"]["token_ttl_secs"].as_integer(), Some(60));
+    assert_eq!(c["tls"]["mode"].as_str(), Some("self-signed"));
+    // The environment overrides the file; a flag overrides both.
+    let env = [
+        ("COHORT_SERVER_LISTEN", "127.0.0.1:7002"),
+        ("COHORT_AUTH_TOKEN_TTL_SECS", "30"),
+        ("COHORT_LOG_FORMAT", "json"),
+    ];
+    let c = print(&[], &env);
+    assert_eq!(c["server"]["listen"].as_str(), Some("127.0.0.1:7002"));
+    assert_eq!(c["auth"]["token_ttl_secs"].as_integer(), Some(30));
+    assert_eq!(c["log"]["format"].as_str(), Some("json"));
+    let c = print(&["--listen", "127.0.0.1:7003", "--plaintext"], &env);
+    assert_eq!(c["server"]["listen"].as_str(), Some("127.0.0.1:7003"));
+    assert_eq!(c["tls"]["mode"].as_str(), Some("off"));
+    // Bad settings name where they came from.
+    let o = cohort_env(
+        &s.data,
+        &["serve", "--print-config"],
+        &[("COHORT_SERVER_LISTEN", "nowhere")],
+    );
+    assert_fails_with(&o, "COHORT_SERVER_LISTEN");
+    std::fs::write(&file, "[tls]\nmdoe = \"off\"\n").unwrap();
+    assert_fails_with(&cohort(&s.data, &["serve", "--print-config"]), "mdoe");
+    let o = cohort(
+        &s.data,
+        &[
+            "serve",
+            "--print-config",
+            "--config",
+            "/nonexistent/cohort.toml",
+        ],
+    );
+    assert_fails_with(&o, "/nonexistent/cohort.toml");
+}
+
+#[test]
+fn health_answers_and_logs_are_structured_without_the_question() {
+    let s = setup(20);
+    let (id, _) = s.approved_study(&study_text("3", "0.5", false), 20);
+    let server = Server::start_env(&s.data, &[("COHORT_LOG_FORMAT", "json")]);
+    let health = crate::cohort_json(&s.data, &["health", "--server", &server.url]);
+    assert_eq!(health["status"], "SERVING");
+    let token = login(&s.data, &server, "researcher");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let marker = "zz-marker-literal";
+    rt.block_on(async {
+        let mut c = client(&s.data, &server.url, Some(&token), Some(&id.to_string())).await;
+        // A refused question whose text carries a marker: the marker must
+        // not reach the logs.
+        let sql = format!("SELECT patient_id FROM patients WHERE patient_id = '{marker}'");
+        assert!(ask(&mut c, &sql).await.is_err());
+        ask(&mut c, "SELECT COUNT(*) AS n FROM patients")
+            .await
+            .unwrap();
+    });
+    let url = server.url.clone();
+    let (status, logs) = server.stop_with_logs();
+    assert!(status.success());
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["fields"]["message"].as_str())
+        .collect();
+    for wanted in [
+        "serving",
+        "signed in",
+        "refused",
+        "answered",
+        "stopping: no new calls; finishing the calls in flight",
+    ] {
+        assert!(
+            messages.contains(&wanted),
+            "no {wanted:?} event in {messages:?}"
+        );
+    }
+    assert!(
+        !logs.contains(marker),
+        "the question reached the logs: {logs}"
+    );
+    assert!(!logs.contains(&token), "a token reached the logs");
+    // Stopped: the health check cannot reach it, and says so.
+    assert_fails_with(
+        &cohort(&s.data, &["health", "--server", &url]),
+        "cannot reach",
+    );
 }

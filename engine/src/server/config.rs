@@ -1,0 +1,465 @@
+//! The server's configuration: one TOML file, every key of which an
+//! environment variable `COHORT_<SECTION>_<KEY>` overrides, and the command
+//! line over both. An operator can see what took effect with
+//! `cohort serve --print-config`.
+//!
+//! Unknown keys and sections are errors, not silently ignored: a misspelt
+//! `[tls] mdoe = "off"` must not leave TLS in a state the operator did not
+//! choose.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::tls::Tls;
+use crate::{Error, Result};
+
+/// Every key of the file, as `(section, key)`; each is overridable by
+/// `COHORT_<SECTION>_<KEY>` (upper case).
+pub const KEYS: &[(&str, &str)] = &[
+    ("server", "listen"),
+    ("server", "max_request_bytes"),
+    ("server", "shutdown_grace_secs"),
+    ("auth", "token_ttl_secs"),
+    ("auth", "second_factor"),
+    ("tls", "mode"),
+    ("tls", "cert"),
+    ("tls", "key"),
+    ("log", "filter"),
+    ("log", "format"),
+];
+
+/// The file read when neither `--config` nor `$COHORT_CONFIG` names one.
+pub const DEFAULT_FILE: &str = "cohort.toml";
+
+/// The whole configuration of `cohort serve`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where and how the server listens.
+    pub server: ServerSection,
+    /// Sign-in.
+    pub auth: AuthSection,
+    /// Transport security.
+    pub tls: TlsSection,
+    /// Structured logs (never PHI: accounts, studies, outcomes, timings).
+    pub log: LogSection,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// The address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The largest message a client may send (a statement, a handshake).
+    pub max_request_bytes: usize,
+    /// After a stop signal, how long calls in flight may take to finish
+    /// before they are aborted.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_request_bytes: 1 << 20,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// How long a sign-in's token lasts.
+    pub token_ttl_secs: u64,
+    /// Whether stewards and administrators must add a TOTP code to their
+    /// sign-in. Off only for a closed test deployment.
+    pub second_factor: bool,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            token_ttl_secs: 900,
+            second_factor: true,
+        }
+    }
+}
+
+/// How `[tls] mode` is spelt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// A certificate generated for local use under the data directory.
+    #[default]
+    SelfSigned,
+    /// `cert` and `key` name the operator's PEM files.
+    Files,
+    /// Plain HTTP/2, loopback only.
+    Off,
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// self-signed, files or off.
+    pub mode: TlsMode,
+    /// The certificate chain (PEM), for `mode = "files"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM), for `mode = "files"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// How `[log] format` is spelt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One human-readable line an event.
+    #[default]
+    Text,
+    /// One JSON object an event, for a log collector.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// A `tracing` filter, e.g. `info` or `cohort_engine=debug,warn`.
+    pub filter: String,
+    /// text or json.
+    pub format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Where a key's value came from, so an error names the right place.
+#[derive(Clone, Debug)]
+enum Source {
+    File(PathBuf),
+    Env(String),
+}
+
+/// The environment variable that overrides `section.key`.
+pub fn env_name(section: &str, key: &str) -> String {
+    format!("COHORT_{}_{}", section, key).to_uppercase()
+}
+
+impl Config {
+    /// The file (if any), then the environment `env` over it. `file` is
+    /// `Some` when the operator named it, and must then exist; otherwise
+    /// `fallback` is read if it exists.
+    pub fn load(
+        file: Option<&Path>,
+        fallback: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config> {
+        let (path, text) = match file {
+            Some(p) => (
+                Some(p),
+                Some(std::fs::read_to_string(p).map_err(|e| Error::io("reading", p, e))?),
+            ),
+            None if fallback.exists() => (
+                Some(fallback),
+                Some(
+                    std::fs::read_to_string(fallback)
+                        .map_err(|e| Error::io("reading", fallback, e))?,
+                ),
+            ),
+            None => (None, None),
+        };
+        let mut table: toml::Table = match (&path, &text) {
+            (Some(p), Some(t)) => {
+                toml::from_str(t).map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?
+            }
+            _ => toml::Table::new(),
+        };
+        let mut sources: HashMap<String, Source> = HashMap::new();
+        if let Some(p) = path {
+            for (section, value) in &table {
+                if let Some(keys) = value.as_table() {
+                    for key in keys.keys() {
+                        sources.insert(format!("{section}.{key}"), Source::File(p.to_path_buf()));
+                    }
+                }
+            }
+        }
+        let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize");
+        for (section, key) in KEYS {
+            let name = env_name(section, key);
+            let Some(raw) = env(&name) else { continue };
+            let kind = defaults
+                .get(*section)
+                .and_then(|s| s.get(*key))
+                .map(toml::Value::type_str);
+            let value = match kind {
+                Some("integer") => raw
+                    .trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| Error::Invalid(format!("{name}=`{raw}` is not a whole number")))?,
+                Some("boolean") => match raw.trim() {
+                    "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+                    "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "{name}=`{raw}` is not true or false"
+                        )));
+                    }
+                },
+                _ => toml::Value::String(raw),
+            };
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(entry) = entry.as_table_mut() else {
+                return Err(Error::Invalid(format!(
+                    "{}: `{section}` must be a [section]",
+                    path.map_or("the configuration".into(), |p| p.display().to_string())
+                )));
+            };
+            entry.insert(key.to_string(), value);
+            sources.insert(format!("{section}.{key}"), Source::Env(name));
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let at = e.path().to_string();
+                let place = match sources.get(&at) {
+                    Some(Source::Env(name)) => format!("{name} (the environment)"),
+                    Some(Source::File(p)) => format!("{}: {at}", p.display()),
+                    None => match path {
+                        Some(p) => format!("{}: {at}", p.display()),
+                        None => at.clone(),
+                    },
+                };
+                Error::Invalid(format!("{place}: {}", e.inner()))
+            })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// What serde cannot say: keys that only make sense together.
+    fn check(&self) -> Result<()> {
+        let t = &self.tls;
+        match t.mode {
+            TlsMode::Files if t.cert.is_none() || t.key.is_none() => Err(Error::Invalid(
+                "[tls] mode = \"files\" needs both `cert` and `key` (COHORT_TLS_CERT, COHORT_TLS_KEY)"
+                    .into(),
+            )),
+            TlsMode::SelfSigned | TlsMode::Off if t.cert.is_some() || t.key.is_some() => {
+                Err(Error::Invalid(format!(
+                    "[tls] `cert` and `key` are used only with mode = \"files\", not {:?}",
+                    t.mode
+                )))
+            }
+            _ if self.server.max_request_bytes < 1024 => Err(Error::Invalid(format!(
+                "[server] max_request_bytes = {} is too small for a handshake (at least 1024)",
+                self.server.max_request_bytes
+            ))),
+            _ if self.auth.token_ttl_secs == 0 => Err(Error::Invalid(
+                "[auth] token_ttl_secs must be at least 1".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The TLS setting the server takes.
+    pub fn tls(&self) -> Tls {
+        match (self.tls.mode, &self.tls.cert, &self.tls.key) {
+            (TlsMode::Files, Some(cert), Some(key)) => Tls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (TlsMode::Off, ..) => Tls::Off,
+            _ => Tls::SelfSigned,
+        }
+    }
+
+    /// The configuration as the TOML file that would give it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the configuration serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cohort.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let (_dir, path) = write(text);
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(Some(&path), Path::new("/nonexistent"), |k| {
+            env.get(k).cloned()
+        })
+    }
+
+    #[test]
+    fn keys_list_every_key_of_the_file() {
+        // A configuration with every optional key set: its keys are KEYS,
+        // so no key lacks its environment variable.
+        let mut full = Config::default();
+        full.tls.cert = Some("c.pem".into());
+        full.tls.key = Some("k.pem".into());
+        let table = toml::Table::try_from(full).unwrap();
+        let mut found: Vec<(String, String)> = table
+            .iter()
+            .flat_map(|(s, v)| {
+                v.as_table()
+                    .unwrap()
+                    .keys()
+                    .map(move |k| (s.clone(), k.clone()))
+            })
+            .collect();
+        let mut listed: Vec<(String, String)> = KEYS
+            .iter()
+            .map(|(s, k)| (s.to_string(), k.to_string()))
+            .collect();
+        found.sort();
+        listed.sort();
+        assert_eq!(found, listed);
+    }
+
+    #[test]
+    fn no_file_gives_the_defaults() {
+        let c = Config::load(None, Path::new("/nonexistent/cohort.toml"), no_env).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.auth.second_factor);
+        assert!(matches!(c.tls(), Tls::SelfSigned));
+    }
+
+    #[test]
+    fn a_named_file_must_exist() {
+        let e = Config::load(
+            Some(Path::new("/nonexistent/x.toml")),
+            Path::new("/n"),
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_the_file_the_defaults() {
+        let text = "[server]\nlisten = \"127.0.0.1:7000\"\nshutdown_grace_secs = 5\n[auth]\ntoken_ttl_secs = 60\n";
+        let c = load_text(text, &[]).unwrap();
+        assert_eq!(c.server.listen.port(), 7000);
+        assert_eq!(c.server.shutdown_grace_secs, 5);
+        assert_eq!(c.auth.token_ttl_secs, 60);
+        assert_eq!(
+            c.server.max_request_bytes,
+            1 << 20,
+            "unset keys keep defaults"
+        );
+        let c = load_text(
+            text,
+            &[
+                ("COHORT_SERVER_LISTEN", "127.0.0.1:7001"),
+                ("COHORT_AUTH_TOKEN_TTL_SECS", "120"),
+                ("COHORT_AUTH_SECOND_FACTOR", "false"),
+                ("COHORT_TLS_MODE", "off"),
+                ("COHORT_LOG_FORMAT", "json"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 7001);
+        assert_eq!(c.server.shutdown_grace_secs, 5);
+        assert_eq!(c.auth.token_ttl_secs, 120);
+        assert!(!c.auth.second_factor);
+        assert!(matches!(c.tls(), Tls::Off));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_bad_value_names_where_it_came_from() {
+        let e = load_text("[server]\nlisten = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cohort.toml: server.listen"), "{e}");
+        let e = load_text("", &[("COHORT_SERVER_LISTEN", "nowhere")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("COHORT_SERVER_LISTEN (the environment)"), "{e}");
+        let e = load_text("", &[("COHORT_AUTH_TOKEN_TTL_SECS", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("COHORT_AUTH_TOKEN_TTL_SECS=`soon` is not a whole number"),
+            "{e}"
+        );
+        let e = load_text("", &[("COHORT_AUTH_SECOND_FACTOR", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not true or false"), "{e}");
+        let e = load_text("[tls]\nmode = \"sometimes\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.mode") && e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_refused() {
+        let e = load_text("[tls]\nmdoe = \"off\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mdoe"), "{e}");
+        let e = load_text("[sever]\nlisten = \"127.0.0.1:1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sever"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_need_both_paths_and_only_with_files() {
+        let e = load_text("[tls]\nmode = \"files\"\ncert = \"c.pem\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs both `cert` and `key`"), "{e}");
+        let e = load_text("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only with mode = \"files\""), "{e}");
+        let c = load_text(
+            "[tls]\nmode = \"files\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(c.tls(), Tls::Files { .. }));
+    }
+
+    #[test]
+    fn the_printed_configuration_reads_back_the_same() {
+        let c = load_text("", &[("COHORT_SERVER_SHUTDOWN_GRACE_SECS", "7")]).unwrap();
+        let again = load_text(&c.to_toml(), &[]).unwrap();
+        assert_eq!(c, again);
+    }
+}
