@@ -28,9 +28,10 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Auth, AuthError};
+use super::{internal, status};
 use crate::research::Session;
 use crate::research::query::{QueryOutcome, QueryRequest};
-use crate::{DataDir, Error, accounts, second_factor};
+use crate::{DataDir, second_factor};
 
 /// The action that asks for a sign-in challenge; its body is the address.
 pub const CHALLENGE_ACTION: &str = "cohort.challenge";
@@ -118,44 +119,13 @@ impl Research {
             .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
-    /// The local account name of `address` (what the research path's role
-    /// checks take).
     fn account_name(&self, address: Address) -> Result<String, Status> {
-        let conn = self.dir.connect().map_err(internal)?;
-        let wanted = format!("{address:#x}");
-        accounts::list(&conn)
-            .map_err(internal)?
-            .into_iter()
-            .find(|a| a.address.eq_ignore_ascii_case(&wanted))
-            .map(|a| a.name)
-            .ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "{} has no account on this server",
-                    address.to_checksum(None)
-                ))
-            })
+        super::account_name(&self.dir, address)
     }
 }
 
 fn header<'a, T>(request: &'a Request<T>, name: &str) -> Option<&'a str> {
     request.metadata().get(name).and_then(|v| v.to_str().ok())
-}
-
-fn internal(e: Error) -> Status {
-    Status::internal(e.to_string())
-}
-
-/// The research path's errors as Flight errors, with its message.
-fn status(e: Error) -> Status {
-    let message = e.to_string();
-    match e {
-        Error::NotFound(_) => Status::not_found(message),
-        Error::Invalid(_) | Error::Query(_) | Error::Anonymizer(_) => {
-            Status::invalid_argument(message)
-        }
-        Error::Ledger(_) => Status::failed_precondition(message),
-        _ => Status::internal(message),
-    }
 }
 
 /// The delivered answer as one Arrow batch: the `EXPLAIN PRIVACY` text as

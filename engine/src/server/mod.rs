@@ -7,7 +7,12 @@
 //! `cohort-study: <id>` with each statement. Everything else is refused:
 //! the on-chain role checks of the research path decide what an account
 //! may ask.
+//!
+//! The same port serves the study API ([`api`], gRPC from
+//! `proto/cohort/v1/cohort.proto`) under the same tokens, and the standard
+//! gRPC health service.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod flight;
@@ -22,7 +27,10 @@ use tonic_health::ServingStatus;
 pub use config::Config;
 
 use crate::research::Session;
-use crate::{DataDir, Error, Result, chain};
+use cohort_ledger_bridge::alloy::primitives::Address;
+use tonic::Status;
+
+use crate::{DataDir, Error, Result, accounts, chain};
 
 /// The gRPC health service's name for the research service
 /// (`grpc.health.v1.Health/Check` with this `service`; the empty name
@@ -62,12 +70,9 @@ pub async fn serve(
         chain.chain_id,
         Duration::from_secs(config.auth.token_ttl_secs),
     ));
-    let service = flight::Research::new(
-        Arc::new(session),
-        dir.clone(),
-        auth,
-        config.auth.second_factor,
-    );
+    let session = Arc::new(session);
+    let api = api::StudyApi::new(Arc::clone(&session), dir.clone(), Arc::clone(&auth));
+    let service = flight::Research::new(session, dir.clone(), auth, config.auth.second_factor);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health
@@ -103,6 +108,17 @@ pub async fn serve(
     let server = builder
         .add_service(health_service)
         .add_service(FlightServiceServer::new(service).max_decoding_message_size(max))
+        .add_service(
+            api::pb::studies_server::StudiesServer::new(api.clone()).max_decoding_message_size(max),
+        )
+        .add_service(
+            api::pb::consents_server::ConsentsServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            api::pb::compensation_server::CompensationServer::new(api)
+                .max_decoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(incoming, signal);
     tracing::info!(%url, "serving");
     ready(&url);
@@ -113,5 +129,40 @@ pub async fn serve(
             tracing::warn!(grace_secs = grace.as_secs(), "calls still in flight after the grace period: aborting them");
             Ok(())
         }
+    }
+}
+
+/// The local account name of `address` (what the research path's role
+/// checks take).
+pub(crate) fn account_name(dir: &DataDir, address: Address) -> std::result::Result<String, Status> {
+    let conn = dir.connect().map_err(internal)?;
+    let wanted = format!("{address:#x}");
+    accounts::list(&conn)
+        .map_err(internal)?
+        .into_iter()
+        .find(|a| a.address.eq_ignore_ascii_case(&wanted))
+        .map(|a| a.name)
+        .ok_or_else(|| {
+            Status::permission_denied(format!(
+                "{} has no account on this server",
+                address.to_checksum(None)
+            ))
+        })
+}
+
+pub(crate) fn internal(e: Error) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// The domain's errors as gRPC statuses, with their message.
+pub(crate) fn status(e: Error) -> Status {
+    let message = e.to_string();
+    match e {
+        Error::NotFound(_) => Status::not_found(message),
+        Error::Invalid(_) | Error::Query(_) | Error::Anonymizer(_) => {
+            Status::invalid_argument(message)
+        }
+        Error::Ledger(_) => Status::failed_precondition(message),
+        _ => Status::internal(message),
     }
 }

@@ -481,3 +481,197 @@ fn health_answers_and_logs_are_structured_without_the_question() {
         "cannot reach",
     );
 }
+
+/// A gRPC channel to the server (TLS, trusting its generated certificate).
+async fn channel(data: &Path, url: &str) -> Channel {
+    endpoint(data, url).connect().await.unwrap()
+}
+
+/// `request` with `authorization: Bearer <token>`.
+fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[test]
+fn the_study_api_over_grpc_does_what_the_cli_does() {
+    use cohort_engine::server::api::pb::{
+        self, compensation_client::CompensationClient, consents_client::ConsentsClient,
+        studies_client::StudiesClient,
+    };
+    let s = setup(10);
+    let pid = s.patient_ids[0].clone();
+    crate::cohort_json(&s.data, &["account", "new", "patient-0", "--patient", &pid]);
+    let server = Server::start(&s.data);
+    let researcher = login(&s.data, &server, "researcher");
+    let patient = login(&s.data, &server, "patient-0");
+    let stewards: Vec<String> = ["steward-1", "steward-2"]
+        .iter()
+        .map(|name| {
+            let secret = enroll_totp(&s.data, name);
+            let code = cohort_engine::second_factor::code_for(&secret, unix_now()).unwrap();
+            let o = cohort(
+                &s.data,
+                &[
+                    "login",
+                    "--as",
+                    name,
+                    "--server",
+                    &server.url,
+                    "--totp",
+                    &code,
+                ],
+            );
+            assert!(o.status.success(), "{}", stderr(&o));
+            stdout(&o).trim().to_string()
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = channel(&s.data, &server.url).await;
+        let mut studies = StudiesClient::new(ch.clone());
+        let mut consents = ConsentsClient::new(ch.clone());
+        let mut pay = CompensationClient::new(ch);
+
+        // Without a token nothing is answered.
+        let e = studies.list(pb::ListStudiesRequest {}).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+        // A malformed study file is refused with the parser's reason.
+        let e = studies
+            .propose(authed(
+                &researcher,
+                pb::ProposeRequest {
+                    study_toml: "[study\n".into(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("the study file"), "{e:?}");
+
+        // The researcher proposes; the study reads as the CLI reads it.
+        let p = studies
+            .propose(authed(
+                &researcher,
+                pb::ProposeRequest {
+                    study_toml: study_text("3", "0.5", false),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(p.title, "Test study");
+        let id = p.study_id;
+        let shown = studies
+            .show(authed(&researcher, pb::StudyRef { study_id: id }))
+            .await
+            .unwrap()
+            .into_inner();
+        let cli = crate::cohort_json(&s.data, &["study", "show", &id.to_string()]);
+        assert_eq!(shown.status, cli["status"].as_str().unwrap());
+        assert_eq!(shown.budget, cli["budget"].as_str().unwrap());
+        assert_eq!(shown.remaining, cli["remaining"].as_str().unwrap());
+        assert_eq!(shown.approvals, 0);
+
+        // The researcher is no steward: the ledger refuses, nothing changes.
+        let e = studies
+            .approve(authed(&researcher, pb::StudyRef { study_id: id }))
+            .await
+            .unwrap_err();
+        assert_ne!(e.code(), Code::Ok);
+        assert!(!e.message().is_empty());
+        let cli = crate::cohort_json(&s.data, &["study", "show", &id.to_string()]);
+        assert_eq!(cli["approvals"], 0);
+
+        // Two stewards approve.
+        let a1 = studies
+            .approve(authed(&stewards[0], pb::StudyRef { study_id: id }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!a1.approved);
+        let a2 = studies
+            .approve(authed(&stewards[1], pb::StudyRef { study_id: id }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(a2.approved, "{a2:?}");
+        let listed = studies
+            .list(authed(&patient, pb::ListStudiesRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.studies.len(), 1);
+        assert_eq!(listed.studies[0].status, "approved");
+
+        // The patient consents, sees it, withdraws; the CLI agrees.
+        let e = consents
+            .give(authed(
+                &patient,
+                pb::GiveConsentRequest {
+                    study_id: id,
+                    days: 0,
+                    purposes: vec![],
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("days"), "{e:?}");
+        let given = consents
+            .give(authed(
+                &patient,
+                pb::GiveConsentRequest {
+                    study_id: id,
+                    days: 30,
+                    purposes: vec![],
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(given.account, "patient-0");
+        let mine = consents
+            .list(authed(&patient, pb::ListConsentsRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(mine.consents.len(), 1);
+        assert!(mine.consents[0].active);
+        let cli = crate::cohort_json(&s.data, &["study", "show", &id.to_string()]);
+        assert_eq!(cli["consenting"], 1);
+        consents
+            .withdraw(authed(&patient, pb::StudyRef { study_id: id }))
+            .await
+            .unwrap();
+        let mine = consents
+            .list(authed(&patient, pb::ListConsentsRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!mine.consents[0].active);
+        let cli = crate::cohort_json(&s.data, &["consent", "list", "--as", "patient-0"]);
+        assert_eq!(cli[0]["active"], false);
+
+        // Compensation: nothing earned yet, nothing to claim.
+        let earned = pay
+            .show(authed(
+                &patient,
+                pb::CompensationRequest { study_id: Some(id) },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(earned.shares.is_empty());
+
+        // An unknown study is NotFound, with the research path's message.
+        let e = studies
+            .show(authed(&researcher, pb::StudyRef { study_id: 999 }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(e.message().contains("999"), "{e:?}");
+    });
+}

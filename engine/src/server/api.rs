@@ -1,0 +1,273 @@
+//! The study API over gRPC (`proto/cohort/v1/cohort.proto`): studies,
+//! consent and compensation, each call the same [`Session`] method the CLI
+//! calls, acting for the signed-in account, its transactions signed with
+//! that account's key from the keystore. What an account may do is decided
+//! on chain by the research path, exactly as for the CLI; this layer only
+//! names the caller.
+
+use std::sync::Arc;
+
+use cohort_ledger_bridge::Account;
+use rusqlite::Connection;
+use tonic::{Request, Response, Status};
+
+use super::auth::Auth;
+use super::{account_name, status};
+use crate::research::study::StudyFile;
+use crate::research::{self, Session};
+use crate::{DataDir, accounts};
+
+/// The code `tonic-prost-build` generated from the `.proto` file.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("cohort.v1");
+}
+
+/// The study API of one data directory.
+#[derive(Clone)]
+pub struct StudyApi {
+    session: Arc<Session>,
+    dir: DataDir,
+    auth: Arc<Auth>,
+}
+
+impl StudyApi {
+    pub(crate) fn new(session: Arc<Session>, dir: DataDir, auth: Arc<Auth>) -> StudyApi {
+        StudyApi { session, dir, auth }
+    }
+
+    /// Runs `call` for the signed-in caller on a blocking thread: the
+    /// research path holds its SQLite connection across awaits (not `Send`).
+    async fn as_caller<T, R>(
+        &self,
+        request: &Request<R>,
+        what: &'static str,
+        call: impl AsyncFnOnce(&Session, &Connection, &Account) -> crate::Result<T> + Send + 'static,
+    ) -> Result<Response<T>, Status>
+    where
+        T: Send + 'static,
+    {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or_default());
+        let address = self
+            .auth
+            .principal(header)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?
+            .address;
+        let name = account_name(&self.dir, address)?;
+        let session = Arc::clone(&self.session);
+        let dir = self.dir.clone();
+        let handle = tokio::runtime::Handle::current();
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let conn = dir.connect()?;
+            let account = accounts::get(&conn, session.keystore(), &name)?;
+            handle.block_on(call(&session, &conn, &account))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+        .map_err(status);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(_) => tracing::info!(account = %address, call = what, elapsed_ms, "done"),
+            Err(e) => {
+                tracing::info!(account = %address, call = what, elapsed_ms, code = ?e.code(), "refused")
+            }
+        }
+        result.map(Response::new)
+    }
+}
+
+fn study(s: research::StudySummary) -> pb::Study {
+    pb::Study {
+        study_id: s.study_id,
+        title: s.title,
+        purpose: s.purpose,
+        status: s.status,
+        approvals: s.approvals.into(),
+        researcher: s.researcher,
+        budget: s.budget,
+        remaining: s.remaining,
+        escrow: s.escrow,
+        owed: s.owed,
+        consenting: s.consenting as u64,
+        queries: s.queries as u64,
+        releases: s.releases as u64,
+        microdata: s.microdata,
+        ends_at: s.ends_at,
+    }
+}
+
+fn consent_change(c: research::ConsentChange) -> pb::ConsentChange {
+    pb::ConsentChange {
+        study_id: c.study_id,
+        account: c.account,
+        change: c.change.to_string(),
+        tx_hash: c.tx_hash,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::studies_server::Studies for StudyApi {
+    async fn propose(
+        &self,
+        request: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::Proposed>, Status> {
+        let file = StudyFile::parse(&request.get_ref().study_toml)
+            .map_err(|e| Status::invalid_argument(format!("the study file: {e}")))?;
+        self.as_caller(&request, "study.propose", async move |s, conn, me| {
+            let p = s.propose(conn, me, &file).await?;
+            Ok(pb::Proposed {
+                study_id: p.study_id,
+                title: p.title,
+                scope_hash: p.scope_hash,
+                escrow: p.escrow,
+            })
+        })
+        .await
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::StudyRef>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let id = request.get_ref().study_id;
+        self.as_caller(&request, "study.approve", async move |s, conn, me| {
+            let a = s.approve(conn, me, id).await?;
+            Ok(pb::Approval {
+                study_id: a.study_id,
+                approvals: a.approvals.into(),
+                required: a.required.into(),
+                approved: a.approved,
+                view_patients: a.view_patients.map(|n| n as u64),
+            })
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListStudiesRequest>,
+    ) -> Result<Response<pb::StudyList>, Status> {
+        self.as_caller(&request, "study.list", async move |s, conn, _| {
+            Ok(pb::StudyList {
+                studies: s.list(conn).await?.into_iter().map(study).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn show(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::Study>, Status> {
+        let id = request.get_ref().study_id;
+        self.as_caller(&request, "study.show", async move |s, conn, _| {
+            Ok(study(s.show(conn, id).await?))
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::consents_server::Consents for StudyApi {
+    async fn give(
+        &self,
+        request: Request<pb::GiveConsentRequest>,
+    ) -> Result<Response<pb::ConsentChange>, Status> {
+        let r = request.get_ref().clone();
+        if r.days == 0 {
+            return Err(Status::invalid_argument(
+                "`days`: a consent lasts at least one day",
+            ));
+        }
+        self.as_caller(&request, "consent.give", async move |s, conn, me| {
+            let purposes = (!r.purposes.is_empty()).then_some(r.purposes.as_slice());
+            Ok(consent_change(
+                s.consent(conn, me, r.study_id, purposes, r.days).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn withdraw(
+        &self,
+        request: Request<pb::StudyRef>,
+    ) -> Result<Response<pb::ConsentChange>, Status> {
+        let id = request.get_ref().study_id;
+        self.as_caller(&request, "consent.withdraw", async move |s, conn, me| {
+            Ok(consent_change(s.withdraw(conn, me, id).await?))
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListConsentsRequest>,
+    ) -> Result<Response<pb::ConsentList>, Status> {
+        self.as_caller(&request, "consent.list", async move |s, conn, me| {
+            let consents = s.consents_of(conn, me.address()).await?;
+            Ok(pb::ConsentList {
+                consents: consents
+                    .into_iter()
+                    .map(|c| pb::Consent {
+                        study_id: c.study_id,
+                        title: c.title,
+                        purposes: c.purposes,
+                        expires_at: c.expires_at,
+                        active: c.active,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::compensation_server::Compensation for StudyApi {
+    async fn show(
+        &self,
+        request: Request<pb::CompensationRequest>,
+    ) -> Result<Response<pb::Earnings>, Status> {
+        let study = request.get_ref().study_id;
+        self.as_caller(&request, "compensation.show", async move |s, _, me| {
+            let e = s.earnings(me.address(), study).await?;
+            Ok(pb::Earnings {
+                address: e.address,
+                shares: e
+                    .shares
+                    .into_iter()
+                    .map(|x| pb::Earning {
+                        study_id: x.study_id,
+                        query_id: x.query_id,
+                        ledger_id: x.ledger_id,
+                        amount: x.amount,
+                        amount_text: x.amount_text,
+                        claimed: x.claimed,
+                    })
+                    .collect(),
+                earned: e.earned,
+                claimed: e.claimed,
+                claimable: e.claimable,
+            })
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        request: Request<pb::CompensationRequest>,
+    ) -> Result<Response<pb::Claimed>, Status> {
+        let study = request.get_ref().study_id;
+        self.as_caller(&request, "compensation.claim", async move |s, _, me| {
+            let c = s.claim(me, study).await?;
+            Ok(pb::Claimed {
+                address: c.address,
+                queries: c.queries,
+                paid: c.paid,
+                paid_text: c.paid_text,
+            })
+        })
+        .await
+    }
+}
