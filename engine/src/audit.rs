@@ -208,25 +208,44 @@ pub fn verify(conn: &Connection) -> Result<Verification> {
 pub fn tail(conn: &Connection, limit: usize, target: Option<&str>) -> Result<Vec<Entry>> {
     let mut stmt = conn.prepare(
         "SELECT seq, at, actor, action, target, purpose, detail, hash FROM audit
-         WHERE (?1 IS NULL OR target = ?1 OR target LIKE ?1 || '/%')
+         WHERE (?1 IS NULL OR target = ?1 OR substr(target, 1, length(?1) + 1) = ?1 || '/')
          ORDER BY seq DESC LIMIT ?2",
     )?;
     let mut out: Vec<Entry> = stmt
-        .query_map(params![target, limit as i64], |r| {
-            Ok(Entry {
-                seq: r.get(0)?,
-                at: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                target: r.get(4)?,
-                purpose: r.get(5)?,
-                detail: r.get(6)?,
-                hash: data_encoding::HEXLOWER.encode(&r.get::<_, Vec<u8>>(7)?),
-            })
-        })?
+        .query_map(params![target, limit as i64], row_entry)?
         .collect::<rusqlite::Result<_>>()?;
     out.reverse();
     Ok(out)
+}
+
+/// The entries about one patient: their records (every version's reads,
+/// writes and erasure) and the patient as a whole, newest last. What a
+/// patient is shown as "who accessed my records".
+pub fn about_patient(conn: &Connection, patient_id: &str, limit: usize) -> Result<Vec<Entry>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, actor, action, target, purpose, detail, hash FROM audit
+         WHERE target IN (SELECT record_id FROM records WHERE patient_id = ?1)
+            OR target = 'Patient/' || ?1
+         ORDER BY seq DESC LIMIT ?2",
+    )?;
+    let mut out: Vec<Entry> = stmt
+        .query_map(params![patient_id, limit as i64], row_entry)?
+        .collect::<rusqlite::Result<_>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        purpose: r.get(5)?,
+        detail: r.get(6)?,
+        hash: data_encoding::HEXLOWER.encode(&r.get::<_, Vec<u8>>(7)?),
+    })
 }
 
 #[cfg(test)]
@@ -293,5 +312,22 @@ mod tests {
         let b = verify(&conn).unwrap().first_broken.unwrap();
         assert_eq!(b.seq, 2);
         assert!(b.reason.contains("missing"), "{}", b.reason);
+    }
+
+    #[test]
+    fn a_target_filter_is_literal_not_a_pattern() {
+        let (_d, conn) = db();
+        append(&conn, &ev("Observation/a1")).unwrap();
+        append(&conn, &ev("Observation/a1/x")).unwrap();
+        append(&conn, &ev("ObservationXa1")).unwrap();
+        // `_` and `%` are LIKE wildcards; as a target they match only themselves.
+        assert!(tail(&conn, 10, Some("Observation_a1")).unwrap().is_empty());
+        assert!(tail(&conn, 10, Some("Observation%")).unwrap().is_empty());
+        let got: Vec<String> = tail(&conn, 10, Some("Observation/a1"))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.target)
+            .collect();
+        assert_eq!(got, ["Observation/a1", "Observation/a1/x"]);
     }
 }

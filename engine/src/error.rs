@@ -84,6 +84,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// The caller's roles (read on chain) do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+
     /// The hash chain of the audit log is broken.
     #[error("{0}")]
     AuditBroken(String),

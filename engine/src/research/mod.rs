@@ -665,7 +665,7 @@ impl Session {
     }
 
     /// The patient a linked account stands for.
-    fn patient_of(&self, conn: &Connection, account: &Account) -> Result<String> {
+    pub fn patient_of(&self, conn: &Connection, account: &Account) -> Result<String> {
         conn.query_row(
             "SELECT patient_id FROM research_patients WHERE account = ?1",
             [account.name()],

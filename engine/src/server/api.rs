@@ -1,5 +1,5 @@
 //! The study API over gRPC (`proto/cohort/v1/cohort.proto`): studies,
-//! consent and compensation, each call the same [`Session`] method the CLI
+//! consent, compensation, the audit log and a patient's access log, each call the same [`Session`] method the CLI
 //! calls, acting for the signed-in account, its transactions signed with
 //! that account's key from the keystore. What an account may do is decided
 //! on chain by the research path, exactly as for the CLI; this layer only
@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use cohort_ledger_bridge::Account;
+use cohort_ledger_bridge::{Account, Role};
 use rusqlite::Connection;
 use tonic::{Request, Response, Status};
 
@@ -15,7 +15,7 @@ use super::auth::Auth;
 use super::{account_name, status};
 use crate::research::study::StudyFile;
 use crate::research::{self, Session};
-use crate::{DataDir, accounts};
+use crate::{DataDir, accounts, audit};
 
 /// The code `tonic-prost-build` generated from the `.proto` file.
 pub mod pb {
@@ -267,6 +267,102 @@ impl pb::compensation_server::Compensation for StudyApi {
                 paid: c.paid,
                 paid_text: c.paid_text,
             })
+        })
+        .await
+    }
+}
+
+/// The roles that may read the whole audit log.
+const AUDIT_READERS: [Role; 3] = [Role::Steward, Role::Auditor, Role::Admin];
+
+/// At most this many entries in one answer.
+const MAX_ENTRIES: u32 = 10_000;
+
+fn limit(requested: u32) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(100),
+        n if n <= MAX_ENTRIES => Ok(n as usize),
+        n => Err(Status::invalid_argument(format!(
+            "`limit` {n} is over {MAX_ENTRIES}"
+        ))),
+    }
+}
+
+fn entries(list: Vec<audit::Entry>) -> pb::AuditLog {
+    pb::AuditLog {
+        entries: list
+            .into_iter()
+            .map(|e| pb::AuditEntry {
+                seq: e.seq,
+                at: e.at,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                purpose: e.purpose,
+                detail: e.detail,
+                hash: e.hash,
+            })
+            .collect(),
+    }
+}
+
+/// Refuses unless `me` holds one of [`AUDIT_READERS`] on chain.
+async fn audit_reader(s: &Session, me: &Account) -> crate::Result<()> {
+    for role in AUDIT_READERS {
+        if s.has_role(role, me.address()).await? {
+            return Ok(());
+        }
+    }
+    Err(crate::Error::Forbidden(format!(
+        "`{}` may not read the audit log: it needs the steward, auditor or admin role",
+        me.name()
+    )))
+}
+
+#[tonic::async_trait]
+impl pb::audit_server::Audit for StudyApi {
+    async fn log(
+        &self,
+        request: Request<pb::AuditLogRequest>,
+    ) -> Result<Response<pb::AuditLog>, Status> {
+        let n = limit(request.get_ref().limit)?;
+        let target = request.get_ref().target.clone();
+        self.as_caller(&request, "audit.log", async move |s, conn, me| {
+            audit_reader(s, me).await?;
+            Ok(entries(audit::tail(conn, n, target.as_deref())?))
+        })
+        .await
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::AuditVerification>, Status> {
+        self.as_caller(&request, "audit.verify", async move |s, conn, me| {
+            audit_reader(s, me).await?;
+            let v = audit::verify(conn)?;
+            Ok(pb::AuditVerification {
+                entries: v.entries,
+                intact: v.is_intact(),
+                head: v.head,
+                first_broken_seq: v.first_broken.as_ref().map(|b| b.seq),
+                first_broken_reason: v.first_broken.map(|b| b.reason),
+            })
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::records_server::Records for StudyApi {
+    async fn access_log(
+        &self,
+        request: Request<pb::AccessLogRequest>,
+    ) -> Result<Response<pb::AuditLog>, Status> {
+        let n = limit(request.get_ref().limit)?;
+        self.as_caller(&request, "records.access_log", async move |s, conn, me| {
+            let patient = s.patient_of(conn, me)?;
+            Ok(entries(audit::about_patient(conn, &patient, n)?))
         })
         .await
     }

@@ -116,8 +116,14 @@ pub async fn serve(
                 .max_decoding_message_size(max),
         )
         .add_service(
-            api::pb::compensation_server::CompensationServer::new(api)
+            api::pb::compensation_server::CompensationServer::new(api.clone())
                 .max_decoding_message_size(max),
+        )
+        .add_service(
+            api::pb::audit_server::AuditServer::new(api.clone()).max_decoding_message_size(max),
+        )
+        .add_service(
+            api::pb::records_server::RecordsServer::new(api).max_decoding_message_size(max),
         )
         .serve_with_incoming_shutdown(incoming, signal);
     tracing::info!(%url, "serving");
@@ -159,6 +165,7 @@ pub(crate) fn status(e: Error) -> Status {
     let message = e.to_string();
     match e {
         Error::NotFound(_) => Status::not_found(message),
+        Error::Forbidden(_) => Status::permission_denied(message),
         Error::Invalid(_) | Error::Query(_) | Error::Anonymizer(_) => {
             Status::invalid_argument(message)
         }

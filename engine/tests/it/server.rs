@@ -675,3 +675,133 @@ fn the_study_api_over_grpc_does_what_the_cli_does() {
         assert!(e.message().contains("999"), "{e:?}");
     });
 }
+
+#[test]
+fn stewards_read_the_audit_log_and_patients_only_their_own_access_log() {
+    use cohort_engine::server::api::pb::{
+        self, audit_client::AuditClient, records_client::RecordsClient,
+    };
+    let s = setup(6);
+    let (mine, other) = (s.patient_ids[0].clone(), s.patient_ids[1].clone());
+    crate::cohort_json(
+        &s.data,
+        &["account", "new", "patient-0", "--patient", &mine],
+    );
+    let server = Server::start_env(&s.data, &[("COHORT_AUTH_SECOND_FACTOR", "false")]);
+    let steward = login(&s.data, &server, "steward-1");
+    let researcher = login(&s.data, &server, "researcher");
+    let patient = login(&s.data, &server, "patient-0");
+    // The records of each patient, by id, from the vault.
+    let conn = s.dir.connect().unwrap();
+    let records_of = |pid: &str| -> Vec<String> {
+        conn.prepare("SELECT DISTINCT record_id FROM records WHERE patient_id = ?1")
+            .unwrap()
+            .query_map([pid], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let (my_records, other_records) = (records_of(&mine), records_of(&other));
+    assert!(!my_records.is_empty() && !other_records.is_empty());
+    // A provider reads one record of each patient (audited reads).
+    for record in [&my_records[0], &other_records[0]] {
+        let o = cohort(
+            &s.data,
+            &[
+                "records",
+                "show",
+                record,
+                "--as",
+                "dr-who",
+                "--purpose",
+                "treatment",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = channel(&s.data, &server.url).await;
+        let mut audit = AuditClient::new(ch.clone());
+        let mut records = RecordsClient::new(ch);
+
+        let log = audit
+            .log(authed(
+                &steward,
+                pb::AuditLogRequest {
+                    limit: 2,
+                    target: None,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(log.entries.len(), 2, "the limit holds");
+        assert_eq!(log.entries[1].target, other_records[0], "the newest entry last");
+        assert!(
+            log.entries.windows(2).all(|w| w[0].seq < w[1].seq),
+            "newest last"
+        );
+        let v = audit
+            .verify(authed(&steward, pb::VerifyAuditRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(v.intact);
+        let cli = crate::cohort_json(&s.data, &["audit", "verify"]);
+        assert_eq!(v.head, cli["head"].as_str().unwrap());
+        let e = audit
+            .log(authed(
+                &steward,
+                pb::AuditLogRequest {
+                    limit: 20_000,
+                    target: None,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+        // Neither a researcher nor a patient reads the whole log.
+        for token in [&researcher, &patient] {
+            let e = audit
+                .log(authed(
+                    token,
+                    pb::AuditLogRequest {
+                        limit: 5,
+                        target: None,
+                    },
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+            assert!(e.message().contains("audit log"), "{e:?}");
+        }
+
+        // The patient sees the entries about their own records, and only those.
+        let own = records
+            .access_log(authed(&patient, pb::AccessLogRequest { limit: 0 }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            own.entries
+                .iter()
+                .any(|e| e.action == "read" && e.actor == "dr-who" && e.target == my_records[0]),
+            "the provider's read is not in {own:?}"
+        );
+        for e in &own.entries {
+            assert!(
+                my_records.contains(&e.target) || e.target == format!("Patient/{mine}"),
+                "an entry about someone else: {e:?}"
+            );
+            assert!(!other_records.contains(&e.target));
+        }
+        // An account linked to no patient has no access log.
+        let e = records
+            .access_log(authed(&researcher, pb::AccessLogRequest { limit: 0 }))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("not linked to a patient"), "{e:?}");
+    });
+}
