@@ -12,6 +12,7 @@ mod ledger;
 mod query;
 mod research;
 mod server;
+mod server_load;
 mod steward;
 mod vault;
 

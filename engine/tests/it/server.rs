@@ -16,18 +16,22 @@ use crate::research::{setup, study_text};
 use crate::{PASSPHRASE, assert_fails_with, cohort, cohort_env, stderr, stdout};
 
 /// A `cohort serve` child on a free loopback port; killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
+    /// Where its stderr goes: a file, not a pipe, so that a server logging
+    /// more than a pipe holds never blocks on a reader that is not there.
+    logs: tempfile::NamedTempFile,
 }
 
 impl Server {
-    fn start(data: &Path) -> Server {
+    pub(crate) fn start(data: &Path) -> Server {
         Server::start_env(data, &[])
     }
 
     /// With these environment variables (`COHORT_<SECTION>_<KEY>` settings).
-    fn start_env(data: &Path, env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start_env(data: &Path, env: &[(&str, &str)]) -> Server {
+        let logs = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
             .arg("--data-dir")
             .arg(data)
@@ -35,7 +39,7 @@ impl Server {
             .env("COHORT_PASSPHRASE", PASSPHRASE)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(logs.reopen().unwrap())
             .spawn()
             .expect("cohort serve starts");
         // The server prints one line once it accepts connections.
@@ -48,24 +52,23 @@ impl Server {
             .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
-        Server { child, url }
+        Server { child, url, logs }
     }
 
     /// SIGTERM, then the exit status.
-    fn stop(self) -> std::process::ExitStatus {
+    pub(crate) fn stop(self) -> std::process::ExitStatus {
         self.stop_with_logs().0
     }
 
     /// SIGTERM, then the exit status and everything the server logged.
-    fn stop_with_logs(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn stop_with_logs(mut self) -> (std::process::ExitStatus, String) {
         let killed = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(killed.success());
-        let mut logs = String::new();
-        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut logs).unwrap();
-        (self.child.wait().unwrap(), logs)
+        let status = self.child.wait().unwrap();
+        (status, std::fs::read_to_string(self.logs.path()).unwrap())
     }
 }
 
@@ -75,13 +78,13 @@ impl Drop for Server {
     }
 }
 
-fn login(data: &Path, server: &Server, actor: &str) -> String {
+pub(crate) fn login(data: &Path, server: &Server, actor: &str) -> String {
     let o = cohort(data, &["login", "--as", actor, "--server", &server.url]);
     assert!(o.status.success(), "login as {actor}: {}", stderr(&o));
     stdout(&o).trim().to_string()
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -95,7 +98,7 @@ fn enroll_totp(data: &Path, actor: &str) -> String {
 }
 
 /// A TLS endpoint trusting the certificate the server generated in `data`.
-fn endpoint(data: &Path, url: &str) -> tonic::transport::Endpoint {
+pub(crate) fn endpoint(data: &Path, url: &str) -> tonic::transport::Endpoint {
     let pem = std::fs::read(data.join("server/tls/cert.pem")).unwrap();
     tonic::transport::Endpoint::from_shared(url.to_string())
         .unwrap()
@@ -106,7 +109,7 @@ fn endpoint(data: &Path, url: &str) -> tonic::transport::Endpoint {
         .unwrap()
 }
 
-async fn client(
+pub(crate) async fn client(
     data: &Path,
     url: &str,
     token: Option<&str>,
@@ -124,7 +127,7 @@ async fn client(
 }
 
 /// Runs `sql`; the answer's batches, or the server's status.
-async fn ask(
+pub(crate) async fn ask(
     c: &mut FlightSqlServiceClient<Channel>,
     sql: &str,
 ) -> Result<Vec<arrow::array::RecordBatch>, tonic::Status> {
@@ -142,7 +145,7 @@ async fn ask(
         .map_err(as_status)
 }
 
-fn remaining(data: &Path, study: u64) -> String {
+pub(crate) fn remaining(data: &Path, study: u64) -> String {
     let show = crate::cohort_json(data, &["study", "show", &study.to_string()]);
     show["remaining"].as_str().unwrap().to_string()
 }
@@ -483,12 +486,12 @@ fn health_answers_and_logs_are_structured_without_the_question() {
 }
 
 /// A gRPC channel to the server (TLS, trusting its generated certificate).
-async fn channel(data: &Path, url: &str) -> Channel {
+pub(crate) async fn channel(data: &Path, url: &str) -> Channel {
     endpoint(data, url).connect().await.unwrap()
 }
 
 /// `request` with `authorization: Bearer <token>`.
-fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+pub(crate) fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -737,7 +740,10 @@ fn stewards_read_the_audit_log_and_patients_only_their_own_access_log() {
             .unwrap()
             .into_inner();
         assert_eq!(log.entries.len(), 2, "the limit holds");
-        assert_eq!(log.entries[1].target, other_records[0], "the newest entry last");
+        assert_eq!(
+            log.entries[1].target, other_records[0],
+            "the newest entry last"
+        );
         assert!(
             log.entries.windows(2).all(|w| w[0].seq < w[1].seq),
             "newest last"
