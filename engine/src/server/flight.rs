@@ -168,8 +168,18 @@ pub fn outcome_batch(outcome: &QueryOutcome) -> Result<RecordBatch, Status> {
         fields.push(Field::new(name, array.data_type().clone(), true));
         arrays.push(array);
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-        .map_err(|e| Status::internal(e.to_string()))
+    // What a notebook needs to draw error bars and watch the budget, in the
+    // schema's metadata: each release's 95% error, the cost and what is left.
+    let metadata = HashMap::from([
+        ("cohort.releases".to_string(), answer.releases.to_string()),
+        ("cohort.cost".to_string(), outcome.cost.clone()),
+        ("cohort.remaining".to_string(), outcome.remaining.clone()),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(Schema::new(fields).with_metadata(metadata)),
+        arrays,
+    )
+    .map_err(|e| Status::internal(e.to_string()))
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

@@ -9,6 +9,7 @@ mod encrypted;
 mod generate;
 mod ingest;
 mod ledger;
+mod notebooks;
 mod query;
 mod research;
 mod server;

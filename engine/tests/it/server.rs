@@ -195,6 +195,19 @@ fn flight_sql_answers_signed_in_researchers_and_refuses_everyone_else() {
             .expect("a count arrives as Int64")
             .value(0);
         assert!((0..=60).contains(&n), "a noisy count of 20 patients: {n}");
+        // The schema carries each release's 95% error, the cost and what is left.
+        let meta = batches[0].schema().metadata().clone();
+        let releases: serde_json::Value = serde_json::from_str(&meta["cohort.releases"]).unwrap();
+        assert_eq!(
+            releases[0]["values"][0].as_f64(),
+            Some(n as f64),
+            "the release is the answer's value: {releases}"
+        );
+        assert!(
+            releases[0]["error_95"][0].as_f64().unwrap() > 0.0,
+            "{releases}"
+        );
+        assert!(meta.contains_key("cohort.cost") && meta.contains_key("cohort.remaining"));
         let after = remaining(&s.data, id);
         assert_ne!(before, after, "the answer was debited");
 

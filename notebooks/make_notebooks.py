@@ -1,0 +1,95 @@
+"""Writes the notebooks from their cells (run once when editing them:
+`target/pyclient/bin/python notebooks/make_notebooks.py`). Keeping the cells
+here keeps the committed .ipynb files free of outputs and easy to review."""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).parent
+
+CONNECT = '''import os
+import cohort_client
+
+# `cohort serve` prints its address; `cohort login --as <researcher> --server <address>` prints the token.
+c = cohort_client.connect(
+    os.environ["COHORT_SERVER"],
+    os.environ["COHORT_TOKEN"],
+    ca_cert=os.environ.get("COHORT_CA_CERT"),  # <data dir>/server/tls/cert.pem for a local server
+)'''
+
+walkthrough = new_notebook(cells=[
+    new_markdown_cell("# A researcher's walk-through\n\n"
+                      "Connect to `cohort serve`, read the private plan of a question, ask it, "
+                      "and plot the noisy answer with its 95% error. Every answer is differentially "
+                      "private, computed only over consenting patients, and debited from the study's "
+                      "budget on the ledger."),
+    new_code_cell(CONNECT + '''
+study = int(os.environ["COHORT_STUDY"])
+s = c.study(study)
+print(f"study {s.study_id}: {s.title} ({s.status}); {s.consenting} consenting; budget left {s.remaining}")'''),
+    new_markdown_cell("## The plan first\n\n`EXPLAIN PRIVACY` shows the bounds, the mechanism, the cost and the "
+                      "expected error, and spends nothing."),
+    new_code_cell('''question = "SELECT gender, COUNT(*) AS n FROM patients GROUP BY gender"
+before = c.study(study).remaining
+print(c.explain(study, question))
+assert c.study(study).remaining == before, "EXPLAIN spent budget"'''),
+    new_markdown_cell("## The answer\n\nThe answer arrives as Arrow and is read as a DataFrame; each noisy value "
+                      "comes with its 95% error."),
+    new_code_cell('''answer = c.query(study, question)
+print("cost", answer.cost, "| left", answer.remaining)
+frame = answer.frame.assign(error_95=answer.error_95("n"))
+assert c.study(study).remaining != before, "the answer was not debited"
+frame'''),
+    new_code_cell('''import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.bar(frame["gender"], frame["n"], yerr=frame["error_95"], capsize=6, color="#4c72b0")
+ax.set_ylabel("patients (noisy count, 95% error)")
+ax.set_title("Patients by gender")
+fig.tight_layout()
+fig.savefig(os.environ.get("COHORT_PLOT", "histogram.png"))'''),
+    new_markdown_cell("## What is refused\n\nA question that would release rows is refused by the planner with its "
+                      "reason, and spends nothing."),
+    new_code_cell('''left = c.study(study).remaining
+try:
+    c.query(study, "SELECT patient_id, birth_date FROM patients")
+    raise AssertionError("a row-level question was answered")
+except cohort_client.CohortError as e:
+    print(e.code, "-", e.message)
+assert c.study(study).remaining == left'''),
+    new_markdown_cell("## A k-anonymous extract\n\nRow-level data leaves only as a k-anonymous extract, "
+                      "if the study's stewards allowed microdata: `cohort release <study> --k 5` on the "
+                      "server writes it as Parquet (not yet served over the API)."),
+])
+
+exhaustion = new_notebook(cells=[
+    new_markdown_cell("# When the budget runs out\n\nEach answer spends part of the study's privacy budget. "
+                      "When too little is left for the next question, the server refuses it, before "
+                      "anything runs, and says why."),
+    new_code_cell(CONNECT + '''
+study = int(os.environ["COHORT_SMALL_STUDY"])
+print("budget left:", c.study(study).remaining)'''),
+    new_code_cell('''answered = 0
+while True:
+    try:
+        a = c.query(study, "SELECT COUNT(*) AS n FROM patients")
+        answered += 1
+        print(f"answer {answered}: n = {a.frame['n'][0]} ± {a.error_95('n')[0]:.1f}; left {a.remaining}")
+    except cohort_client.CohortError as e:
+        print("refused:", e.code, "-", e.message)
+        refusal = e
+        break
+    assert answered < 100, "the budget never ran out"'''),
+    new_code_cell('''assert answered == int(os.environ.get("COHORT_EXPECT_ANSWERS", answered))
+assert "budget" in refusal.message.lower(), refusal.message
+print(f"{answered} answers, then refused; left: {c.study(study).remaining}")'''),
+])
+
+for name, nb in [("researcher_walkthrough", walkthrough), ("budget_exhaustion", exhaustion)]:
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, HERE / f"{name}.ipynb")
+    print("wrote", name)
