@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // The web page's JSON is these same messages.
+        .type_attribute(".cohort.v1", "#[derive(serde::Serialize)]")
         .compile_fds(files)?;
     Ok(())
 }

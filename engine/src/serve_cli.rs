@@ -90,7 +90,7 @@ pub(crate) fn serve(cli: &Cli, dir: &DataDir, flags: &ServeFlags) -> anyhow::Res
         |url| {
             // One line on stdout, flushed: scripts wait for it.
             println!(
-                "cohort serve: Flight SQL on {url} (sign in with `cohort login --server {url}`)"
+                "cohort serve: listening on {url} (Flight SQL, gRPC and the web page; sign in with `cohort login --server {url}`)"
             );
             let _ = std::io::stdout().flush();
         },

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod flight;
 pub mod tls;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,8 +106,8 @@ pub async fn serve(
         }
     };
     let max = config.server.max_request_bytes;
-    let server = builder
-        .add_service(health_service)
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(health_service)
         .add_service(FlightServiceServer::new(service).max_decoding_message_size(max))
         .add_service(
             api::pb::studies_server::StudiesServer::new(api.clone()).max_decoding_message_size(max),
@@ -123,8 +124,18 @@ pub async fn serve(
             api::pb::audit_server::AuditServer::new(api.clone()).max_decoding_message_size(max),
         )
         .add_service(
-            api::pb::records_server::RecordsServer::new(api).max_decoding_message_size(max),
-        )
+            api::pb::records_server::RecordsServer::new(api.clone()).max_decoding_message_size(max),
+        );
+    // The web page and its JSON API beside the gRPC services, on one port;
+    // browsers may speak HTTP/1.1.
+    let routes = grpc
+        .routes()
+        .into_axum_router()
+        .merge(web::router(api))
+        .layer(axum::extract::DefaultBodyLimit::max(max));
+    let server = builder
+        .accept_http1(true)
+        .add_routes(routes.into())
         .serve_with_incoming_shutdown(incoming, signal);
     tracing::info!(%url, "serving");
     ready(&url);

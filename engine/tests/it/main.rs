@@ -16,6 +16,7 @@ mod server;
 mod server_load;
 mod steward;
 mod vault;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

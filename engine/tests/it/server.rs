@@ -92,7 +92,7 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 /// Enrolls `actor`'s second factor; its secret (base32).
-fn enroll_totp(data: &Path, actor: &str) -> String {
+pub(crate) fn enroll_totp(data: &Path, actor: &str) -> String {
     let e = crate::cohort_json(data, &["account", "totp", actor]);
     e["secret"].as_str().unwrap().to_string()
 }

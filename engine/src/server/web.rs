@@ -1,0 +1,183 @@
+//! The web page for stewards and patients, served by `cohort serve` on the
+//! same port as gRPC (HTTP/1.1 or HTTP/2): the page, and a small JSON API that is the
+//! study API's own calls (same token, same checks, same messages) for a
+//! browser that does not speak gRPC.
+//!
+//! The browser holds the bearer token (from `cohort login`) in session
+//! storage and sends it as `authorization`; no cookie is set, so another
+//! site cannot make the browser act for the user. The page renders data
+//! only as text (never as HTML) and is served with a strict
+//! Content-Security-Policy.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use tonic::Code;
+
+use super::api::{StudyApi, pb};
+use pb::audit_server::Audit;
+use pb::compensation_server::Compensation;
+use pb::consents_server::Consents;
+use pb::records_server::Records;
+use pb::studies_server::Studies;
+
+const PAGE: &str = include_str!("web/index.html");
+const SCRIPT: &str = include_str!("web/app.js");
+const STYLE: &str = include_str!("web/style.css");
+
+/// The page's routes, to merge beside the gRPC services.
+pub fn router(api: StudyApi) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/",
+            get(|| async { asset(PAGE, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
+        )
+        .route("/api/studies", get(studies))
+        .route("/api/studies/{id}/approve", post(approve))
+        .route("/api/audit", get(audit_log))
+        .route("/api/audit/verify", get(audit_verify))
+        .route("/api/consents", get(consents))
+        .route("/api/consents/{id}/withdraw", post(withdraw))
+        .route("/api/access-log", get(access_log))
+        .route("/api/compensation", get(compensation))
+        .with_state(api)
+}
+
+fn asset(body: &'static str, kind: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A refusal as JSON `{code, error}`, with the HTTP status closest to the
+/// gRPC one.
+#[derive(Serialize)]
+struct Refusal {
+    code: String,
+    error: String,
+}
+
+fn refusal(s: tonic::Status) -> Response {
+    let http = match s.code() {
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::FailedPrecondition => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = Refusal {
+        code: format!("{:?}", s.code()),
+        error: s.message().to_string(),
+    };
+    (http, Json(body)).into_response()
+}
+
+/// `message` as a gRPC request carrying the browser's `authorization`.
+fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+fn reply<T: Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Response {
+    match r {
+        Ok(r) => Json(r.into_inner()).into_response(),
+        Err(s) => refusal(s),
+    }
+}
+
+async fn studies(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    reply(Studies::list(&api, request(&headers, pb::ListStudiesRequest {})).await)
+}
+
+async fn approve(State(api): State<StudyApi>, Path(id): Path<u64>, headers: HeaderMap) -> Response {
+    reply(Studies::approve(&api, request(&headers, pb::StudyRef { study_id: id })).await)
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    #[serde(default)]
+    limit: u32,
+}
+
+async fn audit_log(
+    State(api): State<StudyApi>,
+    Query(q): Query<Limit>,
+    headers: HeaderMap,
+) -> Response {
+    let message = pb::AuditLogRequest {
+        limit: q.limit,
+        target: None,
+    };
+    reply(Audit::log(&api, request(&headers, message)).await)
+}
+
+async fn audit_verify(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    reply(Audit::verify(&api, request(&headers, pb::VerifyAuditRequest {})).await)
+}
+
+async fn consents(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    reply(Consents::list(&api, request(&headers, pb::ListConsentsRequest {})).await)
+}
+
+async fn withdraw(
+    State(api): State<StudyApi>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    reply(Consents::withdraw(&api, request(&headers, pb::StudyRef { study_id: id })).await)
+}
+
+async fn access_log(
+    State(api): State<StudyApi>,
+    Query(q): Query<Limit>,
+    headers: HeaderMap,
+) -> Response {
+    reply(
+        Records::access_log(
+            &api,
+            request(&headers, pb::AccessLogRequest { limit: q.limit }),
+        )
+        .await,
+    )
+}
+
+async fn compensation(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    let message = pb::CompensationRequest { study_id: None };
+    reply(Compensation::show(&api, request(&headers, message)).await)
+}
