@@ -62,8 +62,13 @@ except cohort_client.CohortError as e:
     print(e.code, "-", e.message)
 assert c.study(study).remaining == left'''),
     new_markdown_cell("## A k-anonymous extract\n\nRow-level data leaves only as a k-anonymous extract, "
-                      "if the study's stewards allowed microdata: `cohort release <study> --k 5` on the "
-                      "server writes it as Parquet (not yet served over the API)."),
+                      "and only if the study's stewards allowed microdata: every combination of "
+                      "quasi-identifiers is shared by at least k patients, checked by the server before "
+                      "release and committed on chain by its hash."),
+    new_code_cell('''extract, info = c.release(study, k=5)
+print(f"{len(extract)} rows; asked k = {info.k}, measured k = {info.measured_k}; hash {info.extract_hash[:18]}...")
+assert info.measured_k >= 5 and len(extract) > 0
+extract.head()'''),
 ])
 
 exhaustion = new_notebook(cells=[

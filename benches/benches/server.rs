@@ -87,11 +87,10 @@ fn fixture(tmp: &std::path::Path, patients: u64) -> (DataDir, u64) {
             .unwrap();
     }
     let researcher = accounts::get(vault.conn(), vault.keys(), "researcher").unwrap();
-    rt.block_on(
-        client
-            .ledger()
-            .set_balance(researcher.address(), "10000000000000000000".parse().unwrap()),
-    )
+    rt.block_on(client.ledger().set_balance(
+        researcher.address(),
+        "10000000000000000000".parse().unwrap(),
+    ))
     .unwrap();
     let session = rt.block_on(Session::open(&dir, &vault)).unwrap();
     let file = StudyFile::parse(STUDY).unwrap();

@@ -193,6 +193,17 @@ class Client:
     def list_studies(self) -> list:
         return list(self.call(self.studies.List, pb.ListStudiesRequest()).studies)
 
+    def release(self, study: int, k: int, l: Optional[int] = None):
+        """A k-anonymous extract of ``study``'s view (if its stewards allowed
+        microdata), as a DataFrame, with what the server measured of it
+        (``measured_k``, ``measured_l``) and its on-chain hash."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        x = self.call(self.studies.Release, pb.ReleaseRequest(study_id=study, k=k, l=l))
+        return pq.read_table(io.BytesIO(x.parquet)).to_pandas(), x
+
     def propose(self, study_toml: str) -> pb.Proposed:
         return self.call(self.studies.Propose, pb.ProposeRequest(study_toml=study_toml))
 

@@ -55,6 +55,11 @@ class StudiesStub:
                 request_serializer=cohort__pb2.StudyRef.SerializeToString,
                 response_deserializer=cohort__pb2.Study.FromString,
                 _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/cohort.v1.Studies/Release',
+                request_serializer=cohort__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=cohort__pb2.Extract.FromString,
+                _registered_method=True)
 
 
 class StudiesServicer:
@@ -90,6 +95,15 @@ class StudiesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Release(self, request, context):
+        """As `cohort release ID --k K [--l L]`: the caller (the study's
+        researcher) receives a k-anonymous extract, if the stewards allowed
+        microdata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StudiesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +126,11 @@ def add_StudiesServicer_to_server(servicer, server):
                     servicer.Show,
                     request_deserializer=cohort__pb2.StudyRef.FromString,
                     response_serializer=cohort__pb2.Study.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=cohort__pb2.ReleaseRequest.FromString,
+                    response_serializer=cohort__pb2.Extract.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +242,33 @@ class Studies:
             '/cohort.v1.Studies/Show',
             cohort__pb2.StudyRef.SerializeToString,
             cohort__pb2.Study.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Studies/Release',
+            cohort__pb2.ReleaseRequest.SerializeToString,
+            cohort__pb2.Extract.FromString,
             options,
             channel_credentials,
             insecure,

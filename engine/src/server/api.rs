@@ -159,6 +159,39 @@ impl pb::studies_server::Studies for StudyApi {
         .await
     }
 
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::Extract>, Status> {
+        let r = *request.get_ref();
+        if r.k < 2 {
+            return Err(Status::invalid_argument("`k` must be at least 2"));
+        }
+        self.as_caller(&request, "study.release", async move |s, _, me| {
+            let x = s
+                .release(
+                    me.name(),
+                    r.study_id,
+                    r.k as usize,
+                    r.l.map(|l| l as usize),
+                    None,
+                )
+                .await?;
+            let parquet =
+                std::fs::read(&x.path).map_err(|e| crate::Error::io("reading", &x.path, e))?;
+            Ok(pb::Extract {
+                study_id: x.study_id,
+                k: x.k as u32,
+                l: x.l as u32,
+                measured_k: x.measured_k as u32,
+                measured_l: x.measured_l.map(|l| l as u32),
+                extract_hash: x.extract_hash,
+                parquet,
+            })
+        })
+        .await
+    }
+
     async fn show(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::Study>, Status> {
         let id = request.get_ref().study_id;
         self.as_caller(&request, "study.show", async move |s, conn, _| {

@@ -682,6 +682,32 @@ fn the_study_api_over_grpc_does_what_the_cli_does() {
             .into_inner();
         assert!(earned.shares.is_empty());
 
+        // No microdata allowed in this study: no extract, and k below 2 is refused first.
+        let e = studies
+            .release(authed(
+                &researcher,
+                pb::ReleaseRequest {
+                    study_id: id,
+                    k: 5,
+                    l: None,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("microdata"), "{e:?}");
+        let e = studies
+            .release(authed(
+                &researcher,
+                pb::ReleaseRequest {
+                    study_id: id,
+                    k: 1,
+                    l: None,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
         // An unknown study is NotFound, with the research path's message.
         let e = studies
             .show(authed(&researcher, pb::StudyRef { study_id: 999 }))
