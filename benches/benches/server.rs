@@ -9,9 +9,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use arrow_flight::{Action, HandshakeRequest};
 use cohort_engine::chain::{self, DeployRequest};
 use cohort_engine::research::query::QueryRequest;
 use cohort_engine::research::{self, Session, StudyFile};
@@ -198,39 +196,9 @@ async fn channel(dir: &DataDir, url: &str) -> Channel {
 async fn sign_in(dir: &DataDir, ch: Channel) -> String {
     let vault = dir.unlock(PASSPHRASE).unwrap();
     let researcher = accounts::get(vault.conn(), vault.keys(), "researcher").unwrap();
-    let mut flight = FlightServiceClient::new(ch);
-    let challenge = flight
-        .do_action(Action {
-            r#type: "cohort.challenge".into(),
-            body: format!("{:#x}", researcher.address()).into_bytes().into(),
-        })
+    server::sign_in::sign_in(ch, &researcher, None)
         .await
         .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
-    let message = String::from_utf8(challenge.body.to_vec()).unwrap();
-    let signature = researcher.sign_message(&message).unwrap();
-    let payload = serde_json::json!({
-        "message": message,
-        "signature": format!("0x{}", signature.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-    });
-    let request = HandshakeRequest {
-        protocol_version: 0,
-        payload: serde_json::to_vec(&payload).unwrap().into(),
-    };
-    let reply = flight
-        .handshake(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8(reply.payload.to_vec()).unwrap()
 }
 
 fn through_flight(c: &mut Criterion, dir: &DataDir, id: u64, url: &str) {

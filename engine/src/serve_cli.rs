@@ -7,11 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::{Action, HandshakeRequest};
 use cohort_engine::research::Session;
 use cohort_engine::server::tls::self_signed_cert_path;
-use cohort_engine::server::{self, Config, config, flight::CHALLENGE_ACTION};
+use cohort_engine::server::{self, Config, config};
 use cohort_engine::{DataDir, accounts};
 use serde::Serialize;
 
@@ -203,39 +201,7 @@ pub(crate) fn login(
             .connect()
             .await
             .with_context(|| format!("cannot reach {server}"))?;
-        let mut client = FlightServiceClient::new(channel);
-        let action = Action {
-            r#type: CHALLENGE_ACTION.into(),
-            body: format!("{:#x}", account.address()).into_bytes().into(),
-        };
-        let mut results = client.do_action(action).await?.into_inner();
-        let challenge = results
-            .message()
-            .await?
-            .context("the server sent no challenge")?;
-        let message =
-            String::from_utf8(challenge.body.to_vec()).context("the challenge is not text")?;
-        let signature = account.sign_message(&message)?;
-        let mut payload = serde_json::json!({
-            "message": message,
-            "signature": format!("0x{}", data_encoding::HEXLOWER.encode(&signature)),
-        });
-        if let Some(code) = totp {
-            payload["totp"] = code.into();
-        }
-        let request = HandshakeRequest {
-            protocol_version: 0,
-            payload: serde_json::to_vec(&payload)?.into(),
-        };
-        let mut replies = client
-            .handshake(futures::stream::iter([request]))
-            .await?
-            .into_inner();
-        let reply = replies
-            .message()
-            .await?
-            .context("the server sent no token")?;
-        anyhow::Ok(String::from_utf8(reply.payload.to_vec()).context("the token is not text")?)
+        anyhow::Ok(server::sign_in::sign_in(channel, &account, totp).await?)
     })?;
     let out = LoggedIn {
         account: account.name().to_string(),

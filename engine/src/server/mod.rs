@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod flight;
+pub mod sign_in;
 pub mod tls;
 pub mod web;
 

@@ -91,6 +91,28 @@ pub(crate) fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// Enrolls `actor`'s second factor and signs in with its current code.
+pub(crate) fn login_totp(data: &Path, server: &Server, actor: &str) -> String {
+    let secret = enroll_totp(data, actor);
+    let code = cohort_engine::second_factor::code_for(&secret, unix_now()).unwrap();
+    let args = [
+        "login",
+        "--as",
+        actor,
+        "--server",
+        &server.url,
+        "--totp",
+        &code,
+    ];
+    let o = cohort(data, &args);
+    assert!(
+        o.status.success(),
+        "login as {actor} with TOTP: {}",
+        stderr(&o)
+    );
+    stdout(&o).trim().to_string()
+}
+
 /// Enrolls `actor`'s second factor; its secret (base32).
 pub(crate) fn enroll_totp(data: &Path, actor: &str) -> String {
     let e = crate::cohort_json(data, &["account", "totp", actor]);
@@ -163,22 +185,7 @@ fn flight_sql_answers_signed_in_researchers_and_refuses_everyone_else() {
     );
     let token = login(&s.data, &server, "researcher");
     assert_eq!(token.len(), 64, "a 32-byte hex token: {token}");
-    let secret = enroll_totp(&s.data, "steward-1");
-    let code = cohort_engine::second_factor::code_for(&secret, unix_now()).unwrap();
-    let o = cohort(
-        &s.data,
-        &[
-            "login",
-            "--as",
-            "steward-1",
-            "--server",
-            &server.url,
-            "--totp",
-            &code,
-        ],
-    );
-    assert!(o.status.success(), "steward login: {}", stderr(&o));
-    let steward = stdout(&o).trim().to_string();
+    let steward = login_totp(&s.data, &server, "steward-1");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // The researcher's question is answered, debited and streamed as Arrow.
@@ -525,24 +532,7 @@ fn the_study_api_over_grpc_does_what_the_cli_does() {
     let patient = login(&s.data, &server, "patient-0");
     let stewards: Vec<String> = ["steward-1", "steward-2"]
         .iter()
-        .map(|name| {
-            let secret = enroll_totp(&s.data, name);
-            let code = cohort_engine::second_factor::code_for(&secret, unix_now()).unwrap();
-            let o = cohort(
-                &s.data,
-                &[
-                    "login",
-                    "--as",
-                    name,
-                    "--server",
-                    &server.url,
-                    "--totp",
-                    &code,
-                ],
-            );
-            assert!(o.status.success(), "{}", stderr(&o));
-            stdout(&o).trim().to_string()
-        })
+        .map(|name| login_totp(&s.data, &server, name))
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

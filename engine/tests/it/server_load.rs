@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use arrow_flight::HandshakeRequest;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::{Action, HandshakeRequest};
 use cohort_engine::accounts;
 use cohort_engine::server::api::pb::{self, studies_client::StudiesClient};
+use cohort_engine::server::sign_in;
 use prost::bytes::{Buf, BufMut, Bytes};
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -102,25 +103,8 @@ fn a_thousand_requests_from_fifty_clients_mostly_bad() {
         // One signed sign-in, answered once: every later copy is a replay.
         let ch = channel(&s.data, &server.url).await;
         let mut flight = FlightServiceClient::new(ch);
-        let challenge = flight
-            .do_action(Action {
-                r#type: "cohort.challenge".into(),
-                body: format!("{:#x}", researcher.address()).into_bytes().into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .message()
-            .await
-            .unwrap()
-            .unwrap();
-        let message = String::from_utf8(challenge.body.to_vec()).unwrap();
-        let signature = researcher.sign_message(&message).unwrap();
-        let payload = serde_json::to_vec(&serde_json::json!({
-            "message": message,
-            "signature": format!("0x{}", data_encoding::HEXLOWER.encode(&signature)),
-        }))
-        .unwrap();
+        let message = sign_in::challenge(&mut flight, &researcher).await.unwrap();
+        let payload = sign_in::handshake_payload(&researcher, &message, None).unwrap();
         let handshake = |payload: Vec<u8>| HandshakeRequest {
             protocol_version: 0,
             payload: payload.into(),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::research::{setup, study_text};
-use crate::server::{Server, enroll_totp, login, unix_now};
+use crate::server::{Server, login, login_totp};
 use crate::{cohort, cohort_json, stderr, stdout};
 
 #[test]
@@ -50,22 +50,7 @@ fn stewards_and_patients_use_the_page_in_chromium() {
     assert!(read.status.success(), "{}", stderr(&read));
 
     let server = Server::start(&s.data);
-    let secret = enroll_totp(&s.data, "steward-1");
-    let code = cohort_engine::second_factor::code_for(&secret, unix_now()).unwrap();
-    let o = cohort(
-        &s.data,
-        &[
-            "login",
-            "--as",
-            "steward-1",
-            "--server",
-            &server.url,
-            "--totp",
-            &code,
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let steward = stdout(&o).trim().to_string();
+    let steward = login_totp(&s.data, &server, "steward-1");
     let patient = login(&s.data, &server, "patient-0");
 
     // COHORT_SCREENSHOT_DIR keeps the screenshots (to look at them).
