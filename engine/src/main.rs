@@ -86,25 +86,15 @@ enum Command {
     /// Ask a `cohort serve` whether it is serving (the gRPC health check);
     /// exits 0 when it is, 1 otherwise. Needs no sign-in.
     Health {
-        /// The server, e.g. https://127.0.0.1:50051.
-        #[arg(long, env = "COHORT_SERVER")]
-        server: String,
-        /// The certificate (PEM) to trust for an https server; default: the
-        /// one `cohort serve` generated in this data directory.
-        #[arg(long, env = "COHORT_CA_CERT")]
-        ca_cert: Option<PathBuf>,
+        #[command(flatten)]
+        to: ServerArgs,
     },
     /// Sign in to a `cohort serve` as the `--as` account: its key signs the
     /// server's EIP-4361 challenge. Prints the bearer token for any Flight
     /// SQL client (`authorization: Bearer <token>`).
     Login {
-        /// The server, e.g. https://127.0.0.1:50051.
-        #[arg(long, env = "COHORT_SERVER")]
-        server: String,
-        /// The certificate (PEM) to trust for an https server; default: the
-        /// one `cohort serve` generated in this data directory.
-        #[arg(long, env = "COHORT_CA_CERT")]
-        ca_cert: Option<PathBuf>,
+        #[command(flatten)]
+        to: ServerArgs,
         /// The current TOTP code (stewards and admins; `cohort account totp` enrolls).
         #[arg(long, env = "COHORT_TOTP")]
         totp: Option<String>,
@@ -328,6 +318,18 @@ enum AccountCmd {
         #[arg(long)]
         replace: bool,
     },
+}
+
+/// Which `cohort serve` to talk to, and the certificate to trust.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The server, e.g. https://127.0.0.1:50051.
+    #[arg(long, env = "COHORT_SERVER")]
+    server: String,
+    /// The certificate (PEM) to trust for an https server; default: the
+    /// one `cohort serve` generated in this data directory.
+    #[arg(long, env = "COHORT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 /// `cohort query`: private SQL over a study's view, or over the tables a
@@ -662,14 +664,16 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             };
             serve_cli::serve(cli, &dir()?, &flags)
         }
-        Command::Health { server, ca_cert } => {
-            serve_cli::health(cli, &dir()?, server, ca_cert.as_deref())
+        Command::Health { to } => {
+            serve_cli::health(cli, &dir()?, &to.server, to.ca_cert.as_deref())
         }
-        Command::Login {
-            server,
-            ca_cert,
-            totp,
-        } => serve_cli::login(cli, &dir()?, server, ca_cert.as_deref(), totp.as_deref()),
+        Command::Login { to, totp } => serve_cli::login(
+            cli,
+            &dir()?,
+            &to.server,
+            to.ca_cert.as_deref(),
+            totp.as_deref(),
+        ),
         Command::Generate {
             patients,
             seed,

@@ -47,15 +47,7 @@ impl StudyApi {
     where
         T: Send + 'static,
     {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap_or_default());
-        let address = self
-            .auth
-            .principal(header)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?
-            .address;
+        let address = self.auth.caller(request)?;
         let name = account_name(&self.dir, address)?;
         let session = Arc::clone(&self.session);
         let dir = self.dir.clone();

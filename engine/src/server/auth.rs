@@ -172,6 +172,18 @@ impl Auth {
         token
     }
 
+    /// The signed-in account a gRPC request comes from, by its
+    /// `authorization` header; UNAUTHENTICATED saying why otherwise.
+    pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Address, tonic::Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or_default());
+        self.principal(header)
+            .map(|p| p.address)
+            .map_err(|e| tonic::Status::unauthenticated(e.to_string()))
+    }
+
     /// The account behind an `authorization` header's value.
     pub fn principal(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         let header = authorization.ok_or(AuthError::Unauthenticated("no authorization header"))?;

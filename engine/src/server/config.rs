@@ -169,25 +169,15 @@ impl Config {
         fallback: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config> {
-        let (path, text) = match file {
-            Some(p) => (
-                Some(p),
-                Some(std::fs::read_to_string(p).map_err(|e| Error::io("reading", p, e))?),
-            ),
-            None if fallback.exists() => (
-                Some(fallback),
-                Some(
-                    std::fs::read_to_string(fallback)
-                        .map_err(|e| Error::io("reading", fallback, e))?,
-                ),
-            ),
-            None => (None, None),
-        };
-        let mut table: toml::Table = match (&path, &text) {
-            (Some(p), Some(t)) => {
-                toml::from_str(t).map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?
+        // A named file must exist; the fallback is read only if it does.
+        let path = file.or_else(|| fallback.exists().then_some(fallback));
+        let mut table: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io("reading", p, e))?;
+                toml::from_str(&text)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?
             }
-            _ => toml::Table::new(),
+            None => toml::Table::new(),
         };
         let mut sources: HashMap<String, Source> = HashMap::new();
         if let Some(p) = path {

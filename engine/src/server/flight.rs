@@ -108,17 +108,6 @@ impl Research {
             .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
-    fn caller<T>(&self, request: &Request<T>) -> Result<Address, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap_or_default());
-        self.auth
-            .principal(header)
-            .map(|p| p.address)
-            .map_err(|e| Status::unauthenticated(e.to_string()))
-    }
-
     fn account_name(&self, address: Address) -> Result<String, Status> {
         super::account_name(&self.dir, address)
     }
@@ -275,7 +264,7 @@ impl FlightSqlService for Research {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let started = Instant::now();
-        let caller = self.caller(&request)?;
+        let caller = self.auth.caller(&request)?;
         let study = header(&request, STUDY_HEADER)
             .ok_or_else(|| {
                 Status::invalid_argument(format!(
@@ -353,7 +342,7 @@ impl FlightSqlService for Research {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.auth.caller(&request)?;
         let handle = String::from_utf8_lossy(&ticket.statement_handle).to_string();
         let stored = {
             let mut answers = self.answers.lock().expect("answers lock");
