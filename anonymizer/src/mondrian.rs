@@ -33,7 +33,7 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Schema};
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hierarchy::{
@@ -42,7 +42,7 @@ use crate::hierarchy::{
 use crate::privacy_model::{GroundDistance, LDiversity, TCloseness, emd, entropy};
 
 /// How ordered attributes are cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Cut by value: all rows with the median value go to one side.
@@ -107,7 +107,7 @@ pub struct Anonymized {
 }
 
 /// Information loss and achieved privacy of one anonymization.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Rows in the input.
     pub rows_in: usize,

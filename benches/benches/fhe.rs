@@ -27,7 +27,7 @@ use cohort_fhe::linear::{self, LinearLayer, Steward};
 use cohort_fhe::predicate::{self, PredicateLayer};
 use cohort_fhe::range::{Bounds, encrypt_proven};
 use cohort_fhe::threshold::{self, Threshold};
-use cohort_fhe::{Comparison, DecryptionGate, EncryptedAggregate, EncryptedOp, Job};
+use cohort_fhe::{Comparison, DecryptionGate, EncryptedAggregate, EncryptedOp, Job, Padding};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -66,7 +66,7 @@ fn elgamal(c: &mut Criterion) {
     g.bench_function("sum 1M values, noise, 3-of-5 decryption", |b| {
         b.iter(|| {
             let sealed = layer
-                .aggregate(&EncryptedOp::Sum, &cells, 3, &Job::new())
+                .aggregate(&EncryptedOp::Sum, &cells, 3, &Job::new(), Padding::NONE)
                 .unwrap();
             let partials: Vec<_> = stewards
                 .iter()
@@ -152,6 +152,7 @@ fn tfhe_layer(_c: &mut Criterion) {
             &[proven[0].as_slice()],
             0,
             &Job::new(),
+            Padding::NONE,
         )
         .unwrap();
     black_box(one);
@@ -174,6 +175,7 @@ fn tfhe_layer(_c: &mut Criterion) {
             &refs,
             0,
             &Job::new(),
+            Padding::NONE,
         )
         .unwrap();
     let seconds = t.elapsed().as_secs_f64();
@@ -223,7 +225,7 @@ fn ratio(_c: &mut Criterion) {
     for _ in 0..10 {
         black_box(
             layer
-                .aggregate(&EncryptedOp::Sum, &refs, 0, &Job::new())
+                .aggregate(&EncryptedOp::Sum, &refs, 0, &Job::new(), Padding::NONE)
                 .unwrap(),
         );
     }

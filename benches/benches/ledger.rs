@@ -54,6 +54,9 @@ async fn study(ledger: Arc<dyn Ledger>) -> (Client, Account, u64) {
         deltaQueryCap: 0,
         duration: 365 * 86_400,
         microdata: false,
+        feePerUnit: U256::ZERO,
+        minK: 0,
+        maxExtracts: 0,
     };
     let id = client
         .propose_study(&researcher, proposal, U256::ZERO)
@@ -87,7 +90,7 @@ async fn debit(client: &Client, engine: &Account, id: u64, n: u64) {
             query,
             keccak256("answer"),
             keccak256("root"),
-            U256::ZERO,
+            1_000,
         )
         .await
         .unwrap();

@@ -31,7 +31,7 @@ title = "Server bench"
 purpose = "Measuring the server"
 duration_days = 30
 escrow = "1 ether"
-fee_per_query = "0 wei"
+fee_per_epsilon = "0 wei"
 microdata = false
 [budget]
 epsilon = "1000000"
@@ -40,6 +40,9 @@ epsilon = "0.01"
 max_epsilon = "1"
 [contribution]
 max_rows = 3
+# The engine's own cost is measured: a deadline would add its fixed time.
+[execution]
+release = "immediate"
 [tables.patients]
 rows_per_unit = 1
 [tables.patients.columns]

@@ -32,7 +32,9 @@ purpose = "How HbA1c and blood pressure vary with age and sex, for a diabetes ca
 purposes = ["research"]
 duration_days = 365
 escrow = "1 ether"
-fee_per_query = "0.07 ether"
+# A query's fee: 0.14 ether per ε it charges, shared equally by every
+# consenting patient (everyone in the data bears its privacy loss).
+fee_per_epsilon = "0.14 ether"
 microdata = true
 
 [budget]
@@ -43,6 +45,8 @@ table = "patients"
 quasi_identifiers = ["birth_date", "gender", "zip"]
 sensitive = "race"
 suppression = 0.02
+min_k = 10                 # no extract with a smaller k (on chain)
+max_extracts = 2           # at most two extracts ever (on chain)
 
 [query]
 epsilon = "0.5"
@@ -50,6 +54,13 @@ max_epsilon = "1"
 
 [contribution]
 max_rows = 3
+
+# Every outcome is released at a deadline computed before the query runs,
+# from the plan and the public number of consenting patients: 400 ms, plus
+# 20 µs per consenting patient and table read (a few tenths of a second).
+[execution]
+deadline_ms = 400
+per_patient_us = 20
 
 [tables.patients]
 rows_per_unit = 1
@@ -256,11 +267,11 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         ("hba1c-by-sex", "SELECT p.gender, AVG(LEAST(GREATEST(o.value, 3), 15)) AS mean_hba1c FROM patients p JOIN observations o ON o.patient_id = p.patient_id WHERE o.loinc = '4548-4' GROUP BY p.gender ORDER BY p.gender".to_string()),
         ("median-systolic", "SELECT MEDIAN(LEAST(GREATEST(value, 80), 200)) AS median_systolic FROM observations WHERE loinc = '8480-6'".to_string()),
     ];
-    let mut first_contributors = 0;
+    let mut first_members = 0;
     for (i, (name, sql)) in queries.iter().enumerate() {
         let outcome = ask(sql.clone(), name)?;
         if i == 0 {
-            first_contributors = outcome.answer.as_ref().map_or(0, |a| a.contributors);
+            first_members = outcome.answer.as_ref().map_or(0, |a| a.members);
         }
         say(&format!("\n   {sql}"));
         say(&format!(
@@ -347,7 +358,8 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     // 7. Compensation.
     let patient = &linked[0];
     say(&format!(
-        "\n8. Compensation: {} sees and claims their share",
+        "\n8. Compensation: {} sees and claims their share (every consenting patient earns the same \
+         share of each query's fee, priced by the ε it charged)",
         patient.name()
     ));
     let earnings = rt.block_on(session.earnings(patient.address(), Some(id)))?;
@@ -366,7 +378,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     // 8. Withdrawal.
     let leaving = &linked[1];
     say(&format!(
-        "\n9. {} withdraws; the next query cannot count them",
+        "\n9. {} withdraws; the next query leaves them out (and no longer pays them)",
         leaving.name()
     ));
     rt.block_on(session.withdraw(vault.conn(), leaving, id))?;
@@ -374,13 +386,13 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         "SELECT COUNT(*) AS patients FROM patients".into(),
         "after-withdrawal",
     )?;
-    let after_contributors = after.answer.as_ref().map_or(0, |a| a.contributors);
+    let after_members = after.answer.as_ref().map_or(0, |a| a.members);
     say(&format!(
         "   {}",
         outcome_text(&after).replace('\n', "\n   ")
     ));
     say(&format!(
-        "   contributors: {first_contributors} before the withdrawal, {after_contributors} after"
+        "   consenting set: {first_members} before the withdrawal, {after_members} after"
     ));
     keep("query", serde_json::to_value(&after)?);
 
@@ -407,8 +419,8 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
             study: &'a research::StudySummary,
             audit: &'a audit::Verification,
             ledger: &'a cohort_ledger_bridge::Verified,
-            contributors_before_withdrawal: usize,
-            contributors_after_withdrawal: usize,
+            members_before_withdrawal: usize,
+            members_after_withdrawal: usize,
             seconds: f64,
         }
         println!(
@@ -418,15 +430,15 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
                 study: &shown,
                 audit: &verification,
                 ledger: &verified,
-                contributors_before_withdrawal: first_contributors,
-                contributors_after_withdrawal: after_contributors,
+                members_before_withdrawal: first_members,
+                members_after_withdrawal: after_members,
                 seconds,
             })?
         );
     }
     let ok = verification.is_intact()
         && report.rejected.is_empty()
-        && after_contributors + 1 == first_contributors;
+        && after_members + 1 == first_members;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

@@ -88,6 +88,20 @@ pub enum Error {
     #[error("{0}")]
     Forbidden(String),
 
+    /// A query ended without an answer after its cost was reserved. It was
+    /// charged, and nothing else is said: why it ended could depend on the
+    /// data (an error over one patient's row, a resource limit, a deadline).
+    #[error(
+        "query `{query_id}` ended without an answer and was charged {cost}: once a query's cost \
+         is reserved every outcome is charged, and why it ended is not disclosed"
+    )]
+    Charged {
+        /// The query's id.
+        query_id: String,
+        /// What it was charged.
+        cost: String,
+    },
+
     /// The hash chain of the audit log is broken.
     #[error("{0}")]
     AuditBroken(String),

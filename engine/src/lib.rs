@@ -25,6 +25,7 @@ pub mod blockstore;
 pub mod chain;
 pub mod cid;
 pub mod datadir;
+pub mod deadline;
 pub mod fhir;
 mod fsutil;
 pub mod generate;

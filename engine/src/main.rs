@@ -388,6 +388,10 @@ struct DpArgs {
     /// The debit's id in the budget file (a retry with the same id pays once).
     #[arg(long)]
     query_id: Option<String>,
+    /// Release the outcome no earlier than this many milliseconds after the
+    /// request, so that its timing says nothing of the data (0: at once).
+    #[arg(long, default_value_t = 1_000)]
+    deadline_ms: u64,
     #[command(subcommand)]
     statistic: StatisticCmd,
 }
@@ -965,6 +969,7 @@ fn dp_release(cli: &Cli, a: &DpArgs) -> anyhow::Result<ExitCode> {
         unit: a.unit.clone(),
         max_rows: a.max_rows,
         privacy,
+        deadline: (a.deadline_ms > 0).then(|| std::time::Duration::from_millis(a.deadline_ms)),
     };
     request.charge()?;
     let table = cohort_engine::tabular::read(&a.input)?;
@@ -973,7 +978,7 @@ fn dp_release(cli: &Cli, a: &DpArgs) -> anyhow::Result<ExitCode> {
             let id = a.query_id.clone().unwrap_or_else(release::new_query_id);
             release::release_with_budget(file, &id, &table, &request)?
         }
-        None => release::release(&table, &request)?,
+        None => release::release_unbudgeted(&table, &request)?,
     };
     emit(cli, &outcome, || {
         let mut lines = vec![
@@ -981,10 +986,6 @@ fn dp_release(cli: &Cli, a: &DpArgs) -> anyhow::Result<ExitCode> {
             format!(
                 "  {} noise, scale {:.4}, 95% within ±{:.4}; cost {}",
                 outcome.mechanism, outcome.scale, outcome.accuracy_95, outcome.charge
-            ),
-            format!(
-                "  rows used {}, dropped by contribution bounding {}",
-                outcome.rows_used, outcome.rows_dropped
             ),
         ];
         if let Some(d) = &outcome.debit {
@@ -1078,10 +1079,7 @@ fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             lines.push(format!("  {}  {}", r.output, parts.join("; ")));
         }
-        let mut summary = format!(
-            "cost {}; {} patients contributed",
-            outcome.cost, outcome.contributors
-        );
+        let mut summary = format!("cost {}", outcome.cost);
         if let Some(d) = &outcome.debit {
             summary.push_str(&format!(
                 "; debited as {}, remaining {}",

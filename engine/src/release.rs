@@ -9,12 +9,23 @@
 //! added or removed, which is the sensitivity every mechanism is given.
 //! Without a unit column every row is its own unit.
 //!
-//! Budgets: the budget file is the study's [`Accountant`] as JSON. A release
-//! reserves its charge, computes, commits and rewrites the file atomically;
-//! if the computation fails the reservation is released, so nothing is spent
-//! without a result and nothing is released without a debit. A run killed
-//! between reserving and committing leaves a reservation (never an
-//! overspend), which `cohort budget release` cancels.
+//! Sums are fixed point: each clamped value is rounded to [`SUM_DECIMALS`]
+//! decimals and the integers are summed exactly, so the sum does not depend
+//! on the order of the rows and moves by at most the sensitivity between
+//! neighbours (a floating-point sum can move by more: Casacuberta et al.,
+//! CCS 2022). The same fixed point as the SQL planner's sums.
+//!
+//! Budgets: the budget file is the study's [`Accountant`] as JSON, locked
+//! ([`BudgetLock`]) from its reading to its last write, so two runs cannot
+//! both spend what only one may. A release reserves its charge, computes,
+//! and commits, whatever the ending: once reserved, a failed computation is
+//! charged too, with a fixed message ([`Error::Charged`]), because whether
+//! it failed could depend on the data. A run killed between reserving and
+//! committing leaves a reservation (never an overspend), which
+//! `cohort budget release` cancels.
+//!
+//! The outcome carries no exact quantity (no count of rows used or dropped),
+//! and is released no earlier than the request's deadline, when one is set.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -91,10 +102,6 @@ pub struct Outcome {
     pub accuracy_95: f64,
     /// The privacy cost.
     pub charge: String,
-    /// Rows after contribution bounding.
-    pub rows_used: usize,
-    /// Rows dropped by contribution bounding.
-    pub rows_dropped: usize,
     /// The query id debited, and what remains, when a budget file is used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debit: Option<Debit>,
@@ -162,6 +169,46 @@ fn text_column(batch: &RecordBatch, name: &str) -> Result<arrow::array::ArrayRef
     Ok(cast(column(batch, name)?, &DataType::Utf8)?)
 }
 
+/// Decimals kept by a fixed-point sum (the planner's default precision).
+pub const SUM_DECIMALS: i32 = 4;
+
+/// The exact fixed-point sum of `xs` clamped to `[lower, upper]`, as the
+/// real it stands for: each value rounded to [`SUM_DECIMALS`] decimals, the
+/// integers summed exactly (`i128`), the total converted once.
+pub fn fixed_point_sum(xs: &[f64], lower: f64, upper: f64) -> f64 {
+    let scale = 10f64.powi(SUM_DECIMALS);
+    let total: i128 = xs
+        .iter()
+        .map(|x| (x.clamp(lower, upper) * scale).round() as i128)
+        .sum();
+    total as f64 / scale
+}
+
+/// An exclusive lock on a budget file, held from its reading to its last
+/// write (a `<file>.lock` beside it, released when dropped or when the
+/// process dies).
+pub struct BudgetLock {
+    _file: std::fs::File,
+}
+
+impl BudgetLock {
+    /// Waits for the lock of `budget_file`.
+    pub fn acquire(budget_file: &Path) -> Result<BudgetLock> {
+        let mut name = budget_file.as_os_str().to_owned();
+        name.push(".lock");
+        let path = std::path::PathBuf::from(name);
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening the budget lock", &path, e))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| Error::io("locking the budget", &path, e.into()))?;
+        Ok(BudgetLock { _file: file })
+    }
+}
+
 /// The clamped values of `name` at `rows` (nulls skipped).
 fn numbers(batch: &RecordBatch, name: &str, rows: &[usize]) -> Result<Vec<f64>> {
     let c = column(batch, name)?;
@@ -191,6 +238,8 @@ pub struct Request {
     pub max_rows: u32,
     /// ε (discrete Laplace) or ρ (discrete Gaussian).
     pub privacy: Privacy,
+    /// Release no earlier than this long after the request (`None`: at once).
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl Request {
@@ -219,7 +268,6 @@ pub fn release(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
         return Err(Error::Invalid("--max-rows must be at least 1".into()));
     }
     let rows = bounded_rows(batch, unit, max_rows)?;
-    let dropped = batch.num_rows() - rows.len();
     let (statistic_name, value, mechanism, scale, accuracy, charge) = match statistic {
         Statistic::Count => {
             let r = dp::count(rows.len() as i64, max_rows, privacy)?;
@@ -238,7 +286,7 @@ pub fn release(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
             upper,
         } => {
             let xs = numbers(batch, column, &rows)?;
-            let sum: f64 = xs.iter().map(|x| x.clamp(*lower, *upper)).sum();
+            let sum = fixed_point_sum(&xs, *lower, *upper);
             let r = dp::sum_f64(sum, *lower, *upper, max_rows, privacy)?;
             (
                 format!("sum({column}) clamped to [{lower}, {upper}]"),
@@ -255,7 +303,7 @@ pub fn release(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
             upper,
         } => {
             let xs = numbers(batch, column, &rows)?;
-            let sum: f64 = xs.iter().map(|x| x.clamp(*lower, *upper)).sum();
+            let sum = fixed_point_sum(&xs, *lower, *upper);
             let r = dp::mean(sum, xs.len() as i64, *lower, *upper, max_rows, privacy)?;
             (
                 format!("mean({column}) clamped to [{lower}, {upper}]"),
@@ -358,8 +406,6 @@ pub fn release(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
         scale,
         accuracy_95: accuracy,
         charge: charge.to_string(),
-        rows_used: rows.len(),
-        rows_dropped: dropped,
         debit: None,
     })
 }
@@ -382,33 +428,104 @@ pub fn save_budget(path: &Path, accountant: &Accountant) -> Result<()> {
     crate::fsutil::write_atomic(path, &json)
 }
 
-/// Reserves `privacy`'s charge in the budget file, runs the release, commits
-/// (or releases the reservation on failure) and rewrites the file.
+/// Checks what can be checked before anything is reserved (bounds, the
+/// unit, the columns' presence and types): a refusal here spends nothing.
+fn precheck(batch: &RecordBatch, request: &Request) -> Result<()> {
+    if request.max_rows == 0 {
+        return Err(Error::Invalid("--max-rows must be at least 1".into()));
+    }
+    if let Some(unit) = &request.unit {
+        column(batch, unit)?;
+    }
+    match &request.statistic {
+        Statistic::Count => Ok(()),
+        Statistic::Sum {
+            column: c,
+            lower,
+            upper,
+        }
+        | Statistic::Mean {
+            column: c,
+            lower,
+            upper,
+        } => {
+            if !(lower.is_finite() && upper.is_finite() && lower <= upper) {
+                return Err(Error::Invalid(format!(
+                    "--lower {lower} --upper {upper}: finite bounds with lower ≤ upper"
+                )));
+            }
+            numbers(batch, c, &[]).map(|_| ())
+        }
+        Statistic::Keys { column: c, .. } | Statistic::Quantile { column: c, .. }
+            if !matches!(request.privacy, Privacy::Pure { .. }) =>
+        {
+            Err(Error::Invalid(format!(
+                "key selection and quantiles take --epsilon, not --rho (column `{c}`)"
+            )))
+        }
+        Statistic::Histogram { column: c, .. }
+        | Statistic::Keys { column: c, .. }
+        | Statistic::Quantile { column: c, .. } => column(batch, c).map(|_| ()),
+    }
+}
+
+/// Reserves `privacy`'s charge in the budget file (locked throughout),
+/// runs the release and commits, whatever the ending: a failure after the
+/// reservation is charged and answered by [`Error::Charged`]. The outcome
+/// is released no earlier than the request's deadline.
 pub fn release_with_budget(
     budget_file: &Path,
     query_id: &str,
     batch: &RecordBatch,
     request: &Request,
 ) -> Result<Outcome> {
+    let started = std::time::Instant::now();
     let charge = request.charge()?;
+    precheck(batch, request)?;
+    let _lock = BudgetLock::acquire(budget_file)?;
     let mut accountant = load_budget(budget_file)?;
     let id = QueryId::new(query_id);
     accountant.reserve(id.clone(), charge)?;
     save_budget(budget_file, &accountant)?;
-    match release(batch, request) {
-        Ok(mut outcome) => {
-            accountant.commit(&id, None)?;
-            save_budget(budget_file, &accountant)?;
-            outcome.debit = Some(Debit {
-                query_id: query_id.into(),
-                remaining: accountant.remaining().to_string(),
-            });
-            Ok(outcome)
-        }
-        Err(e) => {
-            accountant.release(&id)?;
-            save_budget(budget_file, &accountant)?;
-            Err(e)
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| release(batch, request)))
+        .unwrap_or_else(|_| Err(Error::Invalid("the release panicked".into())));
+    accountant.commit(&id, None)?;
+    save_budget(budget_file, &accountant)?;
+    release_at(started, request.deadline);
+    let mut outcome = ended.map_err(|_| Error::Charged {
+        query_id: query_id.into(),
+        cost: charge.to_string(),
+    })?;
+    outcome.debit = Some(Debit {
+        query_id: query_id.into(),
+        remaining: accountant.remaining().to_string(),
+    });
+    Ok(outcome)
+}
+
+/// A release without a budget file: the same fixed message for a failure,
+/// the same deadline.
+pub fn release_unbudgeted(batch: &RecordBatch, request: &Request) -> Result<Outcome> {
+    let started = std::time::Instant::now();
+    let charge = request.charge()?;
+    precheck(batch, request)?;
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| release(batch, request)))
+        .unwrap_or_else(|_| Err(Error::Invalid("the release panicked".into())));
+    release_at(started, request.deadline);
+    ended.map_err(|_| Error::Charged {
+        query_id: "(no budget)".into(),
+        cost: charge.to_string(),
+    })
+}
+
+/// Waits until `deadline` after `started` (the fixed-time release of a
+/// steward's one-off statistic: its computation is bounded, so it is never
+/// cut short).
+fn release_at(started: std::time::Instant, deadline: Option<std::time::Duration>) {
+    if let Some(d) = deadline {
+        let left = d.saturating_sub(started.elapsed());
+        if !left.is_zero() {
+            std::thread::sleep(left);
         }
     }
 }

@@ -177,19 +177,20 @@ pub(crate) fn research_query(
         explain: a.explain,
     };
     let (_vault, session, rt) = open(cli, dir)?;
-    let job = session.job();
+    let session = std::sync::Arc::new(session);
     let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = (!cli.json).then(|| {
-        let (job, finished) = (job.clone(), finished.clone());
-        std::thread::spawn(move || show_progress(&job, &finished))
+        let (session, finished) = (session.clone(), finished.clone());
+        std::thread::spawn(move || show_progress(&session, &finished))
     });
-    // Ctrl-C cancels a homomorphic job: the query fails before anything is
-    // debited and nothing of the job is kept. A second Ctrl-C exits.
-    let cancel = job.clone();
+    // Ctrl-C cancels the query: once its cost is reserved it is charged
+    // (every ending is), and the fixed message comes at its deadline. A
+    // second Ctrl-C exits; the next command records the query as charged.
+    let cancel = std::sync::Arc::clone(&session);
     rt.spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!(
-                "cancelling: the encrypted aggregate stops at its next record; Ctrl-C again to exit"
+                "cancelling: the query is charged if its cost was reserved, and ends at its deadline; Ctrl-C again to exit"
             );
             cancel.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -207,9 +208,10 @@ pub(crate) fn research_query(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Draws the running homomorphic job's progress (records done of total,
-/// with an ETA) on the terminal until the query ends.
-fn show_progress(job: &cohort_fhe::Job, finished: &std::sync::atomic::AtomicBool) {
+/// Draws the running homomorphic job's progress (records done of a total
+/// that is a public size: the padded work) on the terminal until the query
+/// ends.
+fn show_progress(session: &Session, finished: &std::sync::atomic::AtomicBool) {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -218,7 +220,7 @@ fn show_progress(job: &cohort_fhe::Job, finished: &std::sync::atomic::AtomicBool
         .expect("a valid template"),
     );
     while !finished.load(std::sync::atomic::Ordering::SeqCst) {
-        let (done, total) = job.progress();
+        let (done, total) = session.job().progress();
         if total > 0 {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
@@ -293,9 +295,10 @@ pub(crate) fn outcome_text(outcome: &QueryOutcome) -> String {
         }
     }
     lines.push(format!(
-        "cost {}; {} patients contributed; remaining {}{}",
+        "cost {}; fee {} shared by the {} consenting patient(s); remaining {}{}",
         answer.cost,
-        answer.contributors,
+        cohort_engine::research::study::format_wei(answer.fee.parse().unwrap_or_default()),
+        answer.members,
         outcome.remaining,
         if outcome.replayed {
             format!(

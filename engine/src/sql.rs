@@ -4,10 +4,14 @@
 //!
 //! The policy file is the query planner's [`StudyPolicy`]; each table names
 //! its data with `source = "file.parquet"` (or `.csv`), relative to the
-//! policy file. A query is planned and costed first (refusals spend
-//! nothing), then its cost is reserved in the budget file, the plan runs,
-//! and the reservation is committed, or released if the run fails, exactly
-//! as `cohort dp` does: nothing is answered without a debit.
+//! policy file. It runs under the research path's invariant: a query is
+//! planned and costed first (a refusal spends nothing), then, with the
+//! budget file locked for the whole reserve-run-commit (two runs cannot
+//! overspend), its cost is reserved, the plan runs against the deadline of
+//! the policy's `[execution]` (from the plan and the policy's public
+//! `population`), and the cost is committed whatever the ending: an error, a
+//! resource limit or an overrun is the same charged, data-free failure,
+//! and the outcome is released at the deadline.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,7 +24,8 @@ use cohort_query_planner::{
 };
 use serde::Serialize;
 
-use crate::release::{Debit, load_budget, save_budget};
+use crate::deadline::{self, Clock, SystemClock};
+use crate::release::{BudgetLock, Debit, load_budget, save_budget};
 use crate::{Error, Result};
 
 /// What to ask, of which study, with what budget.
@@ -60,8 +65,10 @@ pub struct SqlOutcome {
     pub plan: Vec<PlannedAggregate>,
     /// What the query cost.
     pub cost: String,
-    /// How many patients contributed.
-    pub contributors: usize,
+    /// When the outcome was released, in milliseconds after the request
+    /// (absent when the policy releases immediately).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
     /// The debit, when a budget file was used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debit: Option<Debit>,
@@ -80,13 +87,21 @@ pub fn query(request: &SqlRequest) -> Result<SqlOutcome> {
 }
 
 async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let arrival = clock.now();
     let text = std::fs::read_to_string(&request.study)
         .map_err(|e| Error::io("reading", &request.study, e))?;
     let policy = StudyPolicy::from_toml(&text)?;
+    let population = policy.execution.population.unwrap_or(0);
     let base = request.study.parent().unwrap_or(Path::new("."));
     let tables = load_tables(&policy, base).await?;
     let planner = cohort_query_planner::Planner::new(policy, tables)?;
 
+    // Held from the budget's reading to its last write.
+    let _lock = match &request.budget {
+        Some(file) => Some(BudgetLock::acquire(file)?),
+        None => None,
+    };
     let mut accountant = match &request.budget {
         Some(file) => Some(load_budget(file)?),
         None => None,
@@ -104,6 +119,8 @@ async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
     };
     let plan = planner.plan(&request.sql, &options).await?;
     let aggregates = plan.aggregates();
+    let deadline = plan.deadline(population);
+    let deadline_ms = deadline.map(|d| d.as_millis() as u64);
     if request.explain || plan.is_explain() {
         return Ok(SqlOutcome {
             columns: vec![],
@@ -111,7 +128,7 @@ async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
             releases: vec![],
             plan: aggregates,
             cost: plan.cost().to_string(),
-            contributors: 0,
+            deadline_ms,
             debit: None,
             explain: Some(plan.explain()),
         });
@@ -132,16 +149,20 @@ async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
         }
         _ => None,
     };
-    let answer = match plan.execute().await {
-        Ok(answer) => answer,
-        Err(error) => {
-            if let (Some((id, file)), Some(accountant)) = (&debit, &mut accountant) {
-                accountant.release(id)?;
-                save_budget(file, accountant)?;
-            }
-            return Err(error.into());
-        }
-    };
+    // Every ending after the reservation is charged.
+    let expires = deadline.map(|d| arrival + d);
+    let ended = deadline::run_until(
+        &clock,
+        expires,
+        &tokio::sync::Notify::new(),
+        || {},
+        plan.execute(),
+    )
+    .await;
+    let query_id = debit.as_ref().map_or_else(
+        || "(no budget)".to_string(),
+        |(id, _)| id.as_str().to_string(),
+    );
     let debit = match (debit, &mut accountant) {
         (Some((id, file)), Some(accountant)) => {
             accountant.commit(&id, None)?;
@@ -153,6 +174,13 @@ async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
         }
         _ => None,
     };
+    if let Some(at) = expires {
+        clock.release_at(at).await;
+    }
+    let answer = ended.map_err(|_| Error::Charged {
+        query_id,
+        cost: cost.to_string(),
+    })?;
     let (columns, rows) = table(&answer.batches)?;
     Ok(SqlOutcome {
         columns,
@@ -160,7 +188,7 @@ async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
         releases: answer.releases,
         plan: aggregates,
         cost: answer.cost.to_string(),
-        contributors: answer.contributors.len(),
+        deadline_ms,
         debit,
         explain: None,
     })

@@ -191,9 +191,51 @@ pub trait EncryptedAggregate {
     /// Aggregates one group's stored ciphertexts under `op`, adds `noise`
     /// (already sampled for the declared bounds and ε) under encryption, and
     /// seals the result. The noise is not kept: it exists only in the
-    /// caller's sample and, re-randomised, inside the ciphertext.
-    fn aggregate(&self, op: &EncryptedOp, cells: &[&[u8]], noise: i64, job: &Job)
-    -> Result<Sealed>;
+    /// caller's sample and, re-randomised, inside the ciphertext. The work
+    /// is padded as `padding` says.
+    fn aggregate(
+        &self,
+        op: &EncryptedOp,
+        cells: &[&[u8]],
+        noise: i64,
+        job: &Job,
+        padding: Padding<'_>,
+    ) -> Result<Sealed>;
+}
+
+/// Pads a group's work to a public size. The aggregate computes on `to`
+/// records whatever the number of real ones: each stand-in (a real record
+/// of the group again, or `stand_in` when the group has none) is computed
+/// exactly like a real record and its result discarded. So neither the
+/// work, nor its time, nor the job's progress tells how many of a group's
+/// records passed a plaintext predicate or the contribution bounding.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Padding<'a> {
+    /// The public size of the work set. A group with more real records
+    /// (which the engine's public sizes rule out) computes them all.
+    pub to: usize,
+    /// A stored ciphertext of the column, computed on for the stand-ins of
+    /// a group without records of its own.
+    pub stand_in: Option<&'a [u8]>,
+}
+
+impl<'a> Padding<'a> {
+    /// No padding: only the real records are computed.
+    pub const NONE: Padding<'static> = Padding {
+        to: 0,
+        stand_in: None,
+    };
+
+    /// The stand-ins of a group with `cells`: as many as the padding needs,
+    /// cycling through the group's own records (or the column's stand-in).
+    pub fn stand_ins(&self, cells: &[&'a [u8]]) -> Vec<&'a [u8]> {
+        let missing = self.to.saturating_sub(cells.len());
+        match (cells.is_empty(), self.stand_in) {
+            (false, _) => (0..missing).map(|i| cells[i % cells.len()]).collect(),
+            (true, Some(stand_in)) => vec![stand_in; missing],
+            (true, None) => Vec::new(),
+        }
+    }
 }
 
 /// Authorises a decryption. The engine's gate checks the ledger for a
@@ -240,6 +282,12 @@ impl Job {
     pub(crate) fn start(&self, total: usize) {
         self.done.store(0, Ordering::Relaxed);
         self.total.store(total, Ordering::Relaxed);
+    }
+
+    /// Every record done at once (a layer that does not step per record).
+    pub(crate) fn finish(&self) {
+        self.done
+            .store(self.total.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// One record done; an error if the job was cancelled meanwhile.

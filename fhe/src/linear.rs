@@ -8,7 +8,7 @@ use crate::error::{FheError, Result, malformed};
 use crate::range::Bounds;
 use crate::threshold::{CustodianKey, KeyShare, PartialDecryption};
 use crate::{
-    CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, Job, Layer, Sealed,
+    CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, Job, Layer, Padding, Sealed,
     decryption_context,
 };
 
@@ -53,6 +53,7 @@ impl EncryptedAggregate for LinearLayer {
         cells: &[&[u8]],
         noise: i64,
         job: &Job,
+        padding: Padding<'_>,
     ) -> Result<Sealed> {
         if *op != EncryptedOp::Sum {
             return Err(malformed(
@@ -60,13 +61,17 @@ impl EncryptedAggregate for LinearLayer {
                 format!("{op:?} is not linear; route it to tfhe"),
             ));
         }
-        job.start(cells.len());
+        let stand_ins = padding.stand_ins(cells);
+        let total = cells.len() + stand_ins.len();
+        job.start(total);
         let mut sum = elgamal::sum_stored(cells.par_iter().copied().enumerate())?;
+        // The stand-ins are summed the same way, and the sum dropped.
+        std::hint::black_box(elgamal::sum_stored(
+            stand_ins.par_iter().copied().enumerate(),
+        )?);
+        job.finish();
         if job.is_cancelled() {
-            return Err(FheError::Cancelled {
-                done: 0,
-                total: cells.len(),
-            });
+            return Err(FheError::Cancelled { done: 0, total });
         }
         // Fresh randomness with the noise: the sealed result is unlinkable
         // to the sum before noise, even for someone who saw that sum's bytes.

@@ -36,7 +36,8 @@ use tfhe::{
 use crate::error::{FheError, Result, malformed};
 use crate::range::Bounds;
 use crate::{
-    Comparison, CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, Job, Layer, Sealed,
+    Comparison, CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, Job, Layer, Padding,
+    Sealed,
 };
 
 /// Format version of every encoding this module writes.
@@ -372,6 +373,7 @@ impl EncryptedAggregate for PredicateLayer {
         cells: &[&[u8]],
         noise: i64,
         job: &Job,
+        padding: Padding<'_>,
     ) -> Result<Sealed> {
         let EncryptedOp::CountWhere { cmp, constant } = *op else {
             return Err(malformed(
@@ -379,12 +381,17 @@ impl EncryptedAggregate for PredicateLayer {
                 "tfhe answers comparisons; route sums to ElGamal",
             ));
         };
-        job.start(cells.len());
+        // Every record, real or stand-in, is compared; only the real ones'
+        // bits are counted.
+        let real = cells.len();
+        let mut work: Vec<&[u8]> = cells.to_vec();
+        work.extend(padding.stand_ins(cells));
+        job.start(work.len());
         // The server key is thread-local in tfhe: set it on every worker.
         set_server_key(self.server.clone());
         rayon::broadcast(|_| set_server_key(self.server.clone()));
-        let wide = cells.len() + (noise.unsigned_abs() as usize) >= 1 << 15;
-        let bits: Vec<tfhe::FheBool> = cells
+        let wide = work.len() + (noise.unsigned_abs() as usize) >= 1 << 15;
+        let mut bits: Vec<tfhe::FheBool> = work
             .par_iter()
             .enumerate()
             .map(|(i, cell)| {
@@ -393,6 +400,7 @@ impl EncryptedAggregate for PredicateLayer {
                 Ok(bit)
             })
             .collect::<Result<_>>()?;
+        std::hint::black_box(bits.split_off(real));
         let mut out = vec![FORMAT_VERSION];
         if wide {
             let mut total: FheUint32 = bits

@@ -10,7 +10,7 @@ use cohort_fhe::range::{Bounds, ProvenCiphertext, encrypt_proven};
 use cohort_fhe::threshold::{
     self, CustodianKey, Dealer, DealtShare, KeyShare, PartialDecryption, Threshold,
 };
-use cohort_fhe::{DecryptionGate, EncryptedAggregate, EncryptedOp, FheError, Job, Sealed};
+use cohort_fhe::{DecryptionGate, EncryptedAggregate, EncryptedOp, FheError, Job, Padding, Sealed};
 
 /// A gate that authorises exactly the (query, digest) pairs it was told,
 /// and records every request: the test double for the ledger, whose real
@@ -98,7 +98,7 @@ fn random_values_sum_exactly_under_any_three_of_five() {
     let stored = store(&cts);
     let cells: Vec<&[u8]> = stored.iter().map(Vec::as_slice).collect();
     let sealed = LinearLayer::new(key.clone())
-        .aggregate(&EncryptedOp::Sum, &cells, 0, &Job::new())
+        .aggregate(&EncryptedOp::Sum, &cells, 0, &Job::new(), Padding::NONE)
         .unwrap();
     let (lo, hi) = linear::search_range(vals.len() as u64, bounds, 0);
     let expected: i64 = vals.iter().sum();
@@ -127,7 +127,7 @@ fn sums_at_the_bounds_and_noise_below_zero() {
         let stored = store(&cts);
         let cells: Vec<&[u8]> = stored.iter().map(Vec::as_slice).collect();
         let sealed = LinearLayer::new(key.clone())
-            .aggregate(&EncryptedOp::Sum, &cells, noise, &Job::new())
+            .aggregate(&EncryptedOp::Sum, &cells, noise, &Job::new(), Padding::NONE)
             .unwrap();
         let (lo, hi) = linear::search_range(10, bounds, 1000);
         assert_eq!(
@@ -145,10 +145,10 @@ fn the_noise_is_under_encryption_and_rerandomises_the_result() {
     let refs: Vec<&[u8]> = cells.iter().map(Vec::as_slice).collect();
     let layer = LinearLayer::new(key.clone());
     let a = layer
-        .aggregate(&EncryptedOp::Sum, &refs, 0, &Job::new())
+        .aggregate(&EncryptedOp::Sum, &refs, 0, &Job::new(), Padding::NONE)
         .unwrap();
     let b = layer
-        .aggregate(&EncryptedOp::Sum, &refs, 0, &Job::new())
+        .aggregate(&EncryptedOp::Sum, &refs, 0, &Job::new(), Padding::NONE)
         .unwrap();
     assert_ne!(
         a.ciphertext, b.ciphertext,

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use cohort_fhe::predicate::{self, KeySet, PredicateLayer};
 use cohort_fhe::range::Bounds;
 use cohort_fhe::{
-    Comparison, DecryptionGate, EncryptedAggregate, EncryptedOp, FheError, Job, Layer,
+    Comparison, DecryptionGate, EncryptedAggregate, EncryptedOp, FheError, Job, Layer, Padding,
 };
 
 fn keys() -> &'static KeySet {
@@ -67,7 +67,9 @@ fn a_predicate_count_with_noise_decrypts_only_through_the_gate() {
         cmp: Comparison::Ge,
         constant: 65,
     };
-    let sealed = layer.aggregate(&op, &refs, -5, &Job::new()).unwrap();
+    let sealed = layer
+        .aggregate(&op, &refs, -5, &Job::new(), Padding::NONE)
+        .unwrap();
     assert!(
         tfhe::get_pbs_count() > 0,
         "the comparison must run under encryption"
@@ -98,6 +100,7 @@ fn a_predicate_count_with_noise_decrypts_only_through_the_gate() {
             &refs,
             3,
             &Job::new(),
+            Padding::NONE,
         )
         .unwrap();
     assert_eq!(
@@ -116,6 +119,7 @@ fn a_predicate_count_with_noise_decrypts_only_through_the_gate() {
             &refs,
             0,
             &Job::new(),
+            Padding::NONE,
         )
         .unwrap();
     assert_eq!(
@@ -189,11 +193,12 @@ fn a_cancelled_job_returns_no_result() {
         &refs,
         0,
         &job,
+        Padding::NONE,
     ) {
         Err(FheError::Cancelled { total: 2, .. }) => {}
         other => panic!("a cancelled job produced {other:?}"),
     }
-    let sum = layer.aggregate(&EncryptedOp::Sum, &refs, 0, &Job::new());
+    let sum = layer.aggregate(&EncryptedOp::Sum, &refs, 0, &Job::new(), Padding::NONE);
     assert!(
         matches!(sum, Err(FheError::Malformed { .. })),
         "a sum must be routed to ElGamal"
@@ -218,6 +223,7 @@ fn keys_round_trip_through_their_encodings() {
             &[&cell],
             0,
             &Job::new(),
+            Padding::NONE,
         )
         .unwrap();
     assert_eq!(

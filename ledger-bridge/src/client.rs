@@ -11,6 +11,22 @@ use crate::contracts::{CohortAccess, Contracts, Event, ResearchStudy, Role, Targ
 use crate::error::{Error, Result};
 use crate::ledger::{Account, Ledger, Receipt, Tx};
 
+/// One unit of a privacy amount in the contract's fixed point (ε 1 or ρ 1).
+pub const PRIVACY_UNIT: u128 = 1_000_000_000_000_000_000;
+
+/// The fee `ResearchStudy.reserve` holds for a query costing `cost_units`
+/// (ε or ρ in 1e18 fixed point) in a study whose `feePerUnit` is
+/// `fee_per_unit` wei per unit: `fee_per_unit * cost_units / 1e18`, rounded
+/// down, exactly as the contract computes it. It depends on the cost
+/// alone, never on the data. The contract refuses a proposal whose
+/// `feePerUnit * budget` overflows 256 bits, so for a valid study the
+/// product always fits; where it would not, this saturates at `U256::MAX`.
+pub fn query_fee(fee_per_unit: U256, cost_units: u128) -> U256 {
+    fee_per_unit
+        .checked_mul(U256::from(cost_units))
+        .map_or(U256::MAX, |product| product / U256::from(PRIVACY_UNIT))
+}
+
 /// The contracts on a ledger.
 #[derive(Clone)]
 pub struct Client {
@@ -279,7 +295,10 @@ impl Client {
         .await
     }
 
-    /// The engine reserves `cost` for query `query` of study `id`.
+    /// The engine reserves `cost` for query `query` of study `id`; the
+    /// contract holds the query's fee, [`query_fee`] of the study's
+    /// `feePerUnit` and `cost.primary`, out of the escrow (refused with
+    /// `InsufficientEscrow` if the escrow cannot pay it).
     pub async fn reserve(
         &self,
         engine: &Account,
@@ -300,16 +319,20 @@ impl Client {
         .await
     }
 
-    /// The engine commits query `query`'s debit with its result hash, the
-    /// contributors' root and the fee they share.
+    /// The engine commits query `query`'s debit with its result hash and
+    /// the study's consenting set at the time of the query: `members`
+    /// patients, whose [`MemberTree`](crate::merkle::MemberTree) has root
+    /// `members_root`. The contract pays each member an equal share of the
+    /// fee it held at the reservation (the remainder of the division goes
+    /// back to the escrow; all of it when `members` is 0).
     pub async fn commit(
         &self,
         engine: &Account,
         id: u64,
         query: B256,
         result_hash: B256,
-        contributors_root: B256,
-        fee: U256,
+        members_root: B256,
+        members: u64,
     ) -> Result<Receipt> {
         self.send(
             engine,
@@ -318,8 +341,8 @@ impl Client {
                 studyId: U256::from(id),
                 queryId: query,
                 resultHash: result_hash,
-                contributorsRoot: contributors_root,
-                fee,
+                membersRoot: members_root,
+                members,
             },
         )
         .await
@@ -364,13 +387,13 @@ impl Client {
         .await
     }
 
-    /// A patient claims `amount` of query `query`'s fee with `proof`.
+    /// A member of query `query`'s consenting set claims their equal share
+    /// of its fee with `proof` (from [`MemberTree::proof`](crate::merkle::MemberTree::proof)).
     pub async fn claim(
         &self,
         patient: &Account,
         id: u64,
         query: B256,
-        amount: U256,
         proof: Vec<B256>,
     ) -> Result<Receipt> {
         self.send(
@@ -379,11 +402,53 @@ impl Client {
             ResearchStudy::claimCall {
                 studyId: U256::from(id),
                 queryId: query,
-                amount,
                 proof,
             },
         )
         .await
+    }
+
+    /// A patient declares on chain that they shared a value of the
+    /// encrypted column `column` (the keccak256 of its name) with study
+    /// `id`, committing to `value_hash`, the hash of its ciphertext. A later
+    /// share replaces the earlier one.
+    pub async fn share_encrypted(
+        &self,
+        patient: &Account,
+        id: u64,
+        column: B256,
+        value_hash: B256,
+    ) -> Result<Receipt> {
+        self.send(
+            patient,
+            Target::Study,
+            ResearchStudy::shareEncryptedCall {
+                studyId: U256::from(id),
+                column,
+                valueHash: value_hash,
+            },
+        )
+        .await
+    }
+
+    /// The ciphertext hash `patient` shared for `column` of study `id`
+    /// (zero if none).
+    pub async fn shared_value(&self, id: u64, column: B256, patient: Address) -> Result<B256> {
+        self.view(
+            Target::Study,
+            ResearchStudy::sharedValueCall {
+                studyId: U256::from(id),
+                column,
+                patient,
+            },
+        )
+        .await
+    }
+
+    /// Query `query` as stored on chain (its state, cost, fee, members).
+    pub async fn query(&self, query: B256) -> Result<ResearchStudy::Query> {
+        self.view(Target::Study, ResearchStudy::queryOfCall { queryId: query })
+            .await
     }
 
     /// Study `id` as stored on chain.
@@ -411,5 +476,35 @@ impl Client {
             primary: left.primary,
             delta: left.delta,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ether_fraction(numerator: u64, denominator: u64) -> U256 {
+        U256::from(10u64.pow(18)) * U256::from(numerator) / U256::from(denominator)
+    }
+
+    #[test]
+    fn the_fee_is_proportional_to_the_cost_and_rounds_down() {
+        // 0.1 ether per ε: ε 0.5 costs 0.05 ether, ε 1 costs 0.1 ether.
+        let per_unit = ether_fraction(1, 10);
+        assert_eq!(query_fee(per_unit, PRIVACY_UNIT / 2), ether_fraction(1, 20));
+        assert_eq!(query_fee(per_unit, PRIVACY_UNIT), per_unit);
+        assert_eq!(
+            query_fee(per_unit, 19),
+            U256::from(1),
+            "1.9 wei rounds down"
+        );
+        assert_eq!(query_fee(per_unit, 9), U256::ZERO);
+        assert_eq!(query_fee(U256::ZERO, PRIVACY_UNIT), U256::ZERO);
+        // Where the contract's product would overflow (a proposal it refuses).
+        assert_eq!(query_fee(U256::MAX, 2), U256::MAX);
+        assert_eq!(
+            query_fee(U256::MAX / U256::from(u128::MAX), u128::MAX),
+            U256::MAX / U256::from(u128::MAX) * U256::from(u128::MAX) / U256::from(PRIVACY_UNIT)
+        );
     }
 }

@@ -1,7 +1,12 @@
 //! The event follower: mirrors the contracts' roles, grants, emergencies,
-//! studies, approvals, consents, budget moves, claims and record accesses
-//! into SQLite tables (`ledger_*`), so that the engine can read them
-//! without asking the chain.
+//! studies, approvals, consents, budget moves (with the fee each query
+//! held and paid, and the consenting set it was paid to), claims, shared
+//! encrypted values and record accesses into SQLite tables (`ledger_*`),
+//! so that the engine can read them without asking the chain.
+//!
+//! A mirror written by an earlier version, whose `ledger_budget_events`
+//! still has `contributors_root` and no `members`, is migrated in place by
+//! [`Follower::install`].
 //!
 //! Each batch of blocks is applied in one SQLite transaction together with
 //! the follower's position, so a restart resumes exactly after the last
@@ -59,8 +64,13 @@ CREATE TABLE IF NOT EXISTS ledger_consents (
 CREATE TABLE IF NOT EXISTS ledger_budget_events (
     block INTEGER NOT NULL, log_index INTEGER NOT NULL, tx_hash TEXT NOT NULL, study_id INTEGER NOT NULL,
     query_id TEXT NOT NULL, kind TEXT NOT NULL, cost TEXT NOT NULL, delta_cost TEXT NOT NULL,
-    result_hash TEXT, contributors_root TEXT, fee TEXT,
+    result_hash TEXT, members_root TEXT, members INTEGER, fee TEXT,
     PRIMARY KEY (block, log_index)
+);
+CREATE TABLE IF NOT EXISTS ledger_shared_values (
+    study_id INTEGER NOT NULL, column_hash TEXT NOT NULL, patient TEXT NOT NULL, value_hash TEXT NOT NULL,
+    block INTEGER NOT NULL,
+    PRIMARY KEY (study_id, column_hash, patient)
 );
 CREATE TABLE IF NOT EXISTS ledger_claims (
     block INTEGER NOT NULL, log_index INTEGER NOT NULL, study_id INTEGER NOT NULL, query_id TEXT NOT NULL,
@@ -125,9 +135,11 @@ impl Follower {
         })
     }
 
-    /// Creates the mirror tables in `conn` if they are missing.
+    /// Creates the mirror tables in `conn` if they are missing, and
+    /// migrates tables an earlier version created.
     pub fn install(conn: &Connection) -> Result<()> {
         conn.execute_batch(SCHEMA)?;
+        migrate_budget_events(conn)?;
         Ok(())
     }
 
@@ -230,6 +242,26 @@ impl Follower {
         }
         Ok(report)
     }
+}
+
+/// Brings `ledger_budget_events` from its first column set (a
+/// `contributors_root` and no `members`) to the current one; a no-op on a
+/// current table.
+fn migrate_budget_events(conn: &Connection) -> Result<()> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('ledger_budget_events')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let has = |name: &str| columns.iter().any(|c| c == name);
+    if has("contributors_root") && !has("members_root") {
+        conn.execute_batch(
+            "ALTER TABLE ledger_budget_events RENAME COLUMN contributors_root TO members_root",
+        )?;
+    }
+    if !has("members") {
+        conn.execute_batch("ALTER TABLE ledger_budget_events ADD COLUMN members INTEGER")?;
+    }
+    Ok(())
 }
 
 fn hex(address: Address) -> String {
@@ -412,6 +444,7 @@ fn apply(
                     "reserved",
                     r.cost,
                     r.deltaCost,
+                    Some(r.fee),
                     None,
                 )?;
             }
@@ -426,7 +459,8 @@ fn apply(
                     "committed",
                     c.cost,
                     c.deltaCost,
-                    Some((c.resultHash, c.contributorsRoot, c.fee)),
+                    Some(c.fee),
+                    Some((c.resultHash, c.membersRoot, c.members)),
                 )?;
             }
             ResearchStudy::ResearchStudyEvents::BudgetReleased(r) => {
@@ -441,6 +475,7 @@ fn apply(
                     r.cost,
                     r.deltaCost,
                     None,
+                    None,
                 )?;
             }
             ResearchStudy::ResearchStudyEvents::MicrodataReleased(r) => {
@@ -453,6 +488,21 @@ fn apply(
                         r.k,
                         r.l,
                         r.rows as i64,
+                        block
+                    ],
+                )?;
+            }
+            ResearchStudy::ResearchStudyEvents::EncryptedValueShared(v) => {
+                db.execute(
+                    "INSERT INTO ledger_shared_values (study_id, column_hash, patient, value_hash, block)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (study_id, column_hash, patient) DO UPDATE SET
+                        value_hash = excluded.value_hash, block = excluded.block",
+                    params![
+                        v.studyId.to::<u64>() as i64,
+                        word(v.column),
+                        hex(v.patient),
+                        word(v.valueHash),
                         block
                     ],
                 )?;
@@ -495,6 +545,9 @@ fn apply(
     Ok(())
 }
 
+/// One row of `ledger_budget_events`: `fee` is the fee held (reserved) or
+/// paid (committed); `committed` the result hash, members' root and
+/// member count of a commit.
 #[allow(clippy::too_many_arguments)]
 fn budget_event(
     db: &rusqlite::Transaction<'_>,
@@ -506,12 +559,13 @@ fn budget_event(
     kind: &str,
     cost: u128,
     delta: u128,
-    committed: Option<(B256, B256, U256)>,
+    fee: Option<U256>,
+    committed: Option<(B256, B256, u64)>,
 ) -> Result<()> {
     db.execute(
         "INSERT OR REPLACE INTO ledger_budget_events (block, log_index, tx_hash, study_id, query_id, kind,
-            cost, delta_cost, result_hash, contributors_root, fee)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            cost, delta_cost, result_hash, members_root, members, fee)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             block,
             index,
@@ -523,7 +577,8 @@ fn budget_event(
             delta.to_string(),
             committed.map(|c| word(c.0)),
             committed.map(|c| word(c.1)),
-            committed.map(|c| c.2.to_string())
+            committed.map(|c| c.2 as i64),
+            fee.map(|f| f.to_string())
         ],
     )?;
     Ok(())

@@ -14,8 +14,10 @@
 //!   generated call types;
 //! - [`Follower`]: mirrors the contracts' events into SQLite, resuming
 //!   after a restart;
-//! - [`merkle`]: the contributors' tree whose root a committed query
-//!   carries and whose proofs patients claim with;
+//! - [`merkle`]: the tree over a study's consenting set whose root a
+//!   committed query carries and whose proofs patients claim their equal
+//!   share of the query's fee with (the fee prices the privacy a query
+//!   cost, [`query_fee`], and never depends on which rows matched);
 //! - [`anvil`]: a local anvil node from the npm package, for tests.
 //!
 //! It is a leaf crate: it knows nothing of the rest of cohort.
@@ -47,7 +49,7 @@ mod ledger;
 pub mod merkle;
 mod rpc;
 
-pub use client::{Client, Cost};
+pub use client::{Client, Cost, PRIVACY_UNIT, query_fee};
 pub use contracts::{Contracts, Event, Role, Target, decode_revert};
 pub use embedded::{BLOCK_GAS_LIMIT, DEFAULT_CHAIN_ID, EmbeddedLedger, TX_GAS_LIMIT, Verified};
 pub use error::{Error, Result, Revert};

@@ -1,30 +1,39 @@
-//! The contributors' Merkle tree of a committed query: one leaf per
-//! (account, amount), hashed as OpenZeppelin's `MerkleProof` expects, so
-//! `ResearchStudy.claim` verifies a patient's proof on chain.
+//! The members' Merkle tree of a committed query: one leaf per address in
+//! the study's consenting set at the time of the query, hashed as
+//! OpenZeppelin's `MerkleProof` expects, so `ResearchStudy.claim` verifies
+//! a patient's proof on chain.
 //!
-//! A leaf is `keccak256(keccak256(abi.encode(account, amount)))` (hashed
-//! twice so that no inner node can pass for a leaf), inner nodes hash
-//! their two children in sorted order, and a node without a sibling moves
-//! up unchanged.
+//! A leaf is `keccak256(keccak256(abi.encode(account)))` (hashed twice so
+//! that no inner node can pass for a leaf), inner nodes hash their two
+//! children in sorted order, and a node without a sibling moves up
+//! unchanged.
+//!
+//! A leaf carries no amount. A query's fee prices the privacy it cost and
+//! is shared equally by every consenting patient, whoever matched its
+//! predicate: the contract pays each member `fee / members`. An amount per
+//! leaf would let the fee vary with the data (paying the patients whose
+//! rows answered makes the payment itself a release), so the tree is a
+//! plain set, and its root and size are all the chain learns, both
+//! already public through consent transactions.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
-use alloy::primitives::{Address, B256, U256, keccak256};
+use alloy::primitives::{Address, B256, keccak256};
 use alloy::sol_types::SolValue;
 
 use crate::error::{Error, Result};
 
-/// The tree over a query's contributors.
+/// The tree over a query's consenting set.
 #[derive(Debug, Clone)]
-pub struct ContributorTree {
+pub struct MemberTree {
     /// Levels from the sorted leaves up to the root.
     levels: Vec<Vec<B256>>,
-    shares: BTreeMap<Address, U256>,
+    members: BTreeSet<Address>,
 }
 
-/// The leaf of `account`'s `amount`.
-pub fn leaf(account: Address, amount: U256) -> B256 {
-    keccak256(keccak256((account, amount).abi_encode()))
+/// The leaf of `account`.
+pub fn leaf(account: Address) -> B256 {
+    keccak256(keccak256(account.abi_encode()))
 }
 
 fn hash_pair(a: B256, b: B256) -> B256 {
@@ -35,23 +44,26 @@ fn hash_pair(a: B256, b: B256) -> B256 {
     keccak256(bytes)
 }
 
-impl ContributorTree {
-    /// The tree of `shares`; an account may appear once.
-    pub fn new(shares: impl IntoIterator<Item = (Address, U256)>) -> Result<ContributorTree> {
-        let mut map = BTreeMap::new();
-        for (account, amount) in shares {
-            if map.insert(account, amount).is_some() {
+impl MemberTree {
+    /// The tree of `members`; an address may appear once and the set may
+    /// not be empty (a query with no consenting patient commits zero
+    /// members and no root).
+    pub fn new(members: impl IntoIterator<Item = Address>) -> Result<MemberTree> {
+        let mut set = BTreeSet::new();
+        for account in members {
+            if !set.insert(account) {
                 return Err(Error::Config(format!(
-                    "{account} appears twice among a query's contributors"
+                    "{account} appears twice in a query's consenting set"
                 )));
             }
         }
-        if map.is_empty() {
+        if set.is_empty() {
             return Err(Error::Config(
-                "a contributor tree needs at least one contributor".into(),
+                "a member tree needs at least one member (commit zero members without a root)"
+                    .into(),
             ));
         }
-        let mut leaves: Vec<B256> = map.iter().map(|(a, v)| leaf(*a, *v)).collect();
+        let mut leaves: Vec<B256> = set.iter().map(|a| leaf(*a)).collect();
         leaves.sort();
         let mut levels = vec![leaves];
         while levels.last().expect("a level").len() > 1 {
@@ -66,9 +78,9 @@ impl ContributorTree {
                 .collect();
             levels.push(above);
         }
-        Ok(ContributorTree {
+        Ok(MemberTree {
             levels,
-            shares: map,
+            members: set,
         })
     }
 
@@ -77,25 +89,27 @@ impl ContributorTree {
         self.levels.last().expect("a level")[0]
     }
 
-    /// The sum of every share.
-    pub fn total(&self) -> U256 {
-        self.shares.values().copied().sum()
-    }
-
-    /// How many contributors.
+    /// How many members: the `members` committed with the root.
     pub fn len(&self) -> usize {
-        self.shares.len()
+        self.members.len()
     }
 
     /// Whether the tree is empty (it never is).
     pub fn is_empty(&self) -> bool {
-        self.shares.is_empty()
+        self.members.is_empty()
     }
 
-    /// `account`'s amount and the proof of its leaf.
-    pub fn proof(&self, account: Address) -> Option<(U256, Vec<B256>)> {
-        let amount = *self.shares.get(&account)?;
-        let mut index = self.levels[0].binary_search(&leaf(account, amount)).ok()?;
+    /// Whether `account` is a member.
+    pub fn contains(&self, account: Address) -> bool {
+        self.members.contains(&account)
+    }
+
+    /// The proof of `account`'s leaf, if it is a member.
+    pub fn proof(&self, account: Address) -> Option<Vec<B256>> {
+        if !self.contains(account) {
+            return None;
+        }
+        let mut index = self.levels[0].binary_search(&leaf(account)).ok()?;
         let mut proof = Vec::new();
         for level in &self.levels[..self.levels.len() - 1] {
             let sibling = index ^ 1;
@@ -104,7 +118,7 @@ impl ContributorTree {
             }
             index /= 2;
         }
-        Some((amount, proof))
+        Some(proof)
     }
 }
 
@@ -125,34 +139,38 @@ mod tests {
     }
 
     #[test]
-    fn every_proof_verifies_and_none_verifies_for_another_amount() {
+    fn every_member_proves_membership_and_no_one_else_does() {
         for n in 1..=9u8 {
-            let tree =
-                ContributorTree::new((1..=n).map(|i| (account(i), U256::from(i as u64 * 10))))
-                    .unwrap();
+            let tree = MemberTree::new((1..=n).map(account)).unwrap();
+            assert_eq!(tree.len(), n as usize);
             for i in 1..=n {
-                let (amount, proof) = tree.proof(account(i)).unwrap();
-                assert_eq!(amount, U256::from(i as u64 * 10));
-                assert!(
-                    verify(tree.root(), leaf(account(i), amount), &proof),
-                    "n={n} i={i}"
-                );
-                assert!(!verify(
-                    tree.root(),
-                    leaf(account(i), amount + U256::from(1)),
-                    &proof
-                ));
+                assert!(tree.contains(account(i)));
+                let proof = tree.proof(account(i)).unwrap();
+                assert!(verify(tree.root(), leaf(account(i)), &proof), "n={n} i={i}");
+                // The proof is the member's alone.
+                assert!(!verify(tree.root(), leaf(account(n + 1)), &proof));
             }
+            assert!(!tree.contains(account(n + 1)));
             assert!(tree.proof(account(n + 1)).is_none());
         }
     }
 
     #[test]
-    fn duplicates_and_empty_trees_are_refused() {
-        assert!(
-            ContributorTree::new([(account(1), U256::from(1)), (account(1), U256::from(2))])
-                .is_err()
-        );
-        assert!(ContributorTree::new([]).is_err());
+    fn the_root_depends_on_the_set_not_its_order() {
+        let a = MemberTree::new([account(3), account(1), account(2)]).unwrap();
+        let b = MemberTree::new([account(1), account(2), account(3)]).unwrap();
+        assert_eq!(a.root(), b.root());
+        let c = MemberTree::new([account(1), account(2)]).unwrap();
+        assert_ne!(a.root(), c.root());
+        // One member: the root is its leaf and the proof is empty.
+        let one = MemberTree::new([account(9)]).unwrap();
+        assert_eq!(one.root(), leaf(account(9)));
+        assert_eq!(one.proof(account(9)).unwrap(), Vec::<B256>::new());
+    }
+
+    #[test]
+    fn duplicates_and_empty_sets_are_refused() {
+        assert!(MemberTree::new([account(1), account(1)]).is_err());
+        assert!(MemberTree::new([]).is_err());
     }
 }

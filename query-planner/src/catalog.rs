@@ -253,8 +253,11 @@ impl QueryPlanner for CohortQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        // Every expression is made total and bounded here, on the final
+        // logical plan: no optimizer rule runs after it (see `guard`).
+        let guarded = crate::guard::plan(logical_plan.clone())?;
         DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PrivateOperatorPlanner)])
-            .create_physical_plan(logical_plan, session)
+            .create_physical_plan(&guarded, session)
             .await
     }
 }

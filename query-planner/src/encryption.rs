@@ -14,12 +14,18 @@ use crate::policy::Bounds;
 /// Computes encrypted aggregates for the planner. The engine implements it
 /// with the study's keys; the planner calls it once per released group,
 /// with that group's ciphertexts and the DP noise already sampled.
+///
+/// The work of a group is padded to a public size: every record of every
+/// patient who may contribute a value (for the engine, the consenting
+/// patients who shared one, which is on chain), `max_rows` records each. So
+/// the work, its time, its progress and its estimate depend on public
+/// sizes only, never on how many records passed a plaintext predicate.
 pub trait EncryptedExecutor: Send + Sync {
-    /// What `op` over the stored values of `table.column` will cost.
-    fn estimate(&self, table: &str, column: &str, op: &EncryptedOp) -> CostEstimate;
+    /// What `op` over one group of `table.column` costs: the padded work.
+    fn estimate(&self, table: &str, column: &str, op: &EncryptedOp, max_rows: u32) -> CostEstimate;
 
     /// Aggregates one group's ciphertexts with `noise` added under
-    /// encryption and seals the result.
+    /// encryption, its work padded to the public size, and seals the result.
     fn aggregate(
         &self,
         table: &str,
@@ -27,6 +33,7 @@ pub trait EncryptedExecutor: Send + Sync {
         op: &EncryptedOp,
         cells: &[&[u8]],
         noise: i64,
+        max_rows: u32,
     ) -> Result<Sealed, FheError>;
 }
 

@@ -34,6 +34,8 @@ pub enum Rule {
     Budget,
     /// An encrypted column used other than as an encrypted aggregate.
     EncryptedColumn,
+    /// An expression that could fail or grow without bound over patients' rows.
+    Totality,
 }
 
 impl Rule {
@@ -52,6 +54,7 @@ impl Rule {
             Rule::UnsupportedSql => "supported-sql",
             Rule::Budget => "privacy-budget",
             Rule::EncryptedColumn => "encrypted-columns",
+            Rule::Totality => "total-evaluation",
         }
     }
 }

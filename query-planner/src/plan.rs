@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use cohort_anonymizer::accountant::Charge;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
@@ -15,8 +16,8 @@ use serde::Serialize;
 use crate::encryption::EncryptedRelease;
 use crate::error::Result;
 use crate::facts::strip_alias;
-use crate::nodes::{Contributors, Keys, NoisyAggregate, ReleasedAggregate, Site};
-use crate::policy::Bounds;
+use crate::nodes::{Keys, NoisyAggregate, ReleasedAggregate, Site};
+use crate::policy::{Bounds, Execution, ReleaseTiming};
 use crate::release::{ErrorBound, Noise, Statistic, round_sig, unit_scale};
 
 /// A query's private plan. Executing it consumes it: every execution draws
@@ -30,7 +31,7 @@ pub struct PrivatePlan {
     cost: Charge,
     remaining: Charge,
     cap: Option<Charge>,
-    contributors: Contributors,
+    execution: Execution,
     context: SessionContext,
     names: HashMap<String, String>,
 }
@@ -88,8 +89,6 @@ pub struct PrivateAnswer {
     pub batches: Vec<RecordBatch>,
     /// Every noisy release, per group, with its 95% error.
     pub releases: Vec<ReleasedAggregate>,
-    /// The privacy units whose rows contributed, sorted.
-    pub contributors: Vec<String>,
     /// What the answer cost.
     pub cost: Charge,
 }
@@ -104,7 +103,7 @@ impl PrivatePlan {
         cost: Charge,
         remaining: Charge,
         cap: Option<Charge>,
-        contributors: Contributors,
+        execution: Execution,
         context: SessionContext,
         names: HashMap<String, String>,
     ) -> PrivatePlan {
@@ -116,7 +115,7 @@ impl PrivatePlan {
             cost,
             remaining,
             cap,
-            contributors,
+            execution,
             context,
             names,
         }
@@ -140,6 +139,46 @@ impl PrivatePlan {
     /// The rewritten logical plan (before DataFusion's optimizer).
     pub fn logical_plan(&self) -> &LogicalPlan {
         &self.plan
+    }
+
+    /// When the outcome is released, counted from the request's arrival:
+    /// `None` when the policy releases immediately. A public function of
+    /// the plan and of `population`, the public number of patients (the
+    /// consenting count), never of the data: the base, plus the per-patient
+    /// time for every table the plan reads, plus the encrypted work's
+    /// estimate (from public sizes) times its factor.
+    pub fn deadline(&self, population: u64) -> Option<std::time::Duration> {
+        let e = &self.execution;
+        if e.release == ReleaseTiming::Immediate {
+            return None;
+        }
+        let mut scans = 0u64;
+        let _ = self.plan.apply(|node| {
+            if matches!(node, LogicalPlan::TableScan(_)) {
+                scans += 1;
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        let mut seconds = e.deadline_ms as f64 / 1e3
+            + e.per_patient_us as f64 * population as f64 * scans as f64 / 1e6;
+        for site in &self.sites {
+            let groups = match &site.keys {
+                Keys::Public(domain) => domain.len().max(1),
+                _ => 1,
+            } as f64;
+            for release in &site.releases {
+                if let Some(estimate) = release.encrypted.as_ref().and_then(|e| e.estimate.as_ref())
+                {
+                    seconds += e.encrypted_factor * estimate.seconds * groups;
+                }
+            }
+        }
+        Some(std::time::Duration::from_secs_f64(seconds))
+    }
+
+    /// How the plan's work runs (memory, release timing).
+    pub fn execution(&self) -> &Execution {
+        &self.execution
     }
 
     /// The DP aggregates with their bounding and releases.
@@ -311,15 +350,37 @@ impl PrivatePlan {
     }
 
     async fn execute_inner(self) -> Result<PrivateAnswer> {
-        let frame = self.context.execute_logical_plan(self.plan).await?;
+        let context = self.bounded_context()?;
+        let frame = context.execute_logical_plan(self.plan).await?;
         let batches = frame.collect().await?;
         let releases = self.sites.iter().flat_map(|site| site.log.take()).collect();
         Ok(PrivateAnswer {
             batches,
             releases,
-            contributors: self.contributors.sorted(),
             cost: self.cost,
         })
+    }
+
+    /// The study's session with a memory pool of this query's own, of the
+    /// policy's size, and no spilling to disk: running out of memory is an
+    /// error (the charged outcome), never an abort or a slow spill.
+    fn bounded_context(&self) -> Result<SessionContext> {
+        use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        use datafusion::execution::session_state::SessionStateBuilder;
+        let bytes =
+            usize::try_from(self.execution.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(bytes)))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()?;
+        let state = SessionStateBuilder::new_from_existing(self.context.state())
+            .with_runtime_env(runtime)
+            .build();
+        Ok(SessionContext::new_with_state(state))
     }
 
     /// The physical plan DataFusion would run (for benchmarks and tests);

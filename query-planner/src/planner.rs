@@ -157,11 +157,11 @@ impl Planner {
             .execute_and_check(plan, state.config_options(), |_, _| {})?;
         let plan = normalizer().optimize(plan, &state, |_, _| {})?;
         rules::subqueries::check(&plan)?;
+        crate::guard::check(&plan)?;
 
         let mut typer = Typer::new(&self.scope, &self.policy.contribution);
         let plan = typer.query(plan)?;
         let sites = typer.sites;
-        let contributors = typer.contributors;
 
         let names = output_names(&plan);
         let (sites, cost) = self.calibrate(sites, options, &names)?;
@@ -175,7 +175,7 @@ impl Planner {
             cost,
             options.remaining,
             self.cap(options.remaining.kind()),
-            contributors,
+            self.policy.execution.clone(),
             self.context.clone(),
             names,
         ))
@@ -241,6 +241,7 @@ impl Planner {
                             &encrypted.table,
                             &encrypted.column,
                             &encrypted.op,
+                            site.max_rows,
                         ));
                     }
                 }

@@ -74,6 +74,91 @@ pub struct StudyPolicy {
     pub contribution: Contribution,
     /// The study's tables, by name.
     pub tables: BTreeMap<String, TablePolicy>,
+    /// How a query's work runs: its memory and when its outcome is released.
+    #[serde(default)]
+    pub execution: Execution,
+}
+
+/// How a query's work runs.
+///
+/// ```toml
+/// [execution]
+/// release = "deadline"     # or "immediate" (the outcome's timing is then observable)
+/// deadline_ms = 1000       # the deadline's base
+/// per_patient_us = 100     # added per consenting patient and table read
+/// encrypted_factor = 3     # times the estimate of the encrypted work
+/// memory_mb = 1024         # what one query's operators may hold
+/// ```
+///
+/// The deadline is computed before execution from the plan and public
+/// sizes (the consenting count; for encrypted columns the number of
+/// consenting patients who shared a value, which is on chain), so the time
+/// a researcher waits does not depend on the data. A query that overruns it
+/// is answered at the deadline by the charged, data-free failure.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Execution {
+    /// When the outcome is released.
+    #[serde(default)]
+    pub release: ReleaseTiming,
+    /// The deadline's base, in milliseconds.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Added per patient of the public population and table the plan reads,
+    /// in microseconds.
+    #[serde(default = "default_per_patient_us")]
+    pub per_patient_us: u64,
+    /// The estimate of a query's encrypted work is multiplied by this.
+    #[serde(default = "default_encrypted_factor")]
+    pub encrypted_factor: f64,
+    /// The memory one query's operators may hold, in MiB; past it the query
+    /// ends with the charged failure.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// The public number of patients, where no consenting set defines it
+    /// (`cohort query FILE`); the research path uses the consenting count.
+    pub population: Option<u64>,
+}
+
+/// When a query's outcome is released.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseTiming {
+    /// At the deadline, never earlier.
+    #[default]
+    Deadline,
+    /// As soon as it is ready. Its timing is then an observable that depends
+    /// on the data; for trusted, local use only.
+    Immediate,
+}
+
+fn default_deadline_ms() -> u64 {
+    1_000
+}
+
+fn default_per_patient_us() -> u64 {
+    100
+}
+
+fn default_encrypted_factor() -> f64 {
+    3.0
+}
+
+fn default_memory_mb() -> u64 {
+    1_024
+}
+
+impl Default for Execution {
+    fn default() -> Self {
+        Execution {
+            release: ReleaseTiming::default(),
+            deadline_ms: default_deadline_ms(),
+            per_patient_us: default_per_patient_us(),
+            encrypted_factor: default_encrypted_factor(),
+            memory_mb: default_memory_mb(),
+            population: None,
+        }
+    }
 }
 
 /// What one query costs by default and at most.
@@ -257,6 +342,16 @@ impl StudyPolicy {
         }
         if self.tables.is_empty() {
             return Err(bad("the study has no tables".into()));
+        }
+        let e = &self.execution;
+        if e.memory_mb == 0 || e.memory_mb > 1 << 20 {
+            return Err(bad("execution.memory_mb must be 1 to 1048576".into()));
+        }
+        if !(e.encrypted_factor.is_finite() && e.encrypted_factor >= 1.0) {
+            return Err(bad("execution.encrypted_factor must be at least 1".into()));
+        }
+        if e.deadline_ms > 24 * 3_600_000 {
+            return Err(bad("execution.deadline_ms must be at most a day".into()));
         }
         let mut tables = BTreeMap::new();
         for (name, table) in &self.tables {

@@ -26,7 +26,7 @@ use datafusion::logical_expr::{
 
 use crate::error::{Error, Result, Rule};
 use crate::facts::{self, ColumnFacts, SourceColumn};
-use crate::nodes::{Contributors, Site};
+use crate::nodes::Site;
 use crate::policy::{Contribution, Scope};
 use crate::rules;
 
@@ -99,8 +99,6 @@ pub(crate) struct Typer<'a> {
     pub contribution: &'a Contribution,
     /// The DP aggregates found, in plan order (not yet calibrated).
     pub sites: Vec<Arc<Site>>,
-    /// Shared by every bounding node of the query.
-    pub contributors: Contributors,
 }
 
 impl<'a> Typer<'a> {
@@ -109,7 +107,6 @@ impl<'a> Typer<'a> {
             scope,
             contribution,
             sites: Vec::new(),
-            contributors: Contributors::default(),
         }
     }
 
@@ -390,7 +387,6 @@ impl<'a> Typer<'a> {
                             &typed,
                             self.scope,
                             self.contribution,
-                            &self.contributors,
                         )?;
                         self.sites.push(site);
                         let output_columns = plan.schema().fields().len();

@@ -1,11 +1,17 @@
-//! Compensation: each committed query's fee is shared by the patients whose
-//! records contributed (equal shares, a Merkle tree of (account, amount)
-//! committed with the debit); a patient sees what they earned per study and
-//! query and claims it on the ledger with a proof of their leaf.
+//! Compensation for privacy loss. In differential privacy every patient in
+//! the data bears a query's privacy loss, whether or not their rows matched
+//! its predicate; paying only those who matched would make the payment a
+//! release. So a committed query's fee is its price per ε times the ε (or
+//! ρ) it charged, and it is shared equally by every patient of the study's
+//! consenting set at the time of the query (public already, through the
+//! consent transactions): a Merkle tree over their accounts is committed
+//! with the debit, and the contract pays each member `fee / members`. A
+//! patient sees what they earned per study and query and claims it with a
+//! proof of their leaf, which reveals only that they consented.
 
 use cohort_ledger_bridge::Account;
 use cohort_ledger_bridge::alloy::primitives::{Address, B256, U256};
-use cohort_ledger_bridge::merkle::ContributorTree;
+use cohort_ledger_bridge::merkle::MemberTree;
 use rusqlite::params;
 use serde::Serialize;
 
@@ -66,7 +72,8 @@ impl Session {
             "SELECT q.study_id, q.query_id, q.ledger_id, s.amount,
                 EXISTS (SELECT 1 FROM ledger_claims c WHERE c.query_id = q.ledger_id AND c.patient = s.address)
              FROM research_shares s JOIN research_queries q ON q.ledger_id = s.ledger_id
-             WHERE s.address = ?1 AND q.state IN ('committed', 'delivered') AND (?2 IS NULL OR q.study_id = ?2)
+             WHERE s.address = ?1 AND s.amount != '0' AND q.state IN ('committed', 'delivered')
+               AND (?2 IS NULL OR q.study_id = ?2)
              ORDER BY q.study_id, q.created_at",
         )?;
         let rows = s.query_map(
@@ -117,30 +124,29 @@ impl Session {
         let mut queries = Vec::new();
         for share in earnings.shares.iter().filter(|s| !s.claimed) {
             let all = journal::shares(&conn, &share.ledger_id)?;
-            let mut leaves = Vec::with_capacity(all.len());
-            for (a, amount) in &all {
-                let a: Address = a
-                    .parse()
-                    .map_err(|_| Error::Invalid(format!("a stored address `{a}` is not one")))?;
-                let amount: U256 = amount
-                    .parse()
-                    .map_err(|_| Error::Invalid(format!("a stored share `{amount}` is not one")))?;
-                leaves.push((a, amount));
+            let mut members = Vec::with_capacity(all.len());
+            for (a, _) in &all {
+                members.push(
+                    a.parse::<Address>().map_err(|_| {
+                        Error::Invalid(format!("a stored address `{a}` is not one"))
+                    })?,
+                );
             }
-            let tree = ContributorTree::new(leaves)?;
-            let (amount, proof) = tree.proof(patient.address()).ok_or_else(|| {
+            let tree = MemberTree::new(members)?;
+            let proof = tree.proof(patient.address()).ok_or_else(|| {
                 Error::Invalid(format!(
                     "{:#x} has no share of query {}",
                     patient.address(),
                     share.query_id
                 ))
             })?;
+            let amount: U256 = share.amount.parse().unwrap_or(U256::ZERO);
             let ledger_id: B256 = share
                 .ledger_id
                 .parse()
                 .map_err(|_| Error::Invalid("a malformed ledger id in the journal".into()))?;
             self.client
-                .claim(patient, share.study_id, ledger_id, amount, proof)
+                .claim(patient, share.study_id, ledger_id, proof)
                 .await?;
             paid += amount;
             queries.push(share.query_id.clone());

@@ -13,7 +13,18 @@
 //! - **Submissions.** A patient encrypts a value under the study's keys
 //!   with a range proof ([`encrypt_field`]); the engine checks the proof
 //!   once and stores the validated ciphertext in `research_encrypted`,
-//!   beside the patient's records. The view carries it as a Binary column.
+//!   beside the patient's records, and the patient declares on chain that
+//!   they shared a value of that column, committing to the ciphertext's
+//!   hash (`ResearchStudy.shareEncrypted`). That a patient shared a value
+//!   is therefore public, like their consent; the value is not. The view
+//!   carries a consenting patient's ciphertext (as a Binary column) only if
+//!   its hash is the one on chain.
+//! - **Work of public size.** Each group's encrypted work is padded to the
+//!   consenting patients who shared a value of the column, `max_rows`
+//!   records each: the [`Executor`] computes on stand-ins for the rest and
+//!   discards their results, so the work, its time, the progress a
+//!   researcher sees and `EXPLAIN PRIVACY`'s estimate depend on that public
+//!   count only, never on how many records passed a plaintext predicate.
 //! - **Decryption.** A committed answer carries sealed results. Each
 //!   steward (or, for tfhe, the custodian) first checks the ledger: the
 //!   query's debit must be committed and its result hash must be the hash
@@ -32,7 +43,8 @@ use cohort_fhe::predicate::{self, PredicateLayer};
 use cohort_fhe::range::{Bounds, ProvenCiphertext};
 use cohort_fhe::threshold::{self, CustodianKey, KeyShare, Threshold};
 use cohort_fhe::{
-    CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, FheError, Job, Layer, Sealed,
+    CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, FheError, Job, Layer, Padding,
+    Sealed,
 };
 use cohort_ledger_bridge::Target;
 use cohort_ledger_bridge::alloy::primitives::{B256, keccak256};
@@ -334,7 +346,8 @@ pub(crate) fn encrypt_field(
 }
 
 /// What the engine does with a submission: checks its proof once and
-/// stores the validated ciphertext (replacing an earlier one).
+/// stores the validated ciphertext (replacing an earlier one), which it
+/// returns.
 pub(crate) fn accept(
     conn: &Connection,
     root: &std::path::Path,
@@ -343,7 +356,7 @@ pub(crate) fn accept(
     patient_id: &str,
     submission: &[u8],
     context: &[u8],
-) -> Result<usize> {
+) -> Result<Vec<u8>> {
     let bounds = column.bounds()?;
     let cell = match column.layer {
         Layer::Elgamal => {
@@ -368,7 +381,7 @@ pub(crate) fn accept(
         &cell,
         &chrono::Utc::now().to_rfc3339(),
     )?;
-    Ok(cell.len())
+    Ok(cell)
 }
 
 /// Keeps a validated ciphertext, replacing the patient's earlier one.
@@ -388,40 +401,96 @@ fn store(
     Ok(())
 }
 
-/// Every patient's stored ciphertext of one column.
+/// The on-chain name of an encrypted column.
+pub(crate) fn column_hash(column: &str) -> B256 {
+    keccak256(column.as_bytes())
+}
+
+/// The consenting patients' stored ciphertexts of one column, by patient
+/// id: only those whose hash is the one the patient shared on chain.
 pub(crate) fn cells(
     conn: &Connection,
     study: u64,
     column: &str,
+    consenting: &[super::view::Consenting],
 ) -> Result<HashMap<String, Vec<u8>>> {
     let mut stmt = conn.prepare(
-        "SELECT patient_id, cell FROM research_encrypted WHERE study_id = ?1 AND column_name = ?2",
+        "SELECT e.patient_id, e.cell, s.value_hash FROM research_encrypted e
+         JOIN research_patients p ON p.patient_id = e.patient_id
+         JOIN ledger_shared_values s ON s.study_id = e.study_id AND s.patient = p.address
+              AND s.column_hash = ?3
+         WHERE e.study_id = ?1 AND e.column_name = ?2",
     )?;
-    let rows = stmt.query_map(params![study as i64, column], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let rows = stmt.query_map(
+        params![study as i64, column, format!("{:#x}", column_hash(column))],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        },
+    )?;
+    let consenting: HashSet<&str> = consenting.iter().map(|c| c.patient_id.as_str()).collect();
+    let mut out = HashMap::new();
+    for row in rows {
+        let (patient, cell, shared) = row?;
+        if consenting.contains(patient.as_str()) && format!("{:#x}", keccak256(&cell)) == shared {
+            out.insert(patient, cell);
+        }
+    }
+    Ok(out)
 }
 
-fn stored_count(conn: &Connection, study: u64, column: &str) -> Result<u64> {
-    Ok(conn.query_row(
-        "SELECT COUNT(*) FROM research_encrypted WHERE study_id = ?1 AND column_name = ?2",
-        params![study as i64, column],
-        |r| r.get::<_, i64>(0),
-    )? as u64)
+/// How many consenting patients shared a value of `column` on chain: the
+/// public size the column's encrypted work is padded to.
+pub(crate) fn shared_count(
+    conn: &Connection,
+    study: u64,
+    column: &str,
+    consenting: &[super::view::Consenting],
+) -> Result<u64> {
+    let mut stmt = conn.prepare(
+        "SELECT patient FROM ledger_shared_values WHERE study_id = ?1 AND column_hash = ?2",
+    )?;
+    let patients = stmt.query_map(
+        params![study as i64, format!("{:#x}", column_hash(column))],
+        |r| r.get::<_, String>(0),
+    )?;
+    let consenting: HashSet<String> = consenting
+        .iter()
+        .map(|c| format!("{:#x}", c.address))
+        .collect();
+    let mut n = 0;
+    for p in patients {
+        if consenting.contains(&p?) {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
-/// The state of a study's submissions, part of its view's digest.
+/// The state of a study's submissions (stored and shared on chain), part
+/// of its view's digest.
 pub(crate) fn state(conn: &Connection, study: u64) -> Result<String> {
     let (n, last): (i64, Option<String>) = conn.query_row(
         "SELECT COUNT(*), MAX(submitted_at) FROM research_encrypted WHERE study_id = ?1",
         [study as i64],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    Ok(if n == 0 {
+    let (shared, block): (i64, Option<i64>) = conn.query_row(
+        "SELECT COUNT(*), MAX(block) FROM ledger_shared_values WHERE study_id = ?1",
+        [study as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(if n == 0 && shared == 0 {
         String::new()
     } else {
-        format!("encrypted:{n}:{}", last.unwrap_or_default())
+        format!(
+            "encrypted:{n}:{}:shared:{shared}:{}",
+            last.unwrap_or_default(),
+            block.unwrap_or_default()
+        )
     })
 }
 
@@ -430,7 +499,9 @@ pub(crate) fn state(conn: &Connection, study: u64) -> Result<String> {
 pub(crate) struct Executor {
     linear: Option<LinearLayer>,
     predicate: Option<PredicateLayer>,
-    stored: BTreeMap<String, u64>,
+    /// Per column: the public count of consenting patients who shared a
+    /// value, and a stored ciphertext the padding computes on.
+    public: BTreeMap<String, (u64, Option<Vec<u8>>)>,
     job: Arc<Job>,
 }
 
@@ -440,6 +511,7 @@ impl Executor {
         root: &std::path::Path,
         study: u64,
         file: &StudyFile,
+        consenting: &[super::view::Consenting],
         job: Arc<Job>,
     ) -> Result<Option<Executor>> {
         let cols = columns(file);
@@ -454,22 +526,40 @@ impl Executor {
         } else {
             None
         };
-        let mut stored = BTreeMap::new();
+        let mut public = BTreeMap::new();
         for c in &cols {
-            stored.insert(c.column.clone(), stored_count(conn, study, &c.column)?);
+            let count = shared_count(conn, study, &c.column, consenting)?;
+            let stand_in = cells(conn, study, &c.column, consenting)?
+                .into_values()
+                .min();
+            public.insert(c.column.clone(), (count, stand_in));
         }
         Ok(Some(Executor {
             linear,
             predicate,
-            stored,
+            public,
             job,
         }))
+    }
+
+    /// The padded size of one group's work: every consenting patient who
+    /// shared a value, `max_rows` records each.
+    fn padded(&self, column: &str, max_rows: u32) -> u64 {
+        self.public
+            .get(column)
+            .map_or(0, |(count, _)| count.saturating_mul(u64::from(max_rows)))
     }
 }
 
 impl EncryptedExecutor for Executor {
-    fn estimate(&self, _table: &str, column: &str, op: &EncryptedOp) -> CostEstimate {
-        cohort_fhe::estimate(op, self.stored.get(column).copied().unwrap_or(0))
+    fn estimate(
+        &self,
+        _table: &str,
+        column: &str,
+        op: &EncryptedOp,
+        max_rows: u32,
+    ) -> CostEstimate {
+        cohort_fhe::estimate(op, self.padded(column, max_rows))
     }
 
     fn aggregate(
@@ -479,22 +569,27 @@ impl EncryptedExecutor for Executor {
         op: &EncryptedOp,
         cells: &[&[u8]],
         noise: i64,
+        max_rows: u32,
     ) -> std::result::Result<Sealed, FheError> {
         let missing = |layer: &str| FheError::NotAuthorized {
             query_id: String::new(),
             why: format!("no {layer} key for `{column}` in this deployment"),
+        };
+        let padding = Padding {
+            to: usize::try_from(self.padded(column, max_rows)).unwrap_or(usize::MAX),
+            stand_in: self.public.get(column).and_then(|(_, s)| s.as_deref()),
         };
         match cohort_fhe::route(op) {
             Layer::Elgamal => self
                 .linear
                 .as_ref()
                 .ok_or_else(|| missing("ElGamal"))?
-                .aggregate(op, cells, noise, &self.job),
+                .aggregate(op, cells, noise, &self.job, padding),
             Layer::Tfhe => self
                 .predicate
                 .as_ref()
                 .ok_or_else(|| missing("tfhe"))?
-                .aggregate(op, cells, noise, &self.job),
+                .aggregate(op, cells, noise, &self.job, padding),
         }
     }
 }
@@ -520,10 +615,12 @@ pub struct LedgerGate {
 
 impl LedgerGate {
     /// Asks the ledger about `ledger_id` and admits the sealed results of
-    /// `answer_text` only if the chain holds a committed debit of its hash.
+    /// `answer_text` only if the chain holds a committed debit whose result
+    /// hash is the salted commitment to it (`salt` in hex).
     pub async fn check(
         client: &cohort_ledger_bridge::Client,
         ledger_id: B256,
+        salt: &str,
         answer_text: &str,
         sealed: &[Sealed],
     ) -> Result<LedgerGate> {
@@ -552,7 +649,10 @@ impl LedgerGate {
             };
             return Err(refuse(format!("the query is {state}")));
         }
-        if q.resultHash != keccak256(answer_text.as_bytes()) {
+        let salt = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(salt.as_bytes())
+            .map_err(|e| Error::Invalid(format!("a commitment's salt is not hex: {e}")))?;
+        if q.resultHash != super::query::commitment(&salt, answer_text) {
             return Err(refuse(
                 "the committed result hash is not the hash of this answer".into(),
             ));
@@ -592,6 +692,7 @@ pub(crate) async fn decrypt_answer(
     client: &cohort_ledger_bridge::Client,
     file: &StudyFile,
     answer: &mut super::query::Answer,
+    salt: &str,
     answer_text: &str,
 ) -> Result<()> {
     if answer.encrypted.is_empty() {
@@ -623,7 +724,7 @@ pub(crate) async fn decrypt_answer(
         .ledger_id
         .parse()
         .map_err(|e| Error::Invalid(format!("ledger id: {e}")))?;
-    let gate = LedgerGate::check(client, ledger_id, answer_text, &sealed_cells).await?;
+    let gate = LedgerGate::check(client, ledger_id, salt, answer_text, &sealed_cells).await?;
     let study = answer.study_id;
     let key = custodian_key(conn, study)?;
     let stewards: Vec<Steward> = match &key {
@@ -653,11 +754,10 @@ pub(crate) async fn decrypt_answer(
                         .collect::<cohort_fhe::Result<Vec<_>>>()
                         .map_err(fhe_error)?;
                     let c = column(&cols, &out.column)?;
-                    let (lo, hi) = linear::search_range(
-                        stored_count(conn, study, &c.column)?,
-                        c.bounds()?,
-                        NOISE_TAIL,
-                    );
+                    // Searched over what the consenting set could sum to
+                    // (a public size), not over what was stored.
+                    let (lo, hi) =
+                        linear::search_range(answer.members as u64, c.bounds()?, NOISE_TAIL);
                     linear::open(key, &answer.ledger_id, &s, &partials, lo, hi)
                         .map_err(fhe_error)?
                 }
@@ -727,8 +827,13 @@ impl super::Session {
         let submission = encrypt_field(conn, root, c, id, value, &ctx)?;
         let encrypt_seconds = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
-        let stored_bytes = accept(conn, root, c, id, &patient_id, &submission, &ctx)?;
+        let cell = accept(conn, root, c, id, &patient_id, &submission, &ctx)?;
         let verify_seconds = t.elapsed().as_secs_f64();
+        // The patient declares the share on chain (public, like a consent).
+        self.client
+            .share_encrypted(patient, id, column_hash(&c.column), keccak256(&cell))
+            .await?;
+        let stored_bytes = cell.len();
         crate::audit::append(
             conn,
             &crate::audit::Event {
@@ -845,6 +950,27 @@ impl super::Session {
             },
         )?;
         tx.commit()?;
+        // Every patient declares their share on chain, in shared blocks.
+        let shares: Vec<_> = values
+            .iter()
+            .zip(&cells)
+            .map(|((account, _), (_, cell))| {
+                (
+                    account.clone(),
+                    self.client.tx(
+                        cohort_ledger_bridge::Target::Study,
+                        ResearchStudy::shareEncryptedCall {
+                            studyId: cohort_ledger_bridge::alloy::primitives::U256::from(id),
+                            column: column_hash(&c.column),
+                            valueHash: keccak256(cell),
+                        },
+                    ),
+                )
+            })
+            .collect();
+        for sent in self.client.ledger().send_all(shares).await {
+            sent?;
+        }
         Ok(BatchSubmitted {
             column: c.column.clone(),
             layer: c.layer,

@@ -1,17 +1,22 @@
 //! The query journal: each budgeted query's progress, written before each
 //! step it records, so that a process killed at any point leaves enough to
-//! finish or undo the step on restart.
+//! finish the step on restart.
 //!
 //! ```text
-//! reserving -> reserved -> answered -> committed -> delivered
-//!          \-> (refused: the row is removed)   \-> released
+//! reserving -> reserved -> executing -> answered -> committed -> delivered
+//!          \            \           \-> failed   -/
+//!           \-> (refused: the row is removed)
+//!                        \-> released (only before execution starts)
 //! ```
 //!
-//! `answered` holds the noisy answer and its contributors' shares before the
-//! debit is committed, so a restart commits exactly that answer; a repeated
-//! query id is answered from the journal, never with fresh noise. A query in
-//! flight holds an exclusive `flock` on its lock file; recovery touches only
-//! queries whose lock it can take, i.e. whose process is gone.
+//! Before `executing` no row of the view has been read, so a reservation
+//! left by a crash is released. From `executing` on, every ending is
+//! charged: a stored answer (`answered`) or the fixed failure (`failed`,
+//! also what recovery records for a query whose process died while it ran)
+//! is committed with its salted result hash, never released. A repeated
+//! query id is answered from the journal, never with fresh noise. A query
+//! in flight holds an exclusive `flock` on its lock file; recovery touches
+//! only queries whose lock it can take, i.e. whose process is gone.
 
 use std::fs::File;
 use std::path::Path;
@@ -33,8 +38,9 @@ CREATE TABLE IF NOT EXISTS research_queries (
     ledger_id TEXT PRIMARY KEY, study_id INTEGER NOT NULL, query_id TEXT NOT NULL,
     actor TEXT NOT NULL, sql TEXT NOT NULL, state TEXT NOT NULL, cost TEXT NOT NULL,
     primary_units TEXT NOT NULL, delta_units TEXT NOT NULL,
-    answer TEXT, result_hash TEXT, contributors_root TEXT, fee TEXT,
-    created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+    answer TEXT, result_hash TEXT, members_root TEXT, fee TEXT,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    salt TEXT, members INTEGER, failure TEXT, deadline_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS research_queries_state ON research_queries (state);
 CREATE TABLE IF NOT EXISTS research_shares (
@@ -45,9 +51,44 @@ CREATE INDEX IF NOT EXISTS research_shares_address ON research_shares (address);
 CREATE TABLE IF NOT EXISTS research_releases (
     extract_hash TEXT PRIMARY KEY, study_id INTEGER NOT NULL, path TEXT NOT NULL,
     k INTEGER NOT NULL, l INTEGER NOT NULL, rows INTEGER NOT NULL, report TEXT NOT NULL,
-    actor TEXT NOT NULL, created_at TEXT NOT NULL
+    actor TEXT NOT NULL, created_at TEXT NOT NULL, view_digest TEXT
 );
 ";
+
+/// Brings a journal written before queries were charged for every ending
+/// (and before extracts were kept per consenting set) to this schema.
+pub(crate) fn migrate(conn: &Connection) -> Result<()> {
+    let columns = |table: &str| -> Result<Vec<String>> {
+        let mut s = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let names = s.query_map([], |r| r.get::<_, String>(1))?;
+        Ok(names.collect::<rusqlite::Result<_>>()?)
+    };
+    let queries = columns("research_queries")?;
+    if queries.iter().any(|c| c == "contributors_root") {
+        conn.execute_batch(
+            "ALTER TABLE research_queries RENAME COLUMN contributors_root TO members_root",
+        )?;
+    }
+    for (column, kind) in [
+        ("salt", "TEXT"),
+        ("members", "INTEGER"),
+        ("failure", "TEXT"),
+        ("deadline_ms", "INTEGER"),
+    ] {
+        if !queries.iter().any(|c| c == column) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE research_queries ADD COLUMN {column} {kind}"
+            ))?;
+        }
+    }
+    if !columns("research_releases")?
+        .iter()
+        .any(|c| c == "view_digest")
+    {
+        conn.execute_batch("ALTER TABLE research_releases ADD COLUMN view_digest TEXT")?;
+    }
+    Ok(())
+}
 
 /// One journal row.
 #[derive(Debug, Clone)]
@@ -57,14 +98,17 @@ pub(crate) struct Entry {
     pub query_id: String,
     pub sql: String,
     pub state: String,
+    pub cost: String,
     pub answer: Option<String>,
     pub result_hash: Option<String>,
-    pub contributors_root: Option<String>,
-    pub fee: Option<String>,
+    pub salt: Option<String>,
+    pub deadline_ms: Option<u64>,
+    /// How a failed query ended (operator only); `None` for an answer.
+    pub failure: Option<String>,
 }
 
-const COLUMNS: &str =
-    "ledger_id, study_id, query_id, sql, state, answer, result_hash, contributors_root, fee";
+const COLUMNS: &str = "ledger_id, study_id, query_id, sql, state, cost, answer, result_hash, salt, \
+     deadline_ms, failure";
 
 fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
@@ -73,10 +117,12 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         query_id: r.get(2)?,
         sql: r.get(3)?,
         state: r.get(4)?,
-        answer: r.get(5)?,
-        result_hash: r.get(6)?,
-        contributors_root: r.get(7)?,
-        fee: r.get(8)?,
+        cost: r.get(5)?,
+        answer: r.get(6)?,
+        result_hash: r.get(7)?,
+        salt: r.get(8)?,
+        deadline_ms: r.get::<_, Option<i64>>(9)?.map(|d| d as u64),
+        failure: r.get(10)?,
     })
 }
 
@@ -93,42 +139,64 @@ pub(crate) fn get(conn: &Connection, ledger_id: &str) -> Result<Option<Entry>> {
 /// Entries a crash may have left part-way.
 pub(crate) fn unfinished(conn: &Connection) -> Result<Vec<Entry>> {
     let mut s = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM research_queries WHERE state IN ('reserving', 'reserved', 'answered')"
+        "SELECT {COLUMNS} FROM research_queries
+         WHERE state IN ('reserving', 'reserved', 'executing', 'answered', 'failed')"
     ))?;
     let rows = s.query_map([], entry)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// What a query commits to before it is reserved: its cost, and the
+/// consenting set whose members share its fee.
+pub(crate) struct Intent<'a> {
+    pub ledger_id: &'a str,
+    pub study_id: u64,
+    pub query_id: &'a str,
+    pub actor: &'a str,
+    pub sql: &'a str,
+    pub cost: &'a str,
+    pub primary_units: u128,
+    pub delta_units: u128,
+    pub fee: &'a str,
+    /// Each member's address and share (wei).
+    pub shares: &'a [(String, String)],
+    pub members_root: &'a str,
+    pub deadline_ms: Option<u64>,
+}
+
 /// Records the intent to reserve, before the reservation is sent.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn begin(
-    conn: &Connection,
-    ledger_id: &str,
-    study_id: u64,
-    query_id: &str,
-    actor: &str,
-    sql: &str,
-    cost: &str,
-    primary_units: u128,
-    delta_units: u128,
-) -> Result<()> {
+pub(crate) fn begin(conn: &Connection, q: &Intent<'_>) -> Result<()> {
     let now = crate::store::now();
-    conn.execute(
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
         "INSERT INTO research_queries (ledger_id, study_id, query_id, actor, sql, state, cost,
-            primary_units, delta_units, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'reserving', ?6, ?7, ?8, ?9, ?9)",
+            primary_units, delta_units, fee, members, members_root, deadline_ms, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'reserving', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
         params![
-            ledger_id,
-            study_id as i64,
-            query_id,
-            actor,
-            sql,
-            cost,
-            primary_units.to_string(),
-            delta_units.to_string(),
+            q.ledger_id,
+            q.study_id as i64,
+            q.query_id,
+            q.actor,
+            q.sql,
+            q.cost,
+            q.primary_units.to_string(),
+            q.delta_units.to_string(),
+            q.fee,
+            q.shares.len() as i64,
+            q.members_root,
+            q.deadline_ms.map(|d| d as i64),
             now
         ],
     )?;
+    {
+        let mut insert = tx.prepare(
+            "INSERT OR REPLACE INTO research_shares (ledger_id, address, amount) VALUES (?1, ?2, ?3)",
+        )?;
+        for (address, amount) in q.shares {
+            insert.execute(params![q.ledger_id, address, amount])?;
+        }
+    }
+    tx.commit()?;
     Ok(())
 }
 
@@ -140,51 +208,53 @@ pub(crate) fn set_state(conn: &Connection, ledger_id: &str, state: &str) -> Resu
     Ok(())
 }
 
+/// Removes a query the ledger refused to reserve (nothing was spent).
 pub(crate) fn remove(conn: &Connection, ledger_id: &str) -> Result<()> {
-    conn.execute(
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
         "DELETE FROM research_queries WHERE ledger_id = ?1",
         [ledger_id],
     )?;
-    Ok(())
-}
-
-/// Stores the answer and the contributors' shares, in one transaction,
-/// before the debit is committed.
-pub(crate) fn answered(
-    conn: &Connection,
-    ledger_id: &str,
-    answer: &str,
-    result_hash: &str,
-    root: &str,
-    fee: &str,
-    shares: &[(String, String)],
-) -> Result<()> {
-    let tx = conn.unchecked_transaction()?;
     tx.execute(
-        "UPDATE research_queries SET state = 'answered', answer = ?2, result_hash = ?3,
-            contributors_root = ?4, fee = ?5, updated_at = ?6 WHERE ledger_id = ?1",
-        params![
-            ledger_id,
-            answer,
-            result_hash,
-            root,
-            fee,
-            crate::store::now()
-        ],
+        "DELETE FROM research_shares WHERE ledger_id = ?1",
+        [ledger_id],
     )?;
-    {
-        let mut insert = tx.prepare(
-            "INSERT OR REPLACE INTO research_shares (ledger_id, address, amount) VALUES (?1, ?2, ?3)",
-        )?;
-        for (address, amount) in shares {
-            insert.execute(params![ledger_id, address, amount])?;
-        }
-    }
     tx.commit()?;
     Ok(())
 }
 
-/// The shares of a query: (address, wei).
+/// Stores the query's outcome (the answer, or the fixed failure, as the
+/// exact text its salted hash commits to) before the debit is committed.
+/// `failure` names how a failed query ended, for the operator only.
+pub(crate) fn outcome(
+    conn: &Connection,
+    ledger_id: &str,
+    text: &str,
+    salt: &str,
+    result_hash: &str,
+    failure: Option<&str>,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE research_queries SET state = ?2, answer = ?3, salt = ?4, result_hash = ?5,
+            failure = ?6, updated_at = ?7 WHERE ledger_id = ?1",
+        params![
+            ledger_id,
+            if failure.is_some() {
+                "failed"
+            } else {
+                "answered"
+            },
+            text,
+            salt,
+            result_hash,
+            failure,
+            crate::store::now()
+        ],
+    )?;
+    Ok(())
+}
+
+/// The members of a query's consenting set with their shares: (address, wei).
 pub(crate) fn shares(conn: &Connection, ledger_id: &str) -> Result<Vec<(String, String)>> {
     let mut s = conn.prepare("SELECT address, amount FROM research_shares WHERE ledger_id = ?1")?;
     let rows = s.query_map([ledger_id], |r| Ok((r.get(0)?, r.get(1)?)))?;

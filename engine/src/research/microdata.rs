@@ -4,6 +4,18 @@
 //! and recorded on the ledger (its hash) and in the audit log. Only a study
 //! whose stewards approved microdata may release one; the extract never
 //! carries the study's pseudonyms.
+//!
+//! An extract is not covered by ε: it is the records themselves,
+//! generalized until every row hides among at least k. What protects the
+//! patients is k (at least the study's `min_k`, on chain), l, and how many
+//! extracts there are: the study's `max_extracts` (on chain), and one
+//! extract per consenting set. Asking again while the consenting set is
+//! unchanged returns the stored extract, whatever k and l are asked for,
+//! so that extracts of the same rows with different parameters cannot be
+//! laid over one another. Two extracts of sets that differ in a few
+//! patients still can be compared (a withdrawal between them, say): that is
+//! what `max_extracts` limits, and what a steward weighs before approving
+//! more than one.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +23,7 @@ use cohort_anonymizer::hierarchy::Hierarchies;
 use cohort_anonymizer::mondrian::{self, Mode, Params, Report, Request};
 use cohort_anonymizer::privacy_model::LDiversity;
 use cohort_ledger_bridge::alloy::primitives::B256;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -19,7 +31,7 @@ use super::Session;
 use crate::{Error, Result, audit};
 
 /// What `cohort release` returns.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Released {
     /// The study.
     pub study_id: u64,
@@ -39,6 +51,9 @@ pub struct Released {
     pub measured_l: Option<usize>,
     /// Information loss and suppression.
     pub report: Report,
+    /// Whether this is the stored extract of an unchanged consenting set.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 impl Session {
@@ -67,9 +82,10 @@ impl Session {
                 "study {id}'s file has no [release] table naming the extract's columns"
             ))
         })?;
-        if k < 2 {
+        if k < spec.min_k as usize {
             return Err(Error::Invalid(format!(
-                "--k {k}: an extract needs k of at least 2"
+                "--k {k}: study {id}'s extracts need k of at least {} (its `min_k`, approved on chain)",
+                spec.min_k
             )));
         }
         if l == Some(0) || l == Some(1) {
@@ -106,6 +122,31 @@ impl Session {
             None => Hierarchies::default(),
         };
         let view = self.view(&conn, id, &file).await?;
+        // One extract per consenting set: the same set gets the stored one.
+        let stored: Option<String> = conn
+            .query_row(
+                "SELECT report FROM research_releases WHERE study_id = ?1 AND view_digest = ?2",
+                params![id as i64, view.digest],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(report) = stored {
+            let mut released: Released = serde_json::from_str(&report)
+                .map_err(|e| Error::Invalid(format!("a stored extract's report: {e}")))?;
+            released.replayed = true;
+            return Ok(released);
+        }
+        let made: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM research_releases WHERE study_id = ?1",
+            [id as i64],
+            |r| r.get(0),
+        )?;
+        if made >= i64::from(spec.max_extracts) {
+            return Err(Error::Invalid(format!(
+                "study {id} has released the {} extract(s) its stewards approved (`max_extracts`)",
+                spec.max_extracts
+            )));
+        }
         let batch = view
             .batches
             .get(&spec.table)
@@ -122,7 +163,14 @@ impl Session {
                 ..Params::k(k)
             },
         };
-        let extract = mondrian::anonymize(batch, &request)?;
+        // A failure says nothing about the rows (no count, no measure).
+        let refused = || {
+            Error::Invalid(format!(
+                "no extract of study {id}'s view meets k = {k}{}: nothing was released",
+                l.map(|l| format!(", l = {l}")).unwrap_or_default()
+            ))
+        };
+        let extract = mondrian::anonymize(batch, &request).map_err(|_| refused())?;
         // Checked again on what leaves, whatever produced it.
         let m = mondrian::measure(
             &extract.batch,
@@ -132,10 +180,7 @@ impl Session {
         if extract.batch.num_rows() > 0
             && (m.k < k || l.is_some_and(|l| m.l_distinct.unwrap_or(0) < l))
         {
-            return Err(Error::Invalid(format!(
-                "the extract measures k = {}, l = {:?}, short of k = {k}, l = {l:?}: nothing was released",
-                m.k, m.l_distinct
-            )));
+            return Err(refused());
         }
 
         let dir = self
@@ -187,13 +232,14 @@ impl Session {
             measured_k: m.k,
             measured_l: m.l_distinct,
             report: extract.report,
+            replayed: false,
         };
         let report_json = serde_json::to_string_pretty(&released).expect("a report serialises");
         crate::fsutil::write_atomic(&report_path, report_json.as_bytes())?;
         let tx = conn.unchecked_transaction()?;
         tx.execute(
-            "INSERT OR REPLACE INTO research_releases (extract_hash, study_id, path, k, l, rows, report, actor, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT OR REPLACE INTO research_releases (extract_hash, study_id, path, k, l, rows, report, actor, created_at, view_digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 hex,
                 id as i64,
@@ -203,7 +249,8 @@ impl Session {
                 rows as i64,
                 report_json,
                 actor,
-                crate::store::now()
+                crate::store::now(),
+                view.digest
             ],
         )?;
         audit::append(

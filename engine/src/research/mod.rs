@@ -1,9 +1,11 @@
 //! The research path (ARCHITECTURE.md, "The research path"): a researcher
 //! proposes a study on the ledger, stewards approve it m of n, patients
 //! consent and may withdraw, and every query is planned, reserved on the
-//! ledger, run over the study's view, committed with its result hash and
-//! contributors, and only then answered. Fees accrue to the contributors,
-//! who claim them with Merkle proofs; approved studies may release
+//! ledger, run over the study's view, committed with a salted commitment to
+//! its outcome, and only then answered, at a deadline fixed before it ran
+//! ([`query`]). Each query's fee is priced by the privacy loss it charged
+//! and shared equally by every patient of the consenting set, who claim it
+//! with Merkle proofs ([`compensation`]); approved studies may release
 //! k-anonymous extracts, recorded on the ledger.
 //!
 //! A [`Session`] is the engine's side: it holds the ledger client, the
@@ -37,6 +39,7 @@ use view::{Consenting, View};
 /// Creates the research tables.
 pub fn install(conn: &Connection) -> Result<()> {
     conn.execute_batch(journal::SCHEMA)?;
+    journal::migrate(conn)?;
     conn.execute_batch(encryption::SCHEMA)?;
     Ok(())
 }
@@ -49,11 +52,18 @@ pub struct Session {
     engine: Account,
     master: zeroize::Zeroizing<[u8; 32]>,
     keys: Arc<dyn crate::keystore::KeyStore>,
-    /// The homomorphic job running now: its progress, and its cancellation.
-    job: Arc<cohort_fhe::Job>,
-    /// Follower syncs and view builds, one at a time.
+    /// The homomorphic job of the query running now: its progress, and its
+    /// cancellation.
+    job: Mutex<Arc<cohort_fhe::Job>>,
+    /// Notified to cancel the query running now (it is charged).
+    cancelled: tokio::sync::Notify,
+    /// Follower syncs, one at a time.
     sync: tokio::sync::Mutex<()>,
-    views: Mutex<HashMap<u64, Arc<View>>>,
+    /// Each study's view at its last consenting set, and one build at a time.
+    views: Arc<Mutex<HashMap<u64, Arc<View>>>>,
+    building: Arc<Mutex<()>>,
+    /// Where deadlines are measured (a manual clock in tests).
+    clock: Arc<dyn crate::deadline::Clock>,
 }
 
 /// What `cohort study propose` returns.
@@ -239,9 +249,12 @@ impl Session {
             engine,
             master,
             keys: vault.shared_keys(),
-            job: Arc::new(cohort_fhe::Job::new()),
+            job: Mutex::new(Arc::new(cohort_fhe::Job::new())),
+            cancelled: tokio::sync::Notify::new(),
             sync: tokio::sync::Mutex::new(()),
-            views: Mutex::new(HashMap::new()),
+            views: Arc::new(Mutex::new(HashMap::new())),
+            building: Arc::new(Mutex::new(())),
+            clock: Arc::new(crate::deadline::SystemClock::new()),
         };
         // A restart finishes or undoes what a killed process left.
         session.recover(vault.conn()).await?;
@@ -257,13 +270,16 @@ impl Session {
         self.client.contracts().study
     }
 
+    /// The session measuring deadlines on `clock` (tests inject one).
+    pub fn with_clock(mut self, clock: Arc<dyn crate::deadline::Clock>) -> Session {
+        self.clock = clock;
+        self
+    }
+
     /// The study's pseudonym key: pseudonyms of one study do not link to
     /// another's.
     fn key(&self, study_id: u64) -> PseudonymKey {
-        PseudonymKey::derive(
-            &self.master,
-            &format!("study/{:#x}/{study_id}", self.contract()),
-        )
+        PseudonymKey::derive(&self.master, &study_key_context(self.contract(), study_id))
     }
 
     /// Mirrors every confirmed block into `cohort.db`.
@@ -285,15 +301,7 @@ impl Session {
     ) -> Result<Proposed> {
         // The view's columns must exist after Safe Harbor, and the policy
         // must fit their types: checked on the empty view before anything is sent.
-        let empty = view::build(conn, file, &self.key(0), None, today(), &Default::default())?;
-        let mut tables = HashMap::new();
-        for (name, batch) in empty {
-            tables.insert(
-                name,
-                cohort_query_planner::sources::batches(batch.schema(), vec![batch])?,
-            );
-        }
-        cohort_query_planner::Planner::new(file.scope.clone(), tables)?;
+        cohort_query_planner::Planner::new(file.scope.clone(), view::schema_tables(conn, file)?)?;
         if !self
             .client
             .has_role(Role::Researcher, researcher.address())
@@ -682,8 +690,9 @@ impl Session {
     }
 
     /// The patients whose consent covers study `id` now, from the mirror
-    /// (call [`Session::sync`] first).
-    async fn consenting(
+    /// (call [`Session::sync`] first). This set is public: consents are
+    /// transactions on chain.
+    pub(crate) async fn consenting(
         &self,
         conn: &Connection,
         id: u64,
@@ -730,53 +739,46 @@ impl Session {
         file: &StudyFile,
     ) -> Result<Arc<View>> {
         self.sync().await?;
-        let _one = self.sync.lock().await;
         let s = self.client.study(id).await?;
         let consenting = self.consenting(conn, id, &s).await?;
-        let state = encryption::state(conn, id)?;
-        let digest = view::digest(file, &consenting, &state);
-        if let Some(v) = self.views.lock().expect("views lock").get(&id)
-            && v.digest == digest
-        {
-            return Ok(Arc::clone(v));
-        }
-        let dir = self
-            .dir
-            .root()
-            .join("research")
-            .join("studies")
-            .join(id.to_string())
-            .join("view");
-        let mut cells = view::EncryptedCells::new();
-        for column in encryption::columns(file) {
-            cells.insert(
-                column.column.clone(),
-                encryption::cells(conn, id, &column.column)?,
-            );
-        }
-        let built = Arc::new(view::load_or_build(
+        view::obtain(
             conn,
-            &dir,
+            &self.dir,
+            id,
             file,
             &self.key(id),
             &consenting,
-            today(),
-            &cells,
-            digest,
-        )?);
-        self.views
-            .lock()
-            .expect("views lock")
-            .insert(id, Arc::clone(&built));
-        Ok(built)
+            &self.views,
+            &self.building,
+        )
     }
 }
 
+/// What a study's pseudonym key is derived for.
+pub(crate) fn study_key_context(contract: Address, study_id: u64) -> String {
+    format!("study/{contract:#x}/{study_id}")
+}
+
 impl Session {
-    /// The homomorphic job of the query running now: poll it for progress,
-    /// cancel it to stop the query (nothing is debited or kept).
+    /// The homomorphic job of the query running now: poll it for progress
+    /// (its total is a public size).
     pub fn job(&self) -> Arc<cohort_fhe::Job> {
-        Arc::clone(&self.job)
+        Arc::clone(&self.job.lock().expect("job lock"))
+    }
+
+    /// A fresh job for a query that starts now.
+    fn new_job(&self) -> Arc<cohort_fhe::Job> {
+        let job = Arc::new(cohort_fhe::Job::new());
+        *self.job.lock().expect("job lock") = Arc::clone(&job);
+        job
+    }
+
+    /// Cancels the query running now: it ends with the charged failure,
+    /// released at its deadline (after the reservation every ending is
+    /// charged, a cancellation too).
+    pub fn cancel(&self) {
+        self.job().cancel();
+        self.cancelled.notify_waiters();
     }
 
     /// Refuses `actor` unless it is the account that proposed study `id`:
@@ -797,11 +799,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-/// The date Safe Harbor computes ages at.
-fn today() -> chrono::NaiveDate {
-    chrono::Utc::now().date_naive()
 }
 
 /// The ledger's id of query `query_id` of study `study_id`.

@@ -1,24 +1,50 @@
-//! A budgeted query: plan and cost, reserve on the ledger, execute with
-//! noise, store the answer, commit the debit with the result hash and the
-//! contributors' root, and only then answer. A failure after the
-//! reservation releases it; a crash is finished or undone by
-//! [`Session::recover`]; a repeated query id is answered from the journal.
+//! A budgeted query, under the privacy invariant: what the researcher
+//! observes depends only on noisy values and public facts.
+//!
+//! 1. **Plan, for free.** The query is planned and costed over the view's
+//!    schema alone (no row is read), with the public sizes it needs: the
+//!    consenting set (on chain) and, per encrypted column, how many of them
+//!    shared a value (on chain). A refusal, or `EXPLAIN PRIVACY`, spends
+//!    nothing and takes no data-dependent time.
+//! 2. **Reserve.** The cost is reserved on the ledger under the query id,
+//!    which holds the query's fee (its price per ε times its cost) out of
+//!    the escrow, after the journal records the intent and the consenting
+//!    set whose members will share the fee.
+//! 3. **Execute, charged whatever happens.** The journal says `executing`
+//!    before the first row is read. The view is loaded, the plan runs on a
+//!    task of its own against the deadline computed in step 1 from public
+//!    sizes ([`crate::deadline`]). Its ending is an answer or the fixed
+//!    failure: an error, a resource limit, a panic, a cancellation or an
+//!    overrun all end the same way, and a process killed meanwhile is
+//!    recorded the same way by the next one ([`Session::recover`]).
+//! 4. **Commit.** The outcome is stored, then the debit committed with a
+//!    salted commitment to it (`keccak256(salt ‖ stored text)`), the
+//!    consenting set's Merkle root and its size.
+//! 5. **Release at the deadline.** Only then, and not before the deadline,
+//!    is the answer decrypted (encrypted columns) and handed over; a failed
+//!    query is told that it was charged, and nothing else.
+//!
+//! A repeated query id is answered from the journal, never run again.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use cohort_anonymizer::accountant::{Amount, Charge};
+use cohort_anonymizer::deid::PseudonymKey;
+use cohort_ledger_bridge::Cost;
 use cohort_ledger_bridge::alloy::primitives::{Address, B256, U256, keccak256};
 use cohort_ledger_bridge::contracts::ResearchStudy;
-use cohort_ledger_bridge::merkle::ContributorTree;
-use cohort_ledger_bridge::{Cost, Target};
-use cohort_query_planner::{PlannedAggregate, Planner, QueryOptions};
+use cohort_ledger_bridge::merkle::MemberTree;
+use cohort_query_planner::{PlannedAggregate, Planner, PrivateAnswer, QueryOptions};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use super::journal::{self, QueryLock};
+use super::journal::{self, Intent, QueryLock};
+use super::study::StudyFile;
+use super::view::{self, Consenting, View};
 use super::{Session, ledger_query_id};
-use crate::{Error, Result, audit};
+use crate::deadline::{self, Failure};
+use crate::{DataDir, Error, Result, audit};
 
 /// What a researcher asks.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +66,8 @@ pub struct QueryRequest {
     pub explain: bool,
 }
 
-/// The answer as stored and hashed: exactly what the researcher receives.
+/// The answer as stored and committed to: exactly what the researcher
+/// receives (encrypted cells sealed; they are decrypted after the commit).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Answer {
     /// The study.
@@ -59,16 +86,34 @@ pub struct Answer {
     pub releases: serde_json::Value,
     /// What it cost.
     pub cost: String,
-    /// Patients whose rows contributed.
-    pub contributors: usize,
-    /// The fee shared by them (wei).
+    /// The fee its privacy cost paid (wei), shared equally by the members.
     pub fee: String,
-    /// The columns computed under encryption. In the stored (hashed) answer
-    /// their cells are sealed results; they are decrypted after the debit
-    /// is committed.
+    /// The consenting set at the time of the query (public: consents are
+    /// on chain); every member bears the query's privacy loss and is paid.
+    pub members: usize,
+    /// The columns computed under encryption. In the stored (committed)
+    /// answer their cells are sealed results; they are decrypted after the
+    /// debit is committed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub encrypted: Vec<super::encryption::EncryptedOutput>,
 }
+
+/// The stored outcome of a query that ended without an answer: the same
+/// for every way of ending so, and carrying nothing from the data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Charged {
+    study_id: u64,
+    query_id: String,
+    ledger_id: String,
+    sql: String,
+    cost: String,
+    fee: String,
+    members: usize,
+    outcome: String,
+}
+
+/// What every query without an answer is told it was.
+const CHARGED: &str = "charged without an answer";
 
 /// What `cohort query <study>` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -76,12 +121,16 @@ pub struct QueryOutcome {
     /// The answer (absent for `--explain`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answer: Option<Answer>,
-    /// keccak256 of the answer's JSON, committed on chain.
+    /// keccak256(salt ‖ the stored answer's JSON), committed on chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result_hash: Option<String>,
-    /// The Merkle root of the contributors' shares, committed on chain.
+    /// The commitment's salt: with it the researcher checks the hash
+    /// (nobody else can test a guess of the answer against it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub contributors_root: Option<String>,
+    pub salt: Option<String>,
+    /// The Merkle root of the consenting set, committed on chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members_root: Option<String>,
     /// The private plan.
     pub plan: Vec<PlannedAggregate>,
     /// The plan's cost.
@@ -93,14 +142,19 @@ pub struct QueryOutcome {
     /// `EXPLAIN PRIVACY` text, when only the plan was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explain: Option<String>,
+    /// When the outcome is released, in milliseconds after the request
+    /// (absent when the study releases immediately).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// What [`Session::recover`] did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Recovery {
-    /// Queries whose stored answer was committed.
+    /// Queries whose outcome was committed (an answer, or the charged
+    /// failure of a query whose process died while it ran).
     pub committed: Vec<String>,
-    /// Queries whose reservation was released.
+    /// Queries whose reservation was released (nothing had been read).
     pub released: Vec<String>,
 }
 
@@ -112,8 +166,9 @@ pub fn new_query_id() -> String {
 /// Test hook: with `COHORT_TEST_PAUSE_AT` naming a step, the process says
 /// so on stderr and stops there for good, so that a test can SIGKILL it at
 /// exactly that point and show what the crash leaves. Steps: `reserved`
-/// (before the plan runs), `answered` (answer stored, before the commit),
-/// `committed` (before the answer is delivered).
+/// (before execution starts), `executing` (while the plan runs),
+/// `answered` (outcome stored, before the commit), `committed` (before the
+/// outcome is delivered).
 fn crash_point(step: &str) {
     if std::env::var("COHORT_TEST_PAUSE_AT").is_ok_and(|v| v == step) {
         use std::io::Write;
@@ -126,7 +181,7 @@ fn crash_point(step: &str) {
     }
 }
 
-fn to_cost(charge: &Charge) -> Cost {
+pub(crate) fn to_cost(charge: &Charge) -> Cost {
     match *charge {
         Charge::Pure { epsilon } => Cost {
             primary: epsilon.units(),
@@ -174,10 +229,104 @@ fn parse_b256(text: Option<&str>, what: &str) -> Result<B256> {
         .ok_or_else(|| Error::Invalid(format!("the journal's {what} is missing or malformed")))
 }
 
+/// `keccak256(salt ‖ text)`: the commitment to an outcome.
+pub(crate) fn commitment(salt: &[u8], text: &str) -> B256 {
+    let mut bytes = Vec::with_capacity(salt.len() + text.len());
+    bytes.extend_from_slice(salt);
+    bytes.extend_from_slice(text.as_bytes());
+    keccak256(bytes)
+}
+
+fn fresh_salt() -> Result<[u8; 32]> {
+    let mut salt = [0u8; 32];
+    getrandom::fill(&mut salt)
+        .map_err(|e| Error::Invalid(format!("the system's randomness failed: {e}")))?;
+    Ok(salt)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(bytes)
+}
+
+/// The consenting set as the tree its members claim with, and each
+/// member's share of `fee` (what the contract pays: `fee / members` each).
+fn members(consenting: &[Consenting], fee: U256) -> Result<(B256, Vec<(String, String)>)> {
+    if consenting.is_empty() {
+        return Ok((B256::ZERO, vec![]));
+    }
+    let addresses: Vec<Address> = consenting.iter().map(|c| c.address).collect();
+    let tree = MemberTree::new(addresses.iter().copied())?;
+    let share = fee / U256::from(addresses.len());
+    let shares = addresses
+        .iter()
+        .map(|a| (format!("{a:#x}"), share.to_string()))
+        .collect();
+    Ok((tree.root(), shares))
+}
+
+/// What the private run needs, owned: it runs on a task of its own.
+struct Run {
+    dir: DataDir,
+    study: u64,
+    file: StudyFile,
+    master: zeroize::Zeroizing<[u8; 32]>,
+    contract: Address,
+    consenting: Vec<Consenting>,
+    views: Arc<Mutex<HashMap<u64, Arc<View>>>>,
+    building: Arc<Mutex<()>>,
+    job: Arc<cohort_fhe::Job>,
+    sql: String,
+    options: QueryOptions,
+    cost: Charge,
+}
+
+impl Run {
+    /// Loads (or builds) the view, plans again over its rows, and runs.
+    async fn run(self) -> Result<PrivateAnswer> {
+        let planner = {
+            let conn = self.dir.connect()?;
+            let key = PseudonymKey::derive(
+                &self.master,
+                &super::study_key_context(self.contract, self.study),
+            );
+            let view = view::obtain(
+                &conn,
+                &self.dir,
+                self.study,
+                &self.file,
+                &key,
+                &self.consenting,
+                &self.views,
+                &self.building,
+            )?;
+            let planner = Planner::new(self.file.scope.clone(), view.tables.clone())?;
+            match super::encryption::Executor::load(
+                &conn,
+                self.dir.root(),
+                self.study,
+                &self.file,
+                &self.consenting,
+                Arc::clone(&self.job),
+            )? {
+                Some(executor) => planner.with_encryption(Arc::new(executor)),
+                None => planner,
+            }
+        };
+        let plan = planner.plan(&self.sql, &self.options).await?;
+        if plan.cost() != self.cost {
+            return Err(Error::Invalid(
+                "the plan over the view costs other than the plan that was reserved".into(),
+            ));
+        }
+        Ok(plan.execute().await?)
+    }
+}
+
 impl Session {
-    /// Finishes or undoes what crashed queries left: a stored answer is
-    /// committed (and is then what its query id returns); a reservation
-    /// without one is released. Queries still in flight are left alone.
+    /// Finishes what crashed queries left: a stored outcome is committed;
+    /// a query whose process died while it ran is recorded as the charged
+    /// failure and committed; a reservation made before anything was read
+    /// is released. Queries still in flight are left alone.
     pub async fn recover(&self, conn: &Connection) -> Result<Recovery> {
         let mut report = Recovery::default();
         for entry in journal::unfinished(conn)? {
@@ -189,13 +338,15 @@ impl Session {
                 continue;
             };
             match entry.state.as_str() {
-                "answered" => match self.commit_stored(conn, &entry).await {
-                    Ok(()) => report.committed.push(entry.query_id.clone()),
-                    Err(_) => {
-                        self.release_reservation(conn, &entry).await?;
-                        report.released.push(entry.query_id.clone());
-                    }
-                },
+                "executing" => {
+                    let entry = self.store_failure(conn, &entry, Failure::Killed)?;
+                    self.commit_stored(conn, &entry).await?;
+                    report.committed.push(entry.query_id.clone());
+                }
+                "answered" | "failed" => {
+                    self.commit_stored(conn, &entry).await?;
+                    report.committed.push(entry.query_id.clone());
+                }
                 "reserving" | "reserved" => {
                     self.release_reservation(conn, &entry).await?;
                     report.released.push(entry.query_id.clone());
@@ -206,16 +357,14 @@ impl Session {
         Ok(report)
     }
 
-    /// Releases `entry`'s reservation if the ledger holds one.
+    /// Releases `entry`'s reservation if the ledger holds one: only for a
+    /// query that never started executing.
     async fn release_reservation(&self, conn: &Connection, entry: &journal::Entry) -> Result<()> {
         let id: B256 = entry
             .ledger_id
             .parse()
             .map_err(|_| Error::Invalid("a malformed ledger id in the journal".into()))?;
-        let q = self
-            .client
-            .view(Target::Study, ResearchStudy::queryOfCall { queryId: id })
-            .await?;
+        let q = self.client.query(id).await?;
         if q.state == 1 {
             self.client
                 .release(&self.engine, entry.study_id, id)
@@ -224,21 +373,71 @@ impl Session {
         journal::set_state(conn, &entry.ledger_id, "released")
     }
 
-    /// Commits a stored answer (idempotent on the ledger).
+    /// Stores the fixed failure as `entry`'s outcome; `how` goes to the
+    /// journal for the operator, never to the researcher.
+    fn store_failure(
+        &self,
+        conn: &Connection,
+        entry: &journal::Entry,
+        how: Failure,
+    ) -> Result<journal::Entry> {
+        let (fee, members) = conn.query_row(
+            "SELECT fee, members FROM research_queries WHERE ledger_id = ?1",
+            [&entry.ledger_id],
+            |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<i64>>(1)?)),
+        )?;
+        let charged = Charged {
+            study_id: entry.study_id,
+            query_id: entry.query_id.clone(),
+            ledger_id: entry.ledger_id.clone(),
+            sql: entry.sql.clone(),
+            cost: entry.cost.clone(),
+            fee: fee.unwrap_or_default(),
+            members: members.unwrap_or(0) as usize,
+            outcome: CHARGED.into(),
+        };
+        let text = serde_json::to_string(&charged).expect("a failure serialises");
+        let salt = fresh_salt()?;
+        let hash = commitment(&salt, &text);
+        journal::outcome(
+            conn,
+            &entry.ledger_id,
+            &text,
+            &hex(&salt),
+            &format!("{hash:#x}"),
+            Some(how.as_str()),
+        )?;
+        journal::get(conn, &entry.ledger_id)?
+            .ok_or_else(|| Error::Invalid("a journal entry vanished".into()))
+    }
+
+    /// Commits a stored outcome (idempotent on the ledger) and audits it.
     async fn commit_stored(&self, conn: &Connection, entry: &journal::Entry) -> Result<()> {
         let id: B256 = parse_b256(Some(&entry.ledger_id), "ledger id")?;
         let hash = parse_b256(entry.result_hash.as_deref(), "result hash")?;
-        let root = parse_b256(entry.contributors_root.as_deref(), "contributors root")?;
-        let fee: U256 = entry
-            .fee
-            .as_deref()
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| Error::Invalid("the journal's fee is missing".into()))?;
+        let shares = journal::shares(conn, &entry.ledger_id)?;
+        let root =
+            if shares.is_empty() {
+                B256::ZERO
+            } else {
+                let mut addresses = Vec::with_capacity(shares.len());
+                for (a, _) in &shares {
+                    addresses.push(a.parse::<Address>().map_err(|_| {
+                        Error::Invalid(format!("a stored address `{a}` is not one"))
+                    })?);
+                }
+                MemberTree::new(addresses)?.root()
+            };
         self.client
-            .commit(&self.engine, entry.study_id, id, hash, root, fee)
+            .commit(
+                &self.engine,
+                entry.study_id,
+                id,
+                hash,
+                root,
+                shares.len() as u64,
+            )
             .await?;
-        let answer: Answer = serde_json::from_str(entry.answer.as_deref().unwrap_or_default())
-            .map_err(|e| Error::Invalid(format!("the journal's answer: {e}")))?;
         let tx = conn.unchecked_transaction()?;
         journal::set_state(&tx, &entry.ledger_id, "committed")?;
         audit::append(
@@ -250,11 +449,10 @@ impl Session {
                 purpose: "research",
                 detail: serde_json::json!({
                     "ledger_id": entry.ledger_id,
-                    "cost": answer.cost,
+                    "cost": entry.cost,
                     "result_hash": format!("{hash:#x}"),
-                    "contributors_root": format!("{root:#x}"),
-                    "contributors": answer.contributors,
-                    "fee": answer.fee,
+                    "members": shares.len(),
+                    "outcome": if entry.failure.is_some() || entry.state == "failed" { CHARGED } else { "answered" },
                 }),
             },
         )?;
@@ -269,6 +467,7 @@ impl Session {
         id: u64,
         request: &QueryRequest,
     ) -> Result<QueryOutcome> {
+        let arrival = self.clock.now();
         let conn = self.dir.connect()?;
         let (file, s) = self.study(&conn, id).await?;
         self.require_researcher(&conn, actor, &s, id)?;
@@ -290,21 +489,22 @@ impl Session {
             )));
         }
 
-        if s.escrow < file.fee_per_query() {
-            return Err(Error::Invalid(format!(
-                "study {id}'s escrow ({}) cannot pay a query's fee ({}): the researcher adds escrow first",
-                super::study::format_wei(s.escrow),
-                super::study::format_wei(file.fee_per_query())
-            )));
-        }
-        let view = self.view(&conn, id, &file).await?;
-        let planner = Planner::new(file.scope.clone(), view.tables.clone())?;
-        let planner =
-            match super::encryption::Executor::load(&conn, self.dir.root(), id, &file, self.job())?
-            {
-                Some(executor) => planner.with_encryption(Arc::new(executor)),
-                None => planner,
-            };
+        // 1. Plan over the schema, with public sizes only.
+        self.sync().await?;
+        let consenting = self.consenting(&conn, id, &s).await?;
+        let population = consenting.len() as u64;
+        let planner = Planner::new(file.scope.clone(), view::schema_tables(&conn, &file)?)?;
+        let planner = match super::encryption::Executor::load(
+            &conn,
+            self.dir.root(),
+            id,
+            &file,
+            &consenting,
+            self.job(),
+        )? {
+            Some(executor) => planner.with_encryption(Arc::new(executor)),
+            None => planner,
+        };
         let left = self.client.remaining(id).await?;
         let options = QueryOptions {
             remaining: remaining_charge(s.terms.kind, left),
@@ -315,48 +515,74 @@ impl Session {
         };
         let plan = planner.plan(&request.sql, &options).await?;
         let aggregates = plan.aggregates();
+        let deadline = plan.deadline(population);
+        let deadline_ms = deadline.map(|d| d.as_millis() as u64);
         let remaining_text = |c: Cost| super::budget_text(s.terms.kind, c.primary, c.delta);
         if request.explain || plan.is_explain() {
+            let mut explain = plan.explain();
+            if let Some(ms) = deadline_ms {
+                explain.push_str(&format!(
+                    "release:   at {ms} ms after the request (a function of the plan and of the \
+                     {population} consenting patients, never of the data)\n"
+                ));
+            }
             return Ok(QueryOutcome {
                 answer: None,
                 result_hash: None,
-                contributors_root: None,
+                salt: None,
+                members_root: None,
                 plan: aggregates,
                 cost: plan.cost().to_string(),
                 remaining: remaining_text(left),
                 replayed: false,
-                explain: Some(plan.explain()),
+                explain: Some(explain),
+                deadline_ms,
             });
         }
+        let charge = plan.cost();
+        let cost = to_cost(&charge);
+        let fee = cohort_ledger_bridge::query_fee(s.terms.feePerUnit, cost.primary);
+        if s.escrow < fee {
+            return Err(Error::Invalid(format!(
+                "study {id}'s escrow ({}) cannot pay this query's fee ({} for {charge}): the \
+                 researcher adds escrow first",
+                super::study::format_wei(s.escrow),
+                super::study::format_wei(fee)
+            )));
+        }
+        let (root, shares) = members(&consenting, fee)?;
+        let paid = if shares.is_empty() {
+            U256::ZERO
+        } else {
+            fee / U256::from(shares.len()) * U256::from(shares.len())
+        };
 
+        // 2. Reserve.
         let Some(_lock) = QueryLock::try_acquire(self.dir.root(), &ledger_hex)? else {
             return Err(Error::Invalid(format!(
                 "query `{query_id}` is being answered by another process; wait for it and ask again with the same id"
             )));
         };
-        let charge = plan.cost();
-        let cost = to_cost(&charge);
         journal::begin(
             &conn,
-            &ledger_hex,
-            id,
-            &query_id,
-            actor,
-            &request.sql,
-            &charge.to_string(),
-            cost.primary,
-            cost.delta,
+            &Intent {
+                ledger_id: &ledger_hex,
+                study_id: id,
+                query_id: &query_id,
+                actor,
+                sql: &request.sql,
+                cost: &charge.to_string(),
+                primary_units: cost.primary,
+                delta_units: cost.delta,
+                fee: &paid.to_string(),
+                shares: &shares,
+                members_root: &format!("{root:#x}"),
+                deadline_ms,
+            },
         )?;
         if let Err(e) = self.client.reserve(&self.engine, id, ledger_id, cost).await {
             // A refusal reserved nothing; an unclear failure may have: ask.
-            let q = self
-                .client
-                .view(
-                    Target::Study,
-                    ResearchStudy::queryOfCall { queryId: ledger_id },
-                )
-                .await;
-            match q {
+            match self.client.query(ledger_id).await {
                 Ok(q) if q.state == 0 => journal::remove(&conn, &ledger_hex)?,
                 _ => {
                     if let Some(entry) = journal::get(&conn, &ledger_hex)? {
@@ -369,54 +595,144 @@ impl Session {
         journal::set_state(&conn, &ledger_hex, "reserved")?;
         crash_point("reserved");
 
-        let answer = match plan.execute().await {
-            Ok(answer) => answer,
-            Err(e) => {
-                let entry = journal::get(&conn, &ledger_hex)?.expect("begun above");
-                self.release_reservation(&conn, &entry).await?;
-                return Err(e.into());
+        // 3. Execute: from here on, every ending is charged.
+        journal::set_state(&conn, &ledger_hex, "executing")?;
+        let run = Run {
+            dir: self.dir.clone(),
+            study: id,
+            file: file.clone(),
+            master: self.master.clone(),
+            contract: self.contract(),
+            consenting,
+            views: Arc::clone(&self.views),
+            building: Arc::clone(&self.building),
+            job: self.new_job(),
+            sql: request.sql.clone(),
+            options,
+            cost: charge,
+        };
+        let expires = deadline.map(|d| arrival + d);
+        let job = run.job.clone();
+        let ended = deadline::run_until(
+            &self.clock,
+            expires,
+            &self.cancelled,
+            move || job.cancel(),
+            async move {
+                crash_point("executing");
+                run.run().await
+            },
+        )
+        .await;
+        let entry = journal::get(&conn, &ledger_hex)?.expect("begun above");
+        let (text, outcome) = match ended.and_then(|answer| {
+            self.stored_answer(
+                id,
+                &query_id,
+                &ledger_hex,
+                request,
+                &aggregates,
+                answer,
+                paid,
+                shares.len(),
+            )
+            .map_err(|_| Failure::Error)
+        }) {
+            Ok(stored) => {
+                let text = serde_json::to_string(&stored).expect("an answer serialises");
+                let salt = fresh_salt()?;
+                let hash = commitment(&salt, &text);
+                journal::outcome(
+                    &conn,
+                    &ledger_hex,
+                    &text,
+                    &hex(&salt),
+                    &format!("{hash:#x}"),
+                    None,
+                )?;
+                (text, Some(stored))
+            }
+            Err(how) => {
+                let failed = self.store_failure(&conn, &entry, how)?;
+                (failed.answer.clone().unwrap_or_default(), None)
             }
         };
+        crash_point("answered");
 
-        // Each contributor's share of the fee; the total is what the tree pays.
-        let mut shares = Vec::with_capacity(answer.contributors.len());
-        for pseudonym in &answer.contributors {
-            let address = view.accounts.get(pseudonym).ok_or_else(|| {
-                Error::Invalid(
-                    "a contributor outside the consenting set (a view out of date)".into(),
-                )
-            })?;
-            shares.push(*address);
+        // 4. Commit.
+        let entry = journal::get(&conn, &ledger_hex)?.expect("stored above");
+        self.commit_stored(&conn, &entry).await.map_err(|e| {
+            Error::Invalid(format!(
+                "query `{query_id}` ran and its outcome is kept, but the ledger did not take its \
+                 debit ({e}); ask again with the same query id to commit and receive it"
+            ))
+        })?;
+        crash_point("committed");
+
+        // 5. Release at the deadline.
+        if let Some(at) = expires {
+            self.clock.release_at(at).await;
         }
-        let per_query = file.fee_per_query();
-        let n = U256::from(shares.len());
-        let share = if shares.is_empty() {
-            U256::ZERO
-        } else {
-            per_query / n
+        let Some(mut delivered) = outcome else {
+            journal::set_state(&conn, &ledger_hex, "delivered")?;
+            return Err(Error::Charged {
+                query_id,
+                cost: charge.to_string(),
+            });
         };
-        let (root, fee, share_rows) = if share.is_zero() {
-            (B256::ZERO, U256::ZERO, vec![])
-        } else {
-            let tree = ContributorTree::new(shares.iter().map(|a| (*a, share)))?;
-            let rows: Vec<(String, String)> = shares
-                .iter()
-                .map(|a: &Address| (format!("{a:#x}"), share.to_string()))
-                .collect();
-            (tree.root(), tree.total(), rows)
-        };
+        let salt = entry.salt.clone().unwrap_or_default();
+        super::encryption::decrypt_answer(
+            &conn,
+            self.keys.as_ref(),
+            self.dir.root(),
+            &self.client,
+            &file,
+            &mut delivered,
+            &salt,
+            &text,
+        )
+        .await?;
+        journal::set_state(&conn, &ledger_hex, "delivered")?;
+        let left = self.client.remaining(id).await?;
+        Ok(QueryOutcome {
+            answer: Some(delivered),
+            result_hash: entry.result_hash.clone(),
+            salt: Some(salt),
+            members_root: Some(format!("{root:#x}")),
+            plan: aggregates,
+            cost: charge.to_string(),
+            remaining: remaining_text(left),
+            replayed: false,
+            explain: None,
+            deadline_ms,
+        })
+    }
+
+    /// The answer as stored and committed to.
+    #[allow(clippy::too_many_arguments)]
+    fn stored_answer(
+        &self,
+        id: u64,
+        query_id: &str,
+        ledger_hex: &str,
+        request: &QueryRequest,
+        aggregates: &[PlannedAggregate],
+        answer: PrivateAnswer,
+        fee: U256,
+        members: usize,
+    ) -> Result<Answer> {
         let (columns, rows) = crate::sql::table(&answer.batches)?;
-        let stored = Answer {
+        Ok(Answer {
             study_id: id,
-            query_id: query_id.clone(),
-            ledger_id: ledger_hex.clone(),
+            query_id: query_id.to_string(),
+            ledger_id: ledger_hex.to_string(),
             sql: request.sql.clone(),
             columns,
             rows,
             releases: serde_json::to_value(&answer.releases).expect("releases serialise"),
             cost: answer.cost.to_string(),
-            contributors: answer.contributors.len(),
             fee: fee.to_string(),
+            members,
             encrypted: aggregates
                 .iter()
                 .flat_map(|a| &a.outputs)
@@ -429,56 +745,14 @@ impl Session {
                     })
                 })
                 .collect(),
-        };
-        let text = serde_json::to_string(&stored).expect("an answer serialises");
-        let hash = keccak256(text.as_bytes());
-        journal::answered(
-            &conn,
-            &ledger_hex,
-            &text,
-            &format!("{hash:#x}"),
-            &format!("{root:#x}"),
-            &fee.to_string(),
-            &share_rows,
-        )?;
-        crash_point("answered");
-
-        let entry = journal::get(&conn, &ledger_hex)?.expect("stored above");
-        if let Err(e) = self.commit_stored(&conn, &entry).await {
-            self.release_reservation(&conn, &entry).await?;
-            return Err(e);
-        }
-        crash_point("committed");
-        let mut delivered = stored;
-        super::encryption::decrypt_answer(
-            &conn,
-            self.keys.as_ref(),
-            self.dir.root(),
-            &self.client,
-            &file,
-            &mut delivered,
-            &text,
-        )
-        .await?;
-        journal::set_state(&conn, &ledger_hex, "delivered")?;
-        let left = self.client.remaining(id).await?;
-        Ok(QueryOutcome {
-            answer: Some(delivered),
-            result_hash: Some(format!("{hash:#x}")),
-            contributors_root: Some(format!("{root:#x}")),
-            plan: aggregates,
-            cost: charge.to_string(),
-            remaining: remaining_text(left),
-            replayed: false,
-            explain: None,
         })
     }
 
-    /// A query id seen before: its stored answer, never a new run.
+    /// A query id seen before: its stored outcome, never a new run.
     async fn replay(
         &self,
         conn: &Connection,
-        file: &super::study::StudyFile,
+        file: &StudyFile,
         s: &ResearchStudy::Study,
         entry: journal::Entry,
         sql: &str,
@@ -495,9 +769,13 @@ impl Session {
                 entry.query_id
             )));
         };
-        let entry = journal::get(conn, &entry.ledger_id)?.expect("seen above");
+        let mut entry = journal::get(conn, &entry.ledger_id)?.expect("seen above");
         match entry.state.as_str() {
-            "answered" => self.commit_stored(conn, &entry).await?,
+            "executing" => {
+                entry = self.store_failure(conn, &entry, Failure::Killed)?;
+                self.commit_stored(conn, &entry).await?;
+            }
+            "answered" | "failed" => self.commit_stored(conn, &entry).await?,
             "committed" | "delivered" => {}
             "reserving" | "reserved" => {
                 self.release_reservation(conn, &entry).await?;
@@ -505,7 +783,16 @@ impl Session {
             }
             _ => return Err(interrupted(&entry.query_id)),
         }
+        let entry = journal::get(conn, &entry.ledger_id)?.expect("seen above");
+        journal::set_state(conn, &entry.ledger_id, "delivered")?;
+        if entry.failure.is_some() {
+            return Err(Error::Charged {
+                query_id: entry.query_id.clone(),
+                cost: entry.cost.clone(),
+            });
+        }
         let text = entry.answer.as_deref().unwrap_or_default();
+        let salt = entry.salt.clone().unwrap_or_default();
         let mut answer: Answer = serde_json::from_str(text)
             .map_err(|e| Error::Invalid(format!("the journal's answer: {e}")))?;
         // Sealed results are decrypted again: threshold decryption of the
@@ -517,27 +804,34 @@ impl Session {
             &self.client,
             file,
             &mut answer,
+            &salt,
             text,
         )
         .await?;
-        journal::set_state(conn, &entry.ledger_id, "delivered")?;
+        let members_root: Option<String> = conn.query_row(
+            "SELECT members_root FROM research_queries WHERE ledger_id = ?1",
+            [&entry.ledger_id],
+            |r| r.get(0),
+        )?;
         let left = self.client.remaining(entry.study_id).await?;
         Ok(QueryOutcome {
             cost: answer.cost.clone(),
             answer: Some(answer),
             result_hash: entry.result_hash.clone(),
-            contributors_root: entry.contributors_root.clone(),
+            salt: Some(salt),
+            members_root,
             plan: vec![],
             remaining: super::budget_text(s.terms.kind, left.primary, left.delta),
             replayed: true,
             explain: None,
+            deadline_ms: entry.deadline_ms,
         })
     }
 }
 
 fn interrupted(query_id: &str) -> Error {
     Error::Invalid(format!(
-        "query `{query_id}` was interrupted before it was answered and its reservation released \
-         (nothing was spent or released); ask again with a new query id"
+        "query `{query_id}` was interrupted before it ran and its reservation released \
+         (nothing was read or spent); ask again with a new query id"
     ))
 }

@@ -15,7 +15,8 @@
 //! purposes = ["research"]            # what a patient's consent must cover
 //! duration_days = 365
 //! escrow = "1 ether"                 # compensation, sent with the proposal
-//! fee_per_query = "0.01 ether"       # shared by the patients who contributed
+//! fee_per_epsilon = "0.02 ether"     # a query's fee per ε (or ρ) it charges, shared
+//!                                    # equally by every consenting patient
 //! microdata = true                   # k-anonymous extracts may be released
 //!
 //! [budget]
@@ -25,6 +26,8 @@
 //! table = "patients"
 //! quasi_identifiers = ["birth_date", "gender", "zip"]
 //! sensitive = "race"
+//! min_k = 10                         # the smallest k an extract may have (on chain)
+//! max_extracts = 2                   # extracts the study may ever release (on chain)
 //!
 //! privacy_unit = "patient_id"
 //! [query]
@@ -99,9 +102,15 @@ pub struct Terms {
     /// The compensation escrow sent with the proposal (`"1 ether"`).
     #[serde(default = "zero_wei")]
     pub escrow: String,
-    /// What each answered query pays its contributors (`"0.01 ether"`).
+    /// What a query pays per unit of ε (or ρ) it charges (`"0.02 ether"`),
+    /// shared equally by every patient of the consenting set at the time of
+    /// the query: everyone in the data bears a query's privacy loss.
     #[serde(default = "zero_wei")]
-    pub fee_per_query: String,
+    pub fee_per_epsilon: String,
+    /// Refused with the reason: fees were once per query and paid to the
+    /// patients whose rows answered, which made the payment a release.
+    #[serde(default, skip_serializing)]
+    fee_per_query: Option<String>,
     /// Whether k-anonymous extracts may be released.
     #[serde(default)]
     pub microdata: bool,
@@ -113,6 +122,14 @@ fn default_purposes() -> Vec<String> {
 
 fn zero_wei() -> String {
     "0 wei".into()
+}
+
+fn default_min_k() -> u32 {
+    5
+}
+
+fn one_extract() -> u32 {
+    1
 }
 
 /// `[budget]`: the study's whole privacy budget.
@@ -140,6 +157,12 @@ pub struct ReleaseSpec {
     /// The largest fraction of rows that may be suppressed.
     #[serde(default)]
     pub suppression: f64,
+    /// The smallest k an extract may have (recorded on chain).
+    #[serde(default = "default_min_k")]
+    pub min_k: u32,
+    /// How many extracts the study may ever release (recorded on chain).
+    #[serde(default = "one_extract")]
+    pub max_extracts: u32,
     /// Generalization hierarchies (the anonymizer's TOML format).
     #[serde(default)]
     pub hierarchies: Option<toml::Table>,
@@ -199,7 +222,20 @@ impl StudyFile {
         }
         purpose_mask(&terms.purposes)?;
         parse_wei("escrow", &terms.escrow)?;
-        parse_wei("fee_per_query", &terms.fee_per_query)?;
+        if terms.fee_per_query.is_some() {
+            return Err(invalid(
+                &"[study] fee_per_query is no longer accepted: a query's fee is priced by the \
+                  privacy loss it charges and shared by every consenting patient; write \
+                  fee_per_epsilon = \"<wei per ε>\" instead",
+            ));
+        }
+        parse_wei("fee_per_epsilon", &terms.fee_per_epsilon)?;
+        if release.is_none() && terms.microdata {
+            return Err(invalid(
+                &"`microdata = true` needs a [release] table naming the extract's columns, \
+                  min_k and max_extracts",
+            ));
+        }
         if release.is_some() && !terms.microdata {
             return Err(invalid(
                 &"a [release] table needs `microdata = true` in [study]",
@@ -214,6 +250,12 @@ impl StudyFile {
             }
             if !(0.0..=0.5).contains(&r.suppression) {
                 return Err(invalid(&"[release] suppression must be within [0, 0.5]"));
+            }
+            if r.min_k < 2 {
+                return Err(invalid(&"[release] min_k must be at least 2"));
+            }
+            if r.max_extracts == 0 {
+                return Err(invalid(&"[release] max_extracts must be at least 1"));
             }
         }
         let file = StudyFile {
@@ -237,9 +279,9 @@ impl StudyFile {
         parse_wei("escrow", &self.terms.escrow).expect("checked when parsed")
     }
 
-    /// The fee of one query in wei.
-    pub fn fee_per_query(&self) -> U256 {
-        parse_wei("fee_per_query", &self.terms.fee_per_query).expect("checked when parsed")
+    /// The fee per unit of ε (or ρ) in wei.
+    pub fn fee_per_epsilon(&self) -> U256 {
+        parse_wei("fee_per_epsilon", &self.terms.fee_per_epsilon).expect("checked when parsed")
     }
 
     /// The on-chain proposal.
@@ -280,6 +322,9 @@ impl StudyFile {
             deltaQueryCap: delta_cap.units(),
             duration: u64::from(self.terms.duration_days) * 86_400,
             microdata: self.terms.microdata,
+            feePerUnit: self.fee_per_epsilon(),
+            minK: self.release.as_ref().map_or(0, |r| r.min_k),
+            maxExtracts: self.release.as_ref().map_or(0, |r| r.max_extracts),
         })
     }
 }
@@ -322,7 +367,7 @@ title = "t"
 purpose = "p"
 duration_days = 30
 escrow = "1 ether"
-fee_per_query = "0.01 ether"
+fee_per_epsilon = "0.01 ether"
 [budget]
 epsilon = "2"
 [query]
@@ -341,9 +386,11 @@ patient_id = { identifier = true }
         assert_eq!(p.purposes, U256::from(1));
         assert_eq!(p.duration, 30 * 86_400);
         assert_eq!(f.escrow(), U256::from(10u64.pow(18)));
-        assert_eq!(f.fee_per_query(), U256::from(10u64.pow(16)));
+        assert_eq!(f.fee_per_epsilon(), U256::from(10u64.pow(16)));
+        assert_eq!(p.feePerUnit, U256::from(10u64.pow(16)));
+        assert_eq!((p.minK, p.maxExtracts), (0, 0), "no microdata");
         assert_eq!(p.scopeHash, keccak256(FILE.as_bytes()));
-        assert_eq!(format_wei(f.fee_per_query()), "0.01 ether");
+        assert_eq!(format_wei(f.fee_per_epsilon()), "0.01 ether");
     }
 
     #[test]
@@ -372,6 +419,17 @@ patient_id = { identifier = true }
             (
                 format!("{FILE}\n[release]\ntable = \"patients\"\nquasi_identifiers = []"),
                 "microdata",
+            ),
+            (
+                FILE.replace("fee_per_epsilon", "fee_per_query"),
+                "fee_per_epsilon",
+            ),
+            (
+                format!(
+                    "{}\n[release]\ntable = \"patients\"\nquasi_identifiers = []\nmin_k = 1",
+                    FILE.replace("duration_days = 30", "duration_days = 30\nmicrodata = true")
+                ),
+                "min_k",
             ),
         ];
         for (text, needle) in cases {

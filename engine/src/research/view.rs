@@ -70,6 +70,78 @@ pub fn digest(file: &StudyFile, consenting: &[Consenting], encrypted_state: &str
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The study's tables with the view's schema and no rows: what a query is
+/// planned and costed over before the reservation, so that planning, a
+/// refusal and `EXPLAIN PRIVACY` read no patient's row.
+pub fn schema_tables(
+    conn: &Connection,
+    file: &StudyFile,
+) -> Result<HashMap<String, Arc<dyn TableProvider>>> {
+    let key = PseudonymKey::derive(&[0; 32], "schema only");
+    let mut tables = HashMap::new();
+    for (name, batch) in build(conn, file, &key, None, today(), &Default::default())? {
+        tables.insert(name, sources::batches(batch.schema(), vec![batch])?);
+    }
+    Ok(tables)
+}
+
+/// The date Safe Harbor computes ages at.
+pub(crate) fn today() -> chrono::NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
+/// Study `id`'s view over `consenting`: the one in `cache` if it was built
+/// for this set, else the one stored on disk for it, else built (one build
+/// at a time: `building`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn obtain(
+    conn: &Connection,
+    dir: &crate::DataDir,
+    id: u64,
+    file: &StudyFile,
+    key: &PseudonymKey,
+    consenting: &[Consenting],
+    cache: &std::sync::Mutex<HashMap<u64, Arc<View>>>,
+    building: &std::sync::Mutex<()>,
+) -> Result<Arc<View>> {
+    let _one = building.lock().expect("view build lock");
+    let state = super::encryption::state(conn, id)?;
+    let digest = digest(file, consenting, &state);
+    if let Some(v) = cache.lock().expect("views lock").get(&id)
+        && v.digest == digest
+    {
+        return Ok(Arc::clone(v));
+    }
+    let path = dir
+        .root()
+        .join("research")
+        .join("studies")
+        .join(id.to_string())
+        .join("view");
+    let mut cells = EncryptedCells::new();
+    for column in super::encryption::columns(file) {
+        cells.insert(
+            column.column.clone(),
+            super::encryption::cells(conn, id, &column.column, consenting)?,
+        );
+    }
+    let built = Arc::new(load_or_build(
+        conn,
+        &path,
+        file,
+        key,
+        consenting,
+        today(),
+        &cells,
+        digest,
+    )?);
+    cache
+        .lock()
+        .expect("views lock")
+        .insert(id, Arc::clone(&built));
+    Ok(built)
+}
+
 /// The view of `file` over `consenting`, from `dir` when it was built
 /// for this set already (`digest`, from [`digest`]), else built from the
 /// projection and stored there.

@@ -17,12 +17,14 @@ title = "Encrypted flags"
 purpose = "Testing aggregates over values patients share only encrypted"
 duration_days = 30
 escrow = "1 ether"
-fee_per_query = "0.01 ether"
+fee_per_epsilon = "0.00125 ether"
 [budget]
 epsilon = "100"
 [query]
 epsilon = "8"
 max_epsilon = "10"
+[execution]
+release = "immediate"
 [tables.patients]
 rows_per_unit = 1
 [tables.patients.columns]
@@ -186,11 +188,11 @@ fn an_encrypted_sum_runs_from_the_cli_and_decrypts_only_after_its_debit() {
     // sealed results exist, and no steward may decrypt them.
     killed_at(d, &study, SUM_BY_SEX, "enc-2", "answered");
     let conn = rusqlite::Connection::open(d.join("cohort.db")).unwrap();
-    let (ledger_id, text): (String, String) = conn
+    let (ledger_id, text, salt): (String, String, String) = conn
         .query_row(
-            "SELECT ledger_id, answer FROM research_queries WHERE query_id = 'enc-2'",
+            "SELECT ledger_id, answer, salt FROM research_queries WHERE query_id = 'enc-2'",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -212,7 +214,7 @@ fn an_encrypted_sum_runs_from_the_cli_and_decrypts_only_after_its_debit() {
     // Before anything recovers it, the ledger holds only a reservation.
     let (_, client) = rt.block_on(cohort_engine::chain::client(&s.dir)).unwrap();
     let refused = rt
-        .block_on(LedgerGate::check(&client, lid, &text, &sealed))
+        .block_on(LedgerGate::check(&client, lid, &salt, &text, &sealed))
         .expect_err("an uncommitted result was authorised");
     assert!(
         refused.to_string().contains("reserved but not committed"),
@@ -225,6 +227,23 @@ fn an_encrypted_sum_runs_from_the_cli_and_decrypts_only_after_its_debit() {
     let refused = rt.block_on(LedgerGate::check(
         session.client(),
         lid,
+        &salt,
+        "another answer",
+        &sealed,
+    ));
+    assert!(
+        refused.is_err(),
+        "a result hash that is not this answer's must be refused"
+    );
+    let unsalted = rt.block_on(LedgerGate::check(session.client(), lid, "", &text, &sealed));
+    assert!(
+        unsalted.is_err(),
+        "the commitment is salted: the answer's plain hash is not it"
+    );
+    let refused = rt.block_on(LedgerGate::check(
+        session.client(),
+        lid,
+        &salt,
         "another answer",
         &sealed,
     ));
@@ -233,7 +252,13 @@ fn an_encrypted_sum_runs_from_the_cli_and_decrypts_only_after_its_debit() {
         "a result hash that is not this answer's must be refused"
     );
     let gate = rt
-        .block_on(LedgerGate::check(session.client(), lid, &text, &sealed))
+        .block_on(LedgerGate::check(
+            session.client(),
+            lid,
+            &salt,
+            &text,
+            &sealed,
+        ))
         .unwrap();
     assert!(gate.authorize(&ledger_id, &sealed[0].digest).is_ok());
     assert!(
@@ -248,6 +273,7 @@ fn an_encrypted_sum_runs_from_the_cli_and_decrypts_only_after_its_debit() {
     let unknown = rt.block_on(LedgerGate::check(
         session.client(),
         [9u8; 32].into(),
+        &salt,
         &text,
         &sealed,
     ));

@@ -10,6 +10,7 @@ mod generate;
 mod ingest;
 mod ledger;
 mod notebooks;
+mod privacy_audit;
 mod query;
 mod research;
 mod server;

@@ -24,7 +24,7 @@ title = "Test study"
 purpose = "Testing the research path"
 duration_days = 30
 escrow = "1 ether"
-fee_per_query = "0.03 ether"
+fee_per_epsilon = "0.06 ether"
 microdata = {microdata}
 [budget]
 epsilon = "{epsilon_budget}"
@@ -34,6 +34,8 @@ epsilon = "{per_query}"
 max_epsilon = "1"
 [contribution]
 max_rows = 3
+[execution]
+release = "immediate"
 [tables.patients]
 rows_per_unit = 1
 [tables.patients.columns]
@@ -48,7 +50,7 @@ loinc = {{}}
 value = {{ lower = 0, upper = 300 }}
 "#,
         release = if microdata {
-            "[release]\ntable = \"patients\"\nquasi_identifiers = [\"birth_date\", \"gender\"]\nsensitive = \"race\"\nsuppression = 0.1"
+            "[release]\ntable = \"patients\"\nquasi_identifiers = [\"birth_date\", \"gender\"]\nsensitive = \"race\"\nsuppression = 0.1\nmin_k = 2\nmax_extracts = 2"
         } else {
             ""
         }
@@ -67,7 +69,22 @@ pub(crate) struct Setup {
 pub(crate) fn setup(patients: u64) -> Setup {
     let (tmp, dir, vault) = vault();
     let input = bundles(tmp.path(), patients, 7);
-    cohort_engine::ingest::ingest_paths(&vault, &access(), &[input], false).unwrap();
+    setup_in(tmp, dir, vault, &input)
+}
+
+/// [`setup`] over the bundles in `input`.
+pub(crate) fn setup_from(input: &Path) -> Setup {
+    let (tmp, dir, vault) = vault();
+    setup_in(tmp, dir, vault, input)
+}
+
+fn setup_in(
+    tmp: tempfile::TempDir,
+    dir: DataDir,
+    vault: cohort_engine::vault::Vault,
+    input: &Path,
+) -> Setup {
+    cohort_engine::ingest::ingest_paths(&vault, &access(), &[input.to_path_buf()], false).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(chain::deploy(
         &dir,
@@ -217,7 +234,11 @@ fn the_research_path_runs_from_the_cli() {
         d,
         &["query", &id, q, "--as", "researcher", "--query-id", "first"],
     );
-    assert_eq!(first["answer"]["contributors"], 3);
+    assert_eq!(
+        first["answer"]["members"], 3,
+        "the consenting set bears the query's privacy loss"
+    );
+    assert!(first["answer"].get("contributors").is_none());
     assert_eq!(first["replayed"], false);
     let view = cohort_engine::tabular::read(
         &d.join("research/studies")
@@ -273,7 +294,7 @@ fn the_research_path_runs_from_the_cli() {
             "second",
         ],
     );
-    assert_eq!(second["answer"]["contributors"], 2);
+    assert_eq!(second["answer"]["members"], 2);
     let view = cohort_engine::tabular::read(
         &d.join("research/studies")
             .join(&id)
@@ -282,7 +303,9 @@ fn the_research_path_runs_from_the_cli() {
     .unwrap();
     assert_eq!(view.num_rows(), 2);
 
-    // Compensation: p0 earned a share of both queries, p1 of the first only.
+    // Compensation: each query's fee is 0.06 ether per ε × 0.5 = 0.03
+    // ether, shared by every consenting patient: p0 earned a share of both
+    // queries, p1 of the first only.
     let p0 = cohort_json(d, &["compensation", "show", "--as", "p0"]);
     assert_eq!(p0["shares"].as_array().unwrap().len(), 2);
     assert_eq!(p0["earned"], "0.025 ether", "0.03/3 + 0.03/2");
@@ -299,9 +322,16 @@ fn the_research_path_runs_from_the_cli() {
     let p0 = cohort_json(d, &["compensation", "show", "--as", "p0"]);
     assert_eq!(p0["claimable"], "0 ether");
 
-    // A k-anonymous extract, recorded on the ledger.
+    // A k-anonymous extract, recorded on the ledger; below the study's
+    // min_k it is refused, and the same consenting set gets the same one.
+    let low = cohort(d, &["release", &id, "--k", "1", "--as", "researcher"]);
+    assert!(stderr(&low).contains("min_k"), "{}", stderr(&low));
     let r = cohort_json(d, &["release", &id, "--k", "2", "--as", "researcher"]);
     assert!(r["measured_k"].as_u64().unwrap() >= 2);
+    assert_eq!(r["replayed"], false);
+    let again = cohort_json(d, &["release", &id, "--k", "3", "--as", "researcher"]);
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(again["extract_hash"], r["extract_hash"]);
     let extract = cohort_engine::tabular::read(Path::new(r["path"].as_str().unwrap())).unwrap();
     assert!(extract.column_by_name("patient_id").is_none());
     let show = cohort_json(d, &["study", "show", &id]);
@@ -463,11 +493,38 @@ fn a_killed_query_is_finished_or_undone_on_restart_and_never_answered_twice() {
     assert!(stderr(&again).contains("interrupted"), "{}", stderr(&again));
     assert_eq!(remaining_epsilon(d, id), "ε 3");
 
+    // Killed while it ran: the restart charges it (every ending after the
+    // reservation is charged), and its id answers with the fixed message.
+    killed_at(d, &study, sql, "k4", "executing");
+    assert_eq!(
+        remaining_epsilon(d, id),
+        "ε 2.5",
+        "a query killed while it ran is charged, not released"
+    );
+    let charged = cohort(
+        d,
+        &[
+            "query",
+            &study,
+            sql,
+            "--as",
+            "researcher",
+            "--query-id",
+            "k4",
+        ],
+    );
+    assert!(
+        stderr(&charged).contains("ended without an answer and was charged ε = 0.5"),
+        "{}",
+        stderr(&charged)
+    );
+    assert_eq!(remaining_epsilon(d, id), "ε 2.5", "a replay spends nothing");
+
     // Killed with the answer stored but not committed: the restart commits it, once.
     killed_at(d, &study, sql, "k2", "answered");
     assert_eq!(
         remaining_epsilon(d, id),
-        "ε 2.5",
+        "ε 2",
         "the stored answer was committed on restart"
     );
     let a = cohort_json(
@@ -496,11 +553,11 @@ fn a_killed_query_is_finished_or_undone_on_restart_and_never_answered_twice() {
     );
     assert_eq!(a["replayed"], true);
     assert_eq!(a["answer"], b["answer"], "the same noise, not fresh noise");
-    assert_eq!(remaining_epsilon(d, id), "ε 2.5", "replays spend nothing");
+    assert_eq!(remaining_epsilon(d, id), "ε 2", "replays spend nothing");
 
     // Killed after the commit, before delivery: the stored answer is what the id returns.
     killed_at(d, &study, sql, "k3", "committed");
-    assert_eq!(remaining_epsilon(d, id), "ε 2");
+    assert_eq!(remaining_epsilon(d, id), "ε 1.5");
     let c = cohort_json(
         d,
         &[
@@ -535,7 +592,7 @@ fn a_killed_query_is_finished_or_undone_on_restart_and_never_answered_twice() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(reservations, 3, "one reservation per query id, never two");
+    assert_eq!(reservations, 4, "one reservation per query id, never two");
 
     // A query id names one question.
     let other = cohort(
@@ -561,7 +618,7 @@ fn a_killed_query_is_finished_or_undone_on_restart_and_never_answered_twice() {
 fn concurrent_queries_spend_exactly_what_the_budget_allows() {
     let s = setup(20);
     // 2 / 0.05: exactly 40 of 120 queries can be paid for.
-    let text = study_text("2", "0.05", false).replace("0.03 ether", "0.001 ether");
+    let text = study_text("2", "0.05", false).replace("0.06 ether", "0.02 ether");
     let (id, _) = s.approved_study(&text, 8);
     let (rt, session, _, results) = ask_together(&s, id, 120, "c");
     let answered = results.iter().filter(|r| r.is_ok()).count();
@@ -614,39 +671,32 @@ fn a_patient_claims_only_their_own_share_and_only_once() {
         ))
         .unwrap();
     let answer = out.answer.unwrap();
-    assert_eq!(answer.contributors, 4);
+    assert_eq!(answer.members, 4);
     let ledger_id: cohort_ledger_bridge::alloy::primitives::B256 =
         answer.ledger_id.parse().unwrap();
 
-    // Another patient replaying a's proof and amount is refused by the contract.
-    let shares = rt
-        .block_on(session.earnings(patients[0].address(), None))
+    // Every member earned the same share: 0.06 ether per ε × 0.5, over 4.
+    let amount = cohort_ledger_bridge::alloy::primitives::U256::from(30_000_000_000_000_000u64 / 4);
+    for p in &patients {
+        let e = rt.block_on(session.earnings(p.address(), None)).unwrap();
+        assert_eq!(e.shares.len(), 1);
+        assert_eq!(e.shares[0].amount, amount.to_string());
+    }
+
+    // Another patient replaying a's proof is refused by the contract.
+    let tree = cohort_ledger_bridge::merkle::MemberTree::new(patients.iter().map(|p| p.address()))
         .unwrap();
-    let amount: cohort_ledger_bridge::alloy::primitives::U256 =
-        shares.shares[0].amount.parse().unwrap();
-    let tree = cohort_ledger_bridge::merkle::ContributorTree::new(
-        patients.iter().map(|p| (p.address(), amount)),
-    )
-    .unwrap();
-    let (_, proof) = tree.proof(patients[0].address()).unwrap();
-    let stolen = rt.block_on(
-        session
-            .client()
-            .claim(&patients[1], id, ledger_id, amount, proof),
-    );
+    let proof = tree.proof(patients[0].address()).unwrap();
+    let stolen = rt.block_on(session.client().claim(&patients[1], id, ledger_id, proof));
     assert!(stolen.unwrap_err().to_string().contains("InvalidProof"));
 
     let paid = rt.block_on(session.claim(&patients[0], Some(id))).unwrap();
     assert_eq!(paid.paid, amount.to_string());
     assert!(rt.block_on(session.claim(&patients[0], Some(id))).is_err());
-    let (_, proof) = tree.proof(patients[0].address()).unwrap();
-    let twice = rt.block_on(
-        session
-            .client()
-            .claim(&patients[0], id, ledger_id, amount, proof),
-    );
+    let proof = tree.proof(patients[0].address()).unwrap();
+    let twice = rt.block_on(session.client().claim(&patients[0], id, ledger_id, proof));
     assert!(twice.unwrap_err().to_string().contains("AlreadyClaimed"));
-    // The other contributors' shares are untouched.
+    // The other members' shares are untouched.
     let b = rt
         .block_on(session.earnings(patients[1].address(), None))
         .unwrap();
@@ -657,16 +707,20 @@ fn a_patient_claims_only_their_own_share_and_only_once() {
 }
 
 #[test]
-fn a_query_whose_commit_fails_releases_its_reservation() {
+fn the_escrow_pays_for_exactly_the_queries_it_can_and_refuses_the_rest_before_they_run() {
     let s = setup(12);
-    // The escrow pays 10 fees of 0.1 ether; the budget would allow 40 queries.
-    let text = study_text("2", "0.05", false).replace("0.03 ether", "0.1 ether");
+    // The escrow pays 10 fees of 2 ether per ε × 0.05 = 0.1 ether; the
+    // budget would allow 40 queries.
+    let text = study_text("2", "0.05", false).replace("0.06 ether", "2 ether");
     let (id, _) = s.approved_study(&text, 4);
     let (rt, session, requests, results) = ask_together(&s, id, 40, "e");
-    // Queries that passed the escrow check before others committed were
-    // reserved and run, then refused at the commit: each was released.
+    // The fee is held at the reservation: a query the escrow cannot pay is
+    // refused there, before anything runs, and spends nothing.
     let answered = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(answered, 10, "exactly what the escrow pays for");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(e.to_string().contains("scrow"), "{e}");
+    }
     let study = rt.block_on(session.client().study(id)).unwrap();
     assert_eq!(study.reserved, 0, "no reservation is left open");
     assert_eq!(study.openReservations, 0);

@@ -6,13 +6,25 @@ import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProo
 import {CohortAccess} from "./CohortAccess.sol";
 
 /// @title ResearchStudy: proposals, m-of-n steward approval, patients'
-/// consent, the privacy budget of every study and the compensation of the
-/// patients whose records answered its queries.
+/// consent, the privacy budget of every study and the compensation of its
+/// consenting patients for the privacy they lose.
 /// @dev Privacy amounts are fixed point with 18 decimals (1e18 = ε 1), the
 /// units of cohort's accountant. A study's budget is pure ε, (ε, δ) or
 /// ρ-zCDP; `primary` is ε or ρ. The invariant, for both dimensions:
 /// committed + reserved <= budget. Only the ENGINE role moves the budget,
 /// and each move is idempotent on its query id.
+///
+/// Compensation prices privacy loss, not matching: a query's fee is
+/// `feePerUnit * cost / 1e18` (rounded down), fixed by the contract from
+/// the cost it reserves, and it is shared equally by every patient in the
+/// study's consenting set when the query ran (a set already public through
+/// consent transactions), whoever's rows matched. No value on chain
+/// depends on which rows a query read: paying the matching patients would
+/// make the payment itself a release. Money moves escrow -> held (at
+/// reserve) -> owed (at commit, in equal shares; the remainder of the
+/// division goes back to escrow) -> the patients (pull claims with a
+/// Merkle proof of membership); a released reservation returns its fee to
+/// escrow.
 contract ResearchStudy is ReentrancyGuard {
     enum Status {
         None,
@@ -45,6 +57,9 @@ contract ResearchStudy is ReentrancyGuard {
         uint128 deltaQueryCap;
         uint64 duration; // seconds from approval
         bool microdata; // whether k-anonymous extracts may be released
+        uint256 feePerUnit; // wei per 1e18 of the primary amount (per ε 1 or ρ 1)
+        uint32 minK; // the smallest k an extract may have (0 unless microdata)
+        uint32 maxExtracts; // how many extracts may ever be recorded (0 unless microdata)
     }
 
     struct Study {
@@ -55,23 +70,26 @@ contract ResearchStudy is ReentrancyGuard {
         uint64 approvedAt;
         uint64 endsAt;
         uint32 openReservations;
+        uint32 extracts; // extracts recorded so far
         Proposal terms;
         uint128 committed;
         uint128 deltaCommitted;
         uint128 reserved;
         uint128 deltaReserved;
         uint256 escrow; // not yet allocated to any query
+        uint256 held; // the fees of open reservations
         uint256 owed; // allocated to committed queries, not yet claimed
     }
 
     struct Query {
         uint256 studyId;
         QueryState state;
+        uint64 members; // the size of the consenting set paid (packed with state and cost)
         uint128 cost;
         uint128 deltaCost;
         bytes32 resultHash;
-        bytes32 contributorsRoot;
-        uint256 fee;
+        bytes32 membersRoot; // Merkle root over the consenting set's addresses
+        uint256 fee; // held while reserved; paid to the members once committed
         uint256 claimed;
     }
 
@@ -93,6 +111,7 @@ contract ResearchStudy is ReentrancyGuard {
     mapping(bytes32 queryId => Query) private _queries;
     mapping(bytes32 queryId => mapping(address patient => bool)) private _claimed;
     mapping(uint256 studyId => mapping(bytes32 extractHash => bool)) private _released;
+    mapping(uint256 studyId => mapping(bytes32 column => mapping(address patient => bytes32))) private _shared;
 
     event RequiredApprovalsSet(uint8 approvals);
     event StudyProposed(
@@ -111,19 +130,25 @@ contract ResearchStudy is ReentrancyGuard {
     event StudyClosed(uint256 indexed studyId, uint256 refund);
     event ConsentGiven(uint256 indexed studyId, address indexed patient, uint256 purposes, uint64 expiresAt);
     event ConsentWithdrawn(uint256 indexed studyId, address indexed patient);
-    event BudgetReserved(uint256 indexed studyId, bytes32 indexed queryId, uint128 cost, uint128 deltaCost);
+    event BudgetReserved(
+        uint256 indexed studyId, bytes32 indexed queryId, uint128 cost, uint128 deltaCost, uint256 fee
+    );
     event BudgetCommitted(
         uint256 indexed studyId,
         bytes32 indexed queryId,
         uint128 cost,
         uint128 deltaCost,
         bytes32 resultHash,
-        bytes32 contributorsRoot,
+        bytes32 membersRoot,
+        uint64 members,
         uint256 fee
     );
     event BudgetReleased(uint256 indexed studyId, bytes32 indexed queryId, uint128 cost, uint128 deltaCost);
     event MicrodataReleased(uint256 indexed studyId, bytes32 indexed extractHash, uint32 k, uint32 l, uint64 rows);
     event CompensationClaimed(uint256 indexed studyId, bytes32 indexed queryId, address indexed patient, uint256 amount);
+    event EncryptedValueShared(
+        uint256 indexed studyId, address indexed patient, bytes32 indexed column, bytes32 valueHash
+    );
 
     error MissingRole(bytes32 role, address account);
     error InvalidProposal(string field);
@@ -144,13 +169,15 @@ contract ResearchStudy is ReentrancyGuard {
     error MissingRoot(bytes32 queryId);
     error InsufficientEscrow(uint256 studyId, uint256 fee, uint256 escrow);
     error AlreadyClaimed(bytes32 queryId, address patient);
-    error InvalidProof(bytes32 queryId, address patient, uint256 amount);
+    error InvalidProof(bytes32 queryId, address patient);
     error ClaimExceedsFee(bytes32 queryId, uint256 amount, uint256 left);
     error NotResearcher(uint256 studyId, address caller);
     error ReservationsOpen(uint256 studyId, uint32 open);
     error TransferFailed(address to, uint256 amount);
     error MicrodataNotAllowed(uint256 studyId);
     error InvalidRelease(bytes32 extractHash, uint32 k, uint32 l);
+    error TooManyExtracts(uint256 studyId, uint32 maxExtracts);
+    error InvalidShare(bytes32 column);
 
     modifier onlyRole(bytes32 role) {
         if (!access.hasRole(role, msg.sender)) revert MissingRole(role, msg.sender);
@@ -173,7 +200,10 @@ contract ResearchStudy is ReentrancyGuard {
 
     // -------------------------------------------------------------- proposal
 
-    /// A researcher proposes a study; the ETH sent is its compensation escrow.
+    /// A researcher proposes a study; the ETH sent is its compensation
+    /// escrow, from which each query's fee (`feePerUnit` per unit of its
+    /// cost) is taken. `feePerUnit * budget` must fit in 256 bits, so that
+    /// no fee computation can overflow.
     function proposeStudy(Proposal calldata p) external payable onlyRole(access.RESEARCHER_ROLE()) returns (uint256 id) {
         if (p.purposeHash == 0) revert InvalidProposal("purposeHash");
         if (p.scopeHash == 0) revert InvalidProposal("scopeHash");
@@ -187,6 +217,14 @@ contract ResearchStudy is ReentrancyGuard {
             revert InvalidProposal("deltaBudget");
         }
         if (p.duration == 0 || p.duration > MAX_DURATION) revert InvalidProposal("duration");
+        if (p.feePerUnit > type(uint256).max / p.budget) revert InvalidProposal("feePerUnit");
+        if (p.microdata) {
+            if (p.minK < 2) revert InvalidProposal("minK");
+            if (p.maxExtracts == 0) revert InvalidProposal("maxExtracts");
+        } else {
+            if (p.minK != 0) revert InvalidProposal("minK");
+            if (p.maxExtracts != 0) revert InvalidProposal("maxExtracts");
+        }
         id = ++studyCount;
         Study storage s = _studies[id];
         s.researcher = msg.sender;
@@ -224,7 +262,8 @@ contract ResearchStudy is ReentrancyGuard {
 
     /// The researcher closes the study (anyone may, once it has ended):
     /// unallocated escrow goes back to the researcher; fees already owed
-    /// to patients stay claimable.
+    /// to patients stay claimable. Refused while reservations are open
+    /// (their fees are held until they are committed or released).
     function closeStudy(uint256 studyId) external nonReentrant {
         Study storage s = _study(studyId);
         if (s.status == Status.Closed) revert WrongStatus(studyId, s.status);
@@ -285,7 +324,9 @@ contract ResearchStudy is ReentrancyGuard {
 
     // ---------------------------------------------------------------- budget
 
-    /// Reserves a query's cost. Repeating the same reservation is a no-op.
+    /// Reserves a query's cost and holds its fee, `feePerUnit * cost / 1e18`
+    /// (rounded down), out of the escrow. Repeating the same reservation is
+    /// a no-op.
     function reserve(uint256 studyId, bytes32 queryId, uint128 cost, uint128 deltaCost)
         external
         onlyRole(access.ENGINE_ROLE())
@@ -307,20 +348,30 @@ contract ResearchStudy is ReentrancyGuard {
         if (cost > available || deltaCost > deltaAvailable) {
             revert BudgetExceeded(studyId, cost, deltaCost, available, deltaAvailable);
         }
+        // Cannot overflow: cost <= queryCap <= budget and proposeStudy
+        // checked that feePerUnit * budget fits.
+        uint256 fee = s.terms.feePerUnit * cost / 1e18;
+        if (fee > s.escrow) revert InsufficientEscrow(studyId, fee, s.escrow);
         s.reserved += cost;
         s.deltaReserved += deltaCost;
         s.openReservations += 1;
+        s.escrow -= fee;
+        s.held += fee;
         q.studyId = studyId;
         q.state = QueryState.Reserved;
         q.cost = cost;
         q.deltaCost = deltaCost;
-        emit BudgetReserved(studyId, queryId, cost, deltaCost);
+        q.fee = fee;
+        emit BudgetReserved(studyId, queryId, cost, deltaCost, fee);
     }
 
-    /// Turns a reservation into a debit, allocating `fee` of the escrow to
-    /// the contributors in `contributorsRoot` (a Merkle root of
-    /// (account, amount) leaves). Repeating the same commit is a no-op.
-    function commit(uint256 studyId, bytes32 queryId, bytes32 resultHash, bytes32 contributorsRoot, uint256 fee)
+    /// Turns a reservation into a debit and pays its held fee to the
+    /// study's consenting set at the time of the query: `members` patients
+    /// whose addresses are the leaves under `membersRoot`. Each is owed
+    /// `fee / members`; the remainder of the division (all of the fee when
+    /// `members` is 0) goes back to the escrow. Nothing here depends on
+    /// which rows the query read. Repeating the same commit is a no-op.
+    function commit(uint256 studyId, bytes32 queryId, bytes32 resultHash, bytes32 membersRoot, uint64 members)
         external
         onlyRole(access.ENGINE_ROLE())
     {
@@ -328,27 +379,31 @@ contract ResearchStudy is ReentrancyGuard {
         Query storage q = _queries[queryId];
         if (q.state != QueryState.None && q.studyId != studyId) revert WrongStudy(queryId, studyId);
         if (
-            q.state == QueryState.Committed && q.resultHash == resultHash && q.contributorsRoot == contributorsRoot
-                && q.fee == fee
+            q.state == QueryState.Committed && q.resultHash == resultHash && q.membersRoot == membersRoot
+                && q.members == members
         ) return;
         if (q.state != QueryState.Reserved) revert NotReserved(queryId, q.state);
-        if (fee > 0 && contributorsRoot == 0) revert MissingRoot(queryId);
-        if (fee > s.escrow) revert InsufficientEscrow(studyId, fee, s.escrow);
+        uint256 fee = q.fee;
+        if (fee > 0 && members > 0 && membersRoot == 0) revert MissingRoot(queryId);
+        uint256 paid = members == 0 ? 0 : (fee / members) * members;
         s.reserved -= q.cost;
         s.deltaReserved -= q.deltaCost;
         s.committed += q.cost;
         s.deltaCommitted += q.deltaCost;
         s.openReservations -= 1;
-        s.escrow -= fee;
-        s.owed += fee;
+        s.held -= fee;
+        s.owed += paid;
+        s.escrow += fee - paid;
         q.state = QueryState.Committed;
         q.resultHash = resultHash;
-        q.contributorsRoot = contributorsRoot;
-        q.fee = fee;
-        emit BudgetCommitted(studyId, queryId, q.cost, q.deltaCost, resultHash, contributorsRoot, fee);
+        q.membersRoot = membersRoot;
+        q.members = members;
+        q.fee = paid;
+        emit BudgetCommitted(studyId, queryId, q.cost, q.deltaCost, resultHash, membersRoot, members, paid);
     }
 
-    /// Cancels a reservation (the query failed). Repeating it is a no-op.
+    /// Cancels a reservation that will not be committed; its held fee
+    /// goes back to the escrow. Repeating it is a no-op.
     function release(uint256 studyId, bytes32 queryId) external onlyRole(access.ENGINE_ROLE()) {
         Study storage s = _study(studyId);
         Query storage q = _queries[queryId];
@@ -358,6 +413,9 @@ contract ResearchStudy is ReentrancyGuard {
         s.reserved -= q.cost;
         s.deltaReserved -= q.deltaCost;
         s.openReservations -= 1;
+        s.held -= q.fee;
+        s.escrow += q.fee;
+        q.fee = 0;
         q.state = QueryState.Released;
         emit BudgetReleased(studyId, queryId, q.cost, q.deltaCost);
     }
@@ -369,8 +427,10 @@ contract ResearchStudy is ReentrancyGuard {
     // ------------------------------------------------------------- microdata
 
     /// Records a k-anonymous extract of an approved study that allows
-    /// microdata: the hash of its bytes, its k and l (0: no l-diversity)
-    /// and its row count. Recording the same extract again is a no-op.
+    /// microdata: the hash of its bytes, its k (at least the study's
+    /// `minK`) and l (0: no l-diversity) and its row count. At most
+    /// `maxExtracts` extracts are recorded per study. Recording the same
+    /// extract again is a no-op and does not count.
     function recordRelease(uint256 studyId, bytes32 extractHash, uint32 k, uint32 l, uint64 rows)
         external
         onlyRole(access.ENGINE_ROLE())
@@ -380,8 +440,10 @@ contract ResearchStudy is ReentrancyGuard {
         if (s.status != Status.Approved) revert WrongStatus(studyId, s.status);
         if (block.timestamp >= s.endsAt) revert StudyEnded(studyId, s.endsAt);
         if (!s.terms.microdata) revert MicrodataNotAllowed(studyId);
-        if (extractHash == 0 || k < 2 || l == 1) revert InvalidRelease(extractHash, k, l);
+        if (extractHash == 0 || k < 2 || k < s.terms.minK || l == 1) revert InvalidRelease(extractHash, k, l);
+        if (s.extracts >= s.terms.maxExtracts) revert TooManyExtracts(studyId, s.terms.maxExtracts);
         _released[studyId][extractHash] = true;
+        s.extracts += 1;
         emit MicrodataReleased(studyId, extractHash, k, l, rows);
     }
 
@@ -390,18 +452,48 @@ contract ResearchStudy is ReentrancyGuard {
         return _released[studyId][extractHash];
     }
 
+    // --------------------------------------------------------- encrypted path
+
+    /// A patient declares that they shared a value of the encrypted column
+    /// `column` (the keccak256 of its name) with an approved, running
+    /// study, committing to the hash of its ciphertext. A later share
+    /// replaces the earlier one. The engine pads encrypted work to the
+    /// number of consenting patients who shared a value, which this makes
+    /// public.
+    function shareEncrypted(uint256 studyId, bytes32 column, bytes32 valueHash)
+        external
+        onlyRole(access.PATIENT_ROLE())
+    {
+        Study storage s = _study(studyId);
+        if (s.status != Status.Approved) revert WrongStatus(studyId, s.status);
+        if (block.timestamp >= s.endsAt) revert StudyEnded(studyId, s.endsAt);
+        if (column == 0 || valueHash == 0) revert InvalidShare(column);
+        _shared[studyId][column][msg.sender] = valueHash;
+        emit EncryptedValueShared(studyId, msg.sender, column, valueHash);
+    }
+
+    /// The ciphertext hash `patient` shared for `column` of study
+    /// `studyId` (zero if none).
+    function sharedValue(uint256 studyId, bytes32 column, address patient) external view returns (bytes32) {
+        return _shared[studyId][column][patient];
+    }
+
     // ---------------------------------------------------------- compensation
 
-    /// A contributing patient claims their share of a query's fee with a
-    /// proof that (msg.sender, amount) is a leaf under its contributors root.
-    function claim(uint256 studyId, bytes32 queryId, uint256 amount, bytes32[] calldata proof) external nonReentrant {
+    /// A member of a committed query's consenting set claims their equal
+    /// share, `fee / members`, with a proof that msg.sender is a leaf
+    /// under its members root.
+    function claim(uint256 studyId, bytes32 queryId, bytes32[] calldata proof) external nonReentrant {
         Study storage s = _study(studyId);
         Query storage q = _queries[queryId];
         if (q.studyId != studyId) revert WrongStudy(queryId, studyId);
         if (q.state != QueryState.Committed) revert NotReserved(queryId, q.state);
         if (_claimed[queryId][msg.sender]) revert AlreadyClaimed(queryId, msg.sender);
-        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(msg.sender, amount))));
-        if (!MerkleProof.verifyCalldata(proof, q.contributorsRoot, leaf)) revert InvalidProof(queryId, msg.sender, amount);
+        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(msg.sender))));
+        if (q.members == 0 || !MerkleProof.verifyCalldata(proof, q.membersRoot, leaf)) {
+            revert InvalidProof(queryId, msg.sender);
+        }
+        uint256 amount = q.fee / q.members;
         if (amount > q.fee - q.claimed) revert ClaimExceedsFee(queryId, amount, q.fee - q.claimed);
         _claimed[queryId][msg.sender] = true;
         q.claimed += amount;

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use cohort_ledger_bridge::alloy::primitives::{Address, B256, U256, keccak256};
+use cohort_ledger_bridge::alloy::sol_types::SolError;
 use cohort_ledger_bridge::anvil::Anvil;
 use cohort_ledger_bridge::contracts::{CohortAccess, ResearchStudy};
 use cohort_ledger_bridge::{
-    Account, Client, Cost, EmbeddedLedger, Error, Ledger, Receipt, Role, RpcLedger, Target,
+    Account, Backend, Client, Cost, EmbeddedLedger, Error, Ledger, Receipt, Role, RpcLedger, Target,
 };
 
 /// One ether in wei.
@@ -154,7 +155,8 @@ impl Fixture {
         }
     }
 
-    /// A pure-ε proposal: budget `budget`, per-query cap `cap`, 30 days.
+    /// A pure-ε proposal: budget `budget`, per-query cap `cap`, 30 days,
+    /// no fee, microdata with k ≥ 2 and at most 10 extracts.
     pub fn proposal(budget: u128, cap: u128) -> ResearchStudy::Proposal {
         ResearchStudy::Proposal {
             purposeHash: keccak256("diabetes outcomes"),
@@ -167,20 +169,54 @@ impl Fixture {
             deltaQueryCap: 0,
             duration: 30 * 86_400,
             microdata: true,
+            feePerUnit: U256::ZERO,
+            minK: 2,
+            maxExtracts: 10,
         }
     }
 
-    /// A study proposed with `escrow` and approved by two stewards.
-    pub async fn approved_study(&self, budget: u128, cap: u128, escrow: U256) -> u64 {
+    /// Proposes `proposal` with `escrow` and has two stewards approve it.
+    pub async fn approve(&self, proposal: ResearchStudy::Proposal, escrow: U256) -> u64 {
         let id = self
             .client
-            .propose_study(&self.researcher, Fixture::proposal(budget, cap), escrow)
+            .propose_study(&self.researcher, proposal, escrow)
             .await
             .unwrap();
         for s in &self.stewards[..2] {
             self.client.approve_study(s, id).await.unwrap();
         }
         id
+    }
+
+    /// An approved study whose queries cost `fee_per_unit` wei per ε.
+    pub async fn paid_study(
+        &self,
+        budget: u128,
+        cap: u128,
+        fee_per_unit: U256,
+        escrow: U256,
+    ) -> u64 {
+        let proposal = ResearchStudy::Proposal {
+            feePerUnit: fee_per_unit,
+            ..Fixture::proposal(budget, cap)
+        };
+        self.approve(proposal, escrow).await
+    }
+
+    /// A study proposed with `escrow` and approved by two stewards.
+    pub async fn approved_study(&self, budget: u128, cap: u128, escrow: U256) -> u64 {
+        self.approve(Fixture::proposal(budget, cap), escrow).await
+    }
+
+    /// A funded account that holds no role (a member of a consenting set
+    /// only needs an address to claim from).
+    pub async fn funded(&self, name: &str) -> Account {
+        let a = account(name);
+        self.ledger
+            .set_balance(a.address(), ether(100))
+            .await
+            .unwrap();
+        a
     }
 }
 
@@ -190,6 +226,32 @@ pub fn assert_reverts<T: std::fmt::Debug>(result: Result<T, Error>, name: &str) 
     match result {
         Err(Error::Reverted(revert)) => assert_eq!(revert.name, name, "{}", revert.message),
         other => panic!("expected the contract error {name}, got {other:?}"),
+    }
+}
+
+/// Asserts that `result` is the contract error `E` and returns its
+/// arguments.
+#[track_caller]
+pub fn reverted_with<E: SolError, T: std::fmt::Debug>(result: Result<T, Error>) -> E {
+    match result {
+        Err(Error::Reverted(revert)) => E::abi_decode(&revert.data)
+            .unwrap_or_else(|_| panic!("expected {}, got {}", E::SIGNATURE, revert.message)),
+        other => panic!(
+            "expected the contract error {}, got {other:?}",
+            E::SIGNATURE
+        ),
+    }
+}
+
+/// Asserts that `account`'s balance went from `before` to `after` by
+/// receiving `amount` while paying for one transaction: exactly on the
+/// embedded chain (gas is free), net of under 0.001 ether of gas on anvil.
+#[track_caller]
+pub fn assert_received(f: &Fixture, before: U256, after: U256, amount: U256) {
+    if matches!(f.ledger.backend(), Backend::Embedded { .. }) {
+        assert_eq!(after, before + amount);
+    } else {
+        assert!(after + U256::from(10u64.pow(15)) > before + amount && after <= before + amount);
     }
 }
 

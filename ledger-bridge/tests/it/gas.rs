@@ -231,6 +231,10 @@ async fn every_function_is_called_and_the_documented_gas_table_is_current() {
     }
     let documented = parse(&doc[start..end]);
     let measured = parse(&table);
+    if parse(&doc[start..end]) != measured {
+        // Shown with --nocapture, for whoever updates the table by hand.
+        eprintln!("the measured gas table:\n{table}");
+    }
     assert_eq!(
         documented.keys().collect::<Vec<_>>(),
         measured.keys().collect::<Vec<_>>(),

@@ -5,6 +5,7 @@
 mod access;
 mod appointments;
 mod artifacts;
+mod compensation;
 mod embedded;
 mod fixture;
 mod follower;
@@ -62,12 +63,18 @@ on_both_backends!(
     study::consent_covers_purposes_until_withdrawn_or_expired,
     study::the_budget_is_reserved_committed_and_released_exactly,
     study::the_budget_invariant_holds_over_random_operations,
-    study::contributors_claim_their_share_once_with_a_proof,
     study::microdata_releases_are_recorded_only_when_allowed,
+    study::patients_declare_encrypted_shares_of_a_running_study,
     study::closing_refunds_the_unallocated_escrow,
     study::concurrent_reservations_never_overspend,
     study::transactions_sent_together_each_get_their_own_outcome,
     study::the_admin_sets_the_threshold_and_the_researcher_adds_escrow,
+    compensation::the_fee_is_priced_by_the_cost_held_then_paid_or_returned,
+    compensation::a_reservation_the_escrow_cannot_pay_is_refused_and_moves_nothing,
+    compensation::members_claim_equal_shares_once_with_a_proof,
+    compensation::claims_never_exceed_the_fee_over_random_sets_and_fees,
+    compensation::a_paying_commit_needs_a_root_and_an_empty_set_returns_the_fee,
+    compensation::budget_events_carry_nothing_that_depends_on_the_rows,
     appointments::the_fee_is_held_until_the_appointment_is_completed,
     appointments::cancellation_refunds_by_the_policy,
     appointments::the_admin_sets_the_cancellation_policy,

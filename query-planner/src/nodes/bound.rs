@@ -15,17 +15,16 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, UInt32Array,
-};
-use arrow::compute::{cast, concat_batches, filter_record_batch, take};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBufferBuilder, RecordBatch};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchemaRef, HashMap, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::distribution_requirements::InputDistributionRequirements;
@@ -37,39 +36,6 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use rand::RngExt;
-
-/// The patients whose rows survived bounding: they contributed to the answer.
-///
-/// Each partition records its contributors as one array of their ids (a
-/// patient's rows are all in one partition); the ids become strings only
-/// when asked for.
-#[derive(Clone, Debug, Default)]
-pub struct Contributors(Arc<Mutex<Vec<ArrayRef>>>);
-
-impl Contributors {
-    /// The contributors recorded so far, sorted, each once.
-    pub fn sorted(&self) -> Vec<String> {
-        let Ok(chunks) = self.0.lock() else {
-            return Vec::new();
-        };
-        let mut ids: Vec<&str> = chunks
-            .iter()
-            .flat_map(|chunk| chunk.as_string::<i32>().iter().flatten())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.into_iter().map(str::to_owned).collect()
-    }
-
-    /// Records the ids in `ids`, whatever their type, as strings.
-    fn extend(&self, ids: &dyn Array) -> DfResult<()> {
-        let ids = cast(ids, &DataType::Utf8)?;
-        if let Ok(mut chunks) = self.0.lock() {
-            chunks.push(ids);
-        }
-        Ok(())
-    }
-}
 
 /// How the kept rows are chosen.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Hash)]
@@ -91,7 +57,6 @@ pub(crate) struct BoundContributions {
     pub choice: Choice,
     pub max_groups: u32,
     pub max_rows: u32,
-    pub contributors: Contributors,
 }
 
 impl BoundContributions {
@@ -190,7 +155,6 @@ impl UserDefinedLogicalNodeCore for BoundContributions {
             choice,
             max_groups: self.max_groups,
             max_rows: self.max_rows,
-            contributors: self.contributors.clone(),
         })
     }
 
@@ -210,7 +174,6 @@ pub(crate) struct BoundContributionsExec {
     order: Option<Vec<Arc<dyn PhysicalExpr>>>,
     max_groups: u32,
     max_rows: u32,
-    contributors: Contributors,
     properties: Arc<PlanProperties>,
 }
 
@@ -222,7 +185,6 @@ impl BoundContributionsExec {
         order: Option<Vec<Arc<dyn PhysicalExpr>>>,
         max_groups: u32,
         max_rows: u32,
-        contributors: Contributors,
     ) -> Self {
         let partitions = input.output_partitioning().partition_count();
         let properties = PlanProperties::new(
@@ -238,7 +200,6 @@ impl BoundContributionsExec {
             order,
             max_groups,
             max_rows,
-            contributors,
             properties: Arc::new(properties),
         }
     }
@@ -306,7 +267,6 @@ impl ExecutionPlan for BoundContributionsExec {
             self.order.clone(),
             self.max_groups,
             self.max_rows,
-            self.contributors.clone(),
         )))
     }
 
@@ -316,6 +276,7 @@ impl ExecutionPlan for BoundContributionsExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let schema = self.schema();
+        let reservation = MemoryConsumer::new("BoundContributions").register(context.memory_pool());
         let mut input = self.input.execute(partition, context)?;
         let bound = Bounder {
             schema: Arc::clone(&schema),
@@ -324,14 +285,19 @@ impl ExecutionPlan for BoundContributionsExec {
             order: self.order.clone(),
             max_groups: self.max_groups as usize,
             max_rows: self.max_rows as usize,
-            contributors: self.contributors.clone(),
         };
         let output = futures::stream::once(async move {
             let mut batches = Vec::new();
             while let Some(batch) = input.next().await {
-                batches.push(batch?);
+                let batch = batch?;
+                // The rows it holds, their concatenation and its per-row
+                // bookkeeping count against the query's memory pool.
+                reservation.try_grow(2 * batch.get_array_memory_size() + 48 * batch.num_rows())?;
+                batches.push(batch);
             }
-            bound.bound(&batches)
+            let bounded = bound.bound(&batches);
+            reservation.free();
+            bounded
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
     }
@@ -345,7 +311,6 @@ struct Bounder {
     order: Option<Vec<Arc<dyn PhysicalExpr>>>,
     max_groups: usize,
     max_rows: usize,
-    contributors: Contributors,
 }
 
 impl Bounder {
@@ -411,15 +376,14 @@ impl Bounder {
 
         let mut keep = BooleanBufferBuilder::new(rows);
         keep.append_n(rows, false);
-        let mut kept_units: Vec<u32> = Vec::with_capacity(unit_ids.count);
         let mut rng = rand::rng();
         // One patient's rows, sorted.
         let mut entries: Vec<Entry> = Vec::new();
         for unit in 0..unit_ids.count {
             let unit_rows = &by_unit[start[unit]..start[unit + 1]];
-            let Some(&first_row) = unit_rows.first() else {
+            if unit_rows.is_empty() {
                 continue;
-            };
+            }
             entries.clear();
             entries.extend(
                 unit_rows
@@ -448,11 +412,8 @@ impl Bounder {
                     keep.set_bit(entry.2 as usize, true);
                 }
             }
-            kept_units.push(first_row);
         }
 
-        self.contributors
-            .extend(&take(&units, &UInt32Array::from(kept_units), None)?)?;
         Ok(filter_record_batch(
             &batch,
             &BooleanArray::new(keep.finish(), None),

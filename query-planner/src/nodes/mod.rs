@@ -14,7 +14,6 @@ use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 
-pub use bound::Contributors;
 pub(crate) use bound::{BoundContributions, BoundContributionsExec, Choice};
 pub use noisy::ReleasedAggregate;
 pub(crate) use noisy::{
@@ -57,7 +56,6 @@ impl ExtensionPlanner for PrivateOperatorPlanner {
                 order,
                 bound.max_groups,
                 bound.max_rows,
-                bound.contributors.clone(),
             ))));
         }
         if let Some(noisy) = node.as_any().downcast_ref::<NoisyAggregate>() {

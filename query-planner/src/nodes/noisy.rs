@@ -31,6 +31,7 @@ use cohort_anonymizer::dp::KeyThreshold;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchemaRef, Result as DfResult, ScalarValue};
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::distribution_requirements::InputDistributionRequirements;
@@ -221,11 +222,14 @@ impl UserDefinedLogicalNodeCore for NoisyAggregate {
     }
 
     fn prevent_predicate_push_down_columns(&self) -> std::collections::HashSet<String> {
-        // Nothing above may move below the noise.
+        // Nothing above may move below the noise: a predicate on a group key
+        // (`HAVING gender = 'female'`) stays above it. DataFusion's filter
+        // pushdown compares these names with the predicate's unqualified
+        // column names; the qualified ones are listed too.
         self.schema
             .columns()
             .into_iter()
-            .map(|column| column.flat_name())
+            .flat_map(|column| [column.name.clone(), column.flat_name()])
             .collect()
     }
 }
@@ -306,16 +310,24 @@ impl ExecutionPlan for NoisyAggregateExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
+        let reservation = MemoryConsumer::new("NoisyAggregate").register(context.memory_pool());
         let mut input = self.input.execute(partition, context)?;
         let input_schema = self.input.schema();
         let (schema, site) = (Arc::clone(&self.schema), Arc::clone(&self.site));
         let output = futures::stream::once(async move {
             let mut batches = Vec::new();
             while let Some(batch) = input.next().await {
-                batches.push(batch?);
+                let batch = batch?;
+                // What it holds counts against the query's memory pool
+                // (twice: the batches and their concatenation).
+                reservation.try_grow(2 * batch.get_array_memory_size())?;
+                batches.push(batch);
             }
             let exact = concat_batches(&input_schema, &batches)?;
-            Ok(release(&site, &exact, &schema)?)
+            drop(batches);
+            let released = release(&site, &exact, &schema)?;
+            reservation.free();
+            Ok(released)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
@@ -658,6 +670,7 @@ fn release_encrypted(
                 &encrypted.op,
                 &cells,
                 draw,
+                site.max_rows,
             )
             .map_err(|e| {
                 Error::Engine(Box::new(datafusion::error::DataFusionError::External(

@@ -25,8 +25,7 @@ use datafusion::logical_expr::{Aggregate, Expr, Extension, Filter, LogicalPlan, 
 use crate::error::Result;
 use crate::facts::strip_alias;
 use crate::nodes::{
-    BoundContributions, Choice, Contributors, Keys, NoisyAggregate, PlannedRelease, ReleaseLog,
-    Site,
+    BoundContributions, Choice, Keys, NoisyAggregate, PlannedRelease, ReleaseLog, Site,
 };
 use crate::policy::{Contribution, Sampling, Scope};
 use crate::rules::group_keys::KeyDomain;
@@ -44,7 +43,6 @@ pub(crate) fn rewrite(
     typed: &Typed,
     scope: &Scope,
     contribution: &Contribution,
-    contributors: &Contributors,
 ) -> Result<(LogicalPlan, Arc<Site>)> {
     let Kind::Private {
         unit,
@@ -180,7 +178,6 @@ pub(crate) fn rewrite(
             choice,
             max_groups,
             max_rows,
-            contributors: contributors.clone(),
         }),
     });
     let inner_names = inner.iter().map(|e| e.schema_name().to_string()).collect();

@@ -29,7 +29,6 @@ async fn a_patient_with_many_rows_across_joined_tables_counts_max_rows() {
                JOIN conditions c ON o.patient_id = c.patient_id WHERE o.patient_id = 'p0000'";
     let answer = run(&planner, sql, &options).await;
     assert_eq!(column(&answer, 0), [3.0]);
-    assert_eq!(answer.contributors, ["p0000"]);
 }
 
 #[tokio::test]
@@ -90,15 +89,11 @@ async fn rows_of_patients_outside_the_query_do_not_contribute() {
     let (planner, options) = exact();
     let sql = "SELECT COUNT(*) FROM patients WHERE sex = 'M'";
     let answer = run(&planner, sql, &options).await;
-    assert_eq!(answer.contributors.len(), PATIENTS / 2);
-    assert!(answer.contributors.iter().all(|id| {
-        let i: usize = id[1..].parse().unwrap();
-        i % 2 == 1
-    }));
+    assert_eq!(column(&answer, 0), [(PATIENTS / 2) as f64]);
 }
 
 /// Rows without a patient belong to no one: bounding drops them, so they
-/// are neither counted nor listed as contributors, however many there are.
+/// are not counted, however many there are.
 #[tokio::test]
 async fn rows_without_a_patient_are_dropped() {
     use std::sync::Arc;
@@ -129,5 +124,4 @@ async fn rows_without_a_patient_are_dropped() {
     let (_, options) = exact();
     let answer = run(&planner, "SELECT COUNT(*) AS n FROM readings", &options).await;
     assert_eq!(column(&answer, 0), [3.0], "p1's two rows and p2's one");
-    assert_eq!(answer.contributors, ["p1", "p2"]);
 }

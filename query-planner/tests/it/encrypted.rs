@@ -12,7 +12,7 @@ use cohort_fhe::linear::{self, LinearLayer, Steward};
 use cohort_fhe::range::Bounds;
 use cohort_fhe::threshold::{self, CustodianKey, KeyShare, Threshold};
 use cohort_fhe::{
-    CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, FheError, Job, Sealed,
+    CostEstimate, DecryptionGate, EncryptedAggregate, EncryptedOp, FheError, Job, Padding, Sealed,
 };
 use cohort_query_planner::{EncryptedExecutor, Planner, StudyPolicy};
 use datafusion::catalog::TableProvider;
@@ -36,11 +36,13 @@ sex = { domain = ["F", "M", "X"] }
 hiv = { encrypted = "elgamal", lower = 0, upper = 1 }
 "#;
 
-struct Linear(LinearLayer);
+/// The ElGamal layer, padding every group to the 30 patients, and the
+/// job it reports its work to.
+struct Linear(LinearLayer, Job);
 
 impl EncryptedExecutor for Linear {
-    fn estimate(&self, _: &str, _: &str, op: &EncryptedOp) -> CostEstimate {
-        cohort_fhe::estimate(op, 30)
+    fn estimate(&self, _: &str, _: &str, op: &EncryptedOp, max_rows: u32) -> CostEstimate {
+        cohort_fhe::estimate(op, 30 * u64::from(max_rows))
     }
     fn aggregate(
         &self,
@@ -49,8 +51,13 @@ impl EncryptedExecutor for Linear {
         op: &EncryptedOp,
         cells: &[&[u8]],
         noise: i64,
+        max_rows: u32,
     ) -> Result<Sealed, FheError> {
-        self.0.aggregate(op, cells, noise, &Job::new())
+        let padding = Padding {
+            to: 30 * max_rows as usize,
+            stand_in: None,
+        };
+        self.0.aggregate(op, cells, noise, &self.1, padding)
     }
 }
 
@@ -97,7 +104,7 @@ fn study_with(policy: &str) -> (Planner, CustodianKey, Vec<KeyShare>) {
     let tables = HashMap::from([("patients".to_string(), table)]);
     let planner = Planner::new(StudyPolicy::from_toml(policy).unwrap(), tables)
         .unwrap()
-        .with_encryption(Arc::new(Linear(LinearLayer::new(key.clone()))));
+        .with_encryption(Arc::new(Linear(LinearLayer::new(key.clone()), Job::new())));
     (planner, key, shares)
 }
 

@@ -9,3 +9,4 @@ mod fixture;
 mod forms;
 mod refusals;
 mod snapshots;
+mod totality;
