@@ -42,6 +42,17 @@ print("cost", answer.cost, "| left", answer.remaining)
 frame = answer.frame.assign(error_95=answer.error_95("n"))
 assert c.study(study).remaining != before, "the answer was not debited"
 frame'''),
+    new_markdown_cell("## When it came, and who is paid\n\nThe answer was released at a deadline fixed before "
+                      "the query ran, from the plan and the public number of consenting patients, so how "
+                      "long you waited says nothing about the data. Its fee is priced by the ε it charged "
+                      "and shared equally by every consenting patient, whether or not their records "
+                      "matched the question: everyone in the data bears a query's privacy loss. No answer "
+                      "says how many patients matched; ask `COUNT(DISTINCT patient_id)`, and pay for it, "
+                      "to know."),
+    new_code_cell('''s = c.study(study)
+print(f"released at its deadline, {answer.deadline_ms} ms after the request")
+print(f"fee {answer.fee_wei / 1e18:g} ether, {answer.share_wei / 1e18:g} ether to each of the {answer.members} consenting patients")
+assert answer.deadline_ms is not None and answer.members == s.consenting'''),
     new_code_cell('''import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -294,10 +294,12 @@ pub(crate) fn outcome_text(outcome: &QueryOutcome) -> String {
             ));
         }
     }
+    let wei = |w: &str| cohort_engine::research::study::format_wei(w.parse().unwrap_or_default());
     lines.push(format!(
-        "cost {}; fee {} shared by the {} consenting patient(s); remaining {}{}",
+        "cost {}; fee {}, {} to each of the {} consenting patients; remaining {}{}",
         answer.cost,
-        cohort_engine::research::study::format_wei(answer.fee.parse().unwrap_or_default()),
+        wei(&answer.fee),
+        wei(&answer.share),
         answer.members,
         outcome.remaining,
         if outcome.replayed {

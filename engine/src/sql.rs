@@ -88,7 +88,6 @@ pub fn query(request: &SqlRequest) -> Result<SqlOutcome> {
 
 async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let arrival = clock.now();
     let text = std::fs::read_to_string(&request.study)
         .map_err(|e| Error::io("reading", &request.study, e))?;
     let policy = StudyPolicy::from_toml(&text)?;
@@ -149,8 +148,9 @@ async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
         }
         _ => None,
     };
-    // Every ending after the reservation is charged.
-    let expires = deadline.map(|d| arrival + d);
+    // Every ending after the reservation is charged, and released at the
+    // deadline counted from here.
+    let expires = deadline.map(|d| clock.now() + d);
     let ended = deadline::run_until(
         &clock,
         expires,

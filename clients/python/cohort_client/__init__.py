@@ -51,12 +51,19 @@ class CohortError(Exception):
 @dataclass
 class Answer:
     """A query's answer: the table, each release's 95% error, the cost and
-    the budget left after it."""
+    the budget left after it, the fee its privacy cost paid (shared equally
+    by the ``members`` consenting patients), and the deadline it was
+    released at (milliseconds after the request: a function of the plan and
+    the consenting count, never of the data)."""
 
     frame: pd.DataFrame
     releases: list = field(default_factory=list)
     cost: str = ""
     remaining: str = ""
+    fee_wei: int = 0
+    share_wei: int = 0
+    members: int = 0
+    deadline_ms: Optional[int] = None
 
     def error_95(self, column: str) -> list[float]:
         """The 95% error of each row's value in ``column`` (the noise's
@@ -168,6 +175,10 @@ class Client:
             releases=json.loads(meta.get("cohort.releases", "[]")),
             cost=meta.get("cohort.cost", ""),
             remaining=meta.get("cohort.remaining", ""),
+            fee_wei=int(meta.get("cohort.fee_wei", "0")),
+            share_wei=int(meta.get("cohort.share_wei", "0")),
+            members=int(meta.get("cohort.members", "0")),
+            deadline_ms=int(meta["cohort.deadline_ms"]) if "cohort.deadline_ms" in meta else None,
         )
 
     def explain(self, study: int, sql: str) -> str:

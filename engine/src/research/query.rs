@@ -13,7 +13,9 @@
 //! 3. **Execute, charged whatever happens.** The journal says `executing`
 //!    before the first row is read. The view is loaded, the plan runs on a
 //!    task of its own against the deadline computed in step 1 from public
-//!    sizes ([`crate::deadline`]). Its ending is an answer or the fixed
+//!    sizes ([`crate::deadline`]), counted from the start of execution
+//!    (what comes before reads no row of the view, so its time is not the
+//!    data's). Its ending is an answer or the fixed
 //!    failure: an error, a resource limit, a panic, a cancellation or an
 //!    overrun all end the same way, and a process killed meanwhile is
 //!    recorded the same way by the next one ([`Session::recover`]).
@@ -86,8 +88,13 @@ pub struct Answer {
     pub releases: serde_json::Value,
     /// What it cost.
     pub cost: String,
-    /// The fee its privacy cost paid (wei), shared equally by the members.
+    /// The fee its privacy cost paid (wei): the study's price per ε times
+    /// the ε (or ρ) it charged, whatever the data.
     pub fee: String,
+    /// What each member of the consenting set is paid of it (wei); the
+    /// remainder of the division goes back to the escrow.
+    #[serde(default)]
+    pub share: String,
     /// The consenting set at the time of the query (public: consents are
     /// on chain); every member bears the query's privacy loss and is paid.
     pub members: usize,
@@ -142,8 +149,9 @@ pub struct QueryOutcome {
     /// `EXPLAIN PRIVACY` text, when only the plan was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explain: Option<String>,
-    /// When the outcome is released, in milliseconds after the request
-    /// (absent when the study releases immediately).
+    /// When the outcome is released, in milliseconds after its execution
+    /// started (absent when the study releases immediately). Everything
+    /// before it (planning, the reservation) reads no row of the view.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
 }
@@ -170,15 +178,30 @@ pub fn new_query_id() -> String {
 /// `answered` (outcome stored, before the commit), `committed` (before the
 /// outcome is delivered).
 fn crash_point(step: &str) {
-    if std::env::var("COHORT_TEST_PAUSE_AT").is_ok_and(|v| v == step) {
-        use std::io::Write;
-        let mut err = std::io::stderr();
-        let _ = writeln!(err, "paused at {step}");
-        let _ = err.flush();
+    if paused_at(step) {
         loop {
             std::thread::park();
         }
     }
+}
+
+/// [`crash_point`] inside the query's work: it waits without holding its
+/// thread, so that a cancellation (Ctrl-C) can still end the work.
+async fn pause_point(step: &str) {
+    if paused_at(step) {
+        futures::future::pending::<()>().await;
+    }
+}
+
+fn paused_at(step: &str) -> bool {
+    let pause = std::env::var("COHORT_TEST_PAUSE_AT").is_ok_and(|v| v == step);
+    if pause {
+        use std::io::Write;
+        let mut err = std::io::stderr();
+        let _ = writeln!(err, "paused at {step}");
+        let _ = err.flush();
+    }
+    pause
 }
 
 pub(crate) fn to_cost(charge: &Charge) -> Cost {
@@ -274,7 +297,9 @@ struct Run {
     consenting: Vec<Consenting>,
     views: Arc<Mutex<HashMap<u64, Arc<View>>>>,
     building: Arc<Mutex<()>>,
-    job: Arc<cohort_fhe::Job>,
+    /// The encrypted columns' executor, loaded (keys and all) before the
+    /// reservation: loading it reads no patient's row.
+    executor: Option<Arc<super::encryption::Executor>>,
     sql: String,
     options: QueryOptions,
     cost: Charge,
@@ -300,15 +325,8 @@ impl Run {
                 &self.building,
             )?;
             let planner = Planner::new(self.file.scope.clone(), view.tables.clone())?;
-            match super::encryption::Executor::load(
-                &conn,
-                self.dir.root(),
-                self.study,
-                &self.file,
-                &self.consenting,
-                Arc::clone(&self.job),
-            )? {
-                Some(executor) => planner.with_encryption(Arc::new(executor)),
+            match self.executor {
+                Some(executor) => planner.with_encryption(executor),
                 None => planner,
             }
         };
@@ -467,7 +485,6 @@ impl Session {
         id: u64,
         request: &QueryRequest,
     ) -> Result<QueryOutcome> {
-        let arrival = self.clock.now();
         let conn = self.dir.connect()?;
         let (file, s) = self.study(&conn, id).await?;
         self.require_researcher(&conn, actor, &s, id)?;
@@ -494,15 +511,18 @@ impl Session {
         let consenting = self.consenting(&conn, id, &s).await?;
         let population = consenting.len() as u64;
         let planner = Planner::new(file.scope.clone(), view::schema_tables(&conn, &file)?)?;
-        let planner = match super::encryption::Executor::load(
+        let job = self.new_job();
+        let executor = super::encryption::Executor::load(
             &conn,
             self.dir.root(),
             id,
             &file,
             &consenting,
-            self.job(),
-        )? {
-            Some(executor) => planner.with_encryption(Arc::new(executor)),
+            Arc::clone(&job),
+        )?
+        .map(Arc::new);
+        let planner = match &executor {
+            Some(executor) => planner.with_encryption(Arc::clone(executor) as _),
             None => planner,
         };
         let left = self.client.remaining(id).await?;
@@ -522,7 +542,7 @@ impl Session {
             let mut explain = plan.explain();
             if let Some(ms) = deadline_ms {
                 explain.push_str(&format!(
-                    "release:   at {ms} ms after the request (a function of the plan and of the \
+                    "release:   {ms} ms after execution starts (a function of the plan and of the \
                      {population} consenting patients, never of the data)\n"
                 ));
             }
@@ -551,11 +571,6 @@ impl Session {
             )));
         }
         let (root, shares) = members(&consenting, fee)?;
-        let paid = if shares.is_empty() {
-            U256::ZERO
-        } else {
-            fee / U256::from(shares.len()) * U256::from(shares.len())
-        };
 
         // 2. Reserve.
         let Some(_lock) = QueryLock::try_acquire(self.dir.root(), &ledger_hex)? else {
@@ -574,7 +589,7 @@ impl Session {
                 cost: &charge.to_string(),
                 primary_units: cost.primary,
                 delta_units: cost.delta,
-                fee: &paid.to_string(),
+                fee: &fee.to_string(),
                 shares: &shares,
                 members_root: &format!("{root:#x}"),
                 deadline_ms,
@@ -595,8 +610,10 @@ impl Session {
         journal::set_state(&conn, &ledger_hex, "reserved")?;
         crash_point("reserved");
 
-        // 3. Execute: from here on, every ending is charged.
+        // 3. Execute: from here on, every ending is charged, and the
+        // outcome waits for the deadline.
         journal::set_state(&conn, &ledger_hex, "executing")?;
+        let started = self.clock.now();
         let run = Run {
             dir: self.dir.clone(),
             study: id,
@@ -606,20 +623,19 @@ impl Session {
             consenting,
             views: Arc::clone(&self.views),
             building: Arc::clone(&self.building),
-            job: self.new_job(),
+            executor,
             sql: request.sql.clone(),
             options,
             cost: charge,
         };
-        let expires = deadline.map(|d| arrival + d);
-        let job = run.job.clone();
+        let expires = deadline.map(|d| started + d);
         let ended = deadline::run_until(
             &self.clock,
             expires,
             &self.cancelled,
             move || job.cancel(),
             async move {
-                crash_point("executing");
+                pause_point("executing").await;
                 run.run().await
             },
         )
@@ -633,7 +649,7 @@ impl Session {
                 request,
                 &aggregates,
                 answer,
-                paid,
+                fee,
                 shares.len(),
             )
             .map_err(|_| Failure::Error)
@@ -732,6 +748,11 @@ impl Session {
             releases: serde_json::to_value(&answer.releases).expect("releases serialise"),
             cost: answer.cost.to_string(),
             fee: fee.to_string(),
+            share: if members == 0 {
+                "0".into()
+            } else {
+                (fee / U256::from(members)).to_string()
+            },
             members,
             encrypted: aggregates
                 .iter()

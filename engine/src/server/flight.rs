@@ -158,12 +158,25 @@ pub fn outcome_batch(outcome: &QueryOutcome) -> Result<RecordBatch, Status> {
         arrays.push(array);
     }
     // What a notebook needs to draw error bars and watch the budget, in the
-    // schema's metadata: each release's 95% error, the cost and what is left.
-    let metadata = HashMap::from([
+    // schema's metadata: each release's 95% error, the cost and what is left,
+    // the fee the consenting set shares, the deadline the answer was released
+    // at, and the on-chain commitment with its salt. Nothing exact about the
+    // data: there is no count of contributing patients to give.
+    let mut metadata = HashMap::from([
         ("cohort.releases".to_string(), answer.releases.to_string()),
         ("cohort.cost".to_string(), outcome.cost.clone()),
         ("cohort.remaining".to_string(), outcome.remaining.clone()),
+        ("cohort.fee_wei".to_string(), answer.fee.clone()),
+        ("cohort.share_wei".to_string(), answer.share.clone()),
+        ("cohort.members".to_string(), answer.members.to_string()),
     ]);
+    if let Some(ms) = outcome.deadline_ms {
+        metadata.insert("cohort.deadline_ms".into(), ms.to_string());
+    }
+    if let (Some(hash), Some(salt)) = (&outcome.result_hash, &outcome.salt) {
+        metadata.insert("cohort.result_hash".into(), hash.clone());
+        metadata.insert("cohort.salt".into(), salt.clone());
+    }
     RecordBatch::try_new(
         Arc::new(Schema::new(fields).with_metadata(metadata)),
         arrays,

@@ -182,6 +182,9 @@ pub(crate) fn status(e: Error) -> Status {
             Status::invalid_argument(message)
         }
         Error::Ledger(_) => Status::failed_precondition(message),
+        // Charged without an answer: the same status and message for every
+        // way a query can end so.
+        Error::Charged { .. } => Status::aborted(message),
         _ => Status::internal(message),
     }
 }

@@ -27,9 +27,18 @@ fn demo_runs_on_embedded_defaults_and_again() {
     assert!(text.contains("42 patients (70%) consent"), "{text}");
     assert!(text.contains("approves: 2 of 2, approved"), "{text}");
     assert!(
-        text.contains("contributors: 42 before the withdrawal, 41 after"),
+        text.contains("consenting set: 42 before the withdrawal, 41 after"),
         "{text}"
     );
+    // The fee is priced by ε and shared by every consenting patient; no
+    // answer says how many patients matched.
+    assert!(
+        text.contains(
+            "fee 0.07 ether, 0.001666666666666666 ether to each of the 42 consenting patients"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("contributed"), "{text}");
     assert!(
         text.contains("mean_hba1c") && text.contains("median_systolic"),
         "{text}"
@@ -77,8 +86,8 @@ fn demo_runs_on_embedded_defaults_and_again() {
             assert!(row.as_array().unwrap().last().unwrap().is_i64(), "{row}");
         }
     }
-    assert_eq!(v["contributors_before_withdrawal"], 42);
-    assert_eq!(v["contributors_after_withdrawal"], 41);
+    assert_eq!(v["members_before_withdrawal"], 42);
+    assert_eq!(v["members_after_withdrawal"], 41);
     assert_eq!(v["audit"]["first_broken"], serde_json::Value::Null);
     assert!(v["ledger"]["transactions"].as_u64().unwrap() > 2 * 42);
 }

@@ -8,6 +8,7 @@ mod cli;
 mod encrypted;
 mod generate;
 mod ingest;
+mod invariant;
 mod ledger;
 mod notebooks;
 mod privacy_audit;

@@ -48,7 +48,12 @@ fn the_python_stubs_match_the_proto() {
 fn every_notebook_runs_against_a_live_server() {
     let s = setup(30);
     // Microdata allowed: the walk-through asks for a k-anonymous extract.
-    let (walk, _) = s.approved_study(&study_text("3", "0.5", true), 20);
+    // The walk-through's study releases at a deadline, as studies do by default.
+    let walk_text = study_text("3", "0.5", true).replace(
+        "release = \"immediate\"",
+        "deadline_ms = 300\nper_patient_us = 100",
+    );
+    let (walk, _) = s.approved_study(&walk_text, 20);
     // ε 1 at 0.5 a query: two answers, then the budget is spent.
     let (small, _) = s.approved_study(&study_text("1", "0.5", false), 20);
     let server = Server::start(&s.data);

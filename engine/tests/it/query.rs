@@ -105,7 +105,10 @@ fn query_answers_with_error_bars_and_debits_the_budget() {
     assert_eq!(answer["cost"], "ε = 1");
     assert_eq!(answer["debit"]["query_id"], "q1");
     assert_eq!(answer["debit"]["remaining"], "ε = 0.5");
-    assert_eq!(answer["contributors"], 300);
+    assert!(
+        answer.get("contributors").is_none(),
+        "no exact count of patients travels beside the noise"
+    );
     let charges: Vec<&str> = answer["plan"][0]["outputs"]
         .as_array()
         .unwrap()

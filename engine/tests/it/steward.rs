@@ -521,8 +521,12 @@ fn dp_bounds_each_units_contribution() {
             "count",
         ],
     );
-    assert_eq!(r["rows_used"], 32);
-    assert_eq!(r["rows_dropped"], 48);
+    // No exact quantity beside the noisy one: how many rows bounding kept
+    // or dropped is a fact about the data.
+    assert!(
+        r.get("rows_used").is_none() && r.get("rows_dropped").is_none(),
+        "{r}"
+    );
     // Sensitivity is max_rows: scale = 2 / 50.
     assert!((r["scale"].as_f64().unwrap() - 0.04).abs() < 1e-9, "{r}");
     assert!((r["value"].as_i64().unwrap() - 32).abs() <= 2, "{r}");

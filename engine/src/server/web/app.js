@@ -107,6 +107,9 @@ async function loadPatient() {
   const earned = await api("/api/compensation");
   $("earnings").textContent =
     `earned ${earned.earned}, claimed ${earned.claimed}, claimable ${earned.claimable} (${(earned.shares || []).length} share(s))`;
+  fill("shares", earned.shares || [], (row, s) => {
+    cell(row, s.study_id); cell(row, s.query_id); cell(row, s.amount_text); cell(row, s.claimed ? "yes" : "no");
+  });
 }
 
 async function show(which) {
