@@ -204,3 +204,46 @@ fn csv_sources_and_no_budget_file_work_too() {
     );
     assert!(answer.get("debit").is_none());
 }
+
+/// Under the research path's rules: past its deadline a query is ended,
+/// charged from the budget file, and told so with the fixed message.
+#[test]
+fn a_query_over_its_deadline_is_charged_with_the_fixed_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = study(tmp.path());
+    let text = std::fs::read_to_string(&policy).unwrap();
+    // A deadline of zero: every query overruns it.
+    std::fs::write(
+        &policy,
+        text.replace(
+            "[contribution]",
+            "[execution]\ndeadline_ms = 0\nper_patient_us = 0\n[contribution]",
+        ),
+    )
+    .unwrap();
+    let budget = tmp.path().join("budget.json");
+    let b = budget.to_str().unwrap();
+    cohort_json(
+        tmp.path(),
+        &["budget", "init", "--file", b, "--epsilon", "2"],
+    );
+    let o = cohort(
+        tmp.path(),
+        &[
+            "query",
+            policy.to_str().unwrap(),
+            "--budget",
+            b,
+            "--query-id",
+            "late",
+            "SELECT sex, COUNT(*) AS n FROM visits GROUP BY sex",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("query `late` ended without an answer and was charged ε = 0.5"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(remaining(tmp.path(), &budget), "ε = 1.5", "charged");
+}

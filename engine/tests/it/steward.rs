@@ -568,3 +568,112 @@ fn the_shipped_hierarchies_cover_the_synthetic_cohort() {
             .unwrap();
     }
 }
+
+/// Runs racing for one budget file cannot spend more than it holds: the
+/// file is locked from its reading to its last write.
+#[test]
+fn concurrent_dp_runs_never_overspend_their_budget_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = people_csv(tmp.path());
+    let budget = tmp.path().join("study.json");
+    let b = budget.to_str().unwrap();
+    cohort_json(
+        tmp.path(),
+        &["budget", "init", "--file", b, "--epsilon", "1"],
+    );
+    // Six racing runs of 0.25 against a budget of 1: exactly four succeed.
+    let (fresh, f) = (&budget, b);
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_cohort"))
+                .args(["--data-dir"])
+                .arg(tmp.path())
+                .args(["dp", "--input", input.to_str().unwrap(), "--budget", f])
+                .args(["--epsilon", "0.25", "--deadline-ms", "0"])
+                .args(["--query-id", &format!("race-{i}"), "count"])
+                .env("COHORT_PASSPHRASE", crate::PASSPHRASE)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let succeeded = handles
+        .into_iter()
+        .map(|mut c| c.wait().unwrap())
+        .filter(|s| s.success())
+        .count();
+    assert_eq!(succeeded, 4, "exactly what the budget pays for");
+    assert_eq!(remaining(tmp.path(), fresh), "ε = 0");
+    let a = cohort_engine::release::load_budget(fresh).unwrap();
+    assert_eq!(
+        a.remaining().to_string(),
+        "ε = 0",
+        "nothing reserved is left over"
+    );
+}
+
+/// Once its cost is reserved, a release that fails is charged, with a
+/// message that says nothing of why; and an outcome waits for its deadline.
+#[test]
+fn a_dp_release_failing_after_its_reservation_is_charged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("units.csv");
+    // Row 3's unit is empty: bounding fails on the data, after the reservation.
+    std::fs::write(&path, "patient,value\np1,1\np2,2\np3,3\n,4\np5,5\n").unwrap();
+    let budget = tmp.path().join("b.json");
+    let b = budget.to_str().unwrap();
+    cohort_json(
+        tmp.path(),
+        &["budget", "init", "--file", b, "--epsilon", "1"],
+    );
+    let o = cohort(
+        tmp.path(),
+        &[
+            "dp",
+            "--input",
+            path.to_str().unwrap(),
+            "--budget",
+            b,
+            "--unit",
+            "patient",
+            "--epsilon",
+            "0.25",
+            "--deadline-ms",
+            "0",
+            "--query-id",
+            "nulls",
+            "count",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("query `nulls` ended without an answer and was charged ε = 0.25"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !stderr(&o).contains("row"),
+        "no word of the data: {}",
+        stderr(&o)
+    );
+    assert_eq!(remaining(tmp.path(), &budget), "ε = 0.75");
+
+    // The release waits for its deadline (a lower bound, not a benchmark).
+    let started = std::time::Instant::now();
+    let o = cohort(
+        tmp.path(),
+        &[
+            "dp",
+            "--input",
+            people_csv(tmp.path()).to_str().unwrap(),
+            "--epsilon",
+            "0.25",
+            "--deadline-ms",
+            "400",
+            "count",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+}

@@ -231,3 +231,30 @@ async fn the_deadline_depends_on_public_sizes_only() {
     let plan = plan(&planner, "SELECT COUNT(*) FROM patients", &options).await;
     assert_eq!(plan.deadline(10_000), None);
 }
+
+/// `SELECT DISTINCT key ... WHERE <pred>` is free only when its answer is
+/// the key's whole public domain, whatever the predicate (nothing about the
+/// data is released); a key without a public domain is chosen by DP key
+/// selection and charged.
+#[tokio::test]
+async fn a_distinct_key_is_free_only_when_its_answer_is_the_public_domain() {
+    let (planner, options) = exact();
+    for predicate in ["sex = 'F'", "age > 1000", "zip3 = '021'"] {
+        let sql = format!("SELECT DISTINCT sex FROM patients WHERE {predicate}");
+        let plan = plan(&planner, &sql, &options).await;
+        assert_eq!(plan.cost().to_string(), "(ε = 0, δ = 0)", "{sql}");
+        let answer = plan.execute().await.unwrap();
+        assert_eq!(rows(&answer), [["F"], ["M"], ["X"]], "{sql}");
+    }
+    let plan = plan(
+        &planner,
+        "SELECT DISTINCT zip3 FROM patients WHERE sex = 'F'",
+        &options,
+    )
+    .await;
+    assert_ne!(
+        plan.cost().to_string(),
+        "(ε = 0, δ = 0)",
+        "keys without a public domain are selected with DP, and paid for"
+    );
+}
