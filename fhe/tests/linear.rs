@@ -426,3 +426,39 @@ fn formats_round_trip_and_the_search_range_is_enforced() {
         Err(FheError::OutsideSearchRange { lo: 0, hi: 1000 })
     ));
 }
+
+/// Padding: the work (the job's total) is the public size whatever the
+/// number of real records, and the stand-ins change nothing in the sum.
+#[test]
+fn padded_work_is_of_the_public_size_and_sums_only_the_real_records() {
+    let (key, shares) = key_3_of_5();
+    let bounds = Bounds::new(0, 1).unwrap();
+    let stand_in = Ciphertext::encrypt(&key.public, 1).to_stored();
+    let layer = LinearLayer::new(key.clone());
+    let (lo, hi) = linear::search_range(10, bounds, 0);
+    for real in [0usize, 1, 3, 10] {
+        let stored: Vec<Vec<u8>> = (0..real)
+            .map(|_| Ciphertext::encrypt(&key.public, 1).to_stored())
+            .collect();
+        let cells: Vec<&[u8]> = stored.iter().map(Vec::as_slice).collect();
+        let job = Job::new();
+        let padding = Padding {
+            to: 10,
+            stand_in: Some(&stand_in),
+        };
+        assert_eq!(padding.stand_ins(&cells).len(), 10 - real);
+        let sealed = layer
+            .aggregate(&EncryptedOp::Sum, &cells, 0, &job, padding)
+            .unwrap();
+        assert_eq!(
+            job.progress(),
+            (10, 10),
+            "{real} real records: the work is the public size"
+        );
+        assert_eq!(
+            decrypt(&key, &shares, &[0, 1, 2], "q", &sealed, lo, hi).unwrap(),
+            real as i64,
+            "the stand-ins (each a 1) are not summed"
+        );
+    }
+}
