@@ -140,7 +140,11 @@ pub(crate) fn plan(plan: LogicalPlan) -> DfResult<LogicalPlan> {
     Ok(plan
         .transform_up(|node| {
             let schema = input_schema(&node)?;
-            node.map_expressions(|expr| guard_expr(expr, &schema))
+            // A guard's value may be NULL where the node's was not: the
+            // node's schema is recomputed, so that the physical planner's
+            // check of each input schema against its logical one holds.
+            node.map_expressions(|expr| guard_expr(expr, &schema))?
+                .map_data(LogicalPlan::recompute_schema)
         })?
         .data)
 }

@@ -258,3 +258,75 @@ async fn a_distinct_key_is_free_only_when_its_answer_is_the_public_domain() {
         "keys without a public domain are selected with DP, and paid for"
     );
 }
+
+/// A guarded expression may be NULL where the unguarded one was not: the
+/// plan's schemas follow (DataFusion checks each input's nullability), even
+/// where its optimizer factors an expression out (`GROUP BY 1` over the
+/// same expression as the SELECT list), over columns declared NOT NULL.
+#[tokio::test]
+async fn guarded_expressions_keep_the_plans_schemas_consistent() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use cohort_query_planner::{Planner, StudyPolicy};
+    use datafusion::datasource::MemTable;
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("patient_id", DataType::Utf8, false),
+        Field::new("age", DataType::Int64, false),
+        Field::new("sex", DataType::Utf8, false),
+        Field::new("hba1c", DataType::Float64, false),
+    ]));
+    let ids: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from(ids)),
+            Arc::new(Int64Array::from(
+                (0..100).map(|i| 20 + i % 50).collect::<Vec<i64>>(),
+            )),
+            Arc::new(StringArray::from(
+                (0..100).map(|i| ["F", "M"][i % 2]).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                (0..100).map(|i| 4.0 + (i % 9) as f64).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap();
+    let table = Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap());
+    let policy = StudyPolicy::from_toml(
+        r#"
+privacy_unit = "patient_id"
+[query]
+epsilon = "1000000"
+max_epsilon = "1000000"
+[tables.visits.columns]
+patient_id = {}
+age = { lower = 0, upper = 120 }
+sex = { domain = ["F", "M"] }
+hba1c = { lower = 4, upper = 14 }
+"#,
+    )
+    .unwrap();
+    let planner = Planner::new(
+        policy,
+        HashMap::from([(
+            "visits".to_string(),
+            table as Arc<dyn datafusion::catalog::TableProvider>,
+        )]),
+    )
+    .unwrap();
+    let options = pure("10000000");
+    for sql in [
+        "SELECT sex, COUNT(*) AS n, AVG(hba1c) AS m FROM visits GROUP BY sex",
+        "SELECT FLOOR(age / 10) * 10 AS band, COUNT(DISTINCT patient_id) AS n FROM visits GROUP BY 1",
+        "SELECT FLOOR(age / 10) * 10 AS band, COUNT(*) AS n FROM visits GROUP BY FLOOR(age / 10) * 10",
+        "SELECT COUNT(*) FROM (SELECT patient_id, age / 2 AS a, age / 2 + 1 AS b FROM visits) t WHERE a < b",
+    ] {
+        let answer = plan(&planner, sql, &options).await.execute().await;
+        assert!(answer.is_ok(), "{sql}: {}", answer.unwrap_err());
+    }
+}
