@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use cohort_anonymizer::accountant::Charge;
-use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
@@ -32,6 +31,8 @@ pub struct PrivatePlan {
     remaining: Charge,
     cap: Option<Charge>,
     execution: Execution,
+    /// The study's tables (the deadline counts them).
+    tables: usize,
     context: SessionContext,
     names: HashMap<String, String>,
 }
@@ -104,6 +105,7 @@ impl PrivatePlan {
         remaining: Charge,
         cap: Option<Charge>,
         execution: Execution,
+        tables: usize,
         context: SessionContext,
         names: HashMap<String, String>,
     ) -> PrivatePlan {
@@ -116,6 +118,7 @@ impl PrivatePlan {
             remaining,
             cap,
             execution,
+            tables,
             context,
             names,
         }
@@ -141,26 +144,20 @@ impl PrivatePlan {
         &self.plan
     }
 
-    /// When the outcome is released, counted from the request's arrival:
+    /// When the outcome is released, counted from the start of execution:
     /// `None` when the policy releases immediately. A public function of
-    /// the plan and of `population`, the public number of patients (the
-    /// consenting count), never of the data: the base, plus the per-patient
-    /// time for every table the plan reads, plus the encrypted work's
-    /// estimate (from public sizes) times its factor.
+    /// the plan, the study's tables and `population`, the public number of
+    /// patients (the consenting count), never of the data: the base, plus
+    /// the per-patient time for every table of the study (a query's work
+    /// includes loading the study's view, all of its tables), plus the
+    /// encrypted work's estimate (from public sizes) times its factor.
     pub fn deadline(&self, population: u64) -> Option<std::time::Duration> {
         let e = &self.execution;
         if e.release == ReleaseTiming::Immediate {
             return None;
         }
-        let mut scans = 0u64;
-        let _ = self.plan.apply(|node| {
-            if matches!(node, LogicalPlan::TableScan(_)) {
-                scans += 1;
-            }
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-        });
         let mut seconds = e.deadline_ms as f64 / 1e3
-            + e.per_patient_us as f64 * population as f64 * scans as f64 / 1e6;
+            + e.per_patient_us as f64 * population as f64 * self.tables as f64 / 1e6;
         for site in &self.sites {
             let groups = match &site.keys {
                 Keys::Public(domain) => domain.len().max(1),

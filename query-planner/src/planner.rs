@@ -176,6 +176,7 @@ impl Planner {
             options.remaining,
             self.cap(options.remaining.kind()),
             self.policy.execution.clone(),
+            self.policy.tables.len(),
             self.context.clone(),
             names,
         ))

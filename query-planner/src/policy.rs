@@ -85,7 +85,7 @@ pub struct StudyPolicy {
 /// [execution]
 /// release = "deadline"     # or "immediate" (the outcome's timing is then observable)
 /// deadline_ms = 1000       # the deadline's base
-/// per_patient_us = 100     # added per consenting patient and table read
+/// per_patient_us = 100     # added per consenting patient and study table
 /// encrypted_factor = 3     # times the estimate of the encrypted work
 /// memory_mb = 1024         # what one query's operators may hold
 /// ```
@@ -104,8 +104,8 @@ pub struct Execution {
     /// The deadline's base, in milliseconds.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
-    /// Added per patient of the public population and table the plan reads,
-    /// in microseconds.
+    /// Added per patient of the public population and table of the study
+    /// (a query loads the whole view), in microseconds.
     #[serde(default = "default_per_patient_us")]
     pub per_patient_us: u64,
     /// The estimate of a query's encrypted work is multiplied by this.

@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS research_queries (
     primary_units TEXT NOT NULL, delta_units TEXT NOT NULL,
     answer TEXT, result_hash TEXT, members_root TEXT, fee TEXT,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-    salt TEXT, members INTEGER, failure TEXT, deadline_ms INTEGER
+    salt TEXT, members INTEGER, failure TEXT, deadline_ms INTEGER, ran_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS research_queries_state ON research_queries (state);
 CREATE TABLE IF NOT EXISTS research_shares (
@@ -74,6 +74,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<()> {
         ("members", "INTEGER"),
         ("failure", "TEXT"),
         ("deadline_ms", "INTEGER"),
+        ("ran_ms", "INTEGER"),
     ] {
         if !queries.iter().any(|c| c == column) {
             conn.execute_batch(&format!(
@@ -204,6 +205,16 @@ pub(crate) fn set_state(conn: &Connection, ledger_id: &str, state: &str) -> Resu
     conn.execute(
         "UPDATE research_queries SET state = ?2, updated_at = ?3 WHERE ledger_id = ?1",
         params![ledger_id, state, crate::store::now()],
+    )?;
+    Ok(())
+}
+
+/// Records how long a query's work took (the operator's measure for sizing
+/// a study's deadline; it is never shown to the researcher).
+pub(crate) fn ran(conn: &Connection, ledger_id: &str, took: std::time::Duration) -> Result<()> {
+    conn.execute(
+        "UPDATE research_queries SET ran_ms = ?2 WHERE ledger_id = ?1",
+        params![ledger_id, took.as_millis() as i64],
     )?;
     Ok(())
 }

@@ -640,6 +640,9 @@ impl Session {
             },
         )
         .await;
+        // For the operator (never the researcher): how long the work took,
+        // to size a study's deadline.
+        journal::ran(&conn, &ledger_hex, self.clock.now().saturating_sub(started))?;
         let entry = journal::get(&conn, &ledger_hex)?.expect("begun above");
         let (text, outcome) = match ended.and_then(|answer| {
             self.stored_answer(

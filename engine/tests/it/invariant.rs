@@ -18,7 +18,8 @@ use cohort_engine::research::query::QueryRequest;
 use crate::research::{Setup, setup, study_text};
 use crate::{PASSPHRASE, cohort_json, stderr};
 
-/// A study releasing at 1000 ms plus 2 ms per consenting patient and table.
+/// A study releasing at 1000 ms plus 2 ms per consenting patient and study
+/// table (two: patients and observations).
 fn deadline_study() -> String {
     study_text("100", "0.5", false).replace(
         "release = \"immediate\"",
@@ -72,13 +73,13 @@ fn the_outcome_is_released_at_a_deadline_computed_from_public_sizes() {
             },
         ))
         .unwrap();
-    // 1000 ms + 2 ms × 10 consenting patients × 1 table.
-    assert_eq!(explained.deadline_ms, Some(1_020));
+    // 1000 ms + 2 ms × 10 consenting patients × 2 tables.
+    assert_eq!(explained.deadline_ms, Some(1_040));
     assert!(
         explained
             .explain
             .unwrap()
-            .contains("1020 ms after execution starts"),
+            .contains("1040 ms after execution starts"),
         "EXPLAIN PRIVACY says when the outcome comes"
     );
     assert!(clock.releases().is_empty(), "EXPLAIN waits for nothing");
@@ -86,16 +87,20 @@ fn the_outcome_is_released_at_a_deadline_computed_from_public_sizes() {
     let one = rt
         .block_on(session.query("researcher", id, &ask(count, "d1")))
         .unwrap();
-    assert_eq!(one.deadline_ms, Some(1_020));
+    assert_eq!(one.deadline_ms, Some(1_040));
     let two = rt
         .block_on(session.query("researcher", id, &ask(joined, "d2")))
         .unwrap();
-    assert_eq!(two.deadline_ms, Some(1_040), "two tables read");
+    assert_eq!(
+        two.deadline_ms,
+        Some(1_040),
+        "the same for every query of the study: each loads its whole view"
+    );
     assert_eq!(
         clock.releases(),
         [
-            Duration::from_millis(1_020),
-            Duration::from_millis(1_020 + 1_040)
+            Duration::from_millis(1_040),
+            Duration::from_millis(1_040 + 1_040)
         ],
         "each outcome waited for its deadline, counted from its execution's start \
          (the manual clock jumps to each deadline)"
@@ -129,7 +134,7 @@ fn an_overrun_is_charged_and_says_nothing_but_that() {
     assert_eq!(remaining(&s.data, id), "ε 99.5", "charged");
     assert_eq!(
         clock.releases(),
-        [Duration::from_millis(1_020)],
+        [Duration::from_millis(1_040)],
         "the failure too comes at the deadline"
     );
     // The operator's journal knows why; the researcher's replay does not.
