@@ -69,11 +69,11 @@ impl Session {
         self.sync().await?;
         let conn = self.dir.connect()?;
         let mut s = conn.prepare(
-            "SELECT q.study_id, q.query_id, q.ledger_id, s.amount,
-                EXISTS (SELECT 1 FROM ledger_claims c WHERE c.query_id = q.ledger_id AND c.patient = s.address)
-             FROM research_shares s JOIN research_queries q ON q.ledger_id = s.ledger_id
-             WHERE s.address = ?1 AND s.amount != '0' AND q.state IN ('committed', 'delivered')
-               AND (?2 IS NULL OR q.study_id = ?2)
+            "SELECT q.study_id, q.query_id, q.ledger_id, q.share,
+                EXISTS (SELECT 1 FROM ledger_claims c WHERE c.query_id = q.ledger_id AND c.patient = m.address)
+             FROM research_member_sets m JOIN research_queries q ON q.members_root = m.members_root
+             WHERE m.address = ?1 AND q.share IS NOT NULL AND q.share != '0'
+               AND q.state IN ('committed', 'delivered') AND (?2 IS NULL OR q.study_id = ?2)
              ORDER BY q.study_id, q.created_at",
         )?;
         let rows = s.query_map(
@@ -123,9 +123,9 @@ impl Session {
         let mut paid = U256::ZERO;
         let mut queries = Vec::new();
         for share in earnings.shares.iter().filter(|s| !s.claimed) {
-            let all = journal::shares(&conn, &share.ledger_id)?;
+            let all = journal::members(&conn, &share.ledger_id)?;
             let mut members = Vec::with_capacity(all.len());
-            for (a, _) in &all {
+            for a in &all {
                 members.push(
                     a.parse::<Address>().map_err(|_| {
                         Error::Invalid(format!("a stored address `{a}` is not one"))

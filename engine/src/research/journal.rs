@@ -40,14 +40,14 @@ CREATE TABLE IF NOT EXISTS research_queries (
     primary_units TEXT NOT NULL, delta_units TEXT NOT NULL,
     answer TEXT, result_hash TEXT, members_root TEXT, fee TEXT,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-    salt TEXT, members INTEGER, failure TEXT, deadline_ms INTEGER, ran_ms INTEGER
+    salt TEXT, members INTEGER, failure TEXT, deadline_ms INTEGER, ran_ms INTEGER, share TEXT
 );
 CREATE INDEX IF NOT EXISTS research_queries_state ON research_queries (state);
-CREATE TABLE IF NOT EXISTS research_shares (
-    ledger_id TEXT NOT NULL, address TEXT NOT NULL, amount TEXT NOT NULL,
-    PRIMARY KEY (ledger_id, address)
+CREATE TABLE IF NOT EXISTS research_member_sets (
+    members_root TEXT NOT NULL, address TEXT NOT NULL,
+    PRIMARY KEY (members_root, address)
 );
-CREATE INDEX IF NOT EXISTS research_shares_address ON research_shares (address);
+CREATE INDEX IF NOT EXISTS research_member_sets_address ON research_member_sets (address);
 CREATE TABLE IF NOT EXISTS research_releases (
     extract_hash TEXT PRIMARY KEY, study_id INTEGER NOT NULL, path TEXT NOT NULL,
     k INTEGER NOT NULL, l INTEGER NOT NULL, rows INTEGER NOT NULL, report TEXT NOT NULL,
@@ -75,6 +75,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<()> {
         ("failure", "TEXT"),
         ("deadline_ms", "INTEGER"),
         ("ran_ms", "INTEGER"),
+        ("share", "TEXT"),
     ] {
         if !queries.iter().any(|c| c == column) {
             conn.execute_batch(&format!(
@@ -148,7 +149,8 @@ pub(crate) fn unfinished(conn: &Connection) -> Result<Vec<Entry>> {
 }
 
 /// What a query commits to before it is reserved: its cost, and the
-/// consenting set whose members share its fee.
+/// consenting set whose members share its fee (stored once per distinct
+/// set, named by its Merkle root, however many queries it pays for).
 pub(crate) struct Intent<'a> {
     pub ledger_id: &'a str,
     pub study_id: u64,
@@ -159,8 +161,10 @@ pub(crate) struct Intent<'a> {
     pub primary_units: u128,
     pub delta_units: u128,
     pub fee: &'a str,
-    /// Each member's address and share (wei).
-    pub shares: &'a [(String, String)],
+    /// Each member's share (wei).
+    pub share: &'a str,
+    /// The members' addresses.
+    pub members: &'a [String],
     pub members_root: &'a str,
     pub deadline_ms: Option<u64>,
 }
@@ -171,8 +175,9 @@ pub(crate) fn begin(conn: &Connection, q: &Intent<'_>) -> Result<()> {
     let tx = conn.unchecked_transaction()?;
     tx.execute(
         "INSERT INTO research_queries (ledger_id, study_id, query_id, actor, sql, state, cost,
-            primary_units, delta_units, fee, members, members_root, deadline_ms, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'reserving', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+            primary_units, delta_units, fee, members, members_root, deadline_ms, share, created_at,
+            updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'reserving', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
         params![
             q.ledger_id,
             q.study_id as i64,
@@ -183,18 +188,24 @@ pub(crate) fn begin(conn: &Connection, q: &Intent<'_>) -> Result<()> {
             q.primary_units.to_string(),
             q.delta_units.to_string(),
             q.fee,
-            q.shares.len() as i64,
+            q.members.len() as i64,
             q.members_root,
             q.deadline_ms.map(|d| d as i64),
+            q.share,
             now
         ],
     )?;
-    {
+    let known: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM research_member_sets WHERE members_root = ?1)",
+        [q.members_root],
+        |r| r.get(0),
+    )?;
+    if !known {
         let mut insert = tx.prepare(
-            "INSERT OR REPLACE INTO research_shares (ledger_id, address, amount) VALUES (?1, ?2, ?3)",
+            "INSERT OR IGNORE INTO research_member_sets (members_root, address) VALUES (?1, ?2)",
         )?;
-        for (address, amount) in q.shares {
-            insert.execute(params![q.ledger_id, address, amount])?;
+        for address in q.members {
+            insert.execute(params![q.members_root, address])?;
         }
     }
     tx.commit()?;
@@ -221,16 +232,10 @@ pub(crate) fn ran(conn: &Connection, ledger_id: &str, took: std::time::Duration)
 
 /// Removes a query the ledger refused to reserve (nothing was spent).
 pub(crate) fn remove(conn: &Connection, ledger_id: &str) -> Result<()> {
-    let tx = conn.unchecked_transaction()?;
-    tx.execute(
+    conn.execute(
         "DELETE FROM research_queries WHERE ledger_id = ?1",
         [ledger_id],
     )?;
-    tx.execute(
-        "DELETE FROM research_shares WHERE ledger_id = ?1",
-        [ledger_id],
-    )?;
-    tx.commit()?;
     Ok(())
 }
 
@@ -265,11 +270,24 @@ pub(crate) fn outcome(
     Ok(())
 }
 
-/// The members of a query's consenting set with their shares: (address, wei).
-pub(crate) fn shares(conn: &Connection, ledger_id: &str) -> Result<Vec<(String, String)>> {
-    let mut s = conn.prepare("SELECT address, amount FROM research_shares WHERE ledger_id = ?1")?;
-    let rows = s.query_map([ledger_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+/// The members of a query's consenting set.
+pub(crate) fn members(conn: &Connection, ledger_id: &str) -> Result<Vec<String>> {
+    let mut s = conn.prepare(
+        "SELECT m.address FROM research_member_sets m
+         JOIN research_queries q ON q.members_root = m.members_root WHERE q.ledger_id = ?1",
+    )?;
+    let rows = s.query_map([ledger_id], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The consenting set a query committed to: its Merkle root and its size.
+pub(crate) fn members_root(conn: &Connection, ledger_id: &str) -> Result<(String, u64)> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(members_root, ''), COALESCE(members, 0) FROM research_queries
+         WHERE ledger_id = ?1",
+        [ledger_id],
+        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+    )?)
 }
 
 /// An exclusive lock on one query, held while it is in flight.

@@ -271,20 +271,29 @@ fn hex(bytes: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(bytes)
 }
 
-/// The consenting set as the tree its members claim with, and each
-/// member's share of `fee` (what the contract pays: `fee / members` each).
-fn members(consenting: &[Consenting], fee: U256) -> Result<(B256, Vec<(String, String)>)> {
+/// The consenting set as the root of the tree its members claim with, and
+/// their addresses.
+fn members(consenting: &[Consenting]) -> Result<(B256, Vec<String>)> {
     if consenting.is_empty() {
         return Ok((B256::ZERO, vec![]));
     }
-    let addresses: Vec<Address> = consenting.iter().map(|c| c.address).collect();
-    let tree = MemberTree::new(addresses.iter().copied())?;
-    let share = fee / U256::from(addresses.len());
-    let shares = addresses
-        .iter()
-        .map(|a| (format!("{a:#x}"), share.to_string()))
-        .collect();
-    Ok((tree.root(), shares))
+    let tree = MemberTree::new(consenting.iter().map(|c| c.address))?;
+    Ok((
+        tree.root(),
+        consenting
+            .iter()
+            .map(|c| format!("{:#x}", c.address))
+            .collect(),
+    ))
+}
+
+/// What each of `members` is paid of `fee` (the contract's `fee / members`).
+fn share_of(fee: U256, members: usize) -> U256 {
+    if members == 0 {
+        U256::ZERO
+    } else {
+        fee / U256::from(members)
+    }
 }
 
 /// What the private run needs, owned: it runs on a task of its own.
@@ -433,28 +442,10 @@ impl Session {
     async fn commit_stored(&self, conn: &Connection, entry: &journal::Entry) -> Result<()> {
         let id: B256 = parse_b256(Some(&entry.ledger_id), "ledger id")?;
         let hash = parse_b256(entry.result_hash.as_deref(), "result hash")?;
-        let shares = journal::shares(conn, &entry.ledger_id)?;
-        let root =
-            if shares.is_empty() {
-                B256::ZERO
-            } else {
-                let mut addresses = Vec::with_capacity(shares.len());
-                for (a, _) in &shares {
-                    addresses.push(a.parse::<Address>().map_err(|_| {
-                        Error::Invalid(format!("a stored address `{a}` is not one"))
-                    })?);
-                }
-                MemberTree::new(addresses)?.root()
-            };
+        let (root, members) = journal::members_root(conn, &entry.ledger_id)?;
+        let root = parse_b256(Some(&root), "members root")?;
         self.client
-            .commit(
-                &self.engine,
-                entry.study_id,
-                id,
-                hash,
-                root,
-                shares.len() as u64,
-            )
+            .commit(&self.engine, entry.study_id, id, hash, root, members)
             .await?;
         let tx = conn.unchecked_transaction()?;
         journal::set_state(&tx, &entry.ledger_id, "committed")?;
@@ -469,7 +460,7 @@ impl Session {
                     "ledger_id": entry.ledger_id,
                     "cost": entry.cost,
                     "result_hash": format!("{hash:#x}"),
-                    "members": shares.len(),
+                    "members": members,
                     "outcome": if entry.failure.is_some() || entry.state == "failed" { CHARGED } else { "answered" },
                 }),
             },
@@ -570,7 +561,7 @@ impl Session {
                 super::study::format_wei(fee)
             )));
         }
-        let (root, shares) = members(&consenting, fee)?;
+        let (root, addresses) = members(&consenting)?;
 
         // 2. Reserve.
         let Some(_lock) = QueryLock::try_acquire(self.dir.root(), &ledger_hex)? else {
@@ -590,7 +581,8 @@ impl Session {
                 primary_units: cost.primary,
                 delta_units: cost.delta,
                 fee: &fee.to_string(),
-                shares: &shares,
+                share: &share_of(fee, addresses.len()).to_string(),
+                members: &addresses,
                 members_root: &format!("{root:#x}"),
                 deadline_ms,
             },
@@ -653,7 +645,7 @@ impl Session {
                 &aggregates,
                 answer,
                 fee,
-                shares.len(),
+                addresses.len(),
             )
             .map_err(|_| Failure::Error)
         }) {
@@ -751,11 +743,7 @@ impl Session {
             releases: serde_json::to_value(&answer.releases).expect("releases serialise"),
             cost: answer.cost.to_string(),
             fee: fee.to_string(),
-            share: if members == 0 {
-                "0".into()
-            } else {
-                (fee / U256::from(members)).to_string()
-            },
+            share: share_of(fee, members).to_string(),
             members,
             encrypted: aggregates
                 .iter()

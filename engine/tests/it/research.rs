@@ -322,6 +322,39 @@ fn the_research_path_runs_from_the_cli() {
     let p0 = cohort_json(d, &["compensation", "show", "--as", "p0"]);
     assert_eq!(p0["claimable"], "0 ether");
 
+    // On chain, each commit names the consenting set's size and the fee its
+    // ε priced, nothing that depends on which rows matched; off chain, a set
+    // is stored once, however many queries it pays for.
+    cohort_json(d, &["ledger", "sync"]);
+    let conn = s.dir.connect().unwrap();
+    let commits: Vec<(i64, String)> = conn
+        .prepare(
+            "SELECT members, fee FROM ledger_budget_events WHERE kind = 'committed' ORDER BY block",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        commits,
+        [
+            (3, "30000000000000000".to_string()),
+            (2, "30000000000000000".to_string())
+        ],
+        "0.06 ether per ε × 0.5, shared by 3 then 2 (the remainder goes back to the escrow)"
+    );
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM research_member_sets", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        stored,
+        3 + 2,
+        "one row per member of each distinct consenting set"
+    );
+
     // A k-anonymous extract, recorded on the ledger; below the study's
     // min_k it is refused, and the same consenting set gets the same one.
     let low = cohort(d, &["release", &id, "--k", "1", "--as", "researcher"]);
