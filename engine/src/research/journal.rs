@@ -220,16 +220,6 @@ pub(crate) fn set_state(conn: &Connection, ledger_id: &str, state: &str) -> Resu
     Ok(())
 }
 
-/// Records how long a query's work took (the operator's measure for sizing
-/// a study's deadline; it is never shown to the researcher).
-pub(crate) fn ran(conn: &Connection, ledger_id: &str, took: std::time::Duration) -> Result<()> {
-    conn.execute(
-        "UPDATE research_queries SET ran_ms = ?2 WHERE ledger_id = ?1",
-        params![ledger_id, took.as_millis() as i64],
-    )?;
-    Ok(())
-}
-
 /// Removes a query the ledger refused to reserve (nothing was spent).
 pub(crate) fn remove(conn: &Connection, ledger_id: &str) -> Result<()> {
     conn.execute(
@@ -241,7 +231,8 @@ pub(crate) fn remove(conn: &Connection, ledger_id: &str) -> Result<()> {
 
 /// Stores the query's outcome (the answer, or the fixed failure, as the
 /// exact text its salted hash commits to) before the debit is committed.
-/// `failure` names how a failed query ended, for the operator only.
+/// `failure` names how a failed query ended, and `ran` how long its work
+/// took: the operator's, to size a study's deadline, never the researcher's.
 pub(crate) fn outcome(
     conn: &Connection,
     ledger_id: &str,
@@ -249,10 +240,11 @@ pub(crate) fn outcome(
     salt: &str,
     result_hash: &str,
     failure: Option<&str>,
+    ran: Option<std::time::Duration>,
 ) -> Result<()> {
     conn.execute(
         "UPDATE research_queries SET state = ?2, answer = ?3, salt = ?4, result_hash = ?5,
-            failure = ?6, updated_at = ?7 WHERE ledger_id = ?1",
+            failure = ?6, updated_at = ?7, ran_ms = COALESCE(?8, ran_ms) WHERE ledger_id = ?1",
         params![
             ledger_id,
             if failure.is_some() {
@@ -264,7 +256,8 @@ pub(crate) fn outcome(
             salt,
             result_hash,
             failure,
-            crate::store::now()
+            crate::store::now(),
+            ran.map(|r| r.as_millis() as i64)
         ],
     )?;
     Ok(())

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cohort_anonymizer::deid::PseudonymKey;
-use cohort_ledger_bridge::alloy::primitives::{Address, U256, keccak256};
+use cohort_ledger_bridge::alloy::primitives::{Address, B256, U256, keccak256};
 use cohort_ledger_bridge::contracts::ResearchStudy;
 use cohort_ledger_bridge::{Account, Client, Follower, Role};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -64,6 +64,8 @@ pub struct Session {
     building: Arc<Mutex<()>>,
     /// Where deadlines are measured (a manual clock in tests).
     clock: Arc<dyn crate::deadline::Clock>,
+    /// Each study's last consenting set (its digest) and its members' root.
+    member_roots: Mutex<HashMap<u64, (B256, B256)>>,
 }
 
 /// What `cohort study propose` returns.
@@ -255,6 +257,7 @@ impl Session {
             views: Arc::new(Mutex::new(HashMap::new())),
             building: Arc::new(Mutex::new(())),
             clock: Arc::new(crate::deadline::SystemClock::new()),
+            member_roots: Mutex::new(HashMap::new()),
         };
         // A restart finishes or undoes what a killed process left.
         session.recover(vault.conn()).await?;

@@ -271,22 +271,6 @@ fn hex(bytes: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(bytes)
 }
 
-/// The consenting set as the root of the tree its members claim with, and
-/// their addresses.
-fn members(consenting: &[Consenting]) -> Result<(B256, Vec<String>)> {
-    if consenting.is_empty() {
-        return Ok((B256::ZERO, vec![]));
-    }
-    let tree = MemberTree::new(consenting.iter().map(|c| c.address))?;
-    Ok((
-        tree.root(),
-        consenting
-            .iter()
-            .map(|c| format!("{:#x}", c.address))
-            .collect(),
-    ))
-}
-
 /// What each of `members` is paid of `fee` (the contract's `fee / members`).
 fn share_of(fee: U256, members: usize) -> U256 {
     if members == 0 {
@@ -350,6 +334,28 @@ impl Run {
 }
 
 impl Session {
+    /// The consenting set as the root of the tree its members claim with
+    /// (computed once per set and study), and their addresses.
+    fn members(&self, study: u64, consenting: &[Consenting]) -> Result<(B256, Vec<String>)> {
+        if consenting.is_empty() {
+            return Ok((B256::ZERO, vec![]));
+        }
+        let addresses: Vec<String> = consenting
+            .iter()
+            .map(|c| format!("{:#x}", c.address))
+            .collect();
+        let digest = keccak256(addresses.join(",").as_bytes());
+        let mut roots = self.member_roots.lock().expect("member roots lock");
+        if let Some((known, root)) = roots.get(&study)
+            && *known == digest
+        {
+            return Ok((*root, addresses));
+        }
+        let root = MemberTree::new(consenting.iter().map(|c| c.address))?.root();
+        roots.insert(study, (digest, root));
+        Ok((root, addresses))
+    }
+
     /// Finishes what crashed queries left: a stored outcome is committed;
     /// a query whose process died while it ran is recorded as the charged
     /// failure and committed; a reservation made before anything was read
@@ -366,7 +372,7 @@ impl Session {
             };
             match entry.state.as_str() {
                 "executing" => {
-                    let entry = self.store_failure(conn, &entry, Failure::Killed)?;
+                    let entry = self.store_failure(conn, &entry, Failure::Killed, None)?;
                     self.commit_stored(conn, &entry).await?;
                     report.committed.push(entry.query_id.clone());
                 }
@@ -407,6 +413,7 @@ impl Session {
         conn: &Connection,
         entry: &journal::Entry,
         how: Failure,
+        ran: Option<std::time::Duration>,
     ) -> Result<journal::Entry> {
         let (fee, members) = conn.query_row(
             "SELECT fee, members FROM research_queries WHERE ledger_id = ?1",
@@ -433,6 +440,7 @@ impl Session {
             &hex(&salt),
             &format!("{hash:#x}"),
             Some(how.as_str()),
+            ran,
         )?;
         journal::get(conn, &entry.ledger_id)?
             .ok_or_else(|| Error::Invalid("a journal entry vanished".into()))
@@ -561,7 +569,7 @@ impl Session {
                 super::study::format_wei(fee)
             )));
         }
-        let (root, addresses) = members(&consenting)?;
+        let (root, addresses) = self.members(id, &consenting)?;
 
         // 2. Reserve.
         let Some(_lock) = QueryLock::try_acquire(self.dir.root(), &ledger_hex)? else {
@@ -599,7 +607,8 @@ impl Session {
             }
             return Err(e.into());
         }
-        journal::set_state(&conn, &ledger_hex, "reserved")?;
+        // A crash here leaves `reserving`, which recovery releases after
+        // asking the ledger: nothing was read yet.
         crash_point("reserved");
 
         // 3. Execute: from here on, every ending is charged, and the
@@ -634,7 +643,7 @@ impl Session {
         .await;
         // For the operator (never the researcher): how long the work took,
         // to size a study's deadline.
-        journal::ran(&conn, &ledger_hex, self.clock.now().saturating_sub(started))?;
+        let ran = Some(self.clock.now().saturating_sub(started));
         let entry = journal::get(&conn, &ledger_hex)?.expect("begun above");
         let (text, outcome) = match ended.and_then(|answer| {
             self.stored_answer(
@@ -660,11 +669,12 @@ impl Session {
                     &hex(&salt),
                     &format!("{hash:#x}"),
                     None,
+                    ran,
                 )?;
                 (text, Some(stored))
             }
             Err(how) => {
-                let failed = self.store_failure(&conn, &entry, how)?;
+                let failed = self.store_failure(&conn, &entry, how, ran)?;
                 (failed.answer.clone().unwrap_or_default(), None)
             }
         };
@@ -784,7 +794,7 @@ impl Session {
         let mut entry = journal::get(conn, &entry.ledger_id)?.expect("seen above");
         match entry.state.as_str() {
             "executing" => {
-                entry = self.store_failure(conn, &entry, Failure::Killed)?;
+                entry = self.store_failure(conn, &entry, Failure::Killed, None)?;
                 self.commit_stored(conn, &entry).await?;
             }
             "answered" | "failed" => self.commit_stored(conn, &entry).await?,
