@@ -685,6 +685,7 @@ impl DecryptionGate for LedgerGate {
 /// Decrypts the sealed cells of a committed answer in place: ElGamal
 /// results by t stewards (each gated, each proof checked), tfhe results by
 /// the custodian (gated).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn decrypt_answer(
     conn: &Connection,
     keys: &dyn KeyStore,

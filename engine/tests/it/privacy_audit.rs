@@ -275,7 +275,7 @@ fn events_after(side: &Side, after: i64) -> Vec<String> {
     let mut s = conn
         .prepare("SELECT * FROM ledger_budget_events WHERE block > ?1 ORDER BY block, log_index")
         .unwrap();
-    let names: Vec<String> = s.column_names().into_iter().map(str::to_string).collect();
+    let names: Vec<String> = s.column_names().map(str::to_string).collect();
     let mut rows = s.query([after]).unwrap();
     let mut out = Vec::new();
     while let Some(row) = rows.next().unwrap() {
