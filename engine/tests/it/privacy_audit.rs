@@ -401,6 +401,11 @@ fn observe(side: &Side, sql: &str, extra: &[&str]) -> Observed {
     }
 }
 
+/// How much the time a researcher waits may differ between the sides: the
+/// noise of starting a process and of a shared machine, far below what an
+/// expensive branch for one patient costs without fixed-time release.
+const DURATION_TOLERANCE_MS: u128 = 1_000;
+
 /// One adversarial query of a family.
 struct Probe {
     family: &'static str,
@@ -461,7 +466,7 @@ fn battery(t: &Target) -> Vec<Probe> {
             family: "timing",
             name: "expensive branch",
             sql: join(&format!(
-                "CASE WHEN {hiv} THEN length(lpad(p.race, p.birth_date * 150000, 'b')) ELSE 0 END > 0"
+                "CASE WHEN {hiv} THEN length(lpad(p.race, p.birth_date * 400000, 'b')) ELSE 0 END > 0"
             )),
             extra: vec![],
         },
@@ -535,7 +540,7 @@ fn compare(probe: &Probe, seen: &[Observed; 2], failures: &mut Vec<String>) {
     );
     // The durations of one probe on the two sides: equal up to the noise of
     // starting a process (a released outcome waits for its deadline).
-    if a.elapsed_ms.abs_diff(b.elapsed_ms) > 1_000 {
+    if a.elapsed_ms.abs_diff(b.elapsed_ms) > DURATION_TOLERANCE_MS {
         failures.push(format!(
             "[{}] {}: the duration differs between neighbours: {} ms without, {} ms with",
             probe.family, probe.name, a.elapsed_ms, b.elapsed_ms
@@ -606,10 +611,26 @@ fn neighbouring_directories_look_the_same_to_an_adversarial_researcher() {
     let n = neighbours();
     let mut failures = Vec::new();
     for probe in battery(&n.target) {
-        let seen = [
+        let mut seen = [
             observe(&n.sides[0], &probe.sql, &probe.extra),
             observe(&n.sides[1], &probe.sql, &probe.extra),
         ];
+        // Other tests share the machine: a duration that differs beyond
+        // the tolerance is measured twice more on both sides (fresh query
+        // ids), and each side's fastest run is kept. A duration that depends
+        // on the data differs every time; one that met a busy moment does
+        // not.
+        if probe.extra.is_empty() {
+            for _ in 0..2 {
+                if seen[0].elapsed_ms.abs_diff(seen[1].elapsed_ms) <= DURATION_TOLERANCE_MS {
+                    break;
+                }
+                for (side, o) in n.sides.iter().zip(seen.iter_mut()) {
+                    let again = observe(side, &probe.sql, &probe.extra);
+                    o.elapsed_ms = o.elapsed_ms.min(again.elapsed_ms);
+                }
+            }
+        }
         compare(&probe, &seen, &mut failures);
         if probe.family == "key predicates in HAVING" {
             for o in &seen {
