@@ -247,6 +247,30 @@ fn tfhe_server(root: &std::path::Path) -> Result<PredicateLayer> {
     PredicateLayer::from_bytes(&bytes).map_err(fhe_error)
 }
 
+/// The deployment's tfhe server key, read once per process (and again
+/// only if its file changes): it takes most of a second to load, and a
+/// server answers many queries.
+fn tfhe_server_shared(root: &std::path::Path) -> Result<Arc<PredicateLayer>> {
+    type Loaded = HashMap<PathBuf, (std::time::SystemTime, Arc<PredicateLayer>)>;
+    static LOADED: std::sync::OnceLock<std::sync::Mutex<Loaded>> = std::sync::OnceLock::new();
+    let path = tfhe_dir(root).join("server.bin");
+    let modified = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .map_err(|e| Error::io("reading", &path, e))?;
+    let loaded = LOADED.get_or_init(Default::default);
+    if let Some((at, layer)) = loaded.lock().expect("tfhe keys lock").get(&path)
+        && *at == modified
+    {
+        return Ok(Arc::clone(layer));
+    }
+    let layer = Arc::new(tfhe_server(root)?);
+    loaded
+        .lock()
+        .expect("tfhe keys lock")
+        .insert(path, (modified, Arc::clone(&layer)));
+    Ok(layer)
+}
+
 fn tfhe_custodian(keys: &dyn KeyStore, root: &std::path::Path) -> Result<predicate::CustodianKey> {
     let path = tfhe_dir(root).join("client.sealed");
     let blob = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
@@ -498,7 +522,7 @@ pub(crate) fn state(conn: &Connection, study: u64) -> Result<String> {
 /// it has a tfhe column, the deployment's server key.
 pub(crate) struct Executor {
     linear: Option<LinearLayer>,
-    predicate: Option<PredicateLayer>,
+    predicate: Option<Arc<PredicateLayer>>,
     /// Per column: the public count of consenting patients who shared a
     /// value, and a stored ciphertext the padding computes on.
     public: BTreeMap<String, (u64, Option<Vec<u8>>)>,
@@ -522,7 +546,7 @@ impl Executor {
         let predicate = if cols.iter().any(|c| c.layer == Layer::Tfhe)
             && tfhe_dir(root).join("server.bin").exists()
         {
-            Some(tfhe_server(root)?)
+            Some(tfhe_server_shared(root)?)
         } else {
             None
         };
