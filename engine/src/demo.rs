@@ -90,7 +90,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     let json = cli.json;
     let say = |s: &str| {
         if !json {
-            println!("{s}");
+            out!("{s}");
         }
     };
     let mut record: Vec<serde_json::Value> = Vec::new();
@@ -424,7 +424,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
             members_after_withdrawal: usize,
             seconds: f64,
         }
-        println!(
+        out!(
             "{}",
             serde_json::to_string(&Summary {
                 steps: &record,

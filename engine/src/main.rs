@@ -10,6 +10,31 @@ use cohort_engine::vault::{Access, Vault};
 use cohort_engine::{DataDir, audit, generate, ingest, projection};
 use serde::Serialize;
 
+/// Prints a line to stdout. A closed pipe (`cohort account list | head -1`)
+/// ends the command quietly with success: whoever read the output has what
+/// it wanted. Any other write error ends it with a message.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::stdout_line(format_args!($($arg)*))
+    };
+}
+
+pub(crate) fn stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 mod demo;
 mod research_cli;
 mod serve_cli;
@@ -633,6 +658,11 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
+    // `serve` and `query` handle their signals themselves (a server drains,
+    // a query is charged and answered at its deadline).
+    if !matches!(cli.command, Command::Serve { .. } | Command::Query(_)) {
+        stop_on_signals();
+    }
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -640,6 +670,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGINT and SIGTERM end a command with a line saying so, and the
+/// conventional exit code (130, 143). Every change a command makes is one
+/// SQLite transaction, one atomic file write or one ledger transaction, so
+/// stopping between them leaves nothing half-written; a resumed `ingest`
+/// finds the bundles already stored unchanged.
+fn stop_on_signals() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut interrupt), Ok(mut terminate)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            let code = tokio::select! {
+                _ = interrupt.recv() => 130,
+                _ = terminate.recv() => 143,
+            };
+            eprintln!(
+                "cohort: stopped by a signal; what was done is kept, nothing is half-written"
+            );
+            std::process::exit(code);
+        });
+    });
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -1281,13 +1344,13 @@ fn records(cli: &Cli, dir: &DataDir, cmd: &RecordsCmd) -> anyhow::Result<ExitCod
             let (rv, content) = vault.read(&Access::new(&cli.actor, purpose), record, *version)?;
             let resource: serde_json::Value = serde_json::from_slice(&content)?;
             if cli.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({ "version": rv, "resource": resource })
                 );
             } else {
-                println!("{} version {} ({})", rv.record_id, rv.version, rv.cid);
-                println!("{}", serde_json::to_string_pretty(&resource)?);
+                out!("{} version {} ({})", rv.record_id, rv.version, rv.cid);
+                out!("{}", serde_json::to_string_pretty(&resource)?);
             }
         }
         RecordsCmd::History { record } => {
@@ -1361,9 +1424,9 @@ fn read_secret(file: &Path) -> anyhow::Result<String> {
 
 fn emit<T: Serialize>(cli: &Cli, value: &T, text: impl FnOnce() -> String) {
     if cli.json {
-        println!("{}", serde_json::to_string(value).expect("serializable"));
+        out!("{}", serde_json::to_string(value).expect("serializable"));
     } else {
-        println!("{}", text());
+        out!("{}", text());
     }
 }
 

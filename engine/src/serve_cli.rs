@@ -74,7 +74,7 @@ fn init_logs(log: &config::LogSection) -> anyhow::Result<()> {
 pub(crate) fn serve(cli: &Cli, dir: &DataDir, flags: &ServeFlags) -> anyhow::Result<ExitCode> {
     let config = effective_config(dir, flags)?;
     if flags.print_config {
-        print!("{}", config.to_toml());
+        out!("{}", config.to_toml().trim_end());
         return Ok(ExitCode::SUCCESS);
     }
     init_logs(&config.log)?;
@@ -87,7 +87,7 @@ pub(crate) fn serve(cli: &Cli, dir: &DataDir, flags: &ServeFlags) -> anyhow::Res
         &config,
         |url| {
             // One line on stdout, flushed: scripts wait for it.
-            println!(
+            out!(
                 "cohort serve: listening on {url} (Flight SQL, gRPC and the web page; sign in with `cohort login --server {url}`)"
             );
             let _ = std::io::stdout().flush();

@@ -186,3 +186,64 @@ fn records_history_show_and_erase() {
     assert_eq!(stats["tables"][0], serde_json::json!(["patients", 4]));
     assert!(cohort_json(&data, &["audit", "verify"])["first_broken"].is_null());
 }
+
+/// `cohort account list | head -1`: a reader that goes away ends the
+/// command quietly, with success and no panic.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    crate::cohort(&data, &["account", "new", "someone"]);
+    let mut child = bare(&["--data-dir", data.to_str().unwrap(), "account", "list"])
+        .env("COHORT_PASSPHRASE", crate::PASSPHRASE)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before a line is written
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+/// SIGTERM and SIGINT stop a long command with a line and the conventional
+/// exit code, not a panic or a silent kill.
+#[test]
+fn signals_stop_a_long_command_cleanly() {
+    use std::io::Read;
+    for (signal, code) in [("-TERM", 143), ("-INT", 130)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = bare(&[
+            "generate",
+            "--patients",
+            "2000000",
+            "--out",
+            tmp.path().join("bundles").to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        // Wait until it is under way: its first bundle file exists.
+        let bundles = tmp.path().join("bundles");
+        while !bundles.exists() || std::fs::read_dir(&bundles).unwrap().next().is_none() {
+            assert!(child.try_wait().unwrap().is_none(), "generate ended early");
+            std::thread::yield_now();
+        }
+        let sent = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}: {status:?} {err}");
+        assert!(err.contains("stopped by a signal"), "{err}");
+    }
+}
