@@ -207,6 +207,7 @@ pub fn store_bundle(
             bundle.resources[i].resource_type == "Patient"
         })
         .map_err(|(i, e)| reject(bundle.resources[i].entry, &ids[i], e.to_string()))?;
+    let mut changed = false;
     for (r, (o, _)) in bundle.resources.iter().zip(stored) {
         match o {
             PutOutcome::Created => outcome.created += 1,
@@ -215,7 +216,11 @@ pub fn store_bundle(
         }
         if o != PutOutcome::Unchanged {
             projection::upsert(&tx, &r.row)?;
+            changed = true;
         }
+    }
+    if changed {
+        projection::touch(&tx)?;
     }
     let target = format!(
         "Bundle/{}",

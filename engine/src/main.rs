@@ -798,13 +798,36 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     "erasing patient {patient} destroys their data key and cannot be undone; repeat with --confirm"
                 );
             }
-            let vault = unlock(cli, &dir()?, None)?;
-            let e = vault.erase_patient(&Access::new(&cli.actor, purpose), patient)?;
+            let dir = dir()?;
+            let vault = unlock(cli, &dir, None)?;
+            let access = Access::new(&cli.actor, purpose);
+            // With a ledger, erasure withdraws the patient's consents first.
+            let e = if cohort_engine::chain::load(&dir)?.is_some() {
+                let rt = runtime()?;
+                let session = rt.block_on(cohort_engine::research::Session::open(&dir, &vault))?;
+                rt.block_on(session.erase(&vault, &access, patient))?
+            } else {
+                vault.erase_patient(&access, patient)?
+            };
             emit(cli, &e, || {
-                format!(
+                let mut text = format!(
                     "erased patient {}: data key destroyed, {} record versions unreadable, {} projection rows removed",
                     e.patient_id, e.versions_shredded, e.projection_rows_removed
-                )
+                );
+                if !e.consents_withdrawn.is_empty() {
+                    text.push_str(&format!(
+                        "; consent withdrawn on chain from study {}",
+                        e.consents_withdrawn
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                text.push_str(
+                    "\n  not recalled: answers and extracts released before, and what the ledger records (consents, claims)",
+                );
+                text
             });
             Ok(ExitCode::SUCCESS)
         }

@@ -378,7 +378,34 @@ pub fn remove_patient(conn: &Connection, patient_id: &str) -> Result<usize> {
             [patient_id],
         )?;
     }
+    touch(conn)?;
     Ok(n)
+}
+
+/// Counts a change of the projection: every ingest that changes a row and
+/// every erasure bumps the projection's generation, in its own
+/// transaction, so that a study view built before it (its digest names the
+/// generation) is never used after it.
+pub fn touch(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('projection_generation', '1')
+         ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+        [],
+    )?;
+    Ok(())
+}
+
+/// The projection's generation (see [`touch`]).
+pub fn generation(conn: &Connection) -> Result<i64> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'projection_generation'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// Row counts per table.

@@ -97,6 +97,8 @@ pub struct Erasure {
     pub versions_shredded: i64,
     /// Projection rows removed.
     pub projection_rows_removed: usize,
+    /// Studies whose consent was withdrawn on chain first (research path).
+    pub consents_withdrawn: Vec<u64>,
 }
 
 /// Data keys unwrapped during one operation, so a bundle of many resources
@@ -466,6 +468,19 @@ impl Vault {
                 [patient_id],
             )?;
         }
+        // So does the link to their research account (their consents were
+        // withdrawn on chain first, by the research path's erasure).
+        let linked: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'research_patients')",
+            [],
+            |r| r.get(0),
+        )?;
+        if linked {
+            tx.execute(
+                "DELETE FROM research_patients WHERE patient_id = ?1",
+                [patient_id],
+            )?;
+        }
         audit::append(
             &tx,
             &Event {
@@ -485,6 +500,7 @@ impl Vault {
             patient_id: patient_id.to_owned(),
             versions_shredded: versions,
             projection_rows_removed: removed,
+            consents_withdrawn: vec![],
         })
     }
 

@@ -646,6 +646,54 @@ impl Session {
         })
     }
 
+    /// Erases a patient for the research path as well as the vault: first
+    /// every consent of their linked account is withdrawn on chain (so no
+    /// later query counts or pays them), then the vault destroys their key,
+    /// removes their projection rows, their encrypted submissions and their
+    /// account link, in one transaction that also moves the projection's
+    /// generation, so no cached view serves their rows again. A failure on
+    /// chain stops before anything local is erased; erasing again resumes.
+    /// What was released before (answers, extracts) cannot be recalled.
+    pub async fn erase(
+        &self,
+        vault: &Vault,
+        access: &crate::vault::Access,
+        patient_id: &str,
+    ) -> Result<crate::vault::Erasure> {
+        self.sync().await?;
+        let conn = self.dir.connect()?;
+        let mut withdrawn = Vec::new();
+        if let Some(name) = linked_account(&conn, patient_id)? {
+            let account = accounts::get(&conn, vault.keys(), &name)?;
+            let studies: Vec<i64> = conn
+                .prepare(
+                    "SELECT study_id FROM ledger_consents WHERE patient = ?1 AND active = 1
+                     ORDER BY study_id",
+                )?
+                .query_map([format!("{:#x}", account.address())], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for study in studies {
+                let study = study as u64;
+                self.client.withdraw(&account, study).await?;
+                audit::append(
+                    &conn,
+                    &audit::Event {
+                        actor: &access.actor,
+                        action: "consent.withdraw",
+                        target: &format!("study/{study}"),
+                        purpose: "erasure",
+                        detail: serde_json::json!({ "patient": patient_id, "reason": "erasure" }),
+                    },
+                )?;
+                withdrawn.push(study);
+                self.views.lock().expect("views lock").remove(&study);
+            }
+        }
+        let mut erased = vault.erase_patient(access, patient_id)?;
+        erased.consents_withdrawn = withdrawn;
+        Ok(erased)
+    }
+
     /// The consents of the account `address`.
     pub async fn consents_of(
         &self,

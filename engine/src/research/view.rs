@@ -3,10 +3,12 @@
 //! cut to the approved columns.
 //!
 //! The view is rebuilt whenever the set of consenting patients changes
-//! (a consent given, withdrawn or expired), so every query sees exactly the
-//! patients whose consent covers the study at that moment; between changes
-//! it is kept as Parquet under `research/studies/<id>/view/`, named in a
-//! manifest by the digest of the consenting set it was built from.
+//! (a consent given, withdrawn or expired), the projection changes (every
+//! ingest and erasure moves its generation) or an encrypted submission
+//! arrives, so every query sees exactly the patients whose consent covers
+//! the study at that moment, with their records as they are. Between
+//! changes it is kept as Parquet under `research/studies/<id>/view/<digest>/`,
+//! written aside and renamed into place in one step.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -105,7 +107,13 @@ pub(crate) fn obtain(
     building: &std::sync::Mutex<()>,
 ) -> Result<Arc<View>> {
     let _one = building.lock().expect("view build lock");
-    let state = super::encryption::state(conn, id)?;
+    // The view follows the data: a new ingest or an erasure (the
+    // projection's generation) and a new encrypted submission make a new one.
+    let state = format!(
+        "{}|projection:{}",
+        super::encryption::state(conn, id)?,
+        projection::generation(conn)?
+    );
     let digest = digest(file, consenting, &state);
     if let Some(v) = cache.lock().expect("views lock").get(&id)
         && v.digest == digest
@@ -293,13 +301,16 @@ fn keep_patients(batch: &RecordBatch, ids: &HashSet<&str>) -> Result<RecordBatch
     arrow::compute::filter_record_batch(batch, &mask).map_err(|e| Error::Arrow(e.to_string()))
 }
 
-fn manifest_path(dir: &Path) -> PathBuf {
-    dir.join("manifest.json")
+/// Where the view of `digest` is kept: a directory of its own, named by
+/// the digest, so a reader never sees tables of one consenting set under
+/// the manifest of another.
+fn view_dir(dir: &Path, digest: &str) -> PathBuf {
+    dir.join(digest)
 }
 
 fn stored(dir: &Path, digest: &str) -> Result<Option<Vec<(String, RecordBatch)>>> {
-    let path = manifest_path(dir);
-    let Ok(text) = std::fs::read_to_string(&path) else {
+    let dir = view_dir(dir, digest);
+    let Ok(text) = std::fs::read_to_string(dir.join("manifest.json")) else {
         return Ok(None);
     };
     let Ok(manifest) = serde_json::from_str::<Manifest>(&text) else {
@@ -319,22 +330,56 @@ fn stored(dir: &Path, digest: &str) -> Result<Option<Vec<(String, RecordBatch)>>
     Ok(Some(out))
 }
 
+/// Writes the view into a staging directory of this process, then renames
+/// it to its digest's directory in one step. Two processes building the
+/// same view both succeed (the second finds the first's in place); views
+/// of earlier digests are removed, except the newest one before it, which
+/// another process may still be reading.
 fn store(dir: &Path, digest: &str, batches: &[(String, RecordBatch)]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
-    // The manifest goes first: a crash mid-way leaves no manifest naming
-    // half-written tables.
-    let _ = std::fs::remove_file(manifest_path(dir));
+    let staging = dir.join(format!(
+        ".building-{}-{}",
+        std::process::id(),
+        crate::release::new_query_id()
+    ));
+    std::fs::create_dir_all(&staging).map_err(|e| Error::io("creating", &staging, e))?;
     for (name, batch) in batches {
-        crate::tabular::write(&dir.join(format!("{name}.parquet")), batch)?;
+        crate::tabular::write(&staging.join(format!("{name}.parquet")), batch)?;
     }
     let manifest = Manifest {
         digest: digest.to_string(),
         tables: batches.iter().map(|(n, _)| n.clone()).collect(),
     };
     crate::fsutil::write_atomic(
-        &manifest_path(dir),
+        &staging.join("manifest.json"),
         serde_json::to_string(&manifest)
             .expect("a manifest serialises")
             .as_bytes(),
-    )
+    )?;
+    let target = view_dir(dir, digest);
+    if std::fs::rename(&staging, &target).is_err() {
+        // Another process put the same view in place first.
+        let _ = std::fs::remove_dir_all(&staging);
+        if !target.join("manifest.json").exists() {
+            return Err(Error::Invalid(format!(
+                "the view could not be put in place at {}",
+                target.display()
+            )));
+        }
+    }
+    // Earlier views: all but the newest other one go.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut others: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.path() != target && e.path().is_dir())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(".building-"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        others.sort();
+        others.pop();
+        for (_, old) in others {
+            let _ = std::fs::remove_dir_all(old);
+        }
+    }
+    Ok(())
 }

@@ -174,6 +174,19 @@ impl Setup {
     }
 }
 
+/// A table of the study's newest stored view (each view lives in a
+/// directory named by its digest).
+pub(crate) fn view_file(data: &Path, study: &str, table: &str) -> PathBuf {
+    let views = data.join("research/studies").join(study).join("view");
+    let newest = std::fs::read_dir(&views)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("manifest.json").exists())
+        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())
+        .expect("a stored view");
+    newest.path().join(format!("{table}.parquet"))
+}
+
 fn remaining_epsilon(data: &Path, study: u64) -> String {
     let show = cohort_json(data, &["study", "show", &study.to_string()]);
     show["remaining"].as_str().unwrap().to_string()
@@ -240,12 +253,7 @@ fn the_research_path_runs_from_the_cli() {
     );
     assert!(first["answer"].get("contributors").is_none());
     assert_eq!(first["replayed"], false);
-    let view = cohort_engine::tabular::read(
-        &d.join("research/studies")
-            .join(&id)
-            .join("view/patients.parquet"),
-    )
-    .unwrap();
+    let view = cohort_engine::tabular::read(&view_file(d, &id, "patients")).unwrap();
     assert_eq!(
         view.num_rows(),
         3,
@@ -295,12 +303,7 @@ fn the_research_path_runs_from_the_cli() {
         ],
     );
     assert_eq!(second["answer"]["members"], 2);
-    let view = cohort_engine::tabular::read(
-        &d.join("research/studies")
-            .join(&id)
-            .join("view/patients.parquet"),
-    )
-    .unwrap();
+    let view = cohort_engine::tabular::read(&view_file(d, &id, "patients")).unwrap();
     assert_eq!(view.num_rows(), 2);
 
     // Compensation: each query's fee is 0.06 ether per ε × 0.5 = 0.03
@@ -779,4 +782,155 @@ fn the_escrow_pays_for_exactly_the_queries_it_can_and_refuses_the_rest_before_th
         let again = rt.block_on(session.query("researcher", id, &requests[i]));
         assert!(again.is_err());
     }
+}
+
+/// Erasure reaches the research path: the patient's consents are withdrawn
+/// on chain, their rows leave every view at once, and the next answer and
+/// extract no longer count them; what was released before stays released.
+#[test]
+fn an_erased_patient_is_counted_by_no_later_answer_or_extract() {
+    let s = setup(20);
+    let d = &s.data;
+    let text = study_text("1000000", "0.5", true)
+        .replace("max_epsilon = \"1\"", "max_epsilon = \"100000\"")
+        .replace("0.06 ether", "0 wei");
+    let (id, patients) = s.approved_study(&text, 10);
+    let study = id.to_string();
+    // ε so large that the count is exact (the noise rounds to 0).
+    let count = |qid: &str| {
+        cohort_json(
+            d,
+            &[
+                "query",
+                &study,
+                "SELECT COUNT(*) AS n FROM patients",
+                "--as",
+                "researcher",
+                "--epsilon",
+                "100000",
+                "--query-id",
+                qid,
+            ],
+        )
+    };
+    let before = count("before");
+    assert_eq!(before["answer"]["rows"][0][0], 10);
+    assert_eq!(before["answer"]["members"], 10);
+    let extract = cohort_json(d, &["release", &study, "--k", "2", "--as", "researcher"]);
+    assert_eq!(extract["report"]["rows_in"], 10);
+
+    // Erase the first consenting patient.
+    let erased = cohort_json(d, &["patient", "erase", &s.patient_ids[0], "--confirm"]);
+    assert_eq!(erased["consents_withdrawn"], serde_json::json!([id]));
+    let after = count("after");
+    assert_eq!(
+        after["answer"]["rows"][0][0], 9,
+        "the answer no longer counts them"
+    );
+    assert_eq!(after["answer"]["members"], 9, "nor pays them");
+    let extract = cohort_json(d, &["release", &study, "--k", "2", "--as", "researcher"]);
+    assert_eq!(
+        extract["replayed"], false,
+        "a new consenting set, a new extract"
+    );
+    assert_eq!(
+        extract["report"]["rows_in"], 9,
+        "the extract no longer holds them"
+    );
+    // Their link, consent and submissions are gone; the erasure is audited.
+    let listed = cohort_json(d, &["consent", "list", "--as", patients[0].name()]);
+    assert_eq!(listed[0]["active"], false, "withdrawn on chain: {listed}");
+    let again = crate::cohort(d, &["consent", "give", &study, "--as", patients[0].name()]);
+    assert!(
+        stderr(&again).contains("not linked to a patient"),
+        "the account is no longer a patient's: {}",
+        stderr(&again)
+    );
+    let log = cohort_json(d, &["audit", "log", "--limit", "50"]);
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"erase") && actions.contains(&"consent.withdraw"));
+    // The answer given before stays what it was: a replay returns it.
+    let again = count("before");
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["answer"]["rows"][0][0], 10);
+}
+
+/// New records reach the next query: an ingest moves the projection's
+/// generation, which every view's digest names.
+#[test]
+fn a_new_ingest_reaches_the_next_query() {
+    let s = setup(12);
+    let d = &s.data;
+    let text = study_text("1000000", "0.5", false)
+        .replace("max_epsilon = \"1\"", "max_epsilon = \"100000\"")
+        .replace("0.06 ether", "0 wei");
+    let (id, _) = s.approved_study(&text, 12);
+    let study = id.to_string();
+    let sql = "SELECT COUNT(*) AS n FROM observations";
+    let ask = |qid: &str| {
+        cohort_json(
+            d,
+            &[
+                "query",
+                &study,
+                sql,
+                "--as",
+                "researcher",
+                "--epsilon",
+                "100000",
+                "--query-id",
+                qid,
+            ],
+        )["answer"]["rows"][0][0]
+            .as_i64()
+            .unwrap()
+    };
+    let first = ask("o1");
+    let generation =
+        |conn: &rusqlite::Connection| cohort_engine::projection::generation(conn).unwrap();
+    let before = generation(&s.dir.connect().unwrap());
+    // One more observation for the first patient, ingested from the CLI.
+    let extra = s.tmp.path().join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(
+        extra.join("one.json"),
+        serde_json::json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [{
+                "fullUrl": "urn:uuid:5d1c3a70-1111-4c2b-9f00-00000000abcd",
+                "resource": {
+                    "resourceType": "Observation", "id": "5d1c3a70-1111-4c2b-9f00-00000000abcd",
+                    "status": "final",
+                    "code": { "coding": [{ "system": "http://loinc.org", "code": "4548-4", "display": "HbA1c" }] },
+                    "subject": { "reference": format!("Patient/{}", s.patient_ids[0]) },
+                    "effectiveDateTime": "2026-01-02T10:00:00Z",
+                    "valueQuantity": { "value": 7.1, "unit": "%" }
+                },
+                "request": { "method": "PUT", "url": "Observation/5d1c3a70-1111-4c2b-9f00-00000000abcd" }
+            }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let o = crate::cohort(d, &["ingest", extra.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(generation(&s.dir.connect().unwrap()) > before);
+    let rows_before = cohort_engine::tabular::read(&view_file(d, &study, "observations"))
+        .unwrap()
+        .num_rows();
+    let second = ask("o2");
+    assert!(second >= first, "{first} then {second}");
+    let rows_after = cohort_engine::tabular::read(&view_file(d, &study, "observations"))
+        .unwrap()
+        .num_rows();
+    assert_eq!(
+        rows_after,
+        rows_before + 1,
+        "the next query's view holds the new row (a view of a new generation)"
+    );
 }
