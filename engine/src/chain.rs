@@ -135,24 +135,64 @@ fn save(dir: &DataDir, config: &LedgerConfig) -> Result<()> {
     crate::fsutil::write_atomic(&config_path(dir), text.as_bytes())
 }
 
-fn open_backend(dir: &DataDir, backend: &BackendConfig) -> Result<Arc<dyn Ledger>> {
-    Ok(match backend {
-        BackendConfig::Embedded { chain_id } => {
+/// How a process opens the embedded chain: as its one owner (to send
+/// transactions) or as a reader beside the owner (a node serves both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Sends transactions: holds the chain's owner lock.
+    Owner,
+    /// Reads one consistent snapshot per call; sends nothing.
+    Reader,
+    /// The owner if no other process holds the chain now (no wait), else a
+    /// reader: a reading command that can also finish what a killed
+    /// process left.
+    OwnerIfFree,
+}
+
+fn open_backend(dir: &DataDir, backend: &BackendConfig, mode: Mode) -> Result<Arc<dyn Ledger>> {
+    Ok(match (backend, mode) {
+        (BackendConfig::Embedded { chain_id }, Mode::Owner) => {
             Arc::new(EmbeddedLedger::open(&chain_path(dir), *chain_id)?)
         }
-        BackendConfig::Rpc { url } => Arc::new(RpcLedger::connect(url)?),
+        (BackendConfig::Embedded { .. }, Mode::Reader) => {
+            Arc::new(EmbeddedLedger::open_reader(&chain_path(dir))?)
+        }
+        (BackendConfig::Embedded { chain_id }, Mode::OwnerIfFree) => {
+            let path = chain_path(dir);
+            match EmbeddedLedger::open_owner(&path, *chain_id, std::time::Duration::ZERO, &|_| {}) {
+                Ok(owner) => Arc::new(owner),
+                Err(cohort_ledger_bridge::Error::ChainBusy { .. }) => {
+                    Arc::new(EmbeddedLedger::open_reader(&path)?)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        (BackendConfig::Rpc { url }, _) => Arc::new(RpcLedger::connect(url)?),
     })
 }
 
 /// The deployed contracts on the recorded ledger, checked: the chain id
-/// matches and code is at the addresses.
+/// matches and code is at the addresses. The embedded chain is opened as
+/// its owner (see `EmbeddedLedger`: a second writer waits for, or is
+/// refused by, the owning process).
 pub async fn client(dir: &DataDir) -> Result<(LedgerConfig, Client)> {
+    client_as(dir, Mode::Owner).await
+}
+
+/// [`client`] for a process that only reads the chain: it works beside a
+/// running server, and any transaction it tried would be refused.
+pub async fn client_reader(dir: &DataDir) -> Result<(LedgerConfig, Client)> {
+    client_as(dir, Mode::Reader).await
+}
+
+/// A client opened in `mode`.
+pub async fn client_as(dir: &DataDir, mode: Mode) -> Result<(LedgerConfig, Client)> {
     let config = load(dir)?.ok_or_else(|| {
         Error::NotFound(
             "no contracts are deployed for this data directory: run `cohort ledger deploy`".into(),
         )
     })?;
-    let ledger = open_backend(dir, &config.backend)?;
+    let ledger = open_backend(dir, &config.backend, mode)?;
     let chain_id = ledger.chain_id().await?;
     if chain_id != config.chain_id {
         return Err(Error::Invalid(format!(
@@ -189,7 +229,15 @@ pub fn verify(dir: &DataDir) -> Result<Verified> {
             path.display()
         )));
     }
-    Ok(EmbeddedLedger::open(&path, chain_id)?.verify()?)
+    let chain = EmbeddedLedger::open_reader(&path)?;
+    if chain.id() != chain_id {
+        return Err(Error::Invalid(format!(
+            "the chain in {} has chain id {}, not {chain_id}",
+            path.display(),
+            chain.id()
+        )));
+    }
+    Ok(chain.verify()?)
 }
 
 /// Deploys the contracts and records them; grants the ENGINE role to the
@@ -225,7 +273,7 @@ pub async fn deploy(
     if confirmations == 0 {
         return Err(Error::Invalid("--confirmations must be at least 1".into()));
     }
-    let ledger = open_backend(dir, &backend)?;
+    let ledger = open_backend(dir, &backend, Mode::Owner)?;
     let chain_id = ledger.chain_id().await?;
     let admin = accounts::get_or_create(conn, keys, &request.admin)?;
     let engine = accounts::get_or_create(conn, keys, ENGINE_ACCOUNT)?;
@@ -287,7 +335,13 @@ pub async fn status(dir: &DataDir, conn: &rusqlite::Connection) -> Result<Ledger
         },
         |c| c.backend.clone(),
     );
-    let ledger = open_backend(dir, &backend)?;
+    // Beside a running server the chain is read, not owned.
+    let mode = if chain_path(dir).exists() {
+        Mode::Reader
+    } else {
+        Mode::Owner
+    };
+    let ledger = open_backend(dir, &backend, mode)?;
     let block = ledger.block_number().await?;
     let follower = Follower::position(conn)?;
     let follower_behind = config.as_ref().map(|c| match &follower {
@@ -308,7 +362,7 @@ pub async fn status(dir: &DataDir, conn: &rusqlite::Connection) -> Result<Ledger
 
 /// Applies every confirmed block to the mirror in `conn`.
 pub async fn sync(dir: &DataDir, conn: &mut rusqlite::Connection) -> Result<SyncReport> {
-    let (config, client) = client(dir).await?;
+    let (config, client) = client_reader(dir).await?;
     Ok(Follower::new(client, config.confirmations)?
         .sync(conn)
         .await?)

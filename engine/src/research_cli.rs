@@ -15,11 +15,21 @@ use super::{
     runtime, short, unlock,
 };
 
-/// The vault, the session and the runtime the research commands run on.
-fn open(cli: &Cli, dir: &DataDir) -> anyhow::Result<(Vault, Session, tokio::runtime::Runtime)> {
+/// The vault, the session and the runtime the research commands run on;
+/// a command that only `reads` opens the chain beside its owner (a running
+/// server included) rather than as its owner.
+fn open(
+    cli: &Cli,
+    dir: &DataDir,
+    reads: bool,
+) -> anyhow::Result<(Vault, Session, tokio::runtime::Runtime)> {
     let vault = unlock(cli, dir, None)?;
     let rt = runtime()?;
-    let session = rt.block_on(Session::open(dir, &vault))?;
+    let session = if reads {
+        rt.block_on(Session::open_reader(dir, &vault))?
+    } else {
+        rt.block_on(Session::open(dir, &vault))?
+    };
     Ok((vault, session, rt))
 }
 
@@ -28,7 +38,8 @@ fn actor(cli: &Cli, vault: &Vault) -> anyhow::Result<cohort_ledger_bridge::Accou
 }
 
 pub(crate) fn study(cli: &Cli, dir: &DataDir, cmd: &StudyCmd) -> anyhow::Result<ExitCode> {
-    let (vault, session, rt) = open(cli, dir)?;
+    let reads = matches!(cmd, StudyCmd::List | StudyCmd::Show { .. });
+    let (vault, session, rt) = open(cli, dir, reads)?;
     match cmd {
         StudyCmd::Propose { file } => {
             let text = std::fs::read_to_string(file)
@@ -105,7 +116,7 @@ pub(crate) fn study(cli: &Cli, dir: &DataDir, cmd: &StudyCmd) -> anyhow::Result<
 }
 
 pub(crate) fn consent(cli: &Cli, dir: &DataDir, cmd: &ConsentCmd) -> anyhow::Result<ExitCode> {
-    let (vault, session, rt) = open(cli, dir)?;
+    let (vault, session, rt) = open(cli, dir, matches!(cmd, ConsentCmd::List))?;
     let patient = actor(cli, &vault)?;
     match cmd {
         ConsentCmd::Give {
@@ -176,7 +187,7 @@ pub(crate) fn research_query(
         weights: options.weights,
         explain: a.explain,
     };
-    let (_vault, session, rt) = open(cli, dir)?;
+    let (_vault, session, rt) = open(cli, dir, false)?;
     let session = std::sync::Arc::new(session);
     let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = (!cli.json).then(|| {
@@ -237,7 +248,7 @@ pub(crate) fn encrypt_field(
     column: &str,
     value: i64,
 ) -> anyhow::Result<ExitCode> {
-    let (vault, session, rt) = open(cli, dir)?;
+    let (vault, session, rt) = open(cli, dir, false)?;
     let patient = actor(cli, &vault)?;
     let s = rt.block_on(session.encrypt_field(vault.conn(), &patient, study, column, value))?;
     emit(cli, &s, || {
@@ -322,7 +333,7 @@ pub(crate) fn release(
     l: Option<usize>,
     out: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
-    let (_vault, session, rt) = open(cli, dir)?;
+    let (_vault, session, rt) = open(cli, dir, false)?;
     let r = rt.block_on(session.release(&cli.actor, id, k, l, out))?;
     emit(cli, &r, || release_text(&r));
     Ok(ExitCode::SUCCESS)
@@ -360,7 +371,8 @@ pub(crate) fn compensation(
     dir: &DataDir,
     cmd: &CompensationCmd,
 ) -> anyhow::Result<ExitCode> {
-    let (vault, session, rt) = open(cli, dir)?;
+    let reads = matches!(cmd, CompensationCmd::Show { .. });
+    let (vault, session, rt) = open(cli, dir, reads)?;
     let patient = actor(cli, &vault)?;
     match cmd {
         CompensationCmd::Show { study } => {

@@ -77,6 +77,7 @@ pub(crate) fn serve(cli: &Cli, dir: &DataDir, flags: &ServeFlags) -> anyhow::Res
         out!("{}", config.to_toml().trim_end());
         return Ok(ExitCode::SUCCESS);
     }
+    cohort_engine::server::tls::allowed(&config.tls(), config.server.listen)?;
     init_logs(&config.log)?;
     let vault = unlock(cli, dir, None)?;
     let rt = runtime()?;

@@ -99,12 +99,163 @@ pub struct Verified {
 }
 
 /// An in-process chain persisted in a SQLite file.
+///
+/// **One owner per chain.** The process that writes a chain holds an
+/// exclusive lock on `<chain file>.owner` for as long as it keeps the chain
+/// open, with its pid and command written in the file: one process at a
+/// time mines, so block numbers and nonces cannot collide between
+/// processes. A second writer waits for the lock (a bounded, announced
+/// wait), or, when the owner is a long-lived `cohort serve`, is refused at
+/// once with the owner's pid and what to do. A process that only reads
+/// opens the chain as a [reader](EmbeddedLedger::open_reader), without the
+/// lock. Every read (a view call, the head, a balance, logs) sees one
+/// consistent snapshot, and a block is mined inside an `IMMEDIATE` write
+/// transaction that reads the head it builds on.
 #[derive(Clone)]
 pub struct EmbeddedLedger {
     path: PathBuf,
     chain_id: u64,
     chain: Arc<Mutex<Chain>>,
     queue: Arc<Mutex<Queue>>,
+    /// Held while the chain is open for writing; `None` for a reader.
+    owner: Option<Arc<OwnerLock>>,
+}
+
+/// How long a second writer waits for the chain by default
+/// (`COHORT_CHAIN_WAIT_SECS` overrides it).
+pub const DEFAULT_OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The exclusive lock on a chain, held by the process that writes it.
+struct OwnerLock {
+    _file: std::fs::File,
+}
+
+/// How the owner file names a server (which is not waited for).
+const SERVER: &str = "a cohort server";
+
+/// The owner locks this process holds, by chain file: a second open of a
+/// chain in the process that owns it shares the lock (an `flock` is per
+/// open file, so taking it again would wait for ourselves).
+static HELD: Mutex<Vec<(PathBuf, std::sync::Weak<OwnerLock>)>> = Mutex::new(Vec::new());
+
+impl OwnerLock {
+    /// This process's lock on `path`'s chain, taken if no open ledger in
+    /// the process holds it yet.
+    fn shared(
+        path: &Path,
+        wait: std::time::Duration,
+        waiting: &dyn Fn(&str),
+    ) -> Result<Arc<OwnerLock>> {
+        let key = std::fs::canonicalize(path.parent().unwrap_or(Path::new(".")))
+            .map(|dir| dir.join(path.file_name().unwrap_or_default()))
+            .unwrap_or_else(|_| path.to_owned());
+        let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
+        held.retain(|(_, lock)| lock.strong_count() > 0);
+        if let Some(lock) = held
+            .iter()
+            .find(|(p, _)| *p == key)
+            .and_then(|(_, lock)| lock.upgrade())
+        {
+            return Ok(lock);
+        }
+        let lock = Arc::new(OwnerLock::acquire(path, wait, waiting)?);
+        held.push((key, Arc::downgrade(&lock)));
+        Ok(lock)
+    }
+
+    /// Takes the lock of `path`'s chain, waiting at most `wait` for a
+    /// short-lived owner (announced once through `waiting`); an owner that
+    /// is a server is not waited for.
+    fn acquire(
+        path: &Path,
+        wait: std::time::Duration,
+        waiting: &dyn Fn(&str),
+    ) -> Result<OwnerLock> {
+        use std::io::{Read, Seek, Write};
+        let mut name = path.as_os_str().to_owned();
+        name.push(".owner");
+        let lock_path = PathBuf::from(name);
+        let mut file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::Config(format!("cannot open {}: {e}", lock_path.display())))?;
+        let started = std::time::Instant::now();
+        let mut announced = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let mut owner = String::new();
+                    let _ = (&file).read_to_string(&mut owner);
+                    let _ = file.rewind();
+                    let owner = owner.trim().to_string();
+                    let owner = if owner.is_empty() {
+                        "another process".to_string()
+                    } else {
+                        owner
+                    };
+                    let busy = |waited: String, advice: &str| Error::ChainBusy {
+                        path: path.display().to_string(),
+                        owner: owner.clone(),
+                        waited,
+                        advice: advice.to_string(),
+                    };
+                    if owner.ends_with(SERVER) {
+                        return Err(busy(
+                            String::new(),
+                            "a server owns its chain for as long as it runs; use its APIs \
+                             (Flight SQL, the gRPC study API, the web page) or stop it first \
+                             (reading commands work beside it)",
+                        ));
+                    }
+                    if started.elapsed() >= wait {
+                        return Err(busy(
+                            format!(" (waited {} s)", wait.as_secs()),
+                            "try again when it has finished, or raise COHORT_CHAIN_WAIT_SECS",
+                        ));
+                    }
+                    if !announced {
+                        waiting(&format!(
+                            "waiting for the embedded chain, owned by {owner} (at most {} s)",
+                            wait.as_secs()
+                        ));
+                        announced = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::Config(format!(
+                        "cannot lock {}: {e}",
+                        lock_path.display()
+                    )));
+                }
+            }
+        }
+        // Say who owns it, for the next process that asks.
+        let role = if std::env::args().skip(1).any(|a| a == "serve") {
+            SERVER
+        } else {
+            "a cohort command"
+        };
+        let me = format!("pid {}, {role}", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(me.as_bytes()))
+            .and_then(|()| file.flush())
+            .map_err(|e| Error::Config(format!("cannot write {}: {e}", lock_path.display())))?;
+        Ok(OwnerLock { _file: file })
+    }
+}
+
+/// The wait for a busy chain: `COHORT_CHAIN_WAIT_SECS`, else the default.
+pub fn owner_wait() -> std::time::Duration {
+    std::env::var("COHORT_CHAIN_WAIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(DEFAULT_OWNER_WAIT, std::time::Duration::from_secs)
 }
 
 /// Transactions waiting for the next block, and whether the miner runs.
@@ -151,10 +302,55 @@ struct Head {
 }
 
 impl EmbeddedLedger {
-    /// Opens the chain in `path`, creating it (with its genesis block) on
-    /// first use with `chain_id`. An existing chain keeps its own id; a
-    /// different `chain_id` for it is refused.
+    /// Opens the chain in `path` for writing, as its one owner (see the
+    /// type's docs), waiting for another owner at most [`owner_wait`] and
+    /// saying so on stderr; creates it (with its genesis block) on first
+    /// use with `chain_id`. An existing chain keeps its own id; a different
+    /// `chain_id` for it is refused.
     pub fn open(path: &Path, chain_id: u64) -> Result<EmbeddedLedger> {
+        EmbeddedLedger::open_owner(path, chain_id, owner_wait(), &|m| eprintln!("{m}"))
+    }
+
+    /// Opens the chain for reading only, beside its owner: no lock is taken,
+    /// every read sees one consistent snapshot, and a transaction is refused
+    /// with the owner's name.
+    pub fn open_reader(path: &Path) -> Result<EmbeddedLedger> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let bytes: Vec<u8> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'chain_id'", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| {
+                Error::Config(format!(
+                    "cannot read the chain in {}: {e} (is it deployed?)",
+                    path.display()
+                ))
+            })?;
+        let chain_id = u64::from_be_bytes(
+            bytes
+                .try_into()
+                .map_err(|_| Error::decode("the stored chain id", "not 8 bytes"))?,
+        );
+        Ok(EmbeddedLedger {
+            path: path.to_owned(),
+            chain_id,
+            chain: Arc::new(Mutex::new(Chain { conn, chain_id })),
+            queue: Arc::default(),
+            owner: None,
+        })
+    }
+
+    /// [`EmbeddedLedger::open`] with the wait and its announcement given.
+    pub fn open_owner(
+        path: &Path,
+        chain_id: u64,
+        wait: std::time::Duration,
+        waiting: &dyn Fn(&str),
+    ) -> Result<EmbeddedLedger> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -165,6 +361,7 @@ impl EmbeddedLedger {
                 ))
             })?;
         }
+        let owner = OwnerLock::shared(path, wait, waiting)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -240,7 +437,35 @@ impl EmbeddedLedger {
             chain_id,
             chain: Arc::new(Mutex::new(Chain { conn, chain_id })),
             queue: Arc::default(),
+            owner: Some(owner),
         })
+    }
+
+    /// Refuses a change through a reader.
+    fn writable(&self) -> Result<()> {
+        if self.owner.is_some() {
+            return Ok(());
+        }
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".owner");
+        let owner = std::fs::read_to_string(PathBuf::from(name)).unwrap_or_default();
+        Err(Error::ChainBusy {
+            path: self.path.display().to_string(),
+            owner: if owner.trim().is_empty() {
+                "no one".into()
+            } else {
+                owner.trim().to_string()
+            },
+            waited: String::new(),
+            advice: "this process opened it to read only; a command that changes the chain \
+                     opens it as its owner"
+                .into(),
+        })
+    }
+
+    /// The chain's id (what `Ledger::chain_id` answers, without a runtime).
+    pub fn id(&self) -> u64 {
+        self.chain_id
     }
 
     /// The chain's database file.
@@ -415,6 +640,10 @@ impl EmbeddedLedger {
 
 #[async_trait]
 impl Ledger for EmbeddedLedger {
+    fn read_only(&self) -> bool {
+        self.owner.is_none()
+    }
+
     fn backend(&self) -> Backend {
         Backend::Embedded {
             path: self.path.display().to_string(),
@@ -426,7 +655,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn block_number(&self) -> Result<u64> {
-        Ok(self.lock().head()?.number)
+        self.lock().snapshot(|conn| Ok(head(conn)?.number))
     }
 
     async fn block_hash(&self, number: u64) -> Result<Option<B256>> {
@@ -434,17 +663,19 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn timestamp(&self) -> Result<u64> {
-        Ok(self.lock().head()?.timestamp)
+        self.lock().snapshot(|conn| Ok(head(conn)?.timestamp))
     }
 
     async fn balance(&self, address: Address) -> Result<U256> {
-        let chain = self.lock();
-        Ok(State(&chain.conn)
-            .basic_ref(address)?
-            .map_or(U256::ZERO, |a| a.balance))
+        self.lock().snapshot(|conn| {
+            Ok(State(conn)
+                .basic_ref(address)?
+                .map_or(U256::ZERO, |a| a.balance))
+        })
     }
 
     async fn send(&self, from: &Account, tx: Tx) -> Result<Receipt> {
+        self.writable()?;
         let receipt = self
             .enqueue(vec![(from.clone(), tx)])
             .pop()
@@ -453,6 +684,13 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn send_all(&self, txs: Vec<(Account, Tx)>) -> Vec<Result<Receipt>> {
+        if let Err(e) = self.writable() {
+            let reason = e.to_string();
+            return txs
+                .iter()
+                .map(|_| Err(Error::Config(reason.clone())))
+                .collect();
+        }
         let receipts = self.enqueue(txs);
         let mut outcomes = Vec::with_capacity(receipts.len());
         for receipt in receipts {
@@ -470,11 +708,13 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn set_balance(&self, address: Address, wei: U256) -> Result<()> {
+        self.writable()?;
         self.with_chain(move |chain| chain.set_balance(address, wei))
             .await
     }
 
     async fn increase_time(&self, seconds: u64) -> Result<()> {
+        self.writable()?;
         self.with_chain(move |chain| {
             let offset = chain.time_offset()?.saturating_add(seconds);
             chain.conn.execute(
@@ -487,25 +727,59 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn mine(&self) -> Result<u64> {
+        self.writable()?;
         self.with_chain(|chain| chain.mine_empty()).await
     }
 }
 
-impl Chain {
-    fn head(&self) -> Result<Head> {
-        Ok(self.conn.prepare_cached(
+/// The latest block of the chain `conn` sees.
+fn head(conn: &Connection) -> Result<Head> {
+    Ok(conn
+        .prepare_cached(
             "SELECT number, hash, timestamp, state_root FROM blocks ORDER BY number DESC LIMIT 1",
-        )?.query_row(
-            [],
-            |r| {
-                Ok(Head {
-                    number: r.get::<_, i64>(0)? as u64,
-                    hash: B256::from(r.get::<_, [u8; 32]>(1)?),
-                    timestamp: r.get::<_, i64>(2)? as u64,
-                    state_root: B256::from(r.get::<_, [u8; 32]>(3)?),
-                })
-            },
-        )?)
+        )?
+        .query_row([], |r| {
+            Ok(Head {
+                number: r.get::<_, i64>(0)? as u64,
+                hash: B256::from(r.get::<_, [u8; 32]>(1)?),
+                timestamp: r.get::<_, i64>(2)? as u64,
+                state_root: B256::from(r.get::<_, [u8; 32]>(3)?),
+            })
+        })?)
+}
+
+/// The development clock's offset, as `conn` sees it.
+fn time_offset(conn: &Connection) -> Result<u64> {
+    let bytes: Vec<u8> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'time_offset'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| {
+        Error::decode("the stored time offset", "not 8 bytes")
+    })?))
+}
+
+/// The environment of the block after `head`: now (plus the development
+/// clock's offset), never before its parent.
+fn next_block(conn: &Connection, head: &Head) -> Result<BlockEnv> {
+    let timestamp = (unix_now() + time_offset(conn)?).max(head.timestamp);
+    Ok(BlockEnv {
+        number: U256::from(head.number + 1),
+        timestamp: U256::from(timestamp),
+        gas_limit: BLOCK_GAS_LIMIT,
+        basefee: 0,
+        ..Default::default()
+    })
+}
+
+impl Chain {
+    /// Runs `read` over one consistent snapshot of the chain (a read
+    /// transaction: a block mined meanwhile by the owner is either wholly
+    /// in it or not at all).
+    fn snapshot<T>(&self, read: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = read(&tx);
+        drop(tx);
+        out
     }
 
     fn block_hash(&self, number: u64) -> Result<Option<B256>> {
@@ -518,26 +792,7 @@ impl Chain {
     }
 
     fn time_offset(&self) -> Result<u64> {
-        let bytes: Vec<u8> = self
-            .conn
-            .prepare_cached("SELECT value FROM meta WHERE key = 'time_offset'")?
-            .query_row([], |r| r.get(0))?;
-        Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| {
-            Error::decode("the stored time offset", "not 8 bytes")
-        })?))
-    }
-
-    /// The environment of the block after `head`: now (plus the
-    /// development clock's offset), never before its parent.
-    fn next_block(&self, head: &Head) -> Result<BlockEnv> {
-        let timestamp = (unix_now() + self.time_offset()?).max(head.timestamp);
-        Ok(BlockEnv {
-            number: U256::from(head.number + 1),
-            timestamp: U256::from(timestamp),
-            gas_limit: BLOCK_GAS_LIMIT,
-            basefee: 0,
-            ..Default::default()
-        })
+        time_offset(&self.conn)
     }
 
     /// Mines `batch` in the order it was sent and answers each sender.
@@ -569,9 +824,12 @@ impl Chain {
     /// allows and writes them all in one SQLite transaction.
     fn mine_blocks(&mut self, batch: Vec<(Account, Tx)>) -> Result<Vec<Result<Receipt>>> {
         let chain_id = self.chain_id;
-        let head = self.head()?;
-        let env = self.next_block(&head)?;
-        let db = self.conn.transaction()?;
+        // The head the blocks build on is read inside the write transaction.
+        let db = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let head = head(&db)?;
+        let env = next_block(&db, &head)?;
         // What the batch's transactions read and changed, over the
         // persisted state: each account and slot is read from SQLite once
         // and written once, when the batch ends, however many of its
@@ -619,79 +877,11 @@ impl Chain {
     }
 
     fn call(&self, from: Address, to: Address, input: Bytes) -> Result<Bytes> {
-        let head = self.head()?;
-        let block = self.next_block(&head)?;
-        let nonce = State(&self.conn).basic_ref(from)?.map_or(0, |a| a.nonce);
-        let env = TxEnv {
-            tx_type: 2,
-            caller: from,
-            gas_limit: TX_GAS_LIMIT,
-            gas_price: 0,
-            gas_priority_fee: Some(0),
-            kind: TxKind::Call(to),
-            data: input,
-            nonce,
-            chain_id: Some(self.chain_id),
-            ..Default::default()
-        };
-        match execute(
-            WrapDatabaseRef(State(&self.conn)),
-            self.chain_id,
-            block,
-            env,
-            true,
-        )?
-        .result
-        {
-            ExecutionResult::Success { output, .. } => Ok(output.into_data()),
-            ExecutionResult::Revert { output, .. } => Err(Error::Reverted(decode_revert(&output))),
-            ExecutionResult::Halt { reason, .. } => {
-                Err(Error::Rejected(format!("execution halted: {reason:?}")))
-            }
-        }
+        self.snapshot(|conn| call_in(conn, self.chain_id, from, to, input))
     }
 
     fn logs(&self, query: &LogQuery) -> Result<Vec<ChainLog>> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT block_number, log_index, tx_hash, address, topics, data FROM logs
-             WHERE block_number BETWEEN ?1 AND ?2 ORDER BY block_number, log_index",
-        )?;
-        let rows = statement.query_map(
-            params![
-                query.from_block as i64,
-                query.to_block.min(i64::MAX as u64) as i64
-            ],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, [u8; 32]>(2)?,
-                    r.get::<_, [u8; 20]>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                    r.get::<_, Vec<u8>>(5)?,
-                ))
-            },
-        )?;
-        let mut logs = Vec::new();
-        for row in rows {
-            let (block_number, log_index, tx_hash, address, topics, data) = row?;
-            let address = Address::from(address);
-            if !query.addresses.is_empty() && !query.addresses.contains(&address) {
-                continue;
-            }
-            let topics: Vec<B256> = topics.chunks_exact(32).map(B256::from_slice).collect();
-            logs.push(ChainLog {
-                block_number,
-                tx_hash: B256::from(tx_hash),
-                log_index,
-                log: Log {
-                    address,
-                    data: LogData::new(topics, data.into())
-                        .ok_or_else(|| Error::decode("a stored log", "more than 4 topics"))?,
-                },
-            });
-        }
-        Ok(logs)
+        self.snapshot(|conn| logs_in(conn, query))
     }
 
     fn set_balance(&mut self, address: Address, wei: U256) -> Result<()> {
@@ -708,12 +898,15 @@ impl Chain {
     }
 
     fn mine_empty(&mut self) -> Result<u64> {
-        let head = self.head()?;
-        let block = self.next_block(&head)?;
+        let db = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let head = head(&db)?;
+        let block = next_block(&db, &head)?;
         let number = head.number + 1;
         let timestamp = block.timestamp.to::<u64>();
         let header = header(head.hash, number, timestamp, 0, &[], head.state_root);
-        self.conn.execute(
+        db.execute(
             "INSERT INTO blocks (number, hash, parent_hash, timestamp, gas_used, state_root)
              VALUES (?1, ?2, ?3, ?4, 0, ?5)",
             params![
@@ -724,8 +917,86 @@ impl Chain {
                 head.state_root.as_slice()
             ],
         )?;
+        db.commit()?;
         Ok(number)
     }
+}
+
+/// Runs a read-only call against the state `conn` sees, in the block
+/// that would come next.
+fn call_in(
+    conn: &Connection,
+    chain_id: u64,
+    from: Address,
+    to: Address,
+    input: Bytes,
+) -> Result<Bytes> {
+    let head = head(conn)?;
+    let block = next_block(conn, &head)?;
+    let nonce = State(conn).basic_ref(from)?.map_or(0, |a| a.nonce);
+    let env = TxEnv {
+        tx_type: 2,
+        caller: from,
+        gas_limit: TX_GAS_LIMIT,
+        gas_price: 0,
+        gas_priority_fee: Some(0),
+        kind: TxKind::Call(to),
+        data: input,
+        nonce,
+        chain_id: Some(chain_id),
+        ..Default::default()
+    };
+    match execute(WrapDatabaseRef(State(conn)), chain_id, block, env, true)?.result {
+        ExecutionResult::Success { output, .. } => Ok(output.into_data()),
+        ExecutionResult::Revert { output, .. } => Err(Error::Reverted(decode_revert(&output))),
+        ExecutionResult::Halt { reason, .. } => {
+            Err(Error::Rejected(format!("execution halted: {reason:?}")))
+        }
+    }
+}
+
+/// The logs `conn` holds that match `query`.
+fn logs_in(conn: &Connection, query: &LogQuery) -> Result<Vec<ChainLog>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT block_number, log_index, tx_hash, address, topics, data FROM logs
+             WHERE block_number BETWEEN ?1 AND ?2 ORDER BY block_number, log_index",
+    )?;
+    let rows = statement.query_map(
+        params![
+            query.from_block as i64,
+            query.to_block.min(i64::MAX as u64) as i64
+        ],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, [u8; 32]>(2)?,
+                r.get::<_, [u8; 20]>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+            ))
+        },
+    )?;
+    let mut logs = Vec::new();
+    for row in rows {
+        let (block_number, log_index, tx_hash, address, topics, data) = row?;
+        let address = Address::from(address);
+        if !query.addresses.is_empty() && !query.addresses.contains(&address) {
+            continue;
+        }
+        let topics: Vec<B256> = topics.chunks_exact(32).map(B256::from_slice).collect();
+        logs.push(ChainLog {
+            block_number,
+            tx_hash: B256::from(tx_hash),
+            log_index,
+            log: Log {
+                address,
+                data: LogData::new(topics, data.into())
+                    .ok_or_else(|| Error::decode("a stored log", "more than 4 topics"))?,
+            },
+        });
+    }
+    Ok(logs)
 }
 
 /// A signed transaction with the sender its signature recovers to.

@@ -53,6 +53,19 @@ pub enum Error {
     /// A configuration or argument that cannot work, with what to do.
     #[error("{0}")]
     Config(String),
+    /// Another process owns the embedded chain (one process writes a chain
+    /// at a time).
+    #[error("the embedded chain {path} is owned by {owner}{waited}: {advice}")]
+    ChainBusy {
+        /// The chain file.
+        path: String,
+        /// Who holds it (its pid and command).
+        owner: String,
+        /// How long this process waited, in words ("" when it did not).
+        waited: String,
+        /// What to do.
+        advice: String,
+    },
     /// A local node (anvil) could not be started or stopped.
     #[error("local node: {0}")]
     Node(String),

@@ -222,7 +222,22 @@ impl Follower {
                 .block_hash(to)
                 .await?
                 .ok_or_else(|| Error::Rpc(format!("the node has no block {to}")))?;
-            let db = conn.transaction()?;
+            // Another process may have applied these blocks meanwhile: the
+            // position is read again inside the write transaction (taken
+            // IMMEDIATE, so no two appliers interleave) and, if it moved,
+            // the fetched logs are dropped and the loop resumes after it.
+            let db = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let applied: Option<i64> = db
+                .query_row("SELECT block FROM ledger_follower WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let expected = position_before(next, contracts.deployed_at);
+            if applied != expected {
+                drop(db);
+                next = applied.map_or(contracts.deployed_at, |b| b as u64 + 1);
+                continue;
+            }
             for log in &logs {
                 if let Some(event) = contracts.decode_event(&log.log) {
                     apply(&db, log.block_number, log.log_index, log.tx_hash, event)?;
@@ -242,6 +257,12 @@ impl Follower {
         }
         Ok(report)
     }
+}
+
+/// The stored position that applying from `next` expects: the block
+/// before it, or none when `next` is the deployment's first block.
+fn position_before(next: u64, deployed_at: u64) -> Option<i64> {
+    (next > deployed_at).then(|| next as i64 - 1)
 }
 
 /// Brings `ledger_budget_events` from its first column set (a

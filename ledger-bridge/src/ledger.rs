@@ -171,6 +171,12 @@ pub trait Ledger: Send + Sync {
     /// Which backend this is.
     fn backend(&self) -> Backend;
 
+    /// Whether this handle only reads (an embedded chain opened beside its
+    /// owner): it refuses every transaction.
+    fn read_only(&self) -> bool {
+        false
+    }
+
     /// The chain id.
     async fn chain_id(&self) -> Result<u64>;
 

@@ -239,9 +239,31 @@ impl Session {
     }
 
     /// The session of `dir`'s deployed ledger, acting as its engine account.
+    /// It owns the embedded chain (see `chain::client`) and, first, finishes
+    /// or undoes what a killed process left.
     pub async fn open(dir: &DataDir, vault: &Vault) -> Result<Session> {
+        let session = Session::open_as(dir, vault, chain::Mode::Owner).await?;
+        // A restart finishes or undoes what a killed process left.
+        session.recover(vault.conn()).await?;
+        Ok(session)
+    }
+
+    /// A session for a command that only reads (listing studies, consents
+    /// and compensation). When no other process owns the chain it owns it
+    /// and recovers like [`Session::open`], so what it shows is current;
+    /// beside an owner (a running server included) it reads, recovers
+    /// nothing and sends nothing.
+    pub async fn open_reader(dir: &DataDir, vault: &Vault) -> Result<Session> {
+        let session = Session::open_as(dir, vault, chain::Mode::OwnerIfFree).await?;
+        if !session.client.ledger().read_only() {
+            session.recover(vault.conn()).await?;
+        }
+        Ok(session)
+    }
+
+    async fn open_as(dir: &DataDir, vault: &Vault, mode: chain::Mode) -> Result<Session> {
         install(vault.conn())?;
-        let (config, client) = chain::client(dir).await?;
+        let (config, client) = chain::client_as(dir, mode).await?;
         let engine = accounts::get(vault.conn(), vault.keys(), &config.engine)?;
         let master = zeroize::Zeroizing::new(*vault.pseudonym_master()?.expose());
         let session = Session {
@@ -259,8 +281,6 @@ impl Session {
             clock: Arc::new(crate::deadline::SystemClock::new()),
             member_roots: Mutex::new(HashMap::new()),
         };
-        // A restart finishes or undoes what a killed process left.
-        session.recover(vault.conn()).await?;
         Ok(session)
     }
 

@@ -31,17 +31,26 @@ pub fn self_signed_cert_path(dir: &DataDir) -> PathBuf {
     dir.root().join("server").join("tls").join("cert.pem")
 }
 
+/// Refuses plain HTTP/2 anywhere but a loopback address; checked before
+/// the server opens anything (its chain included).
+pub fn allowed(tls: &Tls, listen: SocketAddr) -> Result<()> {
+    match tls {
+        Tls::Off if !listen.ip().is_loopback() => Err(Error::Invalid(format!(
+            "--plaintext serves tokens in the clear: only on a loopback address, not {listen}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The PEM certificate and key to serve with, or `None` for plain HTTP/2.
 pub(crate) fn identity(
     dir: &DataDir,
     tls: &Tls,
     listen: SocketAddr,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    allowed(tls, listen)?;
     match tls {
-        Tls::Off if listen.ip().is_loopback() => Ok(None),
-        Tls::Off => Err(Error::Invalid(format!(
-            "--plaintext serves tokens in the clear: only on a loopback address, not {listen}"
-        ))),
+        Tls::Off => Ok(None),
         Tls::Files { cert, key } => Ok(Some((read(cert)?, read(key)?))),
         Tls::SelfSigned => {
             let cert_path = self_signed_cert_path(dir);

@@ -85,32 +85,36 @@ fn setup_in(
     input: &Path,
 ) -> Setup {
     cohort_engine::ingest::ingest_paths(&vault, &access(), &[input.to_path_buf()], false).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(chain::deploy(
-        &dir,
-        vault.conn(),
-        vault.keys(),
-        &DeployRequest {
-            rpc_url: None,
-            approvals: 2,
-            confirmations: None,
-            admin: "operator".into(),
-            redeploy: false,
-        },
-    ))
-    .unwrap();
-    let (_, client) = rt.block_on(chain::client(&dir)).unwrap();
-    let admin = accounts::get(vault.conn(), vault.keys(), "operator").unwrap();
-    let grants = [
-        ("researcher", Role::Researcher),
-        ("steward-1", Role::Steward),
-        ("steward-2", Role::Steward),
-        ("steward-3", Role::Steward),
-    ];
-    for (name, role) in grants {
-        let a = accounts::get_or_create(vault.conn(), vault.keys(), name).unwrap();
-        rt.block_on(client.grant_role(&admin, role, a.address()))
-            .unwrap();
+    {
+        // The chain's owner lock goes with the client and its runtime, before
+        // the CLI (another process) opens the chain.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(chain::deploy(
+            &dir,
+            vault.conn(),
+            vault.keys(),
+            &DeployRequest {
+                rpc_url: None,
+                approvals: 2,
+                confirmations: None,
+                admin: "operator".into(),
+                redeploy: false,
+            },
+        ))
+        .unwrap();
+        let (_, client) = rt.block_on(chain::client(&dir)).unwrap();
+        let admin = accounts::get(vault.conn(), vault.keys(), "operator").unwrap();
+        let grants = [
+            ("researcher", Role::Researcher),
+            ("steward-1", Role::Steward),
+            ("steward-2", Role::Steward),
+            ("steward-3", Role::Steward),
+        ];
+        for (name, role) in grants {
+            let a = accounts::get_or_create(vault.conn(), vault.keys(), name).unwrap();
+            rt.block_on(client.grant_role(&admin, role, a.address()))
+                .unwrap();
+        }
     }
     let data = dir.root().to_path_buf();
     // The researcher's ether for escrows, from the CLI.
