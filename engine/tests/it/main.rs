@@ -11,6 +11,7 @@ mod ingest;
 mod invariant;
 mod ledger;
 mod notebooks;
+mod owner;
 mod privacy_audit;
 mod query;
 mod research;

@@ -55,6 +55,11 @@ impl Server {
         Server { child, url, logs }
     }
 
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then the exit status.
     pub(crate) fn stop(self) -> std::process::ExitStatus {
         self.stop_with_logs().0
