@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use cohort_engine::research::query::{QueryOutcome, QueryRequest};
-use cohort_engine::research::{self, Session, StudyFile};
+use cohort_engine::research::{self, Session, StudyFile, Viewer};
 use cohort_engine::vault::Access;
 use cohort_engine::{DataDir, accounts, audit, chain, generate, ingest, projection};
 use cohort_ledger_bridge::Role;
@@ -406,11 +406,13 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         "   ledger: {} blocks and {} transactions verified",
         verified.blocks, verified.transactions
     ));
-    let shown = rt.block_on(session.show(vault.conn(), id))?;
-    say(&format!(
-        "   study {id}: remaining {}, {} queries answered, {} owed to patients",
-        shown.remaining, shown.queries, shown.owed
-    ));
+    let shown = rt.block_on(session.show(vault.conn(), id, Viewer::Operator))?;
+    if let Some(b) = &shown.books {
+        say(&format!(
+            "   study {id}: remaining {}, {} queries answered, {} owed to patients",
+            b.remaining, b.queries, b.owed
+        ));
+    }
     let seconds = started.elapsed().as_secs_f64();
     say(&format!("\ndone in {seconds:.1} s"));
     if json {

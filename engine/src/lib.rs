@@ -34,6 +34,7 @@ pub mod keystore;
 pub mod projection;
 pub mod release;
 pub mod research;
+pub mod roles;
 pub mod safe_harbor;
 pub mod second_factor;
 pub mod server;

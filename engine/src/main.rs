@@ -124,6 +124,27 @@ enum Command {
         #[arg(long, env = "COHORT_TOTP")]
         totp: Option<String>,
     },
+    /// Sign out of a `cohort serve`: end the token `cohort login` printed
+    /// or, as an administrator (`--as`, who signs in for this), every
+    /// sign-in of `--account`. Each is audited.
+    Logout {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// The token to end (what `cohort login` printed).
+        #[arg(
+            long,
+            env = "COHORT_TOKEN",
+            required_unless_present = "account",
+            conflicts_with = "account"
+        )]
+        token: Option<String>,
+        /// End every sign-in of this account (needs the admin role on chain).
+        #[arg(long)]
+        account: Option<String>,
+        /// The administrator's current TOTP code, with `--account`.
+        #[arg(long, env = "COHORT_TOTP")]
+        totp: Option<String>,
+    },
     /// Write a synthetic population as FHIR R4 bundles.
     Generate {
         /// Number of patients.
@@ -326,12 +347,25 @@ enum AccountCmd {
         /// How much: "1 ether", "500 gwei".
         amount: String,
     },
-    /// Grant a role on the ledger, as the `--as` admin.
+    /// Grant a role on the ledger, as the `--as` admin. While `cohort
+    /// serve` owns the chain, pass `--server` to change it through the server.
     Grant {
         /// The account.
         name: String,
         /// researcher, steward, auditor, provider, issuer, patient, engine or admin.
         role: String,
+        #[command(flatten)]
+        via: RoleVia,
+    },
+    /// Revoke a role on the ledger, as the `--as` admin: the account's
+    /// next call to a server is decided without it.
+    Revoke {
+        /// The account.
+        name: String,
+        /// The role.
+        role: String,
+        #[command(flatten)]
+        via: RoleVia,
     },
     /// Enroll a TOTP second factor for an account (stewards and admins sign
     /// in to `cohort serve` with it). Prints the secret and its otpauth://
@@ -355,6 +389,21 @@ struct ServerArgs {
     /// one `cohort serve` generated in this data directory.
     #[arg(long, env = "COHORT_CA_CERT")]
     ca_cert: Option<PathBuf>,
+}
+
+/// Where a role change is sent: the chain itself, or a running server.
+#[derive(clap::Args)]
+struct RoleVia {
+    /// Send it through this running `cohort serve` (which owns the chain),
+    /// signing in as the `--as` admin.
+    #[arg(long)]
+    server: Option<String>,
+    /// The server's certificate (PEM) to trust, with `--server`.
+    #[arg(long, env = "COHORT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// The admin's current TOTP code, with `--server`.
+    #[arg(long, env = "COHORT_TOTP")]
+    totp: Option<String>,
 }
 
 /// `cohort query`: private SQL over a study's view, or over the tables a
@@ -740,6 +789,27 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             &to.server,
             to.ca_cert.as_deref(),
             totp.as_deref(),
+        ),
+        Command::Logout {
+            to,
+            token,
+            account,
+            totp,
+        } => serve_cli::logout(
+            cli,
+            &dir()?,
+            &to.server,
+            to.ca_cert.as_deref(),
+            match (token, account) {
+                (Some(t), _) => serve_cli::SignOut::Token(t),
+                (None, Some(a)) => serve_cli::SignOut::Account {
+                    name: a,
+                    totp: totp.as_deref(),
+                },
+                (None, None) => {
+                    anyhow::bail!("pass --token (yours) or --account (an admin's call)")
+                }
+            },
         ),
         Command::Generate {
             patients,
@@ -1669,31 +1739,48 @@ fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Result<ExitCod
                 )
             });
         }
-        AccountCmd::Grant { name, role } => {
+        AccountCmd::Grant { name, role, via } | AccountCmd::Revoke { name, role, via } => {
+            let grant = matches!(cmd, AccountCmd::Grant { .. });
             let role: cohort_ledger_bridge::Role =
                 role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            let vault = unlock(cli, dir, None)?;
-            let admin = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
-            let account = accounts::get_or_create(vault.conn(), vault.keys(), name)?;
-            let rt = runtime()?;
-            let (_, client) = rt.block_on(cohort_engine::chain::client(dir))?;
-            rt.block_on(client.grant_role(&admin, role, account.address()))?;
-            cohort_engine::audit::append(
-                vault.conn(),
-                &cohort_engine::audit::Event {
-                    actor: &cli.actor,
-                    action: "role.grant",
-                    target: &format!("{:#x}", account.address()),
-                    purpose: "operations",
-                    detail: serde_json::json!({ "account": name, "role": role.name() }),
-                },
-            )?;
-            let info = serde_json::json!({ "name": name, "address": format!("{:#x}", account.address()), "role": role.name() });
-            emit(cli, &info, || {
+            let changed = match &via.server {
+                Some(server) => serve_cli::change_role(
+                    cli,
+                    dir,
+                    server,
+                    via.ca_cert.as_deref(),
+                    via.totp.as_deref(),
+                    name,
+                    role,
+                    grant,
+                )?,
+                None => {
+                    let vault = unlock(cli, dir, None)?;
+                    let admin = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
+                    let rt = runtime()?;
+                    let (_, client) = rt.block_on(cohort_engine::chain::client(dir))?;
+                    rt.block_on(cohort_engine::roles::change(
+                        vault.conn(),
+                        vault.keys(),
+                        &client,
+                        &admin,
+                        name,
+                        role,
+                        grant,
+                    ))?
+                }
+            };
+            emit(cli, &changed, || {
                 format!(
-                    "granted {} to {name} ({:#x})",
-                    role.name(),
-                    account.address()
+                    "{} {} {} {name} ({})",
+                    if changed.granted {
+                        "granted"
+                    } else {
+                        "revoked"
+                    },
+                    changed.role,
+                    if changed.granted { "to" } else { "from" },
+                    changed.address
                 )
             });
         }

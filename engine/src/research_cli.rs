@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cohort_engine::research::query::{QueryOutcome, QueryRequest};
-use cohort_engine::research::{Session, StudyFile};
+use cohort_engine::research::{Session, StudyFile, Viewer};
 use cohort_engine::vault::Vault;
 use cohort_engine::{DataDir, accounts};
 
@@ -72,7 +72,7 @@ pub(crate) fn study(cli: &Cli, dir: &DataDir, cmd: &StudyCmd) -> anyhow::Result<
             });
         }
         StudyCmd::List => {
-            let list = rt.block_on(session.list(vault.conn()))?;
+            let list = rt.block_on(session.list(vault.conn(), Viewer::Operator))?;
             emit(cli, &list, || {
                 if list.is_empty() {
                     return "no studies yet (`cohort study propose FILE --as <researcher>`)".into();
@@ -80,8 +80,15 @@ pub(crate) fn study(cli: &Cli, dir: &DataDir, cmd: &StudyCmd) -> anyhow::Result<
                 list.iter()
                     .map(|s| {
                         format!(
-                            "{:>4}  {:<9} {:<40} remaining {}, {} consenting, {} queries",
-                            s.study_id, s.status, s.title, s.remaining, s.consenting, s.queries
+                            "{:>4}  {:<9} {:<40} {} consenting{}",
+                            s.study_id,
+                            s.status,
+                            s.title,
+                            s.consenting,
+                            s.books.as_ref().map_or(String::new(), |b| format!(
+                                ", remaining {}, {} queries",
+                                b.remaining, b.queries
+                            ))
                         )
                     })
                     .collect::<Vec<_>>()
@@ -89,25 +96,27 @@ pub(crate) fn study(cli: &Cli, dir: &DataDir, cmd: &StudyCmd) -> anyhow::Result<
             });
         }
         StudyCmd::Show { study } => {
-            let s = rt.block_on(session.show(vault.conn(), *study))?;
+            let s = rt.block_on(session.show(vault.conn(), *study, Viewer::Operator))?;
             emit(cli, &s, || {
+                let books = s.books.as_ref().map_or(String::new(), |b| {
+                    format!(
+                        "\n  remaining   {}\n  escrow      {} unallocated, {} owed to patients\n  \
+                         answered    {} quer(ies), {} extract(s) released",
+                        b.remaining, b.escrow, b.owed, b.queries, b.releases
+                    )
+                });
                 format!(
-                    "study {} \"{}\" ({})\n  purpose     {}\n  approvals   {}\n  budget      {}\n  remaining   {}\n  \
-                     escrow      {} unallocated, {} owed to patients\n  consenting  {} patient(s)\n  \
-                     answered    {} quer(ies), {} extract(s) released{}",
+                    "study {} \"{}\" ({})\n  purpose     {}\n  approvals   {}\n  budget      {}\n  \
+                     consenting  {} patient(s){}{}",
                     s.study_id,
                     s.title,
                     s.status,
                     s.purpose,
                     s.approvals,
                     s.budget,
-                    s.remaining,
-                    s.escrow,
-                    s.owed,
                     s.consenting,
-                    s.queries,
-                    s.releases,
-                    if s.microdata { "" } else { " (no microdata)" }
+                    books,
+                    if s.microdata { "" } else { "\n  no microdata" }
                 )
             });
         }

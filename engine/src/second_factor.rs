@@ -107,16 +107,36 @@ pub fn is_enrolled(conn: &Connection, name: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Checks `code` for `name` at `unix_time` and records its step as used.
-/// The step is claimed by one conditional UPDATE, so two sign-ins racing
-/// with the same code cannot both pass.
+/// Which secret `name` has enrolled now (a digest of its wrapped form, which
+/// a new enrollment changes), if any: a sign-in records it, and a token
+/// outlives neither a new enrollment nor a removed one.
+pub fn enrollment(conn: &Connection, name: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT wrapped_secret FROM second_factors WHERE account = ?1",
+            [name],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .optional()?
+        .map(|wrapped| enrollment_id(&wrapped)))
+}
+
+fn enrollment_id(wrapped: &[u8]) -> String {
+    use sha2::Digest;
+    data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(wrapped))
+}
+
+/// Checks `code` for `name` at `unix_time` and records its step as used;
+/// on success, the [`enrollment`] it was checked against. The step is
+/// claimed by one conditional UPDATE, so two sign-ins racing with the same
+/// code cannot both pass.
 pub fn verify(
     conn: &Connection,
     keys: &dyn KeyStore,
     name: &str,
     code: Option<&str>,
     unix_time: u64,
-) -> Result<std::result::Result<(), FactorError>> {
+) -> Result<std::result::Result<String, FactorError>> {
     let Some((wrapped, last_step)) = conn
         .query_row(
             "SELECT wrapped_secret, last_step FROM second_factors WHERE account = ?1",
@@ -138,12 +158,14 @@ pub fn verify(
     if step <= last_step {
         return Ok(Err(FactorError::Reused));
     }
+    // Claimed only while the secret checked is still the one enrolled.
     let claimed = conn.execute(
-        "UPDATE second_factors SET last_step = ?2 WHERE account = ?1 AND last_step < ?2",
-        params![name, step],
+        "UPDATE second_factors SET last_step = ?2
+         WHERE account = ?1 AND last_step < ?2 AND wrapped_secret = ?3",
+        params![name, step, wrapped],
     )?;
     Ok(if claimed == 1 {
-        Ok(())
+        Ok(enrollment_id(&wrapped))
     } else {
         Err(FactorError::Reused)
     })
@@ -195,23 +217,31 @@ mod tests {
         let code = code_for(&e.secret, T).unwrap();
         assert_eq!(code.len(), 6);
         assert_eq!(
-            verify(&conn, &keys, "stew", Some(&code), T).unwrap(),
+            verify(&conn, &keys, "stew", Some(&code), T)
+                .unwrap()
+                .map(drop),
             Ok(())
         );
         // The same code again, even within its 30 seconds: refused.
         assert_eq!(
-            verify(&conn, &keys, "stew", Some(&code), T + 5).unwrap(),
+            verify(&conn, &keys, "stew", Some(&code), T + 5)
+                .unwrap()
+                .map(drop),
             Err(FactorError::Reused)
         );
         // The next step's code passes; an older step's does not.
         let next = code_for(&e.secret, T + 30).unwrap();
         assert_eq!(
-            verify(&conn, &keys, "stew", Some(&next), T + 30).unwrap(),
+            verify(&conn, &keys, "stew", Some(&next), T + 30)
+                .unwrap()
+                .map(drop),
             Ok(())
         );
         let old = code_for(&e.secret, T - 30).unwrap();
         assert_ne!(
-            verify(&conn, &keys, "stew", Some(&old), T + 30).unwrap(),
+            verify(&conn, &keys, "stew", Some(&old), T + 30)
+                .unwrap()
+                .map(drop),
             Ok(())
         );
     }
@@ -222,12 +252,16 @@ mod tests {
         let e = enroll(&conn, &keys, "stew", false).unwrap();
         let early = code_for(&e.secret, T + 30).unwrap();
         assert_eq!(
-            verify(&conn, &keys, "stew", Some(&early), T).unwrap(),
+            verify(&conn, &keys, "stew", Some(&early), T)
+                .unwrap()
+                .map(drop),
             Ok(())
         );
         let stale = code_for(&e.secret, T).unwrap();
         assert_eq!(
-            verify(&conn, &keys, "stew", Some(&stale), T + 120).unwrap(),
+            verify(&conn, &keys, "stew", Some(&stale), T + 120)
+                .unwrap()
+                .map(drop),
             Err(FactorError::Wrong)
         );
     }
@@ -236,26 +270,34 @@ mod tests {
     fn missing_wrong_and_unenrolled_are_refused_by_name() {
         let (_d, conn, keys) = setup();
         assert_eq!(
-            verify(&conn, &keys, "stew", Some("123456"), T).unwrap(),
+            verify(&conn, &keys, "stew", Some("123456"), T)
+                .unwrap()
+                .map(drop),
             Err(FactorError::NotEnrolled("stew".into()))
         );
         let e = enroll(&conn, &keys, "stew", false).unwrap();
         assert_eq!(
-            verify(&conn, &keys, "stew", None, T).unwrap(),
+            verify(&conn, &keys, "stew", None, T).unwrap().map(drop),
             Err(FactorError::Missing("stew".into()))
         );
         assert_eq!(
-            verify(&conn, &keys, "stew", Some("  "), T).unwrap(),
+            verify(&conn, &keys, "stew", Some("  "), T)
+                .unwrap()
+                .map(drop),
             Err(FactorError::Missing("stew".into()))
         );
         let right = code_for(&e.secret, T).unwrap();
         let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 1) % 1_000_000);
         assert_eq!(
-            verify(&conn, &keys, "stew", Some(&wrong), T).unwrap(),
+            verify(&conn, &keys, "stew", Some(&wrong), T)
+                .unwrap()
+                .map(drop),
             Err(FactorError::Wrong)
         );
         assert_eq!(
-            verify(&conn, &keys, "stew", Some("not-a-code"), T).unwrap(),
+            verify(&conn, &keys, "stew", Some("not-a-code"), T)
+                .unwrap()
+                .map(drop),
             Err(FactorError::Wrong)
         );
     }
@@ -263,7 +305,9 @@ mod tests {
     #[test]
     fn enrolling_again_needs_replace_and_retires_the_old_secret() {
         let (_d, conn, keys) = setup();
+        assert_eq!(enrollment(&conn, "stew").unwrap(), None);
         let first = enroll(&conn, &keys, "stew", false).unwrap();
+        let first_id = enrollment(&conn, "stew").unwrap().unwrap();
         let e = enroll(&conn, &keys, "stew", false).unwrap_err().to_string();
         assert!(e.contains("--replace"), "{e}");
         let second = enroll(&conn, &keys, "stew", true).unwrap();
@@ -272,11 +316,18 @@ mod tests {
         let new = code_for(&second.secret, T).unwrap();
         if old != new {
             assert_eq!(
-                verify(&conn, &keys, "stew", Some(&old), T).unwrap(),
+                verify(&conn, &keys, "stew", Some(&old), T)
+                    .unwrap()
+                    .map(drop),
                 Err(FactorError::Wrong)
             );
         }
-        assert_eq!(verify(&conn, &keys, "stew", Some(&new), T).unwrap(), Ok(()));
+        // The sign-in names the enrollment it checked: the new one.
+        let id = verify(&conn, &keys, "stew", Some(&new), T)
+            .unwrap()
+            .unwrap();
+        assert_eq!(Some(&id), enrollment(&conn, "stew").unwrap().as_ref());
+        assert_ne!(id, first_id, "a new enrollment has a new id");
         let e = enroll(&conn, &keys, "nobody", false)
             .unwrap_err()
             .to_string();

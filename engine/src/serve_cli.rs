@@ -179,6 +179,167 @@ async fn stop_signal() {
     }
 }
 
+/// What `cohort logout` ends.
+pub(crate) enum SignOut<'a> {
+    /// This token.
+    Token(&'a str),
+    /// Every token of the named account; the `--as` administrator signs in
+    /// (with its TOTP code) to ask, and signs out after.
+    Account {
+        name: &'a str,
+        totp: Option<&'a str>,
+    },
+}
+
+#[derive(Serialize)]
+struct LoggedOut {
+    /// Whose sign-ins ended (none: the token given).
+    account: Option<String>,
+    /// How many tokens ended.
+    tokens: u64,
+}
+
+/// Sends one Flight action with `token` as the bearer; its one reply.
+async fn action(
+    channel: tonic::transport::Channel,
+    token: &str,
+    kind: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<String> {
+    let mut client = arrow_flight::flight_service_client::FlightServiceClient::new(channel);
+    let mut request = tonic::Request::new(arrow_flight::Action {
+        r#type: kind.into(),
+        body: body.into(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token.trim())
+            .parse()
+            .context("the token is not a header value")?,
+    );
+    let reply = client
+        .do_action(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("refused: {}", s.message()))?
+        .into_inner()
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("refused: {}", s.message()))?
+        .ok_or_else(|| anyhow::anyhow!("the server sent no reply"))?;
+    Ok(String::from_utf8_lossy(&reply.body).into_owned())
+}
+
+pub(crate) fn logout(
+    cli: &Cli,
+    dir: &DataDir,
+    server: &str,
+    ca_cert: Option<&Path>,
+    what: SignOut<'_>,
+) -> anyhow::Result<ExitCode> {
+    use cohort_engine::server::flight::{LOGOUT_ACTION, REVOKE_ACTION};
+    let endpoint = endpoint(dir, server, ca_cert)?;
+    let rt = runtime()?;
+    let out = match what {
+        SignOut::Token(token) => rt.block_on(async {
+            let channel = endpoint
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach {server}"))?;
+            action(channel, token, LOGOUT_ACTION, Vec::new()).await?;
+            anyhow::Ok(LoggedOut {
+                account: None,
+                tokens: 1,
+            })
+        })?,
+        SignOut::Account { name, totp } => {
+            let target = {
+                let conn = dir.connect()?;
+                accounts::address_of(&conn, name)?
+                    .with_context(|| format!("no account `{name}` (`cohort account list`)"))?
+            };
+            let vault = unlock(cli, dir, None)?;
+            let admin = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
+            rt.block_on(async {
+                let channel = endpoint
+                    .connect()
+                    .await
+                    .with_context(|| format!("cannot reach {server}"))?;
+                let token = server::sign_in::sign_in(channel.clone(), &admin, totp).await?;
+                let ended =
+                    action(channel.clone(), &token, REVOKE_ACTION, target.into_bytes()).await;
+                // The administrator's own sign-in ends whatever the outcome.
+                let _ = action(channel, &token, LOGOUT_ACTION, Vec::new()).await;
+                let ended = ended?;
+                anyhow::Ok(LoggedOut {
+                    account: Some(name.to_string()),
+                    tokens: ended.trim().parse().unwrap_or_default(),
+                })
+            })?
+        }
+    };
+    emit(cli, &out, || match &out.account {
+        None => "signed out: the token no longer works".into(),
+        Some(name) => format!("ended {} sign-in(s) of {name}", out.tokens),
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cohort account grant/revoke --server`: the `--as` administrator signs
+/// in, the server sends the change (it owns the chain), the sign-in ends.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn change_role(
+    cli: &Cli,
+    dir: &DataDir,
+    server: &str,
+    ca_cert: Option<&Path>,
+    totp: Option<&str>,
+    name: &str,
+    role: cohort_ledger_bridge::Role,
+    grant: bool,
+) -> anyhow::Result<cohort_engine::roles::RoleChanged> {
+    use cohort_engine::server::api::pb;
+    use cohort_engine::server::flight::LOGOUT_ACTION;
+    let vault = unlock(cli, dir, None)?;
+    let admin = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
+    let endpoint = endpoint(dir, server, ca_cert)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach {server}"))?;
+        let token = server::sign_in::sign_in(channel.clone(), &admin, totp).await?;
+        let mut request = tonic::Request::new(pb::RoleChange {
+            account: name.to_string(),
+            role: role.name().to_string(),
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .context("the token is not a header value")?,
+        );
+        let mut client = pb::roles_client::RolesClient::new(channel.clone());
+        let changed = if grant {
+            client.grant(request).await
+        } else {
+            client.revoke(request).await
+        };
+        // The administrator's sign-in ends whatever the outcome.
+        let _ = action(channel, &token, LOGOUT_ACTION, Vec::new()).await;
+        let c = changed
+            .map_err(|s| anyhow::anyhow!("refused: {}", s.message()))?
+            .into_inner();
+        anyhow::Ok(cohort_engine::roles::RoleChanged {
+            name: c.account,
+            address: c.address,
+            role: c.role,
+            granted: c.granted,
+            tx_hash: c.tx_hash,
+        })
+    })
+}
+
 #[derive(Serialize)]
 struct LoggedIn {
     account: String,

@@ -202,6 +202,24 @@ impl Client {
         .await
     }
 
+    /// `admin` takes `role` from `account`.
+    pub async fn revoke_role(
+        &self,
+        admin: &Account,
+        role: Role,
+        account: Address,
+    ) -> Result<Receipt> {
+        self.send(
+            admin,
+            Target::Access,
+            CohortAccess::revokeRoleCall {
+                role: role.id(),
+                account,
+            },
+        )
+        .await
+    }
+
     /// Whether `account` holds `role`.
     pub async fn has_role(&self, role: Role, account: Address) -> Result<bool> {
         self.view(

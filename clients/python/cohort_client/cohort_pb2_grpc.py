@@ -759,3 +759,129 @@ class Records:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RolesStub:
+    """Roles on the ledger, changed by an administrator (the admin role, checked
+    by the contract) through the running server, which owns the embedded
+    chain while it runs. A change takes effect at every account's next call.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Grant = channel.unary_unary(
+                '/cohort.v1.Roles/Grant',
+                request_serializer=cohort__pb2.RoleChange.SerializeToString,
+                response_deserializer=cohort__pb2.RoleChanged.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/cohort.v1.Roles/Revoke',
+                request_serializer=cohort__pb2.RoleChange.SerializeToString,
+                response_deserializer=cohort__pb2.RoleChanged.FromString,
+                _registered_method=True)
+
+
+class RolesServicer:
+    """Roles on the ledger, changed by an administrator (the admin role, checked
+    by the contract) through the running server, which owns the embedded
+    chain while it runs. A change takes effect at every account's next call.
+    """
+
+    def Grant(self, request, context):
+        """As `cohort account grant NAME ROLE --server`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """As `cohort account revoke NAME ROLE --server`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RolesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Grant': grpc.unary_unary_rpc_method_handler(
+                    servicer.Grant,
+                    request_deserializer=cohort__pb2.RoleChange.FromString,
+                    response_serializer=cohort__pb2.RoleChanged.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=cohort__pb2.RoleChange.FromString,
+                    response_serializer=cohort__pb2.RoleChanged.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cohort.v1.Roles', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cohort.v1.Roles', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Roles:
+    """Roles on the ledger, changed by an administrator (the admin role, checked
+    by the contract) through the running server, which owns the embedded
+    chain while it runs. A change takes effect at every account's next call.
+    """
+
+    @staticmethod
+    def Grant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Roles/Grant',
+            cohort__pb2.RoleChange.SerializeToString,
+            cohort__pb2.RoleChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Roles/Revoke',
+            cohort__pb2.RoleChange.SerializeToString,
+            cohort__pb2.RoleChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

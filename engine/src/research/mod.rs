@@ -113,22 +113,44 @@ pub struct StudySummary {
     pub researcher: String,
     /// The budget.
     pub budget: String,
-    /// What is left of it (ε or ρ, and δ for an (ε, δ) budget).
+    /// Patients whose consent covers the study now.
+    pub consenting: usize,
+    /// Whether microdata may be released.
+    pub microdata: bool,
+    /// When queries stop (unix seconds), once approved.
+    pub ends_at: Option<u64>,
+    /// The study's books, for those who may see them (see [`Viewer`]).
+    #[serde(flatten)]
+    pub books: Option<StudyBooks>,
+}
+
+/// What a study has spent and owes: its researcher's business, its
+/// stewards' and auditors' oversight, nobody else's (a patient deciding
+/// whether to consent sees the terms above, not these).
+#[derive(Debug, Clone, Serialize)]
+pub struct StudyBooks {
+    /// What is left of the budget (ε or ρ, and δ for an (ε, δ) budget).
     pub remaining: String,
     /// Escrow not yet allocated to any query.
     pub escrow: String,
     /// Fees allocated to contributors and not yet claimed.
     pub owed: String,
-    /// Patients whose consent covers the study now.
-    pub consenting: usize,
     /// Queries answered.
     pub queries: usize,
     /// Extracts released.
     pub releases: usize,
-    /// Whether microdata may be released.
-    pub microdata: bool,
-    /// When queries stop (unix seconds), once approved.
-    pub ends_at: Option<u64>,
+}
+
+/// Who asks to see a study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewer {
+    /// The data directory's operator: the CLI, which holds the passphrase
+    /// and so every key; sees everything.
+    Operator,
+    /// A signed-in account (the server): sees a study's books only as its
+    /// researcher or while holding the steward or auditor role on chain,
+    /// read at the call.
+    Account(Address),
 }
 
 /// A patient's consent as `cohort consent list` shows it.
@@ -480,27 +502,65 @@ impl Session {
         })
     }
 
-    /// Every study proposed here, with its state on chain.
-    pub async fn list(&self, conn: &Connection) -> Result<Vec<StudySummary>> {
+    /// Every study proposed here, with its state on chain, as `viewer`
+    /// may see it.
+    pub async fn list(&self, conn: &Connection, viewer: Viewer) -> Result<Vec<StudySummary>> {
         let ids: Vec<i64> = conn
             .prepare("SELECT study_id FROM research_studies WHERE contract = ?1 ORDER BY study_id")?
             .query_map([format!("{:#x}", self.contract())], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
+        let overseer = self.overseer(viewer).await?;
         let mut out = Vec::new();
         for id in ids {
-            out.push(self.show(conn, id as u64).await?);
+            out.push(self.summary(conn, id as u64, viewer, overseer).await?);
         }
         Ok(out)
     }
 
-    /// One study: terms, status, budget left, consents, queries.
-    pub async fn show(&self, conn: &Connection, id: u64) -> Result<StudySummary> {
+    /// One study: terms, status and, for those who may see them, its books.
+    pub async fn show(&self, conn: &Connection, id: u64, viewer: Viewer) -> Result<StudySummary> {
+        let overseer = self.overseer(viewer).await?;
+        self.summary(conn, id, viewer, overseer).await
+    }
+
+    /// Whether `viewer` oversees every study: the operator, or an account
+    /// holding the steward or auditor role now.
+    async fn overseer(&self, viewer: Viewer) -> Result<bool> {
+        Ok(match viewer {
+            Viewer::Operator => true,
+            Viewer::Account(a) => {
+                self.has_role(Role::Steward, a).await? || self.has_role(Role::Auditor, a).await?
+            }
+        })
+    }
+
+    async fn summary(
+        &self,
+        conn: &Connection,
+        id: u64,
+        viewer: Viewer,
+        overseer: bool,
+    ) -> Result<StudySummary> {
         let (file, s) = self.study(conn, id).await?;
         self.sync().await?;
-        let left = self.client.remaining(id).await?;
         let consenting = self.consenting(conn, id, &s).await?.len();
-        let count = |sql: &str| -> Result<usize> {
-            Ok(conn.query_row(sql, [id as i64], |r| r.get::<_, i64>(0))? as usize)
+        let sees_books = overseer || viewer == Viewer::Account(s.researcher);
+        let books = if sees_books {
+            let left = self.client.remaining(id).await?;
+            let count = |sql: &str| -> Result<usize> {
+                Ok(conn.query_row(sql, [id as i64], |r| r.get::<_, i64>(0))? as usize)
+            };
+            Some(StudyBooks {
+                remaining: budget_text(s.terms.kind, left.primary, left.delta),
+                escrow: study::format_wei(s.escrow),
+                owed: study::format_wei(s.owed),
+                queries: count(
+                    "SELECT COUNT(*) FROM research_queries WHERE study_id = ?1 AND state IN ('committed', 'delivered')",
+                )?,
+                releases: count("SELECT COUNT(*) FROM research_releases WHERE study_id = ?1")?,
+            })
+        } else {
+            None
         };
         Ok(StudySummary {
             study_id: id,
@@ -516,16 +576,10 @@ impl Session {
             approvals: s.approvals,
             researcher: format!("{:#x}", s.researcher),
             budget: budget_text(s.terms.kind, s.terms.budget, s.terms.deltaBudget),
-            remaining: budget_text(s.terms.kind, left.primary, left.delta),
-            escrow: study::format_wei(s.escrow),
-            owed: study::format_wei(s.owed),
             consenting,
-            queries: count(
-                "SELECT COUNT(*) FROM research_queries WHERE study_id = ?1 AND state IN ('committed', 'delivered')",
-            )?,
-            releases: count("SELECT COUNT(*) FROM research_releases WHERE study_id = ?1")?,
             microdata: s.terms.microdata,
             ends_at: (s.endsAt != 0).then_some(s.endsAt),
+            books,
         })
     }
 

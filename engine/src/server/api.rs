@@ -11,10 +11,10 @@ use cohort_ledger_bridge::{Account, Role};
 use rusqlite::Connection;
 use tonic::{Request, Response, Status};
 
-use super::auth::Auth;
+use super::gate::Gate;
 use super::{account_name, status};
 use crate::research::study::StudyFile;
-use crate::research::{self, Session};
+use crate::research::{self, Session, Viewer};
 use crate::{DataDir, accounts, audit};
 
 /// The code `tonic-prost-build` generated from the `.proto` file.
@@ -28,12 +28,12 @@ pub mod pb {
 pub struct StudyApi {
     session: Arc<Session>,
     dir: DataDir,
-    auth: Arc<Auth>,
+    gate: Arc<Gate>,
 }
 
 impl StudyApi {
-    pub(crate) fn new(session: Arc<Session>, dir: DataDir, auth: Arc<Auth>) -> StudyApi {
-        StudyApi { session, dir, auth }
+    pub(crate) fn new(session: Arc<Session>, dir: DataDir, gate: Arc<Gate>) -> StudyApi {
+        StudyApi { session, dir, gate }
     }
 
     /// Runs `call` for the signed-in caller on a blocking thread: the
@@ -47,7 +47,7 @@ impl StudyApi {
     where
         T: Send + 'static,
     {
-        let address = self.auth.caller(request)?;
+        let address = self.gate.caller(request).await?;
         let name = account_name(&self.dir, address)?;
         let session = Arc::clone(&self.session);
         let dir = self.dir.clone();
@@ -81,12 +81,12 @@ fn study(s: research::StudySummary) -> pb::Study {
         approvals: s.approvals.into(),
         researcher: s.researcher,
         budget: s.budget,
-        remaining: s.remaining,
-        escrow: s.escrow,
-        owed: s.owed,
+        remaining: s.books.as_ref().map(|b| b.remaining.clone()),
+        escrow: s.books.as_ref().map(|b| b.escrow.clone()),
+        owed: s.books.as_ref().map(|b| b.owed.clone()),
         consenting: s.consenting as u64,
-        queries: s.queries as u64,
-        releases: s.releases as u64,
+        queries: s.books.as_ref().map(|b| b.queries as u64),
+        releases: s.books.as_ref().map(|b| b.releases as u64),
         microdata: s.microdata,
         ends_at: s.ends_at,
     }
@@ -143,9 +143,10 @@ impl pb::studies_server::Studies for StudyApi {
         &self,
         request: Request<pb::ListStudiesRequest>,
     ) -> Result<Response<pb::StudyList>, Status> {
-        self.as_caller(&request, "study.list", async move |s, conn, _| {
+        self.as_caller(&request, "study.list", async move |s, conn, me| {
+            let viewer = Viewer::Account(me.address());
             Ok(pb::StudyList {
-                studies: s.list(conn).await?.into_iter().map(study).collect(),
+                studies: s.list(conn, viewer).await?.into_iter().map(study).collect(),
             })
         })
         .await
@@ -186,8 +187,10 @@ impl pb::studies_server::Studies for StudyApi {
 
     async fn show(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::Study>, Status> {
         let id = request.get_ref().study_id;
-        self.as_caller(&request, "study.show", async move |s, conn, _| {
-            Ok(study(s.show(conn, id).await?))
+        self.as_caller(&request, "study.show", async move |s, conn, me| {
+            Ok(study(
+                s.show(conn, id, Viewer::Account(me.address())).await?,
+            ))
         })
         .await
     }
@@ -390,5 +393,52 @@ impl pb::records_server::Records for StudyApi {
             Ok(entries(audit::about_patient(conn, &patient, n)?))
         })
         .await
+    }
+}
+
+impl StudyApi {
+    /// A role change by the signed-in administrator: the contract decides
+    /// whether the caller may; [`crate::roles::change`] audits either way.
+    async fn change_role(
+        &self,
+        request: Request<pb::RoleChange>,
+        grant: bool,
+    ) -> Result<Response<pb::RoleChanged>, Status> {
+        let role: Role = request
+            .get_ref()
+            .role
+            .parse()
+            .map_err(|e: String| Status::invalid_argument(e))?;
+        let name = request.get_ref().account.clone();
+        let what = if grant { "role.grant" } else { "role.revoke" };
+        self.as_caller(&request, what, async move |s, conn, me| {
+            let c = crate::roles::change(conn, s.keystore(), s.client(), me, &name, role, grant)
+                .await?;
+            Ok(pb::RoleChanged {
+                account: c.name,
+                address: c.address,
+                role: c.role,
+                granted: c.granted,
+                tx_hash: c.tx_hash,
+            })
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::roles_server::Roles for StudyApi {
+    async fn grant(
+        &self,
+        request: Request<pb::RoleChange>,
+    ) -> Result<Response<pb::RoleChanged>, Status> {
+        self.change_role(request, true).await
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RoleChange>,
+    ) -> Result<Response<pb::RoleChanged>, Status> {
+        self.change_role(request, false).await
     }
 }

@@ -4,7 +4,10 @@
 //! The server writes the whole message a client signs, so it never parses a
 //! client's text: a sign-in is accepted only for the exact bytes it issued,
 //! once, before the challenge expires, signed by the address it names.
-//! Tokens live in memory; a restart signs everyone out.
+//! Tokens live in memory; a restart signs everyone out. A token ends when
+//! it expires, when its holder signs out (`cohort logout`), or when an
+//! administrator ends every token of an account; what a token may do is
+//! decided again at every call ([`super::gate`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -56,6 +59,9 @@ struct Challenge {
 pub struct Principal {
     /// The signed-in account.
     pub address: Address,
+    /// The second factor enrollment the sign-in was checked against, if
+    /// one was asked for (see `second_factor::enrollment`).
+    pub factor: Option<String>,
     expires: Instant,
 }
 
@@ -125,7 +131,7 @@ impl Auth {
     /// once) and returns a fresh token with the account it stands for.
     pub fn sign_in(&self, message: &str, signature: &[u8]) -> Result<(String, Address), AuthError> {
         let signer = self.verify_signature(message, signature)?;
-        Ok((self.issue_token(signer), signer))
+        Ok((self.issue_token(signer, None), signer))
     }
 
     /// The account whose `signature` answers `message`, a challenge of
@@ -157,8 +163,9 @@ impl Auth {
         Ok(signer)
     }
 
-    /// A fresh token for `signer`, valid for the token lifetime.
-    pub fn issue_token(&self, signer: Address) -> String {
+    /// A fresh token for `signer`, valid for the token lifetime; `factor`
+    /// is the second factor enrollment checked at the sign-in, if any.
+    pub fn issue_token(&self, signer: Address, factor: Option<String>) -> String {
         let token = random_hex(32);
         let mut tokens = self.tokens.lock().expect("tokens lock");
         tokens.retain(|_, p| p.expires > Instant::now());
@@ -166,32 +173,44 @@ impl Auth {
             token.clone(),
             Principal {
                 address: signer,
+                factor,
                 expires: Instant::now() + self.token_ttl,
             },
         );
         token
     }
 
-    /// The signed-in account a gRPC request comes from, by its
-    /// `authorization` header; UNAUTHENTICATED saying why otherwise.
-    pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Address, tonic::Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap_or_default());
-        self.principal(header)
-            .map(|p| p.address)
+    /// Ends the token in an `authorization` header's value (signing out);
+    /// the account it stood for.
+    pub fn revoke(&self, authorization: Option<&str>) -> Result<Address, AuthError> {
+        let principal = self.principal(authorization)?;
+        let token = bearer(authorization)?;
+        self.tokens
+            .lock()
+            .expect("tokens lock")
+            .remove(token.trim());
+        Ok(principal.address)
+    }
+
+    /// Ends every token of `address`; how many there were.
+    pub fn revoke_account(&self, address: Address) -> usize {
+        let mut tokens = self.tokens.lock().expect("tokens lock");
+        let before = tokens.len();
+        tokens.retain(|_, p| p.address != address);
+        before - tokens.len()
+    }
+
+    /// The token behind a gRPC request's `authorization` header;
+    /// UNAUTHENTICATED saying why otherwise. Only the token: what it may
+    /// do now is [`super::gate::Gate`]'s to decide.
+    pub fn principal_of<T>(&self, request: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
+        self.principal(authorization(request))
             .map_err(|e| tonic::Status::unauthenticated(e.to_string()))
     }
 
     /// The account behind an `authorization` header's value.
     pub fn principal(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
-        let header = authorization.ok_or(AuthError::Unauthenticated("no authorization header"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or(AuthError::Unauthenticated(
-                "the header is not a bearer token",
-            ))?;
+        let token = bearer(authorization)?;
         let tokens = self.tokens.lock().expect("tokens lock");
         match tokens.get(token.trim()) {
             Some(p) if p.expires > Instant::now() => Ok(p.clone()),
@@ -201,6 +220,23 @@ impl Auth {
             )),
         }
     }
+}
+
+/// A gRPC request's `authorization` header, if it has one.
+pub fn authorization<T>(request: &tonic::Request<T>) -> Option<&str> {
+    request
+        .metadata()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap_or_default())
+}
+
+fn bearer(authorization: Option<&str>) -> Result<&str, AuthError> {
+    authorization
+        .ok_or(AuthError::Unauthenticated("no authorization header"))?
+        .strip_prefix("Bearer ")
+        .ok_or(AuthError::Unauthenticated(
+            "the header is not a bearer token",
+        ))
 }
 
 pub(crate) fn random_hex(bytes: usize) -> String {
@@ -296,6 +332,32 @@ mod tests {
             auth.sign_in(&message, &[0u8; 10]),
             Err(AuthError::BadSignature(_))
         ));
+    }
+
+    #[test]
+    fn a_token_ends_when_signed_out_or_revoked_with_its_account() {
+        let auth = auth();
+        let alice = account("alice", 7);
+        let bob = account("bob", 8);
+        let sign_in = |who: &Account| {
+            let message = auth.challenge(who.address()).unwrap();
+            let signature = who.sign_message(&message).unwrap();
+            format!("Bearer {}", auth.sign_in(&message, &signature).unwrap().0)
+        };
+        let (a1, a2, b1) = (sign_in(&alice), sign_in(&alice), sign_in(&bob));
+        assert_eq!(auth.revoke(Some(&a1)), Ok(alice.address()));
+        assert_eq!(
+            auth.principal(Some(&a1)),
+            Err(AuthError::Unauthenticated(
+                "the token is not one this server issued"
+            ))
+        );
+        assert!(auth.revoke(Some(&a1)).is_err(), "signed out once");
+        assert!(auth.principal(Some(&a2)).is_ok(), "another sign-in stays");
+        assert_eq!(auth.revoke_account(alice.address()), 1);
+        assert!(auth.principal(Some(&a2)).is_err());
+        assert_eq!(auth.principal(Some(&b1)).unwrap().address, bob.address());
+        assert_eq!(auth.revoke_account(alice.address()), 0);
     }
 
     #[test]

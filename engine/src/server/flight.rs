@@ -27,14 +27,20 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{Auth, AuthError};
-use super::{internal, status};
+use super::auth::{AuthError, authorization};
+use super::gate::Gate;
+use super::status;
+use crate::DataDir;
 use crate::research::Session;
 use crate::research::query::{QueryOutcome, QueryRequest};
-use crate::{DataDir, second_factor};
 
 /// The action that asks for a sign-in challenge; its body is the address.
 pub const CHALLENGE_ACTION: &str = "cohort.challenge";
+/// The action that ends the token it is sent with (signing out).
+pub const LOGOUT_ACTION: &str = "cohort.logout";
+/// The action by which an administrator ends every token of the account
+/// whose address is its body.
+pub const REVOKE_ACTION: &str = "cohort.revoke";
 /// The header naming the study a statement is asked of.
 pub const STUDY_HEADER: &str = "cohort-study";
 /// The optional header carrying the query's id: a retry with the same id
@@ -54,63 +60,71 @@ struct Stored {
 pub struct Research {
     session: Arc<Session>,
     dir: DataDir,
-    auth: Arc<Auth>,
-    /// Whether stewards and administrators must add a TOTP code.
-    second_factor: bool,
+    gate: Arc<Gate>,
     answers: Mutex<HashMap<String, Stored>>,
 }
 
-/// The roles whose sign-in takes a second factor: they approve studies and
-/// grant roles, so a stolen key alone must not be enough.
-const SECOND_FACTOR_ROLES: [Role; 2] = [Role::Steward, Role::Admin];
-
 impl Research {
-    pub(crate) fn new(
-        session: Arc<Session>,
-        dir: DataDir,
-        auth: Arc<Auth>,
-        second_factor: bool,
-    ) -> Research {
+    pub(crate) fn new(session: Arc<Session>, dir: DataDir, gate: Arc<Gate>) -> Research {
         Research {
             session,
             dir,
-            auth,
-            second_factor,
+            gate,
             answers: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// The TOTP check for an account holding a [`SECOND_FACTOR_ROLES`]
-    /// role on chain; nothing for any other account.
-    async fn check_second_factor(
-        &self,
-        address: Address,
-        code: Option<&str>,
-    ) -> Result<(), Status> {
-        if !self.second_factor {
-            return Ok(());
-        }
-        let mut needs = false;
-        for role in SECOND_FACTOR_ROLES {
-            needs |= self.session.has_role(role, address).await.map_err(status)?;
-        }
-        if !needs {
-            return Ok(());
-        }
-        let name = self.account_name(address)?;
-        let conn = self.dir.connect().map_err(internal)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|_| Status::internal("the clock is before 1970"))?
-            .as_secs();
-        second_factor::verify(&conn, self.session.keystore(), &name, code, now)
-            .map_err(internal)?
-            .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
     fn account_name(&self, address: Address) -> Result<String, Status> {
         super::account_name(&self.dir, address)
     }
+
+    /// `cohort.logout`: ends the token the request carries.
+    fn logout(&self, request: &Request<Action>) -> Result<String, Status> {
+        let address = self
+            .gate
+            .auth()
+            .revoke(authorization(request))
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        self.gate
+            .audit(address, "auth.logout", address, serde_json::json!({}))?;
+        tracing::info!(account = %address, "signed out");
+        Ok("signed out".into())
+    }
+
+    /// `cohort.revoke`: an administrator (checked now, on chain) ends
+    /// every token of the account whose address is the body.
+    async fn revoke(&self, request: &Request<Action>) -> Result<String, Status> {
+        let caller = self.gate.caller(request).await?;
+        let target = parse_address(&request.get_ref().body)?;
+        if !self.gate.has_role(Role::Admin, caller).await? {
+            self.gate.audit(
+                caller,
+                "auth.revoke",
+                target,
+                serde_json::json!({"refused": "the caller is not an admin"}),
+            )?;
+            return Err(Status::permission_denied(
+                "ending another account's sign-ins needs the admin role",
+            ));
+        }
+        let ended = self.gate.auth().revoke_account(target);
+        self.gate.audit(
+            caller,
+            "auth.revoke",
+            target,
+            serde_json::json!({"tokens": ended}),
+        )?;
+        tracing::info!(account = %caller, target = %target, ended, "tokens revoked");
+        Ok(ended.to_string())
+    }
+}
+
+fn parse_address(body: &[u8]) -> Result<Address, Status> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| Status::invalid_argument("the address is not text"))?;
+    text.trim().parse().map_err(|_| {
+        Status::invalid_argument(format!("`{}` is not an Ethereum address", text.trim()))
+    })
 }
 
 fn header<'a, T>(request: &'a Request<T>, name: &str) -> Option<&'a str> {
@@ -217,20 +231,32 @@ impl FlightSqlService for Research {
             .decode(sign_in.signature.trim_start_matches("0x").as_bytes())
             .map_err(|e| Status::invalid_argument(format!("the signature is not hex: {e}")))?;
         let address = self
-            .auth
+            .gate
+            .auth()
             .verify_signature(&sign_in.message, &signature)
             .map_err(|e| match e {
                 AuthError::Busy => Status::resource_exhausted(e.to_string()),
                 _ => Status::unauthenticated(e.to_string()),
             })?;
-        if let Err(e) = self
+        let factor = match self
+            .gate
             .check_second_factor(address, sign_in.totp.as_deref())
             .await
         {
-            tracing::info!(account = %address, "sign-in refused: second factor");
-            return Err(e);
-        }
-        let token = self.auth.issue_token(address);
+            Ok(factor) => factor,
+            Err(e) => {
+                tracing::info!(account = %address, "sign-in refused: second factor");
+                return Err(e);
+            }
+        };
+        let second_factor = factor.is_some();
+        let token = self.gate.auth().issue_token(address, factor);
+        self.gate.audit(
+            address,
+            "auth.sign_in",
+            address,
+            serde_json::json!({"second_factor": second_factor}),
+        )?;
         tracing::info!(account = %address, "signed in");
         let reply = HandshakeResponse {
             protocol_version: first.protocol_version,
@@ -249,24 +275,25 @@ impl FlightSqlService for Research {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        let action = request.into_inner();
-        if action.r#type != CHALLENGE_ACTION {
-            return Err(Status::unimplemented(format!(
-                "unknown action `{}`; this server has `{CHALLENGE_ACTION}`",
-                action.r#type
-            )));
-        }
-        let text = std::str::from_utf8(&action.body)
-            .map_err(|_| Status::invalid_argument("the address is not text"))?;
-        let address: Address = text.trim().parse().map_err(|_| {
-            Status::invalid_argument(format!("`{}` is not an Ethereum address", text.trim()))
-        })?;
-        let message = self
-            .auth
-            .challenge(address)
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        let body = match request.get_ref().r#type.as_str() {
+            CHALLENGE_ACTION => {
+                let address = parse_address(&request.get_ref().body)?;
+                self.gate
+                    .auth()
+                    .challenge(address)
+                    .map_err(|e| Status::resource_exhausted(e.to_string()))?
+            }
+            LOGOUT_ACTION => self.logout(&request)?,
+            REVOKE_ACTION => self.revoke(&request).await?,
+            other => {
+                return Err(Status::unimplemented(format!(
+                    "unknown action `{other}`; this server has `{CHALLENGE_ACTION}`, \
+                     `{LOGOUT_ACTION}` and `{REVOKE_ACTION}`"
+                )));
+            }
+        };
         let result = arrow_flight::Result {
-            body: message.into_bytes().into(),
+            body: body.into_bytes().into(),
         };
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
     }
@@ -277,7 +304,7 @@ impl FlightSqlService for Research {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let started = Instant::now();
-        let caller = self.auth.caller(&request)?;
+        let caller = self.gate.caller(&request).await?;
         let study = header(&request, STUDY_HEADER)
             .ok_or_else(|| {
                 Status::invalid_argument(format!(
@@ -355,7 +382,7 @@ impl FlightSqlService for Research {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let caller = self.auth.caller(&request)?;
+        let caller = self.gate.caller(&request).await?;
         let handle = String::from_utf8_lossy(&ticket.statement_handle).to_string();
         let stored = {
             let mut answers = self.answers.lock().expect("answers lock");

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod flight;
+pub mod gate;
 pub mod sign_in;
 pub mod tls;
 pub mod web;
@@ -73,8 +74,14 @@ pub async fn serve(
         Duration::from_secs(config.auth.token_ttl_secs),
     ));
     let session = Arc::new(session);
-    let api = api::StudyApi::new(Arc::clone(&session), dir.clone(), Arc::clone(&auth));
-    let service = flight::Research::new(session, dir.clone(), auth, config.auth.second_factor);
+    let gate = Arc::new(gate::Gate::new(
+        auth,
+        Arc::clone(&session),
+        dir.clone(),
+        config.auth.second_factor,
+    ));
+    let api = api::StudyApi::new(Arc::clone(&session), dir.clone(), Arc::clone(&gate));
+    let service = flight::Research::new(session, dir.clone(), gate);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health
@@ -126,6 +133,9 @@ pub async fn serve(
         )
         .add_service(
             api::pb::records_server::RecordsServer::new(api.clone()).max_decoding_message_size(max),
+        )
+        .add_service(
+            api::pb::roles_server::RolesServer::new(api.clone()).max_decoding_message_size(max),
         );
     // The web page and its JSON API beside the gRPC services, on one port;
     // browsers may speak HTTP/1.1.

@@ -3,6 +3,7 @@
 //! with instructions when it is missing rather than skip.
 
 mod audit;
+mod chaos;
 mod cid;
 mod cli;
 mod encrypted;
@@ -16,6 +17,7 @@ mod privacy_audit;
 mod query;
 mod research;
 mod server;
+mod server_auth;
 mod server_load;
 mod steward;
 mod vault;
