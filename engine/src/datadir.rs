@@ -81,3 +81,31 @@ impl DataDir {
         ))
     }
 }
+
+/// Below this much free space a failed write is put down to a full disk.
+const NEARLY_FULL_BYTES: u64 = 1 << 20;
+
+/// What is wrong with the storage under `root`, if anything: a read-only
+/// file system or a (nearly) full disk, in words an operator can act on.
+/// Asked after a write failed, so that the error names the cause rather
+/// than SQLite's "disk I/O error".
+pub fn storage_fault(root: &Path) -> Option<String> {
+    // The directory itself, or the nearest parent that exists.
+    let at = root.ancestors().find(|p| p.exists())?;
+    let stat = rustix::fs::statvfs(at).ok()?;
+    if stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+        return Some(format!(
+            "the data directory {} is on a read-only file system: remount it read-write \
+             (or use another --data-dir), then run the command again",
+            root.display()
+        ));
+    }
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    (free < NEARLY_FULL_BYTES).then(|| {
+        format!(
+            "the disk holding {} is full ({free} bytes free): free space, then run the \
+             command again",
+            root.display()
+        )
+    })
+}

@@ -99,7 +99,7 @@ fn server_round(s: &Setup, study: &str, round: u64, rng: &mut ChaCha8Rng) {
 }
 
 /// The checks after a restart; returns the delivered queries' answers.
-fn check_books(s: &Setup, id: u64) -> HashMap<String, String> {
+pub(crate) fn check_books(s: &Setup, id: u64) -> HashMap<String, String> {
     // A restart: the next owner finishes or undoes what the kills left.
     let vault = s.dir.unlock(PASSPHRASE).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -7,6 +7,7 @@ mod chaos;
 mod cid;
 mod cli;
 mod encrypted;
+mod faults;
 mod generate;
 mod ingest;
 mod invariant;
