@@ -938,3 +938,66 @@ fn a_new_ingest_reaches_the_next_query() {
         "the next query's view holds the new row (a view of a new generation)"
     );
 }
+
+#[test]
+fn a_withdrawal_racing_queries_is_in_each_answer_whole_or_out_of_it_whole() {
+    let s = setup(20);
+    let (id, patients) = s.approved_study(&study_text("100", "0.1", false), 6);
+    let vault = s.dir.unlock(PASSPHRASE).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let session = rt.block_on(Session::open(&s.dir, &vault)).unwrap();
+    let requests: Vec<QueryRequest> = (0..24)
+        .map(|i| QueryRequest {
+            sql: "SELECT COUNT(*) AS n FROM patients".into(),
+            query_id: Some(format!("w{i}")),
+            ..Default::default()
+        })
+        .collect();
+    let leaving = &patients[0];
+    let (results, withdrawn) = rt.block_on(async {
+        futures::join!(
+            futures::future::join_all(requests.iter().map(|r| session.query("researcher", id, r))),
+            session.withdraw(vault.conn(), leaving, id)
+        )
+    });
+    withdrawn.unwrap();
+    let conn = s.dir.connect().unwrap();
+    let leaver = format!("{:#x}", leaving.address());
+    let mut sizes = std::collections::BTreeSet::new();
+    for outcome in results {
+        let outcome = outcome.unwrap();
+        let answer = outcome.answer.unwrap();
+        // The answer, its fee's member set and the set on record agree:
+        // the leaving patient is in all three or in none.
+        let root = outcome.members_root.unwrap();
+        let stored: Vec<String> = conn
+            .prepare("SELECT address FROM research_member_sets WHERE members_root = ?1")
+            .unwrap()
+            .query_map([&root], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            stored.len(),
+            answer.members,
+            "the set paid is the set counted"
+        );
+        let in_set = stored.iter().any(|a| a.eq_ignore_ascii_case(&leaver));
+        assert_eq!(in_set, answer.members == 6, "{stored:?}");
+        sizes.insert(answer.members);
+    }
+    assert!(sizes.iter().all(|n| *n == 5 || *n == 6), "{sizes:?}");
+    // Every query after the withdrawal leaves the patient out.
+    let after = rt
+        .block_on(session.query(
+            "researcher",
+            id,
+            &QueryRequest {
+                sql: "SELECT COUNT(*) AS n FROM patients".into(),
+                query_id: Some("after".into()),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    assert_eq!(after.answer.unwrap().members, 5);
+}
