@@ -1,6 +1,7 @@
-//! Chaos: `cohort query` processes and `cohort serve` under load, SIGKILLed
-//! at random points (a seeded generator picks the moments, so a failing
-//! seed replays), each round followed by a restart and the books checked
+//! Chaos: `cohort query` processes beside a consent change, a claim, an
+//! ingest or an erasure, and `cohort serve` under load, SIGKILLed at random
+//! points (a seeded generator picks the moments, so a failing seed
+//! replays), each round followed by a restart and the books checked
 //! exactly:
 //! - ε committed + reserved on chain equals the sum over the queries the
 //!   journal holds as answered and charged, and nothing stays reserved;
@@ -46,12 +47,67 @@ fn query_process(s: &Setup, study: &str, id: &str) -> Child {
         .unwrap()
 }
 
-/// Three `cohort query` processes at once; some are SIGKILLed at random
-/// moments while they wait for the chain, plan, run or commit.
+/// A command beside the queries: a consent change, a claim, an ingest or
+/// an erasure, in turn.
+fn side_process(s: &Setup, study: &str, round: u64) -> Child {
+    let fresh = crate::bundles(s.tmp.path(), 3, 1000 + round);
+    let ops: [Vec<String>; 6] = [
+        vec![
+            "consent".into(),
+            "withdraw".into(),
+            study.into(),
+            "--as".into(),
+            "patient-1".into(),
+        ],
+        vec![
+            "compensation".into(),
+            "claim".into(),
+            "--as".into(),
+            "patient-2".into(),
+        ],
+        vec!["ingest".into(), fresh.display().to_string()],
+        vec![
+            "patient".into(),
+            "erase".into(),
+            s.patient_ids[3].clone(),
+            "--confirm".into(),
+        ],
+        vec![
+            "consent".into(),
+            "give".into(),
+            study.into(),
+            "--as".into(),
+            "patient-1".into(),
+        ],
+        vec![
+            "compensation".into(),
+            "claim".into(),
+            "--as".into(),
+            "patient-0".into(),
+        ],
+    ];
+    Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .arg("--data-dir")
+        .arg(&s.data)
+        .args(&ops[(round / 2) as usize % ops.len()])
+        .env("COHORT_PASSPHRASE", PASSPHRASE)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Four `cohort query` processes and one other command at once; most are
+/// SIGKILLed at random moments while they wait for the chain, plan, run,
+/// commit, change consent, claim, ingest or erase.
 fn cli_round(s: &Setup, study: &str, round: u64, rng: &mut ChaCha8Rng) {
     let mut children: Vec<Child> = (0..4)
         .map(|i| query_process(s, study, &format!("r{round}-c{i}")))
         .collect();
+    children.insert(
+        rng.random_range(0..children.len()),
+        side_process(s, study, round),
+    );
     for child in &mut children {
         if rng.random_bool(0.75) {
             std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));

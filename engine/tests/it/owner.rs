@@ -86,7 +86,9 @@ fn query_processes_racing_for_one_budget_spend_exactly_what_it_affords() {
     for o in outputs.iter().filter(|o| !o.status.success()) {
         let e = stderr(o);
         assert!(
-            e.contains("budget") && !e.contains("UNIQUE") && !e.contains("locked"),
+            (e.contains("budget") || e.contains("BudgetExceeded"))
+                && !e.contains("UNIQUE")
+                && !e.contains("locked"),
             "not a budget refusal: {e}"
         );
     }
@@ -227,4 +229,56 @@ fn claims_racing_each_other_pay_each_share_once() {
     }
     let shown = cohort_json(&s.data, &["compensation", "show", "--as", "patient-0"]);
     assert_eq!(shown["claimable"], "0 ether");
+}
+
+#[test]
+fn server_clients_racing_for_one_budget_get_exactly_what_it_affords() {
+    use crate::server::{ask, client, login};
+    let s = setup(20);
+    // 1 / 0.2: exactly 5 of 9 queries can be paid for.
+    let text = study_text("1", "0.2", false).replace("0.06 ether", "0.02 ether");
+    let (id, _) = s.approved_study(&text, 6);
+    let study = id.to_string();
+    let server = Server::start(&s.data);
+    let token = login(&s.data, &server, "researcher");
+    let clients: Vec<_> = (0..9)
+        .map(|i| {
+            let (data, url, token, study) = (
+                s.data.clone(),
+                server.url.clone(),
+                token.clone(),
+                study.clone(),
+            );
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                rt.block_on(async {
+                    let mut c = client(&data, &url, Some(&token), Some(&study)).await;
+                    c.set_header("cohort-query-id", format!("flight-{i}"));
+                    ask(&mut c, "SELECT COUNT(*) AS n FROM patients")
+                        .await
+                        .map(drop)
+                })
+            })
+        })
+        .collect();
+    let outcomes: Vec<Result<(), tonic::Status>> =
+        clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        5,
+        "min(N, K)"
+    );
+    for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert!(
+            // Refused by the planner once the budget reads 0, or by the
+            // contract when the race is decided at the reservation.
+            e.message().contains("BudgetExceeded") || e.message().contains("privacy-budget"),
+            "not a budget refusal: {e:?}"
+        );
+    }
+    assert!(server.stop().success());
+    assert_eq!(
+        cohort_json(&s.data, &["study", "show", &study])["remaining"],
+        "ε 0"
+    );
 }
