@@ -21,77 +21,15 @@ use std::sync::Arc;
 
 use datafusion::common::{Column, DFSchema};
 use datafusion::logical_expr::{
-    Aggregate, Expr, Filter, JoinType, LogicalPlan, Projection, SubqueryAlias, TableScan,
+    Aggregate, Expr, Filter, LogicalPlan, Projection, SubqueryAlias, TableScan,
 };
 
 use crate::error::{Error, Result, Rule};
 use crate::facts::{self, ColumnFacts, SourceColumn};
+use crate::kinds::{Kind, Typed, UNIT_COLUMN};
 use crate::nodes::Site;
 use crate::policy::{Contribution, Scope};
 use crate::rules;
-
-/// The column name under which the planner carries the privacy unit
-/// through projections that drop it. The `__cohort` prefix is reserved:
-/// queries that use it are refused.
-pub(crate) const UNIT_COLUMN: &str = "__cohort_unit";
-
-/// The privacy kind of a relation.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Kind {
-    /// Rows of patients; `unit` is the index of the privacy unit column.
-    Private {
-        unit: usize,
-        /// A bound on rows per patient that the tables guarantee.
-        rows_per_unit: Option<u64>,
-    },
-    /// No patient data.
-    Public,
-    /// Output of DP aggregates (or computed from it).
-    Published,
-}
-
-/// A rewritten relation with its kind and column facts.
-#[derive(Clone, Debug)]
-pub(crate) struct Typed {
-    pub kind: Kind,
-    pub columns: Vec<ColumnFacts>,
-    /// A refusal that applies if these rows reach an aggregate
-    /// (sampling) — or, more fundamentally, the answer.
-    pub sampled: Option<String>,
-    /// Set when the rows are one per patient from a `GROUP BY` on the unit.
-    pub per_unit: Option<String>,
-}
-
-impl Typed {
-    fn public(columns: usize) -> Typed {
-        Typed {
-            kind: Kind::Public,
-            columns: vec![ColumnFacts::default(); columns],
-            sampled: None,
-            per_unit: None,
-        }
-    }
-
-    fn published(columns: Vec<ColumnFacts>) -> Typed {
-        Typed {
-            kind: Kind::Published,
-            columns: columns
-                .into_iter()
-                .map(|facts| ColumnFacts {
-                    interval: Default::default(),
-                    copy_of: None,
-                    ..facts
-                })
-                .collect(),
-            sampled: None,
-            per_unit: None,
-        }
-    }
-
-    pub(crate) fn is_private(&self) -> bool {
-        matches!(self.kind, Kind::Private { .. })
-    }
-}
 
 /// The typing pass over one query.
 pub(crate) struct Typer<'a> {
@@ -418,23 +356,4 @@ impl<'a> Typer<'a> {
 /// The first line of a plan's display, for messages.
 fn first_line(plan: &LogicalPlan) -> String {
     plan.display().to_string()
-}
-
-/// The output unit of a join, by join type.
-pub(crate) fn joined_unit(
-    join_type: JoinType,
-    left: usize,
-    right: usize,
-    left_width: usize,
-) -> Option<usize> {
-    match join_type {
-        JoinType::Inner
-        | JoinType::Left
-        | JoinType::LeftSemi
-        | JoinType::LeftAnti
-        | JoinType::LeftMark => Some(left),
-        JoinType::Right => Some(left_width + right),
-        JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => Some(right),
-        JoinType::Full => None,
-    }
 }

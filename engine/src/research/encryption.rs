@@ -53,6 +53,8 @@ use cohort_query_planner::EncryptedExecutor;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use super::answer::{Answer, commitment};
+use super::consenting::Consenting;
 use super::study::StudyFile;
 use crate::keystore::{self, KeyStore, SecretKey};
 use crate::{Error, Result};
@@ -436,7 +438,7 @@ pub(crate) fn cells(
     conn: &Connection,
     study: u64,
     column: &str,
-    consenting: &[super::view::Consenting],
+    consenting: &[Consenting],
 ) -> Result<HashMap<String, Vec<u8>>> {
     let mut stmt = conn.prepare(
         "SELECT e.patient_id, e.cell, s.value_hash FROM research_encrypted e
@@ -472,7 +474,7 @@ pub(crate) fn shared_count(
     conn: &Connection,
     study: u64,
     column: &str,
-    consenting: &[super::view::Consenting],
+    consenting: &[Consenting],
 ) -> Result<u64> {
     let mut stmt = conn.prepare(
         "SELECT patient FROM ledger_shared_values WHERE study_id = ?1 AND column_hash = ?2",
@@ -535,7 +537,7 @@ impl Executor {
         root: &std::path::Path,
         study: u64,
         file: &StudyFile,
-        consenting: &[super::view::Consenting],
+        consenting: &[Consenting],
         job: Arc<Job>,
     ) -> Result<Option<Executor>> {
         let cols = columns(file);
@@ -618,17 +620,6 @@ impl EncryptedExecutor for Executor {
     }
 }
 
-/// An answer column computed under encryption.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EncryptedOutput {
-    /// The answer's column.
-    pub output: String,
-    /// The encrypted column it aggregates.
-    pub column: String,
-    /// The layer.
-    pub layer: Layer,
-}
-
 /// The decryptors' check of the ledger: the query's debit is committed,
 /// and its result hash is the hash of the answer these results belong to.
 #[derive(Debug)]
@@ -676,7 +667,7 @@ impl LedgerGate {
         let salt = data_encoding::HEXLOWER_PERMISSIVE
             .decode(salt.as_bytes())
             .map_err(|e| Error::Invalid(format!("a commitment's salt is not hex: {e}")))?;
-        if q.resultHash != super::query::commitment(&salt, answer_text) {
+        if q.resultHash != commitment(&salt, answer_text) {
             return Err(refuse(
                 "the committed result hash is not the hash of this answer".into(),
             ));
@@ -716,7 +707,7 @@ pub(crate) async fn decrypt_answer(
     root: &std::path::Path,
     client: &cohort_ledger_bridge::Client,
     file: &StudyFile,
-    answer: &mut super::query::Answer,
+    answer: &mut Answer,
     salt: &str,
     answer_text: &str,
 ) -> Result<()> {

@@ -12,7 +12,9 @@
 //! engine's account and the pseudonym master, and opens its own SQLite
 //! connection per call, so that many queries may run at once.
 
+pub mod answer;
 pub mod compensation;
+pub mod consenting;
 pub mod encryption;
 mod journal;
 pub mod microdata;
@@ -33,8 +35,9 @@ use serde::Serialize;
 use crate::chain::{self, LedgerConfig};
 use crate::vault::Vault;
 use crate::{DataDir, Error, Result, accounts, audit};
+use consenting::Consenting;
 pub use study::StudyFile;
-use view::{Consenting, View};
+use view::View;
 
 /// Creates the research tables.
 pub fn install(conn: &Connection) -> Result<()> {

@@ -41,9 +41,12 @@ use cohort_query_planner::{PlannedAggregate, Planner, PrivateAnswer, QueryOption
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
+pub use super::answer::Answer;
+use super::answer::commitment;
+use super::consenting::Consenting;
 use super::journal::{self, Intent, QueryLock};
 use super::study::StudyFile;
-use super::view::{self, Consenting, View};
+use super::view::{self, View};
 use super::{Session, ledger_query_id};
 use crate::deadline::{self, Failure};
 use crate::{DataDir, Error, Result, audit};
@@ -66,43 +69,6 @@ pub struct QueryRequest {
     pub weights: BTreeMap<String, u32>,
     /// Only plan and cost.
     pub explain: bool,
-}
-
-/// The answer as stored and committed to: exactly what the researcher
-/// receives (encrypted cells sealed; they are decrypted after the commit).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Answer {
-    /// The study.
-    pub study_id: u64,
-    /// The query's id.
-    pub query_id: String,
-    /// Its id on the ledger.
-    pub ledger_id: String,
-    /// The SQL.
-    pub sql: String,
-    /// The answer's columns.
-    pub columns: Vec<String>,
-    /// The answer's rows.
-    pub rows: Vec<Vec<serde_json::Value>>,
-    /// Every noisy release with its 95% error.
-    pub releases: serde_json::Value,
-    /// What it cost.
-    pub cost: String,
-    /// The fee its privacy cost paid (wei): the study's price per ε times
-    /// the ε (or ρ) it charged, whatever the data.
-    pub fee: String,
-    /// What each member of the consenting set is paid of it (wei); the
-    /// remainder of the division goes back to the escrow.
-    #[serde(default)]
-    pub share: String,
-    /// The consenting set at the time of the query (public: consents are
-    /// on chain); every member bears the query's privacy loss and is paid.
-    pub members: usize,
-    /// The columns computed under encryption. In the stored (committed)
-    /// answer their cells are sealed results; they are decrypted after the
-    /// debit is committed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub encrypted: Vec<super::encryption::EncryptedOutput>,
 }
 
 /// The stored outcome of a query that ended without an answer: the same
@@ -250,14 +216,6 @@ fn check_query_id(id: &str) -> Result<()> {
 fn parse_b256(text: Option<&str>, what: &str) -> Result<B256> {
     text.and_then(|t| t.parse().ok())
         .ok_or_else(|| Error::Invalid(format!("the journal's {what} is missing or malformed")))
-}
-
-/// `keccak256(salt ‖ text)`: the commitment to an outcome.
-pub(crate) fn commitment(salt: &[u8], text: &str) -> B256 {
-    let mut bytes = Vec::with_capacity(salt.len() + text.len());
-    bytes.extend_from_slice(salt);
-    bytes.extend_from_slice(text.as_bytes());
-    keccak256(bytes)
 }
 
 fn fresh_salt() -> Result<[u8; 32]> {
@@ -760,7 +718,7 @@ impl Session {
                 .flat_map(|a| &a.outputs)
                 .filter_map(|o| {
                     let e = o.encrypted.as_ref()?;
-                    Some(super::encryption::EncryptedOutput {
+                    Some(super::answer::EncryptedOutput {
                         output: o.output.clone(),
                         column: e.column.clone(),
                         layer: e.layer,

@@ -22,17 +22,9 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::consenting::Consenting;
 use super::study::StudyFile;
 use crate::{Error, Result, projection, safe_harbor};
-
-/// One consenting patient: their id in the vault and their account.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Consenting {
-    /// The patient's id in the vault.
-    pub patient_id: String,
-    /// The account that consented (and is paid).
-    pub address: Address,
-}
 
 /// The research view of one study at one consenting set.
 pub struct View {

@@ -28,10 +28,10 @@ use datafusion::logical_expr::{Aggregate, Cast, Expr, ExprSchemable, LogicalPlan
 use crate::encryption::EncryptedRelease;
 use crate::error::{Error, Result, Rule};
 use crate::facts::{self, ColumnFacts, Interval, strip_alias};
+use crate::kinds::{Kind, Typed};
 use crate::policy::{Bounds, DEFAULT_QUANTILE_CANDIDATES, Scope};
 use crate::release::{Influence, Statistic};
 use crate::rules::encrypted;
-use crate::typing::{Kind, Typed};
 
 /// Refuses `GROUPING SETS`, `ROLLUP` and `CUBE`.
 pub(crate) fn check_grouping(group_expr: &[Expr]) -> Result<()> {
@@ -588,8 +588,8 @@ mod tests {
     use datafusion::physical_expr::create_physical_expr;
 
     use super::*;
+    use crate::kinds::Kind;
     use crate::policy::StudyPolicy;
-    use crate::typing::Kind;
 
     fn check(data_type: DataType, lower: f64, upper: f64, precision: Option<u32>) {
         let arrow_schema = Arc::new(Schema::new(vec![

@@ -24,13 +24,13 @@ use datafusion::logical_expr::{Aggregate, Expr, Extension, Filter, LogicalPlan, 
 
 use crate::error::Result;
 use crate::facts::strip_alias;
+use crate::kinds::{Kind, Typed};
 use crate::nodes::{
     BoundContributions, Choice, Keys, NoisyAggregate, PlannedRelease, ReleaseLog, Site,
 };
 use crate::policy::{Contribution, Sampling, Scope};
 use crate::rules::group_keys::KeyDomain;
 use crate::rules::{aggregates, group_keys};
-use crate::typing::{Kind, Typed};
 
 /// Rewrites one DP aggregate (site `id`); returns the new plan and the site.
 #[allow(clippy::too_many_arguments)]

@@ -26,8 +26,8 @@ use datafusion::physical_expr::create_physical_expr;
 
 use crate::error::{Error, Result, Rule};
 use crate::facts;
+use crate::kinds::Typed;
 use crate::policy::{DOMAIN_MAX, Scope};
-use crate::typing::Typed;
 
 /// The possible values of a DP aggregate's keys.
 pub(crate) enum KeyDomain {

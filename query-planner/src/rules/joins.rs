@@ -14,7 +14,7 @@ use datafusion::logical_expr::{Expr, Join, JoinType};
 
 use crate::error::{Error, Result, Rule};
 use crate::facts::{ColumnFacts, strip_alias};
-use crate::typing::{Kind, Typed, joined_unit};
+use crate::kinds::{Kind, Typed, joined_unit};
 
 /// The typing of `join` over its typed inputs.
 pub(crate) fn check(join: &Join, left: &Typed, right: &Typed) -> Result<Typed> {

@@ -12,8 +12,8 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::tokenizer::Span;
 
-use crate::catalog::is_allowed_function;
 use crate::error::{Error, Result, Rule};
+use crate::functions::is_allowed_function;
 use crate::policy::Scope;
 
 /// Schemas that hold system tables in DataFusion and other engines.
