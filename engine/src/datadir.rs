@@ -109,3 +109,29 @@ pub fn storage_fault(root: &Path) -> Option<String> {
         )
     })
 }
+
+/// Whether `error` (or what caused it) is a write the storage refused:
+/// SQLite's I/O, full, read-only and cannot-open errors, or the same from
+/// the file system.
+pub fn is_storage_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref::<rusqlite::Error>()
+            && matches!(f.code, CannotOpen | DiskFull | ReadOnly | SystemIoFailure)
+        {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                StorageFull | ReadOnlyFilesystem | FileTooLarge | QuotaExceeded
+            )
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}

@@ -715,7 +715,10 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            match storage_failure(&e).then(|| cohort_engine::datadir::storage_fault(&cli.data_dir))
+            match e
+                .chain()
+                .any(cohort_engine::datadir::is_storage_failure)
+                .then(|| cohort_engine::datadir::storage_fault(&cli.data_dir))
             {
                 // Every change is one transaction, so a write that failed
                 // left nothing half-done; the next command finishes or undoes
@@ -729,26 +732,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Whether `e` comes from a write the storage refused (SQLite's I/O,
-/// full, read-only and cannot-open errors; the same from the file system).
-fn storage_failure(e: &anyhow::Error) -> bool {
-    use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
-    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, ReadOnlyFilesystem, StorageFull};
-    e.chain().any(|cause| {
-        if let Some(rusqlite::Error::SqliteFailure(f, _)) = cause.downcast_ref::<rusqlite::Error>()
-        {
-            return matches!(f.code, CannotOpen | DiskFull | ReadOnly | SystemIoFailure);
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                StorageFull | ReadOnlyFilesystem | FileTooLarge | QuotaExceeded
-            );
-        }
-        false
-    })
 }
 
 /// SIGINT and SIGTERM end a command with a line saying so, and the

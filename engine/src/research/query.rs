@@ -563,6 +563,19 @@ impl Session {
                     }
                 }
             }
+            // A race lost at the reservation reads as the planner's own
+            // budget refusal: one wording, whichever check said no.
+            if e.revert_name() == Some("BudgetExceeded") {
+                let left = self.client.remaining(id).await?;
+                return Err(cohort_query_planner::Error::OverBudget {
+                    cost: charge,
+                    limit: format!(
+                        "the study has only {} left",
+                        remaining_charge(s.terms.kind, left)
+                    ),
+                }
+                .into());
+            }
             return Err(e.into());
         }
         // A crash here leaves `reserving`, which recovery releases after

@@ -129,7 +129,7 @@ impl Gate {
         detail: serde_json::Value,
     ) -> Result<(), Status> {
         let name = |a: Address| account_name(&self.dir, a).unwrap_or_else(|_| format!("{a:#x}"));
-        let conn = self.dir.connect().map_err(internal)?;
+        let conn = self.dir.connect().map_err(status)?;
         audit::append(
             &conn,
             &audit::Event {
@@ -140,7 +140,7 @@ impl Gate {
                 detail,
             },
         )
-        .map_err(internal)?;
+        .map_err(status)?;
         Ok(())
     }
 }

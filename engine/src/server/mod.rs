@@ -184,6 +184,16 @@ pub(crate) fn internal(e: Error) -> Status {
 
 /// The domain's errors as gRPC statuses, with their message.
 pub(crate) fn status(e: Error) -> Status {
+    if crate::datadir::is_storage_failure(&e) {
+        // The operator's problem, told in the log; the caller learns only
+        // that the server cannot write now (every change is one
+        // transaction, so nothing was half-written).
+        tracing::error!(error = %e, "storage fault: the data directory refused a write (disk full or read-only?)");
+        return Status::unavailable(
+            "the server cannot write its data now (its disk is full or read-only); nothing was \
+             half-written: try again later",
+        );
+    }
     let message = e.to_string();
     match e {
         Error::NotFound(_) => Status::not_found(message),

@@ -3,7 +3,9 @@
 //! needs no privileges where the kernel allows user namespaces). Each
 //! command that cannot write ends with a clear error naming the cause;
 //! nothing is half-written: once space is back, the next command recovers,
-//! and the books, the audit log and the chain verify exactly.
+//! and the books, the audit log and the chain verify exactly. A server
+//! whose disk fills refuses the call as unavailable, logs the fault for
+//! its operator, and goes on once there is room.
 
 use std::path::Path;
 use std::process::Command;
@@ -93,6 +95,19 @@ mount -o remount,ro "$MNT"
 q ro-1 >/dev/null 2>"$MNT/../ro.err"; echo "RO_EXIT=$?"
 echo "RO_ERR=$(tr '\n' ' ' < "$MNT/../ro.err")"
 mount -o remount,rw "$MNT"
+# A server whose disk fills while it runs: a sign-in (audited, so it
+# writes) is refused as unavailable, and the server goes on.
+"$BIN" --data-dir "$D" serve --listen 127.0.0.1:0 >"$MNT/../serve.out" 2>"$MNT/../serve.err" &
+server=$!
+for _ in $(seq 1 200); do grep -q "listening on" "$MNT/../serve.out" 2>/dev/null && break; sleep 0.05; done
+url=$(grep -o 'https://[0-9.:]*' "$MNT/../serve.out" | head -1)
+dd if=/dev/zero of="$MNT/filler" bs=4k >/dev/null 2>&1
+"$BIN" --data-dir "$D" login --as researcher --server "$url" >/dev/null 2>"$MNT/../login.err"; echo "SERVE_FULL_EXIT=$?"
+echo "SERVE_FULL_ERR=$(tr '\n' ' ' < "$MNT/../login.err")"
+rm "$MNT/filler"
+"$BIN" --data-dir "$D" login --as researcher --server "$url" >/dev/null 2>&1; echo "SERVE_AFTER_EXIT=$?"
+kill -TERM $server; wait $server
+echo "SERVE_LOG=$(grep -c 'storage fault' "$MNT/../serve.err")"
 # What the faults left, back where the test reads it.
 rm -rf "$DATA" && cp -a "$D" "$DATA"
 "#
@@ -125,6 +140,19 @@ rm -rf "$DATA" && cp -a "$D" "$DATA"
         "the error names the read-only directory and what to do: {err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+
+    assert_ne!(field(&out, "SERVE_FULL_EXIT"), "0");
+    let err = field(&out, "SERVE_FULL_ERR");
+    assert!(
+        err.contains("full") && !err.contains("panicked"),
+        "the refusal says the disk is full: {err}"
+    );
+    assert_eq!(field(&out, "SERVE_AFTER_EXIT"), "0", "the server went on");
+    assert_ne!(
+        field(&out, "SERVE_LOG"),
+        "0",
+        "the operator is told in the log"
+    );
 
     // Nothing half-written: the books balance and both chains verify.
     let delivered = check_books(&s, id);

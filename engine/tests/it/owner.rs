@@ -86,7 +86,7 @@ fn query_processes_racing_for_one_budget_spend_exactly_what_it_affords() {
     for o in outputs.iter().filter(|o| !o.status.success()) {
         let e = stderr(o);
         assert!(
-            (e.contains("budget") || e.contains("BudgetExceeded"))
+            e.contains("query refused (privacy-budget): it costs ε = 0.2")
                 && !e.contains("UNIQUE")
                 && !e.contains("locked"),
             "not a budget refusal: {e}"
@@ -270,9 +270,10 @@ fn server_clients_racing_for_one_budget_get_exactly_what_it_affords() {
     );
     for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
         assert!(
-            // Refused by the planner once the budget reads 0, or by the
-            // contract when the race is decided at the reservation.
-            e.message().contains("BudgetExceeded") || e.message().contains("privacy-budget"),
+            // One wording whether the planner or the contract said no.
+            e.message().starts_with(
+                "query refused (privacy-budget): it costs ε = 0.2, but the study has only ε = "
+            ),
             "not a budget refusal: {e:?}"
         );
     }
