@@ -1,19 +1,17 @@
 //! The research path's commands: studies, consent, budgeted queries,
 //! microdata releases and compensation, each acting as the `--as` account.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::Subcommand;
 use cohort_engine::research::query::{QueryOutcome, QueryRequest};
 use cohort_engine::research::{Session, StudyFile, Viewer};
 use cohort_engine::vault::Vault;
 use cohort_engine::{DataDir, accounts};
 
-use super::{
-    Cli, CompensationCmd, ConsentCmd, QueryArgs, StudyCmd, emit, query_options, render_table,
-    runtime, short, unlock,
-};
+use super::{Cli, QueryArgs, emit, query_options, render_table, runtime, short, unlock};
 
 /// The vault, the session and the runtime the research commands run on;
 /// a command that only `reads` opens the chain beside its owner (a running
@@ -423,4 +421,63 @@ pub(crate) fn compensation(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+pub(crate) enum StudyCmd {
+    /// Propose a study from a study file (TOML), as the `--as` researcher, sending its escrow.
+    Propose {
+        /// The study file.
+        file: PathBuf,
+    },
+    /// Approve a study, as the `--as` steward; the approval reaching the threshold builds its view.
+    Approve {
+        /// The study id.
+        study: u64,
+    },
+    /// Every study proposed through this data directory.
+    List,
+    /// One study: terms, status, budget left, consents, queries, releases.
+    Show {
+        /// The study id.
+        study: u64,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ConsentCmd {
+    /// Consent to a study, as the `--as` patient account.
+    Give {
+        /// The study id.
+        study: u64,
+        /// Days the consent lasts.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Purposes covered (default: the study's), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        purposes: Vec<String>,
+    },
+    /// Withdraw from a study, as the `--as` patient account: every later query leaves you out.
+    Withdraw {
+        /// The study id.
+        study: u64,
+    },
+    /// The `--as` patient account's consents.
+    List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CompensationCmd {
+    /// What the `--as` patient account earned, per study and query.
+    Show {
+        /// Only this study.
+        #[arg(long)]
+        study: Option<u64>,
+    },
+    /// Claim every unclaimed share on the ledger, with its Merkle proof.
+    Claim {
+        /// Only this study.
+        #[arg(long)]
+        study: Option<u64>,
+    },
 }
