@@ -15,7 +15,7 @@ use cohort_engine::research::query::QueryRequest;
 use cohort_engine::research::{self, Session, StudyFile};
 use cohort_engine::server::api::pb::{self, studies_client::StudiesClient};
 use cohort_engine::server::{self, Config};
-use cohort_engine::{DataDir, accounts, keystore::KdfParams, vault::Access};
+use cohort_engine::{DataDir, keys::accounts, keys::keystore::KdfParams, records::vault::Access};
 use cohort_ledger_bridge::Role;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::TryStreamExt;
@@ -61,11 +61,11 @@ fn fixture(tmp: &std::path::Path, patients: u64) -> (DataDir, u64) {
     };
     let vault = dir.unlock_with(PASSPHRASE, fast).unwrap();
     let bundles = tmp.join("bundles");
-    let mut opts = cohort_engine::generate::Options::new(patients, 7, &bundles);
+    let mut opts = cohort_engine::records::generate::Options::new(patients, 7, &bundles);
     opts.per_bundle = 100;
-    cohort_engine::generate::generate(&opts).unwrap();
+    cohort_engine::records::generate::generate(&opts).unwrap();
     let access = Access::new("bench", "testing");
-    cohort_engine::ingest::ingest_paths(&vault, &access, &[bundles], false).unwrap();
+    cohort_engine::records::ingest::ingest_paths(&vault, &access, &[bundles], false).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let request = DeployRequest {
         rpc_url: None,

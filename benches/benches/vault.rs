@@ -5,9 +5,9 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-use cohort_engine::cid::cid_of;
-use cohort_engine::keystore::KdfParams;
-use cohort_engine::vault::{Access, NewRecord};
+use cohort_engine::keys::keystore::KdfParams;
+use cohort_engine::records::vault::{Access, NewRecord};
+use cohort_engine::storage::cid::cid_of;
 
 fn cid(c: &mut Criterion) {
     let mut g = c.benchmark_group("cid_of");
@@ -54,17 +54,17 @@ fn put(c: &mut Criterion) {
 
 fn parse(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = cohort_engine::generate::Options::new(100, 1, tmp.path());
-    cohort_engine::generate::generate(&opts).unwrap();
+    let opts = cohort_engine::records::generate::Options::new(100, 1, tmp.path());
+    cohort_engine::records::generate::generate(&opts).unwrap();
     let bytes = std::fs::read(tmp.path().join("bundle-0000001.json")).unwrap();
-    let resources = cohort_engine::fhir::parse_bundle("b", &bytes)
+    let resources = cohort_engine::records::fhir::parse_bundle("b", &bytes)
         .unwrap()
         .resources
         .len();
     let mut g = c.benchmark_group("parse_bundle");
     g.throughput(Throughput::Elements(resources as u64));
     g.bench_function("100_patients", |b| {
-        b.iter(|| cohort_engine::fhir::parse_bundle("b", &bytes).unwrap())
+        b.iter(|| cohort_engine::records::fhir::parse_bundle("b", &bytes).unwrap())
     });
     g.finish();
 }

@@ -80,7 +80,7 @@ pub(crate) struct RoleVia {
 }
 
 pub(crate) fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Result<ExitCode> {
-    use cohort_engine::accounts;
+    use cohort_engine::keys::accounts;
     match cmd {
         AccountCmd::List => {
             let list = accounts::list(&dir.connect()?)?;
@@ -152,7 +152,7 @@ pub(crate) fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Res
                     let admin = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
                     let rt = runtime()?;
                     let (_, client) = rt.block_on(cohort_engine::chain::client(dir))?;
-                    rt.block_on(cohort_engine::roles::change(
+                    rt.block_on(cohort_engine::access::roles::change(
                         vault.conn(),
                         vault.keys(),
                         &client,
@@ -179,8 +179,12 @@ pub(crate) fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Res
         }
         AccountCmd::Totp { name, replace } => {
             let vault = unlock(cli, dir, None)?;
-            let enrolled =
-                cohort_engine::second_factor::enroll(vault.conn(), vault.keys(), name, *replace)?;
+            let enrolled = cohort_engine::keys::second_factor::enroll(
+                vault.conn(),
+                vault.keys(),
+                name,
+                *replace,
+            )?;
             cohort_engine::audit::append(
                 vault.conn(),
                 &cohort_engine::audit::Event {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use cohort_engine::{DataDir, projection};
+use cohort_engine::{DataDir, records::projection};
 use serde::Serialize;
 
 use crate::Cli;
@@ -116,7 +116,7 @@ pub(crate) fn anonymize(cli: &Cli, a: &AnonymizeArgs) -> anyhow::Result<ExitCode
         Some(p) => cohort_anonymizer::hierarchy::Hierarchies::load(p)?,
         None => Default::default(),
     };
-    let input = cohort_engine::tabular::read(&a.input)?;
+    let input = cohort_engine::storage::tabular::read(&a.input)?;
     let request = Request {
         quasi_identifiers: a.quasi_identifiers.clone(),
         sensitive: a.sensitive.clone(),
@@ -136,7 +136,7 @@ pub(crate) fn anonymize(cli: &Cli, a: &AnonymizeArgs) -> anyhow::Result<ExitCode
     let partitioning = std::time::Instant::now();
     let out = mondrian::anonymize(&input, &request)?;
     let anonymize_seconds = partitioning.elapsed().as_secs_f64();
-    cohort_engine::tabular::write(&a.out, &out.batch)?;
+    cohort_engine::storage::tabular::write(&a.out, &out.batch)?;
 
     #[derive(Serialize)]
     struct Output<'a> {
@@ -209,19 +209,21 @@ pub(crate) fn deidentify(cli: &Cli, dir: &DataDir, a: &DeidentifyArgs) -> anyhow
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             Policy::from_toml(&text).with_context(|| format!("policy {}", p.display()))?
         }
-        (None, Some(t)) => cohort_engine::safe_harbor::policy(t, chrono::Utc::now().date_naive())?,
+        (None, Some(t)) => {
+            cohort_engine::records::safe_harbor::policy(t, chrono::Utc::now().date_naive())?
+        }
         (None, None) => bail!("--input needs --policy"),
     };
     let vault = unlock(cli, dir, None)?;
     let table = match (&a.table, &a.input) {
         (Some(t), _) => projection::read_table(vault.conn(), t)?,
-        (None, Some(p)) => cohort_engine::tabular::read(p)?,
+        (None, Some(p)) => cohort_engine::storage::tabular::read(p)?,
         (None, None) => bail!("give --table or --input"),
     };
     let master = vault.pseudonym_master()?;
     let key = PseudonymKey::derive(master.expose(), &a.study);
     let (out, report) = deid::deidentify(&table, &policy, &key)?;
-    cohort_engine::tabular::write(&a.out, &out)?;
+    cohort_engine::storage::tabular::write(&a.out, &out)?;
     emit(cli, &report, || {
         let mut lines = vec![format!(
             "de-identified {} rows to {}{}",

@@ -67,7 +67,7 @@ pub fn append(conn: &Connection, event: &Event<'_>) -> Result<i64> {
         Some((s, h)) => (s + 1, h),
         None => (1, GENESIS.to_vec()),
     };
-    let at = crate::store::now();
+    let at = crate::storage::store::now();
     let detail = event.detail.to_string();
     let fields: [&[u8]; 6] = [
         at.as_bytes(),
@@ -254,7 +254,7 @@ mod tests {
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open(&dir.path().join("m.db")).unwrap();
+        let conn = crate::storage::store::open(&dir.path().join("m.db")).unwrap();
         (dir, conn)
     }
 

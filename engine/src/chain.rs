@@ -22,8 +22,8 @@ use cohort_ledger_bridge::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::keystore::KeyStore;
-use crate::{DataDir, Error, Result, accounts};
+use crate::keys::keystore::KeyStore;
+use crate::{DataDir, Error, Result, keys::accounts};
 
 /// The file describing the data directory's ledger.
 pub const LEDGER_FILE: &str = "ledger.json";
@@ -132,7 +132,7 @@ pub fn load(dir: &DataDir) -> Result<Option<LedgerConfig>> {
 
 fn save(dir: &DataDir, config: &LedgerConfig) -> Result<()> {
     let text = serde_json::to_string_pretty(config).expect("a config serialises");
-    crate::fsutil::write_atomic(&config_path(dir), text.as_bytes())
+    crate::storage::fsutil::write_atomic(&config_path(dir), text.as_bytes())
 }
 
 /// How a process opens the embedded chain: as its one owner (to send

@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use cohort_engine::vault::Vault;
-use cohort_engine::{DataDir, audit, ingest, projection};
+use cohort_engine::records::vault::Vault;
+use cohort_engine::{DataDir, audit, records::ingest, records::projection};
 use serde::Serialize;
 
 use crate::Cli;

@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::blockstore::FsBlockStore;
-use crate::keystore::{FileKeyStore, KdfParams};
-use crate::vault::Vault;
+use crate::keys::keystore::{FileKeyStore, KdfParams};
+use crate::records::vault::Vault;
+use crate::storage::blockstore::FsBlockStore;
 use crate::{Error, Result};
 
 /// Where the data directory is when nothing says otherwise.
@@ -56,7 +56,7 @@ impl DataDir {
 
     /// Opens the metadata database (no keys needed: audit, counts).
     pub fn connect(&self) -> Result<rusqlite::Connection> {
-        crate::store::open(&self.db_path())
+        crate::storage::store::open(&self.db_path())
     }
 
     /// Whether the keystore exists yet.

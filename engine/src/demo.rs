@@ -8,10 +8,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use cohort_engine::records::vault::Access;
 use cohort_engine::research::query::{QueryOutcome, QueryRequest};
 use cohort_engine::research::{self, Session, StudyFile, Viewer};
-use cohort_engine::vault::Access;
-use cohort_engine::{DataDir, accounts, audit, chain, generate, ingest, projection};
+use cohort_engine::{
+    DataDir, audit, chain, keys::accounts, records::generate, records::ingest, records::projection,
+};
 use cohort_ledger_bridge::Role;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};

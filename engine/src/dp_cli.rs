@@ -219,7 +219,7 @@ pub(crate) fn dp_release(cli: &Cli, a: &DpArgs) -> anyhow::Result<ExitCode> {
         deadline: (a.deadline_ms > 0).then(|| std::time::Duration::from_millis(a.deadline_ms)),
     };
     request.charge()?;
-    let table = cohort_engine::tabular::read(&a.input)?;
+    let table = cohort_engine::storage::tabular::read(&a.input)?;
     let outcome = match &a.budget {
         Some(file) => {
             let id = a.query_id.clone().unwrap_or_else(release::new_query_id);

@@ -1,47 +1,51 @@
 //! # cohort-engine
 //!
-//! The domain of cohort and the `cohort` binary. This crate owns the
-//! encrypted record vault (per-patient data keys wrapped by a keystore,
-//! XChaCha20-Poly1305 blocks named by their IPFS CID), the hash-chained audit
-//! log, FHIR R4 ingestion into a columnar (Arrow) projection, and the
-//! synthetic cohort generator; it composes the anonymizer, FHE, query-planner
-//! and ledger crates into the research workflow.
+//! The domain of cohort: every operation the CLI and the server offer, once.
+//! One module folder per domain, dependencies pointing down the list:
+//!
+//! - [`storage`]: the content-addressed block store, SQLite, Arrow/Parquet
+//!   tables, atomic writes (a leaf);
+//! - [`keys`]: the keystore that wraps every data key, the actors' Ethereum
+//!   accounts, second factors;
+//! - [`audit`]: the hash-chained audit log;
+//! - [`records`]: the encrypted vault, FHIR ingestion, the columnar
+//!   projection, Safe Harbor, the synthetic cohort;
+//! - [`datadir`]: one installation's directory and the vault it unlocks;
+//! - [`access`]: roles on the ledger; [`chain`]: the deployed contracts and
+//!   the client the domain sends through;
+//! - [`research`]: studies, consent, budgeted queries, extracts,
+//!   compensation, encrypted columns;
+//! - [`release`], [`sql`]: the `cohort dp` and `cohort query FILE` paths;
+//! - [`server`]: `cohort serve` (Flight SQL, the study API, the web page).
+//!
+//! It composes the anonymizer, FHE, query-planner and ledger-bridge crates;
+//! none of them depends on it. The `cohort` binary (`src/main.rs` and its
+//! `*_cli.rs` modules) parses, calls and prints.
 //!
 //! ```no_run
-//! use cohort_engine::{DataDir, vault::Access};
+//! use cohort_engine::{DataDir, records::vault::Access};
 //!
 //! let dir = DataDir::open("./cohort-data".as_ref())?;
 //! let vault = dir.unlock("a passphrase")?;
-//! let report = cohort_engine::ingest::ingest_paths(
+//! let report = cohort_engine::records::ingest::ingest_paths(
 //!     &vault, &Access::new("operator", "ingest"), &["bundles/".into()], false)?;
 //! println!("{} resources stored", report.resources);
 //! # Ok::<(), cohort_engine::Error>(())
 //! ```
 #![deny(missing_docs)]
 
-pub mod accounts;
+pub mod access;
 pub mod audit;
-pub mod blockstore;
 pub mod chain;
-pub mod cid;
 pub mod datadir;
 pub mod deadline;
-pub mod fhir;
-mod fsutil;
-pub mod generate;
-pub mod ingest;
-pub mod keystore;
-pub mod projection;
+pub mod keys;
+pub mod records;
 pub mod release;
 pub mod research;
-pub mod roles;
-pub mod safe_harbor;
-pub mod second_factor;
 pub mod server;
 pub mod sql;
-pub mod store;
-pub mod tabular;
-pub mod vault;
+pub mod storage;
 
 mod error;
 

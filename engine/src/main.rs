@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use cohort_engine::vault::Access;
-use cohort_engine::{DataDir, audit, generate, ingest, projection};
+use cohort_engine::records::vault::Access;
+use cohort_engine::{DataDir, audit, records::generate, records::ingest, records::projection};
 
 /// Prints a line to stdout. A closed pipe (`cohort account list | head -1`)
 /// ends the command quietly with success: whoever read the output has what

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use cohort_engine::DataDir;
-use cohort_engine::vault::Access;
+use cohort_engine::records::vault::Access;
 
 use crate::Cli;
 use crate::cli_common::{emit, unlock};

@@ -425,7 +425,7 @@ pub fn load_budget(path: &Path) -> Result<Accountant> {
 /// Writes a budget file atomically and durably.
 pub fn save_budget(path: &Path, accountant: &Accountant) -> Result<()> {
     let json = serde_json::to_vec_pretty(accountant).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::fsutil::write_atomic(path, &json)
+    crate::storage::fsutil::write_atomic(path, &json)
 }
 
 /// Checks what can be checked before anything is reserved (bounds, the

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
+use cohort_engine::records::vault::Vault;
 use cohort_engine::research::query::{QueryOutcome, QueryRequest};
 use cohort_engine::research::{Session, StudyFile, Viewer};
-use cohort_engine::vault::Vault;
-use cohort_engine::{DataDir, accounts};
+use cohort_engine::{DataDir, keys::accounts};
 
 use super::{Cli, QueryArgs, emit, query_options, render_table, runtime, short, unlock};
 

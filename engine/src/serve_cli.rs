@@ -10,7 +10,7 @@ use anyhow::Context;
 use cohort_engine::research::Session;
 use cohort_engine::server::tls::self_signed_cert_path;
 use cohort_engine::server::{self, Config, config};
-use cohort_engine::{DataDir, accounts};
+use cohort_engine::{DataDir, keys::accounts};
 use serde::Serialize;
 
 use super::{Cli, emit, runtime, unlock};
@@ -296,7 +296,7 @@ pub(crate) fn change_role(
     name: &str,
     role: cohort_ledger_bridge::Role,
     grant: bool,
-) -> anyhow::Result<cohort_engine::roles::RoleChanged> {
+) -> anyhow::Result<cohort_engine::access::roles::RoleChanged> {
     use cohort_engine::server::api::pb;
     use cohort_engine::server::flight::LOGOUT_ACTION;
     let vault = unlock(cli, dir, None)?;
@@ -330,7 +330,7 @@ pub(crate) fn change_role(
         let c = changed
             .map_err(|s| anyhow::anyhow!("refused: {}", s.message()))?
             .into_inner();
-        anyhow::Ok(cohort_engine::roles::RoleChanged {
+        anyhow::Ok(cohort_engine::access::roles::RoleChanged {
             name: c.account,
             address: c.address,
             role: c.role,

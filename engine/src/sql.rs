@@ -227,7 +227,7 @@ async fn load_tables(
         let provider = match path.extension().and_then(|e| e.to_str()) {
             Some("parquet") => sources::parquet(&path).await?,
             _ => {
-                let batch = crate::tabular::read(&path)?;
+                let batch = crate::storage::tabular::read(&path)?;
                 sources::batches(batch.schema(), vec![batch])?
             }
         };

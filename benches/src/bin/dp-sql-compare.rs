@@ -63,7 +63,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         &std::fs::read_to_string(&args.policy)
             .with_context(|| format!("reading {}", args.policy.display()))?,
     )?;
-    let table = cohort_engine::tabular::read(&args.data)?;
+    let table = cohort_engine::storage::tabular::read(&args.data)?;
     let provider = sources::batches(table.schema(), vec![table])?;
     let planner = Planner::new(policy, HashMap::from([(args.table.clone(), provider)]))?;
     let mut options = QueryOptions::new(Charge::Approx {

@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use super::answer::{Answer, commitment};
 use super::consenting::Consenting;
 use super::study::StudyFile;
-use crate::keystore::{self, KeyStore, SecretKey};
+use crate::keys::keystore::{self, KeyStore, SecretKey};
 use crate::{Error, Result};
 
 pub(crate) const SCHEMA: &str = "

@@ -171,7 +171,7 @@ pub(crate) struct Intent<'a> {
 
 /// Records the intent to reserve, before the reservation is sent.
 pub(crate) fn begin(conn: &Connection, q: &Intent<'_>) -> Result<()> {
-    let now = crate::store::now();
+    let now = crate::storage::store::now();
     let tx = conn.unchecked_transaction()?;
     tx.execute(
         "INSERT INTO research_queries (ledger_id, study_id, query_id, actor, sql, state, cost,
@@ -215,7 +215,7 @@ pub(crate) fn begin(conn: &Connection, q: &Intent<'_>) -> Result<()> {
 pub(crate) fn set_state(conn: &Connection, ledger_id: &str, state: &str) -> Result<()> {
     conn.execute(
         "UPDATE research_queries SET state = ?2, updated_at = ?3 WHERE ledger_id = ?1",
-        params![ledger_id, state, crate::store::now()],
+        params![ledger_id, state, crate::storage::store::now()],
     )?;
     Ok(())
 }
@@ -256,7 +256,7 @@ pub(crate) fn outcome(
             salt,
             result_hash,
             failure,
-            crate::store::now(),
+            crate::storage::store::now(),
             ran.map(|r| r.as_millis() as i64)
         ],
     )?;

@@ -195,7 +195,7 @@ impl Session {
             ".staged-{}.parquet",
             crate::release::new_query_id()
         ));
-        crate::tabular::write(&staged, &extract.batch)?;
+        crate::storage::tabular::write(&staged, &extract.batch)?;
         let bytes = std::fs::read(&staged).map_err(|e| Error::io("reading", &staged, e))?;
         let hash = B256::from_slice(&Sha256::digest(&bytes));
         let hex = format!("{hash:#x}");
@@ -235,7 +235,7 @@ impl Session {
             replayed: false,
         };
         let report_json = serde_json::to_string_pretty(&released).expect("a report serialises");
-        crate::fsutil::write_atomic(&report_path, report_json.as_bytes())?;
+        crate::storage::fsutil::write_atomic(&report_path, report_json.as_bytes())?;
         let tx = conn.unchecked_transaction()?;
         tx.execute(
             "INSERT OR REPLACE INTO research_releases (extract_hash, study_id, path, k, l, rows, report, actor, created_at, view_digest)
@@ -249,7 +249,7 @@ impl Session {
                 rows as i64,
                 report_json,
                 actor,
-                crate::store::now(),
+                crate::storage::store::now(),
                 view.digest
             ],
         )?;

@@ -33,8 +33,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::chain::{self, LedgerConfig};
-use crate::vault::Vault;
-use crate::{DataDir, Error, Result, accounts, audit};
+use crate::records::vault::Vault;
+use crate::{DataDir, Error, Result, audit, keys::accounts};
 use consenting::Consenting;
 pub use study::StudyFile;
 use view::View;
@@ -54,7 +54,7 @@ pub struct Session {
     client: Client,
     engine: Account,
     master: zeroize::Zeroizing<[u8; 32]>,
-    keys: Arc<dyn crate::keystore::KeyStore>,
+    keys: Arc<dyn crate::keys::keystore::KeyStore>,
     /// The homomorphic job of the query running now: its progress, and its
     /// cancellation.
     job: Mutex<Arc<cohort_fhe::Job>>,
@@ -259,7 +259,7 @@ impl Session {
     }
 
     /// The keystore the session unwraps with (second factors, accounts).
-    pub(crate) fn keystore(&self) -> &dyn crate::keystore::KeyStore {
+    pub(crate) fn keystore(&self) -> &dyn crate::keys::keystore::KeyStore {
         self.keys.as_ref()
     }
 
@@ -387,7 +387,7 @@ impl Session {
                 file.terms.title,
                 file.text,
                 researcher.name(),
-                crate::store::now()
+                crate::storage::store::now()
             ],
         )?;
         audit::append(
@@ -734,9 +734,9 @@ impl Session {
     pub async fn erase(
         &self,
         vault: &Vault,
-        access: &crate::vault::Access,
+        access: &crate::records::vault::Access,
         patient_id: &str,
-    ) -> Result<crate::vault::Erasure> {
+    ) -> Result<crate::records::vault::Erasure> {
         self.sync().await?;
         let conn = self.dir.connect()?;
         let mut withdrawn = Vec::new();

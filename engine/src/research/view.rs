@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::consenting::Consenting;
 use super::study::StudyFile;
-use crate::{Error, Result, projection, safe_harbor};
+use crate::{Error, Result, records::projection, records::safe_harbor};
 
 /// The research view of one study at one consenting set.
 pub struct View {
@@ -317,7 +317,7 @@ fn stored(dir: &Path, digest: &str) -> Result<Option<Vec<(String, RecordBatch)>>
         if !file.exists() {
             return Ok(None);
         }
-        out.push((name, crate::tabular::read(&file)?));
+        out.push((name, crate::storage::tabular::read(&file)?));
     }
     Ok(Some(out))
 }
@@ -336,13 +336,13 @@ fn store(dir: &Path, digest: &str, batches: &[(String, RecordBatch)]) -> Result<
     ));
     std::fs::create_dir_all(&staging).map_err(|e| Error::io("creating", &staging, e))?;
     for (name, batch) in batches {
-        crate::tabular::write(&staging.join(format!("{name}.parquet")), batch)?;
+        crate::storage::tabular::write(&staging.join(format!("{name}.parquet")), batch)?;
     }
     let manifest = Manifest {
         digest: digest.to_string(),
         tables: batches.iter().map(|(n, _)| n.clone()).collect(),
     };
-    crate::fsutil::write_atomic(
+    crate::storage::fsutil::write_atomic(
         &staging.join("manifest.json"),
         serde_json::to_string(&manifest)
             .expect("a manifest serialises")

@@ -15,7 +15,7 @@ use super::gate::Gate;
 use super::{account_name, status};
 use crate::research::study::StudyFile;
 use crate::research::{self, Session, Viewer};
-use crate::{DataDir, accounts, audit};
+use crate::{DataDir, audit, keys::accounts};
 
 /// The code `tonic-prost-build` generated from the `.proto` file.
 pub mod pb {
@@ -398,7 +398,7 @@ impl pb::records_server::Records for StudyApi {
 
 impl StudyApi {
     /// A role change by the signed-in administrator: the contract decides
-    /// whether the caller may; [`crate::roles::change`] audits either way.
+    /// whether the caller may; [`crate::access::roles::change`] audits either way.
     async fn change_role(
         &self,
         request: Request<pb::RoleChange>,
@@ -412,8 +412,16 @@ impl StudyApi {
         let name = request.get_ref().account.clone();
         let what = if grant { "role.grant" } else { "role.revoke" };
         self.as_caller(&request, what, async move |s, conn, me| {
-            let c = crate::roles::change(conn, s.keystore(), s.client(), me, &name, role, grant)
-                .await?;
+            let c = crate::access::roles::change(
+                conn,
+                s.keystore(),
+                s.client(),
+                me,
+                &name,
+                role,
+                grant,
+            )
+            .await?;
             Ok(pb::RoleChanged {
                 account: c.name,
                 address: c.address,

@@ -33,7 +33,7 @@ use crate::research::Session;
 use cohort_ledger_bridge::alloy::primitives::Address;
 use tonic::Status;
 
-use crate::{DataDir, Error, Result, accounts, chain};
+use crate::{DataDir, Error, Result, chain, keys::accounts};
 
 /// The gRPC health service's name for the research service
 /// (`grpc.health.v1.Health/Check` with this `service`; the empty name

@@ -79,6 +79,6 @@ fn generate(cert_path: &Path, key_path: &Path, listen: SocketAddr) -> Result<()>
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
     // Owner-only and atomic (fsutil); the key first, so the certificate
     // marks the pair complete.
-    crate::fsutil::write_atomic(key_path, signing_key.serialize_pem().as_bytes())?;
-    crate::fsutil::write_atomic(cert_path, cert.pem().as_bytes())
+    crate::storage::fsutil::write_atomic(key_path, signing_key.serialize_pem().as_bytes())?;
+    crate::storage::fsutil::write_atomic(cert_path, cert.pem().as_bytes())
 }

@@ -78,13 +78,14 @@ fn cohort_json_allow_fail(data: &std::path::Path, args: &[&str]) -> serde_json::
 fn audit_log_holds_no_phi() {
     let (tmp, _dir, vault) = super::vault();
     let b = bundles(tmp.path(), 20, 5);
-    cohort_engine::ingest::ingest_paths(&vault, &super::access(), &[b], false).unwrap();
+    cohort_engine::records::ingest::ingest_paths(&vault, &super::access(), &[b], false).unwrap();
     let list = vault.list(None, 5).unwrap();
     for r in &list {
         vault.read(&super::access(), &r.record_id, None).unwrap();
     }
     // Names, phones, SSNs and birth dates of the cohort appear nowhere in the log.
-    let patients = cohort_engine::projection::read_table(vault.conn(), "patients").unwrap();
+    let patients =
+        cohort_engine::records::projection::read_table(vault.conn(), "patients").unwrap();
     let mut identifiers = Vec::new();
     for col in [
         "family_name",

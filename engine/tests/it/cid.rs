@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use cohort_engine::cid::{CHUNK_SIZE, MAX_LINKS, cid_of};
+use cohort_engine::storage::cid::{CHUNK_SIZE, MAX_LINKS, cid_of};
 use rand::{Rng, SeedableRng};
 
 fn ipfs_cid(bytes: &[u8]) -> String {
@@ -65,7 +65,7 @@ fn stored_vault_blocks_match_ipfs() {
         ("Patient/p1", content.as_slice()),
         ("Patient/p2", big.as_slice()),
     ] {
-        let rec = cohort_engine::vault::NewRecord {
+        let rec = cohort_engine::records::vault::NewRecord {
             patient_id: id,
             record_id: id,
             resource_type: "Patient",

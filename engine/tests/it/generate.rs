@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 
-use cohort_engine::fhir::parse_bundle;
-use cohort_engine::generate::{Options, generate};
-use cohort_engine::projection::Row;
+use cohort_engine::records::fhir::parse_bundle;
+use cohort_engine::records::generate::{Options, generate};
+use cohort_engine::records::projection::Row;
 
 use super::cohort_json;
 
@@ -64,7 +64,7 @@ fn population_is_realistic_and_carries_identifiers() {
     let tmp = tempfile::tempdir().unwrap();
     let opts = Options::new(3000, 2026, tmp.path().join("g"));
     generate(&opts).unwrap();
-    let as_of_days = cohort_engine::fhir::parse_date("2026-01-01").unwrap();
+    let as_of_days = cohort_engine::records::fhir::parse_date("2026-01-01").unwrap();
     let mut people: HashMap<String, Person> = HashMap::new();
     let mut zips = Vec::new();
     for (name, bytes) in files(&opts.out) {

@@ -1,17 +1,17 @@
 //! FHIR ingestion: all or nothing per bundle, clear errors, the projection.
 
 use arrow::array::{Array, Date32Array, Float64Array, StringArray};
-use cohort_engine::ingest;
-use cohort_engine::projection;
+use cohort_engine::records::ingest;
+use cohort_engine::records::projection;
 use serde_json::{Value, json};
 
 use super::{access, bundles, cohort, column, stderr, stdout, vault};
 
-fn counts(v: &cohort_engine::vault::Vault) -> projection::Counts {
+fn counts(v: &cohort_engine::records::vault::Vault) -> projection::Counts {
     projection::counts(v.conn()).unwrap()
 }
 
-fn audit_len(v: &cohort_engine::vault::Vault) -> i64 {
+fn audit_len(v: &cohort_engine::records::vault::Vault) -> i64 {
     v.conn()
         .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
         .unwrap()

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use cohort_engine::DataDir;
-use cohort_engine::keystore::KdfParams;
-use cohort_engine::vault::{Access, Vault};
+use cohort_engine::keys::keystore::KdfParams;
+use cohort_engine::records::vault::{Access, Vault};
 
 /// Cheap argon2id costs: these tests exercise the vault, not the KDF.
 pub(crate) const FAST_KDF: KdfParams = KdfParams {
@@ -112,8 +112,8 @@ pub(crate) fn column<'a, T: 'static>(
 /// A small synthetic cohort written to `<tmp>/bundles`.
 pub(crate) fn bundles(tmp: &Path, patients: u64, seed: u64) -> PathBuf {
     let out = tmp.join(format!("bundles-{patients}-{seed}"));
-    let mut opts = cohort_engine::generate::Options::new(patients, seed, &out);
+    let mut opts = cohort_engine::records::generate::Options::new(patients, seed, &out);
     opts.per_bundle = 25;
-    cohort_engine::generate::generate(&opts).unwrap();
+    cohort_engine::records::generate::generate(&opts).unwrap();
     out
 }

@@ -19,8 +19,8 @@ fn study(dir: &Path) -> std::path::PathBuf {
         }
     }
     std::fs::write(dir.join("visits.csv"), csv).unwrap();
-    let table = cohort_engine::tabular::read(&dir.join("visits.csv")).unwrap();
-    cohort_engine::tabular::write(&dir.join("visits.parquet"), &table).unwrap();
+    let table = cohort_engine::storage::tabular::read(&dir.join("visits.csv")).unwrap();
+    cohort_engine::storage::tabular::write(&dir.join("visits.parquet"), &table).unwrap();
     let policy = dir.join("study.toml");
     std::fs::write(
         &policy,

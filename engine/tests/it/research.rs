@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use cohort_engine::chain::{self, DeployRequest};
 use cohort_engine::research::query::QueryRequest;
 use cohort_engine::research::{self, Session, StudyFile};
-use cohort_engine::{DataDir, accounts};
+use cohort_engine::{DataDir, keys::accounts};
 use cohort_ledger_bridge::{Account, Role};
 
 use crate::{PASSPHRASE, access, bundles, cohort, cohort_json, stderr, vault};
@@ -81,10 +81,11 @@ pub(crate) fn setup_from(input: &Path) -> Setup {
 fn setup_in(
     tmp: tempfile::TempDir,
     dir: DataDir,
-    vault: cohort_engine::vault::Vault,
+    vault: cohort_engine::records::vault::Vault,
     input: &Path,
 ) -> Setup {
-    cohort_engine::ingest::ingest_paths(&vault, &access(), &[input.to_path_buf()], false).unwrap();
+    cohort_engine::records::ingest::ingest_paths(&vault, &access(), &[input.to_path_buf()], false)
+        .unwrap();
     {
         // The chain's owner lock goes with the client and its runtime, before
         // the CLI (another process) opens the chain.
@@ -257,7 +258,7 @@ fn the_research_path_runs_from_the_cli() {
     );
     assert!(first["answer"].get("contributors").is_none());
     assert_eq!(first["replayed"], false);
-    let view = cohort_engine::tabular::read(&view_file(d, &id, "patients")).unwrap();
+    let view = cohort_engine::storage::tabular::read(&view_file(d, &id, "patients")).unwrap();
     assert_eq!(
         view.num_rows(),
         3,
@@ -307,7 +308,7 @@ fn the_research_path_runs_from_the_cli() {
         ],
     );
     assert_eq!(second["answer"]["members"], 2);
-    let view = cohort_engine::tabular::read(&view_file(d, &id, "patients")).unwrap();
+    let view = cohort_engine::storage::tabular::read(&view_file(d, &id, "patients")).unwrap();
     assert_eq!(view.num_rows(), 2);
 
     // Compensation: each query's fee is 0.06 ether per ε × 0.5 = 0.03
@@ -372,7 +373,8 @@ fn the_research_path_runs_from_the_cli() {
     let again = cohort_json(d, &["release", &id, "--k", "3", "--as", "researcher"]);
     assert_eq!(again["replayed"], true, "{again}");
     assert_eq!(again["extract_hash"], r["extract_hash"]);
-    let extract = cohort_engine::tabular::read(Path::new(r["path"].as_str().unwrap())).unwrap();
+    let extract =
+        cohort_engine::storage::tabular::read(Path::new(r["path"].as_str().unwrap())).unwrap();
     assert!(extract.column_by_name("patient_id").is_none());
     let show = cohort_json(d, &["study", "show", &id]);
     assert_eq!(show["releases"], 1);
@@ -898,7 +900,7 @@ fn a_new_ingest_reaches_the_next_query() {
     };
     let first = ask("o1");
     let generation =
-        |conn: &rusqlite::Connection| cohort_engine::projection::generation(conn).unwrap();
+        |conn: &rusqlite::Connection| cohort_engine::records::projection::generation(conn).unwrap();
     let before = generation(&s.dir.connect().unwrap());
     // One more observation for the first patient, ingested from the CLI.
     let extra = s.tmp.path().join("extra");
@@ -926,12 +928,12 @@ fn a_new_ingest_reaches_the_next_query() {
     let o = crate::cohort(d, &["ingest", extra.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(generation(&s.dir.connect().unwrap()) > before);
-    let rows_before = cohort_engine::tabular::read(&view_file(d, &study, "observations"))
+    let rows_before = cohort_engine::storage::tabular::read(&view_file(d, &study, "observations"))
         .unwrap()
         .num_rows();
     let second = ask("o2");
     assert!(second >= first, "{first} then {second}");
-    let rows_after = cohort_engine::tabular::read(&view_file(d, &study, "observations"))
+    let rows_after = cohort_engine::storage::tabular::read(&view_file(d, &study, "observations"))
         .unwrap()
         .num_rows();
     assert_eq!(

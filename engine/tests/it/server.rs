@@ -105,7 +105,7 @@ pub(crate) fn unix_now() -> u64 {
 /// Enrolls `actor`'s second factor and signs in with its current code.
 pub(crate) fn login_totp(data: &Path, server: &Server, actor: &str) -> String {
     let secret = enroll_totp(data, actor);
-    let code = cohort_engine::second_factor::code_for(&secret, unix_now()).unwrap();
+    let code = cohort_engine::keys::second_factor::code_for(&secret, unix_now()).unwrap();
     let args = [
         "login",
         "--as",
@@ -380,7 +380,7 @@ fn stewards_sign_in_with_a_second_factor_used_once() {
     let secret = enroll_totp(&s.data, "steward-1");
     // Enrolled, but no code, or a wrong one.
     assert_fails_with(&login_with("steward-1", None), "--totp");
-    let code = cohort_engine::second_factor::code_for(&secret, unix_now()).unwrap();
+    let code = cohort_engine::keys::second_factor::code_for(&secret, unix_now()).unwrap();
     let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
     assert_fails_with(&login_with("steward-1", Some(&wrong)), "wrong or expired");
     // The right code signs in once; replayed, it is refused.

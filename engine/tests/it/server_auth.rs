@@ -120,7 +120,7 @@ fn the_server_decides_each_call_on_current_roles_tokens_and_second_factors() {
         show(&patient).is_ok(),
         "the refused revocation ended nothing"
     );
-    let code = cohort_engine::second_factor::code_for(&operator_secret, unix_now()).unwrap();
+    let code = cohort_engine::keys::second_factor::code_for(&operator_secret, unix_now()).unwrap();
     let ended = cohort_json(
         d,
         &[
@@ -147,7 +147,7 @@ fn the_server_decides_each_call_on_current_roles_tokens_and_second_factors() {
     // now a steward, must sign in again with a second factor.
     assert!(show(&outsider).is_ok());
     let next_step =
-        cohort_engine::second_factor::code_for(&operator_secret, unix_now() + 30).unwrap();
+        cohort_engine::keys::second_factor::code_for(&operator_secret, unix_now() + 30).unwrap();
     let granted = cohort_json(
         d,
         &[

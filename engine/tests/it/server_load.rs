@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use arrow_flight::HandshakeRequest;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use cohort_engine::accounts;
+use cohort_engine::keys::accounts;
 use cohort_engine::server::api::pb::{self, studies_client::StudiesClient};
 use cohort_engine::server::sign_in;
 use prost::bytes::{Buf, BufMut, Bytes};

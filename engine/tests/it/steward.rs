@@ -78,7 +78,7 @@ fn anonymize_writes_a_k_anonymous_table_and_reports_its_loss() {
     assert!(report["ncp"].as_f64().unwrap() > 0.0);
     assert!(report["seconds"].as_f64().is_some());
 
-    let table = cohort_engine::tabular::read(&out).unwrap();
+    let table = cohort_engine::storage::tabular::read(&out).unwrap();
     let names: Vec<_> = table
         .schema()
         .fields()
@@ -197,7 +197,8 @@ fn deidentify_applies_safe_harbor_with_per_study_pseudonyms() {
     let o = cohort(&data, &["ingest", b.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let raw = cohort_engine::DataDir::open(&data).unwrap();
-    let raw = cohort_engine::projection::read_table(&raw.connect().unwrap(), "patients").unwrap();
+    let raw = cohort_engine::records::projection::read_table(&raw.connect().unwrap(), "patients")
+        .unwrap();
 
     let out = |study: &str| {
         let path = tmp.path().join(format!("patients-{study}.parquet"));
@@ -214,7 +215,10 @@ fn deidentify_applies_safe_harbor_with_per_study_pseudonyms() {
             ],
         );
         assert_eq!(report["safe_harbor"], true);
-        (cohort_engine::tabular::read(&path).unwrap(), report)
+        (
+            cohort_engine::storage::tabular::read(&path).unwrap(),
+            report,
+        )
     };
     let (a, report) = out("study-a");
     let (a2, _) = out("study-a");
@@ -542,9 +546,9 @@ fn the_shipped_hierarchies_cover_the_synthetic_cohort() {
     let tmp = tempfile::tempdir().unwrap();
     let (_keep, dir, vault) = super::vault();
     let b = bundles(tmp.path(), 300, 5);
-    cohort_engine::ingest::ingest_paths(&vault, &access(), &[b], false).unwrap();
+    cohort_engine::records::ingest::ingest_paths(&vault, &access(), &[b], false).unwrap();
     let conn = dir.connect().unwrap();
-    let conditions = cohort_engine::projection::read_table(&conn, "conditions").unwrap();
+    let conditions = cohort_engine::records::projection::read_table(&conn, "conditions").unwrap();
     let icd = h.get("icd10").unwrap();
     let codes: HashSet<String> = text(&conditions, "icd10").into_iter().collect();
     assert!(codes.len() >= 8, "{codes:?}");
@@ -558,7 +562,7 @@ fn the_shipped_hierarchies_cover_the_synthetic_cohort() {
         .ancestors("icd10", cohort_anonymizer::hierarchy::Value::Text("E11.9"))
         .unwrap();
     assert_eq!(e11, ["E11", "E08-E13", "E00-E89", "*"]);
-    let patients = cohort_engine::projection::read_table(&conn, "patients").unwrap();
+    let patients = cohort_engine::records::projection::read_table(&conn, "patients").unwrap();
     let race = h.get("race").unwrap();
     for r in text(&patients, "race")
         .into_iter()

@@ -1,8 +1,8 @@
 //! The record vault: encryption, versions, integrity, wrong keys, shredding.
 
 use cohort_engine::Error;
-use cohort_engine::blockstore::FsBlockStore;
-use cohort_engine::vault::{NewRecord, PutOutcome};
+use cohort_engine::records::vault::{NewRecord, PutOutcome};
+use cohort_engine::storage::blockstore::FsBlockStore;
 
 use super::{FAST_KDF, PASSPHRASE, access, vault};
 

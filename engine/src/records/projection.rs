@@ -575,13 +575,13 @@ pub fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Exported>> {
     let mut out = Vec::new();
     for table in &TABLES {
         let path = dir.join(format!("{}.parquet", table.name));
-        let tmp = crate::fsutil::temp_in(dir)?;
+        let tmp = crate::storage::fsutil::temp_in(dir)?;
         let mut writer = parquet::arrow::ArrowWriter::try_new(
             tmp.as_file()
                 .try_clone()
                 .map_err(|e| Error::io("opening", tmp.path().to_owned(), e))?,
             table.schema(),
-            Some(crate::tabular::parquet_properties()),
+            Some(crate::storage::tabular::parquet_properties()),
         )?;
         let mut rows = 0;
         scan(conn, table, 65_536, |b| {
@@ -590,7 +590,7 @@ pub fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Exported>> {
             Ok(())
         })?;
         writer.close()?;
-        crate::fsutil::persist(tmp, &path, true)?;
+        crate::storage::fsutil::persist(tmp, &path, true)?;
         out.push(Exported {
             table: table.name.to_owned(),
             rows,

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use totp_rs::{Builder, Totp};
 
-use crate::keystore::{KeyStore, SecretKey};
+use crate::keys::keystore::{KeyStore, SecretKey};
 use crate::{Error, Result};
 
 /// What `cohort totp enroll` shows, once: the secret for the
@@ -66,7 +66,7 @@ pub fn enroll(
     name: &str,
     replace: bool,
 ) -> Result<Enrollment> {
-    if crate::accounts::address_of(conn, name)?.is_none() {
+    if crate::keys::accounts::address_of(conn, name)?.is_none() {
         return Err(Error::NotFound(format!(
             "no account `{name}`: create it with `cohort account new {name}`"
         )));
@@ -84,7 +84,7 @@ pub fn enroll(
          VALUES (?1, ?2, ?3, ?4, 0)
          ON CONFLICT(account) DO UPDATE SET wrapped_secret = excluded.wrapped_secret,
            kek_id = excluded.kek_id, enrolled_at = excluded.enrolled_at, last_step = 0",
-        params![name, wrapped, keys.key_id(), crate::store::now()],
+        params![name, wrapped, keys.key_id(), crate::storage::store::now()],
     )?;
     Ok(Enrollment {
         account: name.to_string(),
@@ -183,11 +183,11 @@ pub fn code_for(secret_base32: &str, unix_time: u64) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keystore::{FileKeyStore, KdfParams};
+    use crate::keys::keystore::{FileKeyStore, KdfParams};
 
     fn setup() -> (tempfile::TempDir, Connection, FileKeyStore) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open(&dir.path().join("cohort.db")).unwrap();
+        let conn = crate::storage::store::open(&dir.path().join("cohort.db")).unwrap();
         let keys = FileKeyStore::create(
             &dir.path().join("keys"),
             "pass",
@@ -198,7 +198,7 @@ mod tests {
             },
         )
         .unwrap();
-        crate::accounts::get_or_create(&conn, &keys, "stew").unwrap();
+        crate::keys::accounts::get_or_create(&conn, &keys, "stew").unwrap();
         (dir, conn, keys)
     }
 

@@ -9,7 +9,7 @@ use cohort_ledger_bridge::Account;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::keystore::{KeyStore, SecretKey};
+use crate::keys::keystore::{KeyStore, SecretKey};
 use crate::{Error, Result};
 
 /// One account as listed.
@@ -64,7 +64,7 @@ pub fn get_or_create(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Resu
             format!("{:#x}", account.address()),
             wrapped,
             keys.key_id(),
-            crate::store::now()
+            crate::storage::store::now()
         ],
     )?;
     Ok(account)

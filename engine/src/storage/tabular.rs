@@ -140,7 +140,7 @@ pub fn write(path: &Path, batch: &RecordBatch) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = crate::fsutil::temp_in(dir)?;
+    let tmp = crate::storage::fsutil::temp_in(dir)?;
     let file = tmp
         .as_file()
         .try_clone()
@@ -162,7 +162,7 @@ pub fn write(path: &Path, batch: &RecordBatch) -> Result<()> {
             w.close()?;
         }
     }
-    crate::fsutil::persist(tmp, path, true)
+    crate::storage::fsutil::persist(tmp, path, true)
 }
 
 #[cfg(test)]

@@ -15,9 +15,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::audit::{self, Event};
-use crate::fhir::{self, Bundle};
-use crate::projection;
-use crate::vault::{Access, KeyCache, NewRecord, PatientState, PutOutcome, Vault, patient_state};
+use crate::records::fhir::{self, Bundle};
+use crate::records::projection;
+use crate::records::vault::{
+    Access, KeyCache, NewRecord, PatientState, PutOutcome, Vault, patient_state,
+};
 use crate::{Error, Result};
 
 /// What one ingest run did.

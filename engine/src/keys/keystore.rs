@@ -162,7 +162,7 @@ impl FileKeyStore {
             },
         };
         let text = serde_json::to_string_pretty(&file).expect("serializable");
-        crate::fsutil::write_atomic(path, text.as_bytes())?;
+        crate::storage::fsutil::write_atomic(path, text.as_bytes())?;
         Ok(FileKeyStore {
             path: path.to_owned(),
             key_id,

@@ -9,8 +9,8 @@ use cohort_ledger_bridge::{Account, Client, Role};
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::keystore::KeyStore;
-use crate::{Result, accounts, audit};
+use crate::keys::keystore::KeyStore;
+use crate::{Result, audit, keys::accounts};
 
 /// A role given or taken.
 #[derive(Debug, Clone, Serialize)]

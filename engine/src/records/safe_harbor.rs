@@ -97,7 +97,7 @@ pub fn policy(table: &str, today: NaiveDate) -> Result<Policy> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::projection;
+    use crate::records::projection;
 
     #[test]
     fn every_projection_column_has_a_rule() {

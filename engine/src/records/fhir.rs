@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::projection::{
+use crate::records::projection::{
     ConditionRow, EncounterRow, MedicationRow, ObservationRow, PatientRow, Row,
 };
 use crate::{Error, Result};

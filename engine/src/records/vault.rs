@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::audit::{self, Event};
-use crate::blockstore::BlockStore;
-use crate::keystore::{KeyStore, SecretKey, open, seal};
+use crate::keys::keystore::{KeyStore, SecretKey, open, seal};
+use crate::storage::blockstore::BlockStore;
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"CHRV";
@@ -329,7 +329,7 @@ impl Vault {
                         cid,
                         prev_cid: prev,
                         size,
-                        created_at: crate::store::now(),
+                        created_at: crate::storage::store::now(),
                     };
                     conn.prepare_cached(
                         "INSERT INTO records(record_id, version, patient_id, resource_type, cid, prev_cid, content_mac, size, created_at)
@@ -448,14 +448,14 @@ impl Vault {
         }
         tx.execute(
             "UPDATE patients SET wrapped_key = NULL, erased_at = ?2 WHERE patient_id = ?1",
-            params![patient_id, crate::store::now()],
+            params![patient_id, crate::storage::store::now()],
         )?;
         let versions: i64 = tx.query_row(
             "SELECT COUNT(*) FROM records WHERE patient_id = ?1",
             [patient_id],
             |r| r.get(0),
         )?;
-        let removed = crate::projection::remove_patient(&tx, patient_id)?;
+        let removed = crate::records::projection::remove_patient(&tx, patient_id)?;
         // Ciphertexts a patient submitted for studies go with the records.
         let research: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'research_encrypted')",
@@ -541,7 +541,7 @@ impl Vault {
                 let wrapped = self.keys.wrap(&key, patient_id.as_bytes())?;
                 conn.execute(
                     "INSERT INTO patients(patient_id, wrapped_key, kek_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![patient_id, wrapped, self.keys.key_id(), crate::store::now()],
+                    params![patient_id, wrapped, self.keys.key_id(), crate::storage::store::now()],
                 )?;
                 key
             }

@@ -1,12 +1,12 @@
 //! Content-addressed block storage.
 //!
-//! A block is stored under the CID of its bytes ([`crate::cid::cid_of`]) and
+//! A block is stored under the CID of its bytes ([`crate::storage::cid::cid_of`]) and
 //! re-hashed on every read: a block whose bytes changed on disk is an error,
 //! never wrong data.
 
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result, cid};
+use crate::{Error, Result, storage::cid};
 
 /// Where the vault's blocks live. The local directory is the default; an IPFS
 /// node reached over its HTTP RPC is another backend of the same trait.
@@ -57,10 +57,10 @@ impl BlockStore for FsBlockStore {
         let dir = path.parent().expect("sharded path has a parent");
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
         // Visible only once complete (rename); made durable by `flush`.
-        let mut tmp = crate::fsutil::temp_in(dir)?;
+        let mut tmp = crate::storage::fsutil::temp_in(dir)?;
         std::io::Write::write_all(&mut tmp, bytes)
             .map_err(|e| Error::io("writing", path.clone(), e))?;
-        crate::fsutil::persist(tmp, &path, false)?;
+        crate::storage::fsutil::persist(tmp, &path, false)?;
         Ok(cid)
     }
 

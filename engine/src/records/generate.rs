@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::fhir::{ICD10CM, LOINC, RXNORM, SSN, US_CORE_ETHNICITY, US_CORE_RACE};
+use crate::records::fhir::{ICD10CM, LOINC, RXNORM, SSN, US_CORE_ETHNICITY, US_CORE_RACE};
 use crate::{Error, Result};
 
 /// What to generate.

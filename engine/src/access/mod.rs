@@ -1,0 +1,4 @@
+//! Who may do what, as the ledger decides: roles granted and revoked by
+//! an administrator.
+
+pub mod roles;

@@ -1,0 +1,10 @@
+//! Health records: the encrypted vault, FHIR R4 parsing and ingestion,
+//! the columnar projection, Safe Harbor de-identification and the
+//! synthetic cohort generator.
+
+pub mod fhir;
+pub mod generate;
+pub mod ingest;
+pub mod projection;
+pub mod safe_harbor;
+pub mod vault;
