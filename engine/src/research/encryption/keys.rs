@@ -1,0 +1,194 @@
+//! The key material of encrypted columns: the custodian's tfhe keys and
+//! the stewards' threshold ElGamal shares, each wrapped by the keystore.
+
+use super::*;
+
+/// Where the deployment's tfhe keys live.
+pub(super) fn tfhe_dir(root: &std::path::Path) -> PathBuf {
+    root.join("research").join("fhe").join("tfhe")
+}
+
+/// Generates what a just-approved study's encrypted columns need: the
+/// ElGamal key shared among `stewards` with threshold `t`, and the
+/// deployment's tfhe keys if they do not exist yet. Idempotent.
+pub(crate) fn set_up(
+    conn: &Connection,
+    keys: &dyn KeyStore,
+    root: &std::path::Path,
+    study: u64,
+    file: &StudyFile,
+    stewards: &[String],
+    t: u32,
+) -> Result<()> {
+    let cols = columns(file);
+    if cols.iter().any(|c| c.layer == Layer::Elgamal) && custodian_key(conn, study)?.is_none() {
+        let n = stewards.len() as u32;
+        let threshold = Threshold::new(t.min(n).max(1), n).map_err(fhe_error)?;
+        let (key, shares) = threshold::generate(threshold).map_err(fhe_error)?;
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO research_fhe_keys (study_id, custodian) VALUES (?1, ?2)",
+            params![study as i64, key.to_bytes()],
+        )?;
+        for (steward, share) in stewards.iter().zip(&shares) {
+            let data = SecretKey::generate();
+            let context = share_context(study, steward);
+            let wrapped = keys.wrap(&data, context.as_bytes())?;
+            let (nonce, sealed) = keystore::seal(&data, &share.to_bytes(), context.as_bytes());
+            tx.execute(
+                "INSERT INTO research_fhe_shares (study_id, steward, idx, wrapped, nonce, sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![study as i64, steward, share.index(), wrapped, nonce.to_vec(), sealed],
+            )?;
+        }
+        tx.commit()?;
+    }
+    if cols.iter().any(|c| c.layer == Layer::Tfhe) {
+        ensure_tfhe_keys(keys, root)?;
+    }
+    Ok(())
+}
+
+pub(super) fn share_context(study: u64, steward: &str) -> String {
+    format!("cohort/fhe/study/{study}/share/{steward}")
+}
+
+pub(super) const TFHE_CLIENT_CONTEXT: &str = "cohort/fhe/tfhe/custodian";
+
+pub(super) fn ensure_tfhe_keys(keys: &dyn KeyStore, root: &std::path::Path) -> Result<()> {
+    let dir = tfhe_dir(root);
+    if dir.join("client.sealed").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+    let set = predicate::generate().map_err(fhe_error)?;
+    let data = SecretKey::generate();
+    let wrapped = keys.wrap(&data, TFHE_CLIENT_CONTEXT.as_bytes())?;
+    let (nonce, sealed) = keystore::seal(
+        &data,
+        &set.client.to_bytes().map_err(fhe_error)?,
+        TFHE_CLIENT_CONTEXT.as_bytes(),
+    );
+    let mut blob = Vec::new();
+    blob.extend_from_slice(&(wrapped.len() as u32).to_le_bytes());
+    blob.extend_from_slice(&wrapped);
+    blob.extend_from_slice(&nonce);
+    blob.extend_from_slice(&sealed);
+    // Public and server keys first; the client key last marks the set complete.
+    write_atomic(
+        &dir.join("public.bin"),
+        &set.public.to_bytes().map_err(fhe_error)?,
+    )?;
+    write_atomic(
+        &dir.join("server.bin"),
+        &predicate::server_key_to_bytes(&set.server).map_err(fhe_error)?,
+    )?;
+    write_atomic(&dir.join("client.sealed"), &blob)?;
+    Ok(())
+}
+
+pub(super) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming", &tmp, e))?;
+    Ok(())
+}
+
+pub(super) fn tfhe_public(root: &std::path::Path) -> Result<predicate::PublicParams> {
+    let bytes = std::fs::read(tfhe_dir(root).join("public.bin")).map_err(|_| Error::Invalid("this deployment has no tfhe keys yet: they are made when a study with a tfhe column is approved".into()))?;
+    predicate::PublicParams::from_bytes(&bytes).map_err(fhe_error)
+}
+
+pub(super) fn tfhe_server(root: &std::path::Path) -> Result<PredicateLayer> {
+    let path = tfhe_dir(root).join("server.bin");
+    let bytes = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+    PredicateLayer::from_bytes(&bytes).map_err(fhe_error)
+}
+
+/// The deployment's tfhe server key, read once per process (and again
+/// only if its file changes): it takes most of a second to load, and a
+/// server answers many queries.
+pub(super) fn tfhe_server_shared(root: &std::path::Path) -> Result<Arc<PredicateLayer>> {
+    type Loaded = HashMap<PathBuf, (std::time::SystemTime, Arc<PredicateLayer>)>;
+    static LOADED: std::sync::OnceLock<std::sync::Mutex<Loaded>> = std::sync::OnceLock::new();
+    let path = tfhe_dir(root).join("server.bin");
+    let modified = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .map_err(|e| Error::io("reading", &path, e))?;
+    let loaded = LOADED.get_or_init(Default::default);
+    if let Some((at, layer)) = loaded.lock().expect("tfhe keys lock").get(&path)
+        && *at == modified
+    {
+        return Ok(Arc::clone(layer));
+    }
+    let layer = Arc::new(tfhe_server(root)?);
+    loaded
+        .lock()
+        .expect("tfhe keys lock")
+        .insert(path, (modified, Arc::clone(&layer)));
+    Ok(layer)
+}
+
+pub(super) fn tfhe_custodian(
+    keys: &dyn KeyStore,
+    root: &std::path::Path,
+) -> Result<predicate::CustodianKey> {
+    let path = tfhe_dir(root).join("client.sealed");
+    let blob = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let bad = || Error::Invalid("the tfhe custodian key file is damaged".into());
+    let len =
+        u32::from_le_bytes(blob.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes")) as usize;
+    let wrapped = blob.get(4..4 + len).ok_or_else(bad)?;
+    let nonce = blob.get(4 + len..28 + len).ok_or_else(bad)?;
+    let sealed = blob.get(28 + len..).ok_or_else(bad)?;
+    let data = keys.unwrap(wrapped, TFHE_CLIENT_CONTEXT.as_bytes())?;
+    let plain = zeroize::Zeroizing::new(
+        keystore::open(&data, nonce, sealed, TFHE_CLIENT_CONTEXT.as_bytes()).ok_or_else(bad)?,
+    );
+    predicate::CustodianKey::from_bytes(&plain).map_err(fhe_error)
+}
+
+/// The study's ElGamal custodian key, once generated.
+pub(crate) fn custodian_key(conn: &Connection, study: u64) -> Result<Option<CustodianKey>> {
+    let bytes: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT custodian FROM research_fhe_keys WHERE study_id = ?1",
+            [study as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    bytes
+        .map(|b| CustodianKey::from_bytes(&b).map_err(fhe_error))
+        .transpose()
+}
+
+pub(super) fn shares(
+    conn: &Connection,
+    keys: &dyn KeyStore,
+    study: u64,
+    want: usize,
+) -> Result<Vec<KeyShare>> {
+    let mut stmt = conn.prepare("SELECT steward, wrapped, nonce, sealed FROM research_fhe_shares WHERE study_id = ?1 ORDER BY idx LIMIT ?2")?;
+    let rows = stmt.query_map(params![study as i64, want as i64], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (steward, wrapped, nonce, sealed) = row?;
+        let context = share_context(study, &steward);
+        let data = keys.unwrap(&wrapped, context.as_bytes())?;
+        let plain = zeroize::Zeroizing::new(
+            keystore::open(&data, &nonce, &sealed, context.as_bytes()).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "steward {steward}'s key share for study {study} does not open"
+                ))
+            })?,
+        );
+        out.push(KeyShare::from_bytes(&plain).map_err(fhe_error)?);
+    }
+    Ok(out)
+}
