@@ -102,6 +102,22 @@ pub enum Error {
         cost: String,
     },
 
+    /// A query ran and its outcome is stored, but its debit could not be
+    /// committed yet (the ledger or the disk refused); asking again with
+    /// the same id commits and delivers it. The cause is kept as the source,
+    /// so a full disk is named as such.
+    #[error(
+        "query `{query_id}` ran and its outcome is kept, but the ledger did not take its debit \
+         ({source}); ask again with the same query id to commit and receive it"
+    )]
+    Uncommitted {
+        /// The query's id.
+        query_id: String,
+        /// Why the commit failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The hash chain of the audit log is broken.
     #[error("{0}")]
     AuditBroken(String),

@@ -198,7 +198,7 @@ pub(crate) fn status(e: Error) -> Status {
     match e {
         Error::NotFound(_) => Status::not_found(message),
         Error::Forbidden(_) => Status::permission_denied(message),
-        Error::Invalid(_) | Error::Query(_) | Error::Anonymizer(_) => {
+        Error::Invalid(_) | Error::Query(_) | Error::Anonymizer(_) | Error::Uncommitted { .. } => {
             Status::invalid_argument(message)
         }
         Error::Ledger(_) => Status::failed_precondition(message),

@@ -48,8 +48,20 @@ use super::journal::{self, Intent, QueryLock};
 use super::study::StudyFile;
 use super::view::{self, View};
 use super::{Session, ledger_query_id};
+
+mod recovery;
+mod replay;
+mod steps;
+
 use crate::deadline::{self, Failure};
 use crate::{DataDir, Error, Result, audit};
+pub use recovery::Recovery;
+use replay::{CHARGED, Charged};
+pub(crate) use steps::to_cost;
+use steps::{
+    check_query_id, crash_point, fresh_salt, hex, parse_b256, pause_point, remaining_charge,
+    share_of,
+};
 
 /// What a researcher asks.
 #[derive(Debug, Clone, Default)]
@@ -70,23 +82,6 @@ pub struct QueryRequest {
     /// Only plan and cost.
     pub explain: bool,
 }
-
-/// The stored outcome of a query that ended without an answer: the same
-/// for every way of ending so, and carrying nothing from the data.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Charged {
-    study_id: u64,
-    query_id: String,
-    ledger_id: String,
-    sql: String,
-    cost: String,
-    fee: String,
-    members: usize,
-    outcome: String,
-}
-
-/// What every query without an answer is told it was.
-const CHARGED: &str = "charged without an answer";
 
 /// What `cohort query <study>` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -122,120 +117,9 @@ pub struct QueryOutcome {
     pub deadline_ms: Option<u64>,
 }
 
-/// What [`Session::recover`] did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Recovery {
-    /// Queries whose outcome was committed (an answer, or the charged
-    /// failure of a query whose process died while it ran).
-    pub committed: Vec<String>,
-    /// Queries whose reservation was released (nothing had been read).
-    pub released: Vec<String>,
-}
-
 /// A fresh query id.
 pub fn new_query_id() -> String {
     crate::release::new_query_id()
-}
-
-/// Test hook: with `COHORT_TEST_PAUSE_AT` naming a step, the process says
-/// so on stderr and stops there for good, so that a test can SIGKILL it at
-/// exactly that point and show what the crash leaves. Steps: `reserved`
-/// (before execution starts), `executing` (while the plan runs),
-/// `answered` (outcome stored, before the commit), `committed` (before the
-/// outcome is delivered).
-fn crash_point(step: &str) {
-    if paused_at(step) {
-        loop {
-            std::thread::park();
-        }
-    }
-}
-
-/// [`crash_point`] inside the query's work: it waits without holding its
-/// thread, so that a cancellation (Ctrl-C) can still end the work.
-async fn pause_point(step: &str) {
-    if paused_at(step) {
-        futures::future::pending::<()>().await;
-    }
-}
-
-fn paused_at(step: &str) -> bool {
-    let pause = std::env::var("COHORT_TEST_PAUSE_AT").is_ok_and(|v| v == step);
-    if pause {
-        use std::io::Write;
-        let mut err = std::io::stderr();
-        let _ = writeln!(err, "paused at {step}");
-        let _ = err.flush();
-    }
-    pause
-}
-
-pub(crate) fn to_cost(charge: &Charge) -> Cost {
-    match *charge {
-        Charge::Pure { epsilon } => Cost {
-            primary: epsilon.units(),
-            delta: 0,
-        },
-        Charge::Approx { epsilon, delta } => Cost {
-            primary: epsilon.units(),
-            delta: delta.units(),
-        },
-        Charge::Zcdp { rho } => Cost {
-            primary: rho.units(),
-            delta: 0,
-        },
-    }
-}
-
-fn remaining_charge(kind: u8, left: Cost) -> Charge {
-    match kind {
-        0 => Charge::Pure {
-            epsilon: Amount::from_units(left.primary),
-        },
-        1 => Charge::Approx {
-            epsilon: Amount::from_units(left.primary),
-            delta: Amount::from_units(left.delta),
-        },
-        _ => Charge::Zcdp {
-            rho: Amount::from_units(left.primary),
-        },
-    }
-}
-
-fn check_query_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "query id `{id}`: use 1 to 128 printable ASCII characters without spaces"
-        )))
-    }
-}
-
-fn parse_b256(text: Option<&str>, what: &str) -> Result<B256> {
-    text.and_then(|t| t.parse().ok())
-        .ok_or_else(|| Error::Invalid(format!("the journal's {what} is missing or malformed")))
-}
-
-fn fresh_salt() -> Result<[u8; 32]> {
-    let mut salt = [0u8; 32];
-    getrandom::fill(&mut salt)
-        .map_err(|e| Error::Invalid(format!("the system's randomness failed: {e}")))?;
-    Ok(salt)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(bytes)
-}
-
-/// What each of `members` is paid of `fee` (the contract's `fee / members`).
-fn share_of(fee: U256, members: usize) -> U256 {
-    if members == 0 {
-        U256::ZERO
-    } else {
-        fee / U256::from(members)
-    }
 }
 
 /// What the private run needs, owned: it runs on a task of its own.
@@ -312,127 +196,6 @@ impl Session {
         let root = MemberTree::new(consenting.iter().map(|c| c.address))?.root();
         roots.insert(study, (digest, root));
         Ok((root, addresses))
-    }
-
-    /// Finishes what crashed queries left: a stored outcome is committed;
-    /// a query whose process died while it ran is recorded as the charged
-    /// failure and committed; a reservation made before anything was read
-    /// is released. Queries still in flight are left alone.
-    pub async fn recover(&self, conn: &Connection) -> Result<Recovery> {
-        let mut report = Recovery::default();
-        for entry in journal::unfinished(conn)? {
-            let Some(_lock) = QueryLock::try_acquire(self.dir.root(), &entry.ledger_id)? else {
-                continue;
-            };
-            // Re-read under the lock: the owner may have finished meanwhile.
-            let Some(entry) = journal::get(conn, &entry.ledger_id)? else {
-                continue;
-            };
-            match entry.state.as_str() {
-                "executing" => {
-                    let entry = self.store_failure(conn, &entry, Failure::Killed, None)?;
-                    self.commit_stored(conn, &entry).await?;
-                    report.committed.push(entry.query_id.clone());
-                }
-                "answered" | "failed" => {
-                    self.commit_stored(conn, &entry).await?;
-                    report.committed.push(entry.query_id.clone());
-                }
-                "reserving" | "reserved" => {
-                    self.release_reservation(conn, &entry).await?;
-                    report.released.push(entry.query_id.clone());
-                }
-                _ => {}
-            }
-        }
-        Ok(report)
-    }
-
-    /// Releases `entry`'s reservation if the ledger holds one: only for a
-    /// query that never started executing.
-    async fn release_reservation(&self, conn: &Connection, entry: &journal::Entry) -> Result<()> {
-        let id: B256 = entry
-            .ledger_id
-            .parse()
-            .map_err(|_| Error::Invalid("a malformed ledger id in the journal".into()))?;
-        let q = self.client.query(id).await?;
-        if q.state == 1 {
-            self.client
-                .release(&self.engine, entry.study_id, id)
-                .await?;
-        }
-        journal::set_state(conn, &entry.ledger_id, "released")
-    }
-
-    /// Stores the fixed failure as `entry`'s outcome; `how` goes to the
-    /// journal for the operator, never to the researcher.
-    fn store_failure(
-        &self,
-        conn: &Connection,
-        entry: &journal::Entry,
-        how: Failure,
-        ran: Option<std::time::Duration>,
-    ) -> Result<journal::Entry> {
-        let (fee, members) = conn.query_row(
-            "SELECT fee, members FROM research_queries WHERE ledger_id = ?1",
-            [&entry.ledger_id],
-            |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<i64>>(1)?)),
-        )?;
-        let charged = Charged {
-            study_id: entry.study_id,
-            query_id: entry.query_id.clone(),
-            ledger_id: entry.ledger_id.clone(),
-            sql: entry.sql.clone(),
-            cost: entry.cost.clone(),
-            fee: fee.unwrap_or_default(),
-            members: members.unwrap_or(0) as usize,
-            outcome: CHARGED.into(),
-        };
-        let text = serde_json::to_string(&charged).expect("a failure serialises");
-        let salt = fresh_salt()?;
-        let hash = commitment(&salt, &text);
-        journal::outcome(
-            conn,
-            &entry.ledger_id,
-            &text,
-            &hex(&salt),
-            &format!("{hash:#x}"),
-            Some(how.as_str()),
-            ran,
-        )?;
-        journal::get(conn, &entry.ledger_id)?
-            .ok_or_else(|| Error::Invalid("a journal entry vanished".into()))
-    }
-
-    /// Commits a stored outcome (idempotent on the ledger) and audits it.
-    async fn commit_stored(&self, conn: &Connection, entry: &journal::Entry) -> Result<()> {
-        let id: B256 = parse_b256(Some(&entry.ledger_id), "ledger id")?;
-        let hash = parse_b256(entry.result_hash.as_deref(), "result hash")?;
-        let (root, members) = journal::members_root(conn, &entry.ledger_id)?;
-        let root = parse_b256(Some(&root), "members root")?;
-        self.client
-            .commit(&self.engine, entry.study_id, id, hash, root, members)
-            .await?;
-        let tx = conn.unchecked_transaction()?;
-        journal::set_state(&tx, &entry.ledger_id, "committed")?;
-        audit::append(
-            &tx,
-            &audit::Event {
-                actor: "engine",
-                action: "research.query",
-                target: &format!("study/{}/query/{}", entry.study_id, entry.query_id),
-                purpose: "research",
-                detail: serde_json::json!({
-                    "ledger_id": entry.ledger_id,
-                    "cost": entry.cost,
-                    "result_hash": format!("{hash:#x}"),
-                    "members": members,
-                    "outcome": if entry.failure.is_some() || entry.state == "failed" { CHARGED } else { "answered" },
-                }),
-            },
-        )?;
-        tx.commit()?;
-        Ok(())
     }
 
     /// Answers `request` over study `id` for `actor`: see the module docs.
@@ -653,12 +416,12 @@ impl Session {
 
         // 4. Commit.
         let entry = journal::get(&conn, &ledger_hex)?.expect("stored above");
-        self.commit_stored(&conn, &entry).await.map_err(|e| {
-            Error::Invalid(format!(
-                "query `{query_id}` ran and its outcome is kept, but the ledger did not take its \
-                 debit ({e}); ask again with the same query id to commit and receive it"
-            ))
-        })?;
+        self.commit_stored(&conn, &entry)
+            .await
+            .map_err(|e| Error::Uncommitted {
+                query_id: query_id.clone(),
+                source: Box::new(e),
+            })?;
         crash_point("committed");
 
         // 5. Release at the deadline.
@@ -699,132 +462,4 @@ impl Session {
             deadline_ms,
         })
     }
-
-    /// The answer as stored and committed to.
-    #[allow(clippy::too_many_arguments)]
-    fn stored_answer(
-        &self,
-        id: u64,
-        query_id: &str,
-        ledger_hex: &str,
-        request: &QueryRequest,
-        aggregates: &[PlannedAggregate],
-        answer: PrivateAnswer,
-        fee: U256,
-        members: usize,
-    ) -> Result<Answer> {
-        let (columns, rows) = crate::sql::table(&answer.batches)?;
-        Ok(Answer {
-            study_id: id,
-            query_id: query_id.to_string(),
-            ledger_id: ledger_hex.to_string(),
-            sql: request.sql.clone(),
-            columns,
-            rows,
-            releases: serde_json::to_value(&answer.releases).expect("releases serialise"),
-            cost: answer.cost.to_string(),
-            fee: fee.to_string(),
-            share: share_of(fee, members).to_string(),
-            members,
-            encrypted: aggregates
-                .iter()
-                .flat_map(|a| &a.outputs)
-                .filter_map(|o| {
-                    let e = o.encrypted.as_ref()?;
-                    Some(super::answer::EncryptedOutput {
-                        output: o.output.clone(),
-                        column: e.column.clone(),
-                        layer: e.layer,
-                    })
-                })
-                .collect(),
-        })
-    }
-
-    /// A query id seen before: its stored outcome, never a new run.
-    async fn replay(
-        &self,
-        conn: &Connection,
-        file: &StudyFile,
-        s: &ResearchStudy::Study,
-        entry: journal::Entry,
-        sql: &str,
-    ) -> Result<QueryOutcome> {
-        if entry.sql != sql {
-            return Err(Error::Invalid(format!(
-                "query id `{}` was used for a different question; a query id names one question",
-                entry.query_id
-            )));
-        }
-        let Some(_lock) = QueryLock::try_acquire(self.dir.root(), &entry.ledger_id)? else {
-            return Err(Error::Invalid(format!(
-                "query `{}` is being answered by another process; wait for it and ask again with the same id",
-                entry.query_id
-            )));
-        };
-        let mut entry = journal::get(conn, &entry.ledger_id)?.expect("seen above");
-        match entry.state.as_str() {
-            "executing" => {
-                entry = self.store_failure(conn, &entry, Failure::Killed, None)?;
-                self.commit_stored(conn, &entry).await?;
-            }
-            "answered" | "failed" => self.commit_stored(conn, &entry).await?,
-            "committed" | "delivered" => {}
-            "reserving" | "reserved" => {
-                self.release_reservation(conn, &entry).await?;
-                return Err(interrupted(&entry.query_id));
-            }
-            _ => return Err(interrupted(&entry.query_id)),
-        }
-        let entry = journal::get(conn, &entry.ledger_id)?.expect("seen above");
-        journal::set_state(conn, &entry.ledger_id, "delivered")?;
-        if entry.failure.is_some() {
-            return Err(Error::Charged {
-                query_id: entry.query_id.clone(),
-                cost: entry.cost.clone(),
-            });
-        }
-        let text = entry.answer.as_deref().unwrap_or_default();
-        let salt = entry.salt.clone().unwrap_or_default();
-        let mut answer: Answer = serde_json::from_str(text)
-            .map_err(|e| Error::Invalid(format!("the journal's answer: {e}")))?;
-        // Sealed results are decrypted again: threshold decryption of the
-        // same ciphertexts gives the same values.
-        super::encryption::decrypt_answer(
-            conn,
-            self.keys.as_ref(),
-            self.dir.root(),
-            &self.client,
-            file,
-            &mut answer,
-            &salt,
-            text,
-        )
-        .await?;
-        let members_root: Option<String> = conn.query_row(
-            "SELECT members_root FROM research_queries WHERE ledger_id = ?1",
-            [&entry.ledger_id],
-            |r| r.get(0),
-        )?;
-        let left = self.client.remaining(entry.study_id).await?;
-        Ok(QueryOutcome {
-            cost: answer.cost.clone(),
-            answer: Some(answer),
-            result_hash: entry.result_hash.clone(),
-            salt: Some(salt),
-            members_root,
-            plan: vec![],
-            remaining: super::budget_text(s.terms.kind, left.primary, left.delta),
-            replayed: true,
-            explain: None,
-            deadline_ms: entry.deadline_ms,
-        })
-    }
-}
-
-fn interrupted(query_id: &str) -> Error {
-    Error::Invalid(format!(
-        "query `{query_id}` was interrupted before it ran and its reservation released \
-         (nothing was read or spent); ask again with a new query id"
-    ))
 }
