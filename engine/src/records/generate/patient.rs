@@ -1,412 +1,15 @@
-//! `cohort generate`: a synthetic population as FHIR R4 bundles.
-//!
-//! The population is shaped like a US one: an age pyramid that includes the
-//! over-89s, OMB race and ethnicity categories, real ZIP codes (some in the
-//! 3-digit prefixes Safe Harbor must blank), and the direct identifiers that
-//! de-identification must later remove (names, addresses, phones, e-mails,
-//! SSNs in the never-issued 999 range, MRNs). Conditions carry real ICD-10-CM
-//! codes at age- and sex-dependent prevalences; observations carry LOINC codes
-//! with values that follow the conditions (HbA1c with diabetes, blood pressure
-//! with hypertension, glucose from HbA1c by the ADAG relation); medications
-//! carry RxNorm codes.
-//!
-//! Output is deterministic for a seed: patient `i` draws from its own ChaCha
-//! stream, so bundles can be generated in parallel and streamed to disk one
-//! window at a time (constant memory for any N).
+//! One synthetic patient: their person, conditions at age- and
+//! sex-dependent prevalences, encounters with vitals and labs that follow
+//! the conditions, and medications, as FHIR resources.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use super::population::{
+    AGE_BANDS, ALBUTEROL, AMLODIPINE, ASTHMA, ATORVASTATIN, CAD, CKD3, COPD, DEPRESSION, DIABETES,
+    FEMALE_NAMES, HCTZ, HIV, HYPERLIPIDEMIA, HYPERTENSION, HYPOTHYROIDISM, LISINOPRIL, MALE_NAMES,
+    METFORMIN, OBESITY, PLACES, RACES, SERTRALINE, STREETS, SURNAMES,
+};
+use super::*;
 
-use chrono::{Duration, NaiveDate, NaiveDateTime};
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
-use rayon::prelude::*;
-use serde::Serialize;
-use serde_json::{Value, json};
-
-use crate::records::fhir::{ICD10CM, LOINC, RXNORM, SSN, US_CORE_ETHNICITY, US_CORE_RACE};
-use crate::{Error, Result};
-
-/// What to generate.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Number of patients.
-    pub patients: u64,
-    /// Seed: the same seed gives byte-identical output.
-    pub seed: u64,
-    /// Directory the bundles are written to.
-    pub out: PathBuf,
-    /// Patients per bundle file.
-    pub per_bundle: u64,
-    /// The "today" of the population (ages and dates are relative to it).
-    pub as_of: NaiveDate,
-    /// Show a progress bar.
-    pub progress: bool,
-}
-
-impl Options {
-    /// `patients` patients from `seed` into `out`, with the defaults
-    /// (100 patients per bundle, as of 2026-01-01, no progress bar).
-    pub fn new(patients: u64, seed: u64, out: impl Into<PathBuf>) -> Self {
-        Options {
-            patients,
-            seed,
-            out: out.into(),
-            per_bundle: 100,
-            as_of: NaiveDate::from_ymd_opt(2026, 1, 1).expect("valid date"),
-            progress: false,
-        }
-    }
-}
-
-/// What a run produced.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// Patients written.
-    pub patients: u64,
-    /// Bundle files written.
-    pub bundles: u64,
-    /// Resources written.
-    pub resources: u64,
-    /// Bytes written.
-    pub bytes: u64,
-    /// Wall time in seconds.
-    pub seconds: f64,
-    /// Patients per second.
-    pub patients_per_second: f64,
-    /// Peak resident memory of this process so far, in bytes (Linux only):
-    /// stays flat as N grows, because bundles are streamed.
-    pub peak_rss_bytes: Option<u64>,
-}
-
-/// The process's peak resident set size (`VmHWM`), where the OS reports it.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Generates the population and writes `bundle-NNNNNNN.json` files.
-pub fn generate(opts: &Options) -> Result<Report> {
-    if opts.per_bundle == 0 {
-        return Err(Error::Invalid("--per-bundle must be at least 1".into()));
-    }
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io("creating", &opts.out, e))?;
-    let started = Instant::now();
-    let bundles = opts.patients.div_ceil(opts.per_bundle);
-    let bar = if opts.progress {
-        indicatif::ProgressBar::new(opts.patients)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "generate {bar:40} {pos}/{len} patients {per_sec} eta {eta}",
-        )
-        .expect("valid template"),
-    );
-    let window = (rayon::current_num_threads() as u64 * 2).max(2);
-    let (mut resources, mut bytes) = (0u64, 0u64);
-    let mut start = 0;
-    while start < bundles {
-        let end = (start + window).min(bundles);
-        let made: Vec<(u64, Vec<u8>, u64)> = (start..end)
-            .into_par_iter()
-            .map(|b| {
-                let first = b * opts.per_bundle;
-                let last = (first + opts.per_bundle).min(opts.patients);
-                let (bundle, n) = bundle(opts, b, first..last);
-                (b, serde_json::to_vec(&bundle).expect("serializable"), n)
-            })
-            .collect();
-        for (b, body, n) in made {
-            write_bundle(&opts.out, b, &body)?;
-            resources += n;
-            bytes += body.len() as u64;
-            let first = b * opts.per_bundle;
-            bar.inc((first + opts.per_bundle).min(opts.patients) - first);
-        }
-        start = end;
-    }
-    bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(Report {
-        patients: opts.patients,
-        bundles,
-        resources,
-        bytes,
-        seconds,
-        patients_per_second: opts.patients as f64 / seconds.max(1e-9),
-        peak_rss_bytes: peak_rss_bytes(),
-    })
-}
-
-fn write_bundle(dir: &Path, index: u64, body: &[u8]) -> Result<()> {
-    let path = dir.join(format!("bundle-{:07}.json", index + 1));
-    let mut f = std::fs::File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
-    f.write_all(body)
-        .map_err(|e| Error::io("writing", &path, e))
-}
-
-fn bundle(opts: &Options, index: u64, patients: std::ops::Range<u64>) -> (Value, u64) {
-    let mut entries = Vec::new();
-    for i in patients {
-        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-        rng.set_stream(i);
-        entries.extend(patient_resources(&mut rng, opts.as_of));
-    }
-    let n = entries.len() as u64;
-    let entry: Vec<Value> = entries
-        .into_iter()
-        .map(|r| json!({ "fullUrl": format!("urn:uuid:{}", r["id"].as_str().expect("id")), "resource": r }))
-        .collect();
-    let id = format!("cohort-synthetic-{}-{}", opts.seed, index + 1);
-    (
-        json!({ "resourceType": "Bundle", "id": id, "type": "collection", "entry": entry }),
-        n,
-    )
-}
-
-// ---------------------------------------------------------------- tables --
-
-/// Age bands (years, inclusive) and their share of the US population.
-const AGE_BANDS: &[((u32, u32), f64)] = &[
-    ((0, 4), 0.057),
-    ((5, 17), 0.163),
-    ((18, 24), 0.092),
-    ((25, 34), 0.135),
-    ((35, 44), 0.130),
-    ((45, 54), 0.121),
-    ((55, 64), 0.127),
-    ((65, 74), 0.100),
-    ((75, 84), 0.050),
-    ((85, 89), 0.015),
-    ((90, 104), 0.010),
-];
-
-/// OMB race categories (CDC race codes) and approximate shares.
-const RACES: &[((&str, &str), f64)] = &[
-    (("2106-3", "White"), 0.60),
-    (("2054-5", "Black or African American"), 0.13),
-    (("2028-9", "Asian"), 0.06),
-    (("1002-5", "American Indian or Alaska Native"), 0.011),
-    (
-        ("2076-8", "Native Hawaiian or Other Pacific Islander"),
-        0.002,
-    ),
-    (("2131-1", "Other Race"), 0.197),
-];
-
-/// ZIP code, city, state, area code, weight. Includes 3-digit prefixes whose
-/// population is 20,000 or fewer (036, 059, 692, 821, 879, 893), which Safe
-/// Harbor requires to be replaced by 000.
-/// ZIP code, city, state, telephone area code.
-type Place = (&'static str, &'static str, &'static str, &'static str);
-
-const PLACES: &[(Place, f64)] = &[
-    (("10027", "New York", "NY", "212"), 8.0),
-    (("90011", "Los Angeles", "CA", "323"), 6.0),
-    (("60614", "Chicago", "IL", "312"), 5.0),
-    (("77004", "Houston", "TX", "713"), 4.5),
-    (("85004", "Phoenix", "AZ", "602"), 3.5),
-    (("19104", "Philadelphia", "PA", "215"), 3.0),
-    (("78205", "San Antonio", "TX", "210"), 3.0),
-    (("92101", "San Diego", "CA", "619"), 3.0),
-    (("75201", "Dallas", "TX", "214"), 3.0),
-    (("94110", "San Francisco", "CA", "415"), 2.5),
-    (("98101", "Seattle", "WA", "206"), 2.5),
-    (("80202", "Denver", "CO", "303"), 2.5),
-    (("02139", "Cambridge", "MA", "617"), 2.0),
-    (("30303", "Atlanta", "GA", "404"), 2.0),
-    (("33130", "Miami", "FL", "305"), 2.0),
-    (("48201", "Detroit", "MI", "313"), 2.0),
-    (("55401", "Minneapolis", "MN", "612"), 1.5),
-    (("97201", "Portland", "OR", "503"), 1.5),
-    (("37203", "Nashville", "TN", "615"), 1.5),
-    (("21201", "Baltimore", "MD", "410"), 1.5),
-    (("43215", "Columbus", "OH", "614"), 1.5),
-    (("46204", "Indianapolis", "IN", "317"), 1.5),
-    (("28202", "Charlotte", "NC", "704"), 1.5),
-    (("53202", "Milwaukee", "WI", "414"), 1.0),
-    (("87102", "Albuquerque", "NM", "505"), 1.0),
-    (("73102", "Oklahoma City", "OK", "405"), 1.0),
-    (("64106", "Kansas City", "MO", "816"), 1.0),
-    (("84101", "Salt Lake City", "UT", "801"), 1.0),
-    (("96813", "Honolulu", "HI", "808"), 0.6),
-    (("99501", "Anchorage", "AK", "907"), 0.5),
-    (("03601", "Acworth", "NH", "603"), 0.1),
-    (("05901", "Averill", "VT", "802"), 0.1),
-    (("69201", "Valentine", "NE", "402"), 0.1),
-    (("82190", "Yellowstone National Park", "WY", "307"), 0.05),
-    (("87901", "Truth or Consequences", "NM", "575"), 0.1),
-    (("89301", "Ely", "NV", "775"), 0.1),
-];
-
-const FEMALE_NAMES: &[&str] = &[
-    "Mary",
-    "Patricia",
-    "Jennifer",
-    "Linda",
-    "Elizabeth",
-    "Barbara",
-    "Susan",
-    "Jessica",
-    "Sarah",
-    "Karen",
-    "Lisa",
-    "Nancy",
-    "Betty",
-    "Sandra",
-    "Margaret",
-    "Ashley",
-    "Kimberly",
-    "Emily",
-    "Donna",
-    "Michelle",
-    "Carol",
-    "Amanda",
-    "Melissa",
-    "Deborah",
-    "Stephanie",
-    "Maria",
-    "Sofia",
-    "Mei",
-    "Aaliyah",
-    "Priya",
-];
-const MALE_NAMES: &[&str] = &[
-    "James",
-    "Robert",
-    "John",
-    "Michael",
-    "David",
-    "William",
-    "Richard",
-    "Joseph",
-    "Thomas",
-    "Christopher",
-    "Charles",
-    "Daniel",
-    "Matthew",
-    "Anthony",
-    "Mark",
-    "Donald",
-    "Steven",
-    "Andrew",
-    "Paul",
-    "Joshua",
-    "Kenneth",
-    "Kevin",
-    "Brian",
-    "George",
-    "Timothy",
-    "Jose",
-    "Luis",
-    "Wei",
-    "Malik",
-    "Arjun",
-];
-const SURNAMES: &[&str] = &[
-    "Smith",
-    "Johnson",
-    "Williams",
-    "Brown",
-    "Jones",
-    "Garcia",
-    "Miller",
-    "Davis",
-    "Rodriguez",
-    "Martinez",
-    "Hernandez",
-    "Lopez",
-    "Gonzalez",
-    "Wilson",
-    "Anderson",
-    "Thomas",
-    "Taylor",
-    "Moore",
-    "Jackson",
-    "Martin",
-    "Lee",
-    "Perez",
-    "Thompson",
-    "White",
-    "Harris",
-    "Sanchez",
-    "Clark",
-    "Ramirez",
-    "Lewis",
-    "Robinson",
-    "Walker",
-    "Young",
-    "Allen",
-    "King",
-    "Wright",
-    "Nguyen",
-    "Chen",
-    "Patel",
-    "Kim",
-    "Okafor",
-];
-const STREETS: &[&str] = &[
-    "Main St",
-    "Oak Ave",
-    "Maple Dr",
-    "Cedar Ln",
-    "Pine St",
-    "Elm St",
-    "Washington Ave",
-    "Lake Rd",
-    "Hill St",
-    "Park Ave",
-    "Sunset Blvd",
-    "River Rd",
-    "Church St",
-    "Highland Ave",
-    "Spring St",
-    "Mill Rd",
-];
-
-/// Conditions: ICD-10-CM code and display.
-const DIABETES: (&str, &str) = ("E11.9", "Type 2 diabetes mellitus without complications");
-const HYPERTENSION: (&str, &str) = ("I10", "Essential (primary) hypertension");
-const ASTHMA: (&str, &str) = ("J45.909", "Unspecified asthma, uncomplicated");
-const HYPERLIPIDEMIA: (&str, &str) = ("E78.5", "Hyperlipidemia, unspecified");
-const OBESITY: (&str, &str) = ("E66.9", "Obesity, unspecified");
-const DEPRESSION: (&str, &str) = (
-    "F32.9",
-    "Major depressive disorder, single episode, unspecified",
-);
-const COPD: (&str, &str) = (
-    "J44.9",
-    "Chronic obstructive pulmonary disease, unspecified",
-);
-const CKD3: (&str, &str) = ("N18.30", "Chronic kidney disease, stage 3 unspecified");
-const CAD: (&str, &str) = (
-    "I25.10",
-    "Atherosclerotic heart disease of native coronary artery without angina pectoris",
-);
-const HYPOTHYROIDISM: (&str, &str) = ("E03.9", "Hypothyroidism, unspecified");
-const HIV: (&str, &str) = ("B20", "Human immunodeficiency virus [HIV] disease");
-
-/// Medications: RxNorm code and display.
-const METFORMIN: (&str, &str) = ("861007", "metformin hydrochloride 500 MG Oral Tablet");
-const LISINOPRIL: (&str, &str) = ("314076", "lisinopril 10 MG Oral Tablet");
-const AMLODIPINE: (&str, &str) = ("197361", "amlodipine 5 MG Oral Tablet");
-const HCTZ: (&str, &str) = ("310798", "hydrochlorothiazide 25 MG Oral Tablet");
-const ATORVASTATIN: (&str, &str) = ("617310", "atorvastatin 20 MG Oral Tablet");
-const ALBUTEROL: (&str, &str) = (
-    "745679",
-    "200 ACTUAT albuterol 0.09 MG/ACTUAT Metered Dose Inhaler",
-);
-const SERTRALINE: (&str, &str) = ("312940", "sertraline 50 MG Oral Tablet");
-
-// ------------------------------------------------------------- sampling --
-
-fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [(T, f64)]) -> &'a T {
+pub(super) fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [(T, f64)]) -> &'a T {
     let total: f64 = items.iter().map(|(_, w)| w).sum();
     let mut x = rng.random_range(0.0..total);
     for (item, w) in items {
@@ -418,18 +21,18 @@ fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [(T, f64)]) -> &'a T {
     &items[items.len() - 1].0
 }
 
-fn one<'a>(rng: &mut ChaCha8Rng, items: &[&'a str]) -> &'a str {
+pub(super) fn one<'a>(rng: &mut ChaCha8Rng, items: &[&'a str]) -> &'a str {
     items[rng.random_range(0..items.len())]
 }
 
-fn normal(rng: &mut ChaCha8Rng, mean: f64, sd: f64, lo: f64, hi: f64) -> f64 {
+pub(super) fn normal(rng: &mut ChaCha8Rng, mean: f64, sd: f64, lo: f64, hi: f64) -> f64 {
     let x = Normal::new(mean, sd)
         .expect("finite parameters")
         .sample(rng);
     (x.clamp(lo, hi) * 10.0).round() / 10.0
 }
 
-fn uuid(rng: &mut ChaCha8Rng) -> String {
+pub(super) fn uuid(rng: &mut ChaCha8Rng) -> String {
     let mut b: [u8; 16] = rng.random();
     b[6] = (b[6] & 0x0f) | 0x40; // version 4 layout
     b[8] = (b[8] & 0x3f) | 0x80;
@@ -445,22 +48,22 @@ fn uuid(rng: &mut ChaCha8Rng) -> String {
 }
 
 /// Health state drawn for one patient; the resources are rendered from it.
-struct Person {
-    id: String,
-    female: bool,
-    age: u32,
-    birth: NaiveDate,
-    obese: bool,
-    conditions: Vec<((&'static str, &'static str), NaiveDate)>,
+pub(super) struct Person {
+    pub(super) id: String,
+    pub(super) female: bool,
+    pub(super) age: u32,
+    pub(super) birth: NaiveDate,
+    pub(super) obese: bool,
+    pub(super) conditions: Vec<((&'static str, &'static str), NaiveDate)>,
 }
 
 impl Person {
-    fn has(&self, c: (&str, &str)) -> bool {
+    pub(super) fn has(&self, c: (&str, &str)) -> bool {
         self.conditions.iter().any(|(x, _)| x.0 == c.0)
     }
 }
 
-fn patient_resources(rng: &mut ChaCha8Rng, as_of: NaiveDate) -> Vec<Value> {
+pub(super) fn patient_resources(rng: &mut ChaCha8Rng, as_of: NaiveDate) -> Vec<Value> {
     let id = uuid(rng);
     let female = rng.random_bool(0.505);
     let &(lo, hi) = pick(rng, AGE_BANDS);
@@ -543,7 +146,7 @@ fn patient_resources(rng: &mut ChaCha8Rng, as_of: NaiveDate) -> Vec<Value> {
     out
 }
 
-fn draw_conditions(rng: &mut ChaCha8Rng, p: &mut Person, as_of: NaiveDate) {
+pub(super) fn draw_conditions(rng: &mut ChaCha8Rng, p: &mut Person, as_of: NaiveDate) {
     let a = p.age;
     let adult = a >= 18;
     let band = |young: f64, mid: f64, old: f64| {
@@ -588,7 +191,7 @@ fn draw_conditions(rng: &mut ChaCha8Rng, p: &mut Person, as_of: NaiveDate) {
 
 /// Adds `c` with probability `prob`, with an onset after the 18th birthday
 /// (or the first for children) and within the last 15 years.
-fn add_condition(
+pub(super) fn add_condition(
     rng: &mut ChaCha8Rng,
     p: &mut Person,
     as_of: NaiveDate,
@@ -606,7 +209,7 @@ fn add_condition(
         .push((c, earliest + Duration::days(rng.random_range(0..span))));
 }
 
-fn patient_resource(rng: &mut ChaCha8Rng, p: &Person) -> Value {
+pub(super) fn patient_resource(rng: &mut ChaCha8Rng, p: &Person) -> Value {
     let given = one(rng, if p.female { FEMALE_NAMES } else { MALE_NAMES });
     let middle = one(rng, if p.female { FEMALE_NAMES } else { MALE_NAMES });
     let family = one(rng, SURNAMES);
@@ -660,19 +263,19 @@ fn patient_resource(rng: &mut ChaCha8Rng, p: &Person) -> Value {
     })
 }
 
-fn iso(t: NaiveDateTime) -> String {
+pub(super) fn iso(t: NaiveDateTime) -> String {
     t.and_utc()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Where and when a measurement was taken.
-struct Visit<'a> {
-    patient: &'a Person,
-    encounter: &'a str,
-    at: NaiveDateTime,
+pub(super) struct Visit<'a> {
+    pub(super) patient: &'a Person,
+    pub(super) encounter: &'a str,
+    pub(super) at: NaiveDateTime,
 }
 
-fn observation(
+pub(super) fn observation(
     rng: &mut ChaCha8Rng,
     visit: &Visit<'_>,
     loinc: (&str, &str),
@@ -691,7 +294,7 @@ fn observation(
     })
 }
 
-fn vitals(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime) -> Vec<Value> {
+pub(super) fn vitals(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime) -> Vec<Value> {
     let visit = Visit {
         patient: p,
         encounter: enc,
@@ -763,7 +366,13 @@ fn vitals(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime) -> Vec
     ]
 }
 
-fn labs(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, first: bool) -> Vec<Value> {
+pub(super) fn labs(
+    rng: &mut ChaCha8Rng,
+    p: &Person,
+    enc: &str,
+    at: NaiveDateTime,
+    first: bool,
+) -> Vec<Value> {
     let visit = Visit {
         patient: p,
         encounter: enc,
@@ -832,7 +441,7 @@ fn labs(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateTime, first: b
     out
 }
 
-fn medications(rng: &mut ChaCha8Rng, p: &Person) -> Vec<Value> {
+pub(super) fn medications(rng: &mut ChaCha8Rng, p: &Person) -> Vec<Value> {
     let mut out = Vec::new();
     let mut prescribe = |rng: &mut ChaCha8Rng, cond: (&str, &str), med: (&str, &str), prob: f64| {
         let Some(&(_, onset)) = p.conditions.iter().find(|(c, _)| c.0 == cond.0) else {
