@@ -279,9 +279,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            match e
-                .chain()
-                .any(cohort_engine::datadir::is_storage_failure)
+            match cohort_engine::datadir::is_storage_failure(e.as_ref())
                 .then(|| cohort_engine::datadir::storage_fault(&cli.data_dir))
             {
                 // Every change is one transaction, so a write that failed

@@ -238,9 +238,8 @@ pub(crate) fn logout(
 ) -> anyhow::Result<ExitCode> {
     use cohort_engine::server::flight::{LOGOUT_ACTION, REVOKE_ACTION};
     let endpoint = endpoint(dir, server, ca_cert)?;
-    let rt = runtime()?;
     let out = match what {
-        SignOut::Token(token) => rt.block_on(async {
+        SignOut::Token(token) => runtime()?.block_on(async {
             let channel = endpoint
                 .connect()
                 .await
@@ -257,24 +256,13 @@ pub(crate) fn logout(
                 accounts::address_of(&conn, name)?
                     .with_context(|| format!("no account `{name}` (`cohort account list`)"))?
             };
-            let vault = unlock(cli, dir, None)?;
-            let admin = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
-            rt.block_on(async {
-                let channel = endpoint
-                    .connect()
-                    .await
-                    .with_context(|| format!("cannot reach {server}"))?;
-                let token = server::sign_in::sign_in(channel.clone(), &admin, totp).await?;
-                let ended =
-                    action(channel.clone(), &token, REVOKE_ACTION, target.into_bytes()).await;
-                // The administrator's own sign-in ends whatever the outcome.
-                let _ = action(channel, &token, LOGOUT_ACTION, Vec::new()).await;
-                let ended = ended?;
-                anyhow::Ok(LoggedOut {
-                    account: Some(name.to_string()),
-                    tokens: ended.trim().parse().unwrap_or_default(),
-                })
-            })?
+            let ended = as_actor(cli, dir, &endpoint, server, totp, async |channel, token| {
+                action(channel, token, REVOKE_ACTION, target.into_bytes()).await
+            })?;
+            LoggedOut {
+                account: Some(name.to_string()),
+                tokens: ended.trim().parse().unwrap_or_default(),
+            }
         }
     };
     emit(cli, &out, || match &out.account {
@@ -298,17 +286,8 @@ pub(crate) fn change_role(
     grant: bool,
 ) -> anyhow::Result<cohort_engine::access::roles::RoleChanged> {
     use cohort_engine::server::api::pb;
-    use cohort_engine::server::flight::LOGOUT_ACTION;
-    let vault = unlock(cli, dir, None)?;
-    let admin = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
     let endpoint = endpoint(dir, server, ca_cert)?;
-    let rt = runtime()?;
-    rt.block_on(async {
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach {server}"))?;
-        let token = server::sign_in::sign_in(channel.clone(), &admin, totp).await?;
+    let c = as_actor(cli, dir, &endpoint, server, totp, async |channel, token| {
         let mut request = tonic::Request::new(pb::RoleChange {
             account: name.to_string(),
             role: role.name().to_string(),
@@ -319,24 +298,48 @@ pub(crate) fn change_role(
                 .parse()
                 .context("the token is not a header value")?,
         );
-        let mut client = pb::roles_client::RolesClient::new(channel.clone());
+        let mut client = pb::roles_client::RolesClient::new(channel);
         let changed = if grant {
             client.grant(request).await
         } else {
             client.revoke(request).await
         };
-        // The administrator's sign-in ends whatever the outcome.
-        let _ = action(channel, &token, LOGOUT_ACTION, Vec::new()).await;
-        let c = changed
+        Ok(changed
             .map_err(|s| anyhow::anyhow!("refused: {}", s.message()))?
-            .into_inner();
-        anyhow::Ok(cohort_engine::access::roles::RoleChanged {
-            name: c.account,
-            address: c.address,
-            role: c.role,
-            granted: c.granted,
-            tx_hash: c.tx_hash,
-        })
+            .into_inner())
+    })?;
+    Ok(cohort_engine::access::roles::RoleChanged {
+        name: c.account,
+        address: c.address,
+        role: c.role,
+        granted: c.granted,
+        tx_hash: c.tx_hash,
+    })
+}
+
+/// Signs in to `server` as the `--as` account (with its TOTP code), runs
+/// `call` with the channel and the token, and signs out whatever `call`
+/// returned: an administrator's one-call sign-in never outlives the command.
+fn as_actor<T>(
+    cli: &Cli,
+    dir: &DataDir,
+    endpoint: &tonic::transport::Endpoint,
+    server: &str,
+    totp: Option<&str>,
+    call: impl AsyncFnOnce(tonic::transport::Channel, &str) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    use cohort_engine::server::flight::LOGOUT_ACTION;
+    let vault = unlock(cli, dir, None)?;
+    let actor = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
+    runtime()?.block_on(async {
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach {server}"))?;
+        let token = server::sign_in::sign_in(channel.clone(), &actor, totp).await?;
+        let outcome = call(channel.clone(), &token).await;
+        let _ = action(channel, &token, LOGOUT_ACTION, Vec::new()).await;
+        outcome
     })
 }
 

@@ -50,24 +50,11 @@ pub async fn change(
         client.revoke_role(admin, role, account.address()).await
     };
     let target = format!("{:#x}", account.address());
-    let receipt = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            audit::append(
-                conn,
-                &audit::Event {
-                    actor: admin.name(),
-                    action,
-                    target: &target,
-                    purpose: "operations",
-                    detail: serde_json::json!({
-                        "account": name, "role": role.name(), "refused": e.to_string(),
-                    }),
-                },
-            )?;
-            return Err(e.into());
-        }
-    };
+    // One audit entry either way: the change, or the refusal and why.
+    let mut detail = serde_json::json!({ "account": name, "role": role.name() });
+    if let Err(e) = &sent {
+        detail["refused"] = e.to_string().into();
+    }
     audit::append(
         conn,
         &audit::Event {
@@ -75,9 +62,10 @@ pub async fn change(
             action,
             target: &target,
             purpose: "operations",
-            detail: serde_json::json!({ "account": name, "role": role.name() }),
+            detail,
         },
     )?;
+    let receipt = sent?;
     Ok(RoleChanged {
         name: name.to_string(),
         address: target,

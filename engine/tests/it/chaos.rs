@@ -35,16 +35,22 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn query_process(s: &Setup, study: &str, id: &str) -> Child {
+/// A `cohort` process on `s`'s data directory, its output discarded.
+fn quiet(s: &Setup, args: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cohort"))
         .arg("--data-dir")
         .arg(&s.data)
-        .args(["query", study, SQL, "--as", "researcher", "--query-id", id])
+        .args(args)
         .env("COHORT_PASSPHRASE", PASSPHRASE)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+fn query_process(s: &Setup, study: &str, id: &str) -> Child {
+    let args = ["query", study, SQL, "--as", "researcher", "--query-id", id];
+    quiet(s, &args.map(String::from))
 }
 
 /// A command beside the queries: a consent change, a claim, an ingest or
@@ -86,15 +92,7 @@ fn side_process(s: &Setup, study: &str, round: u64) -> Child {
             "patient-0".into(),
         ],
     ];
-    Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .arg("--data-dir")
-        .arg(&s.data)
-        .args(&ops[(round / 2) as usize % ops.len()])
-        .env("COHORT_PASSPHRASE", PASSPHRASE)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    quiet(s, &ops[(round / 2) as usize % ops.len()])
 }
 
 /// Four `cohort query` processes and one other command at once; most are
