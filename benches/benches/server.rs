@@ -13,10 +13,10 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use cohort_engine::chain::{self, DeployRequest};
 use cohort_engine::research::query::QueryRequest;
 use cohort_engine::research::{self, Session, StudyFile};
-use cohort_engine::server::api::pb::{self, studies_client::StudiesClient};
-use cohort_engine::server::{self, Config};
 use cohort_engine::{DataDir, keys::accounts, keys::keystore::KdfParams, records::vault::Access};
 use cohort_ledger_bridge::Role;
+use cohort_server::Config;
+use cohort_server::api::pb::{self, studies_client::StudiesClient};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::TryStreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -172,7 +172,7 @@ fn start_server(dir: &DataDir) -> String {
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.auth.second_factor = false;
-        rt.block_on(server::serve(
+        rt.block_on(cohort_server::serve(
             &dir,
             session,
             &config,
@@ -199,7 +199,7 @@ async fn channel(dir: &DataDir, url: &str) -> Channel {
 async fn sign_in(dir: &DataDir, ch: Channel) -> String {
     let vault = dir.unlock(PASSPHRASE).unwrap();
     let researcher = accounts::get(vault.conn(), vault.keys(), "researcher").unwrap();
-    server::sign_in::sign_in(ch, &researcher, None)
+    cohort_server::sign_in::sign_in(ch, &researcher, None)
         .await
         .unwrap()
 }

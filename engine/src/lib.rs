@@ -15,12 +15,13 @@
 //!   the client the domain sends through;
 //! - [`research`]: studies, consent, budgeted queries, extracts,
 //!   compensation, encrypted columns;
-//! - [`release`], [`sql`]: the `cohort dp` and `cohort query FILE` paths;
-//! - [`server`]: `cohort serve` (Flight SQL, the study API, the web page).
+//! - [`release`], [`sql`]: the `cohort dp` and `cohort query FILE` paths.
 //!
 //! It composes the anonymizer, FHE, query-planner and ledger-bridge crates;
-//! none of them depends on it. The `cohort` binary (`src/main.rs` and its
-//! `*_cli.rs` modules) parses, calls and prints.
+//! none of them depends on it. The interfaces sit above it, in crates of
+//! their own: `cohort-server` (`cohort serve`: Flight SQL, the study API,
+//! the web page) and `cohort-cli` (the `cohort` binary), which parse, call
+//! and render.
 //!
 //! ```no_run
 //! use cohort_engine::{DataDir, records::vault::Access};
@@ -43,7 +44,6 @@ pub mod keys;
 pub mod records;
 pub mod release;
 pub mod research;
-pub mod server;
 pub mod sql;
 pub mod storage;
 

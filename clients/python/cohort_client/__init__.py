@@ -2,7 +2,7 @@
 
 Queries go over Arrow Flight SQL (``pyarrow.flight``) and come back as
 pandas DataFrames with each noisy value's 95% error; studies, consent and
-compensation go over the gRPC study API (``engine/proto/cohort/v1``). Both
+compensation go over the gRPC study API (``server/proto/cohort/v1``). Both
 carry the bearer token that ``cohort login`` prints::
 
     import cohort_client

@@ -93,7 +93,7 @@ impl Session {
     }
 
     /// The keystore the session unwraps with (second factors, accounts).
-    pub(crate) fn keystore(&self) -> &dyn crate::keys::keystore::KeyStore {
+    pub fn keystore(&self) -> &dyn crate::keys::keystore::KeyStore {
         self.keys.as_ref()
     }
 

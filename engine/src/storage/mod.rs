@@ -4,6 +4,6 @@
 
 pub mod blockstore;
 pub mod cid;
-pub(crate) mod fsutil;
+pub mod fsutil;
 pub mod store;
 pub mod tabular;

@@ -531,7 +531,7 @@ pub(crate) fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
 
 #[test]
 fn the_study_api_over_grpc_does_what_the_cli_does() {
-    use cohort_engine::server::api::pb::{
+    use cohort_server::api::pb::{
         self, compensation_client::CompensationClient, consents_client::ConsentsClient,
         studies_client::StudiesClient,
     };
@@ -721,9 +721,7 @@ fn the_study_api_over_grpc_does_what_the_cli_does() {
 
 #[test]
 fn stewards_read_the_audit_log_and_patients_only_their_own_access_log() {
-    use cohort_engine::server::api::pb::{
-        self, audit_client::AuditClient, records_client::RecordsClient,
-    };
+    use cohort_server::api::pb::{self, audit_client::AuditClient, records_client::RecordsClient};
     let s = setup(6);
     let (mine, other) = (s.patient_ids[0].clone(), s.patient_ids[1].clone());
     crate::cohort_json(

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::{DataDir, Error, Result};
+use cohort_engine::{DataDir, Error, Result};
 
 /// How the server speaks TLS.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +79,6 @@ fn generate(cert_path: &Path, key_path: &Path, listen: SocketAddr) -> Result<()>
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
     // Owner-only and atomic (fsutil); the key first, so the certificate
     // marks the pair complete.
-    crate::storage::fsutil::write_atomic(key_path, signing_key.serialize_pem().as_bytes())?;
-    crate::storage::fsutil::write_atomic(cert_path, cert.pem().as_bytes())
+    cohort_engine::storage::fsutil::write_atomic(key_path, signing_key.serialize_pem().as_bytes())?;
+    cohort_engine::storage::fsutil::write_atomic(cert_path, cert.pem().as_bytes())
 }

@@ -30,9 +30,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::{AuthError, authorization};
 use super::gate::Gate;
 use super::status;
-use crate::DataDir;
-use crate::research::Session;
-use crate::research::query::{QueryOutcome, QueryRequest};
+use cohort_engine::DataDir;
+use cohort_engine::research::Session;
+use cohort_engine::research::query::{QueryOutcome, QueryRequest};
 
 /// The action that asks for a sign-in challenge; its body is the address.
 pub const CHALLENGE_ACTION: &str = "cohort.challenge";

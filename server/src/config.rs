@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::tls::Tls;
-use crate::{Error, Result};
+use cohort_engine::{Error, Result};
 
 /// Every key of the file, as `(section, key)`; each is overridable by
 /// `COHORT_<SECTION>_<KEY>` (upper case).

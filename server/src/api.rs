@@ -13,9 +13,9 @@ use tonic::{Request, Response, Status};
 
 use super::gate::Gate;
 use super::{account_name, status};
-use crate::research::study::StudyFile;
-use crate::research::{self, Session, Viewer};
-use crate::{DataDir, audit, keys::accounts};
+use cohort_engine::research::study::StudyFile;
+use cohort_engine::research::{self, Session, Viewer};
+use cohort_engine::{DataDir, audit, keys::accounts};
 
 /// The code `tonic-prost-build` generated from the `.proto` file.
 pub mod pb {
@@ -42,7 +42,9 @@ impl StudyApi {
         &self,
         request: &Request<R>,
         what: &'static str,
-        call: impl AsyncFnOnce(&Session, &Connection, &Account) -> crate::Result<T> + Send + 'static,
+        call: impl AsyncFnOnce(&Session, &Connection, &Account) -> cohort_engine::Result<T>
+        + Send
+        + 'static,
     ) -> Result<Response<T>, Status>
     where
         T: Send + 'static,
@@ -170,8 +172,8 @@ impl pb::studies_server::Studies for StudyApi {
                     None,
                 )
                 .await?;
-            let parquet =
-                std::fs::read(&x.path).map_err(|e| crate::Error::io("reading", &x.path, e))?;
+            let parquet = std::fs::read(&x.path)
+                .map_err(|e| cohort_engine::Error::io("reading", &x.path, e))?;
             Ok(pb::Extract {
                 study_id: x.study_id,
                 k: x.k as u32,
@@ -335,13 +337,13 @@ fn entries(list: Vec<audit::Entry>) -> pb::AuditLog {
 }
 
 /// Refuses unless `me` holds one of [`AUDIT_READERS`] on chain.
-async fn audit_reader(s: &Session, me: &Account) -> crate::Result<()> {
+async fn audit_reader(s: &Session, me: &Account) -> cohort_engine::Result<()> {
     for role in AUDIT_READERS {
         if s.has_role(role, me.address()).await? {
             return Ok(());
         }
     }
-    Err(crate::Error::Forbidden(format!(
+    Err(cohort_engine::Error::Forbidden(format!(
         "`{}` may not read the audit log: it needs the steward, auditor or admin role",
         me.name()
     )))
@@ -398,7 +400,7 @@ impl pb::records_server::Records for StudyApi {
 
 impl StudyApi {
     /// A role change by the signed-in administrator: the contract decides
-    /// whether the caller may; [`crate::access::roles::change`] audits either way.
+    /// whether the caller may; [`cohort_engine::access::roles::change`] audits either way.
     async fn change_role(
         &self,
         request: Request<pb::RoleChange>,
@@ -412,7 +414,7 @@ impl StudyApi {
         let name = request.get_ref().account.clone();
         let what = if grant { "role.grant" } else { "role.revoke" };
         self.as_caller(&request, what, async move |s, conn, me| {
-            let c = crate::access::roles::change(
+            let c = cohort_engine::access::roles::change(
                 conn,
                 s.keystore(),
                 s.client(),

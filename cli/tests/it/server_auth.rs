@@ -5,8 +5,8 @@
 //! next call. A real `cohort serve`, real clients, role changes sent
 //! through the server (which owns the chain).
 
-use cohort_engine::server::api::pb::{self, studies_client::StudiesClient};
-use cohort_engine::server::flight::REVOKE_ACTION;
+use cohort_server::api::pb::{self, studies_client::StudiesClient};
+use cohort_server::flight::REVOKE_ACTION;
 use tonic::Code;
 
 use crate::research::{setup, study_text};

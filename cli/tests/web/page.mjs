@@ -1,7 +1,7 @@
 // Drives the page of a running `cohort serve` in headless Chromium, as a
 // steward (approve a study, read the audit log and its verification) and as
 // a patient (see and withdraw a consent, see who accessed their records),
-// and takes a screenshot of each. engine/tests/it/web.rs sets the
+// and takes a screenshot of each. cli/tests/it/web.rs sets the
 // environment, starts the server and checks the outcome through the CLI.
 import { chromium } from "playwright-core";
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cohort_engine::research::Session;
-use cohort_engine::server::tls::self_signed_cert_path;
-use cohort_engine::server::{self, Config, config};
 use cohort_engine::{DataDir, keys::accounts};
+use cohort_server::tls::self_signed_cert_path;
+use cohort_server::{Config, config};
 use serde::Serialize;
 
 use super::{Cli, emit, runtime, unlock};
@@ -77,12 +77,12 @@ pub(crate) fn serve(cli: &Cli, dir: &DataDir, flags: &ServeFlags) -> anyhow::Res
         out!("{}", config.to_toml().trim_end());
         return Ok(ExitCode::SUCCESS);
     }
-    cohort_engine::server::tls::allowed(&config.tls(), config.server.listen)?;
+    cohort_server::tls::allowed(&config.tls(), config.server.listen)?;
     init_logs(&config.log)?;
     let vault = unlock(cli, dir, None)?;
     let rt = runtime()?;
     let session = rt.block_on(Session::open(dir, &vault))?;
-    rt.block_on(server::serve(
+    rt.block_on(cohort_server::serve(
         dir,
         session,
         &config,
@@ -150,7 +150,7 @@ pub(crate) fn health(
             .with_context(|| format!("cannot reach {server}"))?;
         let reply = HealthClient::new(channel)
             .check(HealthCheckRequest {
-                service: server::FLIGHT_SERVICE.into(),
+                service: cohort_server::FLIGHT_SERVICE.into(),
             })
             .await?;
         anyhow::Ok(reply.into_inner().status())
@@ -236,7 +236,7 @@ pub(crate) fn logout(
     ca_cert: Option<&Path>,
     what: SignOut<'_>,
 ) -> anyhow::Result<ExitCode> {
-    use cohort_engine::server::flight::{LOGOUT_ACTION, REVOKE_ACTION};
+    use cohort_server::flight::{LOGOUT_ACTION, REVOKE_ACTION};
     let endpoint = endpoint(dir, server, ca_cert)?;
     let out = match what {
         SignOut::Token(token) => runtime()?.block_on(async {
@@ -285,7 +285,7 @@ pub(crate) fn change_role(
     role: cohort_ledger_bridge::Role,
     grant: bool,
 ) -> anyhow::Result<cohort_engine::access::roles::RoleChanged> {
-    use cohort_engine::server::api::pb;
+    use cohort_server::api::pb;
     let endpoint = endpoint(dir, server, ca_cert)?;
     let c = as_actor(cli, dir, &endpoint, server, totp, async |channel, token| {
         let mut request = tonic::Request::new(pb::RoleChange {
@@ -328,7 +328,7 @@ fn as_actor<T>(
     totp: Option<&str>,
     call: impl AsyncFnOnce(tonic::transport::Channel, &str) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    use cohort_engine::server::flight::LOGOUT_ACTION;
+    use cohort_server::flight::LOGOUT_ACTION;
     let vault = unlock(cli, dir, None)?;
     let actor = accounts::get(vault.conn(), vault.keys(), &cli.actor)?;
     runtime()?.block_on(async {
@@ -336,7 +336,7 @@ fn as_actor<T>(
             .connect()
             .await
             .with_context(|| format!("cannot reach {server}"))?;
-        let token = server::sign_in::sign_in(channel.clone(), &actor, totp).await?;
+        let token = cohort_server::sign_in::sign_in(channel.clone(), &actor, totp).await?;
         let outcome = call(channel.clone(), &token).await;
         let _ = action(channel, &token, LOGOUT_ACTION, Vec::new()).await;
         outcome
@@ -366,7 +366,7 @@ pub(crate) fn login(
             .connect()
             .await
             .with_context(|| format!("cannot reach {server}"))?;
-        anyhow::Ok(server::sign_in::sign_in(channel, &account, totp).await?)
+        anyhow::Ok(cohort_server::sign_in::sign_in(channel, &account, totp).await?)
     })?;
     let out = LoggedIn {
         account: account.name().to_string(),

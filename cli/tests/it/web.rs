@@ -1,5 +1,5 @@
 //! The web page in a real browser: Debian's headless Chromium driven by
-//! Playwright (`engine/tests/web/page.mjs`) against a live `cohort serve`.
+//! Playwright (`cli/tests/web/page.mjs`) against a live `cohort serve`.
 //! What the page did is then checked through the CLI.
 
 use std::path::Path;
@@ -15,7 +15,7 @@ fn stewards_and_patients_use_the_page_in_chromium() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists() && here.join("node_modules/playwright-core").exists(),
-        "Chromium ({chromium}) or playwright-core is missing: scripts/test installs both (Debian chromium; npm ci in engine/tests/web)"
+        "Chromium ({chromium}) or playwright-core is missing: scripts/test installs both (Debian chromium; npm ci in cli/tests/web)"
     );
     let s = setup(8);
     let (consented, _) = s.approved_study(&study_text("3", "0.5", false), 1);

@@ -8,7 +8,7 @@ use cohort_ledger_bridge::Account;
 use tonic::transport::Channel;
 
 use super::flight::CHALLENGE_ACTION;
-use crate::{Error, Result};
+use cohort_engine::{Error, Result};
 
 fn refused(what: &str, s: tonic::Status) -> Error {
     Error::Invalid(format!("{what}: {}", s.message()))

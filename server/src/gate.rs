@@ -15,8 +15,8 @@ use tonic::{Request, Status};
 
 use super::auth::Auth;
 use super::{account_name, internal, status};
-use crate::research::Session;
-use crate::{DataDir, audit, keys::second_factor};
+use cohort_engine::research::Session;
+use cohort_engine::{DataDir, audit, keys::second_factor};
 
 /// The roles whose sign-in takes a second factor: they approve studies and
 /// grant roles, so a stolen key (or a stolen token from before the role

@@ -29,11 +29,11 @@ use tonic_health::ServingStatus;
 
 pub use config::Config;
 
-use crate::research::Session;
+use cohort_engine::research::Session;
 use cohort_ledger_bridge::alloy::primitives::Address;
 use tonic::Status;
 
-use crate::{DataDir, Error, Result, chain, keys::accounts};
+use cohort_engine::{DataDir, Error, Result, chain, keys::accounts};
 
 /// The gRPC health service's name for the research service
 /// (`grpc.health.v1.Health/Check` with this `service`; the empty name
@@ -184,7 +184,7 @@ pub(crate) fn internal(e: Error) -> Status {
 
 /// The domain's errors as gRPC statuses, with their message.
 pub(crate) fn status(e: Error) -> Status {
-    if crate::datadir::is_storage_failure(&e) {
+    if cohort_engine::datadir::is_storage_failure(&e) {
         // The operator's problem, told in the log; the caller learns only
         // that the server cannot write now (every change is one
         // transaction, so nothing was half-written).
