@@ -1,3 +1,6 @@
+//! Property tests: the ledger never overspends, whatever the sequence of
+//! reservations, commits and releases.
+
 use std::collections::BTreeMap;
 
 use super::*;

@@ -1,3 +1,6 @@
+//! Unit tests of the accountant: exact amounts, conversions, composition and
+//! the reserve / commit / release ledger.
+
 use super::amount::mul_div_ceil;
 use super::*;
 use crate::error::Error;
