@@ -182,18 +182,9 @@ pub(crate) fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Res
             let enrolled = cohort_engine::keys::second_factor::enroll(
                 vault.conn(),
                 vault.keys(),
+                &cli.actor,
                 name,
                 *replace,
-            )?;
-            cohort_engine::audit::append(
-                vault.conn(),
-                &cohort_engine::audit::Event {
-                    actor: &cli.actor,
-                    action: "account.totp.enroll",
-                    target: name,
-                    purpose: "operations",
-                    detail: serde_json::json!({ "replaced": replace }),
-                },
             )?;
             emit(cli, &enrolled, || {
                 format!(

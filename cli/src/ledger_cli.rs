@@ -92,16 +92,6 @@ pub(crate) fn ledger(cli: &Cli, dir: &DataDir, cmd: &LedgerCmd) -> anyhow::Resul
                 redeploy: *redeploy,
             };
             let config = rt.block_on(chain::deploy(dir, vault.conn(), vault.keys(), &request))?;
-            cohort_engine::audit::append(
-                vault.conn(),
-                &cohort_engine::audit::Event {
-                    actor: &cli.actor,
-                    action: "ledger.deploy",
-                    target: &format!("chain/{}", config.chain_id),
-                    purpose: "operations",
-                    detail: serde_json::to_value(config.contracts).expect("addresses serialise"),
-                },
-            )?;
             emit(cli, &config, || {
                 let c = &config.contracts;
                 format!(

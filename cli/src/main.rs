@@ -447,13 +447,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             let vault = unlock(cli, &dir, None)?;
             let access = Access::new(&cli.actor, purpose);
             // With a ledger, erasure withdraws the patient's consents first.
-            let e = if cohort_engine::chain::load(&dir)?.is_some() {
-                let rt = runtime()?;
-                let session = rt.block_on(cohort_engine::research::Session::open(&dir, &vault))?;
-                rt.block_on(session.erase(&vault, &access, patient))?
-            } else {
-                vault.erase_patient(&access, patient)?
-            };
+            let e = runtime()?.block_on(cohort_engine::research::erase(&dir, &vault, &access, patient))?;
             emit(cli, &e, || {
                 let mut text = format!(
                     "erased patient {}: data key destroyed, {} record versions unreadable, {} projection rows removed",

@@ -241,7 +241,8 @@ pub fn verify(dir: &DataDir) -> Result<Verified> {
 }
 
 /// Deploys the contracts and records them; grants the ENGINE role to the
-/// engine's account. A recorded deployment is kept unless `redeploy`.
+/// engine's account; audits the deployment under `request.admin`. A
+/// recorded deployment is kept unless `redeploy`.
 pub async fn deploy(
     dir: &DataDir,
     conn: &rusqlite::Connection,
@@ -296,6 +297,16 @@ pub async fn deploy(
     // The mirror describes the previous contracts: start it afresh.
     clear_mirror(conn)?;
     save(dir, &config)?;
+    crate::audit::append(
+        conn,
+        &crate::audit::Event {
+            actor: &request.admin,
+            action: "ledger.deploy",
+            target: &format!("chain/{}", config.chain_id),
+            purpose: "operations",
+            detail: serde_json::to_value(config.contracts).expect("addresses serialise"),
+        },
+    )?;
     Ok(config)
 }
 

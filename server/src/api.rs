@@ -15,7 +15,7 @@ use super::gate::Gate;
 use super::{account_name, status};
 use cohort_engine::research::study::StudyFile;
 use cohort_engine::research::{self, Session, Viewer};
-use cohort_engine::{DataDir, audit, keys::accounts};
+use cohort_engine::{DataDir, audit};
 
 /// The code `tonic-prost-build` generated from the `.proto` file.
 pub mod pb {
@@ -57,7 +57,7 @@ impl StudyApi {
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let conn = dir.connect()?;
-            let account = accounts::get(&conn, session.keystore(), &name)?;
+            let account = session.account(&conn, &name)?;
             handle.block_on(call(&session, &conn, &account))
         })
         .await
@@ -302,9 +302,6 @@ impl pb::compensation_server::Compensation for StudyApi {
     }
 }
 
-/// The roles that may read the whole audit log.
-const AUDIT_READERS: [Role; 3] = [Role::Steward, Role::Auditor, Role::Admin];
-
 /// At most this many entries in one answer.
 const MAX_ENTRIES: u32 = 10_000;
 
@@ -336,19 +333,6 @@ fn entries(list: Vec<audit::Entry>) -> pb::AuditLog {
     }
 }
 
-/// Refuses unless `me` holds one of [`AUDIT_READERS`] on chain.
-async fn audit_reader(s: &Session, me: &Account) -> cohort_engine::Result<()> {
-    for role in AUDIT_READERS {
-        if s.has_role(role, me.address()).await? {
-            return Ok(());
-        }
-    }
-    Err(cohort_engine::Error::Forbidden(format!(
-        "`{}` may not read the audit log: it needs the steward, auditor or admin role",
-        me.name()
-    )))
-}
-
 #[tonic::async_trait]
 impl pb::audit_server::Audit for StudyApi {
     async fn log(
@@ -358,8 +342,10 @@ impl pb::audit_server::Audit for StudyApi {
         let n = limit(request.get_ref().limit)?;
         let target = request.get_ref().target.clone();
         self.as_caller(&request, "audit.log", async move |s, conn, me| {
-            audit_reader(s, me).await?;
-            Ok(entries(audit::tail(conn, n, target.as_deref())?))
+            let viewer = Viewer::Account(me.address());
+            Ok(entries(
+                s.audit_log(conn, viewer, n, target.as_deref()).await?,
+            ))
         })
         .await
     }
@@ -369,8 +355,7 @@ impl pb::audit_server::Audit for StudyApi {
         request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::AuditVerification>, Status> {
         self.as_caller(&request, "audit.verify", async move |s, conn, me| {
-            audit_reader(s, me).await?;
-            let v = audit::verify(conn)?;
+            let v = s.audit_verify(conn, Viewer::Account(me.address())).await?;
             Ok(pb::AuditVerification {
                 entries: v.entries,
                 intact: v.is_intact(),
@@ -391,8 +376,7 @@ impl pb::records_server::Records for StudyApi {
     ) -> Result<Response<pb::AuditLog>, Status> {
         let n = limit(request.get_ref().limit)?;
         self.as_caller(&request, "records.access_log", async move |s, conn, me| {
-            let patient = s.patient_of(conn, me)?;
-            Ok(entries(audit::about_patient(conn, &patient, n)?))
+            Ok(entries(s.access_log(conn, me, n)?))
         })
         .await
     }
@@ -400,7 +384,7 @@ impl pb::records_server::Records for StudyApi {
 
 impl StudyApi {
     /// A role change by the signed-in administrator: the contract decides
-    /// whether the caller may; [`cohort_engine::access::roles::change`] audits either way.
+    /// whether the caller may; [`Session::change_role`] audits either way.
     async fn change_role(
         &self,
         request: Request<pb::RoleChange>,
@@ -414,16 +398,7 @@ impl StudyApi {
         let name = request.get_ref().account.clone();
         let what = if grant { "role.grant" } else { "role.revoke" };
         self.as_caller(&request, what, async move |s, conn, me| {
-            let c = cohort_engine::access::roles::change(
-                conn,
-                s.keystore(),
-                s.client(),
-                me,
-                &name,
-                role,
-                grant,
-            )
-            .await?;
+            let c = s.change_role(conn, me, &name, role, grant).await?;
             Ok(pb::RoleChanged {
                 account: c.name,
                 address: c.address,

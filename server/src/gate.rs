@@ -108,7 +108,8 @@ impl Gate {
             .duration_since(std::time::UNIX_EPOCH)
             .map_err(|_| Status::internal("the clock is before 1970"))?
             .as_secs();
-        second_factor::verify(&conn, self.session.keystore(), &name, code, now)
+        self.session
+            .verify_second_factor(&conn, &name, code, now)
             .map_err(internal)?
             .map(Some)
             .map_err(|e| Status::unauthenticated(e.to_string()))

@@ -164,12 +164,8 @@ pub async fn serve(
 /// checks take).
 pub(crate) fn account_name(dir: &DataDir, address: Address) -> std::result::Result<String, Status> {
     let conn = dir.connect().map_err(internal)?;
-    let wanted = format!("{address:#x}");
-    accounts::list(&conn)
+    accounts::name_of(&conn, address)
         .map_err(internal)?
-        .into_iter()
-        .find(|a| a.address.eq_ignore_ascii_case(&wanted))
-        .map(|a| a.name)
         .ok_or_else(|| {
             Status::permission_denied(format!(
                 "{} has no account on this server",

@@ -126,3 +126,18 @@ pub fn address_of(conn: &Connection, name: &str) -> Result<Option<String>> {
         )
         .optional()?)
 }
+
+/// The name of the account at `address`, if this directory has one; needs
+/// no keys.
+pub fn name_of(
+    conn: &Connection,
+    address: cohort_ledger_bridge::alloy::primitives::Address,
+) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT name FROM accounts WHERE lower(address) = ?1",
+            [format!("{address:#x}")],
+            |r| r.get(0),
+        )
+        .optional()?)
+}

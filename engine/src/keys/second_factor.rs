@@ -58,11 +58,13 @@ fn totp(name: &str, secret: &[u8]) -> Result<Totp> {
         .map_err(|e| Error::Invalid(format!("a TOTP secret for `{name}`: {e}")))
 }
 
-/// Enrolls a new secret for the existing account `name`. An account
-/// already enrolled keeps its secret unless `replace`.
+/// Enrolls a new secret for the existing account `name`, on `actor`'s
+/// request (audited). An account already enrolled keeps its secret unless
+/// `replace`.
 pub fn enroll(
     conn: &Connection,
     keys: &dyn KeyStore,
+    actor: &str,
     name: &str,
     replace: bool,
 ) -> Result<Enrollment> {
@@ -85,6 +87,16 @@ pub fn enroll(
          ON CONFLICT(account) DO UPDATE SET wrapped_secret = excluded.wrapped_secret,
            kek_id = excluded.kek_id, enrolled_at = excluded.enrolled_at, last_step = 0",
         params![name, wrapped, keys.key_id(), crate::storage::store::now()],
+    )?;
+    crate::audit::append(
+        conn,
+        &crate::audit::Event {
+            actor,
+            action: "account.totp.enroll",
+            target: name,
+            purpose: "operations",
+            detail: serde_json::json!({ "replaced": replace }),
+        },
     )?;
     Ok(Enrollment {
         account: name.to_string(),
@@ -207,7 +219,7 @@ mod tests {
     #[test]
     fn a_code_passes_once_within_its_window() {
         let (_d, conn, keys) = setup();
-        let e = enroll(&conn, &keys, "stew", false).unwrap();
+        let e = enroll(&conn, &keys, "operator", "stew", false).unwrap();
         assert!(
             e.otpauth_uri.starts_with("otpauth://totp/cohort:stew?"),
             "{}",
@@ -249,7 +261,7 @@ mod tests {
     #[test]
     fn skew_is_one_step_either_side() {
         let (_d, conn, keys) = setup();
-        let e = enroll(&conn, &keys, "stew", false).unwrap();
+        let e = enroll(&conn, &keys, "operator", "stew", false).unwrap();
         let early = code_for(&e.secret, T + 30).unwrap();
         assert_eq!(
             verify(&conn, &keys, "stew", Some(&early), T)
@@ -275,7 +287,7 @@ mod tests {
                 .map(drop),
             Err(FactorError::NotEnrolled("stew".into()))
         );
-        let e = enroll(&conn, &keys, "stew", false).unwrap();
+        let e = enroll(&conn, &keys, "operator", "stew", false).unwrap();
         assert_eq!(
             verify(&conn, &keys, "stew", None, T).unwrap().map(drop),
             Err(FactorError::Missing("stew".into()))
@@ -306,11 +318,13 @@ mod tests {
     fn enrolling_again_needs_replace_and_retires_the_old_secret() {
         let (_d, conn, keys) = setup();
         assert_eq!(enrollment(&conn, "stew").unwrap(), None);
-        let first = enroll(&conn, &keys, "stew", false).unwrap();
+        let first = enroll(&conn, &keys, "operator", "stew", false).unwrap();
         let first_id = enrollment(&conn, "stew").unwrap().unwrap();
-        let e = enroll(&conn, &keys, "stew", false).unwrap_err().to_string();
+        let e = enroll(&conn, &keys, "operator", "stew", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--replace"), "{e}");
-        let second = enroll(&conn, &keys, "stew", true).unwrap();
+        let second = enroll(&conn, &keys, "operator", "stew", true).unwrap();
         assert_ne!(first.secret, second.secret);
         let old = code_for(&first.secret, T).unwrap();
         let new = code_for(&second.secret, T).unwrap();
@@ -328,7 +342,7 @@ mod tests {
             .unwrap();
         assert_eq!(Some(&id), enrollment(&conn, "stew").unwrap().as_ref());
         assert_ne!(id, first_id, "a new enrollment has a new id");
-        let e = enroll(&conn, &keys, "nobody", false)
+        let e = enroll(&conn, &keys, "operator", "nobody", false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("no account `nobody`"), "{e}");

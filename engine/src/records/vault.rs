@@ -11,18 +11,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use hmac::{KeyInit, Mac};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::audit::{self, Event};
-use crate::keys::keystore::{KeyStore, SecretKey, open, seal};
+use crate::keys::keystore::{KeyStore, SecretKey};
 use crate::storage::blockstore::BlockStore;
 use crate::{Error, Result};
 
-const MAGIC: &[u8; 4] = b"CHRV";
-const FORMAT: u8 = 1;
-const HEADER_LEN: usize = 4 + 1 + 24;
+mod block;
+mod erasure;
+
+use block::{content_mac, open_block, seal_block};
 
 /// Who is acting and why: every vault operation is audited with both.
 #[derive(Debug, Clone)]
@@ -427,83 +427,6 @@ impl Vault {
         Ok(out)
     }
 
-    /// Erases a patient by destroying their data key (crypto-shredding), and
-    /// removes their rows from the columnar projection. Record metadata and
-    /// CIDs stay, so the audit trail still proves what existed. Irreversible.
-    pub fn erase_patient(&self, access: &Access, patient_id: &str) -> Result<Erasure> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        match patient_state(&tx, patient_id)? {
-            PatientState::Absent => {
-                return Err(Error::NotFound(format!(
-                    "no patient {patient_id} in the vault"
-                )));
-            }
-            PatientState::Erased { at } => {
-                return Err(Error::Shredded {
-                    patient: patient_id.to_owned(),
-                    erased_at: at,
-                });
-            }
-            PatientState::Active => {}
-        }
-        tx.execute(
-            "UPDATE patients SET wrapped_key = NULL, erased_at = ?2 WHERE patient_id = ?1",
-            params![patient_id, crate::storage::store::now()],
-        )?;
-        let versions: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM records WHERE patient_id = ?1",
-            [patient_id],
-            |r| r.get(0),
-        )?;
-        let removed = crate::records::projection::remove_patient(&tx, patient_id)?;
-        // Ciphertexts a patient submitted for studies go with the records.
-        let research: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'research_encrypted')",
-            [],
-            |r| r.get(0),
-        )?;
-        if research {
-            tx.execute(
-                "DELETE FROM research_encrypted WHERE patient_id = ?1",
-                [patient_id],
-            )?;
-        }
-        // So does the link to their research account (their consents were
-        // withdrawn on chain first, by the research path's erasure).
-        let linked: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'research_patients')",
-            [],
-            |r| r.get(0),
-        )?;
-        if linked {
-            tx.execute(
-                "DELETE FROM research_patients WHERE patient_id = ?1",
-                [patient_id],
-            )?;
-        }
-        audit::append(
-            &tx,
-            &Event {
-                actor: &access.actor,
-                action: "erase",
-                target: &format!("Patient/{patient_id}"),
-                purpose: &access.purpose,
-                detail: serde_json::json!({ "versions_shredded": versions, "projection_rows_removed": removed }),
-            },
-        )?;
-        tx.commit()?;
-        // Fold the WAL into the main file and truncate it, so no frame still
-        // holds the page with the wrapped key.
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(Erasure {
-            patient_id: patient_id.to_owned(),
-            versions_shredded: versions,
-            projection_rows_removed: removed,
-            consents_withdrawn: vec![],
-        })
-    }
-
     /// The patient's data key: unwrapped from the database, or created and
     /// wrapped on first use when `create` allows.
     pub(crate) fn data_key(
@@ -604,68 +527,4 @@ fn current_version(conn: &Connection, record_id: &str) -> Result<Option<(RecordV
         .query_row([record_id], |r| Ok((row_to_version(r)?, r.get::<_, Vec<u8>>(8)?)))
         .optional()?;
     Ok(row)
-}
-
-/// Keyed with the patient's own data key, so equal contents can be detected
-/// without the database revealing guessable hashes of PHI, and the MACs
-/// become meaningless once the key is shredded.
-fn content_mac(key: &SecretKey, content: &[u8]) -> [u8; 32] {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose()).expect("any key length");
-    mac.update(b"cohort-content-v1");
-    mac.update(content);
-    mac.finalize().into_bytes().into()
-}
-
-fn binding(header: &[u8], patient: &str, record: &str, version: i64) -> Vec<u8> {
-    let mut aad = header.to_vec();
-    for part in [patient.as_bytes(), record.as_bytes()] {
-        aad.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        aad.extend_from_slice(part);
-    }
-    aad.extend_from_slice(&version.to_be_bytes());
-    aad
-}
-
-/// `CHRV | format | nonce(24) | ciphertext+tag`, bound to patient, record and version.
-fn seal_block(
-    key: &SecretKey,
-    patient: &str,
-    record: &str,
-    version: i64,
-    content: &[u8],
-) -> Vec<u8> {
-    let mut header = MAGIC.to_vec();
-    header.push(FORMAT);
-    // The nonce need not be in the associated data: the AEAD authenticates it.
-    let aad = binding(&header, patient, record, version);
-    let (nonce, ciphertext) = seal(key, content, &aad);
-    let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
-    out.extend_from_slice(MAGIC);
-    out.push(FORMAT);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ciphertext);
-    out
-}
-
-fn open_block(
-    key: &SecretKey,
-    patient: &str,
-    record: &str,
-    version: i64,
-    sealed: &[u8],
-) -> Result<Vec<u8>> {
-    let what = || Error::Decrypt {
-        what: format!("{record} version {version}"),
-    };
-    if sealed.len() < HEADER_LEN + 16 || &sealed[..4] != MAGIC {
-        return Err(what());
-    }
-    if sealed[4] != FORMAT {
-        return Err(Error::Invalid(format!(
-            "{record} version {version} uses block format {}; this build reads format {FORMAT}",
-            sealed[4]
-        )));
-    }
-    let aad = binding(&sealed[..5], patient, record, version);
-    open(key, &sealed[5..HEADER_LEN], &sealed[HEADER_LEN..], &aad).ok_or_else(what)
 }

@@ -363,3 +363,19 @@ impl Session {
         Ok(out)
     }
 }
+
+/// Erases `patient_id` wherever they are: with a ledger deployed, through a
+/// [`Session`] ([`Session::erase`]: their consents are withdrawn on chain
+/// first); without one, in the vault alone.
+pub async fn erase(
+    dir: &DataDir,
+    vault: &Vault,
+    access: &crate::records::vault::Access,
+    patient_id: &str,
+) -> Result<crate::records::vault::Erasure> {
+    if chain::load(dir)?.is_none() {
+        return vault.erase_patient(access, patient_id);
+    }
+    let session = Session::open(dir, vault).await?;
+    session.erase(vault, access, patient_id).await
+}

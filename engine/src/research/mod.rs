@@ -19,6 +19,7 @@ mod consents;
 pub mod encryption;
 mod journal;
 pub mod microdata;
+mod oversight;
 pub mod query;
 mod studies;
 pub mod study;
@@ -38,7 +39,8 @@ use crate::chain::{self, LedgerConfig};
 use crate::records::vault::Vault;
 use crate::{DataDir, Error, Result, audit, keys::accounts};
 use consenting::Consenting;
-pub use consents::{ConsentChange, ConsentInfo, link_patient};
+pub use consents::{ConsentChange, ConsentInfo, erase, link_patient};
+pub use oversight::AUDIT_READERS;
 pub use studies::{Approval, Proposed, StudyBooks, StudySummary, Viewer};
 pub use study::StudyFile;
 use view::View;
@@ -90,11 +92,6 @@ impl Session {
     /// taken from a client).
     pub async fn has_role(&self, role: Role, address: Address) -> Result<bool> {
         Ok(self.client.has_role(role, address).await?)
-    }
-
-    /// The keystore the session unwraps with (second factors, accounts).
-    pub fn keystore(&self) -> &dyn crate::keys::keystore::KeyStore {
-        self.keys.as_ref()
     }
 
     /// The session of `dir`'s deployed ledger, acting as its engine account.
