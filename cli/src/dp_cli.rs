@@ -217,16 +217,12 @@ pub(crate) fn dp_release(cli: &Cli, a: &DpArgs) -> anyhow::Result<ExitCode> {
         max_rows: a.max_rows,
         privacy,
         deadline: (a.deadline_ms > 0).then(|| std::time::Duration::from_millis(a.deadline_ms)),
+        budget: a.budget.clone(),
+        query_id: a.query_id.clone(),
     };
     request.charge()?;
     let table = cohort_engine::storage::tabular::read(&a.input)?;
-    let outcome = match &a.budget {
-        Some(file) => {
-            let id = a.query_id.clone().unwrap_or_else(release::new_query_id);
-            release::release_with_budget(file, &id, &table, &request)?
-        }
-        None => release::release_unbudgeted(&table, &request)?,
-    };
+    let outcome = release::release(&table, &request)?;
     emit(cli, &outcome, || {
         let mut lines = vec![
             format!("{} = {}", outcome.statistic, outcome.value),
@@ -283,7 +279,7 @@ pub(crate) fn query_options(a: &QueryArgs) -> anyhow::Result<QueryOptions> {
 }
 
 pub(crate) fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
-    use cohort_engine::sql::{self, SqlRequest};
+    use cohort_engine::sql::{self, SqlQuery, SqlRequest};
 
     let QueryOptions {
         epsilon,
@@ -293,14 +289,16 @@ pub(crate) fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
     } = query_options(a)?;
     let request = SqlRequest {
         study: PathBuf::from(&a.study),
-        sql: a.sql.clone(),
-        budget: a.budget.clone(),
-        query_id: a.query_id.clone(),
-        epsilon,
-        rho,
-        delta,
-        weights,
-        explain: a.explain,
+        query: SqlQuery {
+            sql: a.sql.clone(),
+            budget: a.budget.clone(),
+            query_id: a.query_id.clone(),
+            epsilon,
+            rho,
+            delta,
+            weights,
+            explain: a.explain,
+        },
     };
     let outcome = sql::query(&request)?;
     emit(cli, &outcome, || {

@@ -1,19 +1,23 @@
-//! Private SQL over table files, paid for from a budget file: what
-//! `cohort query` runs for a study described by a policy file, before the
-//! research views and the ledger take over (the research workflow).
+//! Private SQL over tables, paid for from a budget file: what
+//! `cohort query FILE` runs for a study described by a policy file, and
+//! what `cohort dp` runs for its one statistic ([`crate::release`] builds
+//! the policy and the SQL), before the research views and the ledger take
+//! over (the research workflow).
 //!
 //! The policy file is the query planner's [`StudyPolicy`]; each table names
 //! its data with `source = "file.parquet"` (or `.csv`), relative to the
-//! policy file. It runs under the research path's invariant: a query is
-//! planned and costed first (a refusal spends nothing), then, with the
-//! budget file locked for the whole reserve-run-commit (two runs cannot
-//! overspend), its cost is reserved, the plan runs against the deadline of
-//! the policy's `[execution]` (from the plan and the policy's public
-//! `population`), and the cost is committed whatever the ending: an error, a
-//! resource limit or an overrun is the same charged, data-free failure,
-//! and the outcome is released at the deadline.
+//! policy file ([`Study::load`]). Every query, whichever door it came in by,
+//! runs through [`run`] under the research path's invariant: it is planned
+//! and costed first (a refusal spends nothing), then, with the budget file
+//! locked for the whole reserve-run-commit (two runs cannot overspend), its
+//! cost is reserved, the plan runs against the deadline of the policy's
+//! `[execution]` (from the plan and the policy's public `population`), and
+//! the cost is committed whatever the ending: an error, a resource limit or
+//! an overrun is the same charged, data-free failure, and the outcome is
+//! released at the deadline.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,11 +32,18 @@ use crate::deadline::{self, Clock, SystemClock};
 use crate::release::{BudgetLock, Debit, load_budget, save_budget};
 use crate::{Error, Result};
 
-/// What to ask, of which study, with what budget.
+/// What to ask, of which study policy file.
 #[derive(Debug, Clone)]
 pub struct SqlRequest {
     /// The study policy (TOML).
     pub study: PathBuf,
+    /// The query and how it is paid for.
+    pub query: SqlQuery,
+}
+
+/// A query and how it is paid for, whatever its tables come from.
+#[derive(Debug, Clone, Default)]
+pub struct SqlQuery {
     /// The query, possibly prefixed by `EXPLAIN PRIVACY`.
     pub sql: String,
     /// A budget file (`cohort budget init`) to debit; without one nothing
@@ -77,50 +88,107 @@ pub struct SqlOutcome {
     pub explain: Option<String>,
 }
 
-/// Plans, pays for and runs `request`.
+/// A study policy with its tables loaded: what [`run`] plans over.
+pub struct Study {
+    /// The policy.
+    pub policy: StudyPolicy,
+    /// Its tables, by the policy's names.
+    pub tables: HashMap<String, Arc<dyn TableProvider>>,
+}
+
+impl Study {
+    /// Reads the policy file and opens the tables its `source`s name.
+    pub async fn load(policy_file: &Path) -> Result<Study> {
+        let text = std::fs::read_to_string(policy_file)
+            .map_err(|e| Error::io("reading", policy_file, e))?;
+        let policy = StudyPolicy::from_toml(&text)?;
+        let base = policy_file.parent().unwrap_or(Path::new("."));
+        let tables = load_tables(&policy, base).await?;
+        Ok(Study { policy, tables })
+    }
+}
+
+/// What the planner is told is left of the budget, which decides the kind
+/// of noise it plans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Remaining {
+    /// What the budget file has left: its kind picks the noise (pure ε or
+    /// (ε, δ), which alone pays for DP key selection: discrete Laplace; ρ:
+    /// discrete Gaussian), and the planner refuses, naming the rule, what
+    /// it cannot pay (`cohort query FILE`).
+    #[default]
+    Budget,
+    /// No limit, in the kind the query's options name (ρ: zCDP, δ: (ε, δ),
+    /// else pure ε), so the options pick the noise; the reservation then
+    /// converts the cost into the budget file's kind and refuses, spending
+    /// nothing, what it cannot pay (`cohort dp`, whose `--epsilon` or
+    /// `--rho` always picked the noise).
+    Options,
+}
+
+/// A check of the data that runs after the reservation, as part of the
+/// charged work: its failure is the charged, data-free failure.
+pub type DataCheck = Box<dyn FnOnce() -> Result<()> + Send>;
+
+/// What differs between the front doors that share [`run`].
+#[derive(Default)]
+pub struct Door {
+    /// What the planner is told is left.
+    pub remaining: Remaining,
+    /// Run before the plan, under its charge and deadline.
+    pub check: Option<DataCheck>,
+}
+
+/// Plans, pays for and runs `request` (`cohort query FILE`).
 pub fn query(request: &SqlRequest) -> Result<SqlOutcome> {
+    block_on(&request.study, async {
+        let study = Study::load(&request.study).await?;
+        run(study, &request.query, Door::default()).await
+    })
+}
+
+/// Runs `work` on a runtime of its own (`what` names it in an error).
+pub(crate) fn block_on<T>(what: &Path, work: impl Future<Output = Result<T>>) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::io("starting the query runtime for", &request.study, e))?;
-    runtime.block_on(run(request))
+        .map_err(|e| Error::io("starting the query runtime for", what, e))?;
+    runtime.block_on(work)
 }
 
-async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
+/// Plans `query` over `study`, and unless it only explains, pays for it
+/// and runs it: the one implementation of plan, reserve, run, commit and
+/// release that `cohort query FILE` and `cohort dp` share.
+pub async fn run(study: Study, query: &SqlQuery, door: Door) -> Result<SqlOutcome> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let text = std::fs::read_to_string(&request.study)
-        .map_err(|e| Error::io("reading", &request.study, e))?;
-    let policy = StudyPolicy::from_toml(&text)?;
-    let population = policy.execution.population.unwrap_or(0);
-    let base = request.study.parent().unwrap_or(Path::new("."));
-    let tables = load_tables(&policy, base).await?;
-    let planner = cohort_query_planner::Planner::new(policy, tables)?;
+    let population = study.policy.execution.population.unwrap_or(0);
+    let planner = cohort_query_planner::Planner::new(study.policy, study.tables)?;
 
     // Held from the budget's reading to its last write.
-    let _lock = match &request.budget {
+    let _lock = match &query.budget {
         Some(file) => Some(BudgetLock::acquire(file)?),
         None => None,
     };
-    let mut accountant = match &request.budget {
+    let mut accountant = match &query.budget {
         Some(file) => Some(load_budget(file)?),
         None => None,
     };
-    let remaining = match &accountant {
-        Some(accountant) => accountant.remaining(),
-        None => unlimited(request),
+    let remaining = match (&accountant, door.remaining) {
+        (Some(accountant), Remaining::Budget) => accountant.remaining(),
+        _ => unlimited(query),
     };
     let options = QueryOptions {
         remaining,
-        epsilon: request.epsilon,
-        rho: request.rho,
-        delta: request.delta,
-        weights: request.weights.clone(),
+        epsilon: query.epsilon,
+        rho: query.rho,
+        delta: query.delta,
+        weights: query.weights.clone(),
     };
-    let plan = planner.plan(&request.sql, &options).await?;
+    let plan = planner.plan(&query.sql, &options).await?;
     let aggregates = plan.aggregates();
     let deadline = plan.deadline(population);
     let deadline_ms = deadline.map(|d| d.as_millis() as u64);
-    if request.explain || plan.is_explain() {
+    if query.explain || plan.is_explain() {
         return Ok(SqlOutcome {
             columns: vec![],
             rows: vec![],
@@ -134,10 +202,10 @@ async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
     }
 
     let cost = plan.cost();
-    let debit = match (&mut accountant, &request.budget) {
+    let debit = match (&mut accountant, &query.budget) {
         (Some(accountant), Some(file)) => {
             let id = QueryId::new(
-                request
+                query
                     .query_id
                     .clone()
                     .unwrap_or_else(crate::release::new_query_id),
@@ -151,14 +219,15 @@ async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
     // Every ending after the reservation is charged, and released at the
     // deadline counted from here.
     let expires = deadline.map(|d| clock.now() + d);
-    let ended = deadline::run_until(
-        &clock,
-        expires,
-        &tokio::sync::Notify::new(),
-        || {},
-        plan.execute(),
-    )
-    .await;
+    let check = door.check;
+    let work = async move {
+        if let Some(check) = check {
+            check()?;
+        }
+        plan.execute().await.map_err(Error::from)
+    };
+    let ended =
+        deadline::run_until(&clock, expires, &tokio::sync::Notify::new(), || {}, work).await;
     let query_id = debit.as_ref().map_or_else(
         || "(no budget)".to_string(),
         |(id, _)| id.as_str().to_string(),
@@ -194,12 +263,13 @@ async fn run(request: &SqlRequest) -> Result<SqlOutcome> {
     })
 }
 
-/// Without a budget file, the query may spend what it asks, in the kind
-/// its options name: ρ-zCDP with `--rho`, (ε, δ) with `--delta`, else pure ε.
-fn unlimited(request: &SqlRequest) -> Charge {
-    if request.rho.is_some() {
+/// Without a budget file (or with [`Remaining::Options`]), the planner lets
+/// the query spend what it asks, in the kind its options name: ρ-zCDP with
+/// `--rho`, (ε, δ) with `--delta`, else pure ε.
+fn unlimited(query: &SqlQuery) -> Charge {
+    if query.rho.is_some() {
         Charge::Zcdp { rho: Amount::MAX }
-    } else if request.delta.is_some() {
+    } else if query.delta.is_some() {
         Charge::Approx {
             epsilon: Amount::MAX,
             delta: Amount::MAX,
