@@ -27,13 +27,13 @@
 //! The parts: the request, its checks and report (`request`), reading
 //! columns into dense codes (`encode`), the recursive cut (`partition`),
 //! the generalized table and its report (`output`), and [`measure`] for
-//! any released table (`measure`).
+//! any released table (`verify`).
 
 mod encode;
-mod measure;
 mod output;
 mod partition;
 mod request;
+mod verify;
 
 use arrow::record_batch::RecordBatch;
 
@@ -44,8 +44,8 @@ use output::build_output;
 use partition::{Ctx, split};
 use request::validate;
 
-pub use measure::{Measurement, measure};
 pub use request::{Anonymized, Mode, Params, Report, Request};
+pub use verify::{Measurement, measure};
 
 /// Anonymizes `batch` as `request` asks.
 pub fn anonymize(batch: &RecordBatch, request: &Request) -> Result<Anonymized> {
