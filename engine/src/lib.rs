@@ -15,7 +15,9 @@
 //!   the client the domain sends through;
 //! - [`research`]: studies, consent, budgeted queries, extracts,
 //!   compensation, encrypted columns;
-//! - [`release`], [`sql`]: the `cohort dp` and `cohort query FILE` paths.
+//! - [`sql`], [`release`], [`budget`]: `cohort query FILE` over a policy
+//!   file and `cohort dp`, a front door over the same planned path, both
+//!   paid for from a budget file.
 //!
 //! It composes the anonymizer, FHE, query-planner and ledger-bridge crates;
 //! none of them depends on it. The interfaces sit above it, in crates of
@@ -37,6 +39,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod budget;
 pub mod chain;
 pub mod datadir;
 pub mod deadline;

@@ -28,8 +28,8 @@ use cohort_query_planner::{
 };
 use serde::Serialize;
 
+use crate::budget::{BudgetLock, Debit, load_budget, new_query_id, save_budget};
 use crate::deadline::{self, Clock, SystemClock};
-use crate::release::{BudgetLock, Debit, load_budget, save_budget};
 use crate::{Error, Result};
 
 /// What to ask, of which study policy file.
@@ -204,12 +204,7 @@ pub async fn run(study: Study, query: &SqlQuery, door: Door) -> Result<SqlOutcom
     let cost = plan.cost();
     let debit = match (&mut accountant, &query.budget) {
         (Some(accountant), Some(file)) => {
-            let id = QueryId::new(
-                query
-                    .query_id
-                    .clone()
-                    .unwrap_or_else(crate::release::new_query_id),
-            );
+            let id = QueryId::new(query.query_id.clone().unwrap_or_else(new_query_id));
             accountant.reserve(id.clone(), cost)?;
             save_budget(file, accountant)?;
             Some((id, file.clone()))

@@ -191,10 +191,7 @@ impl Session {
             .join(id.to_string())
             .join("releases");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
-        let staged = dir.join(format!(
-            ".staged-{}.parquet",
-            crate::release::new_query_id()
-        ));
+        let staged = dir.join(format!(".staged-{}.parquet", crate::budget::new_query_id()));
         crate::storage::tabular::write(&staged, &extract.batch)?;
         let bytes = std::fs::read(&staged).map_err(|e| Error::io("reading", &staged, e))?;
         let hash = B256::from_slice(&Sha256::digest(&bytes));

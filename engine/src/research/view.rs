@@ -332,7 +332,7 @@ fn store(dir: &Path, digest: &str, batches: &[(String, RecordBatch)]) -> Result<
     let staging = dir.join(format!(
         ".building-{}-{}",
         std::process::id(),
-        crate::release::new_query_id()
+        crate::budget::new_query_id()
     ));
     std::fs::create_dir_all(&staging).map_err(|e| Error::io("creating", &staging, e))?;
     for (name, batch) in batches {

@@ -119,7 +119,7 @@ pub struct QueryOutcome {
 
 /// A fresh query id.
 pub fn new_query_id() -> String {
-    crate::release::new_query_id()
+    crate::budget::new_query_id()
 }
 
 /// What the private run needs, owned: it runs on a task of its own.
