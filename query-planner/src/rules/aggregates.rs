@@ -379,7 +379,7 @@ pub(crate) fn map(
                     ));
                 }
             };
-            let candidates = candidates_of(&facts, scope, bounds);
+            let candidates = candidates_of(argument, schema, typed, &facts, scope, bounds);
             Mapped {
                 encrypted: None,
                 statistic: Statistic::Quantile {
@@ -544,9 +544,31 @@ fn precision_of(
 }
 
 /// A quantile's candidates: declared on the column it copies, else evenly
-/// spaced over the bounds.
-fn candidates_of(facts: &ColumnFacts, scope: &Scope, bounds: Bounds) -> Vec<f64> {
-    let declared = facts.copy_of.as_ref().and_then(|source| {
+/// spaced over the bounds. DataFusion casts an integer argument of
+/// `PERCENTILE_CONT` to a float; a numeric cast of a column changes no
+/// value, so it still copies that column.
+fn candidates_of(
+    argument: &Expr,
+    schema: &datafusion::common::DFSchema,
+    typed: &Typed,
+    facts: &ColumnFacts,
+    scope: &Scope,
+    bounds: Bounds,
+) -> Vec<f64> {
+    let copy_of = facts
+        .copy_of
+        .clone()
+        .or_else(|| match strip_alias(argument) {
+            Expr::Cast(Cast { expr, field }) if field.data_type().is_numeric() => {
+                let inner = facts::of_expr(expr, schema, &typed.columns);
+                let widening = expr
+                    .get_type(schema)
+                    .is_ok_and(|t| t.is_integer() || t.is_floating());
+                inner.copy_of.filter(|_| widening)
+            }
+            _ => None,
+        });
+    let declared = copy_of.as_ref().and_then(|source| {
         scope
             .tables
             .get(&source.table)

@@ -139,6 +139,24 @@ async fn median_and_percentile_choose_the_best_candidate() {
     }
 }
 
+/// DataFusion casts an integer argument of PERCENTILE_CONT to a float; the
+/// candidates declared on the integer column still apply (not 101 evenly
+/// spaced values over its bounds).
+#[tokio::test]
+async fn an_integer_column_keeps_its_declared_candidates() {
+    let policy = POLICY.replace(
+        "age = { lower = 0, upper = 100 }",
+        "age = { lower = 0, upper = 100, candidates = [20, 50, 80] }",
+    );
+    let (planner, options) = exact_with(&policy);
+    let sql = "SELECT MEDIAN(age) AS med, PERCENTILE_CONT(age, 0.9) AS p90 FROM patients";
+    let answer = run(&planner, sql, &options).await;
+    for index in [0, 1] {
+        let chosen = column(&answer, index)[0];
+        assert!([20.0, 50.0, 80.0].contains(&chosen), "{chosen}");
+    }
+}
+
 #[tokio::test]
 async fn group_by_a_public_domain_releases_every_group() {
     let (planner, options) = exact();
