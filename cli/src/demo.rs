@@ -213,11 +213,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     }
 
     // 4. Consent.
-    let mut ids: Vec<String> = vault
-        .conn()
-        .prepare("SELECT patient_id FROM proj_patients ORDER BY patient_id")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let mut ids = projection::patient_ids(vault.conn())?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     ids.shuffle(&mut rng);
     ids.truncate(ids.len() * 7 / 10);

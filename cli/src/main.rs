@@ -1,4 +1,9 @@
+//! # cohort-cli
+//!
 //! The `cohort` command-line tool: one binary for every role and the demo.
+//! An adapter over the engine (and, with `--server`, a client of
+//! `cohort-server`): each command group's module parses its flags, calls
+//! the engine's service once, and prints text or `--json`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -447,7 +452,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             let vault = unlock(cli, &dir, None)?;
             let access = Access::new(&cli.actor, purpose);
             // With a ledger, erasure withdraws the patient's consents first.
-            let e = runtime()?.block_on(cohort_engine::research::erase(&dir, &vault, &access, patient))?;
+            let e = runtime()?.block_on(cohort_engine::research::erase(
+                &dir, &vault, &access, patient,
+            ))?;
             emit(cli, &e, || {
                 let mut text = format!(
                     "erased patient {}: data key destroyed, {} record versions unreadable, {} projection rows removed",

@@ -1,5 +1,10 @@
+//! # cohort-server
+//!
 //! `cohort serve`: the research path behind Arrow Flight SQL, so that ADBC,
-//! pyarrow and JDBC clients ask their questions unchanged.
+//! pyarrow and JDBC clients ask their questions unchanged. An adapter: it
+//! authenticates and authorises each call ([`gate`]), calls the engine's
+//! `research::Session` (the one service API), and renders the outcome; it
+//! holds no domain logic of its own.
 //!
 //! A client signs in with its Ethereum key ([`auth`]: an EIP-4361 challenge
 //! from the `cohort.challenge` action, its signature in the Flight

@@ -382,6 +382,14 @@ pub fn remove_patient(conn: &Connection, patient_id: &str) -> Result<usize> {
     Ok(n)
 }
 
+/// Every patient in the projection, by id: who can be asked to consent.
+pub fn patient_ids(conn: &Connection) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare("SELECT patient_id FROM proj_patients ORDER BY patient_id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
 /// Counts a change of the projection: every ingest that changes a row and
 /// every erasure bumps the projection's generation, in its own
 /// transaction, so that a study view built before it (its digest names the
