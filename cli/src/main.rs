@@ -204,11 +204,15 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// Write the columnar projection as Parquet files (contains identifiers).
+    /// Write the columnar projection as Parquet files (contains identifiers;
+    /// needs the passphrase and is audited).
     Export {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+        /// Purpose recorded in the audit log.
+        #[arg(long, default_value = "operations")]
+        purpose: String,
     },
     /// k-anonymize a CSV or Parquet table (Mondrian), optionally with l-diversity and t-closeness.
     Anonymize(AnonymizeArgs),
@@ -523,8 +527,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Account(cmd) => account(cli, &dir()?, cmd),
         Command::Budget(cmd) => budget(cli, cmd),
         Command::Deidentify(args) => deidentify(cli, &dir()?, args),
-        Command::Export { out } => {
-            let files = projection::export_parquet(&dir()?.connect()?, out)?;
+        Command::Export { out, purpose } => {
+            // Plaintext PHI leaves the directory: the passphrase, and an audit entry.
+            let vault = unlock(cli, &dir()?, None)?;
+            let files = vault.export_projection(&Access::new(&cli.actor, purpose), out)?;
             emit(cli, &files, || {
                 files
                     .iter()

@@ -5,7 +5,7 @@ use cohort_engine::records::ingest;
 use cohort_engine::records::projection;
 use serde_json::{Value, json};
 
-use super::{access, bundles, cohort, column, stderr, stdout, vault};
+use super::{access, bundles, cohort, cohort_env, column, stderr, stdout, vault};
 
 fn counts(v: &cohort_engine::records::vault::Vault) -> projection::Counts {
     projection::counts(v.conn()).unwrap()
@@ -239,4 +239,25 @@ fn export_writes_readable_parquet() {
         let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows as i64, *n, "{table}");
     }
+    // Plaintext identifiers left the directory: audited, with who and why.
+    let entries = cohort_engine::audit::tail(vault.conn(), 5, Some("projection")).unwrap();
+    let export = entries
+        .iter()
+        .find(|e| e.action == "records.export")
+        .expect("the export is audited");
+    assert_eq!(export.purpose, "operations");
+    assert!(export.detail.contains("patients"), "{}", export.detail);
+
+    // Without the passphrase, nothing is written.
+    let refused = tmp.path().join("refused");
+    let o = cohort_env(
+        dir.root(),
+        &["export", "--out", refused.to_str().unwrap()],
+        &[("COHORT_PASSPHRASE", "not the passphrase")],
+    );
+    assert!(!o.status.success());
+    assert!(
+        !refused.exists(),
+        "nothing is written without the passphrase"
+    );
 }

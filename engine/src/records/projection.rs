@@ -578,7 +578,7 @@ pub struct Exported {
 
 /// Writes every table to `<dir>/<table>.parquet` (Snappy-compressed), each
 /// file replaced atomically.
-pub fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Exported>> {
+pub(crate) fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Exported>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
     let mut out = Vec::new();
     for table in &TABLES {

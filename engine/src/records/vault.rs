@@ -21,6 +21,7 @@ use crate::{Error, Result};
 
 mod block;
 mod erasure;
+mod export;
 
 use block::{content_mac, open_block, seal_block};
 
