@@ -160,11 +160,13 @@ pub enum Role {
     Engine,
     /// Attests provider credentials and insurance.
     Issuer,
+    /// Providers who may open an emergency override.
+    Emergency,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 8] = [
+    pub const ALL: [Role; 9] = [
         Role::Admin,
         Role::Patient,
         Role::Provider,
@@ -173,6 +175,7 @@ impl Role {
         Role::Auditor,
         Role::Engine,
         Role::Issuer,
+        Role::Emergency,
     ];
 
     /// The role's id on chain (`keccak256("cohort.PATIENT")`; zero for admin).
@@ -194,6 +197,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Engine => "engine",
             Role::Issuer => "issuer",
+            Role::Emergency => "emergency",
         }
     }
 

@@ -40,11 +40,27 @@ CREATE TABLE IF NOT EXISTS ledger_roles (
 CREATE TABLE IF NOT EXISTS ledger_grants (
     patient TEXT NOT NULL, provider TEXT NOT NULL, level INTEGER NOT NULL, expires_at INTEGER NOT NULL,
     granted_by TEXT NOT NULL, active INTEGER NOT NULL, block INTEGER NOT NULL,
+    purposes INTEGER NOT NULL DEFAULT 1, kinds INTEGER NOT NULL DEFAULT 4294967295,
     PRIMARY KEY (patient, provider)
+);
+CREATE TABLE IF NOT EXISTS ledger_delegations (
+    patient TEXT NOT NULL, delegate TEXT NOT NULL, max_level INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+    active INTEGER NOT NULL, block INTEGER NOT NULL,
+    PRIMARY KEY (patient, delegate)
+);
+CREATE TABLE IF NOT EXISTS ledger_record_reads (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, patient TEXT NOT NULL, accessor TEXT NOT NULL,
+    purpose INTEGER NOT NULL, emergency INTEGER NOT NULL, records INTEGER NOT NULL, at INTEGER,
+    PRIMARY KEY (block, log_index)
+);
+CREATE TABLE IF NOT EXISTS ledger_anchors (
+    batch INTEGER PRIMARY KEY, root TEXT NOT NULL, count INTEGER NOT NULL, by_account TEXT NOT NULL,
+    block INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ledger_emergencies (
     id INTEGER PRIMARY KEY, patient TEXT NOT NULL, provider TEXT NOT NULL, reason_hash TEXT NOT NULL,
-    expires_at INTEGER NOT NULL, review TEXT NOT NULL, reviewer TEXT, block INTEGER NOT NULL
+    expires_at INTEGER NOT NULL, review TEXT NOT NULL, reviewer TEXT, block INTEGER NOT NULL,
+    ended_by TEXT, started_block INTEGER
 );
 CREATE TABLE IF NOT EXISTS ledger_studies (
     study_id INTEGER PRIMARY KEY, researcher TEXT NOT NULL, purpose_hash TEXT NOT NULL,
@@ -140,6 +156,19 @@ impl Follower {
     pub fn install(conn: &Connection) -> Result<()> {
         conn.execute_batch(SCHEMA)?;
         migrate_budget_events(conn)?;
+        add_columns(
+            conn,
+            "ledger_grants",
+            &[
+                ("purposes", "INTEGER NOT NULL DEFAULT 1"),
+                ("kinds", "INTEGER NOT NULL DEFAULT 4294967295"),
+            ],
+        )?;
+        add_columns(
+            conn,
+            "ledger_emergencies",
+            &[("ended_by", "TEXT"), ("started_block", "INTEGER")],
+        )?;
         Ok(())
     }
 
@@ -285,6 +314,20 @@ fn migrate_budget_events(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Adds the columns a later version gave `table` (a no-op on a current one).
+fn add_columns(conn: &Connection, table: &str, columns: &[(&str, &str)]) -> Result<()> {
+    let have: Vec<String> = conn
+        .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, kind) in columns {
+        if !have.iter().any(|c| c == name) {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn hex(address: Address) -> String {
     format!("{address:#x}")
 }
@@ -331,18 +374,21 @@ fn apply(
             }
             CohortAccess::CohortAccessEvents::AccessGranted(g) => {
                 db.execute(
-                    "INSERT INTO ledger_grants (patient, provider, level, expires_at, granted_by, active, block)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+                    "INSERT INTO ledger_grants (patient, provider, level, expires_at, granted_by, active, block, purposes, kinds)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8)
                      ON CONFLICT (patient, provider) DO UPDATE SET level = excluded.level,
                         expires_at = excluded.expires_at, granted_by = excluded.granted_by,
-                        active = 1, block = excluded.block",
+                        active = 1, block = excluded.block, purposes = excluded.purposes,
+                        kinds = excluded.kinds",
                     params![
                         hex(g.patient),
                         hex(g.provider),
                         g.level,
                         g.expiresAt as i64,
                         hex(g.grantedBy),
-                        block
+                        block,
+                        g.purposes,
+                        g.kinds as i64
                     ],
                 )?;
             }
@@ -355,8 +401,8 @@ fn apply(
             CohortAccess::CohortAccessEvents::EmergencyAccessed(e) => {
                 db.execute(
                     "INSERT OR REPLACE INTO ledger_emergencies
-                     (id, patient, provider, reason_hash, expires_at, review, reviewer, block)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', NULL, ?6)",
+                     (id, patient, provider, reason_hash, expires_at, review, reviewer, block, started_block)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', NULL, ?6, ?6)",
                     params![
                         e.id.to::<u64>() as i64,
                         hex(e.patient),
@@ -379,6 +425,25 @@ fn apply(
                         },
                         hex(r.reviewer)
                     ],
+                )?;
+            }
+            CohortAccess::CohortAccessEvents::EmergencyEnded(e) => {
+                db.execute(
+                    "UPDATE ledger_emergencies SET ended_by = ?2, block = ?3 WHERE id = ?1",
+                    params![e.id.to::<u64>() as i64, hex(e.by), block],
+                )?;
+            }
+            CohortAccess::CohortAccessEvents::DelegateSet(d) => {
+                db.execute(
+                    "INSERT OR REPLACE INTO ledger_delegations (patient, delegate, max_level, expires_at, active, block)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+                    params![hex(d.patient), hex(d.delegate), d.maxLevel, d.expiresAt as i64, block],
+                )?;
+            }
+            CohortAccess::CohortAccessEvents::DelegateRevoked(d) => {
+                db.execute(
+                    "UPDATE ledger_delegations SET active = 0, block = ?3 WHERE patient = ?1 AND delegate = ?2",
+                    params![hex(d.patient), hex(d.delegate), block],
                 )?;
             }
             _ => {}
@@ -557,6 +622,35 @@ fn apply(
                     hex(a.accessor),
                     a.version.to::<u64>() as i64,
                     a.emergency
+                ],
+            )?;
+        }
+        Event::Records(PatientRecords::PatientRecordsEvents::RecordsAccessed(a)) => {
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_record_reads
+                 (block, log_index, patient, accessor, purpose, emergency, records)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    block,
+                    index,
+                    hex(a.patient),
+                    hex(a.accessor),
+                    a.purpose,
+                    a.emergency,
+                    a.recordIds.len() as i64
+                ],
+            )?;
+        }
+        Event::Records(PatientRecords::PatientRecordsEvents::RecordsAnchored(a)) => {
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_anchors (batch, root, count, by_account, block)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    a.batch.to::<u64>() as i64,
+                    word(a.root),
+                    a.count as i64,
+                    hex(a.by),
+                    block
                 ],
             )?;
         }

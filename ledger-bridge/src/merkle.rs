@@ -26,9 +26,84 @@ use crate::error::{Error, Result};
 /// The tree over a query's consenting set.
 #[derive(Debug, Clone)]
 pub struct MemberTree {
+    tree: LeafTree,
+    members: BTreeSet<Address>,
+}
+
+/// A tree over distinct leaves, hashed as OpenZeppelin's `MerkleProof`
+/// expects: the members' tree, and the custodian's anchored batches of
+/// record versions ([`record_leaf`]).
+#[derive(Debug, Clone)]
+pub struct LeafTree {
     /// Levels from the sorted leaves up to the root.
     levels: Vec<Vec<B256>>,
-    members: BTreeSet<Address>,
+}
+
+/// The leaf of one record version in an anchored batch:
+/// `keccak256(keccak256(abi.encode(recordId, version, dataHash)))`.
+pub fn record_leaf(record_id: B256, version: u64, data_hash: B256) -> B256 {
+    keccak256(keccak256(
+        (record_id, alloy::primitives::U256::from(version), data_hash).abi_encode(),
+    ))
+}
+
+impl LeafTree {
+    /// The tree of `leaves` (at least one, none twice).
+    pub fn new(leaves: impl IntoIterator<Item = B256>) -> Result<LeafTree> {
+        let mut leaves: Vec<B256> = leaves.into_iter().collect();
+        leaves.sort();
+        if leaves.is_empty() {
+            return Err(Error::Config(
+                "a Merkle tree needs at least one leaf".into(),
+            ));
+        }
+        if let Some(w) = leaves.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::Config(format!("the leaf {} appears twice", w[0])));
+        }
+        let mut levels = vec![leaves];
+        while levels.last().expect("a level").len() > 1 {
+            let below = levels.last().expect("a level");
+            let above = below
+                .chunks(2)
+                .map(|pair| match pair {
+                    [a, b] => hash_pair(*a, *b),
+                    [a] => *a,
+                    _ => unreachable!("chunks of two"),
+                })
+                .collect();
+            levels.push(above);
+        }
+        Ok(LeafTree { levels })
+    }
+
+    /// The root.
+    pub fn root(&self) -> B256 {
+        self.levels.last().expect("a level")[0]
+    }
+
+    /// How many leaves.
+    pub fn len(&self) -> usize {
+        self.levels[0].len()
+    }
+
+    /// Whether it has no leaf (it never has none).
+    pub fn is_empty(&self) -> bool {
+        self.levels[0].is_empty()
+    }
+
+    /// The proof of `leaf`, if it is in the tree.
+    pub fn proof(&self, leaf: B256) -> Option<Vec<B256>> {
+        let mut index = self.levels[0].binary_search(&leaf).ok()?;
+        let mut proof = Vec::new();
+        for level in &self.levels[..self.levels.len() - 1] {
+            let sibling = index ^ 1;
+            if sibling < level.len() {
+                proof.push(level[sibling]);
+            }
+            index /= 2;
+        }
+        Some(proof)
+    }
 }
 
 /// The leaf of `account`.
@@ -63,30 +138,13 @@ impl MemberTree {
                     .into(),
             ));
         }
-        let mut leaves: Vec<B256> = set.iter().map(|a| leaf(*a)).collect();
-        leaves.sort();
-        let mut levels = vec![leaves];
-        while levels.last().expect("a level").len() > 1 {
-            let below = levels.last().expect("a level");
-            let above = below
-                .chunks(2)
-                .map(|pair| match pair {
-                    [a, b] => hash_pair(*a, *b),
-                    [a] => *a,
-                    _ => unreachable!("chunks of two"),
-                })
-                .collect();
-            levels.push(above);
-        }
-        Ok(MemberTree {
-            levels,
-            members: set,
-        })
+        let tree = LeafTree::new(set.iter().map(|a| leaf(*a)))?;
+        Ok(MemberTree { tree, members: set })
     }
 
     /// The root committed on chain.
     pub fn root(&self) -> B256 {
-        self.levels.last().expect("a level")[0]
+        self.tree.root()
     }
 
     /// How many members: the `members` committed with the root.
@@ -109,16 +167,7 @@ impl MemberTree {
         if !self.contains(account) {
             return None;
         }
-        let mut index = self.levels[0].binary_search(&leaf(account)).ok()?;
-        let mut proof = Vec::new();
-        for level in &self.levels[..self.levels.len() - 1] {
-            let sibling = index ^ 1;
-            if sibling < level.len() {
-                proof.push(level[sibling]);
-            }
-            index /= 2;
-        }
-        Some(proof)
+        self.tree.proof(leaf(account))
     }
 }
 

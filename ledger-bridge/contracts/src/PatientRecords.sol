@@ -29,7 +29,17 @@ contract PatientRecords {
         uint64 round; // bumped at every change or completed recovery: stale approvals lapse
     }
 
+    /// A batch of record versions the custodian (the ENGINE role) ingested,
+    /// anchored by the Merkle root of their leaves (see `anchorRecords`).
+    struct Anchor {
+        bytes32 root;
+        uint32 count;
+        uint64 at;
+        address by;
+    }
+
     CohortAccess public immutable access;
+    Anchor[] private _anchors;
 
     mapping(bytes32 recordId => Record) private _records;
     mapping(bytes32 recordId => Version[]) private _versions;
@@ -51,6 +61,10 @@ contract PatientRecords {
     event RecordAccessed(
         bytes32 indexed recordId, address indexed patient, address indexed accessor, uint256 version, bool emergency
     );
+    event RecordsAnchored(uint256 indexed batch, bytes32 root, uint32 count, address by);
+    event RecordsAccessed(
+        address indexed patient, address indexed accessor, uint8 purpose, bool emergency, bytes32[] recordIds
+    );
     event GuardiansSet(address indexed patient, address[] guardians, uint8 threshold);
     event RecoveryApproved(address indexed patient, address indexed guardian, address newKey, uint8 approvals);
     event ControlRecovered(address indexed patient, address indexed oldKey, address indexed newKey);
@@ -61,6 +75,13 @@ contract PatientRecords {
     error NoSuchRecord(bytes32 recordId);
     error NotThePatientOf(bytes32 recordId, address patient);
     error AccessDenied(bytes32 recordId, address accessor);
+    /// `reason` is one of CohortAccess's DENY_* codes (13: the key no
+    /// longer controls the patient's records).
+    error Denied(address patient, address actor, uint8 reason);
+    error NotTheEngine(address caller);
+    error EmptyBatch();
+    error LengthMismatch(uint256 recordIds, uint256 hashes);
+    error NoSuchAnchor(uint256 batch);
     error InvalidGuardians(uint256 count, uint8 threshold);
     error NotAGuardian(address patient, address account);
     error AlreadyApproved(address patient, address guardian);
@@ -124,6 +145,89 @@ contract PatientRecords {
         version = _versions[recordId].length - 1;
         dataHash = _versions[recordId][version].dataHash;
         emit RecordAccessed(recordId, patient, msg.sender, version, emergency);
+    }
+
+    /// The custodian anchors a batch of `count` record versions it
+    /// ingested: one transaction per batch, whatever its size. A version's
+    /// leaf is `keccak256(abi.encode(recordId, version, dataHash))`; the
+    /// engine keeps each batch's leaves so that `records verify` can prove a
+    /// stored version against its root.
+    function anchorRecords(bytes32 root, uint32 count) external returns (uint256 batch) {
+        if (!access.hasRole(access.ENGINE_ROLE(), msg.sender)) revert NotTheEngine(msg.sender);
+        if (root == bytes32(0) || count == 0) revert EmptyBatch();
+        batch = _anchors.length;
+        _anchors.push(Anchor(root, count, uint64(block.timestamp), msg.sender));
+        emit RecordsAnchored(batch, root, count, msg.sender);
+    }
+
+    function anchorOf(uint256 batch) external view returns (Anchor memory) {
+        if (batch >= _anchors.length) revert NoSuchAnchor(batch);
+        return _anchors[batch];
+    }
+
+    function anchorCount() external view returns (uint256) {
+        return _anchors.length;
+    }
+
+    /// New versions of a patient's records of `kinds`, by their controlling
+    /// key or an account `CohortAccess.check` allows to write them for
+    /// `purpose`. A record first seen here (one the custodian anchored in a
+    /// batch) is registered to the patient; one registered to another
+    /// patient is refused.
+    function updateHealthRecords(
+        address patient,
+        bytes32[] calldata recordIds,
+        bytes32[] calldata newDataHashes,
+        uint32 kinds,
+        uint8 purpose
+    ) external {
+        if (recordIds.length != newDataHashes.length) revert LengthMismatch(recordIds.length, newDataHashes.length);
+        _authorize(patient, access.LEVEL_WRITE(), purpose, kinds);
+        for (uint256 i = 0; i < recordIds.length; i++) {
+            bytes32 recordId = recordIds[i];
+            Record storage r = _records[recordId];
+            if (r.patient == address(0)) {
+                _records[recordId] = Record(patient, "", uint64(block.timestamp));
+                recordCount[patient] += 1;
+            } else if (r.patient != patient) {
+                revert NotThePatientOf(recordId, patient);
+            }
+            _versions[recordId].push(Version(newDataHashes[i], msg.sender, uint64(block.timestamp)));
+            emit RecordUpdated(recordId, patient, _versions[recordId].length - 1, newDataHashes[i], msg.sender);
+        }
+    }
+
+    /// Authorizes and logs one read of some of a patient's records (of
+    /// `kinds`, for `purpose`), as the reader: the chain decides
+    /// (`CohortAccess.check`) before the engine decrypts anything, and the
+    /// event is the read's on-chain trace, marked when an emergency override
+    /// allowed it. Reverts with `Denied` naming the missing authorization.
+    function accessPatientRecords(address patient, bytes32[] calldata recordIds, uint32 kinds, uint8 purpose)
+        external
+        returns (bool emergency)
+    {
+        uint8 level = kinds & ~access.SUMMARY_KINDS() == 0 ? access.LEVEL_SUMMARY() : access.LEVEL_READ();
+        emergency = _authorize(patient, level, purpose, kinds);
+        emit RecordsAccessed(patient, msg.sender, purpose, emergency, recordIds);
+    }
+
+    /// What `accessPatientRecords` would decide, without a trace.
+    function checkAccess(address patient, address actor, uint8 level, uint8 purpose, uint32 kinds)
+        public
+        view
+        returns (uint8 reason, bool emergency)
+    {
+        address controller = controllerOf(patient);
+        if (actor == controller) return (0, false);
+        // After a recovery the patient's own address no longer acts for them.
+        if (actor == patient) return (13, false);
+        return access.check(patient, actor, level, purpose, kinds);
+    }
+
+    function _authorize(address patient, uint8 level, uint8 purpose, uint32 kinds) private view returns (bool) {
+        (uint8 reason, bool emergency) = checkAccess(patient, msg.sender, level, purpose, kinds);
+        if (reason != 0) revert Denied(patient, msg.sender, reason);
+        return emergency;
     }
 
     function authorizeViewer(bytes32 recordId, address viewer) external {

@@ -3,12 +3,13 @@
 use cohort_ledger_bridge::alloy::primitives::{B256, keccak256};
 use cohort_ledger_bridge::alloy::sol_types::SolEvent;
 use cohort_ledger_bridge::contracts::CohortAccess;
-use cohort_ledger_bridge::{Role, Target};
+use cohort_ledger_bridge::{Account, Role, Target};
 
 use crate::fixture::{Fixture, addr, assert_reverts, count_events};
 
-const READ: u8 = 1;
-const WRITE: u8 = 2;
+const SUMMARY: u8 = 1;
+const READ: u8 = 2;
+const WRITE: u8 = 3;
 const HOUR: u64 = 3_600;
 
 async fn has_access(f: &Fixture, patient: usize, provider: usize, level: u8) -> bool {
@@ -186,7 +187,7 @@ pub async fn grants_have_levels_expire_and_are_revoked(f: &Fixture) {
         "InvalidLevel",
     );
     assert_reverts(
-        f.client.send(patient, Target::Access, grant(HOUR, 3)).await,
+        f.client.send(patient, Target::Access, grant(HOUR, 4)).await,
         "InvalidLevel",
     );
     assert_reverts(
@@ -314,6 +315,36 @@ pub async fn delegates_grant_within_the_patients_rights(f: &Fixture) {
     assert_eq!(granted.data.patient, addr(patient));
     assert_eq!(granted.data.grantedBy, addr(delegate));
     assert!(has_access(f, 0, 0, READ).await);
+    // Limited to payment, for conditions: within the delegation too.
+    let receipt = f
+        .client
+        .send(
+            delegate,
+            Target::Access,
+            CohortAccess::grantAccessForScopedCall {
+                patient: addr(patient),
+                provider,
+                duration: HOUR,
+                level: SUMMARY,
+                purposes: 2,
+                kinds: 4,
+            },
+        )
+        .await
+        .unwrap();
+    let granted = receipt
+        .logs
+        .iter()
+        .find_map(|l| CohortAccess::AccessGranted::decode_log(&l.log).ok())
+        .unwrap();
+    assert_eq!(
+        (
+            granted.data.level,
+            granted.data.purposes,
+            granted.data.kinds
+        ),
+        (SUMMARY, 2, 4)
+    );
 
     f.client
         .send(
@@ -344,6 +375,14 @@ pub async fn emergency_access_expires_and_is_reviewed(f: &Fixture) {
         "NotCredentialed",
     );
     f.credential_providers().await;
+    assert_reverts(
+        f.client.send(provider, Target::Access, open.clone()).await,
+        "NotEmergencyProvider",
+    );
+    f.client
+        .grant_role(&f.admin, Role::Emergency, addr(provider))
+        .await
+        .unwrap();
     let receipt = f.client.send(provider, Target::Access, open).await.unwrap();
     let opened = receipt
         .logs
@@ -419,6 +458,10 @@ pub async fn the_admin_sets_the_emergency_duration_within_a_week(f: &Fixture) {
     );
     // An override opened now lasts the new hour.
     f.credential_providers().await;
+    f.client
+        .grant_role(&f.admin, Role::Emergency, addr(&f.providers[0]))
+        .await
+        .unwrap();
     let open = CohortAccess::emergencyAccessCall {
         patient: addr(&f.patients[0]),
         reasonHash: keccak256("stroke"),
@@ -440,4 +483,358 @@ pub async fn the_admin_sets_the_emergency_duration_within_a_week(f: &Fixture) {
     assert_eq!(emergency.expiresAt - emergency.startedAt, HOUR);
     f.ledger.increase_time(HOUR).await.unwrap();
     assert!(!has_access(f, 0, 0, READ).await, "expired after the hour");
+}
+
+/// `check` as the records contract asks it: the first missing authorization.
+async fn check(
+    f: &Fixture,
+    patient: usize,
+    actor: &Account,
+    level: u8,
+    purpose: u8,
+    kinds: u32,
+) -> (u8, bool) {
+    let r = f
+        .client
+        .view(
+            Target::Access,
+            CohortAccess::checkCall {
+                patient: addr(&f.patients[patient]),
+                actor: addr(actor),
+                level,
+                purpose,
+                kinds,
+            },
+        )
+        .await
+        .unwrap();
+    (r.reason, r.emergency)
+}
+
+const TREATMENT: u8 = 1;
+const PAYMENT: u8 = 2;
+const PATIENT_KIND: u32 = 1;
+const OBSERVATION: u32 = 2;
+const CONDITION: u32 = 4;
+
+pub async fn check_names_the_missing_authorization(f: &Fixture) {
+    let (patient, provider) = (&f.patients[0], &f.providers[0]);
+    // Codes: see CohortAccess.DENY_*.
+    assert_eq!(
+        check(f, 0, &f.patients[0], READ, TREATMENT, OBSERVATION).await,
+        (0, false),
+        "the patient"
+    );
+    assert_eq!(
+        check(f, 0, &f.outsider, READ, TREATMENT, OBSERVATION)
+            .await
+            .0,
+        12,
+        "not a provider"
+    );
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await.0,
+        5,
+        "no credential"
+    );
+    f.credential_providers().await;
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await.0,
+        2,
+        "no grant"
+    );
+    let scoped = |level, purposes, kinds, duration| CohortAccess::grantAccessScopedCall {
+        provider: addr(provider),
+        duration,
+        level,
+        purposes,
+        kinds,
+    };
+    for (bad, name) in [
+        (scoped(READ, 0, OBSERVATION, HOUR), "InvalidPurposes"),
+        (scoped(READ, 8, OBSERVATION, HOUR), "InvalidPurposes"),
+        (scoped(READ, TREATMENT, 0, HOUR), "InvalidKinds"),
+    ] {
+        assert_reverts(f.client.send(patient, Target::Access, bad).await, name);
+    }
+    // A summary grant, for treatment, of conditions only.
+    f.client
+        .send(
+            patient,
+            Target::Access,
+            scoped(SUMMARY, TREATMENT, CONDITION | PATIENT_KIND, HOUR),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        check(f, 0, provider, SUMMARY, TREATMENT, CONDITION).await,
+        (0, false)
+    );
+    assert_eq!(
+        check(f, 0, provider, SUMMARY, PAYMENT, CONDITION).await.0,
+        9,
+        "purpose"
+    );
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await.0,
+        8,
+        "level"
+    );
+    assert_eq!(
+        check(f, 0, provider, SUMMARY, TREATMENT, OBSERVATION)
+            .await
+            .0,
+        10,
+        "kind"
+    );
+    // Read-all of every kind, for treatment and payment.
+    f.client
+        .send(
+            patient,
+            Target::Access,
+            scoped(READ, TREATMENT | PAYMENT, u32::MAX, HOUR),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        check(f, 0, provider, READ, PAYMENT, OBSERVATION).await,
+        (0, false)
+    );
+    assert_eq!(
+        check(f, 0, provider, WRITE, TREATMENT, OBSERVATION).await.0,
+        8,
+        "write"
+    );
+    assert_eq!(
+        check(f, 0, provider, READ, 4, OBSERVATION).await.0,
+        9,
+        "operations"
+    );
+    assert_eq!(
+        check(f, 1, provider, READ, TREATMENT, OBSERVATION).await.0,
+        2,
+        "another patient"
+    );
+    f.client
+        .send(
+            patient,
+            Target::Access,
+            CohortAccess::revokeAccessCall {
+                patient: addr(patient),
+                provider: addr(provider),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await.0,
+        4,
+        "revoked"
+    );
+    f.client
+        .send(
+            patient,
+            Target::Access,
+            scoped(READ, TREATMENT, u32::MAX, HOUR),
+        )
+        .await
+        .unwrap();
+    f.ledger.increase_time(HOUR).await.unwrap();
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await.0,
+        3,
+        "expired"
+    );
+    f.client
+        .send(
+            patient,
+            Target::Access,
+            scoped(READ, TREATMENT, u32::MAX, HOUR),
+        )
+        .await
+        .unwrap();
+    f.client
+        .send(
+            &f.issuer,
+            Target::Access,
+            CohortAccess::revokeCredentialCall {
+                provider: addr(provider),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await.0,
+        7,
+        "credential revoked"
+    );
+    // A delegate reads within the delegation's level.
+    let delegate = &f.patients[1];
+    f.client
+        .send(
+            patient,
+            Target::Access,
+            CohortAccess::setDelegateCall {
+                delegate: addr(delegate),
+                maxLevel: READ,
+                duration: HOUR,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        check(f, 0, delegate, READ, PAYMENT, OBSERVATION).await,
+        (0, false)
+    );
+    assert_eq!(
+        check(f, 0, delegate, WRITE, TREATMENT, OBSERVATION).await.0,
+        12
+    );
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await.0,
+        7
+    );
+    let stranger = f
+        .client
+        .view(
+            Target::Access,
+            CohortAccess::checkCall {
+                patient: addr(&f.outsider),
+                actor: addr(provider),
+                level: READ,
+                purpose: TREATMENT,
+                kinds: OBSERVATION,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stranger.reason, 1, "not a patient");
+}
+
+pub async fn emergencies_end_early_and_an_unjustified_one_suspends(f: &Fixture) {
+    f.credential_providers().await;
+    let (patient, provider) = (&f.patients[0], &f.providers[0]);
+    f.client
+        .grant_role(&f.admin, Role::Emergency, addr(provider))
+        .await
+        .unwrap();
+    let open = CohortAccess::emergencyAccessCall {
+        patient: addr(patient),
+        reasonHash: keccak256("arrived unconscious"),
+    };
+    let opened = |r: &cohort_ledger_bridge::Receipt| {
+        r.logs
+            .iter()
+            .find_map(|l| CohortAccess::EmergencyAccessed::decode_log(&l.log).ok())
+            .unwrap()
+            .data
+            .id
+    };
+    let first = opened(
+        &f.client
+            .send(provider, Target::Access, open.clone())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await,
+        (0, true),
+        "an emergency read"
+    );
+    assert_eq!(
+        check(f, 0, provider, READ, PAYMENT, OBSERVATION).await.0,
+        2,
+        "for treatment only"
+    );
+    assert_eq!(
+        check(f, 0, provider, WRITE, TREATMENT, OBSERVATION).await.0,
+        2,
+        "reads only"
+    );
+    let end = |id| CohortAccess::endEmergencyCall { id };
+    assert_reverts(
+        f.client.send(&f.outsider, Target::Access, end(first)).await,
+        "NotAllowedToEnd",
+    );
+    assert_reverts(
+        f.client
+            .send(&f.patients[1], Target::Access, end(first))
+            .await,
+        "NotAllowedToEnd",
+    );
+    let receipt = f
+        .client
+        .send(patient, Target::Access, end(first))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, CohortAccess::EmergencyEnded::SIGNATURE_HASH),
+        1
+    );
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await.0,
+        11,
+        "the patient ended it: the next read is refused, naming the emergency"
+    );
+    assert_reverts(
+        f.client.send(patient, Target::Access, end(first)).await,
+        "AlreadyEnded",
+    );
+    // A second one, ended by an auditor's unjustified finding.
+    let second = opened(
+        &f.client
+            .send(provider, Target::Access, open.clone())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await,
+        (0, true)
+    );
+    let review = CohortAccess::reviewEmergencyCall {
+        id: second,
+        justified: false,
+        findingHash: keccak256("no emergency"),
+    };
+    let receipt = f
+        .client
+        .send(&f.auditor, Target::Access, review)
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, CohortAccess::EmergencySuspended::SIGNATURE_HASH),
+        1
+    );
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await.0,
+        11,
+        "ended at once"
+    );
+    assert_reverts(
+        f.client.send(provider, Target::Access, open.clone()).await,
+        "Suspended",
+    );
+    let restore = CohortAccess::restoreEmergencyCall {
+        provider: addr(provider),
+    };
+    assert_reverts(
+        f.client
+            .send(&f.auditor, Target::Access, restore.clone())
+            .await,
+        "AccessControlUnauthorizedAccount",
+    );
+    f.client
+        .send(&f.admin, Target::Access, restore)
+        .await
+        .unwrap();
+    let third = opened(&f.client.send(provider, Target::Access, open).await.unwrap());
+    // The provider may end their own; an auditor may end any.
+    f.client
+        .send(&f.auditor, Target::Access, end(third))
+        .await
+        .unwrap();
+    assert_eq!(
+        check(f, 0, provider, READ, TREATMENT, OBSERVATION).await.0,
+        11
+    );
 }

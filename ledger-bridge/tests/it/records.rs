@@ -98,7 +98,7 @@ pub async fn records_keep_every_version_and_gate_access(f: &Fixture) {
         f.client.send(reader, Target::Records, access.clone()).await,
         "AccessDenied",
     );
-    grant(f, patient, reader, 1).await;
+    grant(f, patient, reader, 2).await;
     let receipt = f
         .client
         .send(reader, Target::Records, access.clone())
@@ -128,7 +128,7 @@ pub async fn records_keep_every_version_and_gate_access(f: &Fixture) {
             .await,
         "AccessDenied",
     );
-    grant(f, patient, writer, 2).await;
+    grant(f, patient, writer, 3).await;
     let receipt = f
         .client
         .send(writer, Target::Records, update("hba1c 6.8 v2"))
@@ -368,5 +368,177 @@ pub async fn the_patient_lists_and_removes_viewers(f: &Fixture) {
     assert_reverts(
         f.client.send(viewer, Target::Records, access).await,
         "AccessDenied",
+    );
+}
+
+pub async fn anchored_batches_batched_reads_and_updates(f: &Fixture) {
+    use cohort_ledger_bridge::merkle::{LeafTree, record_leaf, verify};
+    f.credential_providers().await;
+    let (patient, provider) = (&f.patients[0], &f.providers[0]);
+    // The custodian anchors a batch: one root for every version.
+    let ids: Vec<B256> = (0..5)
+        .map(|i| keccak256(format!("Observation/{i}")))
+        .collect();
+    let hashes: Vec<B256> = (0..5).map(|i| keccak256(format!("bytes {i}"))).collect();
+    let leaves: Vec<B256> = ids
+        .iter()
+        .zip(&hashes)
+        .map(|(id, h)| record_leaf(*id, 1, *h))
+        .collect();
+    let tree = LeafTree::new(leaves.clone()).unwrap();
+    let anchor = PatientRecords::anchorRecordsCall {
+        root: tree.root(),
+        count: 5,
+    };
+    assert_reverts(
+        f.client
+            .send(&f.outsider, Target::Records, anchor.clone())
+            .await,
+        "NotTheEngine",
+    );
+    let receipt = f
+        .client
+        .send(&f.engine, Target::Records, anchor)
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, PatientRecords::RecordsAnchored::SIGNATURE_HASH),
+        1
+    );
+    let stored = f
+        .client
+        .view(
+            Target::Records,
+            PatientRecords::anchorOfCall {
+                batch: cohort_ledger_bridge::alloy::primitives::U256::ZERO,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.root, tree.root());
+    for leaf in &leaves {
+        assert!(verify(stored.root, *leaf, &tree.proof(*leaf).unwrap()));
+    }
+    assert!(!verify(
+        stored.root,
+        record_leaf(ids[0], 1, keccak256("tampered")),
+        &tree.proof(leaves[0]).unwrap()
+    ));
+    assert_reverts(
+        f.client
+            .send(
+                &f.engine,
+                Target::Records,
+                PatientRecords::anchorRecordsCall {
+                    root: B256::ZERO,
+                    count: 1,
+                },
+            )
+            .await,
+        "EmptyBatch",
+    );
+
+    // A batched read, as the reader, leaves one event naming every record.
+    let read = PatientRecords::accessPatientRecordsCall {
+        patient: addr(patient),
+        recordIds: ids.clone(),
+        kinds: 2,
+        purpose: 1,
+    };
+    assert_reverts(
+        f.client.send(provider, Target::Records, read.clone()).await,
+        "Denied",
+    );
+    grant(f, patient, provider, 3).await;
+    let receipt = f
+        .client
+        .send(provider, Target::Records, read.clone())
+        .await
+        .unwrap();
+    let accessed = receipt
+        .logs
+        .iter()
+        .find_map(|l| PatientRecords::RecordsAccessed::decode_log(&l.log).ok())
+        .expect("the read's trace");
+    assert_eq!(accessed.data.recordIds, ids);
+    assert!(!accessed.data.emergency);
+    // The patient reads their own; another patient does not.
+    f.client
+        .send(patient, Target::Records, read.clone())
+        .await
+        .unwrap();
+    assert_reverts(
+        f.client.send(&f.patients[1], Target::Records, read).await,
+        "Denied",
+    );
+
+    // A provider with write access adds versions, registering the records.
+    let update = PatientRecords::updateHealthRecordsCall {
+        patient: addr(patient),
+        recordIds: ids[..2].to_vec(),
+        newDataHashes: vec![keccak256("v2 a"), keccak256("v2 b")],
+        kinds: 2,
+        purpose: 1,
+    };
+    let receipt = f
+        .client
+        .send(provider, Target::Records, update.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, PatientRecords::RecordUpdated::SIGNATURE_HASH),
+        2
+    );
+    let versions = f
+        .client
+        .view(
+            Target::Records,
+            PatientRecords::versionsOfCall { recordId: ids[0] },
+        )
+        .await
+        .unwrap();
+    assert_eq!(versions.last().unwrap().dataHash, keccak256("v2 a"));
+    assert_reverts(
+        f.client
+            .send(
+                provider,
+                Target::Records,
+                PatientRecords::updateHealthRecordsCall {
+                    patient: addr(&f.patients[1]),
+                    recordIds: ids[..1].to_vec(),
+                    newDataHashes: vec![keccak256("x")],
+                    kinds: 2,
+                    purpose: 1,
+                },
+            )
+            .await,
+        "Denied",
+    );
+    let mismatched = PatientRecords::updateHealthRecordsCall {
+        patient: addr(patient),
+        recordIds: ids[..2].to_vec(),
+        newDataHashes: vec![keccak256("one")],
+        kinds: 2,
+        purpose: 1,
+    };
+    assert_reverts(
+        f.client.send(provider, Target::Records, mismatched).await,
+        "LengthMismatch",
+    );
+    // Revoked: the next write is refused.
+    f.client
+        .send(
+            patient,
+            Target::Access,
+            CohortAccess::revokeAccessCall {
+                patient: addr(patient),
+                provider: addr(provider),
+            },
+        )
+        .await
+        .unwrap();
+    assert_reverts(
+        f.client.send(provider, Target::Records, update).await,
+        "Denied",
     );
 }
