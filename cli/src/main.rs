@@ -42,6 +42,7 @@ pub(crate) fn stdout_line(args: std::fmt::Arguments<'_>) {
 mod account_cli;
 mod anonymize_cli;
 mod cli_common;
+mod clinical_cli;
 mod demo;
 mod dp_cli;
 mod ledger_cli;
@@ -53,9 +54,13 @@ use anonymize_cli::{AnonymizeArgs, DeidentifyArgs, anonymize, deidentify};
 use cli_common::{
     ServerArgs, counts_text, emit, ingest_text, render_table, runtime, short, unlock, verify_text,
 };
+use clinical_cli::{
+    AccessCmd, CredentialCmd, EmergencyCmd, NotificationsCmd, RecordsCmd, access, credential,
+    emergency, notifications_cmd, records,
+};
 use dp_cli::{BudgetCmd, DpArgs, QueryArgs, budget, dp_release, query_options, sql_query};
 use ledger_cli::{LedgerCmd, ledger};
-use records_cli::{AuditCmd, PatientCmd, RecordsCmd, records};
+use records_cli::{AuditCmd, PatientCmd};
 use research_cli::{
     CompensationCmd, ConsentCmd, StudyCmd, compensation, consent, encrypt_field, release,
     research_query, study,
@@ -71,7 +76,9 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// The account acting (recorded in the audit log).
+    /// The account acting: its key signs what the command does on chain
+    /// and it is recorded in the audit log. A name that is not an account
+    /// is refused.
     #[arg(
         long = "as",
         global = true,
@@ -195,9 +202,21 @@ enum Command {
     },
     /// Row counts of the columnar projection.
     Stats,
-    /// Records in the vault.
+    /// Clinical records: read, search, update and verify, each decided by the chain.
     #[command(subcommand)]
     Records(RecordsCmd),
+    /// A patient's grants to providers and delegates: grant, revoke, list, the read log.
+    #[command(subcommand)]
+    Access(AccessCmd),
+    /// Provider credentials, attested by an issuer.
+    #[command(subcommand)]
+    Credential(CredentialCmd),
+    /// Emergency access: trigger, review, end, restore, the review queue.
+    #[command(subcommand)]
+    Emergency(EmergencyCmd),
+    /// The notification outbox of the `--as` account, and its webhook.
+    #[command(subcommand)]
+    Notifications(NotificationsCmd),
     /// Patients: erasure.
     #[command(subcommand)]
     Patient(PatientCmd),
@@ -426,10 +445,42 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest { paths, purpose } => {
-            let vault = unlock(cli, &dir()?, None)?;
+            let dir = dir()?;
+            let vault = unlock(cli, &dir, None)?;
+            let actor =
+                cohort_engine::access::Actor::authenticate(vault.conn(), vault.keys(), &cli.actor)?;
             let r =
-                ingest::ingest_paths(&vault, &Access::new(&cli.actor, purpose), paths, progress)?;
-            emit(cli, &r, || ingest_text(&r));
+                ingest::ingest_paths(&vault, &Access::new(actor.name(), purpose), paths, progress)?;
+            // With a ledger, the new versions are anchored now, in one batch.
+            let anchored = match cohort_engine::chain::load(&dir)? {
+                Some(_) => {
+                    let rt = runtime()?;
+                    let (_, client) = rt.block_on(cohort_engine::chain::client(&dir))?;
+                    clinical_cli::anchor_now(&dir, &vault, &client, &rt)?
+                }
+                None => None,
+            };
+            emit(cli, &r, || {
+                let mut text = ingest_text(&r);
+                match &anchored {
+                    Some(a) => text.push_str(&format!(
+                        "
+anchored {} versions on chain as batch {}",
+                        a.count, a.batch
+                    )),
+                    None => {
+                        let waiting =
+                            cohort_engine::records::anchor::pending(vault.conn()).unwrap_or(0);
+                        if waiting > 0 {
+                            text.push_str(&format!(
+                                "
+{waiting} versions wait to be anchored: `cohort ledger deploy`, then `cohort records anchor`"
+                            ));
+                        }
+                    }
+                }
+                text
+            });
             Ok(if r.rejected.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -442,6 +493,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Records(cmd) => records(cli, &dir()?, cmd),
+        Command::Access(cmd) => access(cli, &dir()?, cmd),
+        Command::Credential(cmd) => credential(cli, &dir()?, cmd),
+        Command::Emergency(cmd) => emergency(cli, &dir()?, cmd),
+        Command::Notifications(cmd) => notifications_cmd(cli, &dir()?, cmd),
         Command::Patient(PatientCmd::Erase {
             patient,
             confirm,

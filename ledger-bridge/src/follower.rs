@@ -628,8 +628,8 @@ fn apply(
         Event::Records(PatientRecords::PatientRecordsEvents::RecordsAccessed(a)) => {
             db.execute(
                 "INSERT OR REPLACE INTO ledger_record_reads
-                 (block, log_index, patient, accessor, purpose, emergency, records)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 (block, log_index, patient, accessor, purpose, emergency, records, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     block,
                     index,
@@ -637,7 +637,8 @@ fn apply(
                     hex(a.accessor),
                     a.purpose,
                     a.emergency,
-                    a.recordIds.len() as i64
+                    a.recordIds.len() as i64,
+                    a.at as i64
                 ],
             )?;
         }

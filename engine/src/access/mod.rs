@@ -1,4 +1,15 @@
-//! Who may do what, as the ledger decides: roles granted and revoked by
-//! an administrator.
+//! Who may do what, as the ledger decides: the authenticated actor, roles
+//! granted by an administrator, patients' grants and delegations,
+//! provider credentials, emergency access with its review, and the
+//! notifications these send.
 
+pub mod actor;
+pub mod emergency;
+pub mod grants;
+pub mod notifications;
+pub mod patients;
 pub mod roles;
+pub mod scope;
+
+pub use actor::Actor;
+pub use scope::{Level, Purpose};

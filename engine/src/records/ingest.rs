@@ -171,15 +171,29 @@ pub fn store_bundle(
     bundle: &Bundle,
     digest: &str,
 ) -> Result<BundleOutcome> {
+    let tx = rusqlite::Transaction::new_unchecked(vault.conn(), TransactionBehavior::Immediate)?;
+    let outcome = store_bundle_in(&tx, vault, access, bundle, digest)?;
+    vault.blocks().flush()?;
+    tx.commit()?;
+    Ok(outcome)
+}
+
+/// [`store_bundle`] inside the caller's transaction (a provider's update
+/// commits only once the chain has taken its anchor).
+pub(crate) fn store_bundle_in(
+    tx: &rusqlite::Connection,
+    vault: &Vault,
+    access: &Access,
+    bundle: &Bundle,
+    digest: &str,
+) -> Result<BundleOutcome> {
     let reject = |entry: usize, record: &str, reason: String| Error::Fhir {
         source_name: bundle.source.clone(),
         message: format!("entry {entry} ({record}): {reason}"),
     };
-    let conn = vault.conn();
-    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     // Resources about patients outside the bundle need them in the vault already.
     for (entry, record, patient) in bundle.external_patients() {
-        let reason = match patient_state(&tx, &patient)? {
+        let reason = match patient_state(tx, &patient)? {
             PatientState::Active => continue,
             PatientState::Absent => format!(
                 "field `subject`: patient {patient} is neither in this bundle nor in the vault"
@@ -205,7 +219,7 @@ pub fn store_bundle(
         })
         .collect();
     let stored = vault
-        .put_all_in(&tx, &mut cache, &records, |i| {
+        .put_all_in(tx, &mut cache, &records, |i| {
             bundle.resources[i].resource_type == "Patient"
         })
         .map_err(|(i, e)| reject(bundle.resources[i].entry, &ids[i], e.to_string()))?;
@@ -217,12 +231,12 @@ pub fn store_bundle(
             PutOutcome::Unchanged => outcome.unchanged += 1,
         }
         if o != PutOutcome::Unchanged {
-            projection::upsert(&tx, &r.row)?;
+            projection::upsert(tx, &r.row)?;
             changed = true;
         }
     }
     if changed {
-        projection::touch(&tx)?;
+        projection::touch(tx)?;
     }
     let target = format!(
         "Bundle/{}",
@@ -232,7 +246,7 @@ pub fn store_bundle(
             .unwrap_or_else(|| format!("sha256:{}", &digest[..16]))
     );
     audit::append(
-        &tx,
+        tx,
         &Event {
             actor: &access.actor,
             action: "ingest",
@@ -247,7 +261,5 @@ pub fn store_bundle(
             }),
         },
     )?;
-    vault.blocks().flush()?;
-    tx.commit()?;
     Ok(outcome)
 }

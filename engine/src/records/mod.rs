@@ -2,6 +2,8 @@
 //! the columnar projection, Safe Harbor de-identification and the
 //! synthetic cohort generator.
 
+pub mod anchor;
+pub mod clinical;
 pub mod fhir;
 pub mod generate;
 pub mod ingest;

@@ -45,6 +45,18 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (record_id, version)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_by_patient ON records(patient_id);
+-- Each stored version's anchor: the SHA-256 of its encrypted block, and
+-- the custodian's batch (Merkle root on chain) or the update transaction
+-- that anchored it; both NULL while it waits to be anchored.
+CREATE TABLE IF NOT EXISTS record_anchors (
+    record_id TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    data_hash BLOB NOT NULL,
+    batch     INTEGER,
+    tx_hash   TEXT,
+    PRIMARY KEY (record_id, version)
+);
+CREATE INDEX IF NOT EXISTS record_anchors_batch ON record_anchors (batch);
 
 -- Append-only, hash-chained audit log.
 CREATE TABLE IF NOT EXISTS audit (

@@ -290,7 +290,11 @@ contract CohortAccess is AccessControl {
         if (reason == OK) return (OK, false);
         if (level <= LEVEL_READ && purpose == PURPOSE_TREATMENT) {
             if (inEmergency(patient, actor)) return (OK, true);
-            if (reason == DENY_NO_GRANT && _lastEmergency[patient][actor] != 0) return (DENY_EMERGENCY_ENDED, false);
+        }
+        // No grant in force, after an override that has ended: say so.
+        bool noGrant = reason == DENY_NO_GRANT || reason == DENY_GRANT_REVOKED || reason == DENY_GRANT_EXPIRED;
+        if (noGrant && _lastEmergency[patient][actor] != 0 && !inEmergency(patient, actor)) {
+            return (DENY_EMERGENCY_ENDED, false);
         }
     }
 

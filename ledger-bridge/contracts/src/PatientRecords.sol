@@ -63,7 +63,12 @@ contract PatientRecords {
     );
     event RecordsAnchored(uint256 indexed batch, bytes32 root, uint32 count, address by);
     event RecordsAccessed(
-        address indexed patient, address indexed accessor, uint8 purpose, bool emergency, bytes32[] recordIds
+        address indexed patient,
+        address indexed accessor,
+        uint8 purpose,
+        bool emergency,
+        uint64 at,
+        bytes32[] recordIds
     );
     event GuardiansSet(address indexed patient, address[] guardians, uint8 threshold);
     event RecoveryApproved(address indexed patient, address indexed guardian, address newKey, uint8 approvals);
@@ -208,7 +213,7 @@ contract PatientRecords {
     {
         uint8 level = kinds & ~access.SUMMARY_KINDS() == 0 ? access.LEVEL_SUMMARY() : access.LEVEL_READ();
         emergency = _authorize(patient, level, purpose, kinds);
-        emit RecordsAccessed(patient, msg.sender, purpose, emergency, recordIds);
+        emit RecordsAccessed(patient, msg.sender, purpose, emergency, uint64(block.timestamp), recordIds);
     }
 
     /// What `accessPatientRecords` would decide, without a trace.

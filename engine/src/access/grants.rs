@@ -1,0 +1,427 @@
+//! Patients' grants and delegations, and providers' credentials: each a
+//! transaction signed by the acting account, so the contract decides who
+//! may (the patient, their delegate, the issuer); each change and each
+//! refusal is audited with the authenticated actor.
+
+use cohort_ledger_bridge::alloy::primitives::{Address, keccak256};
+use cohort_ledger_bridge::contracts::CohortAccess;
+use cohort_ledger_bridge::{Client, Receipt, Target};
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::scope::{self, Level, Purpose};
+use super::{Actor, patients};
+use crate::keys::accounts;
+use crate::{Error, Result, audit};
+
+/// What a patient (or their delegate) grants a provider.
+#[derive(Debug, Clone)]
+pub struct GrantRequest {
+    /// The provider's account name.
+    pub provider: String,
+    /// The level.
+    pub level: Level,
+    /// Purposes of use (bits of [`Purpose`]).
+    pub purposes: u8,
+    /// Record kinds (bits, [`scope::ALL_KINDS`] for every kind).
+    pub kinds: u32,
+    /// For how long, in seconds (at most 366 days).
+    pub duration_secs: u64,
+    /// The patient a delegate acts for; `None`: the actor is the patient.
+    pub on_behalf_of: Option<String>,
+}
+
+/// A grant as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantInfo {
+    /// The patient's address.
+    pub patient: String,
+    /// The provider's address.
+    pub provider: String,
+    /// The provider's account name, when known here.
+    pub provider_name: Option<String>,
+    /// The level.
+    pub level: &'static str,
+    /// Purposes of use.
+    pub purposes: Vec<&'static str>,
+    /// Record types.
+    pub kinds: Vec<&'static str>,
+    /// When it lapses (unix seconds).
+    pub expires_at: u64,
+    /// Whether it is in force now (not revoked, not expired).
+    pub active: bool,
+    /// Who granted it (the patient or a delegate).
+    pub granted_by: String,
+}
+
+/// A change made on chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Changed {
+    /// What was done.
+    pub action: &'static str,
+    /// The patient (address) it concerns, if any.
+    pub patient: Option<String>,
+    /// The other account (provider, delegate).
+    pub account: String,
+    /// The transaction.
+    pub tx_hash: String,
+}
+
+/// Appends the audit entry of `action` by `actor`, with the refusal's
+/// reason when `sent` failed, and passes `sent` on.
+pub(crate) fn audited<T>(
+    conn: &Connection,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    purpose: &str,
+    mut detail: serde_json::Value,
+    sent: Result<T>,
+) -> Result<T> {
+    if let Err(e) = &sent {
+        detail["refused"] = e.to_string().into();
+    }
+    let refused = format!("{action}.refused");
+    audit::append(
+        conn,
+        &audit::Event {
+            actor: actor.name(),
+            action: if sent.is_ok() { action } else { &refused },
+            target,
+            purpose,
+            detail,
+        },
+    )?;
+    sent
+}
+
+fn account_address(conn: &Connection, name: &str, what: &str) -> Result<Address> {
+    accounts::address_of(conn, name)?
+        .ok_or_else(|| Error::NotFound(format!("no account `{name}` to {what}")))?
+        .parse()
+        .map_err(|_| Error::Invalid(format!("account `{name}` has a bad address")))
+}
+
+/// Registers `actor` as a patient on chain if they are not one yet
+/// (idempotent; a patient's first grant does it).
+pub async fn ensure_patient(client: &Client, actor: &Actor) -> Result<()> {
+    if !client
+        .has_role(cohort_ledger_bridge::Role::Patient, actor.address())
+        .await?
+    {
+        client
+            .send(
+                actor.account(),
+                Target::Access,
+                CohortAccess::registerPatientCall {},
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn tx(receipt: &Receipt) -> String {
+    format!("{:#x}", receipt.tx_hash)
+}
+
+/// The actor grants a provider access to their records (or, as a
+/// delegate, to the records of `on_behalf_of`).
+pub async fn grant(
+    conn: &Connection,
+    client: &Client,
+    actor: &Actor,
+    req: &GrantRequest,
+) -> Result<Changed> {
+    let provider = account_address(conn, &req.provider, "grant access to")?;
+    let detail = serde_json::json!({
+        "provider": req.provider,
+        "level": req.level.name(),
+        "purposes": Purpose::names(req.purposes),
+        "kinds": scope::kind_names(req.kinds),
+        "duration_secs": req.duration_secs,
+    });
+    let sent = async {
+        let (patient, call) = match &req.on_behalf_of {
+            None => {
+                ensure_patient(client, actor).await?;
+                let call = client.tx(
+                    Target::Access,
+                    CohortAccess::grantAccessScopedCall {
+                        provider,
+                        duration: req.duration_secs,
+                        level: req.level.code(),
+                        purposes: req.purposes,
+                        kinds: req.kinds,
+                    },
+                );
+                (actor.address(), call)
+            }
+            Some(p) => {
+                let patient = patients::find(conn, p)?.address;
+                let call = client.tx(
+                    Target::Access,
+                    CohortAccess::grantAccessForScopedCall {
+                        patient,
+                        provider,
+                        duration: req.duration_secs,
+                        level: req.level.code(),
+                        purposes: req.purposes,
+                        kinds: req.kinds,
+                    },
+                );
+                (patient, call)
+            }
+        };
+        let receipt = client.ledger().send(actor.account(), call).await?;
+        Ok(Changed {
+            action: "granted",
+            patient: Some(format!("{patient:#x}")),
+            account: req.provider.clone(),
+            tx_hash: tx(&receipt),
+        })
+    }
+    .await;
+    audited(
+        conn,
+        actor,
+        "access.grant",
+        &format!("{provider:#x}"),
+        "operations",
+        detail,
+        sent,
+    )
+}
+
+/// The patient (or their delegate) revokes a provider's grant; it takes
+/// effect on the provider's next call.
+pub async fn revoke(
+    conn: &Connection,
+    client: &Client,
+    actor: &Actor,
+    provider_name: &str,
+    on_behalf_of: Option<&str>,
+) -> Result<Changed> {
+    let provider = account_address(conn, provider_name, "revoke access from")?;
+    let sent = async {
+        let patient = match on_behalf_of {
+            None => actor.address(),
+            Some(p) => patients::find(conn, p)?.address,
+        };
+        let receipt = client
+            .send(
+                actor.account(),
+                Target::Access,
+                CohortAccess::revokeAccessCall { patient, provider },
+            )
+            .await?;
+        Ok(Changed {
+            action: "revoked",
+            patient: Some(format!("{patient:#x}")),
+            account: provider_name.to_string(),
+            tx_hash: tx(&receipt),
+        })
+    }
+    .await;
+    audited(
+        conn,
+        actor,
+        "access.revoke",
+        &format!("{provider:#x}"),
+        "operations",
+        serde_json::json!({ "provider": provider_name }),
+        sent,
+    )
+}
+
+/// The patient names a delegate (a caregiver) who may read their records
+/// and grant and revoke access for them, up to `max_level`, for a while.
+pub async fn delegate(
+    conn: &Connection,
+    client: &Client,
+    actor: &Actor,
+    delegate_name: &str,
+    max_level: Level,
+    duration_secs: u64,
+) -> Result<Changed> {
+    let delegate = account_address(conn, delegate_name, "delegate to")?;
+    let sent = async {
+        ensure_patient(client, actor).await?;
+        let receipt = client
+            .send(
+                actor.account(),
+                Target::Access,
+                CohortAccess::setDelegateCall {
+                    delegate,
+                    maxLevel: max_level.code(),
+                    duration: duration_secs,
+                },
+            )
+            .await?;
+        Ok(Changed {
+            action: "delegated",
+            patient: Some(format!("{:#x}", actor.address())),
+            account: delegate_name.to_string(),
+            tx_hash: tx(&receipt),
+        })
+    }
+    .await;
+    audited(
+        conn,
+        actor,
+        "access.delegate",
+        &format!("{delegate:#x}"),
+        "operations",
+        serde_json::json!({ "delegate": delegate_name, "max_level": max_level.name(), "duration_secs": duration_secs }),
+        sent,
+    )
+}
+
+/// The patient ends a delegation.
+pub async fn undelegate(
+    conn: &Connection,
+    client: &Client,
+    actor: &Actor,
+    delegate_name: &str,
+) -> Result<Changed> {
+    let delegate = account_address(conn, delegate_name, "end the delegation of")?;
+    let sent = async {
+        let receipt = client
+            .send(
+                actor.account(),
+                Target::Access,
+                CohortAccess::revokeDelegateCall { delegate },
+            )
+            .await?;
+        Ok(Changed {
+            action: "undelegated",
+            patient: Some(format!("{:#x}", actor.address())),
+            account: delegate_name.to_string(),
+            tx_hash: tx(&receipt),
+        })
+    }
+    .await;
+    audited(
+        conn,
+        actor,
+        "access.undelegate",
+        &format!("{delegate:#x}"),
+        "operations",
+        serde_json::json!({ "delegate": delegate_name }),
+        sent,
+    )
+}
+
+/// An issuer attests a provider's licence until `expires_at` (unix
+/// seconds); only the licence's hash goes on chain.
+pub async fn attest_credential(
+    conn: &Connection,
+    client: &Client,
+    issuer: &Actor,
+    provider_name: &str,
+    license: &str,
+    expires_at: u64,
+) -> Result<Changed> {
+    let provider = account_address(conn, provider_name, "attest a credential of")?;
+    let sent = async {
+        let receipt = client
+            .send(
+                issuer.account(),
+                Target::Access,
+                CohortAccess::attestCredentialCall {
+                    provider,
+                    licenseHash: keccak256(license.as_bytes()),
+                    expiresAt: expires_at,
+                },
+            )
+            .await?;
+        Ok(Changed {
+            action: "attested",
+            patient: None,
+            account: provider_name.to_string(),
+            tx_hash: tx(&receipt),
+        })
+    }
+    .await;
+    audited(
+        conn,
+        issuer,
+        "credential.attest",
+        &format!("{provider:#x}"),
+        "operations",
+        serde_json::json!({ "provider": provider_name, "expires_at": expires_at }),
+        sent,
+    )
+}
+
+/// The issuer who attested a credential (or an admin) revokes it.
+pub async fn revoke_credential(
+    conn: &Connection,
+    client: &Client,
+    actor: &Actor,
+    provider_name: &str,
+) -> Result<Changed> {
+    let provider = account_address(conn, provider_name, "revoke the credential of")?;
+    let sent = async {
+        let receipt = client
+            .send(
+                actor.account(),
+                Target::Access,
+                CohortAccess::revokeCredentialCall { provider },
+            )
+            .await?;
+        Ok(Changed {
+            action: "credential revoked",
+            patient: None,
+            account: provider_name.to_string(),
+            tx_hash: tx(&receipt),
+        })
+    }
+    .await;
+    audited(
+        conn,
+        actor,
+        "credential.revoke",
+        &format!("{provider:#x}"),
+        "operations",
+        serde_json::json!({ "provider": provider_name }),
+        sent,
+    )
+}
+
+/// A patient's grants, read from the chain itself (the follower's mirror
+/// names the providers; each grant's state is asked of the contract).
+pub async fn list(conn: &Connection, client: &Client, patient: Address) -> Result<Vec<GrantInfo>> {
+    cohort_ledger_bridge::Follower::install(conn)?;
+    let providers: Vec<String> = conn
+        .prepare("SELECT provider FROM ledger_grants WHERE patient = ?1 ORDER BY block")?
+        .query_map([format!("{patient:#x}")], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let now = client.ledger().timestamp().await?;
+    let mut out = Vec::new();
+    for provider in providers {
+        let address: Address = provider
+            .parse()
+            .map_err(|_| Error::Invalid(format!("a bad address in ledger_grants: {provider}")))?;
+        let g = client
+            .view(
+                Target::Access,
+                CohortAccess::grantOfCall {
+                    patient,
+                    provider: address,
+                },
+            )
+            .await?;
+        out.push(GrantInfo {
+            patient: format!("{patient:#x}"),
+            provider: provider.clone(),
+            provider_name: accounts::name_of(conn, address)?,
+            level: Level::from_code(g.level).map_or("none", Level::name),
+            purposes: Purpose::names(g.purposes),
+            kinds: scope::kind_names(g.kinds),
+            expires_at: g.expiresAt,
+            active: g.level != 0 && g.revokedAt == 0 && now < g.expiresAt,
+            granted_by: format!("{:#x}", g.grantedBy),
+        });
+    }
+    Ok(out)
+}
