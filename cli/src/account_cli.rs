@@ -100,7 +100,21 @@ pub(crate) fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Res
                 bail!("account `{name}` already exists (`cohort account list` shows it)");
             }
             let account = match patient {
-                Some(p) => cohort_engine::research::link_patient(vault.conn(), &vault, name, p)?,
+                Some(p) => {
+                    let account =
+                        cohort_engine::research::link_patient(vault.conn(), &vault, name, p)?;
+                    // With a ledger, the patient registers on chain now, so
+                    // that a refusal names the missing grant, not the role.
+                    if cohort_engine::chain::load(dir)?.is_some() {
+                        let rt = runtime()?;
+                        let (_, client) = rt.block_on(cohort_engine::chain::client(dir))?;
+                        rt.block_on(cohort_engine::access::grants::ensure_patient(
+                            &client,
+                            &cohort_engine::access::Actor::from_account(account.clone()),
+                        ))?;
+                    }
+                    account
+                }
                 None => accounts::get_or_create(vault.conn(), vault.keys(), name)?,
             };
             let info =

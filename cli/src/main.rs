@@ -44,6 +44,7 @@ mod anonymize_cli;
 mod cli_common;
 mod clinical_cli;
 mod demo;
+mod demo_clinical;
 mod dp_cli;
 mod ledger_cli;
 mod records_cli;

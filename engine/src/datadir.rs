@@ -65,7 +65,9 @@ impl DataDir {
     }
 
     /// Opens the vault with the keystore's passphrase, creating the keystore
-    /// on first use.
+    /// on first use, and with it the operator's account (`--as operator`,
+    /// the default actor): the custodian acts by its own key like everyone
+    /// else, and holds no power over records that the chain does not give.
     pub fn unlock(&self, passphrase: &str) -> Result<Vault> {
         self.unlock_with(passphrase, KdfParams::default())
     }
@@ -74,13 +76,16 @@ impl DataDir {
     pub fn unlock_with(&self, passphrase: &str, params: KdfParams) -> Result<Vault> {
         let keys = FileKeyStore::open_or_create(&self.keystore_path(), passphrase, params)?;
         let blocks = FsBlockStore::open(&self.blocks_path())?;
-        Ok(Vault::new(
-            self.connect()?,
-            Arc::new(blocks),
-            Arc::new(keys),
-        ))
+        let vault = Vault::new(self.connect()?, Arc::new(blocks), Arc::new(keys));
+        if crate::keys::accounts::address_of(vault.conn(), OPERATOR)?.is_none() {
+            crate::keys::accounts::get_or_create(vault.conn(), vault.keys(), OPERATOR)?;
+        }
+        Ok(vault)
     }
 }
+
+/// The operator's account, made with the keystore.
+pub const OPERATOR: &str = "operator";
 
 /// Below this much free space a failed write is put down to a full disk.
 const NEARLY_FULL_BYTES: u64 = 1 << 20;

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use super::{bundles, cohort, cohort_json, stderr, stdout};
+use super::{assert_fails_with, bundles, cohort, cohort_json, stderr, stdout};
 
 fn bare(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cohort"));
@@ -116,7 +116,7 @@ fn passphrase_sources_and_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let d = data.to_str().unwrap();
-    let out = bare(&["--data-dir", d, "records", "list"])
+    let out = bare(&["--data-dir", d, "account", "new", "first"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -132,13 +132,14 @@ fn passphrase_sources_and_errors() {
         d,
         "--passphrase-file",
         file.to_str().unwrap(),
-        "records",
-        "list",
+        "account",
+        "new",
+        "second",
     ])
     .output()
     .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
-    let wrong = bare(&["--data-dir", d, "records", "list"])
+    let wrong = bare(&["--data-dir", d, "account", "new", "third"])
         .env("COHORT_PASSPHRASE", "from a file?")
         .output()
         .unwrap();
@@ -154,14 +155,38 @@ fn records_history_show_and_erase() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let src = bundles(tmp.path(), 5, 2);
+    cohort_json(&data, &["ledger", "deploy"]);
     cohort_json(
         &data,
         &["ingest", src.to_str().unwrap(), "--purpose", "onboarding"],
     );
-    let list = cohort_json(&data, &["records", "list", "--limit", "500"]);
-    let patient = list[0]["patient_id"].as_str().unwrap().to_owned();
-    let record = list[0]["record_id"].as_str().unwrap().to_owned();
-    let shown = cohort_json(&data, &["--as", "dr-grey", "records", "show", &record]);
+    let conn = cohort_engine::DataDir::open(&data)
+        .unwrap()
+        .connect()
+        .unwrap();
+    let (patient, record): (String, String) = conn
+        .query_row(
+            "SELECT patient_id, record_id FROM records WHERE resource_type = 'Observation' LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    drop(conn);
+    cohort_json(&data, &["account", "new", "pat", "--patient", &patient]);
+    // A name that is not an account reads nothing.
+    let stranger = cohort(&data, &["--as", "dr-grey", "records", "show", &record]);
+    assert_fails_with(&stranger, "`dr-grey` is not an account");
+    // An account that is neither the patient nor a provider: refused, audited.
+    cohort_json(&data, &["account", "new", "dr-grey"]);
+    let refused = cohort(&data, &["--as", "dr-grey", "records", "show", &record]);
+    assert_fails_with(&refused, "is neither patient");
+    assert!(!stdout(&refused).contains("resourceType"));
+    let log = cohort_json(&data, &["audit", "log", "--target", &record]);
+    let newest = log.as_array().unwrap().last().unwrap();
+    assert_eq!(newest["actor"], "dr-grey");
+    assert_eq!(newest["action"], "read.refused");
+    // The patient reads their own record.
+    let shown = cohort_json(&data, &["--as", "pat", "records", "show", &record]);
     assert_eq!(
         format!(
             "{}/{}",
@@ -170,16 +195,35 @@ fn records_history_show_and_erase() {
         ),
         record
     );
-    let history = cohort_json(&data, &["records", "history", &record]);
+    assert_eq!(shown["emergency"], false);
+    let history = cohort_json(&data, &["--as", "pat", "records", "history", &record]);
     assert_eq!(history.as_array().unwrap().len(), 1);
     let log = cohort_json(&data, &["audit", "log", "--target", &record]);
-    assert_eq!(log[0]["actor"], "dr-grey");
-    assert_eq!(log[0]["action"], "read");
+    let newest = log.as_array().unwrap().last().unwrap();
+    assert_eq!(newest["actor"], "pat");
+    assert_eq!(newest["action"], "read");
+    // A purpose that is not one of treatment, payment, operations is refused.
+    let odd = cohort(
+        &data,
+        &[
+            "--as",
+            "pat",
+            "records",
+            "show",
+            &record,
+            "--purpose",
+            "curiosity",
+        ],
+    );
+    assert_fails_with(&odd, "not a purpose of use");
+    // The version's bytes match the anchor on chain.
+    let v = cohort_json(&data, &["records", "verify", &record]);
+    assert_eq!(v["verified"], true, "{v}");
 
     let refused = cohort(&data, &["patient", "erase", &patient]);
     assert!(!refused.status.success() && stderr(&refused).contains("--confirm"));
     cohort_json(&data, &["patient", "erase", &patient, "--confirm"]);
-    let gone = cohort(&data, &["records", "show", &record]);
+    let gone = cohort(&data, &["--as", "pat", "records", "show", &record]);
     assert!(!gone.status.success());
     assert!(stderr(&gone).contains("erased"), "{}", stderr(&gone));
     let stats = cohort_json(&data, &["stats"]);

@@ -135,7 +135,7 @@ fn deploy_to_the_embedded_chain_then_status_and_sync_survive_a_restart() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["admin", "engine"]);
+    assert_eq!(names, ["admin", "engine", "operator"]);
     let conn = rusqlite::Connection::open(dir.join("cohort.db")).unwrap();
     let engine_role: i64 = conn
         .query_row(
@@ -160,7 +160,15 @@ fn deploy_to_a_real_node_over_json_rpc() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let url = anvil.url().to_string();
-    let operator = cohort_json(dir, &["account", "new", "operator"]);
+    // The operator's account is made with the keystore.
+    let accounts = cohort_json(dir, &["account", "list"]);
+    let operator = accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "operator")
+        .expect("the operator's account")
+        .clone();
     let address: Address = operator["address"].as_str().unwrap().parse().unwrap();
 
     let unfunded = cohort(dir, &["ledger", "deploy", "--rpc-url", &url]);

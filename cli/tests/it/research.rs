@@ -136,6 +136,37 @@ fn setup_in(
     }
 }
 
+/// `name` as a credentialed provider (the role, an issuer's attestation)
+/// holding a read grant for treatment from each of `patients` (accounts).
+pub(crate) fn provider_with_grants(data: &Path, name: &str, patients: &[&str]) {
+    crate::cohort_json(data, &["account", "new", name]);
+    crate::cohort_json(data, &["account", "grant", name, "provider"]);
+    if crate::cohort(data, &["account", "new", "issuer"])
+        .status
+        .success()
+    {
+        crate::cohort_json(data, &["account", "grant", "issuer", "issuer"]);
+    }
+    crate::cohort_json(
+        data,
+        &[
+            "--as",
+            "issuer",
+            "credential",
+            "attest",
+            name,
+            "--license",
+            "MD-1",
+        ],
+    );
+    for p in patients {
+        crate::cohort_json(
+            data,
+            &["--as", p, "access", "grant", name, "--level", "read"],
+        );
+    }
+}
+
 impl Setup {
     pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.tmp.path().join(name);

@@ -728,10 +728,11 @@ fn stewards_read_the_audit_log_and_patients_only_their_own_access_log() {
         &s.data,
         &["account", "new", "patient-0", "--patient", &mine],
     );
-    let server = Server::start_env(&s.data, &[("COHORT_AUTH_SECOND_FACTOR", "false")]);
-    let steward = login(&s.data, &server, "steward-1");
-    let researcher = login(&s.data, &server, "researcher");
-    let patient = login(&s.data, &server, "patient-0");
+    crate::cohort_json(
+        &s.data,
+        &["account", "new", "patient-1", "--patient", &other],
+    );
+    crate::research::provider_with_grants(&s.data, "dr-who", &["patient-0", "patient-1"]);
     // The records of each patient, by id, from the vault.
     let conn = s.dir.connect().unwrap();
     let records_of = |pid: &str| -> Vec<String> {
@@ -744,7 +745,8 @@ fn stewards_read_the_audit_log_and_patients_only_their_own_access_log() {
     };
     let (my_records, other_records) = (records_of(&mine), records_of(&other));
     assert!(!my_records.is_empty() && !other_records.is_empty());
-    // A provider reads one record of each patient (audited reads).
+    // A provider reads one record of each patient (audited reads), before
+    // the server starts: it owns the chain, and a read is a transaction.
     for record in [&my_records[0], &other_records[0]] {
         let o = cohort(
             &s.data,
@@ -760,6 +762,10 @@ fn stewards_read_the_audit_log_and_patients_only_their_own_access_log() {
         );
         assert!(o.status.success(), "{}", stderr(&o));
     }
+    let server = Server::start_env(&s.data, &[("COHORT_AUTH_SECOND_FACTOR", "false")]);
+    let steward = login(&s.data, &server, "steward-1");
+    let researcher = login(&s.data, &server, "researcher");
+    let patient = login(&s.data, &server, "patient-0");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ch = channel(&s.data, &server.url).await;

@@ -46,6 +46,7 @@ fn stewards_and_patients_use_the_page_in_chromium() {
             |r| r.get(0),
         )
         .unwrap();
+    crate::research::provider_with_grants(&s.data, "dr-who", &["patient-0"]);
     let read = cohort(&s.data, &["records", "show", &record, "--as", "dr-who"]);
     assert!(read.status.success(), "{}", stderr(&read));
 
