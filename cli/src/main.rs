@@ -224,8 +224,9 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// Write the columnar projection as Parquet files (contains identifiers;
-    /// needs the passphrase and is audited).
+    /// Write the columnar projection as Parquet files (needs the passphrase
+    /// and is audited). Patients' direct identifiers are left out unless
+    /// --identifiers is given.
     Export {
         /// Output directory.
         #[arg(long)]
@@ -233,6 +234,12 @@ enum Command {
         /// Purpose recorded in the audit log.
         #[arg(long, default_value = "operations")]
         purpose: String,
+        /// Decrypt and write patients' names, birth dates, addresses, cities,
+        /// ZIP codes, phones, e-mails, SSNs and MRNs. Without it those columns
+        /// are null, except birth_date (the first day of the birth year, ages
+        /// over 89 collapsed) and zip (its Safe Harbor three digits).
+        #[arg(long)]
+        identifiers: bool,
     },
     /// k-anonymize a CSV or Parquet table (Mondrian), optionally with l-diversity and t-closeness.
     Anonymize(AnonymizeArgs),
@@ -583,16 +590,35 @@ anchored {} versions on chain as batch {}",
         Command::Account(cmd) => account(cli, &dir()?, cmd),
         Command::Budget(cmd) => budget(cli, cmd),
         Command::Deidentify(args) => deidentify(cli, &dir()?, args),
-        Command::Export { out, purpose } => {
-            // Plaintext PHI leaves the directory: the passphrase, and an audit entry.
+        Command::Export {
+            out,
+            purpose,
+            identifiers,
+        } => {
+            // PHI leaves the directory: the passphrase, and an audit entry
+            // that says whether identifiers went with it.
             let vault = unlock(cli, &dir()?, None)?;
-            let files = vault.export_projection(&Access::new(&cli.actor, purpose), out)?;
+            let identifiers = if *identifiers {
+                projection::Identifiers::Included
+            } else {
+                projection::Identifiers::Omitted
+            };
+            let files =
+                vault.export_projection(&Access::new(&cli.actor, purpose), out, identifiers)?;
             emit(cli, &files, || {
-                files
+                let mut lines: Vec<String> = files
                     .iter()
                     .map(|f| format!("{:<13} {:>9} rows  {}", f.table, f.rows, f.path.display()))
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                    .collect();
+                lines.push(match identifiers {
+                    projection::Identifiers::Included => {
+                        "patients' direct identifiers included (decrypted)".into()
+                    }
+                    projection::Identifiers::Omitted => "patients' direct identifiers left out \
+                         (birth_date: first day of the year; zip: three digits)"
+                        .into(),
+                });
+                lines.join("\n")
             });
             Ok(ExitCode::SUCCESS)
         }

@@ -1,7 +1,7 @@
 //! The audit chain names the first broken entry when a byte of the database
 //! file is flipped, and holds no PHI.
 
-use super::{bundles, cohort, cohort_json, column, stdout};
+use super::{bundles, cohort, cohort_json, stdout};
 
 #[test]
 fn a_flipped_byte_in_the_file_is_named() {
@@ -73,25 +73,32 @@ fn cohort_json_allow_fail(data: &std::path::Path, args: &[&str]) -> serde_json::
 fn audit_log_holds_no_phi() {
     let (tmp, _dir, vault) = super::vault();
     let b = bundles(tmp.path(), 20, 5);
-    cohort_engine::records::ingest::ingest_paths(&vault, &super::access(), &[b], false).unwrap();
+    cohort_engine::records::ingest::ingest_paths(
+        &vault,
+        &super::access(),
+        std::slice::from_ref(&b),
+        false,
+    )
+    .unwrap();
     let list = vault.list(None, 5).unwrap();
     for r in &list {
         vault.read(&super::access(), &r.record_id, None).unwrap();
     }
     // Names, phones, SSNs and birth dates of the cohort appear nowhere in the log.
-    let patients =
-        cohort_engine::records::projection::read_table(vault.conn(), "patients").unwrap();
     let mut identifiers = Vec::new();
-    for col in [
-        "family_name",
-        "phone",
-        "ssn",
-        "mrn",
-        "email",
-        "address_line",
-    ] {
-        let a = column::<arrow::array::StringArray>(&patients, col);
-        identifiers.extend(a.iter().flatten().map(str::to_owned));
+    for p in super::source_patients(&b) {
+        identifiers.extend(
+            [
+                p.family_name,
+                p.phone,
+                p.ssn,
+                p.mrn,
+                p.email,
+                p.address_line,
+            ]
+            .into_iter()
+            .flatten(),
+        );
     }
     assert!(identifiers.len() > 50);
     let mut stmt = vault

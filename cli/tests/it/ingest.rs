@@ -199,10 +199,24 @@ fn projection_has_the_five_tables_as_arrow() {
     }
     let patients = projection::read_table(vault.conn(), "patients").unwrap();
     assert_eq!(patients.num_rows(), 60);
+    // Read without keys, as research reads it: identifiers null, the ZIP
+    // cut to three digits, the birth date to the first day of its year.
     let zip = column::<StringArray>(&patients, "zip");
-    assert!(zip.iter().all(|z| z.is_some_and(|z| z.len() == 5)));
+    assert!(zip.iter().all(|z| z.is_some_and(|z| z.len() == 3)));
     let birth = column::<Date32Array>(&patients, "birth_date");
     assert_eq!(birth.null_count(), 0);
+    assert!(birth.iter().flatten().all(|d| {
+        let d =
+            chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Duration::days(d.into());
+        chrono::Datelike::ordinal(&d) == 1
+    }));
+    for name in ["family_name", "given_name", "phone", "email", "ssn", "mrn"] {
+        assert_eq!(
+            patients.column_by_name(name).unwrap().null_count(),
+            60,
+            "{name}"
+        );
+    }
     let obs = projection::read_table(vault.conn(), "observations").unwrap();
     assert_eq!(
         obs.schema()
@@ -239,7 +253,8 @@ fn export_writes_readable_parquet() {
         let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows as i64, *n, "{table}");
     }
-    // Plaintext identifiers left the directory: audited, with who and why.
+    // PHI left the directory: audited, with who, why and whether
+    // identifiers went with it (`identifiers.rs` tests what they hold).
     let entries = cohort_engine::audit::tail(vault.conn(), 5, Some("projection")).unwrap();
     let export = entries
         .iter()
@@ -247,6 +262,11 @@ fn export_writes_readable_parquet() {
         .expect("the export is audited");
     assert_eq!(export.purpose, "operations");
     assert!(export.detail.contains("patients"), "{}", export.detail);
+    assert!(
+        export.detail.contains("\"identifiers\":false"),
+        "{}",
+        export.detail
+    );
 
     // Without the passphrase, nothing is written.
     let refused = tmp.path().join("refused");

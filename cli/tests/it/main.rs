@@ -9,6 +9,7 @@ mod cli;
 mod encrypted;
 mod faults;
 mod generate;
+mod identifiers;
 mod ingest;
 mod invariant;
 mod ledger;
@@ -115,5 +116,25 @@ pub(crate) fn bundles(tmp: &Path, patients: u64, seed: u64) -> PathBuf {
     let mut opts = cohort_engine::records::generate::Options::new(patients, seed, &out);
     opts.per_bundle = 25;
     cohort_engine::records::generate::generate(&opts).unwrap();
+    out
+}
+
+/// The patients of the bundle files in `dir`, parsed from the files
+/// themselves: their identifiers as the source holds them (the projection
+/// keeps them sealed), sorted by patient id.
+pub(crate) fn source_patients(dir: &Path) -> Vec<cohort_engine::records::projection::PatientRow> {
+    use cohort_engine::records::projection::Row;
+    let mut out = Vec::new();
+    for file in cohort_engine::records::ingest::bundle_files(&[dir.to_owned()]).unwrap() {
+        let bytes = std::fs::read(&file).unwrap();
+        let bundle =
+            cohort_engine::records::fhir::parse_bundle(&file.display().to_string(), &bytes)
+                .unwrap();
+        out.extend(bundle.resources.into_iter().filter_map(|r| match r.row {
+            Row::Patient(p) => Some(p),
+            _ => None,
+        }));
+    }
+    out.sort_by(|a, b| a.patient_id.cmp(&b.patient_id));
     out
 }

@@ -231,7 +231,9 @@ pub(crate) fn store_bundle_in(
             PutOutcome::Unchanged => outcome.unchanged += 1,
         }
         if o != PutOutcome::Unchanged {
-            projection::upsert(tx, &r.row)?;
+            // put_all_in unwrapped this patient's key: the cache holds it.
+            let key = vault.data_key(tx, &mut cache, &r.patient_id, false)?;
+            projection::upsert(tx, &r.row, &key)?;
             changed = true;
         }
     }

@@ -6,9 +6,15 @@
 //! Rows live in the metadata database so that they change in the same
 //! transaction as the records they project (a bundle lands whole or not at
 //! all; an erased patient's rows go with their key). Reading converts them to
-//! Arrow in batches; `export_parquet` writes Parquet files. The projection
-//! still holds identifiers: de-identification happens when a study's view is
-//! built, never here.
+//! Arrow in batches; `export_parquet` writes Parquet files.
+//!
+//! A patient's direct identifiers are sealed at rest with their data key
+//! (`at_rest`, `sealed`): only an unlocked vault reads them, and erasing the
+//! key leaves any copy of them unreadable. What research needs of them is
+//! kept beside them as Safe Harbor generalizations (the birth year, ages
+//! over 89 collapsed; the three-digit ZIP), and [`scan`] reads those without
+//! any key. De-identification proper (pseudonyms, years of every date)
+//! still happens when a study's view is built, never here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +28,13 @@ use rusqlite::Connection;
 use rusqlite::types::{Value, ValueRef};
 use serde::Serialize;
 
+use crate::keys::keystore::SecretKey;
 use crate::{Error, Result};
+
+mod at_rest;
+mod sealed;
+
+pub(crate) use at_rest::Reading;
 
 /// A column's type in the projection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +49,32 @@ pub enum Kind {
     Float,
 }
 
+/// How a column is kept in SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtRest {
+    /// As it is.
+    Plain,
+    /// Sealed with the patient's data key: a direct identifier. Research
+    /// reads it as null.
+    Sealed,
+    /// Sealed, with its Safe Harbor generalization beside it in plaintext,
+    /// which research reads in its place.
+    Generalized(Generalization),
+}
+
+/// A Safe Harbor generalization kept in plaintext beside a sealed column,
+/// in a SQLite column of its own ([`Generalization::column`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generalization {
+    /// The year of a birth date, all years that may mean an age over 89
+    /// collapsed into one (`birth_year`). Research reads it as the first
+    /// day of that year, so Safe Harbor's `year` rule gives the same year
+    /// it would give the full date.
+    BirthYear,
+    /// The three-digit ZIP, `000` for the restricted prefixes (`zip3`).
+    Zip3,
+}
+
 /// One column of a projection table.
 #[derive(Debug, Clone, Copy)]
 pub struct Column {
@@ -46,6 +84,8 @@ pub struct Column {
     pub kind: Kind,
     /// Whether it may be null.
     pub nullable: bool,
+    /// How SQLite keeps it.
+    pub at_rest: AtRest,
 }
 
 const fn col(name: &'static str, kind: Kind, nullable: bool) -> Column {
@@ -53,6 +93,27 @@ const fn col(name: &'static str, kind: Kind, nullable: bool) -> Column {
         name,
         kind,
         nullable,
+        at_rest: AtRest::Plain,
+    }
+}
+
+/// A direct identifier: nullable, sealed at rest.
+const fn sealed(name: &'static str, kind: Kind) -> Column {
+    Column {
+        name,
+        kind,
+        nullable: true,
+        at_rest: AtRest::Sealed,
+    }
+}
+
+/// A direct identifier whose generalization research reads.
+const fn generalized(name: &'static str, kind: Kind, g: Generalization) -> Column {
+    Column {
+        name,
+        kind,
+        nullable: true,
+        at_rest: AtRest::Generalized(g),
     }
 }
 
@@ -67,6 +128,7 @@ pub struct Table {
     pub columns: &'static [Column],
 }
 
+use Generalization::{BirthYear, Zip3};
 use Kind::{Date, Float, Text, Timestamp};
 
 /// The five projection tables.
@@ -76,20 +138,20 @@ pub const TABLES: [Table; 5] = [
         sql: "proj_patients",
         columns: &[
             col("patient_id", Text, false),
-            col("family_name", Text, true),
-            col("given_name", Text, true),
-            col("birth_date", Date, true),
+            sealed("family_name", Text),
+            sealed("given_name", Text),
+            generalized("birth_date", Date, BirthYear),
             col("gender", Text, true),
             col("race", Text, true),
             col("ethnicity", Text, true),
-            col("address_line", Text, true),
-            col("city", Text, true),
+            sealed("address_line", Text),
+            sealed("city", Text),
             col("state", Text, true),
-            col("zip", Text, true),
-            col("phone", Text, true),
-            col("email", Text, true),
-            col("ssn", Text, true),
-            col("mrn", Text, true),
+            generalized("zip", Text, Zip3),
+            sealed("phone", Text),
+            sealed("email", Text),
+            sealed("ssn", Text),
+            sealed("mrn", Text),
         ],
     },
     Table {
@@ -180,7 +242,7 @@ impl Table {
 }
 
 /// A patient, flattened. Holds direct identifiers on purpose: they are what
-/// de-identification must later remove.
+/// de-identification must later remove (and what is sealed at rest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[allow(missing_docs)]
 pub struct PatientRow {
@@ -277,6 +339,17 @@ fn i<T: Into<i64> + Copy>(v: Option<T>) -> Value {
 }
 
 impl Row {
+    /// The patient the row belongs to.
+    pub fn patient_id(&self) -> &str {
+        match self {
+            Row::Patient(p) => &p.patient_id,
+            Row::Observation(o) => &o.patient_id,
+            Row::Condition(c) => &c.patient_id,
+            Row::Encounter(e) => &e.patient_id,
+            Row::Medication(m) => &m.patient_id,
+        }
+    }
+
     fn table(&self) -> &'static Table {
         let idx = match self {
             Row::Patient(_) => 0,
@@ -351,12 +424,13 @@ impl Row {
 }
 
 /// Inserts or replaces a row (a new version of a resource replaces its row).
-pub fn upsert(conn: &Connection, row: &Row) -> Result<()> {
+/// `key` is the data key of the row's patient: what in the row is
+/// identifying is sealed with it.
+pub(crate) fn upsert(conn: &Connection, row: &Row, key: &SecretKey) -> Result<()> {
     let table = row.table();
-    let cols: Vec<String> = table
-        .columns
+    let cols: Vec<String> = at_rest::stored_columns(table)
         .iter()
-        .map(|c| format!("\"{}\"", c.name))
+        .map(|c| format!("\"{c}\""))
         .collect();
     let marks = vec!["?"; cols.len()].join(", ");
     let sql = format!(
@@ -364,8 +438,10 @@ pub fn upsert(conn: &Connection, row: &Row) -> Result<()> {
         table.sql,
         cols.join(", ")
     );
+    let today = chrono::Utc::now().date_naive();
+    let values = at_rest::stored_values(table, row.values(), row.patient_id(), key, today)?;
     conn.prepare_cached(&sql)?
-        .execute(rusqlite::params_from_iter(row.values()))?;
+        .execute(rusqlite::params_from_iter(values))?;
     Ok(())
 }
 
@@ -444,17 +520,30 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
     Ok(Counts { tables })
 }
 
-/// Streams a table as Arrow record batches of at most `batch_rows` rows.
+/// Streams a table as Arrow record batches of at most `batch_rows` rows,
+/// as research reads it: no key is used, sealed identifiers are null and
+/// generalized ones hold their Safe Harbor generalization.
 pub fn scan(
     conn: &Connection,
     table: &Table,
     batch_rows: usize,
+    sink: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
+    scan_as(conn, table, batch_rows, &mut Reading::Research, sink)
+}
+
+/// [`scan`], reading sealed columns as `reading` says.
+pub(crate) fn scan_as(
+    conn: &Connection,
+    table: &Table,
+    batch_rows: usize,
+    reading: &mut Reading<'_>,
     mut sink: impl FnMut(RecordBatch) -> Result<()>,
 ) -> Result<()> {
     let cols: Vec<String> = table
         .columns
         .iter()
-        .map(|c| format!("\"{}\"", c.name))
+        .map(|c| at_rest::select(c, reading))
         .collect();
     let key = table.columns[0].name;
     let sql = format!(
@@ -466,9 +555,25 @@ pub fn scan(
     let mut rows = stmt.query([])?;
     let schema = table.schema();
     let mut builders = Builders::new(table, batch_rows);
+    let patient_col = table.columns.iter().position(|c| c.name == "patient_id");
+    let has_sealed = table.columns.iter().any(|c| c.at_rest != AtRest::Plain);
     while let Some(row) = rows.next()? {
+        let patient = match patient_col {
+            Some(i) if has_sealed => row.get::<_, String>(i)?,
+            _ => String::new(),
+        };
+        let data_key = match reading {
+            Reading::Identified(keys) if has_sealed => Some(keys(&patient)?),
+            _ => None,
+        };
         for (idx, c) in table.columns.iter().enumerate() {
-            builders.push(idx, c, row.get_ref(idx)?)?;
+            let stored = row.get_ref(idx)?;
+            if c.at_rest == AtRest::Plain {
+                builders.push(idx, c, stored)?;
+            } else {
+                let value = at_rest::read_cell(c, stored, &patient, data_key.as_ref())?;
+                builders.push(idx, c, ValueRef::from(&value))?;
+            }
         }
         builders.len += 1;
         if builders.len == batch_rows {
@@ -576,9 +681,23 @@ pub struct Exported {
     pub path: PathBuf,
 }
 
+/// Whether a read of the projection includes patients' direct identifiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identifiers {
+    /// Sealed columns are null, generalized ones generalized (as research
+    /// reads them).
+    Omitted,
+    /// Sealed columns are opened with each patient's data key.
+    Included,
+}
+
 /// Writes every table to `<dir>/<table>.parquet` (Snappy-compressed), each
-/// file replaced atomically.
-pub(crate) fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Exported>> {
+/// file replaced atomically, reading sealed columns as `reading` says.
+pub(crate) fn export_parquet(
+    conn: &Connection,
+    dir: &Path,
+    reading: &mut Reading<'_>,
+) -> Result<Vec<Exported>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
     let mut out = Vec::new();
     for table in &TABLES {
@@ -592,7 +711,7 @@ pub(crate) fn export_parquet(conn: &Connection, dir: &Path) -> Result<Vec<Export
             Some(crate::storage::tabular::parquet_properties()),
         )?;
         let mut rows = 0;
-        scan(conn, table, 65_536, |b| {
+        scan_as(conn, table, 65_536, reading, |b| {
             rows += b.num_rows();
             writer.write(&b)?;
             Ok(())

@@ -2,17 +2,19 @@
 //!
 //! It holds the wrapped data keys, the record versions (CIDs, never
 //! plaintext), the hash-chained audit log and the columnar projection that
-//! research reads. Writes that must land together (a bundle's records, its
+//! research reads (its patients' direct identifiers sealed with their data
+//! keys). Writes that must land together (a bundle's records, its
 //! projection rows and its audit entry) share one transaction.
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::Result;
 
-/// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes and reads. Version 2 seals the
+/// projection's patient identifiers; version 1 held them in plaintext.
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -96,22 +98,30 @@ CREATE TABLE IF NOT EXISTS second_factors (
 );
 
 -- The columnar projection: the current version of each resource, flattened.
+-- A patient's direct identifiers (names, full birth date, street address,
+-- city, full ZIP, phone, e-mail, SSN, MRN) are BLOBs, each sealed with the
+-- patient's data key (records/projection/sealed.rs), so erasing the key
+-- makes them unreadable too. What research reads stays plaintext: gender,
+-- race, ethnicity, state, and the Safe Harbor generalizations birth_year
+-- (ages over 89 collapsed) and zip3 (000 for the restricted prefixes).
 CREATE TABLE IF NOT EXISTS proj_patients (
     patient_id   TEXT PRIMARY KEY,
-    family_name  TEXT,
-    given_name   TEXT,
-    birth_date   INTEGER,
+    family_name  BLOB,
+    given_name   BLOB,
+    birth_date   BLOB,
+    birth_year   INTEGER,
     gender       TEXT,
     race         TEXT,
     ethnicity    TEXT,
-    address_line TEXT,
-    city         TEXT,
+    address_line BLOB,
+    city         BLOB,
     state        TEXT,
-    zip          TEXT,
-    phone        TEXT,
-    email        TEXT,
-    ssn          TEXT,
-    mrn          TEXT
+    zip          BLOB,
+    zip3         TEXT,
+    phone        BLOB,
+    email        BLOB,
+    ssn          BLOB,
+    mrn          BLOB
 );
 CREATE TABLE IF NOT EXISTS proj_observations (
     id           TEXT PRIMARY KEY,
@@ -157,7 +167,8 @@ CREATE TABLE IF NOT EXISTS proj_medications (
 CREATE INDEX IF NOT EXISTS proj_medications_by_patient ON proj_medications(patient_id);
 "#;
 
-/// Opens (creating if needed) the metadata database at `path`.
+/// Opens (creating if needed) the metadata database at `path`. A database
+/// of another schema version is refused before anything in it is changed.
 pub fn open(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -167,33 +178,102 @@ pub fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Freed pages are zeroed: a shredded data key leaves no copy in the file.
     conn.pragma_update(None, "secure_delete", "ON")?;
+    if let Some(found) = schema_version(&conn)? {
+        check_version(path, &found)?;
+    }
     conn.execute_batch(SCHEMA)?;
-    let version: Option<String> = conn
+    // OR IGNORE: two processes may create the same new file at once.
+    conn.execute(
+        "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?1)",
+        [SCHEMA_VERSION.to_string()],
+    )?;
+    Ok(conn)
+}
+
+/// The version a database says it has; `None` for a new, empty one.
+fn schema_version(conn: &Connection) -> Result<Option<String>> {
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_meta {
+        return Ok(None);
+    }
+    Ok(conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
             [],
             |r| r.get(0),
         )
-        .ok();
-    match version {
-        None => {
-            conn.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?1)",
-                [SCHEMA_VERSION.to_string()],
-            )?;
-        }
-        Some(v) if v == SCHEMA_VERSION.to_string() => {}
-        Some(v) => {
-            return Err(crate::Error::Invalid(format!(
-                "{} has schema version {v}; this build of cohort reads version {SCHEMA_VERSION}",
-                path.display()
-            )));
-        }
+        .optional()?)
+}
+
+/// Refuses any version but this build's. Version 1 cannot be converted
+/// here: sealing its plaintext identifiers needs every patient's data key,
+/// which only an unlocked vault has, so the operator re-ingests instead.
+fn check_version(path: &Path, found: &str) -> Result<()> {
+    if found == SCHEMA_VERSION.to_string() {
+        return Ok(());
     }
-    Ok(conn)
+    let why = if found == "1" {
+        " (its projection holds patients' identifiers in plaintext; version 2 keeps them \
+         encrypted and cannot convert the file in place): ingest the FHIR bundles again into \
+         a new data directory (--data-dir), then wipe this one"
+    } else {
+        ": use the build of cohort that wrote it"
+    };
+    Err(crate::Error::Invalid(format!(
+        "{} has schema version {found}; this build of cohort reads version {SCHEMA_VERSION}{why}",
+        path.display()
+    )))
 }
 
 /// Now, as the RFC 3339 UTC text every table stores.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_is_refused_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("cohort.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('schema_version', '1');
+                 CREATE TABLE proj_patients (patient_id TEXT PRIMARY KEY, ssn TEXT);",
+            )
+            .unwrap();
+        }
+        let err = open(&path).unwrap_err().to_string();
+        assert!(err.contains("schema version 1"), "{err}");
+        assert!(err.contains("ingest the FHIR bundles again"), "{err}");
+        let old = Connection::open(&path).unwrap();
+        let tables: i64 = old
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 2, "nothing was added to the old file");
+    }
+
+    #[test]
+    fn a_new_database_gets_this_version_and_reopens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("cohort.db");
+        drop(open(&path).unwrap());
+        let conn = open(&path).unwrap();
+        assert_eq!(
+            schema_version(&conn).unwrap(),
+            Some(SCHEMA_VERSION.to_string())
+        );
+    }
 }
