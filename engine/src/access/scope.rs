@@ -248,7 +248,7 @@ mod tests {
                 .to_string()
                 .contains("summary")
         );
-        for code in 1..=13 {
+        for code in 2..=13 {
             assert!(refusal(code, "dr-x", "p1", "this read").contains("dr-x"));
         }
     }

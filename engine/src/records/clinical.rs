@@ -465,7 +465,11 @@ impl<'a> Clinic<'a> {
         let conn = self.vault.conn();
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
         let access = Access::new(actor.name(), purpose.name());
-        let outcome = super::ingest::store_bundle_in(&tx, self.vault, &access, &bundle, "update")?;
+        let digest = {
+            use sha2::Digest;
+            data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(resource.json.as_slice()))
+        };
+        let outcome = super::ingest::store_bundle_in(&tx, self.vault, &access, &bundle, &digest)?;
         if outcome.created + outcome.updated == 0 {
             return Err(Error::Invalid(format!(
                 "{record_id} is unchanged: the resource equals its current version"

@@ -82,6 +82,30 @@ impl Resource {
     }
 }
 
+/// Rewrites every `reference` naming a bundle entry's fullUrl as `Type/id`.
+fn resolve_references(value: &mut Value, by_full_url: &HashMap<String, (String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    Value::String(r) if key == "reference" => {
+                        if let Some((t, id)) = by_full_url.get(r.as_str()) {
+                            *r = format!("{t}/{id}");
+                        }
+                    }
+                    other => resolve_references(other, by_full_url),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                resolve_references(v, by_full_url);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Parses and validates a bundle from JSON bytes.
 pub fn parse_bundle(source: &str, bytes: &[u8]) -> Result<Bundle> {
     let fail = |message: String| Error::Fhir {
@@ -179,7 +203,13 @@ pub fn parse_bundle(source: &str, bytes: &[u8]) -> Result<Bundle> {
         if !seen.insert((resource_type, rid.clone())) {
             return Err(ctx.err(None, "appears twice in this bundle".into()));
         }
-        let json = serde_json::to_vec(&resource).expect("a Value serializes");
+        // Stored self-contained: a reference to another entry of this
+        // bundle by its `urn:uuid:` fullUrl becomes `Type/id`, as a FHIR
+        // server does with a transaction, so that a record read later (or
+        // written back by a provider) resolves without its bundle.
+        let mut stored = resource.clone();
+        resolve_references(&mut stored, &by_full_url);
+        let json = serde_json::to_vec(&stored).expect("a Value serializes");
         let (patient_id, row) = match resource_type {
             "Patient" => patient(&ctx, &rid, resource)?,
             "Observation" => observation(&ctx, &rid, resource)?,

@@ -1,0 +1,611 @@
+//! The clinical service against the embedded chain: every way a read or a
+//! write can lack its authorization is refused, names what is missing, is
+//! audited, and decrypts nothing; what is allowed is traced on chain.
+
+use cohort_engine::access::scope::{ALL_KINDS, Level, Purpose, kind_of};
+use cohort_engine::access::{Actor, emergency, grants, notifications};
+use cohort_engine::chain::{self, DeployRequest};
+use cohort_engine::keys::{accounts, keystore::KdfParams};
+use cohort_engine::records::anchor;
+use cohort_engine::records::clinical::{Clinic, Search};
+use cohort_engine::records::vault::{Access, Vault};
+use cohort_engine::{DataDir, Error, records::generate, records::ingest};
+use cohort_ledger_bridge::{Client, Role};
+
+const FAST_KDF: KdfParams = KdfParams {
+    m_cost_kib: 1024,
+    t_cost: 1,
+    p_cost: 1,
+};
+const HOUR: u64 = 3_600;
+
+struct World {
+    _tmp: tempfile::TempDir,
+    vault: Vault,
+    client: Client,
+    rt: tokio::runtime::Runtime,
+    patient: Actor,
+    provider: Actor,
+    other_provider: Actor,
+    issuer: Actor,
+    auditor: Actor,
+    admin: Actor,
+    patient_id: String,
+    observation: String,
+    condition: String,
+}
+
+fn world() -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::open(&tmp.path().join("data")).unwrap();
+    let vault = dir.unlock_with("pw", FAST_KDF).unwrap();
+    let bundles = tmp.path().join("bundles");
+    generate::generate(&generate::Options::new(2, 5, &bundles)).unwrap();
+    ingest::ingest_paths(
+        &vault,
+        &Access::new("operator", "ingest"),
+        &[bundles],
+        false,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(chain::deploy(
+        &dir,
+        vault.conn(),
+        vault.keys(),
+        &DeployRequest {
+            rpc_url: None,
+            approvals: 1,
+            confirmations: None,
+            admin: "operator".into(),
+            redeploy: false,
+        },
+    ))
+    .unwrap();
+    let (_, client) = rt.block_on(chain::client(&dir)).unwrap();
+    let (patient_id, observation): (String, String) = vault
+        .conn()
+        .query_row(
+            "SELECT patient_id, record_id FROM records WHERE resource_type = 'Observation' ORDER BY record_id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let condition: String = vault
+        .conn()
+        .query_row(
+            "SELECT record_id FROM records WHERE resource_type = 'Condition' AND patient_id = ?1 LIMIT 1",
+            [&patient_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let patient =
+        cohort_engine::research::link_patient(vault.conn(), &vault, "pat", &patient_id).unwrap();
+    let get = |n: &str| {
+        Actor::from_account(accounts::get_or_create(vault.conn(), vault.keys(), n).unwrap())
+    };
+    let admin = get("operator");
+    let (provider, other_provider, issuer, auditor) =
+        (get("dr-a"), get("dr-b"), get("issuer"), get("auditor"));
+    for (who, role) in [
+        (&provider, Role::Provider),
+        (&provider, Role::Emergency),
+        (&other_provider, Role::Provider),
+        (&issuer, Role::Issuer),
+        (&auditor, Role::Auditor),
+    ] {
+        rt.block_on(client.grant_role(admin.account(), role, who.address()))
+            .unwrap();
+    }
+    let patient = Actor::from_account(patient);
+    rt.block_on(grants::ensure_patient(&client, &patient))
+        .unwrap();
+    World {
+        _tmp: tmp,
+        vault,
+        client,
+        rt,
+        patient,
+        provider,
+        other_provider,
+        issuer,
+        auditor,
+        admin,
+        patient_id,
+        observation,
+        condition,
+    }
+}
+
+impl World {
+    fn clinic(&self) -> Clinic<'_> {
+        Clinic::new(&self.vault, &self.client)
+    }
+
+    fn read(
+        &self,
+        who: &Actor,
+        record: &str,
+        purpose: Purpose,
+    ) -> cohort_engine::Result<cohort_engine::records::clinical::Read> {
+        self.rt
+            .block_on(self.clinic().read(who, record, None, purpose))
+    }
+
+    /// Asserts a refusal naming `what`, audited, with nothing read.
+    fn refused(&self, who: &Actor, record: &str, purpose: Purpose, what: &str) {
+        let reads_before = self.reads_of(who);
+        match self.read(who, record, purpose) {
+            Err(Error::Forbidden(m)) => assert!(m.contains(what), "{m:?} does not name {what:?}"),
+            other => panic!(
+                "expected a refusal naming {what:?}, got {:?}",
+                other.map(|r| r.version)
+            ),
+        }
+        assert_eq!(
+            self.reads_of(who),
+            reads_before,
+            "a refusal decrypts nothing"
+        );
+        let last: (String, String) = self
+            .vault
+            .conn()
+            .query_row(
+                "SELECT actor, action FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            last,
+            (who.name().to_string(), "read.refused".to_string()),
+            "the refusal is audited"
+        );
+    }
+
+    fn reads_of(&self, who: &Actor) -> i64 {
+        self.vault
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM audit WHERE actor = ?1 AND action IN ('read', 'read.emergency')",
+                [who.name()],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    fn credential(&self, who: &Actor, hours: u64) {
+        let now = self.rt.block_on(self.client.ledger().timestamp()).unwrap();
+        self.rt
+            .block_on(grants::attest_credential(
+                self.vault.conn(),
+                &self.client,
+                &self.issuer,
+                who.name(),
+                "MD",
+                now + hours * HOUR,
+            ))
+            .unwrap();
+    }
+
+    fn grant(&self, to: &Actor, level: Level, purposes: u8, kinds: u32, hours: u64) {
+        let req = grants::GrantRequest {
+            provider: to.name().into(),
+            level,
+            purposes,
+            kinds,
+            duration_secs: hours * HOUR,
+            on_behalf_of: None,
+        };
+        self.rt
+            .block_on(grants::grant(
+                self.vault.conn(),
+                &self.client,
+                &self.patient,
+                &req,
+            ))
+            .unwrap();
+    }
+
+    fn pass(&self, hours: u64) {
+        self.rt
+            .block_on(self.client.ledger().increase_time(hours * HOUR))
+            .unwrap();
+    }
+}
+
+#[test]
+fn every_missing_authorization_is_refused_by_name_audited_and_reads_nothing() {
+    let w = world();
+    let t = Purpose::Treatment;
+    // The patient reads their own.
+    let own = w.read(&w.patient, &w.observation, t).unwrap();
+    assert!(!own.emergency && own.content.starts_with(b"{"));
+    // A provider role without a credential.
+    w.refused(&w.provider, &w.observation, t, "no provider credential");
+    w.credential(&w.provider, 2);
+    w.refused(&w.provider, &w.observation, t, "holds no grant");
+    // A summary grant reads a Condition, not an Observation.
+    w.grant(
+        &w.provider,
+        Level::Summary,
+        Purpose::Treatment.bit(),
+        ALL_KINDS,
+        1,
+    );
+    assert!(w.read(&w.provider, &w.condition, t).is_ok());
+    w.refused(&w.provider, &w.observation, t, "does not reach the level");
+    // A read grant for conditions only, for treatment.
+    w.grant(
+        &w.provider,
+        Level::Read,
+        Purpose::Treatment.bit(),
+        kind_of("Condition").unwrap(),
+        1,
+    );
+    w.refused(
+        &w.provider,
+        &w.observation,
+        t,
+        "does not cover the record types",
+    );
+    w.grant(
+        &w.provider,
+        Level::Read,
+        Purpose::Treatment.bit(),
+        ALL_KINDS,
+        1,
+    );
+    w.refused(
+        &w.provider,
+        &w.observation,
+        Purpose::Payment,
+        "does not cover the purpose",
+    );
+    let read = w.read(&w.provider, &w.observation, t).unwrap();
+    assert_eq!(read.version.record_id, w.observation);
+    // Another credentialed provider without a grant.
+    w.credential(&w.other_provider, 2);
+    w.refused(&w.other_provider, &w.observation, t, "holds no grant");
+    // Expiry of the grant.
+    w.pass(1);
+    w.refused(&w.provider, &w.observation, t, "has expired");
+    // Revocation takes effect on the next call.
+    w.grant(
+        &w.provider,
+        Level::Read,
+        Purpose::Treatment.bit(),
+        ALL_KINDS,
+        24,
+    );
+    assert!(w.read(&w.provider, &w.observation, t).is_ok());
+    w.rt.block_on(grants::revoke(
+        w.vault.conn(),
+        &w.client,
+        &w.patient,
+        w.provider.name(),
+        None,
+    ))
+    .unwrap();
+    w.refused(&w.provider, &w.observation, t, "was revoked");
+    // Expiry of the credential (2 h, one has passed).
+    w.grant(
+        &w.provider,
+        Level::Read,
+        Purpose::Treatment.bit(),
+        ALL_KINDS,
+        24,
+    );
+    w.pass(1);
+    w.refused(&w.provider, &w.observation, t, "credential has expired");
+    // Not a provider at all.
+    w.refused(&w.auditor, &w.observation, t, "is neither patient");
+    // A patient with no account: nobody reads their records.
+    let orphan: String = w
+        .vault
+        .conn()
+        .query_row(
+            "SELECT record_id FROM records WHERE patient_id <> ?1 LIMIT 1",
+            [&w.patient_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    w.refused(&w.patient, &orphan, t, "has no account on chain");
+    // Every allowed read left one trace on chain, signed by the reader.
+    let reads: i64 = w
+        .vault
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE action = 'read'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reads, 4);
+}
+
+#[test]
+fn emergency_access_six_steps() {
+    let w = world();
+    let t = Purpose::Treatment;
+    w.credential(&w.provider, 48);
+    // (3) the patient set a webhook: a local receiver takes the POST.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    notifications::set_webhook(w.vault.conn(), w.patient.address(), Some(&url)).unwrap();
+    let receiver = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut got = Vec::new();
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        String::from_utf8(got).unwrap()
+    });
+    // (1) without the emergency role: refused.
+    w.credential(&w.other_provider, 48);
+    let e =
+        w.rt.block_on(emergency::trigger(
+            w.vault.conn(),
+            &w.client,
+            &w.other_provider,
+            "pat",
+            "chest pain",
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains("NotEmergencyProvider"), "{e}");
+    // (1) triggered with a reason; (2) read access that (4) is marked and traced.
+    w.refused(&w.provider, &w.observation, t, "holds no grant");
+    let opened =
+        w.rt.block_on(emergency::trigger(
+            w.vault.conn(),
+            &w.client,
+            &w.provider,
+            "pat",
+            "unconscious on arrival",
+        ))
+        .unwrap();
+    let read = w.read(&w.provider, &w.observation, t).unwrap();
+    assert!(read.emergency);
+    let action: String = w
+        .vault
+        .conn()
+        .query_row(
+            "SELECT action FROM audit WHERE actor = 'dr-a' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(action, "read.emergency");
+    // Only for treatment, only reading.
+    w.refused(
+        &w.provider,
+        &w.observation,
+        Purpose::Payment,
+        "holds no grant",
+    );
+    // (3) notified in the outbox, and delivered to the webhook.
+    let inbox = notifications::list(w.vault.conn(), w.patient.address(), true, 10).unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].kind, "emergency.opened");
+    assert_eq!(inbox[0].body["reason"], "unconscious on arrival");
+    let delivered =
+        w.rt.block_on(notifications::deliver(w.vault.conn()))
+            .unwrap();
+    assert_eq!((delivered.delivered, delivered.failed), (1, 0));
+    let request = receiver.join().unwrap();
+    assert!(request.starts_with("POST /hook"), "{request}");
+    assert!(request.contains("x-cohort-notification: "), "{request}");
+    assert!(request.contains("emergency.opened"), "{request}");
+    // Delivered once: the next round sends nothing.
+    let again =
+        w.rt.block_on(notifications::deliver(w.vault.conn()))
+            .unwrap();
+    assert_eq!((again.delivered, again.failed), (0, 0));
+    // (5) the review queue; an unjustified finding ends it and suspends.
+    let queue =
+        w.rt.block_on(emergency::queue(w.vault.conn(), &w.client, true))
+            .unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].reason.as_deref(), Some("unconscious on arrival"));
+    assert!(
+        w.rt.block_on(emergency::review(
+            w.vault.conn(),
+            &w.client,
+            &w.provider,
+            opened.id,
+            true,
+            "x"
+        ))
+        .is_err()
+    );
+    w.rt.block_on(emergency::review(
+        w.vault.conn(),
+        &w.client,
+        &w.auditor,
+        opened.id,
+        false,
+        "no emergency",
+    ))
+    .unwrap();
+    w.refused(&w.provider, &w.observation, t, "emergency access");
+    let suspended =
+        w.rt.block_on(emergency::trigger(
+            w.vault.conn(),
+            &w.client,
+            &w.provider,
+            "pat",
+            "again",
+        ))
+        .unwrap_err();
+    assert!(suspended.to_string().contains("Suspended"), "{suspended}");
+    // An admin restores; (6) the patient ends the next one early.
+    w.rt.block_on(emergency::restore(
+        w.vault.conn(),
+        &w.client,
+        &w.admin,
+        w.provider.name(),
+    ))
+    .unwrap();
+    let second =
+        w.rt.block_on(emergency::trigger(
+            w.vault.conn(),
+            &w.client,
+            &w.provider,
+            "pat",
+            "stroke",
+        ))
+        .unwrap();
+    assert!(w.read(&w.provider, &w.observation, t).is_ok());
+    w.rt.block_on(emergency::end(
+        w.vault.conn(),
+        &w.client,
+        &w.patient,
+        second.id,
+    ))
+    .unwrap();
+    w.refused(&w.provider, &w.observation, t, "emergency access");
+    // (6) or it expires on its own (24 h by default).
+    let third =
+        w.rt.block_on(emergency::trigger(
+            w.vault.conn(),
+            &w.client,
+            &w.provider,
+            "pat",
+            "fall",
+        ))
+        .unwrap();
+    assert!(third.expires_at > 0);
+    w.pass(24);
+    w.refused(&w.provider, &w.observation, t, "emergency access");
+}
+
+#[test]
+fn updates_need_write_access_and_are_anchored_and_verified() {
+    let w = world();
+    w.credential(&w.provider, 48);
+    let current = w
+        .read(&w.patient, &w.observation, Purpose::Treatment)
+        .unwrap();
+    let mut resource: serde_json::Value = serde_json::from_slice(&current.content).unwrap();
+    resource["status"] = "amended".into();
+    // Stored references are `Type/id` (ingest resolved the bundle's urn:uuids).
+    assert_eq!(
+        resource["subject"]["reference"],
+        format!("Patient/{}", w.patient_id)
+    );
+    let bytes = serde_json::to_vec(&resource).unwrap();
+    // A read grant does not write.
+    w.grant(
+        &w.provider,
+        Level::Read,
+        Purpose::Treatment.bit(),
+        ALL_KINDS,
+        1,
+    );
+    let e =
+        w.rt.block_on(w.clinic().update(&w.provider, &bytes, Purpose::Treatment))
+            .unwrap_err();
+    assert!(
+        matches!(&e, Error::Forbidden(m) if m.contains("does not reach the level")),
+        "{e}"
+    );
+    assert_eq!(
+        w.vault.history(&w.observation).unwrap().len(),
+        1,
+        "nothing stored"
+    );
+    // A write grant does, and the version is anchored by the writer.
+    w.grant(
+        &w.provider,
+        Level::Write,
+        Purpose::Treatment.bit(),
+        ALL_KINDS,
+        1,
+    );
+    let u =
+        w.rt.block_on(w.clinic().update(&w.provider, &bytes, Purpose::Treatment))
+            .unwrap();
+    assert_eq!((u.version.version, u.created), (2, false));
+    let v =
+        w.rt.block_on(anchor::verify(&w.vault, &w.client, &w.observation, None))
+            .unwrap();
+    assert!(v.verified && v.anchor.starts_with("update tx"), "{v:?}");
+    // The ingested version: anchored in a batch once the engine anchors.
+    let pending =
+        w.rt.block_on(anchor::verify(&w.vault, &w.client, &w.observation, Some(1)))
+            .unwrap();
+    assert!(!pending.verified, "{pending:?}");
+    let engine = accounts::get(w.vault.conn(), w.vault.keys(), "engine").unwrap();
+    let batch =
+        w.rt.block_on(anchor::anchor_pending(w.vault.conn(), &w.client, &engine))
+            .unwrap()
+            .unwrap();
+    assert!(batch.count > 1);
+    let first =
+        w.rt.block_on(anchor::verify(&w.vault, &w.client, &w.observation, Some(1)))
+            .unwrap();
+    assert!(first.verified, "{first:?}");
+    // A block whose bytes change no longer verifies.
+    let blocks = cohort_engine::storage::blockstore::FsBlockStore::open(
+        &w._tmp.path().join("data").join("blocks"),
+    )
+    .unwrap();
+    let path = blocks.path_of(&first.cid);
+    let mut raw = std::fs::read(&path).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    std::fs::write(&path, &raw).unwrap();
+    let tampered =
+        w.rt.block_on(anchor::verify(&w.vault, &w.client, &w.observation, Some(1)))
+            .unwrap();
+    assert!(
+        !tampered.verified && tampered.problem.is_some(),
+        "{tampered:?}"
+    );
+    // A resource of another patient cannot be written over this one.
+    let mut moved = resource.clone();
+    moved["subject"]["reference"] = "Patient/someone-else".into();
+    let e =
+        w.rt.block_on(w.clinic().update(
+            &w.provider,
+            &serde_json::to_vec(&moved).unwrap(),
+            Purpose::Treatment,
+        ))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("someone-else") || e.to_string().contains("another patient"),
+        "{e}"
+    );
+    // Search: one trace for the patient's conditions.
+    let found =
+        w.rt.block_on(w.clinic().search(
+            &w.provider,
+            &Search {
+                patient: "pat".into(),
+                types: vec!["Condition".into()],
+                ..Default::default()
+            },
+            Purpose::Treatment,
+        ))
+        .unwrap();
+    assert!(!found.is_empty() && found.iter().all(|r| r.version.resource_type == "Condition"));
+}
