@@ -517,7 +517,12 @@ anchored {} versions on chain as batch {}",
             }
             let dir = dir()?;
             let vault = unlock(cli, &dir, None)?;
-            let access = Access::new(&cli.actor, purpose);
+            let actor = cohort_engine::access::Actor::authenticate(
+                vault.conn(),
+                vault.keys(),
+                &cli.actor,
+            )?;
+            let access = Access::new(actor.name(), purpose);
             // With a ledger, erasure withdraws the patient's consents first.
             let e = runtime()?.block_on(cohort_engine::research::erase(
                 &dir, &vault, &access, patient,
@@ -603,8 +608,13 @@ anchored {} versions on chain as batch {}",
             } else {
                 projection::Identifiers::Omitted
             };
+            let actor = cohort_engine::access::Actor::authenticate(
+                vault.conn(),
+                vault.keys(),
+                &cli.actor,
+            )?;
             let files =
-                vault.export_projection(&Access::new(&cli.actor, purpose), out, identifiers)?;
+                vault.export_projection(&Access::new(actor.name(), purpose), out, identifiers)?;
             emit(cli, &files, || {
                 let mut lines: Vec<String> = files
                     .iter()
