@@ -1,6 +1,7 @@
 //! The study API over gRPC (`proto/cohort/v1/cohort.proto`): studies,
-//! consent, compensation, the audit log and a patient's access log, each call the same [`Session`] method the CLI
-//! calls, acting for the signed-in account, its transactions signed with
+//! consent, compensation, the audit log and a patient's access log, each
+//! call the same [`Session`] method the CLI calls (the clinical service is
+//! in [`crate::clinical_api`]), acting for the signed-in account, its transactions signed with
 //! that account's key from the keystore. What an account may do is decided
 //! on chain by the research path, exactly as for the CLI; this layer only
 //! names the caller.
@@ -13,6 +14,8 @@ use tonic::{Request, Response, Status};
 
 use super::gate::Gate;
 use super::{account_name, status};
+use cohort_engine::access::{Actor, patients};
+use cohort_engine::records::vault::Vault;
 use cohort_engine::research::study::StudyFile;
 use cohort_engine::research::{self, Session, Viewer};
 use cohort_engine::{DataDir, audit};
@@ -29,11 +32,23 @@ pub struct StudyApi {
     session: Arc<Session>,
     dir: DataDir,
     gate: Arc<Gate>,
+    /// `https` or `http`: how the server is reached (for the FHIR API's URLs).
+    scheme: &'static str,
 }
 
 impl StudyApi {
-    pub(crate) fn new(session: Arc<Session>, dir: DataDir, gate: Arc<Gate>) -> StudyApi {
-        StudyApi { session, dir, gate }
+    pub(crate) fn new(
+        session: Arc<Session>,
+        dir: DataDir,
+        gate: Arc<Gate>,
+        scheme: &'static str,
+    ) -> StudyApi {
+        StudyApi {
+            session,
+            dir,
+            gate,
+            scheme,
+        }
     }
 
     /// Runs `call` for the signed-in caller on a blocking thread: the
@@ -49,20 +64,56 @@ impl StudyApi {
     where
         T: Send + 'static,
     {
+        let dir = self.dir.clone();
+        self.on_blocking_thread(request, what, move |session, name, handle| {
+            let conn = dir.connect()?;
+            let account = session.account(&conn, name)?;
+            handle.block_on(call(session, &conn, &account))
+        })
+        .await
+    }
+
+    /// Runs `call` as the signed-in caller's [`Actor`] over a vault of its
+    /// own (the clinical service), on a blocking thread.
+    pub(crate) async fn as_actor<T, R>(
+        &self,
+        request: &Request<R>,
+        what: &'static str,
+        call: impl AsyncFnOnce(&Session, &Vault, &Actor) -> cohort_engine::Result<T> + Send + 'static,
+    ) -> Result<Response<T>, Status>
+    where
+        T: Send + 'static,
+    {
+        self.on_blocking_thread(request, what, move |session, name, handle| {
+            let vault = session.vault()?;
+            let actor = Actor::from_account(session.account(vault.conn(), name)?);
+            handle.block_on(call(session, &vault, &actor))
+        })
+        .await
+    }
+
+    /// Names the caller (the gate), then runs `work` for that account's
+    /// name on a blocking thread, logging the outcome.
+    async fn on_blocking_thread<T, R>(
+        &self,
+        request: &Request<R>,
+        what: &'static str,
+        work: impl FnOnce(&Session, &str, &tokio::runtime::Handle) -> cohort_engine::Result<T>
+        + Send
+        + 'static,
+    ) -> Result<Response<T>, Status>
+    where
+        T: Send + 'static,
+    {
         let address = self.gate.caller(request).await?;
         let name = account_name(&self.dir, address)?;
         let session = Arc::clone(&self.session);
-        let dir = self.dir.clone();
         let handle = tokio::runtime::Handle::current();
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let conn = dir.connect()?;
-            let account = session.account(&conn, &name)?;
-            handle.block_on(call(&session, &conn, &account))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
-        .map_err(status);
+        let result = tokio::task::spawn_blocking(move || work(&session, &name, &handle))
+            .await
+            .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+            .map_err(status);
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(_) => tracing::info!(account = %address, call = what, elapsed_ms, "done"),
@@ -71,6 +122,21 @@ impl StudyApi {
             }
         }
         result.map(Response::new)
+    }
+
+    /// The data directory.
+    pub(crate) fn dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    /// The gate every call passes.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// `https` or `http`.
+    pub(crate) fn scheme(&self) -> &'static str {
+        self.scheme
     }
 }
 
@@ -425,5 +491,24 @@ impl pb::roles_server::Roles for StudyApi {
         request: Request<pb::RoleChange>,
     ) -> Result<Response<pb::RoleChanged>, Status> {
         self.change_role(request, false).await
+    }
+
+    /// The caller's own account: its roles on chain now and its patient link.
+    async fn me(&self, request: Request<pb::MeRequest>) -> Result<Response<pb::Identity>, Status> {
+        self.as_actor(&request, "account.me", async move |s, vault, me| {
+            let mut roles = Vec::new();
+            for role in Role::ALL {
+                if s.has_role(role, me.address()).await? {
+                    roles.push(role.name().to_string());
+                }
+            }
+            Ok(pb::Identity {
+                account: me.name().to_string(),
+                address: me.address().to_checksum(None),
+                roles,
+                patient_id: patients::of_account(vault.conn(), me.name())?.map(|p| p.patient_id),
+            })
+        })
+        .await
     }
 }

@@ -14,12 +14,16 @@
 //! may ask.
 //!
 //! The same port serves the study API ([`api`], gRPC from
-//! `proto/cohort/v1/cohort.proto`) under the same tokens, and the standard
-//! gRPC health service.
+//! `proto/cohort/v1/cohort.proto`) and the clinical service
+//! ([`clinical_api`]) under the same tokens, a FHIR R4 REST API over the
+//! clinical service ([`fhir`], under `/fhir`), the web page ([`web`]), and
+//! the standard gRPC health service.
 
 pub mod api;
 pub mod auth;
+pub mod clinical_api;
 pub mod config;
+pub mod fhir;
 pub mod flight;
 pub mod gate;
 pub mod sign_in;
@@ -85,7 +89,8 @@ pub async fn serve(
         dir.clone(),
         config.auth.second_factor,
     ));
-    let api = api::StudyApi::new(Arc::clone(&session), dir.clone(), Arc::clone(&gate));
+    let scheme = if identity.is_some() { "https" } else { "http" };
+    let api = api::StudyApi::new(Arc::clone(&session), dir.clone(), Arc::clone(&gate), scheme);
     let service = flight::Research::new(session, dir.clone(), gate);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -141,13 +146,18 @@ pub async fn serve(
         )
         .add_service(
             api::pb::roles_server::RolesServer::new(api.clone()).max_decoding_message_size(max),
+        )
+        .add_service(
+            api::pb::clinical_server::ClinicalServer::new(api.clone())
+                .max_decoding_message_size(max),
         );
     // The web page and its JSON API beside the gRPC services, on one port;
     // browsers may speak HTTP/1.1.
     let routes = grpc
         .routes()
         .into_axum_router()
-        .merge(web::router(api))
+        .merge(web::router(api.clone()))
+        .merge(fhir::router(api))
         .layer(axum::extract::DefaultBodyLimit::max(max));
     let server = builder
         .accept_http1(true)
@@ -199,9 +209,11 @@ pub(crate) fn status(e: Error) -> Status {
     match e {
         Error::NotFound(_) => Status::not_found(message),
         Error::Forbidden(_) => Status::permission_denied(message),
-        Error::Invalid(_) | Error::Query(_) | Error::Anonymizer(_) | Error::Uncommitted { .. } => {
-            Status::invalid_argument(message)
-        }
+        Error::Invalid(_)
+        | Error::Fhir { .. }
+        | Error::Query(_)
+        | Error::Anonymizer(_)
+        | Error::Uncommitted { .. } => Status::invalid_argument(message),
         Error::Ledger(_) => Status::failed_precondition(message),
         // Charged without an answer: the same status and message for every
         // way a query can end so.

@@ -102,7 +102,7 @@ fn refusal(s: tonic::Status) -> Response {
 }
 
 /// `message` as a gRPC request carrying the browser's `authorization`.
-fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+pub(crate) fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     if let Some(v) = headers
         .get(header::AUTHORIZATION)

@@ -8,6 +8,7 @@ mod cid;
 mod cli;
 mod encrypted;
 mod faults;
+mod fhir;
 mod generate;
 mod identifiers;
 mod ingest;

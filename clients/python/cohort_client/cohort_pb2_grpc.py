@@ -761,6 +761,771 @@ class Records:
             _registered_method=True)
 
 
+class ClinicalStub:
+    """Clinical records under the chain's control (`cohort records`, `cohort
+    access`, `cohort emergency`, `cohort notifications`, `cohort credential`).
+    Every call acts as the signed-in account, signing its own transactions:
+    the contract decides each read (a grant covering the level, purpose and
+    record types, a delegation, or an open emergency override) before
+    anything is decrypted, and a refusal is PERMISSION_DENIED naming the
+    missing authorization (and audited). Unknown records or accounts are
+    NOT_FOUND, bad input INVALID_ARGUMENT.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReadRecord = channel.unary_unary(
+                '/cohort.v1.Clinical/ReadRecord',
+                request_serializer=cohort__pb2.ReadRecordRequest.SerializeToString,
+                response_deserializer=cohort__pb2.ClinicalRecord.FromString,
+                _registered_method=True)
+        self.SearchRecords = channel.unary_unary(
+                '/cohort.v1.Clinical/SearchRecords',
+                request_serializer=cohort__pb2.SearchRecordsRequest.SerializeToString,
+                response_deserializer=cohort__pb2.ClinicalRecords.FromString,
+                _registered_method=True)
+        self.UpdateRecord = channel.unary_unary(
+                '/cohort.v1.Clinical/UpdateRecord',
+                request_serializer=cohort__pb2.UpdateRecordRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RecordUpdated.FromString,
+                _registered_method=True)
+        self.Grant = channel.unary_unary(
+                '/cohort.v1.Clinical/Grant',
+                request_serializer=cohort__pb2.AccessGrantRequest.SerializeToString,
+                response_deserializer=cohort__pb2.AccessChanged.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/cohort.v1.Clinical/Revoke',
+                request_serializer=cohort__pb2.AccessRevokeRequest.SerializeToString,
+                response_deserializer=cohort__pb2.AccessChanged.FromString,
+                _registered_method=True)
+        self.Delegate = channel.unary_unary(
+                '/cohort.v1.Clinical/Delegate',
+                request_serializer=cohort__pb2.DelegateRequest.SerializeToString,
+                response_deserializer=cohort__pb2.AccessChanged.FromString,
+                _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/cohort.v1.Clinical/ListGrants',
+                request_serializer=cohort__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=cohort__pb2.GrantList.FromString,
+                _registered_method=True)
+        self.ReadLog = channel.unary_unary(
+                '/cohort.v1.Clinical/ReadLog',
+                request_serializer=cohort__pb2.ReadLogRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RecordReads.FromString,
+                _registered_method=True)
+        self.Notifications = channel.unary_unary(
+                '/cohort.v1.Clinical/Notifications',
+                request_serializer=cohort__pb2.NotificationsRequest.SerializeToString,
+                response_deserializer=cohort__pb2.NotificationList.FromString,
+                _registered_method=True)
+        self.MarkNotificationsRead = channel.unary_unary(
+                '/cohort.v1.Clinical/MarkNotificationsRead',
+                request_serializer=cohort__pb2.MarkReadRequest.SerializeToString,
+                response_deserializer=cohort__pb2.MarkedRead.FromString,
+                _registered_method=True)
+        self.SetWebhook = channel.unary_unary(
+                '/cohort.v1.Clinical/SetWebhook',
+                request_serializer=cohort__pb2.SetWebhookRequest.SerializeToString,
+                response_deserializer=cohort__pb2.WebhookSet.FromString,
+                _registered_method=True)
+        self.TriggerEmergency = channel.unary_unary(
+                '/cohort.v1.Clinical/TriggerEmergency',
+                request_serializer=cohort__pb2.TriggerEmergencyRequest.SerializeToString,
+                response_deserializer=cohort__pb2.EmergencyOpened.FromString,
+                _registered_method=True)
+        self.ReviewEmergency = channel.unary_unary(
+                '/cohort.v1.Clinical/ReviewEmergency',
+                request_serializer=cohort__pb2.ReviewEmergencyRequest.SerializeToString,
+                response_deserializer=cohort__pb2.AccessChanged.FromString,
+                _registered_method=True)
+        self.EndEmergency = channel.unary_unary(
+                '/cohort.v1.Clinical/EndEmergency',
+                request_serializer=cohort__pb2.EmergencyRef.SerializeToString,
+                response_deserializer=cohort__pb2.AccessChanged.FromString,
+                _registered_method=True)
+        self.EmergencyQueue = channel.unary_unary(
+                '/cohort.v1.Clinical/EmergencyQueue',
+                request_serializer=cohort__pb2.EmergencyQueueRequest.SerializeToString,
+                response_deserializer=cohort__pb2.EmergencyList.FromString,
+                _registered_method=True)
+        self.AttestCredential = channel.unary_unary(
+                '/cohort.v1.Clinical/AttestCredential',
+                request_serializer=cohort__pb2.AttestCredentialRequest.SerializeToString,
+                response_deserializer=cohort__pb2.AccessChanged.FromString,
+                _registered_method=True)
+
+
+class ClinicalServicer:
+    """Clinical records under the chain's control (`cohort records`, `cohort
+    access`, `cohort emergency`, `cohort notifications`, `cohort credential`).
+    Every call acts as the signed-in account, signing its own transactions:
+    the contract decides each read (a grant covering the level, purpose and
+    record types, a delegation, or an open emergency override) before
+    anything is decrypted, and a refusal is PERMISSION_DENIED naming the
+    missing authorization (and audited). Unknown records or accounts are
+    NOT_FOUND, bad input INVALID_ARGUMENT.
+    """
+
+    def ReadRecord(self, request, context):
+        """As `cohort records show RECORD`: one record, traced on chain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchRecords(self, request, context):
+        """As `cohort records search --patient P`: the current version of a
+        patient's records matching the filters, one on-chain trace for all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRecord(self, request, context):
+        """As `cohort records update FILE`: stores a FHIR resource as a new record
+        or a new version (needs write access), anchored on chain by the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Grant(self, request, context):
+        """As `cohort access grant PROVIDER`: the caller (a patient, or a delegate
+        with `on_behalf_of`) grants a provider access.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """As `cohort access revoke PROVIDER`: takes effect at the provider's next call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delegate(self, request, context):
+        """As `cohort access delegate DELEGATE`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrants(self, request, context):
+        """As `cohort access list`: the grants on the caller's own records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadLog(self, request, context):
+        """As `cohort access log`: every on-chain read of the caller's own records
+        (who, when, purpose, emergency or not), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Notifications(self, request, context):
+        """As `cohort notifications list`: the caller's notifications, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkNotificationsRead(self, request, context):
+        """Marks the caller's notifications up to `up_to` read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetWebhook(self, request, context):
+        """As `cohort notifications webhook URL`: where the caller's notifications
+        are POSTed (unset: none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerEmergency(self, request, context):
+        """As `cohort emergency trigger PATIENT --reason R`: the caller (a
+        credentialed provider holding the emergency role) opens an override.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewEmergency(self, request, context):
+        """As `cohort emergency review ID`: the caller (an auditor) judges an override.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndEmergency(self, request, context):
+        """As `cohort emergency end ID`: the patient, a delegate, the provider or an auditor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmergencyQueue(self, request, context):
+        """As `cohort emergency list`: the overrides, newest first. Only for
+        accounts holding the auditor or admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttestCredential(self, request, context):
+        """As `cohort credential attest PROVIDER`: the caller (an issuer) attests a
+        provider's licence (only its hash goes on chain).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ClinicalServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReadRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadRecord,
+                    request_deserializer=cohort__pb2.ReadRecordRequest.FromString,
+                    response_serializer=cohort__pb2.ClinicalRecord.SerializeToString,
+            ),
+            'SearchRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchRecords,
+                    request_deserializer=cohort__pb2.SearchRecordsRequest.FromString,
+                    response_serializer=cohort__pb2.ClinicalRecords.SerializeToString,
+            ),
+            'UpdateRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRecord,
+                    request_deserializer=cohort__pb2.UpdateRecordRequest.FromString,
+                    response_serializer=cohort__pb2.RecordUpdated.SerializeToString,
+            ),
+            'Grant': grpc.unary_unary_rpc_method_handler(
+                    servicer.Grant,
+                    request_deserializer=cohort__pb2.AccessGrantRequest.FromString,
+                    response_serializer=cohort__pb2.AccessChanged.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=cohort__pb2.AccessRevokeRequest.FromString,
+                    response_serializer=cohort__pb2.AccessChanged.SerializeToString,
+            ),
+            'Delegate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delegate,
+                    request_deserializer=cohort__pb2.DelegateRequest.FromString,
+                    response_serializer=cohort__pb2.AccessChanged.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=cohort__pb2.ListGrantsRequest.FromString,
+                    response_serializer=cohort__pb2.GrantList.SerializeToString,
+            ),
+            'ReadLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadLog,
+                    request_deserializer=cohort__pb2.ReadLogRequest.FromString,
+                    response_serializer=cohort__pb2.RecordReads.SerializeToString,
+            ),
+            'Notifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.Notifications,
+                    request_deserializer=cohort__pb2.NotificationsRequest.FromString,
+                    response_serializer=cohort__pb2.NotificationList.SerializeToString,
+            ),
+            'MarkNotificationsRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkNotificationsRead,
+                    request_deserializer=cohort__pb2.MarkReadRequest.FromString,
+                    response_serializer=cohort__pb2.MarkedRead.SerializeToString,
+            ),
+            'SetWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWebhook,
+                    request_deserializer=cohort__pb2.SetWebhookRequest.FromString,
+                    response_serializer=cohort__pb2.WebhookSet.SerializeToString,
+            ),
+            'TriggerEmergency': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerEmergency,
+                    request_deserializer=cohort__pb2.TriggerEmergencyRequest.FromString,
+                    response_serializer=cohort__pb2.EmergencyOpened.SerializeToString,
+            ),
+            'ReviewEmergency': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewEmergency,
+                    request_deserializer=cohort__pb2.ReviewEmergencyRequest.FromString,
+                    response_serializer=cohort__pb2.AccessChanged.SerializeToString,
+            ),
+            'EndEmergency': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndEmergency,
+                    request_deserializer=cohort__pb2.EmergencyRef.FromString,
+                    response_serializer=cohort__pb2.AccessChanged.SerializeToString,
+            ),
+            'EmergencyQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmergencyQueue,
+                    request_deserializer=cohort__pb2.EmergencyQueueRequest.FromString,
+                    response_serializer=cohort__pb2.EmergencyList.SerializeToString,
+            ),
+            'AttestCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttestCredential,
+                    request_deserializer=cohort__pb2.AttestCredentialRequest.FromString,
+                    response_serializer=cohort__pb2.AccessChanged.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cohort.v1.Clinical', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cohort.v1.Clinical', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Clinical:
+    """Clinical records under the chain's control (`cohort records`, `cohort
+    access`, `cohort emergency`, `cohort notifications`, `cohort credential`).
+    Every call acts as the signed-in account, signing its own transactions:
+    the contract decides each read (a grant covering the level, purpose and
+    record types, a delegation, or an open emergency override) before
+    anything is decrypted, and a refusal is PERMISSION_DENIED naming the
+    missing authorization (and audited). Unknown records or accounts are
+    NOT_FOUND, bad input INVALID_ARGUMENT.
+    """
+
+    @staticmethod
+    def ReadRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/ReadRecord',
+            cohort__pb2.ReadRecordRequest.SerializeToString,
+            cohort__pb2.ClinicalRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/SearchRecords',
+            cohort__pb2.SearchRecordsRequest.SerializeToString,
+            cohort__pb2.ClinicalRecords.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/UpdateRecord',
+            cohort__pb2.UpdateRecordRequest.SerializeToString,
+            cohort__pb2.RecordUpdated.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Grant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/Grant',
+            cohort__pb2.AccessGrantRequest.SerializeToString,
+            cohort__pb2.AccessChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/Revoke',
+            cohort__pb2.AccessRevokeRequest.SerializeToString,
+            cohort__pb2.AccessChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delegate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/Delegate',
+            cohort__pb2.DelegateRequest.SerializeToString,
+            cohort__pb2.AccessChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/ListGrants',
+            cohort__pb2.ListGrantsRequest.SerializeToString,
+            cohort__pb2.GrantList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/ReadLog',
+            cohort__pb2.ReadLogRequest.SerializeToString,
+            cohort__pb2.RecordReads.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Notifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/Notifications',
+            cohort__pb2.NotificationsRequest.SerializeToString,
+            cohort__pb2.NotificationList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkNotificationsRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/MarkNotificationsRead',
+            cohort__pb2.MarkReadRequest.SerializeToString,
+            cohort__pb2.MarkedRead.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/SetWebhook',
+            cohort__pb2.SetWebhookRequest.SerializeToString,
+            cohort__pb2.WebhookSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerEmergency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/TriggerEmergency',
+            cohort__pb2.TriggerEmergencyRequest.SerializeToString,
+            cohort__pb2.EmergencyOpened.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewEmergency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/ReviewEmergency',
+            cohort__pb2.ReviewEmergencyRequest.SerializeToString,
+            cohort__pb2.AccessChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndEmergency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/EndEmergency',
+            cohort__pb2.EmergencyRef.SerializeToString,
+            cohort__pb2.AccessChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmergencyQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/EmergencyQueue',
+            cohort__pb2.EmergencyQueueRequest.SerializeToString,
+            cohort__pb2.EmergencyList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttestCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/AttestCredential',
+            cohort__pb2.AttestCredentialRequest.SerializeToString,
+            cohort__pb2.AccessChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class RolesStub:
     """Roles on the ledger, changed by an administrator (the admin role, checked
     by the contract) through the running server, which owns the embedded
@@ -782,6 +1547,11 @@ class RolesStub:
                 '/cohort.v1.Roles/Revoke',
                 request_serializer=cohort__pb2.RoleChange.SerializeToString,
                 response_deserializer=cohort__pb2.RoleChanged.FromString,
+                _registered_method=True)
+        self.Me = channel.unary_unary(
+                '/cohort.v1.Roles/Me',
+                request_serializer=cohort__pb2.MeRequest.SerializeToString,
+                response_deserializer=cohort__pb2.Identity.FromString,
                 _registered_method=True)
 
 
@@ -805,6 +1575,14 @@ class RolesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Me(self, request, context):
+        """The caller's own account: its roles on chain now and the patient it is
+        linked to (what the web page shows it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -817,6 +1595,11 @@ def add_RolesServicer_to_server(servicer, server):
                     servicer.Revoke,
                     request_deserializer=cohort__pb2.RoleChange.FromString,
                     response_serializer=cohort__pb2.RoleChanged.SerializeToString,
+            ),
+            'Me': grpc.unary_unary_rpc_method_handler(
+                    servicer.Me,
+                    request_deserializer=cohort__pb2.MeRequest.FromString,
+                    response_serializer=cohort__pb2.Identity.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -876,6 +1659,33 @@ class Roles:
             '/cohort.v1.Roles/Revoke',
             cohort__pb2.RoleChange.SerializeToString,
             cohort__pb2.RoleChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Me(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Roles/Me',
+            cohort__pb2.MeRequest.SerializeToString,
+            cohort__pb2.Identity.FromString,
             options,
             channel_credentials,
             insecure,
