@@ -65,6 +65,15 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let access = Access::new("operator", "ingest");
 
+    // A warm-up ingest (untimed): the page cache, the thread pool.
+    let warm = DataDir::open(&tmp.path().join("warm"))?;
+    ingest::ingest_paths(
+        &warm.unlock_with("pw", fast)?,
+        &access,
+        std::slice::from_ref(&bundles),
+        false,
+    )?;
+
     // Ingest without a ledger: the vault and projection only.
     let plain = DataDir::open(&tmp.path().join("plain"))?;
     let vault = plain.unlock_with("pw", fast)?;
