@@ -364,6 +364,12 @@ impl<'a> Clinic<'a> {
             &what,
         )
         .await?;
+        // The trace names every record the search considers, before any is
+        // decrypted; the code and date filters then apply to the plaintext.
+        let ids: Vec<&str> = versions.iter().map(|rv| rv.record_id.as_str()).collect();
+        let emergency = self
+            .trace(actor, &patient, &ids, kinds.max(1), purpose, &target)
+            .await?;
         let mut reads = Vec::with_capacity(versions.len());
         for rv in versions {
             let content = self.vault.decrypt_version(&rv)?;
@@ -371,10 +377,6 @@ impl<'a> Clinic<'a> {
                 reads.push((rv, content));
             }
         }
-        let ids: Vec<&str> = reads.iter().map(|(rv, _)| rv.record_id.as_str()).collect();
-        let emergency = self
-            .trace(actor, &patient, &ids, kinds.max(1), purpose, &target)
-            .await?;
         let audited: Vec<(RecordVersion, bool)> = reads
             .iter()
             .map(|(rv, _)| (rv.clone(), emergency))
