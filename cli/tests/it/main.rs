@@ -2,6 +2,7 @@
 //! foundation. Tests that need a real external tool (Debian's `ipfs_cid`) fail
 //! with instructions when it is missing rather than skip.
 
+mod access;
 mod audit;
 mod chaos;
 mod cid;
