@@ -49,6 +49,42 @@ use cohort_engine::{DataDir, Error, Result, chain, keys::accounts};
 /// answers for the whole server).
 pub const FLIGHT_SERVICE: &str = "arrow.flight.protocol.FlightService";
 
+/// How often the server pushes queued notifications to their webhooks.
+const WEBHOOK_ROUND: Duration = Duration::from_secs(15);
+
+/// Pushes the notification outbox to webhooks every [`WEBHOOK_ROUND`], on
+/// a thread of its own (its SQLite connection is not shared), for as long
+/// as the process runs; a failed POST stays queued for the next round.
+fn deliver_notifications(dir: DataDir) {
+    let spawned = std::thread::Builder::new()
+        .name("cohort-webhooks".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            loop {
+                std::thread::sleep(WEBHOOK_ROUND);
+                let round = dir.connect().map_err(|e| e.to_string()).and_then(|conn| {
+                    rt.block_on(cohort_engine::access::notifications::deliver(&conn))
+                        .map_err(|e| e.to_string())
+                });
+                match round {
+                    Ok(r) if r.delivered + r.failed > 0 => {
+                        tracing::info!(delivered = r.delivered, failed = r.failed, "webhooks")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "webhook round failed"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no webhook thread: notifications stay in the outbox");
+    }
+}
+
 /// Serves `session` until `shutdown` resolves. Then the health service
 /// says NOT_SERVING, no new call is accepted, and the calls in flight have
 /// `[server] shutdown_grace_secs` to finish before they are dropped (a
@@ -83,6 +119,7 @@ pub async fn serve(
         Duration::from_secs(config.auth.token_ttl_secs),
     ));
     let session = Arc::new(session);
+    deliver_notifications(dir.clone());
     let gate = Arc::new(gate::Gate::new(
         auth,
         Arc::clone(&session),
