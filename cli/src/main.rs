@@ -43,6 +43,7 @@ mod account_cli;
 mod anonymize_cli;
 mod cli_common;
 mod clinical_cli;
+mod clinical_remote;
 mod demo;
 mod demo_clinical;
 mod dp_cli;
@@ -204,20 +205,36 @@ enum Command {
     /// Row counts of the columnar projection.
     Stats,
     /// Clinical records: read, search, update and verify, each decided by the chain.
-    #[command(subcommand)]
-    Records(RecordsCmd),
+    Records {
+        #[command(flatten)]
+        remote: clinical_remote::Remote,
+        #[command(subcommand)]
+        cmd: RecordsCmd,
+    },
     /// A patient's grants to providers and delegates: grant, revoke, list, the read log.
-    #[command(subcommand)]
-    Access(AccessCmd),
+    Access {
+        #[command(flatten)]
+        remote: clinical_remote::Remote,
+        #[command(subcommand)]
+        cmd: AccessCmd,
+    },
     /// Provider credentials, attested by an issuer.
     #[command(subcommand)]
     Credential(CredentialCmd),
     /// Emergency access: trigger, review, end, restore, the review queue.
-    #[command(subcommand)]
-    Emergency(EmergencyCmd),
+    Emergency {
+        #[command(flatten)]
+        remote: clinical_remote::Remote,
+        #[command(subcommand)]
+        cmd: EmergencyCmd,
+    },
     /// The notification outbox of the `--as` account, and its webhook.
-    #[command(subcommand)]
-    Notifications(NotificationsCmd),
+    Notifications {
+        #[command(flatten)]
+        remote: clinical_remote::Remote,
+        #[command(subcommand)]
+        cmd: NotificationsCmd,
+    },
     /// Patients: erasure.
     #[command(subcommand)]
     Patient(PatientCmd),
@@ -500,11 +517,23 @@ anchored {} versions on chain as batch {}",
             emit(cli, &counts, || counts_text(&counts));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Records(cmd) => records(cli, &dir()?, cmd),
-        Command::Access(cmd) => access(cli, &dir()?, cmd),
+        Command::Records { remote, cmd } if remote.server.is_some() => {
+            clinical_remote::records(cli, &dir()?, remote, cmd)
+        }
+        Command::Records { cmd, .. } => records(cli, &dir()?, cmd),
+        Command::Access { remote, cmd } if remote.server.is_some() => {
+            clinical_remote::access(cli, &dir()?, remote, cmd)
+        }
+        Command::Access { cmd, .. } => access(cli, &dir()?, cmd),
         Command::Credential(cmd) => credential(cli, &dir()?, cmd),
-        Command::Emergency(cmd) => emergency(cli, &dir()?, cmd),
-        Command::Notifications(cmd) => notifications_cmd(cli, &dir()?, cmd),
+        Command::Emergency { remote, cmd } if remote.server.is_some() => {
+            clinical_remote::emergency(cli, &dir()?, remote, cmd)
+        }
+        Command::Emergency { cmd, .. } => emergency(cli, &dir()?, cmd),
+        Command::Notifications { remote, cmd } if remote.server.is_some() => {
+            clinical_remote::notifications(cli, &dir()?, remote, cmd)
+        }
+        Command::Notifications { cmd, .. } => notifications_cmd(cli, &dir()?, cmd),
         Command::Patient(PatientCmd::Erase {
             patient,
             confirm,
@@ -517,11 +546,8 @@ anchored {} versions on chain as batch {}",
             }
             let dir = dir()?;
             let vault = unlock(cli, &dir, None)?;
-            let actor = cohort_engine::access::Actor::authenticate(
-                vault.conn(),
-                vault.keys(),
-                &cli.actor,
-            )?;
+            let actor =
+                cohort_engine::access::Actor::authenticate(vault.conn(), vault.keys(), &cli.actor)?;
             let access = Access::new(actor.name(), purpose);
             // With a ledger, erasure withdraws the patient's consents first.
             let e = runtime()?.block_on(cohort_engine::research::erase(
@@ -608,11 +634,8 @@ anchored {} versions on chain as batch {}",
             } else {
                 projection::Identifiers::Omitted
             };
-            let actor = cohort_engine::access::Actor::authenticate(
-                vault.conn(),
-                vault.keys(),
-                &cli.actor,
-            )?;
+            let actor =
+                cohort_engine::access::Actor::authenticate(vault.conn(), vault.keys(), &cli.actor)?;
             let files =
                 vault.export_projection(&Access::new(actor.name(), purpose), out, identifiers)?;
             emit(cli, &files, || {

@@ -104,7 +104,7 @@ pub(crate) fn serve(cli: &Cli, dir: &DataDir, flags: &ServeFlags) -> anyhow::Res
 
 /// A gRPC endpoint for `server`, trusting `ca_cert` (default: the
 /// certificate `cohort serve` generated in this data directory) for https.
-fn endpoint(
+pub(crate) fn endpoint(
     dir: &DataDir,
     server: &str,
     ca_cert: Option<&Path>,
@@ -320,7 +320,7 @@ pub(crate) fn change_role(
 /// Signs in to `server` as the `--as` account (with its TOTP code), runs
 /// `call` with the channel and the token, and signs out whatever `call`
 /// returned: an administrator's one-call sign-in never outlives the command.
-fn as_actor<T>(
+pub(crate) fn as_actor<T>(
     cli: &Cli,
     dir: &DataDir,
     endpoint: &tonic::transport::Endpoint,

@@ -274,3 +274,76 @@ fn an_emergency_is_notified_marked_reviewed_and_ended() {
         "{audit}"
     );
 }
+
+#[test]
+fn against_a_running_server_the_cli_acts_by_the_accounts_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, observation, _) = world(tmp.path());
+    let server = crate::server::Server::start(&data);
+    let url = server.url.clone();
+    let remote = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", url.as_str()]);
+        cohort(&data, &all)
+    };
+    // The server owns the chain: a read on the directory is refused, and
+    // over --server the chain decides as it would.
+    assert_fails_with(
+        &cohort(&data, &["--as", "dr-x", "records", "show", &observation]),
+        "owned by",
+    );
+    assert_fails_with(
+        &remote(&["--as", "dr-x", "records", "show", &observation]),
+        "holds no grant",
+    );
+    assert!(
+        remote(&[
+            "--as", "pat", "access", "grant", "dr-x", "--level", "read", "--days", "1"
+        ])
+        .status
+        .success()
+    );
+    let read = remote(&["--as", "dr-x", "records", "show", &observation, "--json"]);
+    assert!(read.status.success(), "{}", crate::stderr(&read));
+    let read: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(read["version"]["record_id"], observation.as_str());
+    assert_eq!(read["emergency"], false);
+    let grants = remote(&["--as", "pat", "access", "list", "--json"]);
+    let grants: serde_json::Value = serde_json::from_slice(&grants.stdout).unwrap();
+    assert_eq!(grants[0]["active"], true, "{grants}");
+    assert!(
+        remote(&["--as", "pat", "access", "revoke", "dr-x"])
+            .status
+            .success()
+    );
+    assert_fails_with(
+        &remote(&["--as", "dr-x", "records", "show", &observation]),
+        "was revoked",
+    );
+    // An emergency over the server, and the patient's notification.
+    assert!(
+        remote(&[
+            "--as",
+            "dr-x",
+            "emergency",
+            "trigger",
+            "pat",
+            "--reason",
+            "collapse"
+        ])
+        .status
+        .success()
+    );
+    let read = remote(&["--as", "dr-x", "records", "show", &observation, "--json"]);
+    let read: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(read["emergency"], true);
+    let inbox = remote(&["--as", "pat", "notifications", "list", "--json"]);
+    let inbox: serde_json::Value = serde_json::from_slice(&inbox.stdout).unwrap();
+    assert_eq!(inbox[0]["kind"], "emergency.opened", "{inbox}");
+    // A name that is not an account signs in as nobody.
+    assert_fails_with(
+        &remote(&["--as", "mallory", "records", "show", &observation]),
+        "mallory",
+    );
+    drop(server);
+}
