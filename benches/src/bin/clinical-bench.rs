@@ -26,6 +26,12 @@ struct Args {
     /// Authorized reads to time.
     #[arg(long, default_value_t = 300)]
     reads: usize,
+    /// FHIR reads through `cohort serve` on loopback (0: skip).
+    #[arg(long, default_value_t = 400)]
+    fhir_reads: usize,
+    /// Concurrent FHIR clients.
+    #[arg(long, default_value_t = 8)]
+    fhir_clients: usize,
 }
 
 fn deploy(
@@ -166,6 +172,16 @@ fn main() -> anyhow::Result<()> {
     ))?;
     let search_ms = t.elapsed().as_secs_f64() * 1e3;
 
+    // FHIR reads through the server (plain HTTP on loopback): the provider
+    // signs in once; each GET is a chain check, a signed trace, a decryption.
+    drop(clinic);
+    drop(vault);
+    let fhir = if args.fhir_reads > 0 {
+        Some(fhir_throughput(&anchored, &records, &args, &rt)?)
+    } else {
+        None
+    };
+
     let resources = generated.resources as f64;
     let report = serde_json::json!({
         "patients": args.patients,
@@ -181,7 +197,91 @@ fn main() -> anyhow::Result<()> {
             "p95": percentile(&latencies, 0.95),
         },
         "everything_search": { "records": everything.len(), "ms": search_ms },
+        "fhir_read": fhir,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// Starts `cohort serve` in this process on plain loopback HTTP, signs the
+/// provider in, and GETs `/fhir/{type}/{id}` from `fhir_clients` clients.
+fn fhir_throughput(
+    dir: &DataDir,
+    records: &[String],
+    args: &Args,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<serde_json::Value> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let served = dir.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("a runtime");
+        let vault = served.unlock("pw").expect("the vault");
+        let session = rt
+            .block_on(cohort_engine::research::Session::open(&served, &vault))
+            .expect("a session");
+        let mut config = cohort_server::Config::default();
+        config.server.listen = "127.0.0.1:0".parse().expect("an address");
+        config.auth.second_factor = false;
+        config.tls.mode = cohort_server::config::TlsMode::Off;
+        let _ = rt.block_on(cohort_server::serve(
+            &served,
+            session,
+            &config,
+            |url| tx.send(url.to_string()).expect("the url"),
+            std::future::pending(),
+        ));
+    });
+    let url = rx.recv()?;
+    let vault = dir.unlock("pw")?;
+    let provider = accounts::get(vault.conn(), vault.keys(), "dr")?;
+    drop(vault);
+    let token = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+            .connect()
+            .await?;
+        anyhow::Ok(cohort_server::sign_in::sign_in(channel, &provider, None).await?)
+    })?;
+    let http = reqwest::Client::new();
+    let per_client = args.fhir_reads.div_ceil(args.fhir_clients);
+    let started = Instant::now();
+    let latencies: Vec<f64> = rt.block_on(async {
+        let tasks: Vec<_> = (0..args.fhir_clients)
+            .map(|c| {
+                let (http, token, url) = (http.clone(), token.clone(), url.clone());
+                let mine: Vec<String> = (0..per_client)
+                    .map(|i| records[(c * per_client + i) % records.len()].clone())
+                    .collect();
+                tokio::spawn(async move {
+                    let mut out = Vec::with_capacity(mine.len());
+                    for record in mine {
+                        let t = Instant::now();
+                        let r = http
+                            .get(format!("{url}/fhir/{record}"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await?;
+                        anyhow::ensure!(r.status().is_success(), "GET {record}: {}", r.status());
+                        r.bytes().await?;
+                        out.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    anyhow::Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await??);
+        }
+        anyhow::Ok(all)
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut sorted = latencies.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(serde_json::json!({
+        "reads": sorted.len(),
+        "clients": args.fhir_clients,
+        "reads_per_s": sorted.len() as f64 / seconds,
+        "p50_ms": percentile(&sorted, 0.5),
+        "p95_ms": percentile(&sorted, 0.95),
+    }))
 }
