@@ -1,7 +1,10 @@
-//! The web page for stewards and patients, served by `cohort serve` on the
-//! same port as gRPC (HTTP/1.1 or HTTP/2): the page, and a small JSON API that is the
-//! study API's own calls (same token, same checks, same messages) for a
-//! browser that does not speak gRPC.
+//! The web page for patients, providers, auditors and stewards, served by
+//! `cohort serve` on the same port as gRPC (HTTP/1.1 or HTTP/2): the page,
+//! and a small JSON API that is the study API's and the clinical service's
+//! own calls (same token, same checks, same messages) for a browser that
+//! does not speak gRPC. The page shows each account the sections its roles
+//! on chain allow (`/api/me`); the server refuses the rest whatever the
+//! page shows.
 //!
 //! The browser holds the bearer token (from `cohort login`) in session
 //! storage and sends it as `authorization`; no cookie is set, so another
@@ -19,9 +22,11 @@ use tonic::Code;
 
 use super::api::{StudyApi, pb};
 use pb::audit_server::Audit;
+use pb::clinical_server::Clinical;
 use pb::compensation_server::Compensation;
 use pb::consents_server::Consents;
 use pb::records_server::Records;
+use pb::roles_server::Roles;
 use pb::studies_server::Studies;
 
 const PAGE: &str = include_str!("web/index.html");
@@ -51,6 +56,16 @@ pub fn router(api: StudyApi) -> axum::Router {
         .route("/api/consents/{id}/withdraw", post(withdraw))
         .route("/api/access-log", get(access_log))
         .route("/api/compensation", get(compensation))
+        .route("/api/me", get(me))
+        .route("/api/grants", get(list_grants).post(grant))
+        .route("/api/grants/{provider}/revoke", post(revoke))
+        .route("/api/delegates", post(delegate))
+        .route("/api/reads", get(reads))
+        .route("/api/notifications", get(notifications))
+        .route("/api/notifications/read", post(mark_read))
+        .route("/api/records", get(records))
+        .route("/api/emergencies", get(emergencies).post(trigger))
+        .route("/api/emergencies/{id}/review", post(review))
         .with_state(api)
 }
 
@@ -180,4 +195,226 @@ async fn access_log(
 async fn compensation(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
     let message = pb::CompensationRequest { study_id: None };
     reply(Compensation::show(&api, request(&headers, message)).await)
+}
+
+async fn me(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    reply(Roles::me(&api, request(&headers, pb::MeRequest {})).await)
+}
+
+async fn list_grants(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    reply(Clinical::list_grants(&api, request(&headers, pb::ListGrantsRequest {})).await)
+}
+
+/// A JSON body, or a 400 refusal saying what is wrong with it.
+fn body<T: serde::de::DeserializeOwned>(bytes: &axum::body::Bytes) -> Result<T, tonic::Status> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| tonic::Status::invalid_argument(format!("the request body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct GrantForm {
+    provider: String,
+    #[serde(default)]
+    level: String,
+    #[serde(default)]
+    purposes: Vec<String>,
+    #[serde(default)]
+    types: Vec<String>,
+    days: u32,
+}
+
+async fn grant(
+    State(api): State<StudyApi>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: GrantForm = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::AccessGrantRequest {
+        provider: f.provider,
+        level: f.level,
+        purposes: f.purposes,
+        types: f.types,
+        days: f.days,
+        on_behalf_of: None,
+    };
+    reply(Clinical::grant(&api, request(&headers, message)).await)
+}
+
+async fn revoke(
+    State(api): State<StudyApi>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let message = pb::AccessRevokeRequest {
+        provider,
+        on_behalf_of: None,
+    };
+    reply(Clinical::revoke(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize)]
+struct DelegateForm {
+    delegate: String,
+    #[serde(default)]
+    level: String,
+    days: u32,
+}
+
+async fn delegate(
+    State(api): State<StudyApi>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: DelegateForm = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::DelegateRequest {
+        delegate: f.delegate,
+        level: f.level,
+        days: f.days,
+    };
+    reply(Clinical::delegate(&api, request(&headers, message)).await)
+}
+
+async fn reads(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    reply(Clinical::read_log(&api, request(&headers, pb::ReadLogRequest {})).await)
+}
+
+#[derive(Deserialize)]
+struct Unread {
+    #[serde(default)]
+    unread: bool,
+}
+
+async fn notifications(
+    State(api): State<StudyApi>,
+    Query(q): Query<Unread>,
+    headers: HeaderMap,
+) -> Response {
+    let message = pb::NotificationsRequest {
+        unread_only: q.unread,
+        limit: 100,
+    };
+    reply(Clinical::notifications(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize)]
+struct UpTo {
+    up_to: i64,
+}
+
+async fn mark_read(
+    State(api): State<StudyApi>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: UpTo = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::MarkReadRequest { up_to: f.up_to };
+    reply(Clinical::mark_notifications_read(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize)]
+struct RecordQuery {
+    patient: String,
+    #[serde(default, rename = "type")]
+    rtype: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    purpose: String,
+}
+
+/// An empty form field is no filter.
+fn given(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+async fn records(
+    State(api): State<StudyApi>,
+    Query(q): Query<RecordQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let message = pb::SearchRecordsRequest {
+        patient: q.patient,
+        types: given(q.rtype).into_iter().collect(),
+        code: given(q.code),
+        since: given(q.since),
+        until: given(q.until),
+        purpose: q.purpose,
+    };
+    reply(Clinical::search_records(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize)]
+struct Pending {
+    #[serde(default)]
+    pending: bool,
+}
+
+async fn emergencies(
+    State(api): State<StudyApi>,
+    Query(q): Query<Pending>,
+    headers: HeaderMap,
+) -> Response {
+    let message = pb::EmergencyQueueRequest {
+        pending_only: q.pending,
+    };
+    reply(Clinical::emergency_queue(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize)]
+struct TriggerForm {
+    patient: String,
+    reason: String,
+}
+
+async fn trigger(
+    State(api): State<StudyApi>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: TriggerForm = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::TriggerEmergencyRequest {
+        patient: f.patient,
+        reason: f.reason,
+    };
+    reply(Clinical::trigger_emergency(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize)]
+struct ReviewForm {
+    justified: bool,
+    finding: String,
+}
+
+async fn review(
+    State(api): State<StudyApi>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: ReviewForm = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::ReviewEmergencyRequest {
+        id,
+        justified: f.justified,
+        finding: f.finding,
+    };
+    reply(Clinical::review_emergency(&api, request(&headers, message)).await)
 }

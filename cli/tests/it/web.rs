@@ -1,6 +1,7 @@
 //! The web page in a real browser: Debian's headless Chromium driven by
-//! Playwright (`cli/tests/web/page.mjs`) against a live `cohort serve`.
-//! What the page did is then checked through the CLI.
+//! Playwright (`cli/tests/web/page.mjs`) against a live `cohort serve`, as
+//! a steward, providers, a patient and an auditor. What the page did is
+//! then checked through the CLI.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +11,7 @@ use crate::server::{Server, login, login_totp};
 use crate::{cohort, cohort_json, stderr, stdout};
 
 #[test]
-fn stewards_and_patients_use_the_page_in_chromium() {
+fn stewards_providers_patients_and_auditors_use_the_page_in_chromium() {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
@@ -49,10 +50,20 @@ fn stewards_and_patients_use_the_page_in_chromium() {
     crate::research::provider_with_grants(&s.data, "dr-who", &["patient-0"]);
     let read = cohort(&s.data, &["records", "show", &record, "--as", "dr-who"]);
     assert!(read.status.success(), "{}", stderr(&read));
+    // A provider the patient grants (and revokes) on the page, one who may
+    // break the glass, and an auditor.
+    crate::research::provider_with_grants(&s.data, "dr-no", &[]);
+    crate::research::provider_with_grants(&s.data, "dr-er", &[]);
+    cohort_json(&s.data, &["account", "grant", "dr-er", "emergency"]);
+    cohort_json(&s.data, &["account", "new", "auditor"]);
+    cohort_json(&s.data, &["account", "grant", "auditor", "auditor"]);
 
     let server = Server::start(&s.data);
     let steward = login_totp(&s.data, &server, "steward-1");
     let patient = login(&s.data, &server, "patient-0");
+    let provider = login(&s.data, &server, "dr-no");
+    let emergency = login(&s.data, &server, "dr-er");
+    let auditor = login(&s.data, &server, "auditor");
 
     // COHORT_SCREENSHOT_DIR keeps the screenshots (to look at them).
     let shots = tempfile::tempdir().unwrap();
@@ -63,6 +74,10 @@ fn stewards_and_patients_use_the_page_in_chromium() {
         .env("COHORT_SERVER", &server.url)
         .env("STEWARD_TOKEN", &steward)
         .env("PATIENT_TOKEN", &patient)
+        .env("PROVIDER_TOKEN", &provider)
+        .env("EMERGENCY_TOKEN", &emergency)
+        .env("AUDITOR_TOKEN", &auditor)
+        .env("PATIENT_ID", &s.patient_ids[0])
         .env("PENDING_STUDY", pending.to_string())
         .env("PENDING_TITLE", title)
         .env("CONSENTED_STUDY", consented.to_string())
@@ -76,7 +91,7 @@ fn stewards_and_patients_use_the_page_in_chromium() {
         stdout(&o),
         stderr(&o)
     );
-    for shot in ["steward.png", "patient.png"] {
+    for shot in ["steward.png", "patient.png", "auditor.png"] {
         let png = std::fs::read(shot_dir.join(shot)).expect("a screenshot");
         assert_eq!(&png[1..4], b"PNG", "{shot}");
         assert!(png.len() > 5_000, "{shot} is nearly empty");
@@ -92,5 +107,28 @@ fn stewards_and_patients_use_the_page_in_chromium() {
         .find(|c| c["study_id"] == consented)
         .unwrap();
     assert_eq!(c["active"], false, "the patient's click withdrew: {mine}");
+    // The server owns the chain while it runs.
     assert!(server.stop().success());
+    // The grant and its revocation, the override and its review, on chain.
+    let grants = cohort_json(&s.data, &["access", "list", "--as", "patient-0"]);
+    let dr_no = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["provider_name"] == "dr-no")
+        .unwrap_or_else(|| panic!("the page's grant: {grants}"));
+    assert_eq!(dr_no["active"], false, "granted, then revoked: {dr_no}");
+    let overrides = cohort_json(&s.data, &["emergency", "list"]);
+    let o = &overrides.as_array().unwrap()[0];
+    assert_eq!(o["provider_name"], "dr-er");
+    assert_eq!(o["review"], "justified", "the auditor's click: {o}");
+    assert_eq!(o["finding"], "the patient could not consent");
+    let log = cohort_json(&s.data, &["access", "log", "--as", "patient-0"]);
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["accessor_name"] == "dr-er" && e["emergency"] == true),
+        "{log}"
+    );
 }

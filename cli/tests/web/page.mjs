@@ -1,8 +1,11 @@
 // Drives the page of a running `cohort serve` in headless Chromium, as a
-// steward (approve a study, read the audit log and its verification) and as
-// a patient (see and withdraw a consent, see who accessed their records),
-// and takes a screenshot of each. cli/tests/it/web.rs sets the
-// environment, starts the server and checks the outcome through the CLI.
+// steward (approve a study, read the audit log and its verification), a
+// provider (refused without a grant, then reading; another breaking the
+// glass), a patient (sections by role only; grant and revoke a provider,
+// see every read of their records with the emergency flagged, withdraw a
+// consent) and an auditor (review the override), with a screenshot of
+// each. cli/tests/it/web.rs sets the environment, starts the server and
+// checks the outcome through the CLI.
 import { chromium } from "playwright-core";
 
 const env = (name) => {
@@ -15,6 +18,7 @@ const pending = env("PENDING_STUDY");
 const consented = env("CONSENTED_STUDY");
 const shots = env("SHOT_DIR");
 const title = env("PENDING_TITLE");
+const patientId = env("PATIENT_ID");
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -38,17 +42,27 @@ try {
   page.on("console", (m) => {
     if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) errors.push(m.text());
   });
+  const status = async () => (await page.textContent("#status")) || "";
+  const waitStatus = (text) =>
+    page.waitForFunction((t) => document.getElementById("status").textContent.includes(t), text);
+  const signIn = async (token) => {
+    if (await page.isVisible("#signout")) await page.click("#signout");
+    await page.fill("#token", token);
+    await page.click("#signin-button");
+    await page.waitForFunction(() => document.getElementById("whoami").textContent !== "");
+  };
+  const visibleTabs = async () =>
+    page.$$eval("#tabs button[id^=tab-]", (bs) => bs.filter((b) => !b.hidden).map((b) => b.id));
 
   await page.goto(server + "/");
   // Not a token: refused by the page itself.
   await page.fill("#token", "not a token");
   await page.click("#signin-button");
-  check((await page.textContent("#status")).includes("64 hex"), "a malformed token is refused");
+  check((await status()).includes("64 hex"), "a malformed token is refused");
 
   // A steward approves the pending study.
-  await page.fill("#token", env("STEWARD_TOKEN"));
-  await page.click("#signin-button");
-  await page.click("#tab-steward");
+  await signIn(env("STEWARD_TOKEN"));
+  check(JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-steward"]), "a steward sees the steward view only");
   const row = page.locator(`#pending tr[data-study="${pending}"]`);
   await row.waitFor();
   // The title, HTML in it, is shown as text and never parsed.
@@ -57,16 +71,31 @@ try {
   await page.waitForSelector("#verification.intact");
   check((await page.textContent("#verification")).includes("hash chain intact"), "audit verification shown");
   check((await page.locator("#audit tbody tr").count()) > 0, "audit entries shown");
+  const escrow = await page.locator(`#studies tr[data-study="${pending}"] td`).nth(4).textContent();
+  check(/^\d+(\.\d{1,6})? ETH$/.test(escrow), `escrow in ETH with few decimals: ${escrow}`);
   await row.locator("button", { hasText: "Approve" }).click();
-  await page.waitForFunction(() => document.getElementById("status").textContent.includes("approvals"));
-  check((await page.textContent("#status")).includes("1 of 2 approvals"), "the approval is counted");
+  await waitStatus("approvals");
+  check((await status()).includes("1 of 2 approvals"), "the approval is counted");
   await page.screenshot({ path: `${shots}/steward.png`, fullPage: true });
 
-  // The patient sees their consent, withdraws it, sees their access log.
-  await page.click("#signout");
-  await page.fill("#token", env("PATIENT_TOKEN"));
-  await page.click("#signin-button");
-  await page.click("#tab-patient");
+  // A provider without a grant is refused, and told why.
+  await signIn(env("PROVIDER_TOKEN"));
+  check(JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-provider"]), "a provider sees the provider view only");
+  await page.fill("#records-patient", patientId);
+  await page.click("#records-button");
+  await page.waitForSelector("#status.error");
+  check((await status()).includes("holds no grant"), `the refusal names the missing grant: ${await status()}`);
+  check((await page.locator("#records tbody tr").count()) === 0, "nothing shown when refused");
+
+  // The patient: only their own view; withdraws a consent, grants the provider.
+  await signIn(env("PATIENT_TOKEN"));
+  check(JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-patient"]), "a patient sees no steward tab");
+  check(await page.isHidden("#tab-steward"), "no Steward tab for a patient");
+  const refused = await page.evaluate(async () => {
+    const r = await fetch("/api/audit", { headers: { authorization: "Bearer " + sessionStorage.getItem("cohort.token") } });
+    return r.status;
+  });
+  check(refused === 403, `the server refuses a patient the audit log too: ${refused}`);
   const consent = page.locator(`#consents tr[data-study="${consented}"]`);
   await consent.waitFor();
   check((await consent.locator("td").nth(4).textContent()) === "active", "the consent is active");
@@ -80,15 +109,77 @@ try {
   );
   check(
     (await page.locator("#access tbody td", { hasText: "dr-who" }).count()) > 0,
-    "the provider's read is in the access log",
+    "the provider's read is in the audit trail",
   );
-  check((await page.textContent("#earnings")).includes("earned"), "compensation shown");
+  check((await page.textContent("#earnings")).includes("earned 0 ETH"), `compensation in ETH: ${await page.textContent("#earnings")}`);
+  await page.fill("#grant-provider", "dr-no");
+  await page.selectOption("#grant-level", "read");
+  await page.fill("#grant-days", "7");
+  await page.click("#grant-button");
+  const granted = page.locator('#grants tr[data-provider="dr-no"]');
+  await granted.waitFor();
+  check((await granted.locator("td").nth(5).textContent()) === "active", "the grant is active");
+  check((await granted.locator("td").nth(2).textContent()) === "treatment", "for treatment");
+
+  // Granted, the provider reads.
+  await signIn(env("PROVIDER_TOKEN"));
+  await page.fill("#records-patient", patientId);
+  await page.click("#records-button");
+  await waitStatus("record(s)");
+  const found = await page.locator("#records tbody tr").count();
+  check(found > 0, "the granted provider reads the records");
+  check((await page.locator('#records tr[data-emergency="true"]').count()) === 0, "not an emergency read");
+  await page.locator("#records tbody tr").first().click();
+  check((await page.textContent("#record-json")).includes("resourceType"), "a record's JSON shown as text");
+
+  // The patient revokes; the provider's next call is refused.
+  await signIn(env("PATIENT_TOKEN"));
+  await granted.locator("button", { hasText: "Revoke" }).click();
+  await page.waitForFunction(() => {
+    const r = document.querySelector('#grants tr[data-provider="dr-no"]');
+    return r && r.children[5].textContent === "inactive";
+  });
+  await signIn(env("PROVIDER_TOKEN"));
+  await page.fill("#records-patient", patientId);
+  await page.click("#records-button");
+  await page.waitForSelector("#status.error");
+  check((await status()).includes("revoked"), `revoked at the next call: ${await status()}`);
+
+  // Another provider breaks the glass and reads.
+  await signIn(env("EMERGENCY_TOKEN"));
+  await page.fill("#emergency-patient", patientId);
+  await page.fill("#emergency-reason", "unconscious on arrival");
+  await page.click("#emergency-button");
+  await waitStatus("awaits review");
+  await page.fill("#records-patient", patientId);
+  await page.click("#records-button");
+  await waitStatus("read under an emergency override");
+  check((await page.locator('#records tr[data-emergency="true"]').count()) > 0, "the emergency read is flagged");
+
+  // The patient's timeline: every read, the emergency one flagged; told of it.
+  await signIn(env("PATIENT_TOKEN"));
+  await page.waitForSelector('#timeline li[data-emergency="true"]');
+  const timeline = await page.$$eval("#timeline li", (lis) =>
+    lis.map((li) => ({ who: li.querySelector(".who").textContent, emergency: li.dataset.emergency, text: li.textContent })));
+  check(timeline.some((e) => e.who === "dr-no" && e.emergency === "false"), "the provider's read on the timeline");
+  check(timeline.some((e) => e.who === "dr-who" && e.emergency === "false"), "the earlier read on the timeline");
+  check(timeline.some((e) => e.who === "dr-er" && e.emergency === "true" && e.text.includes("EMERGENCY")), "the emergency read flagged");
+  check(timeline.every((e) => /\d/.test(e.text) && e.text.includes("for treatment")), "each says when and why");
+  const note = page.locator('#notifications tr[data-kind="emergency.opened"]').first();
+  check((await note.textContent()).includes("dr-er opened emergency access"), "told of the emergency, in words");
   await page.screenshot({ path: `${shots}/patient.png`, fullPage: true });
 
-  // A patient is no steward: the audit log is refused, and the page says so.
-  await page.click("#tab-steward");
-  await page.waitForSelector("#status.error");
-  check((await page.textContent("#status")).includes("audit log"), "the refusal is shown");
+  // The auditor reviews the override.
+  await signIn(env("AUDITOR_TOKEN"));
+  check(JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-auditor"]), "an auditor sees the auditor view only");
+  const override = page.locator("#queue tbody tr", { hasText: "dr-er" });
+  await override.waitFor();
+  check((await override.textContent()).includes("unconscious on arrival"), "the reason is shown");
+  await override.locator("input.finding").fill("the patient could not consent");
+  await override.getByRole("button", { name: "Justified", exact: true }).click();
+  await waitStatus("reviewed: justified");
+  await page.waitForFunction(() => [...document.querySelectorAll("#queue tbody tr")].some((r) => r.children[6].textContent === "justified"));
+  await page.screenshot({ path: `${shots}/auditor.png`, fullPage: true });
   check(errors.length === 0, `no script errors: ${errors.join("; ")}`);
 } finally {
   await browser.close();
@@ -97,4 +188,4 @@ if (failures.length) {
   console.error("FAILED: " + failures.join("; "));
   process.exit(1);
 }
-console.log("ok: steward and patient pages");
+console.log("ok: steward, provider, patient and auditor pages");
