@@ -240,12 +240,16 @@ pub(crate) enum NotificationsCmd {
     },
     /// Set (or `--clear`) the URL `--as`'s notifications are POSTed to.
     Webhook {
-        /// An http(s) URL.
+        /// An http:// URL (a public host unless --allow-internal).
         #[arg(required_unless_present = "clear")]
         url: Option<String>,
         /// Remove it.
         #[arg(long)]
         clear: bool,
+        /// Allow a loopback, private or internal host (the operator's choice;
+        /// never over the server).
+        #[arg(long)]
+        allow_internal: bool,
     },
     /// POST every queued notification to its webhook now (`cohort serve` does this on its own).
     Deliver,
@@ -679,7 +683,8 @@ pub(crate) fn emergency(cli: &Cli, dir: &DataDir, cmd: &EmergencyCmd) -> anyhow:
             emit(cli, &changed, || changed_text(&changed));
         }
         EmergencyCmd::List { pending } => {
-            let list = c.rt.block_on(emergency::queue(conn, &c.client, *pending))?;
+            let list =
+                c.rt.block_on(emergency::queue(conn, &c.client, &c.actor, *pending))?;
             emit(cli, &list, || {
                 if list.is_empty() {
                     return "no emergency overrides".into();
@@ -741,9 +746,13 @@ pub(crate) fn notifications_cmd(
                     .join("\n")
             });
         }
-        NotificationsCmd::Webhook { url, clear } => {
+        NotificationsCmd::Webhook {
+            url,
+            clear,
+            allow_internal,
+        } => {
             let url = if *clear { None } else { url.as_deref() };
-            notifications::set_webhook(conn, actor.address(), url)?;
+            notifications::set_webhook(conn, actor.address(), url, *allow_internal)?;
             let info = serde_json::json!({ "account": actor.name(), "webhook": url });
             emit(cli, &info, || match url {
                 Some(u) => format!("{}'s notifications will be POSTed to {u}", actor.name()),

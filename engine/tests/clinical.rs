@@ -332,7 +332,7 @@ fn emergency_access_six_steps() {
     // (3) the patient set a webhook: a local receiver takes the POST.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    notifications::set_webhook(w.vault.conn(), w.patient.address(), Some(&url)).unwrap();
+    notifications::set_webhook(w.vault.conn(), w.patient.address(), Some(&url), true).unwrap();
     let receiver = std::thread::spawn(move || {
         use std::io::{Read, Write};
         let (mut s, _) = listener.accept().unwrap();
@@ -421,9 +421,23 @@ fn emergency_access_six_steps() {
             .unwrap();
     assert_eq!((again.delivered, again.failed), (0, 0));
     // (5) the review queue; an unjustified finding ends it and suspends.
+    let refused =
+        w.rt.block_on(emergency::queue(
+            w.vault.conn(),
+            &w.client,
+            &w.provider,
+            true,
+        ))
+        .unwrap_err();
+    assert!(matches!(refused, Error::Forbidden(_)), "{refused}");
     let queue =
-        w.rt.block_on(emergency::queue(w.vault.conn(), &w.client, true))
-            .unwrap();
+        w.rt.block_on(emergency::queue(
+            w.vault.conn(),
+            &w.client,
+            &w.auditor,
+            true,
+        ))
+        .unwrap();
     assert_eq!(queue.len(), 1);
     assert_eq!(queue[0].reason.as_deref(), Some("unconscious on arrival"));
     assert!(

@@ -588,6 +588,18 @@ fn providers_read_search_and_write_through_fhir_and_grpc_as_the_chain_allows() {
             .await
             .unwrap_err();
         assert_eq!(hook.code(), Code::InvalidArgument);
+        // Not into the server's own network (no SSRF through webhooks).
+        let hook = clinical
+            .set_webhook(authed(
+                &patient,
+                pb::SetWebhookRequest {
+                    url: Some("http://169.254.169.254/latest/meta-data".into()),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(hook.code(), Code::InvalidArgument);
+        assert!(hook.message().contains("internal"), "{hook:?}");
 
         // The review queue is the auditors'; the auditor judges.
         let status = clinical

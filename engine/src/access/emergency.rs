@@ -366,13 +366,28 @@ pub async fn restore(
 }
 
 /// Every override on chain, newest first (only those awaiting review if
-/// asked), with the reasons and findings kept here.
+/// asked), with the reasons and findings kept here: for an account holding
+/// the auditor or admin role on chain now (the reasons are health data).
 pub async fn queue(
     conn: &Connection,
     client: &Client,
+    viewer: &Actor,
     pending_only: bool,
 ) -> Result<Vec<EmergencyInfo>> {
     install(conn)?;
+    let mut allowed = false;
+    for role in [
+        cohort_ledger_bridge::Role::Auditor,
+        cohort_ledger_bridge::Role::Admin,
+    ] {
+        allowed |= client.has_role(role, viewer.address()).await?;
+    }
+    if !allowed {
+        return Err(Error::Forbidden(format!(
+            "`{}` holds neither the auditor nor the admin role: the emergency review queue is theirs",
+            viewer.name()
+        )));
+    }
     cohort_ledger_bridge::Follower::install(conn)?;
     let count = client
         .view(Target::Access, CohortAccess::emergencyCountCall {})

@@ -113,8 +113,19 @@ pub fn mark_read(conn: &Connection, recipient: Address, up_to: i64) -> Result<us
 }
 
 /// Sets (or with `None` clears) the URL `account`'s notifications are
-/// POSTed to. Only http and https URLs.
-pub fn set_webhook(conn: &Connection, account: Address, url: Option<&str>) -> Result<()> {
+/// POSTed to: `http://` only (this build's HTTP client has no TLS stack,
+/// so an `https://` URL could never be delivered), and a host that is not
+/// loopback, private, link-local or otherwise internal unless
+/// `allow_internal` (the operator's own choice at the machine; a server
+/// never allows it, so an account cannot make it call into its network).
+/// A host name is checked as written; one that resolves to an internal
+/// address later is not caught (DNS).
+pub fn set_webhook(
+    conn: &Connection,
+    account: Address,
+    url: Option<&str>,
+    allow_internal: bool,
+) -> Result<()> {
     install(conn)?;
     match url {
         None => {
@@ -124,19 +135,67 @@ pub fn set_webhook(conn: &Connection, account: Address, url: Option<&str>) -> Re
             )?;
         }
         Some(url) => {
-            let parsed = url::Url::parse(url)
-                .map_err(|e| Error::Invalid(format!("`{url}` is not a URL: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-                return Err(Error::Invalid(format!(
-                    "`{url}` is not an http(s) URL with a host: a webhook must be one"
-                )));
-            }
+            check_webhook(url, allow_internal)?;
             conn.execute(
                 "INSERT INTO notification_webhooks (account, url, set_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (account) DO UPDATE SET url = excluded.url, set_at = excluded.set_at",
                 params![format!("{account:#x}"), url, crate::storage::store::now()],
             )?;
         }
+    }
+    Ok(())
+}
+
+/// Why `url` cannot be a webhook, if it cannot.
+fn check_webhook(url: &str, allow_internal: bool) -> Result<()> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| Error::Invalid(format!("`{url}` is not a URL: {e}")))?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(Error::Invalid(format!(
+                "`{url}`: this build delivers webhooks over plain http only (its HTTP client has no TLS stack); use an http:// receiver on a trusted network, or a TLS-terminating proxy"
+            )));
+        }
+        other => {
+            return Err(Error::Invalid(format!(
+                "`{url}`: a webhook must be an http:// URL, not {other}:"
+            )));
+        }
+    }
+    let internal = match parsed.host() {
+        None => {
+            return Err(Error::Invalid(format!("`{url}` has no host")));
+        }
+        Some(url::Host::Domain(d)) => {
+            let d = d.to_ascii_lowercase();
+            d == "localhost"
+                || d.ends_with(".localhost")
+                || d.ends_with(".local")
+                || d.ends_with(".internal")
+        }
+        Some(url::Host::Ipv4(ip)) => {
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.octets()[0] == 100 && (64..128).contains(&ip.octets()[1])
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private())
+        }
+    };
+    if internal && !allow_internal {
+        return Err(Error::Invalid(format!(
+            "`{url}` points at a loopback, private or internal host: a webhook may not, unless the operator allows it at the machine (`cohort notifications webhook URL --allow-internal`)"
+        )));
     }
     Ok(())
 }
@@ -197,4 +256,45 @@ pub async fn deliver(conn: &Connection) -> Result<Delivery> {
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_webhook;
+
+    #[test]
+    fn webhooks_are_http_to_public_hosts_unless_the_operator_allows_internal_ones() {
+        for ok in [
+            "http://hooks.example.org/cohort",
+            "http://203.0.113.7:8080/x",
+        ] {
+            check_webhook(ok, false).unwrap();
+        }
+        for internal in [
+            "http://127.0.0.1:9/x",
+            "http://localhost/x",
+            "http://10.1.2.3/x",
+            "http://192.168.0.1/x",
+            "http://172.16.5.5/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://100.64.0.1/x",
+            "http://[::1]/x",
+            "http://[fd00::1]/x",
+            "http://[::ffff:127.0.0.1]/x",
+            "http://metadata.google.internal/x",
+            "http://0.0.0.0/x",
+        ] {
+            let e = check_webhook(internal, false).unwrap_err().to_string();
+            assert!(e.contains("internal"), "{internal}: {e}");
+            check_webhook(internal, true).unwrap();
+        }
+        assert!(
+            check_webhook("https://hooks.example.org/x", true)
+                .unwrap_err()
+                .to_string()
+                .contains("TLS")
+        );
+        assert!(check_webhook("ftp://hooks.example.org/x", true).is_err());
+        assert!(check_webhook("not a url", true).is_err());
+    }
 }
