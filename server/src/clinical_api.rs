@@ -422,7 +422,7 @@ impl pb::clinical_server::Clinical for StudyApi {
         self.as_actor(&request, "emergency.list", async move |s, vault, me| {
             // The queue carries the reasons and findings: the engine lets
             // reviewers (auditor, admin) only.
-            let list = emergency::queue(vault.conn(), s.client(), &me, pending).await?;
+            let list = emergency::queue(vault.conn(), s.client(), me, pending).await?;
             Ok(pb::EmergencyList {
                 emergencies: list
                     .into_iter()
