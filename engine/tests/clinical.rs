@@ -215,6 +215,14 @@ impl World {
 }
 
 #[test]
+fn record_kinds_are_the_stored_fhir_types_in_order() {
+    assert_eq!(
+        cohort_engine::access::scope::KINDS,
+        cohort_engine::records::fhir::SUPPORTED
+    );
+}
+
+#[test]
 fn every_missing_authorization_is_refused_by_name_audited_and_reads_nothing() {
     let w = world();
     let t = Purpose::Treatment;

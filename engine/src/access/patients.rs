@@ -18,6 +18,16 @@ pub struct PatientAccount {
     pub address: Address,
 }
 
+/// Whether the link table exists yet (the research path creates it; a
+/// directory that never linked a patient has none, and so no links).
+fn linked_any(conn: &Connection) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'research_patients'",
+        )?
+        .exists([])?)
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
@@ -35,7 +45,9 @@ fn parse((patient_id, name, address): (String, String, String)) -> Result<Patien
 
 /// The account linked to vault patient `patient_id`, if any.
 pub fn of_patient(conn: &Connection, patient_id: &str) -> Result<Option<PatientAccount>> {
-    crate::research::install(conn)?;
+    if !linked_any(conn)? {
+        return Ok(None);
+    }
     conn.prepare_cached(
         "SELECT patient_id, account, address FROM research_patients WHERE patient_id = ?1",
     )?
@@ -47,7 +59,9 @@ pub fn of_patient(conn: &Connection, patient_id: &str) -> Result<Option<PatientA
 
 /// The vault patient account `name` is linked to, if any.
 pub fn of_account(conn: &Connection, name: &str) -> Result<Option<PatientAccount>> {
-    crate::research::install(conn)?;
+    if !linked_any(conn)? {
+        return Ok(None);
+    }
     conn.prepare_cached(
         "SELECT patient_id, account, address FROM research_patients WHERE account = ?1",
     )?

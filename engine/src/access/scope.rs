@@ -2,8 +2,18 @@
 //! of use and record kinds; and the words a refusal uses for each of the
 //! contract's `DENY_*` codes.
 
-use crate::records::fhir::SUPPORTED;
 use crate::{Error, Result};
+
+/// The record kinds, in bit order: the FHIR resource types cohort stores
+/// (`records::fhir::KINDS`, in the same order; a test holds them
+/// equal), as the contract numbers them.
+pub const KINDS: [&str; 5] = [
+    "Patient",
+    "Observation",
+    "Condition",
+    "Encounter",
+    "MedicationRequest",
+];
 
 /// An access level, ordered: each includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -128,17 +138,16 @@ impl std::str::FromStr for Purpose {
 /// Every kind (the contract's `ALL_KINDS`).
 pub const ALL_KINDS: u32 = u32::MAX;
 
-/// The kind bit of a FHIR resource type: its place in
-/// [`SUPPORTED`](crate::records::fhir::SUPPORTED).
+/// The kind bit of a FHIR resource type: its place in [`KINDS`].
 pub fn kind_of(resource_type: &str) -> Result<u32> {
-    SUPPORTED
+    KINDS
         .iter()
         .position(|t| *t == resource_type)
         .map(|i| 1u32 << i)
         .ok_or_else(|| {
             Error::Invalid(format!(
                 "`{resource_type}` is not a record type cohort stores: {}",
-                SUPPORTED.join(", ")
+                KINDS.join(", ")
             ))
         })
 }
@@ -165,7 +174,7 @@ pub fn kind_names(mask: u32) -> Vec<&'static str> {
     if mask == ALL_KINDS {
         return vec!["all"];
     }
-    SUPPORTED
+    KINDS
         .iter()
         .enumerate()
         .filter(|(i, _)| mask & (1 << i) != 0)
