@@ -160,7 +160,8 @@ fn deploy_to_a_real_node_over_json_rpc() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let url = anvil.url().to_string();
-    // The operator's account is made with the keystore.
+    // The operator's account is made with the keystore (first unlocked here).
+    cohort_json(dir, &["account", "new", "someone"]);
     let accounts = cohort_json(dir, &["account", "list"]);
     let operator = accounts
         .as_array()
