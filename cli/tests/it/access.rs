@@ -191,6 +191,8 @@ fn an_emergency_is_notified_marked_reviewed_and_ended() {
         ),
         "needs a reason",
     );
+    let _ = cohort(&data, &["account", "new", "carer"]);
+    cohort_json(&data, &["--as", "pat", "access", "delegate", "carer"]);
     let opened = cohort_json(
         &data,
         &[
@@ -204,6 +206,10 @@ fn an_emergency_is_notified_marked_reviewed_and_ended() {
         ],
     );
     let id = opened["id"].as_u64().unwrap().to_string();
+    // The patient and their delegate are notified.
+    assert_eq!(opened["notified"].as_array().unwrap().len(), 2, "{opened}");
+    let carer = cohort_json(&data, &["--as", "carer", "notifications", "list"]);
+    assert_eq!(carer[0]["kind"], "emergency.opened", "{carer}");
     let read = cohort_json(&data, &["--as", "dr-x", "records", "show", &observation]);
     assert_eq!(read["emergency"], true);
     let inbox = cohort_json(&data, &["--as", "pat", "notifications", "list", "--unread"]);

@@ -40,7 +40,7 @@ pub struct Anchored {
 /// Versions waiting to be anchored.
 pub fn pending(conn: &Connection) -> Result<u64> {
     Ok(conn.query_row(
-        "SELECT COUNT(*) FROM record_anchors WHERE batch IS NULL AND tx_hash IS NULL",
+        "SELECT COUNT(*) FROM record_anchors WHERE (batch IS NULL OR batch = -1) AND tx_hash IS NULL",
         [],
         |r| r.get::<_, i64>(0),
     )? as u64)
@@ -64,11 +64,23 @@ pub async fn anchor_pending(
     client: &Client,
     engine: &Account,
 ) -> Result<Option<Anchored>> {
+    // Claim the waiting versions (batch -1) in one statement, so a version
+    // stored meanwhile waits for the next batch; a claim a crash left
+    // behind is waiting again.
+    {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE record_anchors SET batch = NULL WHERE batch = -1",
+            [],
+        )?;
+        tx.execute(
+            "UPDATE record_anchors SET batch = -1 WHERE batch IS NULL AND tx_hash IS NULL",
+            [],
+        )?;
+        tx.commit()?;
+    }
     let rows: Vec<(String, i64, Vec<u8>)> = conn
-        .prepare(
-            "SELECT record_id, version, data_hash FROM record_anchors
-             WHERE batch IS NULL AND tx_hash IS NULL ORDER BY record_id, version",
-        )?
+        .prepare("SELECT record_id, version, data_hash FROM record_anchors WHERE batch = -1")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     if rows.is_empty() {
@@ -79,7 +91,7 @@ pub async fn anchor_pending(
         .map(|(id, v, h)| leaf_of(id, *v, h))
         .collect::<Result<Vec<_>>>()?;
     let tree = LeafTree::new(leaves)?;
-    let receipt = client
+    let sent = client
         .send(
             engine,
             Target::Records,
@@ -88,7 +100,18 @@ pub async fn anchor_pending(
                 count: rows.len() as u32,
             },
         )
-        .await?;
+        .await;
+    let receipt = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            // Not anchored: the versions wait again.
+            conn.execute(
+                "UPDATE record_anchors SET batch = NULL WHERE batch = -1",
+                [],
+            )?;
+            return Err(e.into());
+        }
+    };
     let batch = receipt
         .logs
         .iter()
@@ -103,14 +126,10 @@ pub async fn anchor_pending(
         .batch
         .to::<u64>();
     let tx = conn.unchecked_transaction()?;
-    {
-        let mut mark = tx.prepare_cached(
-            "UPDATE record_anchors SET batch = ?3 WHERE record_id = ?1 AND version = ?2",
-        )?;
-        for (id, v, _) in &rows {
-            mark.execute(params![id, v, batch as i64])?;
-        }
-    }
+    tx.execute(
+        "UPDATE record_anchors SET batch = ?1 WHERE batch = -1",
+        [batch as i64],
+    )?;
     crate::audit::append(
         &tx,
         &crate::audit::Event {
@@ -196,7 +215,7 @@ pub async fn verify(
         return Ok(out);
     }
     let leaf = leaf_of(record_id, rv.version, &block_hash)?;
-    match (batch, tx_hash) {
+    match (batch.filter(|b| *b >= 0), tx_hash) {
         (Some(batch), _) => {
             out.anchor = format!("batch {batch}");
             let members: Vec<(String, i64, Vec<u8>)> = conn
