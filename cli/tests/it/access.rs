@@ -265,7 +265,7 @@ fn an_emergency_is_notified_marked_reviewed_and_ended() {
                 "x",
             ],
         ),
-        "Suspended",
+        "suspended after an unjustified review, until an admin restores them (`cohort emergency restore dr-x`)",
     );
     let log = cohort_json(&data, &["--as", "pat", "access", "log"]);
     assert_eq!(log[0]["emergency"], true, "{log}");

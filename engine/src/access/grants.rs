@@ -67,8 +67,66 @@ pub struct Changed {
     pub tx_hash: String,
 }
 
+/// A contract's refusal of an access operation, in words that say what is
+/// missing and how to get it (the contract's error name kept in brackets).
+pub(crate) fn explain(actor: &Actor, e: Error) -> Error {
+    let Error::Ledger(cohort_ledger_bridge::Error::Reverted(revert)) = &e else {
+        return e;
+    };
+    let who = actor.name();
+    let said = match revert.name.as_str() {
+        "NotEmergencyProvider" => Error::Forbidden(format!(
+            "`{who}` does not hold the emergency role (an admin grants it: `cohort account grant {who} emergency`)"
+        )),
+        "Suspended" => Error::Forbidden(format!(
+            "`{who}`'s emergency overrides are suspended after an unjustified review, until an admin restores them (`cohort emergency restore {who}`)"
+        )),
+        "NotCredentialed" => Error::Forbidden(format!(
+            "`{who}` has no unexpired provider credential (an issuer attests one: `cohort credential attest {who}`)"
+        )),
+        "NotAPatient" => Error::Forbidden(
+            "that account is not a registered patient (a patient's account is linked with `cohort account new NAME --patient ID`)"
+                .into(),
+        ),
+        "NotAProvider" => Error::Invalid(
+            "the account granted access does not hold the provider role (an admin grants it: `cohort account grant NAME provider`)"
+                .into(),
+        ),
+        "NotADelegate" => Error::Forbidden(format!(
+            "`{who}` is neither that patient nor an active delegate of theirs"
+        )),
+        "ExceedsDelegation" => Error::Forbidden(format!(
+            "the grant goes beyond `{who}`'s delegation (its level or its end)"
+        )),
+        "NoSuchGrant" => Error::Invalid("there is no grant in force to revoke".into()),
+        "InvalidDuration" => Error::Invalid(
+            "a grant or delegation lasts from one second to 366 days".into(),
+        ),
+        "AccessControlUnauthorizedAccount" => Error::Forbidden(format!(
+            "`{who}` does not hold the role this needs on chain"
+        )),
+        "NotAllowedToEnd" => Error::Forbidden(format!(
+            "`{who}` may not end this override: the patient, a delegate, the provider or an auditor may"
+        )),
+        "AlreadyEnded" => Error::Invalid("this override has already ended".into()),
+        "AlreadyReviewed" => Error::Invalid("this override has already been reviewed".into()),
+        "NoSuchEmergency" => Error::NotFound("there is no such emergency override".into()),
+        "NotIssuerOfCredential" => Error::Forbidden(format!(
+            "`{who}` neither attested this credential nor is an admin"
+        )),
+        _ => return e,
+    };
+    match said {
+        Error::Forbidden(m) => Error::Forbidden(format!("{m} ({})", revert.message)),
+        Error::Invalid(m) => Error::Invalid(format!("{m} ({})", revert.message)),
+        Error::NotFound(m) => Error::NotFound(format!("{m} ({})", revert.message)),
+        other => other,
+    }
+}
+
 /// Appends the audit entry of `action` by `actor`, with the refusal's
-/// reason when `sent` failed, and passes `sent` on.
+/// reason when `sent` failed, and passes `sent` on (a contract's refusal
+/// explained).
 pub(crate) fn audited<T>(
     conn: &Connection,
     actor: &Actor,
@@ -78,6 +136,7 @@ pub(crate) fn audited<T>(
     mut detail: serde_json::Value,
     sent: Result<T>,
 ) -> Result<T> {
+    let sent = sent.map_err(|e| explain(actor, e));
     if let Err(e) = &sent {
         detail["refused"] = e.to_string().into();
     }
