@@ -15,17 +15,12 @@ use cohort_engine::access::{emergency, grants, notifications, patients};
 use cohort_engine::records::clinical::{Clinic, Read, Search};
 use cohort_engine::records::vault::RecordVersion;
 use cohort_engine::{DataDir, Error};
-use cohort_ledger_bridge::Role;
 use tonic::{Request, Response, Status};
 
 use super::api::{StudyApi, pb};
 
 /// At most this many notifications in one answer.
 const MAX_NOTIFICATIONS: u32 = 10_000;
-
-/// The roles that may read the emergency review queue (reasons and
-/// findings included).
-pub const EMERGENCY_READERS: [Role; 2] = [Role::Auditor, Role::Admin];
 
 /// A purpose of use; empty means treatment.
 fn purpose(text: &str) -> Result<Purpose, Status> {
