@@ -291,6 +291,29 @@ fn patient_or_self(c: &Ctx, patient: &Option<String>) -> anyhow::Result<patients
     Ok(patients::find(c.vault.conn(), &name)?)
 }
 
+/// One grant as `access list` prints it, whichever path fetched it.
+pub(crate) fn grant_line(
+    provider: &str,
+    level: &str,
+    purposes: &[impl AsRef<str>],
+    kinds: &[impl AsRef<str>],
+    expires_at: u64,
+    active: bool,
+) -> String {
+    fn join(xs: &[impl AsRef<str>]) -> String {
+        xs.iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<&str>>()
+            .join(",")
+    }
+    format!(
+        "{provider:<16} {level:<8} {:<28} {:<40} until {expires_at} {}",
+        join(purposes),
+        join(kinds),
+        if active { "active" } else { "inactive" }
+    )
+}
+
 fn resource_text(
     rv: &cohort_engine::records::vault::RecordVersion,
     content: &[u8],
@@ -561,14 +584,13 @@ pub(crate) fn access(cli: &Cli, dir: &DataDir, cmd: &AccessCmd) -> anyhow::Resul
                 }
                 list.iter()
                     .map(|g| {
-                        format!(
-                            "{:<16} {:<8} {:<28} {:<40} until {} {}",
+                        grant_line(
                             g.provider_name.as_deref().unwrap_or(&g.provider),
                             g.level,
-                            g.purposes.join(","),
-                            g.kinds.join(","),
+                            &g.purposes,
+                            &g.kinds,
                             g.expires_at,
-                            if g.active { "active" } else { "inactive" }
+                            g.active,
                         )
                     })
                     .collect::<Vec<_>>()

@@ -13,7 +13,7 @@ use cohort_server::api::pb;
 
 use crate::Cli;
 use crate::cli_common::emit;
-use crate::clinical_cli::{AccessCmd, EmergencyCmd, NotificationsCmd, RecordsCmd};
+use crate::clinical_cli::{AccessCmd, EmergencyCmd, NotificationsCmd, RecordsCmd, grant_line};
 use crate::serve_cli::{as_actor, endpoint};
 
 /// `--server` and the certificate to trust, for the clinical commands.
@@ -280,14 +280,13 @@ pub(crate) fn access(
                 g.grants
                     .iter()
                     .map(|x| {
-                        format!(
-                            "{:<16} {:<8} {:<28} {:<40} until {} {}",
+                        grant_line(
                             x.provider_name.as_deref().unwrap_or(&x.provider),
-                            x.level,
-                            x.purposes.join(","),
-                            x.types.join(","),
+                            &x.level,
+                            &x.purposes,
+                            &x.types,
                             x.expires_at,
-                            if x.active { "active" } else { "inactive" }
+                            x.active,
                         )
                     })
                     .collect::<Vec<_>>()

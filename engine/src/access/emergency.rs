@@ -336,33 +336,7 @@ pub async fn restore(
     admin: &Actor,
     provider_name: &str,
 ) -> Result<Changed> {
-    let provider: Address = accounts::address_of(conn, provider_name)?
-        .ok_or_else(|| Error::NotFound(format!("no account `{provider_name}`")))?
-        .parse()
-        .map_err(|_| Error::Invalid(format!("account `{provider_name}` has a bad address")))?;
-    let sent = client
-        .send(
-            admin.account(),
-            Target::Access,
-            CohortAccess::restoreEmergencyCall { provider },
-        )
-        .await
-        .map_err(Error::from)
-        .map(|receipt| Changed {
-            action: "restored",
-            patient: None,
-            account: provider_name.to_string(),
-            tx_hash: format!("{:#x}", receipt.tx_hash),
-        });
-    audited(
-        conn,
-        admin,
-        "emergency.restore",
-        &format!("{provider:#x}"),
-        "operations",
-        serde_json::json!({ "provider": provider_name }),
-        sent,
-    )
+    super::grants::restore_emergency(conn, client, admin, provider_name).await
 }
 
 /// Every override on chain, newest first (only those awaiting review if

@@ -5,7 +5,7 @@
 
 use cohort_ledger_bridge::alloy::primitives::{Address, keccak256};
 use cohort_ledger_bridge::contracts::CohortAccess;
-use cohort_ledger_bridge::{Client, Receipt, Target};
+use cohort_ledger_bridge::{Client, Receipt, Target, Tx};
 use rusqlite::Connection;
 use serde::Serialize;
 
@@ -183,6 +183,50 @@ fn tx(receipt: &Receipt) -> String {
     format!("{:#x}", receipt.tx_hash)
 }
 
+/// What one access transaction is about: its audit entry and its answer.
+struct Step<'a> {
+    /// The audit action (`access.grant`, ...).
+    audit: &'static str,
+    /// What the answer says was done.
+    done: &'static str,
+    /// The other account (provider, delegate): the audit target.
+    target: Address,
+    /// Its name.
+    account: &'a str,
+    detail: serde_json::Value,
+}
+
+/// Sends the transaction `prepared` yields (with the patient it concerns)
+/// as `actor`, and audits it, done or refused (a refusal explained).
+async fn send_step(
+    conn: &Connection,
+    client: &Client,
+    actor: &Actor,
+    step: Step<'_>,
+    prepared: impl std::future::Future<Output = Result<(Tx, Option<Address>)>>,
+) -> Result<Changed> {
+    let sent = async {
+        let (call, patient) = prepared.await?;
+        let receipt = client.ledger().send(actor.account(), call).await?;
+        Ok(Changed {
+            action: step.done,
+            patient: patient.map(|p| format!("{p:#x}")),
+            account: step.account.to_string(),
+            tx_hash: tx(&receipt),
+        })
+    }
+    .await;
+    audited(
+        conn,
+        actor,
+        step.audit,
+        &format!("{:#x}", step.target),
+        "operations",
+        step.detail,
+        sent,
+    )
+}
+
 /// The actor grants a provider access to their records (or, as a
 /// delegate, to the records of `on_behalf_of`).
 pub async fn grant(
@@ -192,63 +236,47 @@ pub async fn grant(
     req: &GrantRequest,
 ) -> Result<Changed> {
     let provider = account_address(conn, &req.provider, "grant access to")?;
-    let detail = serde_json::json!({
-        "provider": req.provider,
-        "level": req.level.name(),
-        "purposes": Purpose::names(req.purposes),
-        "kinds": scope::kind_names(req.kinds),
-        "duration_secs": req.duration_secs,
-    });
-    let sent = async {
-        let (patient, call) = match &req.on_behalf_of {
+    let step = Step {
+        audit: "access.grant",
+        done: "granted",
+        target: provider,
+        account: &req.provider,
+        detail: serde_json::json!({
+            "provider": req.provider,
+            "level": req.level.name(),
+            "purposes": Purpose::names(req.purposes),
+            "kinds": scope::kind_names(req.kinds),
+            "duration_secs": req.duration_secs,
+        }),
+    };
+    send_step(conn, client, actor, step, async {
+        Ok(match &req.on_behalf_of {
             None => {
                 ensure_patient(client, actor).await?;
-                let call = client.tx(
-                    Target::Access,
-                    CohortAccess::grantAccessScopedCall {
-                        provider,
-                        duration: req.duration_secs,
-                        level: req.level.code(),
-                        purposes: req.purposes,
-                        kinds: req.kinds,
-                    },
-                );
-                (actor.address(), call)
+                let call = CohortAccess::grantAccessScopedCall {
+                    provider,
+                    duration: req.duration_secs,
+                    level: req.level.code(),
+                    purposes: req.purposes,
+                    kinds: req.kinds,
+                };
+                (client.tx(Target::Access, call), Some(actor.address()))
             }
             Some(p) => {
                 let patient = patients::find(conn, p)?.address;
-                let call = client.tx(
-                    Target::Access,
-                    CohortAccess::grantAccessForScopedCall {
-                        patient,
-                        provider,
-                        duration: req.duration_secs,
-                        level: req.level.code(),
-                        purposes: req.purposes,
-                        kinds: req.kinds,
-                    },
-                );
-                (patient, call)
+                let call = CohortAccess::grantAccessForScopedCall {
+                    patient,
+                    provider,
+                    duration: req.duration_secs,
+                    level: req.level.code(),
+                    purposes: req.purposes,
+                    kinds: req.kinds,
+                };
+                (client.tx(Target::Access, call), Some(patient))
             }
-        };
-        let receipt = client.ledger().send(actor.account(), call).await?;
-        Ok(Changed {
-            action: "granted",
-            patient: Some(format!("{patient:#x}")),
-            account: req.provider.clone(),
-            tx_hash: tx(&receipt),
         })
-    }
-    .await;
-    audited(
-        conn,
-        actor,
-        "access.grant",
-        &format!("{provider:#x}"),
-        "operations",
-        detail,
-        sent,
-    )
+    })
+    .await
 }
 
 /// The patient (or their delegate) revokes a provider's grant; it takes
@@ -261,35 +289,22 @@ pub async fn revoke(
     on_behalf_of: Option<&str>,
 ) -> Result<Changed> {
     let provider = account_address(conn, provider_name, "revoke access from")?;
-    let sent = async {
+    let step = Step {
+        audit: "access.revoke",
+        done: "revoked",
+        target: provider,
+        account: provider_name,
+        detail: serde_json::json!({ "provider": provider_name }),
+    };
+    send_step(conn, client, actor, step, async {
         let patient = match on_behalf_of {
             None => actor.address(),
             Some(p) => patients::find(conn, p)?.address,
         };
-        let receipt = client
-            .send(
-                actor.account(),
-                Target::Access,
-                CohortAccess::revokeAccessCall { patient, provider },
-            )
-            .await?;
-        Ok(Changed {
-            action: "revoked",
-            patient: Some(format!("{patient:#x}")),
-            account: provider_name.to_string(),
-            tx_hash: tx(&receipt),
-        })
-    }
-    .await;
-    audited(
-        conn,
-        actor,
-        "access.revoke",
-        &format!("{provider:#x}"),
-        "operations",
-        serde_json::json!({ "provider": provider_name }),
-        sent,
-    )
+        let call = CohortAccess::revokeAccessCall { patient, provider };
+        Ok((client.tx(Target::Access, call), Some(patient)))
+    })
+    .await
 }
 
 /// The patient names a delegate (a caregiver) who may read their records
@@ -303,36 +318,25 @@ pub async fn delegate(
     duration_secs: u64,
 ) -> Result<Changed> {
     let delegate = account_address(conn, delegate_name, "delegate to")?;
-    let sent = async {
+    let step = Step {
+        audit: "access.delegate",
+        done: "delegated",
+        target: delegate,
+        account: delegate_name,
+        detail: serde_json::json!({
+            "delegate": delegate_name, "max_level": max_level.name(), "duration_secs": duration_secs,
+        }),
+    };
+    send_step(conn, client, actor, step, async {
         ensure_patient(client, actor).await?;
-        let receipt = client
-            .send(
-                actor.account(),
-                Target::Access,
-                CohortAccess::setDelegateCall {
-                    delegate,
-                    maxLevel: max_level.code(),
-                    duration: duration_secs,
-                },
-            )
-            .await?;
-        Ok(Changed {
-            action: "delegated",
-            patient: Some(format!("{:#x}", actor.address())),
-            account: delegate_name.to_string(),
-            tx_hash: tx(&receipt),
-        })
-    }
-    .await;
-    audited(
-        conn,
-        actor,
-        "access.delegate",
-        &format!("{delegate:#x}"),
-        "operations",
-        serde_json::json!({ "delegate": delegate_name, "max_level": max_level.name(), "duration_secs": duration_secs }),
-        sent,
-    )
+        let call = CohortAccess::setDelegateCall {
+            delegate,
+            maxLevel: max_level.code(),
+            duration: duration_secs,
+        };
+        Ok((client.tx(Target::Access, call), Some(actor.address())))
+    })
+    .await
 }
 
 /// The patient ends a delegation.
@@ -343,31 +347,18 @@ pub async fn undelegate(
     delegate_name: &str,
 ) -> Result<Changed> {
     let delegate = account_address(conn, delegate_name, "end the delegation of")?;
-    let sent = async {
-        let receipt = client
-            .send(
-                actor.account(),
-                Target::Access,
-                CohortAccess::revokeDelegateCall { delegate },
-            )
-            .await?;
-        Ok(Changed {
-            action: "undelegated",
-            patient: Some(format!("{:#x}", actor.address())),
-            account: delegate_name.to_string(),
-            tx_hash: tx(&receipt),
-        })
-    }
-    .await;
-    audited(
-        conn,
-        actor,
-        "access.undelegate",
-        &format!("{delegate:#x}"),
-        "operations",
-        serde_json::json!({ "delegate": delegate_name }),
-        sent,
-    )
+    let step = Step {
+        audit: "access.undelegate",
+        done: "undelegated",
+        target: delegate,
+        account: delegate_name,
+        detail: serde_json::json!({ "delegate": delegate_name }),
+    };
+    send_step(conn, client, actor, step, async {
+        let call = CohortAccess::revokeDelegateCall { delegate };
+        Ok((client.tx(Target::Access, call), Some(actor.address())))
+    })
+    .await
 }
 
 /// An issuer attests a provider's licence until `expires_at` (unix
@@ -381,35 +372,22 @@ pub async fn attest_credential(
     expires_at: u64,
 ) -> Result<Changed> {
     let provider = account_address(conn, provider_name, "attest a credential of")?;
-    let sent = async {
-        let receipt = client
-            .send(
-                issuer.account(),
-                Target::Access,
-                CohortAccess::attestCredentialCall {
-                    provider,
-                    licenseHash: keccak256(license.as_bytes()),
-                    expiresAt: expires_at,
-                },
-            )
-            .await?;
-        Ok(Changed {
-            action: "attested",
-            patient: None,
-            account: provider_name.to_string(),
-            tx_hash: tx(&receipt),
-        })
-    }
-    .await;
-    audited(
-        conn,
-        issuer,
-        "credential.attest",
-        &format!("{provider:#x}"),
-        "operations",
-        serde_json::json!({ "provider": provider_name, "expires_at": expires_at }),
-        sent,
-    )
+    let step = Step {
+        audit: "credential.attest",
+        done: "attested",
+        target: provider,
+        account: provider_name,
+        detail: serde_json::json!({ "provider": provider_name, "expires_at": expires_at }),
+    };
+    send_step(conn, client, issuer, step, async {
+        let call = CohortAccess::attestCredentialCall {
+            provider,
+            licenseHash: keccak256(license.as_bytes()),
+            expiresAt: expires_at,
+        };
+        Ok((client.tx(Target::Access, call), None))
+    })
+    .await
 }
 
 /// The issuer who attested a credential (or an admin) revokes it.
@@ -420,31 +398,40 @@ pub async fn revoke_credential(
     provider_name: &str,
 ) -> Result<Changed> {
     let provider = account_address(conn, provider_name, "revoke the credential of")?;
-    let sent = async {
-        let receipt = client
-            .send(
-                actor.account(),
-                Target::Access,
-                CohortAccess::revokeCredentialCall { provider },
-            )
-            .await?;
-        Ok(Changed {
-            action: "credential revoked",
-            patient: None,
-            account: provider_name.to_string(),
-            tx_hash: tx(&receipt),
-        })
-    }
-    .await;
-    audited(
-        conn,
-        actor,
-        "credential.revoke",
-        &format!("{provider:#x}"),
-        "operations",
-        serde_json::json!({ "provider": provider_name }),
-        sent,
-    )
+    let step = Step {
+        audit: "credential.revoke",
+        done: "credential revoked",
+        target: provider,
+        account: provider_name,
+        detail: serde_json::json!({ "provider": provider_name }),
+    };
+    send_step(conn, client, actor, step, async {
+        let call = CohortAccess::revokeCredentialCall { provider };
+        Ok((client.tx(Target::Access, call), None))
+    })
+    .await
+}
+
+/// An admin lets a provider whose overrides were suspended open them again.
+pub(super) async fn restore_emergency(
+    conn: &Connection,
+    client: &Client,
+    admin: &Actor,
+    provider_name: &str,
+) -> Result<Changed> {
+    let provider = account_address(conn, provider_name, "restore the emergency role of")?;
+    let step = Step {
+        audit: "emergency.restore",
+        done: "restored",
+        target: provider,
+        account: provider_name,
+        detail: serde_json::json!({ "provider": provider_name }),
+    };
+    send_step(conn, client, admin, step, async {
+        let call = CohortAccess::restoreEmergencyCall { provider };
+        Ok((client.tx(Target::Access, call), None))
+    })
+    .await
 }
 
 /// A patient's grants, read from the chain itself (the follower's mirror
