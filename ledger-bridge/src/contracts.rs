@@ -158,15 +158,17 @@ pub enum Role {
     Auditor,
     /// The cohort engine: moves study budgets.
     Engine,
-    /// Attests provider credentials and insurance.
+    /// Attests provider credentials.
     Issuer,
+    /// Attests patients' coverage and pays its share of covered visits.
+    Insurer,
     /// Providers who may open an emergency override.
     Emergency,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 9] = [
+    pub const ALL: [Role; 10] = [
         Role::Admin,
         Role::Patient,
         Role::Provider,
@@ -175,6 +177,7 @@ impl Role {
         Role::Auditor,
         Role::Engine,
         Role::Issuer,
+        Role::Insurer,
         Role::Emergency,
     ];
 
@@ -197,6 +200,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Engine => "engine",
             Role::Issuer => "issuer",
+            Role::Insurer => "insurer",
             Role::Emergency => "emergency",
         }
     }
@@ -298,5 +302,77 @@ impl Contracts {
             }
         };
         Some(event)
+    }
+}
+
+/// An appointment's status in `Appointments` (the ABI carries it as a
+/// `uint8`, in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppointmentStatus {
+    /// No such appointment.
+    None,
+    /// Booked and paid; waiting for the provider.
+    Booked,
+    /// Confirmed by the provider.
+    Confirmed,
+    /// Declined by the provider: refunded in full.
+    Declined,
+    /// Not confirmed by its deadline: refunded in full.
+    Expired,
+    /// Cancelled by the patient or the provider.
+    Cancelled,
+    /// The visit took place and was paid.
+    Completed,
+    /// The patient did not come.
+    NoShow,
+    /// The patient disputes the no-show; an admin decides.
+    Disputed,
+    /// A no-show struck out by an admin.
+    Excused,
+}
+
+impl AppointmentStatus {
+    /// Every status, in the contract's order.
+    pub const ALL: [AppointmentStatus; 10] = [
+        AppointmentStatus::None,
+        AppointmentStatus::Booked,
+        AppointmentStatus::Confirmed,
+        AppointmentStatus::Declined,
+        AppointmentStatus::Expired,
+        AppointmentStatus::Cancelled,
+        AppointmentStatus::Completed,
+        AppointmentStatus::NoShow,
+        AppointmentStatus::Disputed,
+        AppointmentStatus::Excused,
+    ];
+
+    /// The status the contract encodes as `code`.
+    pub fn from_code(code: u8) -> AppointmentStatus {
+        Self::ALL
+            .get(code as usize)
+            .copied()
+            .unwrap_or(AppointmentStatus::None)
+    }
+
+    /// Its name (`no-show`, ...), as the follower's tables hold it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AppointmentStatus::None => "none",
+            AppointmentStatus::Booked => "booked",
+            AppointmentStatus::Confirmed => "confirmed",
+            AppointmentStatus::Declined => "declined",
+            AppointmentStatus::Expired => "expired",
+            AppointmentStatus::Cancelled => "cancelled",
+            AppointmentStatus::Completed => "completed",
+            AppointmentStatus::NoShow => "no-show",
+            AppointmentStatus::Disputed => "disputed",
+            AppointmentStatus::Excused => "excused",
+        }
+    }
+
+    /// Its name's status.
+    pub fn from_name(name: &str) -> Option<AppointmentStatus> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
     }
 }

@@ -21,7 +21,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::client::Client;
-use crate::contracts::{CohortAccess, Event, PatientRecords, ResearchStudy, Role};
+use crate::contracts::{
+    AppointmentStatus, Appointments, CohortAccess, Event, PatientRecords, ResearchStudy, Role,
+};
 use crate::error::{Error, Result};
 use crate::ledger::LogQuery;
 
@@ -96,6 +98,48 @@ CREATE TABLE IF NOT EXISTS ledger_claims (
 CREATE TABLE IF NOT EXISTS ledger_releases (
     extract_hash TEXT PRIMARY KEY, study_id INTEGER NOT NULL, k INTEGER NOT NULL, l INTEGER NOT NULL,
     rows INTEGER NOT NULL, block INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_appointments (
+    id INTEGER PRIMARY KEY, patient TEXT NOT NULL, provider TEXT NOT NULL, insurer TEXT,
+    start INTEGER NOT NULL, booked_at INTEGER NOT NULL, confirm_by INTEGER NOT NULL,
+    marked_at INTEGER, visit_type TEXT NOT NULL, reason_hash TEXT NOT NULL, fee TEXT NOT NULL,
+    insurer_share TEXT NOT NULL, copay TEXT NOT NULL, deposit TEXT NOT NULL, paid TEXT NOT NULL,
+    held TEXT NOT NULL, refunded TEXT NOT NULL, to_provider TEXT NOT NULL,
+    insurer_returned TEXT NOT NULL, insurer_paid TEXT NOT NULL, policy_version INTEGER NOT NULL,
+    status TEXT NOT NULL, block INTEGER NOT NULL, updated_block INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_appointments_provider ON ledger_appointments (provider, start);
+CREATE INDEX IF NOT EXISTS ledger_appointments_patient ON ledger_appointments (patient, start);
+CREATE INDEX IF NOT EXISTS ledger_appointments_status ON ledger_appointments (status, start);
+CREATE TABLE IF NOT EXISTS ledger_appointment_events (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, id INTEGER NOT NULL, status TEXT NOT NULL,
+    by_account TEXT NOT NULL, to_patient TEXT NOT NULL, to_provider TEXT NOT NULL,
+    to_insurer TEXT NOT NULL, from_insurer TEXT NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (block, log_index)
+);
+CREATE TABLE IF NOT EXISTS ledger_provider_hours (
+    provider TEXT PRIMARY KEY, utc_offset INTEGER NOT NULL, slot_seconds INTEGER NOT NULL,
+    opens TEXT NOT NULL, closes TEXT NOT NULL, block INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_closed_days (
+    provider TEXT NOT NULL, day INTEGER NOT NULL, PRIMARY KEY (provider, day)
+);
+CREATE TABLE IF NOT EXISTS ledger_visit_types (
+    provider TEXT NOT NULL, visit_type TEXT NOT NULL, fee TEXT NOT NULL, block INTEGER NOT NULL,
+    PRIMARY KEY (provider, visit_type)
+);
+CREATE TABLE IF NOT EXISTS ledger_appointment_policies (
+    provider TEXT NOT NULL, version INTEGER NOT NULL, policy TEXT NOT NULL, block INTEGER NOT NULL,
+    PRIMARY KEY (provider, version)
+);
+CREATE TABLE IF NOT EXISTS ledger_coverage (
+    patient TEXT NOT NULL, provider TEXT NOT NULL, visit_type TEXT NOT NULL, insurer TEXT NOT NULL,
+    share_bps INTEGER NOT NULL, expires_at INTEGER NOT NULL, policy_hash TEXT NOT NULL,
+    active INTEGER NOT NULL, block INTEGER NOT NULL,
+    PRIMARY KEY (patient, provider, visit_type)
+);
+CREATE TABLE IF NOT EXISTS ledger_insurer_funds (
+    insurer TEXT PRIMARY KEY, balance TEXT NOT NULL, block INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ledger_record_access (
     block INTEGER NOT NULL, log_index INTEGER NOT NULL, record_id TEXT NOT NULL, patient TEXT NOT NULL,
@@ -656,7 +700,217 @@ fn apply(
             )?;
         }
         Event::Records(_) => {}
-        Event::Appointments(_) => {}
+        Event::Appointments(e) => appointment_event(db, block, index, e)?,
+    }
+    Ok(())
+}
+
+/// Adds `amounts` (wei, as decimal text) to the named columns of
+/// appointment `id` (a negative sign subtracts).
+fn add_wei(db: &rusqlite::Transaction<'_>, id: i64, amounts: &[(&str, U256, bool)]) -> Result<()> {
+    for (column, amount, add) in amounts {
+        if amount.is_zero() {
+            continue;
+        }
+        let current: String = db.query_row(
+            &format!("SELECT {column} FROM ledger_appointments WHERE id = ?1"),
+            [id],
+            |r| r.get(0),
+        )?;
+        let current: U256 = current
+            .parse()
+            .map_err(|_| Error::decode("a mirrored amount", current.clone()))?;
+        let next = if *add {
+            current.saturating_add(*amount)
+        } else {
+            current.saturating_sub(*amount)
+        };
+        db.execute(
+            &format!("UPDATE ledger_appointments SET {column} = ?2 WHERE id = ?1"),
+            params![id, next.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+fn appointment_event(
+    db: &rusqlite::Transaction<'_>,
+    block: i64,
+    index: i64,
+    event: Appointments::AppointmentsEvents,
+) -> Result<()> {
+    use Appointments::AppointmentsEvents as E;
+    match event {
+        E::HoursSet(set) => {
+            let h = set.hours_;
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_provider_hours
+                 (provider, utc_offset, slot_seconds, opens, closes, block) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    hex(set.provider),
+                    h.utcOffset,
+                    h.slotSeconds,
+                    serde_json::to_string(&h.opens).expect("numbers serialise"),
+                    serde_json::to_string(&h.closes).expect("numbers serialise"),
+                    block
+                ],
+            )?;
+        }
+        E::DaysClosed(d) => {
+            for day in d.localDays {
+                if d.closed {
+                    db.execute(
+                        "INSERT OR IGNORE INTO ledger_closed_days (provider, day) VALUES (?1, ?2)",
+                        params![hex(d.provider), day],
+                    )?;
+                } else {
+                    db.execute(
+                        "DELETE FROM ledger_closed_days WHERE provider = ?1 AND day = ?2",
+                        params![hex(d.provider), day],
+                    )?;
+                }
+            }
+        }
+        E::VisitTypeSet(v) => {
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_visit_types (provider, visit_type, fee, block)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![hex(v.provider), word(v.visitType), v.fee.to_string(), block],
+            )?;
+        }
+        E::PolicySet(p) => {
+            let policy = serde_json::json!({
+                "deposit_bps": p.policy.depositBps,
+                "no_show_threshold": p.policy.noShowThreshold,
+                "threshold_deposit_bps": p.policy.thresholdDepositBps,
+                "confirm_window": p.policy.confirmWindow,
+                "no_show_grace": p.policy.noShowGrace,
+                "notice": p.policy.notice,
+                "refund_bps": p.policy.refundBps,
+            });
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_appointment_policies (provider, version, policy, block)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![hex(p.provider), p.version, policy.to_string(), block],
+            )?;
+        }
+        E::CoverageVerified(c) => {
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_coverage
+                 (patient, provider, visit_type, insurer, share_bps, expires_at, policy_hash, active, block)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
+                params![
+                    hex(c.patient),
+                    hex(c.provider),
+                    word(c.visitType),
+                    hex(c.insurer),
+                    c.shareBps,
+                    c.expiresAt as i64,
+                    word(c.policyHash),
+                    block
+                ],
+            )?;
+        }
+        E::CoverageRevoked(c) => {
+            db.execute(
+                "UPDATE ledger_coverage SET active = 0, block = ?4
+                 WHERE patient = ?1 AND provider = ?2 AND visit_type = ?3",
+                params![hex(c.patient), hex(c.provider), word(c.visitType), block],
+            )?;
+        }
+        E::InsurerFunded(f) => {
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_insurer_funds (insurer, balance, block) VALUES (?1, ?2, ?3)",
+                params![hex(f.insurer), f.balance.to_string(), block],
+            )?;
+        }
+        E::AppointmentBooked(b) => {
+            let a = b.appointment;
+            let insurer = (a.insurer != Address::ZERO).then(|| hex(a.insurer));
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_appointments
+                 (id, patient, provider, insurer, start, booked_at, confirm_by, marked_at, visit_type,
+                  reason_hash, fee, insurer_share, copay, deposit, paid, held, refunded, to_provider,
+                  insurer_returned, insurer_paid, policy_version, status, block, updated_block)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                  '0', '0', '0', '0', ?16, 'booked', ?17, ?17)",
+                params![
+                    b.id.to::<u64>() as i64,
+                    hex(a.patient),
+                    hex(a.provider),
+                    insurer,
+                    a.start as i64,
+                    a.bookedAt as i64,
+                    a.confirmBy as i64,
+                    word(a.visitType),
+                    word(a.reasonHash),
+                    a.fee.to_string(),
+                    a.insurerShare.to_string(),
+                    a.copay.to_string(),
+                    a.deposit.to_string(),
+                    a.paid.to_string(),
+                    a.held.to_string(),
+                    a.policyVersion,
+                    block
+                ],
+            )?;
+        }
+        E::AppointmentSettled(s) => {
+            let id = s.id.to::<u64>() as i64;
+            let status = AppointmentStatus::from_code(s.status).name();
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_appointment_events
+                 (block, log_index, id, status, by_account, to_patient, to_provider, to_insurer, from_insurer, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    block,
+                    index,
+                    id,
+                    status,
+                    hex(s.by),
+                    s.toPatient.to_string(),
+                    s.toProvider.to_string(),
+                    s.toInsurer.to_string(),
+                    s.fromInsurer.to_string(),
+                    s.at as i64
+                ],
+            )?;
+            db.execute(
+                "UPDATE ledger_appointments SET status = ?2, updated_block = ?3,
+                    marked_at = CASE WHEN ?2 = 'no-show' AND marked_at IS NULL THEN ?4 ELSE marked_at END
+                 WHERE id = ?1",
+                params![id, status, block, s.at as i64],
+            )?;
+            let (patient, provider) = (U256::from(s.toPatient), U256::from(s.toProvider));
+            add_wei(
+                db,
+                id,
+                &[
+                    ("held", patient + provider, false),
+                    ("refunded", patient, true),
+                    ("to_provider", provider + U256::from(s.fromInsurer), true),
+                    ("insurer_returned", U256::from(s.toInsurer), true),
+                    ("insurer_paid", U256::from(s.fromInsurer), true),
+                ],
+            )?;
+        }
+        E::BalancePaid(p) => {
+            let id = p.id.to::<u64>() as i64;
+            db.execute(
+                "UPDATE ledger_appointments SET paid = ?2, updated_block = ?3 WHERE id = ?1",
+                params![id, p.paid.to_string(), block],
+            )?;
+            let (amount, provider) = (U256::from(p.amount), U256::from(p.toProvider));
+            add_wei(
+                db,
+                id,
+                &[
+                    ("held", amount - provider, true),
+                    ("to_provider", provider, true),
+                ],
+            )?;
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -50,7 +50,7 @@ pub mod merkle;
 mod rpc;
 
 pub use client::{Client, Cost, PRIVACY_UNIT, query_fee};
-pub use contracts::{Contracts, Event, Role, Target, decode_revert};
+pub use contracts::{AppointmentStatus, Contracts, Event, Role, Target, decode_revert};
 pub use embedded::{BLOCK_GAS_LIMIT, DEFAULT_CHAIN_ID, EmbeddedLedger, TX_GAS_LIMIT, Verified};
 pub use error::{Error, Result, Revert};
 pub use follower::{Follower, Position, SyncReport};

@@ -17,6 +17,8 @@ contract CohortAccess is AccessControl {
     bytes32 public constant AUDITOR_ROLE = keccak256("cohort.AUDITOR");
     bytes32 public constant ENGINE_ROLE = keccak256("cohort.ENGINE");
     bytes32 public constant ISSUER_ROLE = keccak256("cohort.ISSUER");
+    /// Insurers attest patients' coverage and pay their share of covered visits.
+    bytes32 public constant INSURER_ROLE = keccak256("cohort.INSURER");
     /// Providers who may open an emergency override (besides a credential).
     bytes32 public constant EMERGENCY_ROLE = keccak256("cohort.EMERGENCY");
 
