@@ -13,6 +13,8 @@
 //! - [`datadir`]: one installation's directory and the vault it unlocks;
 //! - [`access`]: roles on the ledger; [`chain`]: the deployed contracts and
 //!   the client the domain sends through;
+//! - [`appointments`]: providers' hours and fees, bookings paid into
+//!   escrow, insurance, confirmation, cancellation, no-shows, reminders;
 //! - [`research`]: studies, consent, budgeted queries, extracts,
 //!   compensation, encrypted columns;
 //! - [`sql`], [`release`], [`budget`]: `cohort query FILE` over a policy
@@ -38,6 +40,7 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod appointments;
 pub mod audit;
 pub mod budget;
 pub mod chain;

@@ -189,6 +189,17 @@ pub trait Ledger: Send + Sync {
     /// The latest block's timestamp (seconds since the epoch).
     async fn timestamp(&self) -> Result<u64>;
 
+    /// The chain's clock now: the time the next block would carry. A node's
+    /// is the later of this machine's clock and its latest block; the
+    /// embedded chain adds its development offset (see `increase_time`),
+    /// so a scheduler on the chain's clock follows a test's jumps.
+    async fn now(&self) -> Result<u64> {
+        let system = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(system.max(self.timestamp().await?))
+    }
+
     /// An account's balance in wei.
     async fn balance(&self, address: Address) -> Result<U256>;
 

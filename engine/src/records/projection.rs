@@ -32,7 +32,7 @@ use crate::keys::keystore::SecretKey;
 use crate::{Error, Result};
 
 mod at_rest;
-mod sealed;
+pub(crate) mod sealed;
 
 pub(crate) use at_rest::Reading;
 

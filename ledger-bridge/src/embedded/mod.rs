@@ -541,6 +541,12 @@ impl Ledger for EmbeddedLedger {
         self.lock().snapshot(|conn| Ok(head(conn)?.timestamp))
     }
 
+    async fn now(&self) -> Result<u64> {
+        self.lock().snapshot(|conn| {
+            Ok((block::unix_now() + chain::time_offset(conn)?).max(head(conn)?.timestamp))
+        })
+    }
+
     async fn balance(&self, address: Address) -> Result<U256> {
         self.lock().snapshot(|conn| {
             Ok(State(conn)

@@ -67,6 +67,9 @@ impl Ledger for Metered {
     async fn timestamp(&self) -> Result<u64> {
         self.inner.timestamp().await
     }
+    async fn now(&self) -> Result<u64> {
+        self.inner.now().await
+    }
     async fn balance(&self, address: Address) -> Result<U256> {
         self.inner.balance(address).await
     }
