@@ -369,8 +369,15 @@ pub async fn book(
         Ok(id) => id,
         Err(e) => return refuse(e),
     };
-    let quote = match quote(conn, client, actor.address(), &req.provider, &req.visit_type, req.start)
-        .await
+    let quote = match quote(
+        conn,
+        client,
+        actor.address(),
+        &req.provider,
+        &req.visit_type,
+        req.start,
+    )
+    .await
     {
         Ok(q) => q,
         Err(e) => return refuse(e),
@@ -456,7 +463,9 @@ fn booked_id(receipt: &Receipt) -> Result<u64> {
         .iter()
         .find_map(|l| Appointments::AppointmentBooked::decode_log(&l.log).ok())
         .map(|e| e.data.id.to::<u64>())
-        .ok_or_else(|| Error::Invalid("the booking's receipt has no AppointmentBooked event".into()))
+        .ok_or_else(|| {
+            Error::Invalid("the booking's receipt has no AppointmentBooked event".into())
+        })
 }
 
 /// One step of an appointment's life.

@@ -223,7 +223,10 @@ pub fn show(
 }
 
 /// The insurer's free funds, in words.
-pub async fn funds(client: &Client, insurer: cohort_ledger_bridge::alloy::primitives::Address) -> Result<String> {
+pub async fn funds(
+    client: &Client,
+    insurer: cohort_ledger_bridge::alloy::primitives::Address,
+) -> Result<String> {
     let wei = client
         .view(
             Target::Appointments,

@@ -125,10 +125,7 @@ fn from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Appoin
         patient: named(conn, &r.get::<_, String>(1)?),
         provider: named(conn, &r.get::<_, String>(2)?),
         insurer: insurer.map(|i| named(conn, &i)),
-        visit_type: word
-            .parse::<B256>()
-            .map(visit_type_name)
-            .unwrap_or(word),
+        visit_type: word.parse::<B256>().map(visit_type_name).unwrap_or(word),
         start: r.get::<_, i64>(5)? as u64,
         confirm_by: r.get::<_, i64>(6)? as u64,
         marked_at: r.get::<_, Option<i64>>(7)?.map(|t| t as u64),
@@ -175,7 +172,11 @@ pub fn list(
         }
     }
     let statuses = serde_json::to_string(&filter.statuses).expect("strings serialise");
-    let limit = if filter.limit == 0 { 1_000 } else { filter.limit };
+    let limit = if filter.limit == 0 {
+        1_000
+    } else {
+        filter.limit
+    };
     let sql = format!(
         "SELECT {COLUMNS} FROM ledger_appointments
          WHERE (?1 OR patient = ?2 OR provider = ?2 OR insurer = ?2)
@@ -329,7 +330,13 @@ pub fn terms(conn: &Connection, provider: Address) -> Result<Terms> {
 
 /// The free slots of `provider` starting in `[from, to)` after `now`
 /// (at most [`MAX_SEARCH_DAYS`] days).
-pub fn slots(conn: &Connection, provider: Address, now: u64, from: u64, to: u64) -> Result<Vec<u64>> {
+pub fn slots(
+    conn: &Connection,
+    provider: Address,
+    now: u64,
+    from: u64,
+    to: u64,
+) -> Result<Vec<u64>> {
     Follower::install(conn)?;
     if to <= from {
         return Err(Error::Invalid("the search ends before it begins".into()));

@@ -63,7 +63,8 @@ pub fn remind(conn: &mut Connection, now: u64) -> Result<Tick> {
     let mut tick = Tick::default();
     for (id, patient, provider, start, visit) in due {
         let left = start as u64 - now;
-        let mut leads: Vec<(u64, &str)> = LEADS.iter().copied().filter(|(l, _)| left <= *l).collect();
+        let mut leads: Vec<(u64, &str)> =
+            LEADS.iter().copied().filter(|(l, _)| left <= *l).collect();
         leads.sort_by_key(|(l, _)| *l);
         for (i, (_, lead)) in leads.iter().enumerate() {
             let send = i == 0;

@@ -16,7 +16,7 @@ const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 /// A search spans at most this many days.
 pub const MAX_SEARCH_DAYS: u64 = 400;
 /// A search answers at most this many slots.
-pub const MAX_SLOTS: usize = 10_000;
+pub const MAX_SLOTS: usize = 50_000;
 
 /// A provider's weekly hours, local time (UTC plus `utc_offset_secs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,9 +115,7 @@ impl Hours {
         };
         for part in spec.split(',').filter(|p| !p.trim().is_empty()) {
             let (days, times) = part.split_once('=').ok_or_else(|| {
-                Error::Invalid(format!(
-                    "hours: `{part}` is not like mon-fri=09:00-17:00"
-                ))
+                Error::Invalid(format!("hours: `{part}` is not like mon-fri=09:00-17:00"))
             })?;
             let (from, to) = times.split_once('-').ok_or_else(|| {
                 Error::Invalid(format!("hours: `{times}` is not like 09:00-17:00"))
@@ -203,9 +201,8 @@ impl Hours {
     /// The local day number (days since 1970-01-01, local time) of a
     /// `YYYY-MM-DD` date.
     pub fn local_day(date: &str) -> Result<u32> {
-        let d = chrono::NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d").map_err(|_| {
-            Error::Invalid(format!("date: `{date}` is not a date like 2026-12-24"))
-        })?;
+        let d = chrono::NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d")
+            .map_err(|_| Error::Invalid(format!("date: `{date}` is not a date like 2026-12-24")))?;
         let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
         u32::try_from((d - epoch).num_days())
             .map_err(|_| Error::Invalid(format!("date: `{date}` is before 1970")))
@@ -308,9 +305,9 @@ impl Policy {
     pub fn parse_refunds(text: &str) -> Result<Vec<(u32, u16)>> {
         let mut tiers = Vec::new();
         for part in text.split(',').filter(|p| !p.trim().is_empty()) {
-            let (notice, share) = part.split_once('=').ok_or_else(|| {
-                Error::Invalid(format!("refunds: `{part}` is not like 24h=100%"))
-            })?;
+            let (notice, share) = part
+                .split_once('=')
+                .ok_or_else(|| Error::Invalid(format!("refunds: `{part}` is not like 24h=100%")))?;
             let notice = parse_duration("refunds", notice)?;
             let notice = u32::try_from(notice)
                 .map_err(|_| Error::Invalid(format!("refunds: `{part}` is too long a notice")))?;
@@ -459,7 +456,11 @@ mod tests {
         assert_eq!(h.closes[5], 12 * 3_600);
         assert_eq!(h.opens[6], h.closes[6]);
         assert_eq!(h.utc_offset_secs, 3_600);
-        assert!(h.describe().starts_with("mon 09:00-17:00"), "{}", h.describe());
+        assert!(
+            h.describe().starts_with("mon 09:00-17:00"),
+            "{}",
+            h.describe()
+        );
         for (spec, slot, off, says) in [
             ("mon-fri=17:00-09:00", "30m", "0", "closes before it opens"),
             ("fri-mon=09:00-17:00", "30m", "0", "runs backwards"),
@@ -480,14 +481,28 @@ mod tests {
         // Monday 2026-12-07, local 09:00 = 08:00 UTC.
         let monday = Hours::local_day("2026-12-07").unwrap() as u64 * DAY;
         let nine_local = monday + 8 * 3_600;
-        let week = free_slots(&h, &HashSet::new(), &HashSet::new(), 0, monday, monday + 7 * DAY);
+        let week = free_slots(
+            &h,
+            &HashSet::new(),
+            &HashSet::new(),
+            0,
+            monday,
+            monday + 7 * DAY,
+        );
         assert_eq!(week.len(), 5 * 16 + 6);
         assert_eq!(week[0], nine_local);
         assert!(week.iter().all(|s| h.is_slot(&HashSet::new(), *s)));
         // Taken, past and closed slots are left out.
         let taken: HashSet<u64> = [nine_local].into();
         let closed: HashSet<u32> = [(monday / DAY + 1) as u32].into();
-        let left = free_slots(&h, &closed, &taken, nine_local + 1_800, monday, monday + 7 * DAY);
+        let left = free_slots(
+            &h,
+            &closed,
+            &taken,
+            nine_local + 1_800,
+            monday,
+            monday + 7 * DAY,
+        );
         assert_eq!(left.len(), 4 * 16 + 6 - 2);
         assert!(!left.contains(&(nine_local + 1_800)));
         assert!(!h.is_slot(&HashSet::new(), nine_local + 60));

@@ -54,8 +54,29 @@ pub struct Entry {
 }
 
 /// Appends an entry in the caller's transaction, so it lands together with
-/// the change it records. Returns the new entry's sequence number.
+/// the change it records (the caller's transaction should be `IMMEDIATE`:
+/// it holds the write lock from its start). Outside a transaction the entry
+/// is its own immediate transaction, so connections appending at once take
+/// turns instead of both reading the same head. Returns the new entry's
+/// sequence number.
 pub fn append(conn: &Connection, event: &Event<'_>) -> Result<i64> {
+    if !conn.is_autocommit() {
+        return append_in(conn, event);
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match append_in(conn, event) {
+        Ok(seq) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(seq)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn append_in(conn: &Connection, event: &Event<'_>) -> Result<i64> {
     let last: Option<(i64, Vec<u8>)> = conn
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",

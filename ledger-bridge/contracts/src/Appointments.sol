@@ -316,6 +316,7 @@ contract Appointments is ReentrancyGuard {
         view
         returns (Quote memory q)
     {
+        if (!access.isCredentialed(provider)) revert NotCredentialed(provider);
         uint128 fee = feeOf[provider][visitType];
         if (fee == 0) revert NotOffered(provider, visitType);
         (Policy memory p, uint32 version) = policyOf(provider);
