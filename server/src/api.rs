@@ -134,6 +134,11 @@ impl StudyApi {
         &self.gate
     }
 
+    /// The gate, shared (for a stream that checks its caller again later).
+    pub(crate) fn shared_gate(&self) -> Arc<Gate> {
+        Arc::clone(&self.gate)
+    }
+
     /// `https` or `http`.
     pub(crate) fn scheme(&self) -> &'static str {
         self.scheme

@@ -22,6 +22,21 @@ use super::api::{StudyApi, pb};
 /// At most this many notifications in one answer.
 const MAX_NOTIFICATIONS: u32 = 10_000;
 
+/// How often a notification watch looks for new ones (and checks that its
+/// sign-in still holds).
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn notification(n: notifications::Notification) -> pb::Notification {
+    pb::Notification {
+        id: n.id,
+        kind: n.kind,
+        body: n.body.to_string(),
+        created_at: n.created_at,
+        read_at: n.read_at,
+        delivered_at: n.delivered_at,
+    }
+}
+
 /// A purpose of use; empty means treatment.
 fn purpose(text: &str) -> Result<Purpose, Status> {
     if text.trim().is_empty() {
@@ -80,7 +95,7 @@ fn changed(c: grants::Changed) -> pb::AccessChanged {
 /// Pushes the queued notifications to their webhooks in the background
 /// (a slow webhook never holds the call that caused it); what fails stays
 /// queued for the next round.
-fn deliver_later(dir: DataDir) {
+pub(crate) fn deliver_later(dir: DataDir) {
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let Ok(conn) = dir.connect() else { return };
@@ -301,20 +316,62 @@ impl pb::clinical_server::Clinical for StudyApi {
         self.as_actor(&request, "notifications.list", async move |_, vault, me| {
             let list = notifications::list(vault.conn(), me.address(), r.unread_only, limit)?;
             Ok(pb::NotificationList {
-                notifications: list
-                    .into_iter()
-                    .map(|n| pb::Notification {
-                        id: n.id,
-                        kind: n.kind,
-                        body: n.body.to_string(),
-                        created_at: n.created_at,
-                        read_at: n.read_at,
-                        delivered_at: n.delivered_at,
-                    })
-                    .collect(),
+                notifications: list.into_iter().map(notification).collect(),
             })
         })
         .await
+    }
+
+    type WatchNotificationsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::Notification, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_notifications(
+        &self,
+        request: Request<pb::WatchNotificationsRequest>,
+    ) -> Result<Response<Self::WatchNotificationsStream>, Status> {
+        let gate = self.shared_gate();
+        let me = gate.caller(&request).await?;
+        let metadata = request.metadata().clone();
+        let mut last = request.get_ref().after;
+        let dir = self.dir().clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                // The sign-in must still hold (it expires, or is ended).
+                let probe = Request::from_parts(metadata.clone(), Default::default(), ());
+                if let Err(refused) = gate.caller(&probe).await {
+                    let _ = tx.send(Err(refused)).await;
+                    return;
+                }
+                let d = dir.clone();
+                let batch = tokio::task::spawn_blocking(move || {
+                    let conn = d.connect()?;
+                    notifications::after(&conn, me, last, 100)
+                })
+                .await;
+                match batch {
+                    Ok(Ok(list)) => {
+                        for n in list {
+                            last = n.id;
+                            if tx.send(Ok(notification(n))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "notification watch"),
+                    Err(e) => tracing::warn!(error = %e, "notification watch task"),
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(WATCH_POLL).await;
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn mark_notifications_read(

@@ -29,6 +29,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("tls", "key"),
     ("log", "filter"),
     ("log", "format"),
+    ("appointments", "scheduler_secs"),
 ];
 
 /// The file read when neither `--config` nor `$COHORT_CONFIG` names one.
@@ -46,6 +47,23 @@ pub struct Config {
     pub tls: TlsSection,
     /// Structured logs (never PHI: accounts, studies, outcomes, timings).
     pub log: LogSection,
+    /// The appointment scheduler.
+    pub appointments: AppointmentsSection,
+}
+
+/// `[appointments]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppointmentsSection {
+    /// How often the scheduler sends due reminders and settles expired
+    /// bookings and released forfeits, in seconds (0: never).
+    pub scheduler_secs: u64,
+}
+
+impl Default for AppointmentsSection {
+    fn default() -> Self {
+        AppointmentsSection { scheduler_secs: 30 }
+    }
 }
 
 /// `[server]`.

@@ -20,6 +20,7 @@
 //! the standard gRPC health service.
 
 pub mod api;
+pub mod appointments_api;
 pub mod auth;
 pub mod clinical_api;
 pub mod config;
@@ -85,6 +86,89 @@ fn deliver_notifications(dir: DataDir) {
     }
 }
 
+/// Runs the appointment scheduler every `every` on a thread of its own,
+/// on the chain's clock: the reminders due (each exactly once, see
+/// `appointments::reminders`), then the settlements due, as the engine
+/// account. A failed round is logged (no PHI) and retried at the next.
+fn schedule_appointments(dir: DataDir, session: Arc<Session>, every: Duration) {
+    if every.is_zero() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("cohort-appointments".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            loop {
+                std::thread::sleep(every);
+                let round = rt.block_on(appointment_round(&dir, &session));
+                match round {
+                    Ok(t) if t.reminded + t.expired + t.released + t.failed > 0 => tracing::info!(
+                        reminded = t.reminded,
+                        expired = t.expired,
+                        released = t.released,
+                        failed = t.failed,
+                        "appointment scheduler"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "appointment scheduler round failed"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no appointment scheduler: reminders are not sent");
+    }
+}
+
+/// One scheduler round.
+async fn appointment_round(
+    dir: &DataDir,
+    session: &Session,
+) -> Result<cohort_engine::appointments::reminders::Tick> {
+    use cohort_engine::appointments::reminders;
+    session.sync().await?;
+    let now = session.client().ledger().now().await?;
+    let mut conn = dir.connect()?;
+    let mut tick = reminders::remind(&mut conn, now)?;
+    let window = session
+        .client()
+        .view(
+            cohort_ledger_bridge::Target::Appointments,
+            cohort_ledger_bridge::contracts::Appointments::disputeWindowCall {},
+        )
+        .await?;
+    let engine = cohort_engine::access::Actor::from_account(session.engine_account().clone());
+    let settled = reminders::settle(&conn, session.client(), &engine, now, window).await?;
+    tick.expired = settled.expired;
+    tick.released = settled.released;
+    tick.failed = settled.failed;
+    if tick.reminded > 0 {
+        deliver_soon(dir.clone());
+    }
+    Ok(tick)
+}
+
+/// Pushes the outbox to webhooks now, on a thread of its own.
+fn deliver_soon(dir: DataDir) {
+    let _ = std::thread::Builder::new()
+        .name("cohort-webhooks-now".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            if let Ok(conn) = dir.connect() {
+                let _ = rt.block_on(cohort_engine::access::notifications::deliver(&conn));
+            }
+        });
+}
+
 /// Serves `session` until `shutdown` resolves. Then the health service
 /// says NOT_SERVING, no new call is accepted, and the calls in flight have
 /// `[server] shutdown_grace_secs` to finish before they are dropped (a
@@ -120,6 +204,11 @@ pub async fn serve(
     ));
     let session = Arc::new(session);
     deliver_notifications(dir.clone());
+    schedule_appointments(
+        dir.clone(),
+        Arc::clone(&session),
+        Duration::from_secs(config.appointments.scheduler_secs),
+    );
     let gate = Arc::new(gate::Gate::new(
         auth,
         Arc::clone(&session),
@@ -186,6 +275,14 @@ pub async fn serve(
         )
         .add_service(
             api::pb::clinical_server::ClinicalServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            api::pb::appointments_server::AppointmentsServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            api::pb::insurance_server::InsuranceServer::new(api.clone())
                 .max_decoding_message_size(max),
         );
     // The web page and its JSON API beside the gRPC services, on one port;

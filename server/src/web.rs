@@ -21,10 +21,12 @@ use serde::{Deserialize, Serialize};
 use tonic::Code;
 
 use super::api::{StudyApi, pb};
+use pb::appointments_server::Appointments;
 use pb::audit_server::Audit;
 use pb::clinical_server::Clinical;
 use pb::compensation_server::Compensation;
 use pb::consents_server::Consents;
+use pb::insurance_server::Insurance;
 use pb::records_server::Records;
 use pb::roles_server::Roles;
 use pb::studies_server::Studies;
@@ -66,6 +68,15 @@ pub fn router(api: StudyApi) -> axum::Router {
         .route("/api/records", get(records))
         .route("/api/emergencies", get(emergencies).post(trigger))
         .route("/api/emergencies/{id}/review", post(review))
+        .route("/api/providers", get(providers))
+        .route("/api/slots", get(slots))
+        .route("/api/quote", get(quote))
+        .route("/api/availability", post(publish))
+        .route("/api/appointments", get(appointments).post(book))
+        .route("/api/appointments/{id}/reason", get(reason))
+        .route("/api/appointments/{id}/pay", post(pay))
+        .route("/api/appointments/{id}/{step}", post(act))
+        .route("/api/coverage", get(coverage))
         .with_state(api)
 }
 
@@ -417,4 +428,173 @@ async fn review(
         finding: f.finding,
     };
     reply(Clinical::review_emergency(&api, request(&headers, message)).await)
+}
+
+async fn providers(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    reply(Appointments::providers(&api, request(&headers, pb::ProvidersRequest {})).await)
+}
+
+#[derive(Deserialize)]
+struct SlotsQuery {
+    provider: String,
+    #[serde(default)]
+    from: u64,
+    #[serde(default)]
+    to: u64,
+}
+
+async fn slots(
+    State(api): State<StudyApi>,
+    Query(q): Query<SlotsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let message = pb::SlotsRequest {
+        provider: q.provider,
+        from: q.from,
+        to: q.to,
+    };
+    reply(Appointments::slots(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize)]
+struct QuoteQuery {
+    provider: String,
+    visit_type: String,
+    start: u64,
+}
+
+async fn quote(
+    State(api): State<StudyApi>,
+    Query(q): Query<QuoteQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let message = pb::QuoteRequest {
+        provider: q.provider,
+        visit_type: q.visit_type,
+        start: q.start,
+    };
+    reply(Appointments::quote(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AvailabilityForm {
+    hours: String,
+    slot: String,
+    utc_offset: String,
+    fees: Vec<String>,
+    deposit: String,
+    refunds: String,
+    confirm_within: String,
+    no_show_grace: String,
+    no_show_threshold: u32,
+    threshold_deposit: String,
+    close: Vec<String>,
+    reopen: Vec<String>,
+}
+
+async fn publish(
+    State(api): State<StudyApi>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: AvailabilityForm = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::PublishAvailabilityRequest {
+        hours: f.hours,
+        slot: f.slot,
+        utc_offset: f.utc_offset,
+        fees: f.fees,
+        deposit: f.deposit,
+        refunds: f.refunds,
+        confirm_within: f.confirm_within,
+        no_show_grace: f.no_show_grace,
+        no_show_threshold: f.no_show_threshold,
+        threshold_deposit: f.threshold_deposit,
+        close: f.close,
+        reopen: f.reopen,
+    };
+    reply(Appointments::publish(&api, request(&headers, message)).await)
+}
+
+async fn appointments(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    let message = pb::ListAppointmentsRequest {
+        statuses: Vec::new(),
+        from: 0,
+        to: 0,
+        everyone: false,
+    };
+    reply(Appointments::list(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize)]
+struct BookForm {
+    provider: String,
+    start: u64,
+    #[serde(default)]
+    visit_type: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    pay: String,
+}
+
+async fn book(
+    State(api): State<StudyApi>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: BookForm = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::BookAppointmentRequest {
+        provider: f.provider,
+        start: f.start,
+        visit_type: f.visit_type,
+        reason: f.reason,
+        pay: f.pay,
+    };
+    reply(Appointments::book(&api, request(&headers, message)).await)
+}
+
+async fn act(
+    State(api): State<StudyApi>,
+    Path((id, step)): Path<(u64, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let message = pb::AppointmentStep { id, step };
+    reply(Appointments::act(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize)]
+struct PayForm {
+    amount: String,
+}
+
+async fn pay(
+    State(api): State<StudyApi>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: PayForm = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::PayRequest {
+        id,
+        amount: f.amount,
+    };
+    reply(Appointments::pay(&api, request(&headers, message)).await)
+}
+
+async fn reason(State(api): State<StudyApi>, Path(id): Path<u64>, headers: HeaderMap) -> Response {
+    reply(Appointments::reason(&api, request(&headers, pb::AppointmentRef { id })).await)
+}
+
+async fn coverage(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    reply(Insurance::show(&api, request(&headers, pb::ShowCoverageRequest {})).await)
 }

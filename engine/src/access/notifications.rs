@@ -103,6 +103,28 @@ pub fn list(
     Ok(out)
 }
 
+/// `recipient`'s notifications with an id above `after`, oldest first (at
+/// most `limit`): what a watcher has not seen yet.
+pub fn after(
+    conn: &Connection,
+    recipient: Address,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<Notification>> {
+    install(conn)?;
+    let out = conn
+        .prepare(
+            "SELECT id, recipient, kind, body, created_at, read_at, delivered_at FROM notifications
+             WHERE recipient = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?
+        .query_map(
+            params![format!("{recipient:#x}"), after, limit as i64],
+            from_row,
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(out)
+}
+
 /// Marks `recipient`'s notifications up to `up_to` read; returns how many.
 pub fn mark_read(conn: &Connection, recipient: Address, up_to: i64) -> Result<usize> {
     install(conn)?;

@@ -35,8 +35,8 @@ pub fn install(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// The address of account `name`, or a clear refusal.
-pub(crate) fn address_of(conn: &Connection, name: &str, what: &str) -> Result<Address> {
+/// The address of account `name` (`what` it is for), or a clear error.
+pub fn address_of(conn: &Connection, name: &str, what: &str) -> Result<Address> {
     accounts::address_of(conn, name)?
         .ok_or_else(|| Error::NotFound(format!("no account `{name}` ({what})")))?
         .parse()

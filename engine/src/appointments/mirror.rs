@@ -289,6 +289,16 @@ fn closed_days(conn: &Connection, provider: &str) -> Result<Vec<u32>> {
         .collect::<rusqlite::Result<_>>()?)
 }
 
+/// The providers who have published hours.
+pub fn providers(conn: &Connection) -> Result<Vec<Address>> {
+    Follower::install(conn)?;
+    let rows: Vec<String> = conn
+        .prepare("SELECT provider FROM ledger_provider_hours ORDER BY provider")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows.iter().filter_map(|a| a.parse().ok()).collect())
+}
+
 /// What `provider` has published.
 pub fn terms(conn: &Connection, provider: Address) -> Result<Terms> {
     Follower::install(conn)?;

@@ -140,6 +140,12 @@ impl Session {
         Ok(session)
     }
 
+    /// The engine's account (it sends the research path's transactions and
+    /// the appointment scheduler's settlements).
+    pub fn engine_account(&self) -> &Account {
+        &self.engine
+    }
+
     /// The ledger client.
     pub fn client(&self) -> &Client {
         &self.client
