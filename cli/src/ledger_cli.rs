@@ -32,6 +32,14 @@ pub(crate) enum LedgerCmd {
     Sync,
     /// Check the embedded chain file: every block hash, every transaction's signature.
     Verify,
+    /// Development chains only (the embedded chain, anvil): move the chain's
+    /// clock forward by DURATION (`90m`, `2h`, `1d`) and mine a block, so
+    /// that deadlines, reminders and no-show windows can be shown without
+    /// waiting. Audited. Refused while a server owns the chain.
+    Advance {
+        /// How far: `30m`, `2h`, `1d`.
+        duration: String,
+    },
 }
 
 pub(crate) fn ledger(cli: &Cli, dir: &DataDir, cmd: &LedgerCmd) -> anyhow::Result<ExitCode> {
@@ -122,6 +130,29 @@ pub(crate) fn ledger(cli: &Cli, dir: &DataDir, cmd: &LedgerCmd) -> anyhow::Resul
                         report.head, report.unconfirmed
                     ),
                 }
+            });
+        }
+        LedgerCmd::Advance { duration } => {
+            let secs = cohort_engine::appointments::terms::parse_duration("duration", duration)?;
+            let (_, client) = rt.block_on(chain::client(dir))?;
+            rt.block_on(client.ledger().increase_time(secs))?;
+            let now = rt.block_on(client.ledger().now())?;
+            cohort_engine::audit::append(
+                &dir.connect()?,
+                &cohort_engine::audit::Event {
+                    actor: &cli.actor,
+                    action: "ledger.advance",
+                    target: "chain",
+                    purpose: "operations",
+                    detail: serde_json::json!({ "seconds": secs, "now": now }),
+                },
+            )?;
+            let report = serde_json::json!({ "advanced_secs": secs, "now": now });
+            emit(cli, &report, || {
+                format!(
+                    "the chain's clock moved {secs} s forward: it is now {}",
+                    cohort_engine::appointments::desk::when(now)
+                )
             });
         }
         LedgerCmd::Verify => {
