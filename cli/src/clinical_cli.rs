@@ -253,6 +253,17 @@ pub(crate) enum NotificationsCmd {
     },
     /// POST every queued notification to its webhook now (`cohort serve` does this on its own).
     Deliver,
+    /// Over `--server` only: print `--as`'s notifications as they arrive (the
+    /// gRPC stream), one JSON line each with --json, until --count of them
+    /// or Ctrl-C.
+    Watch {
+        /// Only those with a larger id (0: every one).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Stop after this many.
+        #[arg(long)]
+        count: Option<usize>,
+    },
 }
 
 /// What every clinical command needs: the vault, the acting account
@@ -780,6 +791,9 @@ pub(crate) fn notifications_cmd(
                 Some(u) => format!("{}'s notifications will be POSTed to {u}", actor.name()),
                 None => format!("{} has no webhook", actor.name()),
             });
+        }
+        NotificationsCmd::Watch { .. } => {
+            anyhow::bail!("`notifications watch` follows a running server: add --server URL");
         }
         NotificationsCmd::Deliver => {
             let r = runtime()?.block_on(notifications::deliver(conn))?;

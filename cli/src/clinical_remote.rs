@@ -363,6 +363,9 @@ pub(crate) fn notifications(
 ) -> anyhow::Result<ExitCode> {
     let server = remote.server.as_deref().expect("--server");
     let ca = remote.ca_cert.as_deref();
+    if let NotificationsCmd::Watch { after, count } = cmd {
+        return watch(cli, dir, server, ca, *after, *count);
+    }
     let NotificationsCmd::List { unread, mark_read } = cmd else {
         return Err(unsupported("this notifications command"));
     };
@@ -400,5 +403,39 @@ pub(crate) fn notifications(
             .collect::<Vec<_>>()
             .join("\n")
     });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `notifications watch`: the server's stream, printed as it arrives.
+fn watch(
+    cli: &Cli,
+    dir: &DataDir,
+    server: &str,
+    ca: Option<&Path>,
+    after: i64,
+    count: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    clinical(cli, dir, server, ca, async |c, token| {
+        let mut stream = c
+            .watch_notifications(authed(token, pb::WatchNotificationsRequest { after })?)
+            .await
+            .map_err(refused)?
+            .into_inner();
+        let mut seen = 0;
+        while count.is_none_or(|n| seen < n) {
+            let Some(n) = stream.message().await.map_err(refused)? else {
+                break;
+            };
+            seen += 1;
+            let item = serde_json::json!({
+                "id": n.id, "kind": n.kind, "created_at": n.created_at,
+                "body": serde_json::from_str::<serde_json::Value>(&n.body).unwrap_or_default(),
+            });
+            emit(cli, &item, || {
+                format!("#{:<4} {} {:<18} {}", n.id, n.created_at, n.kind, n.body)
+            });
+        }
+        Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }

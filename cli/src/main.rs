@@ -41,6 +41,7 @@ pub(crate) fn stdout_line(args: std::fmt::Arguments<'_>) {
 
 mod account_cli;
 mod anonymize_cli;
+mod appointment_cli;
 mod cli_common;
 mod clinical_cli;
 mod clinical_remote;
@@ -234,6 +235,22 @@ enum Command {
         remote: clinical_remote::Remote,
         #[command(subcommand)]
         cmd: NotificationsCmd,
+    },
+    /// Appointments: providers' hours, fees and policy; slots, quotes and
+    /// bookings paid into escrow; confirm, decline, cancel, complete,
+    /// no-show, dispute; the reminder scheduler.
+    Appointment {
+        #[command(flatten)]
+        remote: clinical_remote::Remote,
+        #[command(subcommand)]
+        cmd: appointment_cli::AppointmentCmd,
+    },
+    /// Insurers: verify a patient's coverage, fund shares, show coverages.
+    Insurance {
+        #[command(flatten)]
+        remote: clinical_remote::Remote,
+        #[command(subcommand)]
+        cmd: appointment_cli::InsuranceCmd,
     },
     /// Patients: erasure.
     #[command(subcommand)]
@@ -534,6 +551,12 @@ anchored {} versions on chain as batch {}",
             clinical_remote::notifications(cli, &dir()?, remote, cmd)
         }
         Command::Notifications { cmd, .. } => notifications_cmd(cli, &dir()?, cmd),
+        Command::Appointment { remote, cmd } => {
+            appointment_cli::appointment(cli, &dir()?, remote, cmd)
+        }
+        Command::Insurance { remote, cmd } => {
+            appointment_cli::insurance_cmd(cli, &dir()?, remote, cmd)
+        }
         Command::Patient(PatientCmd::Erase {
             patient,
             confirm,

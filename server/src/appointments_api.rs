@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::api::{StudyApi, pb};
 
 /// The engine's step named `text`.
-pub(crate) fn step(text: &str) -> Result<Step, Status> {
+pub fn step(text: &str) -> Result<Step, Status> {
     Ok(match text.trim() {
         "confirm" => Step::Confirm,
         "decline" => Step::Decline,
@@ -38,7 +38,7 @@ fn invalid(e: Error) -> Status {
 }
 
 /// The publication a request asks for, parsed before anything is sent.
-pub(crate) fn publication(r: &pb::PublishAvailabilityRequest) -> Result<Publish, Error> {
+pub fn publication(r: &pb::PublishAvailabilityRequest) -> Result<Publish, Error> {
     let mut p = Publish::default();
     if !r.hours.trim().is_empty() {
         let slot = if r.slot.is_empty() { "30m" } else { &r.slot };
@@ -100,7 +100,8 @@ pub(crate) fn publication(r: &pb::PublishAvailabilityRequest) -> Result<Publish,
     Ok(p)
 }
 
-fn published(items: Vec<desk::Published>) -> pb::PublishedList {
+/// The answer to a publication.
+pub fn published(items: Vec<desk::Published>) -> pb::PublishedList {
     pb::PublishedList {
         items: items
             .into_iter()
@@ -112,7 +113,8 @@ fn published(items: Vec<desk::Published>) -> pb::PublishedList {
     }
 }
 
-pub(crate) fn quote(q: desk::Quote) -> pb::BookingQuote {
+/// A quote as the API answers it.
+pub fn quote(q: desk::Quote) -> pb::BookingQuote {
     pb::BookingQuote {
         fee: q.fee,
         insurer_share: q.insurer_share,
@@ -124,7 +126,8 @@ pub(crate) fn quote(q: desk::Quote) -> pb::BookingQuote {
     }
 }
 
-pub(crate) fn settlement(s: desk::Settled) -> pb::Settlement {
+/// A step's outcome as the API answers it.
+pub fn settlement(s: desk::Settled) -> pb::Settlement {
     pb::Settlement {
         says: s.describe(),
         id: s.id,
@@ -136,7 +139,8 @@ pub(crate) fn settlement(s: desk::Settled) -> pb::Settlement {
     }
 }
 
-pub(crate) fn entry(a: mirror::AppointmentInfo) -> pb::AppointmentEntry {
+/// An appointment as the API lists it.
+pub fn entry(a: mirror::AppointmentInfo) -> pb::AppointmentEntry {
     pb::AppointmentEntry {
         says: a.describe(),
         owed: a.owed().to_string(),
@@ -159,7 +163,8 @@ pub(crate) fn entry(a: mirror::AppointmentInfo) -> pb::AppointmentEntry {
     }
 }
 
-fn terms(t: mirror::Terms) -> pb::ProviderTerms {
+/// A provider's terms as the API answers them.
+pub fn terms(t: mirror::Terms) -> pb::ProviderTerms {
     pb::ProviderTerms {
         hours: t.hours.as_ref().map(Hours::describe).unwrap_or_default(),
         policy: t.policy.as_ref().map(Policy::describe).unwrap_or_default(),

@@ -3,6 +3,7 @@
 //! with instructions when it is missing rather than skip.
 
 mod access;
+mod appointments;
 mod audit;
 mod chaos;
 mod cid;

@@ -110,13 +110,31 @@ pub struct Published {
 }
 
 /// The actor (a credentialed provider) publishes hours, fees, a policy or
-/// closed days.
+/// closed days. A provider publishing hours or fees who has never
+/// published a policy gets the default one ([`Policy::default`]), so that
+/// patients can book.
 pub async fn publish(
     conn: &Connection,
     client: &Client,
     actor: &Actor,
     p: &Publish,
 ) -> Result<Vec<Published>> {
+    let mut p = p.clone();
+    if p.policy.is_none() && (p.hours.is_some() || !p.fees.is_empty()) {
+        let has_policy = client
+            .view(
+                Target::Appointments,
+                Appointments::policyOfCall {
+                    provider: actor.address(),
+                },
+            )
+            .await
+            .is_ok();
+        if !has_policy {
+            p.policy = Some(Policy::default());
+        }
+    }
+    let p = &p;
     let mut steps: Vec<(String, serde_json::Value, Tx)> = Vec::new();
     if let Some(h) = &p.hours {
         steps.push((

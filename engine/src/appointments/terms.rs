@@ -73,6 +73,37 @@ pub fn parse_duration(field: &str, text: &str) -> Result<u64> {
     n.checked_mul(scale).ok_or_else(bad)
 }
 
+/// A time: `2026-12-07 09:30` (UTC), RFC 3339 (`2026-12-07T09:30:00+01:00`)
+/// or unix seconds.
+pub fn parse_time(field: &str, text: &str) -> Result<u64> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(secs);
+    }
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) {
+        return u64::try_from(at.timestamp())
+            .map_err(|_| Error::Invalid(format!("{field}: `{text}` is before 1970")));
+    }
+    for format in ["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"] {
+        if let Ok(at) = chrono::NaiveDateTime::parse_from_str(t, format) {
+            return u64::try_from(at.and_utc().timestamp())
+                .map_err(|_| Error::Invalid(format!("{field}: `{text}` is before 1970")));
+        }
+    }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return u64::try_from(
+            day.and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc()
+                .timestamp(),
+        )
+        .map_err(|_| Error::Invalid(format!("{field}: `{text}` is before 1970")));
+    }
+    Err(Error::Invalid(format!(
+        "{field}: `{text}` is not a time like \"2026-12-07 09:30\" (UTC), RFC 3339 or unix seconds"
+    )))
+}
+
 /// A UTC offset like `+01:00`, `-05:30` or `0`, in seconds.
 pub fn parse_offset(text: &str) -> Result<i32> {
     let text = text.trim();
@@ -506,6 +537,24 @@ mod tests {
         assert_eq!(left.len(), 4 * 16 + 6 - 2);
         assert!(!left.contains(&(nine_local + 1_800)));
         assert!(!h.is_slot(&HashSet::new(), nine_local + 60));
+    }
+
+    #[test]
+    fn times_parse_in_every_documented_form() {
+        let at = 1_796_635_800; // 2026-12-07 09:30 UTC
+        assert_eq!(parse_time("at", "2026-12-07 09:30").unwrap(), at);
+        assert_eq!(parse_time("at", "2026-12-07T10:30:00+01:00").unwrap(), at);
+        assert_eq!(parse_time("at", &at.to_string()).unwrap(), at);
+        assert_eq!(
+            parse_time("at", "2026-12-07").unwrap(),
+            at - 9 * 3_600 - 1_800
+        );
+        assert!(
+            parse_time("at", "next tuesday")
+                .unwrap_err()
+                .to_string()
+                .contains("not a time")
+        );
     }
 
     #[test]
