@@ -46,6 +46,7 @@ mod cli_common;
 mod clinical_cli;
 mod clinical_remote;
 mod demo;
+mod demo_appointments;
 mod demo_clinical;
 mod dp_cli;
 mod ledger_cli;

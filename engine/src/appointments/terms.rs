@@ -202,7 +202,7 @@ impl Hours {
         let w = ((day + 3) % 7) as usize;
         second >= self.opens[w]
             && second + self.slot_secs <= self.closes[w]
-            && (second - self.opens[w]) % self.slot_secs == 0
+            && (second - self.opens[w]).is_multiple_of(self.slot_secs)
     }
 
     /// `mon 09:00-17:00, tue ...`, every 30 min, UTC+01:00.
@@ -416,9 +416,9 @@ impl Policy {
     pub fn describe(&self) -> String {
         let pct = |b: u16| format!("{}%", f64::from(b) / 100.0);
         let dur = |s: u32| {
-            if s % 86_400 == 0 && s > 0 {
+            if s.is_multiple_of(86_400) && s > 0 {
                 format!("{}d", s / 86_400)
-            } else if s % 3_600 == 0 && s > 0 {
+            } else if s.is_multiple_of(3_600) && s > 0 {
                 format!("{}h", s / 3_600)
             } else {
                 format!("{}m", s / 60)
