@@ -1,23 +1,30 @@
 //! The web page in a real browser: Debian's headless Chromium driven by
-//! Playwright (`cli/tests/web/page.mjs`) against a live `cohort serve`, as
-//! a steward, providers, a patient and an auditor. What the page did is
-//! then checked through the CLI.
+//! Playwright (`cli/tests/web/*.mjs`) against a live `cohort serve`, as
+//! a steward, providers, a patient and an auditor, and as a patient
+//! booking visits and a provider running their calendar. What the page
+//! did is then checked through the CLI and the data directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::research::{setup, study_text};
 use crate::server::{Server, login, login_totp};
 use crate::{cohort, cohort_json, stderr, stdout};
 
-#[test]
-fn stewards_providers_patients_and_auditors_use_the_page_in_chromium() {
+/// The folder of the Playwright scripts and the Chromium to drive.
+fn browser() -> (PathBuf, String) {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists() && here.join("node_modules/playwright-core").exists(),
         "Chromium ({chromium}) or playwright-core is missing: scripts/test installs both (Debian chromium; npm ci in cli/tests/web)"
     );
+    (here, chromium)
+}
+
+#[test]
+fn stewards_providers_patients_and_auditors_use_the_page_in_chromium() {
+    let (here, chromium) = browser();
     let s = setup(8);
     let (consented, _) = s.approved_study(&study_text("3", "0.5", false), 1);
     // A pending study whose title carries HTML: the page must show it as text.
@@ -131,4 +138,166 @@ fn stewards_providers_patients_and_auditors_use_the_page_in_chromium() {
             .any(|e| e["accessor_name"] == "dr-er" && e["emergency"] == true),
         "{log}"
     );
+}
+
+/// What the patient types as the reasons of their two visits: read by the
+/// provider on the page, sealed everywhere else.
+const REASONS: [&str; 2] = [
+    "persistent cough since March, worse at night",
+    "knee pain after a fall on the stairs",
+];
+
+#[test]
+fn patients_book_and_providers_run_their_calendar_in_chromium() {
+    let (here, chromium) = browser();
+    let s = setup(4);
+    // A patient's account, linked to their records, registered on chain
+    // (its first grant does it) and given ether; a credentialed provider.
+    cohort_json(
+        &s.data,
+        &[
+            "account",
+            "new",
+            "patient-0",
+            "--patient",
+            &s.patient_ids[0],
+        ],
+    );
+    crate::research::provider_with_grants(&s.data, "dr-cal", &["patient-0"]);
+    cohort_json(&s.data, &["account", "fund", "patient-0", "1 ether"]);
+
+    let shots = tempfile::tempdir().unwrap();
+    let kept = std::env::var_os("COHORT_SCREENSHOT_DIR").map(PathBuf::from);
+    let shot_dir = kept.as_deref().unwrap_or(shots.path());
+    // One phase of appointments.mjs against `server`, both accounts signed
+    // in anew; its stdout.
+    let phase = |server: &Server, phase: &str, booked: &str| -> String {
+        let o = Command::new("node")
+            .arg(here.join("appointments.mjs"))
+            .env("COHORT_SERVER", &server.url)
+            .env("PATIENT_TOKEN", login(&s.data, server, "patient-0"))
+            .env("PROVIDER_TOKEN", login(&s.data, server, "dr-cal"))
+            .env("PHASE", phase)
+            .env("BOOKED", booked)
+            .env("REASON_A", REASONS[0])
+            .env("REASON_B", REASONS[1])
+            .env("SHOT_DIR", shot_dir)
+            .env("CHROMIUM", &chromium)
+            .output()
+            .expect("node runs");
+        assert!(
+            o.status.success(),
+            "phase {phase} of the appointments page test failed:\n{}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    };
+
+    // Published, booked twice, one reason read, both confirmed.
+    let server = Server::start(&s.data);
+    let said: serde_json::Value =
+        serde_json::from_str(phase(&server, "1", "").trim()).expect("phase 1 prints the bookings");
+    let booked: Vec<u64> = said["booked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_u64().unwrap())
+        .collect();
+    assert_eq!(booked.len(), 2, "{said}");
+    // The server owns the chain: its clock moves while it is stopped.
+    assert!(server.stop().success());
+    let moved = cohort_json(&s.data, &["ledger", "advance", "6h"]);
+    assert_eq!(moved["advanced_secs"], 21_600, "{moved}");
+    // Completed and paid up; a no-show, disputed.
+    let server = Server::start(&s.data);
+    phase(&server, "2", &format!("{},{}", booked[0], booked[1]));
+    assert!(server.stop().success());
+    for shot in ["appointments.png", "calendar.png", "appointments-after.png"] {
+        let png = std::fs::read(shot_dir.join(shot)).expect("a screenshot");
+        assert_eq!(&png[1..4], b"PNG", "{shot}");
+        assert!(png.len() > 5_000, "{shot} is nearly empty");
+    }
+
+    // What the clicks did, as the chain's mirror has it.
+    cohort_json(&s.data, &["ledger", "sync"]);
+    let conn = s.dir.connect().unwrap();
+    let row = |id: u64| -> [String; 5] {
+        conn.query_row(
+            "SELECT status, paid, held, refunded, to_provider FROM ledger_appointments WHERE id = ?1",
+            [id as i64],
+            |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]),
+        )
+        .unwrap_or_else(|e| panic!("appointment {id} on chain: {e}"))
+    };
+    let [status, paid, held, refunded, to_provider] = row(booked[0]);
+    assert_eq!(status, "completed");
+    assert_eq!(
+        paid, "50000000000000000",
+        "the deposit at booking, the rest after the visit"
+    );
+    assert_eq!((held.as_str(), refunded.as_str()), ("0", "0"));
+    assert_eq!(
+        to_provider, "50000000000000000",
+        "the whole fee to the provider"
+    );
+    let [status, paid, held, refunded, to_provider] = row(booked[1]);
+    assert_eq!(status, "disputed");
+    assert_eq!(paid, "50000000000000000");
+    assert_eq!(
+        held, "25000000000000000",
+        "the 50% deposit held for the dispute"
+    );
+    assert_eq!(
+        refunded, "25000000000000000",
+        "the rest refunded at the no-show"
+    );
+    assert_eq!(to_provider, "0");
+
+    // Each step audited, as the account that clicked; no reason in any entry.
+    let log = cohort_json(&s.data, &["audit", "log", "--limit", "100000"]);
+    let entries = log.as_array().unwrap();
+    let done = |action: &str, actor: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && e["actor"] == actor)
+            .count()
+    };
+    assert_eq!(
+        done("appointment.publish", "dr-cal"),
+        3,
+        "hours, fee, policy"
+    );
+    assert_eq!(done("appointment.book", "patient-0"), 2);
+    assert_eq!(done("appointment.confirm", "dr-cal"), 2);
+    assert_eq!(done("appointment.reason.read", "dr-cal"), 1);
+    assert_eq!(done("appointment.complete", "dr-cal"), 1);
+    assert_eq!(done("appointment.no-show", "dr-cal"), 1);
+    assert_eq!(done("appointment.pay", "patient-0"), 1);
+    assert_eq!(done("appointment.dispute", "patient-0"), 1);
+    for e in entries {
+        let text = e.to_string();
+        for reason in REASONS {
+            assert!(!text.contains(reason), "a reason in the audit log: {text}");
+        }
+    }
+    // Nor anywhere in the data directory in clear (database, chain, logs).
+    let mut folders = vec![s.data.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            for reason in REASONS {
+                assert!(
+                    !bytes.windows(reason.len()).any(|w| w == reason.as_bytes()),
+                    "a reason in clear in {}",
+                    path.display()
+                );
+            }
+        }
+    }
 }

@@ -80,7 +80,10 @@ try {
 
   // A provider without a grant is refused, and told why.
   await signIn(env("PROVIDER_TOKEN"));
-  check(JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-provider"]), "a provider sees the provider view only");
+  check(
+    JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-provider", "tab-calendar"]),
+    "a provider sees the provider and calendar views only",
+  );
   await page.fill("#records-patient", patientId);
   await page.click("#records-button");
   await page.waitForSelector("#status.error");
@@ -89,7 +92,10 @@ try {
 
   // The patient: only their own view; withdraws a consent, grants the provider.
   await signIn(env("PATIENT_TOKEN"));
-  check(JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-patient"]), "a patient sees no steward tab");
+  check(
+    JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-patient", "tab-appointments"]),
+    "a patient sees their records and appointments, no steward tab",
+  );
   check(await page.isHidden("#tab-steward"), "no Steward tab for a patient");
   const refused = await page.evaluate(async () => {
     const r = await fetch("/api/audit", { headers: { authorization: "Bearer " + sessionStorage.getItem("cohort.token") } });

@@ -6,7 +6,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY = "cohort.token";
-const SECTIONS = ["patient", "provider", "auditor", "steward"];
+const SECTIONS = ["patient", "appointments", "provider", "calendar", "auditor", "steward"];
 
 function say(text, isError) {
   const s = $("status");
@@ -114,6 +114,30 @@ function day(unixSeconds) {
   return new Date(Number(unixSeconds) * 1000).toISOString().slice(0, 10);
 }
 
+// A time as the chain keeps it, in UTC: `2026-12-07 09:00 UTC`.
+function utc(unixSeconds) {
+  if (!unixSeconds) return "";
+  return new Date(Number(unixSeconds) * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+}
+
+// Wei (decimal digits) as exact ether, trailing zeros trimmed: `0.05 ether`.
+function ether(wei) {
+  if (wei === undefined || wei === null || !/^\d+$/.test(String(wei))) return wei ? String(wei) : "";
+  const w = BigInt(wei);
+  const unit = 10n ** 18n;
+  const frac = (w % unit).toString().padStart(18, "0").replace(/0+$/, "");
+  return `${w / unit}${frac ? "." + frac : ""} ether`;
+}
+
+function etherCell(row, wei) {
+  const td = cell(row, ether(wei));
+  td.title = `${wei} wei`;
+  return td;
+}
+
+// The signed-in account, as /api/me said.
+let me = {};
+
 // ---- patient -------------------------------------------------------------
 
 // A notification in words (its JSON in the cell's title).
@@ -134,7 +158,21 @@ function describe(n) {
     case "emergency.reviewed":
       return `an auditor found emergency access #${b.emergency} ${b.justified ? "justified" : "unjustified"}` +
         (b.finding ? `: ${b.finding}` : "");
+    case "appointment.booked":
+      return `${b.patient} booked appointment #${b.appointment} (${b.visit_type}) at ${utc(b.start)}: ${b.confirm}`;
+    case "appointment.reminder":
+      return `reminder: appointment #${b.appointment} (${b.visit_type}) at ${utc(b.start)}`;
+    case "appointment.dispute-resolved":
+      return `the dispute of appointment #${b.appointment} was resolved: ` +
+        (b.no_show_stands ? "the no-show stands" : "the no-show is struck out and refunded");
     default:
+      if (n.kind.startsWith("appointment.") && b.appointment !== undefined) {
+        const moved = [];
+        if (b.refunded_wei && b.refunded_wei !== "0") moved.push(`${ether(b.refunded_wei)} back to the patient`);
+        if (b.to_provider_wei && b.to_provider_wei !== "0") moved.push(`${ether(b.to_provider_wei)} to the provider`);
+        return `appointment #${b.appointment} at ${utc(b.start)}: ${b.status}` +
+          (moved.length ? ` (${moved.join(", ")})` : "");
+      }
       return n.body;
   }
 }
@@ -224,6 +262,248 @@ async function loadPatient() {
 
 function ticked(id) {
   return [...$(id).querySelectorAll("input[type=checkbox]:checked")].map((c) => c.value);
+}
+
+// ---- appointments (patient) ------------------------------------------------
+
+// The providers who publish hours, as last loaded.
+let providers = [];
+// What the shown quote was for: booking needs a quote of the same choice.
+let quoted = "";
+
+function choice() {
+  return {
+    provider: $("book-provider").value,
+    visit_type: $("book-visit").value,
+    start: Number($("book-slot").value) || 0,
+  };
+}
+
+function unquote() {
+  quoted = "";
+  $("quote").textContent = "";
+  $("book-button").disabled = true;
+}
+
+function listTerms(t, ids) {
+  $(ids.hours).textContent = t && t.hours ? t.hours : "not published";
+  $(ids.fees).textContent = t && (t.fees || []).length
+    ? t.fees.map((f) => `${f.visit_type}: ${ether(f.fee)}`).join("; ")
+    : "none offered";
+  $(ids.policy).textContent = t && t.policy ? t.policy : "not published";
+  $(ids.closed).textContent = t && (t.closed_days || []).length ? t.closed_days.join(", ") : "none";
+}
+
+function option(select, value, text) {
+  const o = document.createElement("option");
+  o.value = String(value);
+  o.textContent = text;
+  select.appendChild(o);
+}
+
+// Shows the chosen provider's terms and offers its visit types.
+function pickProvider() {
+  const t = providers.find((p) => p.provider === $("book-provider").value);
+  listTerms(t, { hours: "terms-hours", fees: "terms-fees", policy: "terms-policy", closed: "terms-closed" });
+  const visit = $("book-visit");
+  const was = visit.value;
+  visit.replaceChildren();
+  for (const f of (t && t.fees) || []) option(visit, f.visit_type, `${f.visit_type} (${ether(f.fee)})`);
+  if ([...visit.options].some((o) => o.value === was)) visit.value = was;
+  $("book-slot").replaceChildren();
+  unquote();
+}
+
+async function findSlots() {
+  const provider = $("book-provider").value;
+  if (!provider) throw new Error("choose a provider first");
+  const q = new URLSearchParams({ provider });
+  // No day given: the server's next 7 days from the chain's now (its
+  // clock, which a development chain may have moved past this browser's).
+  const from = $("slots-from").value;
+  if (from) {
+    const start = Date.parse(from + "T00:00:00Z") / 1000;
+    const days = Number($("slots-days").value) || 1;
+    q.set("from", String(start));
+    q.set("to", String(start + days * 86400));
+  }
+  const starts = (await api("/api/slots?" + q.toString())).starts || [];
+  const slot = $("book-slot");
+  const was = slot.value;
+  slot.replaceChildren();
+  for (const s of starts) option(slot, s, utc(s));
+  if ([...slot.options].some((o) => o.value === was)) slot.value = was;
+  unquote();
+  return `${starts.length} free slot(s) with ${provider}` + (starts.length ? ` from ${utc(starts[0])}` : "");
+}
+
+async function quote() {
+  const c = choice();
+  if (!c.provider || !c.visit_type || !c.start) throw new Error("choose a provider, a visit type and a slot first");
+  const q = await api("/api/quote?" + new URLSearchParams({
+    provider: c.provider, visit_type: c.visit_type, start: String(c.start),
+  }).toString());
+  $("quote").textContent = q.says;
+  quoted = JSON.stringify(c);
+  $("book-button").disabled = false;
+  return `quoted ${c.visit_type} with ${c.provider} at ${utc(c.start)}`;
+}
+
+// An amount typed in ether (`0.02`, or with a unit) as the API takes it.
+function amountText(text) {
+  const t = text.trim();
+  if (!t) return "";
+  return /^\d+(\.\d+)?$/.test(t) ? `${t} ether` : t;
+}
+
+async function book() {
+  const c = choice();
+  if (quoted !== JSON.stringify(c)) throw new Error("ask for a quote of this slot first (press Quote)");
+  // One click, one booking: the button waits for the answer.
+  $("book-button").disabled = true;
+  let b;
+  try {
+    b = await api("/api/appointments", "POST", {
+      provider: c.provider, start: c.start, visit_type: c.visit_type,
+      reason: $("book-reason").value, pay: amountText($("book-pay").value),
+    });
+  } catch (e) {
+    $("book-button").disabled = false;
+    throw e;
+  }
+  $("book-reason").value = "";
+  $("book-pay").value = "";
+  const text = `booked appointment #${b.id}: ${c.visit_type} with ${c.provider} at ${utc(c.start)}; ` +
+    `paid ${ether(b.paid)} into escrow (copay ${ether(b.quote.copay)})`;
+  $("booked").textContent = text;
+  $("booked").dataset.appointment = b.id;
+  return text;
+}
+
+// The appointments in which the signed-in account is `side`.
+async function mine(side) {
+  const all = (await api("/api/appointments")).appointments || [];
+  return all.filter((a) => a[side] === me.account);
+}
+
+// Takes step `name` (confirm, cancel, no-show, ...) on appointment `a`.
+function step(a, name, reload) {
+  return () => act(async () => (await api(`/api/appointments/${a.id}/${name}`, "POST")).says, reload);
+}
+
+function actions(row, list) {
+  const td = cell(row, "");
+  for (const [label, onClick] of list) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    b.addEventListener("click", onClick);
+    td.appendChild(b);
+  }
+  return td;
+}
+
+async function loadAppointments() {
+  providers = (await api("/api/providers")).providers || [];
+  const select = $("book-provider");
+  const was = select.value;
+  select.replaceChildren();
+  for (const p of providers) option(select, p.provider, p.provider);
+  if ([...select.options].some((o) => o.value === was)) {
+    select.value = was;
+  }
+  if (!providers.length) say("no provider has published hours yet");
+  if (select.value !== was || !$("book-visit").options.length) {
+    pickProvider();
+  } else {
+    const t = providers.find((p) => p.provider === select.value);
+    listTerms(t, { hours: "terms-hours", fees: "terms-fees", policy: "terms-policy", closed: "terms-closed" });
+  }
+
+  const list = await mine("patient");
+  fill("my-appointments", list, (row, a) => {
+    row.dataset.appointment = a.id;
+    row.dataset.status = a.status;
+    cell(row, a.id); cell(row, utc(a.start)); cell(row, a.provider); cell(row, a.visit_type);
+    cell(row, a.status).className = "status";
+    etherCell(row, a.paid); etherCell(row, a.held); etherCell(row, a.refunded); etherCell(row, a.owed);
+    cell(row, a.says);
+    const todo = [];
+    if (a.status === "booked" || a.status === "confirmed") todo.push(["Cancel", step(a, "cancel", loadAppointments)]);
+    if (a.status === "no-show") todo.push(["Dispute", step(a, "dispute", loadAppointments)]);
+    const td = actions(row, todo);
+    if (a.owed && a.owed !== "0") {
+      const amount = document.createElement("input");
+      amount.className = "amount";
+      amount.value = ether(a.owed).replace(/ ether$/, "");
+      amount.setAttribute("aria-label", `amount to pay for appointment ${a.id} (ether)`);
+      const pay = document.createElement("button");
+      pay.type = "button";
+      pay.textContent = "Pay";
+      pay.addEventListener("click", () => act(async () => {
+        const r = await api(`/api/appointments/${a.id}/pay`, "POST", { amount: amountText(amount.value) });
+        return `paid ${amountText(amount.value)} for appointment #${r.id} (${r.status})` +
+          (r.to_provider !== "0" ? `: ${ether(r.to_provider)} to the provider` : "");
+      }, loadAppointments));
+      td.append(amount, pay);
+    }
+  });
+}
+
+// ---- calendar (provider) ---------------------------------------------------
+
+async function loadCalendar() {
+  const list = await mine("provider");
+  fill("calendar-appointments", list, (row, a) => {
+    row.dataset.appointment = a.id;
+    row.dataset.status = a.status;
+    cell(row, a.id); cell(row, utc(a.start)); cell(row, a.patient); cell(row, a.visit_type);
+    cell(row, a.status).className = "status";
+    cell(row, a.status === "booked" ? utc(a.confirm_by) : "");
+    etherCell(row, a.held); etherCell(row, a.to_provider);
+    const todo = [];
+    if (a.status === "booked") todo.push(["Confirm", step(a, "confirm", loadCalendar)], ["Decline", step(a, "decline", loadCalendar)]);
+    if (a.status === "confirmed") todo.push(["Complete", step(a, "complete", loadCalendar)], ["No-show", step(a, "no-show", loadCalendar)]);
+    actions(row, todo);
+    actions(row, [["Reason", () => act(async () => {
+      const r = await api(`/api/appointments/${a.id}/reason`);
+      const p = $("reason");
+      p.dataset.appointment = r.id;
+      p.textContent = `Reason for appointment #${r.id} (${a.patient}, ${utc(a.start)}): ${r.reason || "(none given)"}`;
+      return `read the reason of appointment #${r.id} (audited)`;
+    }, async () => {})]]);
+  });
+  const terms = ((await api("/api/providers")).providers || []).find((p) => p.provider === me.account);
+  listTerms(terms, { hours: "my-hours", fees: "my-fees", policy: "my-policy", closed: "my-closed" });
+}
+
+// The list in a field: `a, b; c` as [a, b, c].
+function entries(id, separators) {
+  return $(id).value.split(separators).map((e) => e.trim()).filter((e) => e);
+}
+
+async function publish() {
+  const form = {
+    hours: $("avail-hours").value.trim(),
+    slot: $("avail-slot").value.trim(),
+    utc_offset: $("avail-offset").value.trim(),
+    fees: entries("avail-fees", /[;,]/),
+    deposit: $("avail-deposit").value.trim(),
+    refunds: $("avail-refunds").value.trim(),
+    confirm_within: $("avail-confirm").value.trim(),
+    no_show_grace: $("avail-grace").value.trim(),
+    close: entries("avail-close", /[;,\s]+/),
+  };
+  const done = (await api("/api/availability", "POST", form)).items || [];
+  const list = $("published");
+  list.replaceChildren();
+  for (const item of done) {
+    const li = document.createElement("li");
+    li.textContent = item.what;
+    li.title = item.tx_hash;
+    list.appendChild(li);
+  }
+  return `published ${done.length} change(s)`;
 }
 
 // ---- provider ------------------------------------------------------------
@@ -343,7 +623,14 @@ async function loadSteward() {
 
 // ---- navigation ----------------------------------------------------------
 
-const LOADERS = { patient: loadPatient, provider: async () => {}, auditor: loadAuditor, steward: loadSteward };
+const LOADERS = {
+  patient: loadPatient,
+  appointments: loadAppointments,
+  provider: async () => {},
+  calendar: loadCalendar,
+  auditor: loadAuditor,
+  steward: loadSteward,
+};
 
 async function show(which) {
   for (const s of SECTIONS) {
@@ -360,11 +647,14 @@ async function show(which) {
 
 // The sections an account's roles open: patients (linked to records, or
 // holding the role), providers, auditors and admins, stewards and admins.
-function allowed(me) {
-  const roles = new Set(me.roles || []);
+function allowed(who) {
+  const roles = new Set(who.roles || []);
+  const patient = !!who.patient_id || roles.has("patient");
   return {
-    patient: !!me.patient_id || roles.has("patient"),
+    patient,
+    appointments: patient,
     provider: roles.has("provider"),
+    calendar: roles.has("provider"),
     auditor: roles.has("auditor") || roles.has("admin"),
     steward: roles.has("steward") || roles.has("admin"),
   };
@@ -378,8 +668,14 @@ async function signedIn(yes) {
     $("tab-" + s).hidden = true;
   }
   $("whoami").textContent = "";
+  me = {};
+  // Nothing of the previous account stays on the page.
+  for (const id of ["booked", "reason", "published", "book-slot"]) {
+    $(id).replaceChildren();
+    delete $(id).dataset.appointment;
+  }
+  unquote();
   if (!yes) return;
-  let me;
   try {
     me = await api("/api/me");
   } catch (e) {
@@ -444,6 +740,21 @@ document.addEventListener("DOMContentLoaded", () => {
       const m = await api("/api/notifications/read", "POST", { up_to: upTo });
       return `${m.marked} notification(s) marked read`;
     }, loadPatient);
+  });
+  $("book-provider").addEventListener("change", pickProvider);
+  for (const id of ["book-visit", "book-slot"]) $(id).addEventListener("change", unquote);
+  $("slots-button").addEventListener("click", () => act(findSlots, async () => {}));
+  $("quote-button").addEventListener("click", () => act(quote, async () => {}));
+  $("book-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    act(book, async () => {
+      await loadAppointments();
+      await findSlots();
+    });
+  });
+  $("availability-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    act(publish, loadCalendar);
   });
   $("records-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
