@@ -276,6 +276,18 @@ fn desk(cli: &Cli, dir: &DataDir, remote: &Remote) -> anyhow::Result<Desk> {
     })
 }
 
+/// Bad input, refused before any transaction: on the data directory the
+/// refusal is audited as the account's (a server audits its own).
+fn bad_input(d: &Desk, action: &str, e: cohort_engine::Error) -> anyhow::Error {
+    match d {
+        Desk::Local { vault, actor, .. } => {
+            let target = format!("{:#x}", actor.address());
+            desk::refuse(vault.conn(), actor, action, &target, e).into()
+        }
+        Desk::Remote { .. } => e.into(),
+    }
+}
+
 fn authed<T>(token: &str, message: T) -> anyhow::Result<tonic::Request<T>> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut().insert(
@@ -424,7 +436,8 @@ pub(crate) fn appointment(
                 close: close.clone(),
                 reopen: reopen.clone(),
             };
-            let publication = api::publication(&request)?;
+            let publication =
+                api::publication(&request).map_err(|e| bad_input(&d, "appointment.publish", e))?;
             let done = match &d {
                 Desk::Local {
                     vault,
@@ -589,7 +602,7 @@ pub(crate) fn appointment(
             reason,
             pay,
         } => {
-            let start = parse_time("--at", at)?;
+            let start = parse_time("--at", at).map_err(|e| bad_input(&d, "appointment.book", e))?;
             let b = match &d {
                 Desk::Local {
                     vault,
@@ -598,7 +611,11 @@ pub(crate) fn appointment(
                     rt,
                     ..
                 } => {
-                    let pay = pay.as_deref().map(|p| parse_wei("--pay", p)).transpose()?;
+                    let pay = pay
+                        .as_deref()
+                        .map(|p| parse_wei("--pay", p))
+                        .transpose()
+                        .map_err(|e| bad_input(&d, "appointment.book", e))?;
                     let req = BookRequest {
                         provider: provider.clone(),
                         start,
@@ -665,7 +682,8 @@ pub(crate) fn appointment(
             emit(cli, &s, || s.says.clone());
         }
         AppointmentCmd::Pay { id, amount } => {
-            let wei = parse_wei("--amount", amount)?;
+            let wei =
+                parse_wei("--amount", amount).map_err(|e| bad_input(&d, "appointment.pay", e))?;
             let s = match &d {
                 Desk::Local {
                     vault,

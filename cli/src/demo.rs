@@ -265,10 +265,11 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     let clinical = crate::demo_clinical::clinical(&rt, &vault, &client, &admin, &linked[0], &say)?;
     keep("clinical", clinical);
 
-    say("\n5c. Appointments: booked and paid into escrow, confirmed, reminded, completed; a no-show");
-    let appointments = crate::demo_appointments::appointments(
-        &rt, dir, &vault, &client, &admin, &linked, &say,
-    )?;
+    say(
+        "\n5c. Appointments: booked and paid into escrow, confirmed, reminded, completed; a no-show",
+    );
+    let appointments =
+        crate::demo_appointments::appointments(&rt, dir, &vault, &client, &admin, &linked, &say)?;
     keep("appointments", appointments);
 
     // 5. Three private queries.

@@ -30,7 +30,8 @@ pub(crate) fn appointments(
     say: &dyn Fn(&str),
 ) -> anyhow::Result<serde_json::Value> {
     let conn = vault.conn();
-    let get = |name: &str| accounts::get_or_create(conn, vault.keys(), name).map(Actor::from_account);
+    let get =
+        |name: &str| accounts::get_or_create(conn, vault.keys(), name).map(Actor::from_account);
     // The provider and issuer exist from the clinical step.
     let (provider, insurer) = (get("dr-demo")?, get("acme-health")?);
     rt.block_on(client.grant_role(admin, Role::Insurer, insurer.address()))?;
@@ -39,7 +40,11 @@ pub(crate) fn appointments(
         Actor::from_account(patients[1].clone()),
     );
     for who in [&first, &second, &insurer] {
-        rt.block_on(client.ledger().set_balance(who.address(), ether_milli(5_000)))?;
+        rt.block_on(
+            client
+                .ledger()
+                .set_balance(who.address(), ether_milli(5_000)),
+        )?;
     }
     let policy = Policy {
         deposit_bps: 5_000,
@@ -78,17 +83,33 @@ pub(crate) fn appointments(
         Ok(())
     };
     sync()?;
-    let free = mirror::slots(conn, provider.address(), now, now + 2 * 3_600, now + 3 * 86_400)?;
+    let free = mirror::slots(
+        conn,
+        provider.address(),
+        now,
+        now + 2 * 3_600,
+        now + 3 * 86_400,
+    )?;
     let (a, b) = match free.as_slice() {
         [a, b, ..] => (*a, *b),
-        _ => anyhow::bail!("{} has fewer than two free slots in three days", provider.name()),
+        _ => anyhow::bail!(
+            "{} has fewer than two free slots in three days",
+            provider.name()
+        ),
     };
     let mut ids = Vec::new();
     for (who, start, reason) in [
         (&first, a, "annual check-up; knee pain when climbing stairs"),
         (&second, b, "follow-up of blood pressure"),
     ] {
-        let quote = rt.block_on(desk::quote(conn, client, who.address(), provider.name(), "checkup", start))?;
+        let quote = rt.block_on(desk::quote(
+            conn,
+            client,
+            who.address(),
+            provider.name(),
+            "checkup",
+            start,
+        ))?;
         let booked = rt.block_on(desk::book(
             vault,
             client,
@@ -124,7 +145,11 @@ pub(crate) fn appointments(
             },
         ))
         .expect_err("the slot is taken");
-    say(&format!("   {} tries the same slot as #{}: refused: {taken}", second.name(), ids[0]));
+    say(&format!(
+        "   {} tries the same slot as #{}: refused: {taken}",
+        second.name(),
+        ids[0]
+    ));
     for id in &ids {
         rt.block_on(desk::act(conn, client, &provider, *id, Step::Confirm))?;
     }

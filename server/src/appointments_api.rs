@@ -33,8 +33,14 @@ pub fn step(text: &str) -> Result<Step, Status> {
     })
 }
 
-fn invalid(e: Error) -> Status {
-    Status::invalid_argument(e.to_string())
+/// Bad input refused before any transaction, audited.
+fn refused(
+    vault: &cohort_engine::records::vault::Vault,
+    me: &cohort_engine::access::Actor,
+    action: &str,
+    e: Error,
+) -> Error {
+    desk::refuse(vault.conn(), me, action, &format!("{:#x}", me.address()), e)
 }
 
 /// The publication a request asks for, parsed before anything is sent.
@@ -199,11 +205,13 @@ impl pb::appointments_server::Appointments for StudyApi {
         &self,
         request: Request<pb::PublishAvailabilityRequest>,
     ) -> Result<Response<pb::PublishedList>, Status> {
-        let p = publication(request.get_ref()).map_err(invalid)?;
+        let r = request.get_ref().clone();
         self.as_actor(
             &request,
             "appointment.publish",
             async move |s, vault, me| {
+                let p =
+                    publication(&r).map_err(|e| refused(vault, me, "appointment.publish", e))?;
                 Ok(published(
                     desk::publish(vault.conn(), s.client(), me, &p).await?,
                 ))
@@ -288,25 +296,28 @@ impl pb::appointments_server::Appointments for StudyApi {
         request: Request<pb::BookAppointmentRequest>,
     ) -> Result<Response<pb::Booking>, Status> {
         let r = request.get_ref().clone();
-        let pay = if r.pay.trim().is_empty() {
-            None
-        } else {
-            Some(parse_wei("pay", &r.pay).map_err(invalid)?)
-        };
-        let req = BookRequest {
-            provider: r.provider,
-            start: r.start,
-            visit_type: if r.visit_type.is_empty() {
-                "checkup".into()
-            } else {
-                r.visit_type
-            },
-            reason: r.reason,
-            pay,
-        };
         let dir = self.dir().clone();
         let done = self
             .as_actor(&request, "appointment.book", async move |s, vault, me| {
+                let pay = if r.pay.trim().is_empty() {
+                    None
+                } else {
+                    Some(
+                        parse_wei("pay", &r.pay)
+                            .map_err(|e| refused(vault, me, "appointment.book", e))?,
+                    )
+                };
+                let req = BookRequest {
+                    provider: r.provider,
+                    start: r.start,
+                    visit_type: if r.visit_type.is_empty() {
+                        "checkup".into()
+                    } else {
+                        r.visit_type
+                    },
+                    reason: r.reason,
+                    pay,
+                };
                 let b = desk::book(vault, s.client(), me, &req).await?;
                 Ok(pb::Booking {
                     id: b.id,
@@ -325,10 +336,18 @@ impl pb::appointments_server::Appointments for StudyApi {
         request: Request<pb::AppointmentStep>,
     ) -> Result<Response<pb::Settlement>, Status> {
         let id = request.get_ref().id;
-        let step = step(&request.get_ref().step)?;
+        let named = request.get_ref().step.clone();
         let dir = self.dir().clone();
         let done = self
             .as_actor(&request, "appointment.act", async move |s, vault, me| {
+                let step = step(&named).map_err(|e| {
+                    refused(
+                        vault,
+                        me,
+                        "appointment.act",
+                        Error::Invalid(e.message().into()),
+                    )
+                })?;
                 Ok(settlement(
                     desk::act(vault.conn(), s.client(), me, id, step).await?,
                 ))
@@ -343,8 +362,10 @@ impl pb::appointments_server::Appointments for StudyApi {
         request: Request<pb::PayRequest>,
     ) -> Result<Response<pb::Settlement>, Status> {
         let id = request.get_ref().id;
-        let amount = parse_wei("amount", &request.get_ref().amount).map_err(invalid)?;
+        let text = request.get_ref().amount.clone();
         self.as_actor(&request, "appointment.pay", async move |s, vault, me| {
+            let amount =
+                parse_wei("amount", &text).map_err(|e| refused(vault, me, "appointment.pay", e))?;
             Ok(settlement(
                 desk::pay(vault.conn(), s.client(), me, id, amount).await?,
             ))
@@ -425,14 +446,15 @@ impl pb::insurance_server::Insurance for StudyApi {
         request: Request<pb::VerifyCoverageRequest>,
     ) -> Result<Response<pb::PublishedList>, Status> {
         let r = request.get_ref().clone();
-        let share = cohort_engine::appointments::terms::Policy::parse_percent("share", &r.share)
-            .map_err(invalid)?;
-        if r.days == 0 {
-            return Err(Status::invalid_argument(
-                "`days`: a coverage lasts at least one day",
-            ));
-        }
         self.as_actor(&request, "insurance.verify", async move |s, vault, me| {
+            let share = Policy::parse_percent("share", &r.share)
+                .and_then(|share| match r.days {
+                    0 => Err(Error::Invalid(
+                        "`days`: a coverage lasts at least one day".into(),
+                    )),
+                    _ => Ok(share),
+                })
+                .map_err(|e| refused(vault, me, "insurance.verify", e))?;
             let now = s.client().ledger().now().await?;
             let c = insurance::Coverage {
                 patient: r.patient,
@@ -453,8 +475,10 @@ impl pb::insurance_server::Insurance for StudyApi {
         &self,
         request: Request<pb::FundCoverageRequest>,
     ) -> Result<Response<pb::PublishedList>, Status> {
-        let amount = parse_wei("amount", &request.get_ref().amount).map_err(invalid)?;
+        let text = request.get_ref().amount.clone();
         self.as_actor(&request, "insurance.fund", async move |s, vault, me| {
+            let amount =
+                parse_wei("amount", &text).map_err(|e| refused(vault, me, "insurance.fund", e))?;
             Ok(published(vec![
                 insurance::fund(vault.conn(), s.client(), me, amount).await?,
             ]))

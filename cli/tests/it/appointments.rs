@@ -254,6 +254,40 @@ fn a_clinic_runs_its_week_through_the_cli() {
     // Bad input: taken, in the past, off the slot grid, too little, a provider as patient.
     assert_fails_with(&book("pat2", visit), "already booked");
     assert_fails_with(&book("pat", 1_000_000), "in the past");
+    assert_fails_with(
+        &cohort(
+            &data,
+            &[
+                "--as",
+                "pat",
+                "appointment",
+                "quote",
+                "dr-x",
+                "--at",
+                "1000000",
+            ],
+        ),
+        "in the past",
+    );
+    assert_fails_with(
+        &cohort(
+            &data,
+            &[
+                "--as",
+                "pat",
+                "appointment",
+                "book",
+                "dr-x",
+                "--at",
+                &at(missed),
+                "--reason",
+                "x",
+                "--pay",
+                "lots",
+            ],
+        ),
+        "--pay `lots`",
+    );
     assert_fails_with(&book("pat", visit + 60), "not a slot");
     assert_fails_with(
         &cohort(
@@ -428,6 +462,7 @@ fn a_clinic_runs_its_week_through_the_cli() {
     let audit = audit_text(&data);
     for action in [
         "appointment.publish",
+        "appointment.publish.refused",
         "appointment.book",
         "appointment.book.refused",
         "appointment.confirm",

@@ -43,6 +43,25 @@ pub fn address_of(conn: &Connection, name: &str, what: &str) -> Result<Address> 
         .map_err(|_| Error::Invalid(format!("account `{name}` has a bad address")))
 }
 
+/// Audits a refusal decided before any transaction (bad input: a
+/// malformed amount, hours, step ...) as `<action>.refused`, and returns it.
+pub fn refuse(conn: &Connection, actor: &Actor, action: &str, target: &str, e: Error) -> Error {
+    let entry = audit::append(
+        conn,
+        &audit::Event {
+            actor: actor.name(),
+            action: &format!("{action}.refused"),
+            target,
+            purpose: "operations",
+            detail: serde_json::json!({ "refused": e.to_string() }),
+        },
+    );
+    match entry {
+        Ok(_) => e,
+        Err(audit_failed) => audit_failed,
+    }
+}
+
 fn tx_hash(receipt: &Receipt) -> String {
     format!("{:#x}", receipt.tx_hash)
 }
@@ -252,6 +271,14 @@ pub async fn quote(
     start: u64,
 ) -> Result<Quote> {
     let provider_address = address_of(conn, provider, "the provider")?;
+    let now = client.ledger().now().await?;
+    if start <= now {
+        return Err(Error::Invalid(format!(
+            "{} is in the past (the chain's time is {})",
+            when(start),
+            when(now)
+        )));
+    }
     let q = client
         .view(
             Target::Appointments,
@@ -745,10 +772,9 @@ pub async fn resolve(
 pub async fn reason(vault: &Vault, client: &Client, actor: &Actor, id: u64) -> Result<String> {
     let conn = vault.conn();
     install(conn)?;
-    let a = on_chain(client, id).await?;
-    let allowed = actor.address() == a.patient || actor.address() == a.provider;
     let opened = async {
-        if !allowed {
+        let a = on_chain(client, id).await?;
+        if actor.address() != a.patient && actor.address() != a.provider {
             return Err(Error::Forbidden(format!(
                 "`{}` is neither the patient nor the provider of appointment {id}",
                 actor.name()
