@@ -23,6 +23,7 @@ use cohort_server::appointments_api as api;
 
 use crate::Cli;
 use crate::cli_common::{emit, runtime, unlock};
+use crate::clinical_cli::sync;
 use crate::clinical_remote::Remote;
 use crate::serve_cli::{as_actor, endpoint};
 
@@ -288,17 +289,6 @@ fn bad_input(d: &Desk, action: &str, e: cohort_engine::Error) -> anyhow::Error {
     }
 }
 
-fn authed<T>(token: &str, message: T) -> anyhow::Result<tonic::Request<T>> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .context("the token is not a header value")?,
-    );
-    Ok(r)
-}
-
 type Channel = tonic::transport::Channel;
 
 /// Runs `call` with the server's appointment and insurance clients, signed
@@ -322,13 +312,6 @@ fn remote<T>(
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))
     })
-}
-
-/// Brings the follower's mirror up to date.
-fn sync(dir: &DataDir, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    let mut conn = dir.connect()?;
-    rt.block_on(cohort_engine::chain::sync(dir, &mut conn))?;
-    Ok(())
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -807,24 +790,10 @@ pub(crate) fn appointment(
             };
             sync(dir, rt)?;
             let now = rt.block_on(client.ledger().now())?;
-            let mut tick = reminders::remind(&mut dir.connect()?, now)?;
             let config = cohort_engine::chain::load(dir)?
                 .context("no ledger is deployed in this data directory")?;
             let engine = Actor::authenticate(vault.conn(), vault.keys(), &config.engine)?;
-            let window = rt.block_on(client.view(
-                cohort_ledger_bridge::Target::Appointments,
-                cohort_ledger_bridge::contracts::Appointments::disputeWindowCall {},
-            ))?;
-            let settled = rt.block_on(reminders::settle(
-                vault.conn(),
-                client,
-                &engine,
-                now,
-                window,
-            ))?;
-            tick.expired = settled.expired;
-            tick.released = settled.released;
-            tick.failed = settled.failed;
+            let tick = rt.block_on(reminders::round(&mut dir.connect()?, client, &engine, now))?;
             emit(cli, &tick, || {
                 format!(
                     "at {}: {} reminder(s) sent, {} skipped; {} unconfirmed booking(s) refunded; {} forfeit(s) paid out; {} refused",
@@ -844,7 +813,8 @@ pub(crate) fn appointment(
 
 /// `message` with the bearer token, as a gRPC status on failure.
 fn bearer<T>(token: &str, message: T) -> Result<tonic::Request<T>, tonic::Status> {
-    authed(token, message).map_err(|e| tonic::Status::internal(e.to_string()))
+    crate::clinical_remote::authed(token, message)
+        .map_err(|e| tonic::Status::internal(e.to_string()))
 }
 
 pub(crate) fn insurance_cmd(
@@ -955,15 +925,7 @@ pub(crate) fn insurance_cmd(
                     pb::CoverageList {
                         coverages: insurance::show(vault.conn(), actor.address(), now)?
                             .into_iter()
-                            .map(|c| pb::CoverageEntry {
-                                patient: c.patient,
-                                provider: c.provider,
-                                visit_type: c.visit_type,
-                                insurer: c.insurer,
-                                share_bps: u32::from(c.share_bps),
-                                expires_at: c.expires_at,
-                                active: c.active,
-                            })
+                            .map(api::coverage)
                             .collect(),
                         funds: rt.block_on(insurance::funds(client, actor.address()))?,
                     }

@@ -289,7 +289,7 @@ fn ctx(cli: &Cli, dir: &DataDir) -> anyhow::Result<Ctx> {
 }
 
 /// Brings the follower's mirror up to date (grants, delegations, reads).
-fn sync(dir: &DataDir, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub(crate) fn sync(dir: &DataDir, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let mut conn = dir.connect()?;
     rt.block_on(cohort_engine::chain::sync(dir, &mut conn))?;
     Ok(())

@@ -28,7 +28,8 @@ pub(crate) struct Remote {
     pub(crate) ca_cert: Option<std::path::PathBuf>,
 }
 
-fn authed<T>(token: &str, message: T) -> anyhow::Result<tonic::Request<T>> {
+/// `message` carrying the sign-in's bearer token.
+pub(crate) fn authed<T>(token: &str, message: T) -> anyhow::Result<tonic::Request<T>> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut().insert(
         "authorization",

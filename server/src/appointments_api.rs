@@ -6,7 +6,7 @@
 
 use cohort_engine::Error;
 use cohort_engine::appointments::desk::{self, BookRequest, Publish, Step};
-use cohort_engine::appointments::terms::{Hours, Policy, parse_duration};
+use cohort_engine::appointments::terms::{Hours, Policy, day_text, parse_duration};
 use cohort_engine::appointments::{insurance, mirror};
 use cohort_engine::research::study::parse_wei;
 use cohort_ledger_bridge::alloy::primitives::Address;
@@ -169,6 +169,19 @@ pub fn entry(a: mirror::AppointmentInfo) -> pb::AppointmentEntry {
     }
 }
 
+/// A coverage as the API lists it.
+pub fn coverage(c: insurance::CoverageInfo) -> pb::CoverageEntry {
+    pb::CoverageEntry {
+        patient: c.patient,
+        provider: c.provider,
+        visit_type: c.visit_type,
+        insurer: c.insurer,
+        share_bps: u32::from(c.share_bps),
+        expires_at: c.expires_at,
+        active: c.active,
+    }
+}
+
 /// A provider's terms as the API answers them.
 pub fn terms(t: mirror::Terms) -> pb::ProviderTerms {
     pb::ProviderTerms {
@@ -182,15 +195,7 @@ pub fn terms(t: mirror::Terms) -> pb::ProviderTerms {
                 fee: fee.clone(),
             })
             .collect(),
-        closed_days: t
-            .closed_days
-            .iter()
-            .map(|d| {
-                chrono::DateTime::from_timestamp(i64::from(*d) * 86_400, 0)
-                    .map(|t| t.format("%Y-%m-%d").to_string())
-                    .unwrap_or_default()
-            })
-            .collect(),
+        closed_days: t.closed_days.iter().map(|d| day_text(*d)).collect(),
         provider: t.provider,
     }
 }
@@ -495,15 +500,7 @@ impl pb::insurance_server::Insurance for StudyApi {
             let now = s.client().ledger().now().await?;
             let coverages = insurance::show(vault.conn(), me.address(), now)?
                 .into_iter()
-                .map(|c| pb::CoverageEntry {
-                    patient: c.patient,
-                    provider: c.provider,
-                    visit_type: c.visit_type,
-                    insurer: c.insurer,
-                    share_bps: u32::from(c.share_bps),
-                    expires_at: c.expires_at,
-                    active: c.active,
-                })
+                .map(coverage)
                 .collect();
             Ok(pb::CoverageList {
                 coverages,

@@ -53,73 +53,80 @@ pub const FLIGHT_SERVICE: &str = "arrow.flight.protocol.FlightService";
 /// How often the server pushes queued notifications to their webhooks.
 const WEBHOOK_ROUND: Duration = Duration::from_secs(15);
 
-/// Pushes the notification outbox to webhooks every [`WEBHOOK_ROUND`], on
-/// a thread of its own (its SQLite connection is not shared), for as long
-/// as the process runs; a failed POST stays queued for the next round.
-fn deliver_notifications(dir: DataDir) {
-    let spawned = std::thread::Builder::new()
-        .name("cohort-webhooks".into())
+/// Runs `work` every `period` on a thread of its own (with its own
+/// runtime: SQLite connections are not shared across threads), for as long
+/// as the process runs.
+fn every(
+    name: &str,
+    period: Duration,
+    mut work: impl FnMut(&tokio::runtime::Runtime) + Send + 'static,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(name.into())
         .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
             loop {
-                std::thread::sleep(WEBHOOK_ROUND);
-                let round = dir.connect().map_err(|e| e.to_string()).and_then(|conn| {
-                    rt.block_on(cohort_engine::access::notifications::deliver(&conn))
-                        .map_err(|e| e.to_string())
-                });
-                match round {
-                    Ok(r) if r.delivered + r.failed > 0 => {
-                        tracing::info!(delivered = r.delivered, failed = r.failed, "webhooks")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "webhook round failed"),
-                }
+                std::thread::sleep(period);
+                work(&rt);
             }
-        });
-    if let Err(e) = spawned {
+        })
+        .map(|_| ())
+}
+
+/// One round of webhook deliveries; a failed POST stays queued.
+fn deliver_round(dir: &DataDir, rt: &tokio::runtime::Runtime) {
+    let round = dir.connect().map_err(|e| e.to_string()).and_then(|conn| {
+        rt.block_on(cohort_engine::access::notifications::deliver(&conn))
+            .map_err(|e| e.to_string())
+    });
+    match round {
+        Ok(r) if r.delivered + r.failed > 0 => {
+            tracing::info!(delivered = r.delivered, failed = r.failed, "webhooks")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "webhook round failed"),
+    }
+}
+
+/// Pushes the notification outbox to webhooks every [`WEBHOOK_ROUND`].
+fn deliver_notifications(dir: DataDir) {
+    if let Err(e) = every("cohort-webhooks", WEBHOOK_ROUND, move |rt| {
+        deliver_round(&dir, rt)
+    }) {
         tracing::warn!(error = %e, "no webhook thread: notifications stay in the outbox");
     }
 }
 
-/// Runs the appointment scheduler every `every` on a thread of its own,
-/// on the chain's clock: the reminders due (each exactly once, see
-/// `appointments::reminders`), then the settlements due, as the engine
-/// account. A failed round is logged (no PHI) and retried at the next.
-fn schedule_appointments(dir: DataDir, session: Arc<Session>, every: Duration) {
-    if every.is_zero() {
+/// Runs the appointment scheduler every `period` on the chain's clock:
+/// the reminders due (each exactly once, see `appointments::reminders`),
+/// then the settlements due, as the engine account; reminders sent are
+/// pushed to webhooks at once. A failed round is logged (no PHI) and
+/// retried at the next.
+fn schedule_appointments(dir: DataDir, session: Arc<Session>, period: Duration) {
+    if period.is_zero() {
         return;
     }
-    let spawned = std::thread::Builder::new()
-        .name("cohort-appointments".into())
-        .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            loop {
-                std::thread::sleep(every);
-                let round = rt.block_on(appointment_round(&dir, &session));
-                match round {
-                    Ok(t) if t.reminded + t.expired + t.released + t.failed > 0 => tracing::info!(
-                        reminded = t.reminded,
-                        expired = t.expired,
-                        released = t.released,
-                        failed = t.failed,
-                        "appointment scheduler"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "appointment scheduler round failed"),
+    let scheduled = every("cohort-appointments", period, move |rt| {
+        match rt.block_on(appointment_round(&dir, &session)) {
+            Ok(t) if t.reminded + t.expired + t.released + t.failed > 0 => {
+                tracing::info!(
+                    reminded = t.reminded,
+                    expired = t.expired,
+                    released = t.released,
+                    failed = t.failed,
+                    "appointment scheduler"
+                );
+                if t.reminded > 0 {
+                    deliver_round(&dir, rt);
                 }
             }
-        });
-    if let Err(e) = spawned {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "appointment scheduler round failed"),
+        }
+    });
+    if let Err(e) = scheduled {
         tracing::warn!(error = %e, "no appointment scheduler: reminders are not sent");
     }
 }
@@ -129,44 +136,16 @@ async fn appointment_round(
     dir: &DataDir,
     session: &Session,
 ) -> Result<cohort_engine::appointments::reminders::Tick> {
-    use cohort_engine::appointments::reminders;
     session.sync().await?;
     let now = session.client().ledger().now().await?;
-    let mut conn = dir.connect()?;
-    let mut tick = reminders::remind(&mut conn, now)?;
-    let window = session
-        .client()
-        .view(
-            cohort_ledger_bridge::Target::Appointments,
-            cohort_ledger_bridge::contracts::Appointments::disputeWindowCall {},
-        )
-        .await?;
     let engine = cohort_engine::access::Actor::from_account(session.engine_account().clone());
-    let settled = reminders::settle(&conn, session.client(), &engine, now, window).await?;
-    tick.expired = settled.expired;
-    tick.released = settled.released;
-    tick.failed = settled.failed;
-    if tick.reminded > 0 {
-        deliver_soon(dir.clone());
-    }
-    Ok(tick)
-}
-
-/// Pushes the outbox to webhooks now, on a thread of its own.
-fn deliver_soon(dir: DataDir) {
-    let _ = std::thread::Builder::new()
-        .name("cohort-webhooks-now".into())
-        .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            if let Ok(conn) = dir.connect() {
-                let _ = rt.block_on(cohort_engine::access::notifications::deliver(&conn));
-            }
-        });
+    cohort_engine::appointments::reminders::round(
+        &mut dir.connect()?,
+        session.client(),
+        &engine,
+        now,
+    )
+    .await
 }
 
 /// Serves `session` until `shutdown` resolves. Then the health service

@@ -133,7 +133,11 @@ fn main() -> anyhow::Result<()> {
             id,
         )?);
         rt.block_on(grants::ensure_patient(&client, &a))?;
-        rt.block_on(client.ledger().set_balance(a.address(), wei * U256::from(1_000_000)))?;
+        rt.block_on(
+            client
+                .ledger()
+                .set_balance(a.address(), wei * U256::from(1_000_000)),
+        )?;
         patients.push(a);
     }
     // Distinct free slots, round-robin over the providers other than dr-0
@@ -179,10 +183,16 @@ fn main() -> anyhow::Result<()> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("a client thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a client thread"))
+            .collect()
     });
     let engine_secs = t.elapsed().as_secs_f64();
-    let booked: usize = outcomes.into_iter().map(|o| o.map_err(|e| anyhow::anyhow!("{e}"))).sum::<anyhow::Result<usize>>()?;
+    let booked: usize = outcomes
+        .into_iter()
+        .map(|o| o.map_err(|e| anyhow::anyhow!("{e}")))
+        .sum::<anyhow::Result<usize>>()?;
 
     // The contract's ceiling: paid `book` transactions in batches of 200,
     // for dr-0's weekday slots over the next year.

@@ -823,6 +823,11 @@ class ClinicalStub:
                 request_serializer=cohort__pb2.NotificationsRequest.SerializeToString,
                 response_deserializer=cohort__pb2.NotificationList.FromString,
                 _registered_method=True)
+        self.WatchNotifications = channel.unary_stream(
+                '/cohort.v1.Clinical/WatchNotifications',
+                request_serializer=cohort__pb2.WatchNotificationsRequest.SerializeToString,
+                response_deserializer=cohort__pb2.Notification.FromString,
+                _registered_method=True)
         self.MarkNotificationsRead = channel.unary_unary(
                 '/cohort.v1.Clinical/MarkNotificationsRead',
                 request_serializer=cohort__pb2.MarkReadRequest.SerializeToString,
@@ -938,6 +943,15 @@ class ClinicalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchNotifications(self, request, context):
+        """The caller's notifications as they arrive (reminders, bookings,
+        emergencies ...): those after `after`, then each new one, until the
+        client hangs up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def MarkNotificationsRead(self, request, context):
         """Marks the caller's notifications up to `up_to` read.
         """
@@ -1038,6 +1052,11 @@ def add_ClinicalServicer_to_server(servicer, server):
                     servicer.Notifications,
                     request_deserializer=cohort__pb2.NotificationsRequest.FromString,
                     response_serializer=cohort__pb2.NotificationList.SerializeToString,
+            ),
+            'WatchNotifications': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchNotifications,
+                    request_deserializer=cohort__pb2.WatchNotificationsRequest.FromString,
+                    response_serializer=cohort__pb2.Notification.SerializeToString,
             ),
             'MarkNotificationsRead': grpc.unary_unary_rpc_method_handler(
                     servicer.MarkNotificationsRead,
@@ -1326,6 +1345,33 @@ class Clinical:
             '/cohort.v1.Clinical/Notifications',
             cohort__pb2.NotificationsRequest.SerializeToString,
             cohort__pb2.NotificationList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cohort.v1.Clinical/WatchNotifications',
+            cohort__pb2.WatchNotificationsRequest.SerializeToString,
+            cohort__pb2.Notification.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1686,6 +1732,703 @@ class Roles:
             '/cohort.v1.Roles/Me',
             cohort__pb2.MeRequest.SerializeToString,
             cohort__pb2.Identity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AppointmentsStub:
+    """Appointments: a credentialed provider's hours, fees and policy; bookings
+    paid into the Appointments contract's escrow; confirmation, cancellation,
+    completion, no-shows and disputes. Each call acts as the signed-in
+    account and the contract decides whether it may (a refusal is
+    PERMISSION_DENIED or INVALID_ARGUMENT naming what is wrong, audited, with
+    no ether moved). Times are unix seconds; amounts wei, decimal strings.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Publish = channel.unary_unary(
+                '/cohort.v1.Appointments/Publish',
+                request_serializer=cohort__pb2.PublishAvailabilityRequest.SerializeToString,
+                response_deserializer=cohort__pb2.PublishedList.FromString,
+                _registered_method=True)
+        self.Terms = channel.unary_unary(
+                '/cohort.v1.Appointments/Terms',
+                request_serializer=cohort__pb2.ProviderRef.SerializeToString,
+                response_deserializer=cohort__pb2.ProviderTerms.FromString,
+                _registered_method=True)
+        self.Providers = channel.unary_unary(
+                '/cohort.v1.Appointments/Providers',
+                request_serializer=cohort__pb2.ProvidersRequest.SerializeToString,
+                response_deserializer=cohort__pb2.ProviderList.FromString,
+                _registered_method=True)
+        self.Slots = channel.unary_unary(
+                '/cohort.v1.Appointments/Slots',
+                request_serializer=cohort__pb2.SlotsRequest.SerializeToString,
+                response_deserializer=cohort__pb2.SlotList.FromString,
+                _registered_method=True)
+        self.Quote = channel.unary_unary(
+                '/cohort.v1.Appointments/Quote',
+                request_serializer=cohort__pb2.QuoteRequest.SerializeToString,
+                response_deserializer=cohort__pb2.BookingQuote.FromString,
+                _registered_method=True)
+        self.Book = channel.unary_unary(
+                '/cohort.v1.Appointments/Book',
+                request_serializer=cohort__pb2.BookAppointmentRequest.SerializeToString,
+                response_deserializer=cohort__pb2.Booking.FromString,
+                _registered_method=True)
+        self.Act = channel.unary_unary(
+                '/cohort.v1.Appointments/Act',
+                request_serializer=cohort__pb2.AppointmentStep.SerializeToString,
+                response_deserializer=cohort__pb2.Settlement.FromString,
+                _registered_method=True)
+        self.Pay = channel.unary_unary(
+                '/cohort.v1.Appointments/Pay',
+                request_serializer=cohort__pb2.PayRequest.SerializeToString,
+                response_deserializer=cohort__pb2.Settlement.FromString,
+                _registered_method=True)
+        self.Resolve = channel.unary_unary(
+                '/cohort.v1.Appointments/Resolve',
+                request_serializer=cohort__pb2.ResolveRequest.SerializeToString,
+                response_deserializer=cohort__pb2.Settlement.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/cohort.v1.Appointments/List',
+                request_serializer=cohort__pb2.ListAppointmentsRequest.SerializeToString,
+                response_deserializer=cohort__pb2.AppointmentList.FromString,
+                _registered_method=True)
+        self.Reason = channel.unary_unary(
+                '/cohort.v1.Appointments/Reason',
+                request_serializer=cohort__pb2.AppointmentRef.SerializeToString,
+                response_deserializer=cohort__pb2.AppointmentReason.FromString,
+                _registered_method=True)
+
+
+class AppointmentsServicer:
+    """Appointments: a credentialed provider's hours, fees and policy; bookings
+    paid into the Appointments contract's escrow; confirmation, cancellation,
+    completion, no-shows and disputes. Each call acts as the signed-in
+    account and the contract decides whether it may (a refusal is
+    PERMISSION_DENIED or INVALID_ARGUMENT naming what is wrong, audited, with
+    no ether moved). Times are unix seconds; amounts wei, decimal strings.
+    """
+
+    def Publish(self, request, context):
+        """As `cohort appointment availability`: the caller (a credentialed
+        provider) publishes hours, visit-type fees, a policy or closed days.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Terms(self, request, context):
+        """A provider's published hours, fees and policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Providers(self, request, context):
+        """The providers who have published hours.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Slots(self, request, context):
+        """As `cohort appointment slots PROVIDER`: the free slots in a range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Quote(self, request, context):
+        """What a booking would cost the caller, coverage said clearly.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Book(self, request, context):
+        """As `cohort appointment book`: the caller (a patient) books and pays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Act(self, request, context):
+        """As `cohort appointment confirm|decline|cancel|complete|no-show|dispute ID`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pay(self, request, context):
+        """As `cohort appointment pay ID --amount A`: more of the caller's copay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resolve(self, request, context):
+        """As `cohort appointment resolve ID`: an admin decides a disputed no-show.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """As `cohort appointment list`: the caller's appointments, by start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reason(self, request, context):
+        """As `cohort appointment reason ID`: the visit's reason, for its patient
+        or provider only (audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AppointmentsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Publish': grpc.unary_unary_rpc_method_handler(
+                    servicer.Publish,
+                    request_deserializer=cohort__pb2.PublishAvailabilityRequest.FromString,
+                    response_serializer=cohort__pb2.PublishedList.SerializeToString,
+            ),
+            'Terms': grpc.unary_unary_rpc_method_handler(
+                    servicer.Terms,
+                    request_deserializer=cohort__pb2.ProviderRef.FromString,
+                    response_serializer=cohort__pb2.ProviderTerms.SerializeToString,
+            ),
+            'Providers': grpc.unary_unary_rpc_method_handler(
+                    servicer.Providers,
+                    request_deserializer=cohort__pb2.ProvidersRequest.FromString,
+                    response_serializer=cohort__pb2.ProviderList.SerializeToString,
+            ),
+            'Slots': grpc.unary_unary_rpc_method_handler(
+                    servicer.Slots,
+                    request_deserializer=cohort__pb2.SlotsRequest.FromString,
+                    response_serializer=cohort__pb2.SlotList.SerializeToString,
+            ),
+            'Quote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Quote,
+                    request_deserializer=cohort__pb2.QuoteRequest.FromString,
+                    response_serializer=cohort__pb2.BookingQuote.SerializeToString,
+            ),
+            'Book': grpc.unary_unary_rpc_method_handler(
+                    servicer.Book,
+                    request_deserializer=cohort__pb2.BookAppointmentRequest.FromString,
+                    response_serializer=cohort__pb2.Booking.SerializeToString,
+            ),
+            'Act': grpc.unary_unary_rpc_method_handler(
+                    servicer.Act,
+                    request_deserializer=cohort__pb2.AppointmentStep.FromString,
+                    response_serializer=cohort__pb2.Settlement.SerializeToString,
+            ),
+            'Pay': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pay,
+                    request_deserializer=cohort__pb2.PayRequest.FromString,
+                    response_serializer=cohort__pb2.Settlement.SerializeToString,
+            ),
+            'Resolve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resolve,
+                    request_deserializer=cohort__pb2.ResolveRequest.FromString,
+                    response_serializer=cohort__pb2.Settlement.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=cohort__pb2.ListAppointmentsRequest.FromString,
+                    response_serializer=cohort__pb2.AppointmentList.SerializeToString,
+            ),
+            'Reason': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reason,
+                    request_deserializer=cohort__pb2.AppointmentRef.FromString,
+                    response_serializer=cohort__pb2.AppointmentReason.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cohort.v1.Appointments', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cohort.v1.Appointments', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Appointments:
+    """Appointments: a credentialed provider's hours, fees and policy; bookings
+    paid into the Appointments contract's escrow; confirmation, cancellation,
+    completion, no-shows and disputes. Each call acts as the signed-in
+    account and the contract decides whether it may (a refusal is
+    PERMISSION_DENIED or INVALID_ARGUMENT naming what is wrong, audited, with
+    no ether moved). Times are unix seconds; amounts wei, decimal strings.
+    """
+
+    @staticmethod
+    def Publish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/Publish',
+            cohort__pb2.PublishAvailabilityRequest.SerializeToString,
+            cohort__pb2.PublishedList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Terms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/Terms',
+            cohort__pb2.ProviderRef.SerializeToString,
+            cohort__pb2.ProviderTerms.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Providers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/Providers',
+            cohort__pb2.ProvidersRequest.SerializeToString,
+            cohort__pb2.ProviderList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Slots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/Slots',
+            cohort__pb2.SlotsRequest.SerializeToString,
+            cohort__pb2.SlotList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Quote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/Quote',
+            cohort__pb2.QuoteRequest.SerializeToString,
+            cohort__pb2.BookingQuote.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Book(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/Book',
+            cohort__pb2.BookAppointmentRequest.SerializeToString,
+            cohort__pb2.Booking.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Act(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/Act',
+            cohort__pb2.AppointmentStep.SerializeToString,
+            cohort__pb2.Settlement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/Pay',
+            cohort__pb2.PayRequest.SerializeToString,
+            cohort__pb2.Settlement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resolve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/Resolve',
+            cohort__pb2.ResolveRequest.SerializeToString,
+            cohort__pb2.Settlement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/List',
+            cohort__pb2.ListAppointmentsRequest.SerializeToString,
+            cohort__pb2.AppointmentList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reason(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Appointments/Reason',
+            cohort__pb2.AppointmentRef.SerializeToString,
+            cohort__pb2.AppointmentReason.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class InsuranceStub:
+    """Insurers verify coverage and fund their shares.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Verify = channel.unary_unary(
+                '/cohort.v1.Insurance/Verify',
+                request_serializer=cohort__pb2.VerifyCoverageRequest.SerializeToString,
+                response_deserializer=cohort__pb2.PublishedList.FromString,
+                _registered_method=True)
+        self.Fund = channel.unary_unary(
+                '/cohort.v1.Insurance/Fund',
+                request_serializer=cohort__pb2.FundCoverageRequest.SerializeToString,
+                response_deserializer=cohort__pb2.PublishedList.FromString,
+                _registered_method=True)
+        self.Show = channel.unary_unary(
+                '/cohort.v1.Insurance/Show',
+                request_serializer=cohort__pb2.ShowCoverageRequest.SerializeToString,
+                response_deserializer=cohort__pb2.CoverageList.FromString,
+                _registered_method=True)
+
+
+class InsuranceServicer:
+    """Insurers verify coverage and fund their shares.
+    """
+
+    def Verify(self, request, context):
+        """As `cohort insurance verify PATIENT`: the caller (an insurer) attests a coverage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fund(self, request, context):
+        """As `cohort insurance fund AMOUNT`: adds to the caller's funds for shares.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Show(self, request, context):
+        """As `cohort insurance show`: coverages of (or by) the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_InsuranceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=cohort__pb2.VerifyCoverageRequest.FromString,
+                    response_serializer=cohort__pb2.PublishedList.SerializeToString,
+            ),
+            'Fund': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fund,
+                    request_deserializer=cohort__pb2.FundCoverageRequest.FromString,
+                    response_serializer=cohort__pb2.PublishedList.SerializeToString,
+            ),
+            'Show': grpc.unary_unary_rpc_method_handler(
+                    servicer.Show,
+                    request_deserializer=cohort__pb2.ShowCoverageRequest.FromString,
+                    response_serializer=cohort__pb2.CoverageList.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cohort.v1.Insurance', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cohort.v1.Insurance', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Insurance:
+    """Insurers verify coverage and fund their shares.
+    """
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Insurance/Verify',
+            cohort__pb2.VerifyCoverageRequest.SerializeToString,
+            cohort__pb2.PublishedList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Insurance/Fund',
+            cohort__pb2.FundCoverageRequest.SerializeToString,
+            cohort__pb2.PublishedList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Show(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Insurance/Show',
+            cohort__pb2.ShowCoverageRequest.SerializeToString,
+            cohort__pb2.CoverageList.FromString,
             options,
             channel_credentials,
             insecure,

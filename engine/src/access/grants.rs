@@ -116,10 +116,16 @@ pub(crate) fn explain(actor: &Actor, e: Error) -> Error {
         )),
         _ => return e,
     };
+    with_contract_error(said, &revert.message)
+}
+
+/// `said` (a contract's refusal in words) with the contract's own error
+/// appended in brackets, for whoever needs the exact name.
+pub(crate) fn with_contract_error(said: Error, message: &str) -> Error {
     match said {
-        Error::Forbidden(m) => Error::Forbidden(format!("{m} ({})", revert.message)),
-        Error::Invalid(m) => Error::Invalid(format!("{m} ({})", revert.message)),
-        Error::NotFound(m) => Error::NotFound(format!("{m} ({})", revert.message)),
+        Error::Forbidden(m) => Error::Forbidden(format!("{m} ({message})")),
+        Error::Invalid(m) => Error::Invalid(format!("{m} ({message})")),
+        Error::NotFound(m) => Error::NotFound(format!("{m} ({message})")),
         other => other,
     }
 }
@@ -133,25 +139,11 @@ pub(crate) fn audited<T>(
     action: &str,
     target: &str,
     purpose: &str,
-    mut detail: serde_json::Value,
+    detail: serde_json::Value,
     sent: Result<T>,
 ) -> Result<T> {
     let sent = sent.map_err(|e| explain(actor, e));
-    if let Err(e) = &sent {
-        detail["refused"] = e.to_string().into();
-    }
-    let refused = format!("{action}.refused");
-    audit::append(
-        conn,
-        &audit::Event {
-            actor: actor.name(),
-            action: if sent.is_ok() { action } else { &refused },
-            target,
-            purpose,
-            detail,
-        },
-    )?;
-    sent
+    audit::outcome(conn, actor.name(), action, target, purpose, detail, sent)
 }
 
 fn account_address(conn: &Connection, name: &str, what: &str) -> Result<Address> {

@@ -46,19 +46,18 @@ pub fn address_of(conn: &Connection, name: &str, what: &str) -> Result<Address> 
 /// Audits a refusal decided before any transaction (bad input: a
 /// malformed amount, hours, step ...) as `<action>.refused`, and returns it.
 pub fn refuse(conn: &Connection, actor: &Actor, action: &str, target: &str, e: Error) -> Error {
-    let entry = audit::append(
+    let refused: Result<()> = Err(e);
+    match audit::outcome(
         conn,
-        &audit::Event {
-            actor: actor.name(),
-            action: &format!("{action}.refused"),
-            target,
-            purpose: "operations",
-            detail: serde_json::json!({ "refused": e.to_string() }),
-        },
-    );
-    match entry {
-        Ok(_) => e,
-        Err(audit_failed) => audit_failed,
+        actor.name(),
+        action,
+        target,
+        "operations",
+        serde_json::json!({}),
+        refused,
+    ) {
+        Err(e) => e,
+        Ok(()) => unreachable!("a refusal stays one"),
     }
 }
 
@@ -66,15 +65,15 @@ fn tx_hash(receipt: &Receipt) -> String {
     format!("{:#x}", receipt.tx_hash)
 }
 
-/// Sends `call` (with `value`) as `actor` and audits it as `action`, done
-/// or refused with the refusal's words.
-async fn send_audited(
+/// Sends `tx` as `actor` and audits it as `action` for `purpose`, done or
+/// refused with the refusal's words.
+pub(crate) async fn send_audited(
     conn: &Connection,
     client: &Client,
     actor: &Actor,
-    action: &str,
+    (action, purpose): (&str, &str),
     target: &str,
-    mut detail: serde_json::Value,
+    detail: serde_json::Value,
     tx: Tx,
 ) -> Result<Receipt> {
     let sent = client
@@ -83,21 +82,7 @@ async fn send_audited(
         .await
         .map_err(Error::from)
         .map_err(|e| super::explain(actor.name(), e));
-    if let Err(e) = &sent {
-        detail["refused"] = e.to_string().into();
-    }
-    let refused = format!("{action}.refused");
-    audit::append(
-        conn,
-        &audit::Event {
-            actor: actor.name(),
-            action: if sent.is_ok() { action } else { &refused },
-            target,
-            purpose: "operations",
-            detail,
-        },
-    )?;
-    sent
+    audit::outcome(conn, actor.name(), action, target, purpose, detail, sent)
 }
 
 fn call_tx<C: SolCall>(client: &Client, call: C) -> Tx {
@@ -218,8 +203,16 @@ pub async fn publish(
     let me = format!("{:#x}", actor.address());
     let mut out = Vec::new();
     for (what, detail, tx) in steps {
-        let receipt =
-            send_audited(conn, client, actor, "appointment.publish", &me, detail, tx).await?;
+        let receipt = send_audited(
+            conn,
+            client,
+            actor,
+            ("appointment.publish", "operations"),
+            &me,
+            detail,
+            tx,
+        )
+        .await?;
         out.push(Published {
             what,
             tx_hash: tx_hash(&receipt),
@@ -386,17 +379,7 @@ pub async fn book(
     let conn = vault.conn();
     let now = client.ledger().now().await?;
     let refuse = |e: Error| -> Result<Booked> {
-        audit::append(
-            conn,
-            &audit::Event {
-                actor: actor.name(),
-                action: "appointment.book.refused",
-                target: &req.provider,
-                purpose: "treatment",
-                detail: serde_json::json!({ "start": req.start, "refused": e.to_string() }),
-            },
-        )?;
-        Err(e)
+        Err(refuse(conn, actor, "appointment.book", &req.provider, e))
     };
     if req.start <= now {
         return refuse(Error::Invalid(format!(
@@ -464,7 +447,7 @@ pub async fn book(
         conn,
         client,
         actor,
-        "appointment.book",
+        ("appointment.book", "treatment"),
         &format!("{provider:#x}"),
         detail,
         tx,
@@ -669,14 +652,38 @@ pub async fn act(
     id: u64,
     step: Step,
 ) -> Result<Settled> {
+    let detail = serde_json::json!({ "appointment": id });
+    settle(
+        conn,
+        client,
+        actor,
+        id,
+        step.action(),
+        detail,
+        step.tx(client, U256::from(id)),
+    )
+    .await
+}
+
+/// Sends a step's `tx` as `actor` (audited as `action`), reads what it
+/// settled, and tells the appointment's other party.
+async fn settle(
+    conn: &Connection,
+    client: &Client,
+    actor: &Actor,
+    id: u64,
+    action: &str,
+    detail: serde_json::Value,
+    tx: Tx,
+) -> Result<Settled> {
     let receipt = send_audited(
         conn,
         client,
         actor,
-        step.action(),
+        (action, "operations"),
         &id.to_string(),
-        serde_json::json!({ "appointment": id }),
-        step.tx(client, U256::from(id)),
+        detail,
+        tx,
     )
     .await?;
     let done = settled(id, &receipt);
@@ -707,7 +714,7 @@ pub async fn pay(
         conn,
         client,
         actor,
-        "appointment.pay",
+        ("appointment.pay", "payment"),
         &id.to_string(),
         serde_json::json!({ "appointment": id, "amount_wei": amount.to_string() }),
         tx,
@@ -730,7 +737,9 @@ pub async fn pay(
 }
 
 /// An admin resolves a disputed no-show: `stands` keeps it (the deposit
-/// goes to the provider), otherwise it is struck out and refunded.
+/// goes to the provider), otherwise it is struck out and refunded; both
+/// parties are told the outcome (`appointment.no-show` or
+/// `appointment.excused`).
 pub async fn resolve(
     conn: &Connection,
     client: &Client,
@@ -745,26 +754,8 @@ pub async fn resolve(
             noShowStands: stands,
         },
     );
-    let receipt = send_audited(
-        conn,
-        client,
-        actor,
-        "appointment.resolve",
-        &id.to_string(),
-        serde_json::json!({ "appointment": id, "no_show_stands": stands }),
-        tx,
-    )
-    .await?;
-    let done = settled(id, &receipt);
-    let a = on_chain(client, id).await?;
-    tell_others(
-        conn,
-        &a,
-        actor.address(),
-        "appointment.dispute-resolved",
-        &serde_json::json!({ "appointment": id, "no_show_stands": stands }),
-    )?;
-    Ok(done)
+    let detail = serde_json::json!({ "appointment": id, "no_show_stands": stands });
+    settle(conn, client, actor, id, "appointment.resolve", detail, tx).await
 }
 
 /// The reason of appointment `id`, for its patient or its provider only;
@@ -803,24 +794,15 @@ pub async fn reason(vault: &Vault, client: &Client, actor: &Actor, id: u64) -> R
         Ok(String::from_utf8_lossy(&text).into_owned())
     }
     .await;
-    audit::append(
+    audit::outcome(
         conn,
-        &audit::Event {
-            actor: actor.name(),
-            action: if opened.is_ok() {
-                "appointment.reason.read"
-            } else {
-                "appointment.reason.read.refused"
-            },
-            target: &id.to_string(),
-            purpose: "treatment",
-            detail: match &opened {
-                Ok(_) => serde_json::json!({ "appointment": id }),
-                Err(e) => serde_json::json!({ "appointment": id, "refused": e.to_string() }),
-            },
-        },
-    )?;
-    opened
+        actor.name(),
+        "appointment.reason.read",
+        &id.to_string(),
+        "treatment",
+        serde_json::json!({ "appointment": id }),
+        opened,
+    )
 }
 
 /// A visit type's name as published, from its on-chain word.

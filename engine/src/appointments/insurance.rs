@@ -9,11 +9,11 @@ use cohort_ledger_bridge::{Client, Target};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::desk::{Published, address_of, when};
+use super::desk::{Published, address_of, send_audited, when};
 use super::terms::{visit_type, visit_type_name};
 use crate::access::{Actor, notifications};
 use crate::research::study::format_wei;
-use crate::{Error, Result, audit};
+use crate::{Error, Result};
 
 /// What an insurer attests.
 #[derive(Debug, Clone)]
@@ -32,6 +32,7 @@ pub struct Coverage {
     pub policy: String,
 }
 
+/// Sends `tx` as `actor`, audited as `action` for payment.
 async fn send(
     conn: &Connection,
     client: &Client,
@@ -41,28 +42,8 @@ async fn send(
     detail: serde_json::Value,
     tx: cohort_ledger_bridge::Tx,
 ) -> Result<Published> {
-    let sent = client
-        .ledger()
-        .send(actor.account(), tx)
-        .await
-        .map_err(Error::from)
-        .map_err(|e| super::explain(actor.name(), e));
-    let mut detail = detail;
-    if let Err(e) = &sent {
-        detail["refused"] = e.to_string().into();
-    }
-    let refused = format!("{action}.refused");
-    audit::append(
-        conn,
-        &audit::Event {
-            actor: actor.name(),
-            action: if sent.is_ok() { action } else { &refused },
-            target,
-            purpose: "payment",
-            detail: detail.clone(),
-        },
-    )?;
-    let receipt = sent?;
+    let receipt =
+        send_audited(conn, client, actor, (action, "payment"), target, detail, tx).await?;
     Ok(Published {
         what: action.to_string(),
         tx_hash: format!("{:#x}", receipt.tx_hash),

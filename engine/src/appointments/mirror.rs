@@ -228,37 +228,6 @@ pub struct Terms {
     pub closed_days: Vec<u32>,
 }
 
-impl Terms {
-    /// Lines for people.
-    pub fn describe(&self) -> String {
-        let mut lines = vec![format!("provider  {}", self.provider)];
-        lines.push(match &self.hours {
-            Some(h) => format!("hours     {}", h.describe()),
-            None => "hours     not published".into(),
-        });
-        for (name, fee) in &self.fees {
-            lines.push(format!("visit     {name}: {}", format_wei(wei(fee))));
-        }
-        lines.push(match &self.policy {
-            Some(p) => format!("policy    {}", p.describe()),
-            None => "policy    not published".into(),
-        });
-        if !self.closed_days.is_empty() {
-            let days: Vec<String> = self
-                .closed_days
-                .iter()
-                .map(|d| {
-                    chrono::DateTime::from_timestamp(i64::from(*d) * 86_400, 0)
-                        .map(|t| t.format("%Y-%m-%d").to_string())
-                        .unwrap_or_default()
-                })
-                .collect();
-            lines.push(format!("closed    {}", days.join(", ")));
-        }
-        lines.join("\n")
-    }
-}
-
 fn hours_of(conn: &Connection, provider: &str) -> Result<Option<Hours>> {
     let row: Option<(i32, u32, String, String)> = conn
         .query_row(

@@ -83,10 +83,5 @@ pub(crate) fn explain(who: &str, e: Error) -> Error {
         "InsufficientFunds" => Error::Invalid("that is more than the insurer's free funds".into()),
         _ => return e,
     };
-    match said {
-        Error::Forbidden(m) => Error::Forbidden(format!("{m} ({})", revert.message)),
-        Error::Invalid(m) => Error::Invalid(format!("{m} ({})", revert.message)),
-        Error::NotFound(m) => Error::NotFound(format!("{m} ({})", revert.message)),
-        other => other,
-    }
+    crate::access::grants::with_contract_error(said, &revert.message)
 }

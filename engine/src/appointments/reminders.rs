@@ -97,6 +97,28 @@ pub fn remind(conn: &mut Connection, now: u64) -> Result<Tick> {
     Ok(tick)
 }
 
+/// One round of the scheduler at `now`: the reminders due, then the
+/// settlements due as `engine`, under the contract's dispute window.
+pub async fn round(
+    conn: &mut Connection,
+    client: &Client,
+    engine: &Actor,
+    now: u64,
+) -> Result<Tick> {
+    let mut tick = remind(conn, now)?;
+    let window = client
+        .view(
+            cohort_ledger_bridge::Target::Appointments,
+            cohort_ledger_bridge::contracts::Appointments::disputeWindowCall {},
+        )
+        .await?;
+    let settled = settle(conn, client, engine, now, window).await?;
+    tick.expired = settled.expired;
+    tick.released = settled.released;
+    tick.failed = settled.failed;
+    Ok(tick)
+}
+
 /// Settles what is due at `now` as `engine` (any account may): expires
 /// bookings unconfirmed past their deadline (full refund) and releases
 /// no-show forfeits whose dispute window of `dispute_window` seconds has

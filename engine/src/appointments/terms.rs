@@ -240,6 +240,13 @@ impl Hours {
     }
 }
 
+/// A local day number as a date (`2026-12-24`).
+pub fn day_text(day: u32) -> String {
+    chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| day.to_string())
+}
+
 /// The free slots of `hours` starting in `[from, to)`, after `now`, on days
 /// not `closed`, not `taken`: at most [`MAX_SLOTS`].
 pub fn free_slots(

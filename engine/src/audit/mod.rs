@@ -76,6 +76,35 @@ pub fn append(conn: &Connection, event: &Event<'_>) -> Result<i64> {
     }
 }
 
+/// Appends the entry of an operation whose `outcome` is known: `action`
+/// when it succeeded, `<action>.refused` with the refusal's words in
+/// `detail["refused"]` when it failed; passes `outcome` on.
+pub fn outcome<T>(
+    conn: &Connection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    purpose: &str,
+    mut detail: serde_json::Value,
+    outcome: Result<T>,
+) -> Result<T> {
+    if let Err(e) = &outcome {
+        detail["refused"] = e.to_string().into();
+    }
+    let refused = format!("{action}.refused");
+    append(
+        conn,
+        &Event {
+            actor,
+            action: if outcome.is_ok() { action } else { &refused },
+            target,
+            purpose,
+            detail,
+        },
+    )?;
+    outcome
+}
+
 fn append_in(conn: &Connection, event: &Event<'_>) -> Result<i64> {
     let last: Option<(i64, Vec<u8>)> = conn
         .query_row(

@@ -162,9 +162,6 @@ function describe(n) {
       return `${b.patient} booked appointment #${b.appointment} (${b.visit_type}) at ${utc(b.start)}: ${b.confirm}`;
     case "appointment.reminder":
       return `reminder: appointment #${b.appointment} (${b.visit_type}) at ${utc(b.start)}`;
-    case "appointment.dispute-resolved":
-      return `the dispute of appointment #${b.appointment} was resolved: ` +
-        (b.no_show_stands ? "the no-show stands" : "the no-show is struck out and refunded");
     default:
       if (n.kind.startsWith("appointment.") && b.appointment !== undefined) {
         const moved = [];
