@@ -9,7 +9,7 @@ use cohort_ledger_bridge::{Client, Target};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::desk::{Published, address_of, send_audited, when};
+use super::desk::{Published, address_of, send_audited};
 use super::terms::{visit_type, visit_type_name};
 use crate::access::{Actor, notifications};
 use crate::research::study::format_wei;
@@ -141,21 +141,6 @@ pub struct CoverageInfo {
     pub expires_at: u64,
     /// Whether it is in force at `now` (not revoked, not ended).
     pub active: bool,
-}
-
-impl CoverageInfo {
-    /// One line for people.
-    pub fn describe(&self) -> String {
-        format!(
-            "{} with {} covered {}% by {} until {}{}",
-            self.visit_type,
-            self.provider,
-            f64::from(self.share_bps) / 100.0,
-            self.insurer,
-            when(self.expires_at),
-            if self.active { "" } else { " (not in force)" }
-        )
-    }
 }
 
 /// The coverages mirrored for `patient` (or attested by `insurer`), with
