@@ -349,6 +349,21 @@ fn terms_text(t: &pb::ProviderTerms) -> String {
     lines.join("\n")
 }
 
+/// `as a patient: paid ..., ...; as a provider: received ...`.
+fn money_text(m: &pb::MoneySummary) -> String {
+    let w = |text: &str| format_wei(text.parse().unwrap_or_default());
+    format!(
+        "as a patient: paid {}, held {}, refunded {}, owed {}, {} no-show(s); as a provider: received {}; as an insurer: paid {}",
+        w(&m.paid),
+        w(&m.held),
+        w(&m.refunded),
+        w(&m.owed),
+        m.no_shows,
+        w(&m.received),
+        w(&m.insurer_paid)
+    )
+}
+
 fn items_text(list: &pb::PublishedList) -> String {
     list.items
         .iter()
@@ -727,10 +742,13 @@ pub(crate) fn appointment(
                         statuses: statuses.clone(),
                         ..mirror::Filter::default()
                     };
-                    mirror::list(vault.conn(), actor.address(), *all, &filter)?
-                        .into_iter()
-                        .map(api::entry)
-                        .collect::<Vec<_>>()
+                    pb::AppointmentList {
+                        appointments: mirror::list(vault.conn(), actor.address(), *all, &filter)?
+                            .into_iter()
+                            .map(api::entry)
+                            .collect(),
+                        money: Some(api::money(vault.conn(), actor.address())?),
+                    }
                 }
                 Desk::Remote { server, ca } => {
                     remote(cli, dir, server, ca.as_deref(), async |a, _, token| {
@@ -740,18 +758,20 @@ pub(crate) fn appointment(
                             to: 0,
                             everyone: *all,
                         };
-                        Ok(a.list(bearer(token, r)?).await?.into_inner().appointments)
+                        Ok(a.list(bearer(token, r)?).await?.into_inner())
                     })?
                 }
             };
             emit(cli, &list, || {
-                if list.is_empty() {
-                    return "no appointments".into();
+                let mut lines: Vec<String> =
+                    list.appointments.iter().map(|a| a.says.clone()).collect();
+                if lines.is_empty() {
+                    lines.push("no appointments".into());
                 }
-                list.iter()
-                    .map(|a| a.says.clone())
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                if let Some(m) = &list.money {
+                    lines.push(money_text(m));
+                }
+                lines.join("\n")
             });
         }
         AppointmentCmd::Reason { id } => {

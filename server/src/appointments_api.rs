@@ -169,6 +169,20 @@ pub fn entry(a: mirror::AppointmentInfo) -> pb::AppointmentEntry {
     }
 }
 
+/// `who`'s money and no-shows across their appointments, from the mirror.
+pub fn money(conn: &rusqlite::Connection, who: Address) -> cohort_engine::Result<pb::MoneySummary> {
+    let m = mirror::money(conn, who)?;
+    Ok(pb::MoneySummary {
+        paid: m.paid,
+        held: m.held,
+        refunded: m.refunded,
+        owed: m.owed,
+        received: m.received,
+        insurer_paid: m.insurer_paid,
+        no_shows: mirror::no_shows(conn, who)?,
+    })
+}
+
 /// A coverage as the API lists it.
 pub fn coverage(c: insurance::CoverageInfo) -> pb::CoverageEntry {
     pb::CoverageEntry {
@@ -424,6 +438,7 @@ impl pb::appointments_server::Appointments for StudyApi {
             let list = mirror::list(vault.conn(), me.address(), r.everyone, &filter)?;
             Ok(pb::AppointmentList {
                 appointments: list.into_iter().map(entry).collect(),
+                money: Some(money(vault.conn(), me.address())?),
             })
         })
         .await

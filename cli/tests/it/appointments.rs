@@ -441,13 +441,19 @@ fn a_clinic_runs_its_week_through_the_cli() {
         &data,
         &["--as", "pat", "appointment", "list", "--json"],
     ));
-    assert_eq!(mine[0]["status"], "completed");
-    assert_eq!(mine[0]["insurer"], "acme");
+    assert_eq!(mine["appointments"][0]["status"], "completed");
+    assert_eq!(mine["appointments"][0]["insurer"], "acme");
+    assert_eq!(mine["money"]["paid"], "20000000000000000", "{mine}");
+    let theirs = stdout(&cohort(&data, &["--as", "pat2", "appointment", "list"]));
+    assert!(
+        theirs.contains("as a patient: paid 0.2 ether, held 0 ether, refunded 0.2 ether, owed 0 ether, 0 no-show(s)"),
+        "{theirs}"
+    );
     let calendar = json_of(&cohort(
         &data,
         &["--as", "dr-x", "appointment", "list", "--json"],
     ));
-    let statuses: Vec<&str> = calendar
+    let statuses: Vec<&str> = calendar["appointments"]
         .as_array()
         .unwrap()
         .iter()
@@ -681,7 +687,11 @@ fn over_a_server_the_desk_books_streams_and_reminds_once_across_a_restart() {
             &url,
         ],
     ));
-    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(
+        listed["appointments"].as_array().unwrap().len(),
+        2,
+        "{listed}"
+    );
     assert_eq!(
         stdout(&cohort(
             &data,
