@@ -29,6 +29,7 @@ pub(crate) fn appointments(
     patients: &[Account],
     say: &dyn Fn(&str),
 ) -> anyhow::Result<serde_json::Value> {
+    let began = std::time::Instant::now();
     let conn = vault.conn();
     let get =
         |name: &str| accounts::get_or_create(conn, vault.keys(), name).map(Actor::from_account);
@@ -184,9 +185,10 @@ pub(crate) fn appointments(
     ));
     let money = mirror::money(conn, provider.address())?;
     say(&format!(
-        "   {} has received {} from escrow",
+        "   {} has received {} from escrow ({:.1} s for this step)",
         provider.name(),
-        format_wei(money.received.parse().unwrap_or_default())
+        format_wei(money.received.parse().unwrap_or_default()),
+        began.elapsed().as_secs_f64()
     ));
     Ok(serde_json::json!({
         "appointments": ids,
