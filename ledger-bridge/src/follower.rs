@@ -99,6 +99,10 @@ CREATE TABLE IF NOT EXISTS ledger_releases (
     extract_hash TEXT PRIMARY KEY, study_id INTEGER NOT NULL, k INTEGER NOT NULL, l INTEGER NOT NULL,
     rows INTEGER NOT NULL, block INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ledger_log_anchors (
+    log INTEGER NOT NULL, entries INTEGER NOT NULL, head TEXT NOT NULL, by_account TEXT NOT NULL,
+    block INTEGER NOT NULL, PRIMARY KEY (log, entries)
+);
 CREATE TABLE IF NOT EXISTS ledger_appointments (
     id INTEGER PRIMARY KEY, patient TEXT NOT NULL, provider TEXT NOT NULL, insurer TEXT,
     start INTEGER NOT NULL, booked_at INTEGER NOT NULL, confirm_by INTEGER NOT NULL,
@@ -697,6 +701,13 @@ fn apply(
                     hex(a.by),
                     block
                 ],
+            )?;
+        }
+        Event::Records(PatientRecords::PatientRecordsEvents::LogAnchored(a)) => {
+            db.execute(
+                "INSERT OR REPLACE INTO ledger_log_anchors (log, entries, head, by_account, block)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![a.log, a.entries as i64, word(a.head), hex(a.by), block],
             )?;
         }
         Event::Records(_) => {}

@@ -29,6 +29,16 @@ contract PatientRecords {
         uint64 round; // bumped at every change or completed recovery: stale approvals lapse
     }
 
+    /// The latest keyed head of a custodian's log and its length.
+    struct LogAnchor {
+        uint64 entries;
+        bytes32 head;
+        uint64 at;
+    }
+
+    /// The latest anchor of each log (0: the audit log).
+    mapping(uint8 log => LogAnchor) public logAnchorOf;
+
     /// A batch of record versions the custodian (the ENGINE role) ingested,
     /// anchored by the Merkle root of their leaves (see `anchorRecords`).
     struct Anchor {
@@ -62,6 +72,7 @@ contract PatientRecords {
         bytes32 indexed recordId, address indexed patient, address indexed accessor, uint256 version, bool emergency
     );
     event RecordsAnchored(uint256 indexed batch, bytes32 root, uint32 count, address by);
+    event LogAnchored(uint8 indexed log, uint64 entries, bytes32 head, address by);
     event RecordsAccessed(
         address indexed patient,
         address indexed accessor,
@@ -74,6 +85,7 @@ contract PatientRecords {
     event RecoveryApproved(address indexed patient, address indexed guardian, address newKey, uint8 approvals);
     event ControlRecovered(address indexed patient, address indexed oldKey, address indexed newKey);
 
+    error LogShrank(uint8 log, uint64 entries, uint64 anchored);
     error NotAPatient(address account);
     error NotController(address patient, address caller);
     error RecordExists(bytes32 recordId);
@@ -163,6 +175,18 @@ contract PatientRecords {
         batch = _anchors.length;
         _anchors.push(Anchor(root, count, uint64(block.timestamp), msg.sender));
         emit RecordsAnchored(batch, root, count, msg.sender);
+    }
+
+    /// The custodian anchors the keyed head of one of its logs (0: the audit
+    /// log) after `entries` entries: an HMAC only the custodian's keystore
+    /// can compute, so a rewrite of the log, even a consistent one, no
+    /// longer matches what the chain holds. Entries only grow.
+    function anchorLog(uint8 log, uint64 entries, bytes32 head) external {
+        if (!access.hasRole(access.ENGINE_ROLE(), msg.sender)) revert NotTheEngine(msg.sender);
+        LogAnchor storage last = logAnchorOf[log];
+        if (head == bytes32(0) || entries == 0 || entries < last.entries) revert LogShrank(log, entries, last.entries);
+        logAnchorOf[log] = LogAnchor(entries, head, uint64(block.timestamp));
+        emit LogAnchored(log, entries, head, msg.sender);
     }
 
     function anchorOf(uint256 batch) external view returns (Anchor memory) {

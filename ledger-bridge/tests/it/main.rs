@@ -62,6 +62,7 @@ on_both_backends!(
     records::guardians_move_record_control_to_a_new_key,
     records::the_patient_lists_and_removes_viewers,
     records::anchored_batches_batched_reads_and_updates,
+    records::the_custodian_anchors_its_logs_keyed_heads_which_only_grow,
     study::a_study_is_approved_by_m_of_n_stewards,
     study::consent_covers_purposes_until_withdrawn_or_expired,
     study::the_budget_is_reserved_committed_and_released_exactly,

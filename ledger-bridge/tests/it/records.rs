@@ -542,3 +542,56 @@ pub async fn anchored_batches_batched_reads_and_updates(f: &Fixture) {
         "Denied",
     );
 }
+
+pub async fn the_custodian_anchors_its_logs_keyed_heads_which_only_grow(f: &Fixture) {
+    let anchor = |entries: u64, head: B256| PatientRecords::anchorLogCall {
+        log: 0,
+        entries,
+        head,
+    };
+    let head = keccak256("hmac of entry 10");
+    assert_reverts(
+        f.client
+            .send(&f.outsider, Target::Records, anchor(10, head))
+            .await,
+        "NotTheEngine",
+    );
+    let receipt = f
+        .client
+        .send(&f.engine, Target::Records, anchor(10, head))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, PatientRecords::LogAnchored::SIGNATURE_HASH),
+        1
+    );
+    let stored = f
+        .client
+        .view(Target::Records, PatientRecords::logAnchorOfCall { log: 0 })
+        .await
+        .unwrap();
+    assert_eq!((stored.entries, stored.head), (10, head));
+    // A shorter log, or an empty head, is refused: a log only grows.
+    assert_reverts(
+        f.client
+            .send(&f.engine, Target::Records, anchor(9, keccak256("x")))
+            .await,
+        "LogShrank",
+    );
+    assert_reverts(
+        f.client
+            .send(&f.engine, Target::Records, anchor(11, B256::ZERO))
+            .await,
+        "LogShrank",
+    );
+    // Another log is anchored on its own.
+    let other = PatientRecords::anchorLogCall {
+        log: 1,
+        entries: 3,
+        head: keccak256("index"),
+    };
+    f.client
+        .send(&f.engine, Target::Records, other)
+        .await
+        .unwrap();
+}
