@@ -20,8 +20,20 @@ pub(crate) enum PatientCmd {
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCmd {
-    /// Walk the hash chain and name the first broken entry.
-    Verify,
+    /// Walk the hash chain and name the first broken entry; then, with the
+    /// keystore, check every sealed entry's MAC and every head anchored on
+    /// chain, naming the first entry that differs, a consistent rewrite of
+    /// the whole log included.
+    Verify {
+        /// Only the unkeyed chain (no passphrase needed; a consistent rewrite
+        /// goes unnoticed).
+        #[arg(long)]
+        unkeyed: bool,
+    },
+    /// Seal the entries written since the last anchor (MACs under the audit
+    /// key) and anchor the keyed head on chain, as the engine account.
+    /// `cohort serve` does this periodically and at shutdown.
+    Anchor,
     /// The latest entries.
     Log {
         /// At most this many.

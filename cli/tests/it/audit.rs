@@ -131,3 +131,85 @@ fn audit_log_holds_no_phi() {
         }
     }
 }
+
+/// Rewrites entry `seq`'s purpose in the file and recomputes every hash
+/// after it with the public algorithm, as someone with the database but
+/// not the keystore would: the unkeyed chain verifies again.
+fn rewrite_consistently(db: &std::path::Path, seq: i64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch("DROP TRIGGER IF EXISTS audit_no_update")
+        .unwrap();
+    conn.execute(
+        "UPDATE audit SET purpose = 'marketing' WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    let rows: Vec<(i64, Vec<String>)> = conn
+        .prepare("SELECT seq, at, actor, action, target, purpose, detail FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                (1..=6).map(|i| r.get(i)).collect::<rusqlite::Result<_>>()?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut prev = cohort_engine::audit::GENESIS.to_vec();
+    for (seq, fields) in rows {
+        let refs: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
+        let hash = cohort_engine::audit::entry_hash(seq, &refs, &prev);
+        conn.execute(
+            "UPDATE audit SET prev_hash = ?2, hash = ?3 WHERE seq = ?1",
+            rusqlite::params![seq, prev, hash.to_vec()],
+        )
+        .unwrap();
+        prev = hash.to_vec();
+    }
+}
+
+#[test]
+fn a_consistent_rewrite_of_the_whole_log_is_named_against_its_anchor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    cohort_json(&data, &["ledger", "deploy"]);
+    let b = bundles(tmp.path(), 3, 13);
+    cohort_json(&data, &["ingest", b.to_str().unwrap()]);
+    let anchored = cohort_json(&data, &["audit", "anchor"]);
+    let entries = anchored["entries"].as_i64().unwrap();
+    assert!(entries >= 3, "{anchored}");
+    assert!(
+        cohort_json(&data, &["audit", "anchor"]).is_null(),
+        "an anchored head is not anchored twice"
+    );
+    let ok = cohort_json(&data, &["audit", "verify"]);
+    assert!(ok["first_broken"].is_null(), "{ok}");
+    assert_eq!(ok["keyed"]["anchors_checked"], 1, "{ok}");
+    assert_eq!(ok["keyed"]["sealed_checked"].as_i64(), Some(entries));
+
+    rewrite_consistently(&data.join("cohort.db"), 2);
+    // The unkeyed chain is fooled; the keyed check names the entry.
+    let fooled = cohort_json(&data, &["audit", "verify", "--unkeyed"]);
+    assert!(fooled["first_broken"].is_null(), "{fooled}");
+    let out = cohort(&data, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("REWRITTEN at entry 2"),
+        "{}",
+        stdout(&out)
+    );
+    // A rewritten log is not anchored, even with new entries after it.
+    assert!(
+        cohort(&data, &["ingest", b.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let anchor = cohort(&data, &["audit", "anchor"]);
+    assert!(!anchor.status.success());
+    assert!(
+        crate::stderr(&anchor).contains("rewritten at entry 2"),
+        "{}",
+        crate::stderr(&anchor)
+    );
+}

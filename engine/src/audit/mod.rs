@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::Result;
 
+pub mod anchor;
+
 /// The hash the first entry chains to.
 pub const GENESIS: [u8; 32] = [0u8; 32];
 
@@ -146,9 +148,9 @@ fn append_in(conn: &Connection, event: &Event<'_>) -> Result<i64> {
     Ok(seq)
 }
 
-/// The hash of one entry: domain-separated, length-prefixed fields, then the
+/// The hash of one entry (a public algorithm: docs/FORMATS.md): domain-separated, length-prefixed fields, then the
 /// previous entry's hash.
-fn entry_hash(seq: i64, fields: &[&[u8]], prev: &[u8]) -> [u8; 32] {
+pub fn entry_hash(seq: i64, fields: &[&[u8]], prev: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"cohort-audit-v1");
     h.update(seq.to_be_bytes());
@@ -158,6 +160,17 @@ fn entry_hash(seq: i64, fields: &[&[u8]], prev: &[u8]) -> [u8; 32] {
     }
     h.update(prev);
     h.finalize().into()
+}
+
+/// Column `i` of `row` as raw bytes: an altered byte may no longer be
+/// valid UTF-8.
+pub(crate) fn raw(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<u8>> {
+    Ok(match row.get_ref(i)? {
+        ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
+        ValueRef::Integer(n) => n.to_string().into_bytes(),
+        ValueRef::Real(x) => x.to_string().into_bytes(),
+        ValueRef::Null => Vec::new(),
+    })
 }
 
 /// The outcome of walking the chain.
@@ -206,15 +219,7 @@ pub fn verify(conn: &Connection) -> Result<Verification> {
     };
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
-        // Read raw bytes: an altered byte may no longer be valid UTF-8.
-        let bytes = |i: usize| -> rusqlite::Result<Vec<u8>> {
-            Ok(match row.get_ref(i)? {
-                ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
-                ValueRef::Integer(n) => n.to_string().into_bytes(),
-                ValueRef::Real(x) => x.to_string().into_bytes(),
-                ValueRef::Null => Vec::new(),
-            })
-        };
+        let bytes = |i: usize| raw(row, i);
         let fields: Vec<Vec<u8>> = (1..=6).map(bytes).collect::<rusqlite::Result<_>>()?;
         let prev = bytes(7)?;
         let stored = bytes(8)?;

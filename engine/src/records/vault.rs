@@ -150,26 +150,35 @@ impl Vault {
     /// first use, stored only wrapped by the keystore (like data keys), so a
     /// study's pseudonyms are stable across runs and unlinkable across studies.
     pub fn pseudonym_master(&self) -> Result<SecretKey> {
-        const CONTEXT: &[u8] = b"cohort/pseudonym-master";
+        self.stored_key("pseudonym_master", b"cohort/pseudonym-master")
+    }
+
+    /// The key of the audit log's MACs and anchored heads (see
+    /// `audit::anchor`): created on first use, stored only wrapped.
+    pub fn audit_key(&self) -> Result<SecretKey> {
+        self.stored_key("audit_mac_key", b"cohort/audit-mac")
+    }
+
+    /// A key kept in `meta` under `name`, wrapped by the keystore for
+    /// `context`; generated and stored on first use.
+    fn stored_key(&self, name: &str, context: &[u8]) -> Result<SecretKey> {
         let stored: Option<String> = self
             .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'pseudonym_master'",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT value FROM meta WHERE key = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?;
         if let Some(hex) = stored {
             let wrapped = data_encoding::HEXLOWER
                 .decode(hex.as_bytes())
-                .map_err(|_| Error::Invalid("meta.pseudonym_master is not hex".into()))?;
-            return self.keys.unwrap(&wrapped, CONTEXT);
+                .map_err(|_| Error::Invalid(format!("meta.{name} is not hex")))?;
+            return self.keys.unwrap(&wrapped, context);
         }
         let key = SecretKey::generate();
-        let wrapped = self.keys.wrap(&key, CONTEXT)?;
+        let wrapped = self.keys.wrap(&key, context)?;
         self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('pseudonym_master', ?1)",
-            [data_encoding::HEXLOWER.encode(&wrapped)],
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)",
+            rusqlite::params![name, data_encoding::HEXLOWER.encode(&wrapped)],
         )?;
         Ok(key)
     }
