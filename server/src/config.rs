@@ -30,6 +30,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("log", "filter"),
     ("log", "format"),
     ("appointments", "scheduler_secs"),
+    ("audit", "anchor_secs"),
 ];
 
 /// The file read when neither `--config` nor `$COHORT_CONFIG` names one.
@@ -49,6 +50,23 @@ pub struct Config {
     pub log: LogSection,
     /// The appointment scheduler.
     pub appointments: AppointmentsSection,
+    /// The audit log's anchoring.
+    pub audit: AuditSection,
+}
+
+/// `[audit]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// How often the audit log's new entries are sealed and its keyed head
+    /// anchored on chain, in seconds (0: only at shutdown).
+    pub anchor_secs: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection { anchor_secs: 300 }
+    }
 }
 
 /// `[appointments]`.

@@ -131,6 +131,44 @@ fn schedule_appointments(dir: DataDir, session: Arc<Session>, period: Duration) 
     }
 }
 
+/// Seals the audit log's new entries and anchors its keyed head, as the
+/// engine account; logs the outcome (counts only).
+async fn anchor_audit(session: &Session) {
+    let anchored = async {
+        let vault = session.vault()?;
+        cohort_engine::audit::anchor::anchor(
+            vault.conn(),
+            &vault.audit_key()?,
+            session.client(),
+            session.engine_account(),
+        )
+        .await
+    }
+    .await;
+    match anchored {
+        Ok(Some(a)) => tracing::info!(
+            entries = a.entries,
+            sealed = a.sealed,
+            "audit head anchored"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "audit anchoring failed"),
+    }
+}
+
+/// Anchors the audit log's head every `period` (0: never; the server
+/// anchors at shutdown in any case).
+fn anchor_audit_periodically(session: Arc<Session>, period: Duration) {
+    if period.is_zero() {
+        return;
+    }
+    if let Err(e) = every("cohort-audit-anchor", period, move |rt| {
+        rt.block_on(anchor_audit(&session))
+    }) {
+        tracing::warn!(error = %e, "no audit anchoring thread: the head is anchored at shutdown only");
+    }
+}
+
 /// One scheduler round.
 async fn appointment_round(
     dir: &DataDir,
@@ -188,6 +226,11 @@ pub async fn serve(
         Arc::clone(&session),
         Duration::from_secs(config.appointments.scheduler_secs),
     );
+    anchor_audit_periodically(
+        Arc::clone(&session),
+        Duration::from_secs(config.audit.anchor_secs),
+    );
+    let last_anchor = Arc::clone(&session);
     let gate = Arc::new(gate::Gate::new(
         auth,
         Arc::clone(&session),
@@ -279,13 +322,20 @@ pub async fn serve(
     tracing::info!(%url, "serving");
     ready(&url);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    tokio::select! {
+    let stopped = tokio::select! {
         stopped = server => stopped.map_err(|e| Error::Invalid(format!("the server stopped: {e}"))),
         () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(grace_secs = grace.as_secs(), "calls still in flight after the grace period: aborting them");
             Ok(())
         }
-    }
+    };
+    // The last entries (this run's sign-ins, calls) are anchored at shutdown.
+    let session = last_anchor;
+    let _ = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Handle::current().block_on(anchor_audit(&session))
+    })
+    .await;
+    stopped
 }
 
 /// The local account name of `address` (what the research path's role

@@ -650,6 +650,10 @@ fn over_a_server_the_desk_books_streams_and_reminds_once_across_a_restart() {
     );
     wait_for_reminder(&data, &url, first);
     assert!(server.stop().success());
+    // The server anchored the audit log's keyed head at shutdown.
+    let verified = cohort_json(&data, &["audit", "verify"]);
+    assert!(verified["first_broken"].is_null(), "{verified}");
+    assert_eq!(verified["keyed"]["anchors_checked"], 1, "{verified}");
     // Restarted, the scheduler runs again: a second booking gets its
     // reminder; the first is never reminded twice.
     let server = Server::start_env(&data, &env);
