@@ -616,7 +616,8 @@ anchored {} versions on chain as batch {}",
                 runtime()?.block_on(cohort_engine::chain::sync(&d, &mut conn))?;
             }
             let anchors = audit::anchor::anchors(vault.conn())?;
-            let keyed = audit::anchor::verify_keyed(vault.conn(), &vault.audit_key()?, &anchors)?;
+            let keyed =
+                audit::anchor::verify_keyed(vault.conn(), vault.audit_key()?.expose(), &anchors)?;
             // The chain's fields as before, the keyed check beside them, and
             // `first_broken` naming a keyed difference too.
             let mut report = serde_json::to_value(&v)?;
@@ -649,7 +650,7 @@ anchored {} versions on chain as batch {}",
                 cohort_engine::keys::accounts::get(vault.conn(), vault.keys(), &config.engine)?;
             let done = rt.block_on(audit::anchor::anchor(
                 vault.conn(),
-                &vault.audit_key()?,
+                vault.audit_key()?.expose(),
                 &client,
                 &engine,
             ))?;

@@ -138,7 +138,7 @@ async fn anchor_audit(session: &Session) {
         let vault = session.vault()?;
         cohort_engine::audit::anchor::anchor(
             vault.conn(),
-            &vault.audit_key()?,
+            vault.audit_key()?.expose(),
             session.client(),
             session.engine_account(),
         )

@@ -1,8 +1,9 @@
 //! The audit log sealed and anchored: the unkeyed hash chain ([`super::verify`])
 //! catches an edit that does not recompute the hashes after it, not a
 //! consistent rewrite of the whole log. So, at each anchor, every entry
-//! not yet sealed gets a MAC under the audit key (kept wrapped by the
-//! keystore: `Vault::audit_key`), and the keyed head (the last entry's MAC)
+//! not yet sealed gets a MAC under the audit key (its bytes: the caller
+//! holds it, wrapped by the keystore, `Vault::audit_key`; this module does
+//! not depend on the keys), and the keyed head (the last entry's MAC)
 //! goes on chain (`PatientRecords.anchorLog`).
 //!
 //! [`verify_keyed`] recomputes the chain from the entries' contents and
@@ -22,7 +23,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Broken, entry_hash};
-use crate::keys::keystore::SecretKey;
 use crate::{Error, Result};
 
 /// The audit log's number in `PatientRecords.anchorLog`.
@@ -33,8 +33,8 @@ CREATE TABLE IF NOT EXISTS audit_macs (seq INTEGER PRIMARY KEY, mac BLOB NOT NUL
 ";
 
 /// An entry's MAC: HMAC-SHA256 under the audit key of its position and hash.
-pub fn mac(key: &SecretKey, seq: i64, hash: &[u8]) -> [u8; 32] {
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose()).expect("any key length");
+pub fn mac(key: &[u8], seq: i64, hash: &[u8]) -> [u8; 32] {
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
     m.update(b"cohort-audit-mac-v1");
     m.update(&seq.to_be_bytes());
     m.update(hash);
@@ -59,7 +59,7 @@ pub struct Anchored {
 /// anchored; a log whose head is already anchored sends nothing (`None`).
 pub async fn anchor(
     conn: &Connection,
-    key: &SecretKey,
+    key: &[u8],
     client: &Client,
     engine: &Account,
 ) -> Result<Option<Anchored>> {
@@ -114,7 +114,7 @@ pub async fn anchor(
 
 /// Seals (MACs) the entries up to `entries` not sealed yet; returns how
 /// many it sealed and the keyed head of entry `entries`.
-pub fn seal(conn: &Connection, key: &SecretKey, entries: i64) -> Result<(i64, B256)> {
+pub fn seal(conn: &Connection, key: &[u8], entries: i64) -> Result<(i64, B256)> {
     conn.execute_batch(SCHEMA)?;
     let sealed_to: i64 =
         conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_macs", [], |r| {
@@ -198,7 +198,7 @@ impl KeyedVerification {
 /// differs.
 pub fn verify_keyed(
     conn: &Connection,
-    key: &SecretKey,
+    key: &[u8],
     anchors: &[LogAnchor],
 ) -> Result<KeyedVerification> {
     conn.execute_batch(SCHEMA)?;
@@ -358,7 +358,7 @@ mod tests {
     #[test]
     fn a_consistent_rewrite_without_the_key_is_named_at_its_first_entry() {
         let (_d, conn) = db();
-        let key = SecretKey::generate();
+        let key = [7u8; 32];
         log(&conn, 6);
         let (sealed, head) = seal(&conn, &key, 6).unwrap();
         assert_eq!(sealed, 6);
@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn a_rewrite_resealed_with_the_key_is_caught_by_the_anchors() {
         let (_d, conn) = db();
-        let key = SecretKey::generate();
+        let key = [7u8; 32];
         log(&conn, 4);
         let (_, first) = seal(&conn, &key, 4).unwrap();
         log(&conn, 4);
@@ -406,7 +406,7 @@ mod tests {
     #[test]
     fn removed_anchored_entries_are_named_and_unanchored_ones_counted() {
         let (_d, conn) = db();
-        let key = SecretKey::generate();
+        let key = [7u8; 32];
         log(&conn, 5);
         let (_, head) = seal(&conn, &key, 5).unwrap();
         let anchors = [LogAnchor { entries: 5, head }];
@@ -426,7 +426,7 @@ mod tests {
             .unwrap();
         assert!(b.reason.contains("entries were removed"), "{}", b.reason);
         // The wrong key matches nothing.
-        let other = SecretKey::generate();
+        let other = [8u8; 32];
         let v = verify_keyed(&conn, &other, &[]).unwrap();
         assert!(v.first_differing.is_some());
     }
