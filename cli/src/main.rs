@@ -558,6 +558,31 @@ anchored {} versions on chain as batch {}",
         Command::Insurance { remote, cmd } => {
             appointment_cli::insurance_cmd(cli, &dir()?, remote, cmd)
         }
+        Command::Patient(PatientCmd::Export {
+            patient,
+            out,
+            purpose,
+        }) => {
+            let d = dir()?;
+            let vault = unlock(cli, &d, None)?;
+            let actor =
+                cohort_engine::access::Actor::authenticate(vault.conn(), vault.keys(), &cli.actor)?;
+            let rt = runtime()?;
+            let (_, client) = rt.block_on(cohort_engine::chain::client(&d))?;
+            let clinic = cohort_engine::records::clinical::Clinic::new(&vault, &client);
+            let bundle = rt.block_on(clinic.export_bundle(&actor, patient, purpose.parse()?))?;
+            let text = serde_json::to_vec_pretty(&bundle)?;
+            cohort_engine::storage::fsutil::write_atomic(out, &text)?;
+            let records = bundle["entry"].as_array().map_or(0, Vec::len);
+            let report = serde_json::json!({ "patient": patient, "records": records, "out": out });
+            emit(cli, &report, || {
+                format!(
+                    "exported {records} record(s) of {patient} as a FHIR Bundle to {}",
+                    out.display()
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Patient(PatientCmd::Erase {
             patient,
             confirm,

@@ -5,6 +5,19 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub(crate) enum PatientCmd {
+    /// A patient's records as one FHIR Bundle (GDPR art. 15 and 20), read as
+    /// `--as` (the patient, a delegate, or whoever the chain allows; the
+    /// reads are traced on chain and the export audited).
+    Export {
+        /// The patient (their account or vault id).
+        patient: String,
+        /// Where to write the Bundle (JSON).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Purpose of use: treatment, payment or operations.
+        #[arg(long, default_value = "treatment")]
+        purpose: String,
+    },
     /// Erase a patient by destroying their data key (crypto-shredding). Irreversible.
     Erase {
         /// The patient id.

@@ -353,3 +353,74 @@ fn against_a_running_server_the_cli_acts_by_the_accounts_token() {
     );
     drop(server);
 }
+
+#[test]
+fn a_patient_exports_their_records_as_a_fhir_bundle_and_no_one_else_can_without_a_grant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, _, _) = world(tmp.path());
+    let out = tmp.path().join("my-records.json");
+    let done = cohort_json(
+        &data,
+        &[
+            "--as",
+            "pat",
+            "patient",
+            "export",
+            "pat",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let bundle: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "collection");
+    let conn = cohort_engine::DataDir::open(&data)
+        .unwrap()
+        .connect()
+        .unwrap();
+    let (patient, expected): (String, i64) = conn
+        .query_row(
+            "SELECT p.patient_id, COUNT(DISTINCT r.record_id) FROM research_patients p
+             JOIN records r ON r.patient_id = p.patient_id WHERE p.account = 'pat'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries.len() as i64, expected);
+    assert_eq!(done["records"].as_i64(), Some(expected));
+    // Every resource is the patient's own, the Patient resource among them.
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["resource"]["resourceType"] == "Patient"
+                && e["resource"]["id"] == patient.as_str())
+    );
+    // A credentialed provider without a grant is refused; nothing is written.
+    let theirs = tmp.path().join("theirs.json");
+    assert_fails_with(
+        &cohort(
+            &data,
+            &[
+                "--as",
+                "dr-x",
+                "patient",
+                "export",
+                "pat",
+                "--out",
+                theirs.to_str().unwrap(),
+            ],
+        ),
+        "holds no grant",
+    );
+    assert!(!theirs.exists());
+    let audit = cohort_json(&data, &["audit", "log", "--limit", "50"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "records.export.patient" && e["actor"] == "pat"),
+        "{audit}"
+    );
+}

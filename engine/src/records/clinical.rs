@@ -392,6 +392,48 @@ impl<'a> Clinic<'a> {
             .collect())
     }
 
+    /// A patient's records as one FHIR `collection` Bundle, for the right
+    /// of access and to data portability (GDPR art. 15 and 20): every
+    /// current record, read as `actor` (the patient, a delegate, or whoever
+    /// the chain allows) with one on-chain trace, and the export audited.
+    pub async fn export_bundle(
+        &self,
+        actor: &Actor,
+        patient: &str,
+        purpose: Purpose,
+    ) -> Result<serde_json::Value> {
+        let search = Search {
+            patient: patient.to_string(),
+            ..Search::default()
+        };
+        let reads = self.search(actor, &search, purpose).await?;
+        let entries = reads
+            .iter()
+            .map(|r| {
+                let resource: serde_json::Value = serde_json::from_slice(&r.content)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", r.version.record_id)))?;
+                Ok(serde_json::json!({ "fullUrl": r.version.record_id, "resource": resource }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bundle = serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "collection",
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "entry": entries,
+        });
+        audit::append(
+            self.vault.conn(),
+            &audit::Event {
+                actor: actor.name(),
+                action: "records.export.patient",
+                target: patient,
+                purpose: purpose.name(),
+                detail: serde_json::json!({ "records": reads.len() }),
+            },
+        )?;
+        Ok(bundle)
+    }
+
     /// Stores a FHIR resource (a new record, or a new version of one) as
     /// `actor` for `purpose`: the chain must allow writing the patient's
     /// records of its kind; the version is anchored by `updateHealthRecords`
