@@ -4,7 +4,7 @@
 //! key-encryption key (KEK) held by a [`KeyStore`]. The default keystore is a
 //! passphrase-protected file: the KEK is random and stored encrypted under a
 //! key derived from the passphrase with argon2id. A PKCS#11 HSM keystore
-//! implements the same trait in production.
+//! would implement the same trait; it is not built yet (issue 28).
 
 use std::path::{Path, PathBuf};
 
