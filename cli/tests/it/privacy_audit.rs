@@ -249,6 +249,9 @@ struct Observed {
     groups: Vec<String>,
     /// The query's ledger events, without their hashes.
     events: Vec<String>,
+    /// Audit entries the query added: the anchored audit head's length
+    /// (`PatientRecords.LogAnchored`, public on chain) grows by this much.
+    audit_entries: i64,
     /// How long the researcher waited.
     elapsed_ms: u128,
     /// The deadline `EXPLAIN PRIVACY` announced (0: none).
@@ -305,6 +308,13 @@ fn events_after(side: &Side, after: i64) -> Vec<String> {
     out
 }
 
+/// The audit log's length (what an anchor of it puts on chain).
+fn audit_length(side: &Side) -> i64 {
+    let conn = side.dir.connect().unwrap();
+    conn.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+        .unwrap()
+}
+
 fn last_block(side: &Side) -> i64 {
     cohort(&side.data, &["ledger", "sync"]);
     let conn = side.dir.connect().unwrap();
@@ -356,6 +366,7 @@ fn observe(side: &Side, sql: &str, extra: &[&str]) -> Observed {
         serde_json::from_slice(&cohort(&side.data, &explain).stdout).unwrap_or(Value::Null);
     let before = remaining(&side.data, side.study);
     let block = last_block(side);
+    let audited = audit_length(side);
     let mut args = vec!["--as", "researcher", "query", &study, sql, "--json"];
     args.extend_from_slice(extra);
     let started = Instant::now();
@@ -363,6 +374,7 @@ fn observe(side: &Side, sql: &str, extra: &[&str]) -> Observed {
     let elapsed_ms = started.elapsed().as_millis();
     let after = remaining(&side.data, side.study);
     let events = events_after(side, block);
+    let audit_entries = audit_length(side) - audited;
     let (outcome, message, json) = match o.status.code() {
         Some(0) => (
             "answer",
@@ -396,6 +408,7 @@ fn observe(side: &Side, sql: &str, extra: &[&str]) -> Observed {
         exact,
         groups,
         events,
+        audit_entries,
         elapsed_ms,
         deadline_ms: planned["deadline_ms"].as_u64().unwrap_or(0) as u128,
     }
@@ -532,6 +545,11 @@ fn compare(probe: &Probe, seen: &[Observed; 2], failures: &mut Vec<String>) {
         "the ledger events",
         format!("{:?}", a.events),
         format!("{:?}", b.events),
+    );
+    differ(
+        "the audit entries added (the anchored audit head's length)",
+        a.audit_entries.to_string(),
+        b.audit_entries.to_string(),
     );
     differ(
         "the deadline",
