@@ -8,18 +8,15 @@ use cohort_engine::access::{Actor, notifications};
 use cohort_engine::appointments::desk::{self, BookRequest, Publish, Step};
 use cohort_engine::appointments::terms::{Hours, Policy};
 use cohort_engine::appointments::{insurance, mirror, reminders};
-use cohort_engine::chain::{self, DeployRequest};
-use cohort_engine::keys::{accounts, keystore::KdfParams};
-use cohort_engine::records::vault::{Access, Vault};
-use cohort_engine::{DataDir, Error, records::generate, records::ingest};
+use cohort_engine::chain;
+use cohort_engine::keys::accounts;
+use cohort_engine::records::vault::Vault;
+use cohort_engine::{DataDir, Error};
 use cohort_ledger_bridge::alloy::primitives::{U256, keccak256};
 use cohort_ledger_bridge::{Client, Role};
 
-const FAST_KDF: KdfParams = KdfParams {
-    m_cost_kib: 1024,
-    t_cost: 1,
-    p_cost: 1,
-};
+mod common;
+use common::FAST_KDF;
 const HOUR: u64 = 3_600;
 const REASON: &str = "chest pain on exertion since Tuesday";
 
@@ -41,33 +38,13 @@ struct World {
 }
 
 fn world(patients: u64) -> World {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::open(&tmp.path().join("data")).unwrap();
-    let vault = dir.unlock_with("pw", FAST_KDF).unwrap();
-    let bundles = tmp.path().join("bundles");
-    generate::generate(&generate::Options::new(patients, 5, &bundles)).unwrap();
-    ingest::ingest_paths(
-        &vault,
-        &Access::new("operator", "ingest"),
-        &[bundles],
-        false,
-    )
-    .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(chain::deploy(
-        &dir,
-        vault.conn(),
-        vault.keys(),
-        &DeployRequest {
-            rpc_url: None,
-            approvals: 1,
-            confirmations: None,
-            admin: "operator".into(),
-            redeploy: false,
-        },
-    ))
-    .unwrap();
-    let (_, client) = rt.block_on(chain::client(&dir)).unwrap();
+    let common::Deployed {
+        tmp,
+        dir,
+        vault,
+        rt,
+        client,
+    } = common::deployed(patients);
     let ids: Vec<String> = vault
         .conn()
         .prepare("SELECT patient_id FROM patients ORDER BY patient_id")

@@ -2,21 +2,16 @@
 //! write can lack its authorization is refused, names what is missing, is
 //! audited, and decrypts nothing; what is allowed is traced on chain.
 
+use cohort_engine::Error;
 use cohort_engine::access::scope::{ALL_KINDS, Level, Purpose, kind_of};
 use cohort_engine::access::{Actor, emergency, grants, notifications};
-use cohort_engine::chain::{self, DeployRequest};
-use cohort_engine::keys::{accounts, keystore::KdfParams};
+use cohort_engine::keys::accounts;
 use cohort_engine::records::anchor;
 use cohort_engine::records::clinical::{Clinic, Search};
-use cohort_engine::records::vault::{Access, Vault};
-use cohort_engine::{DataDir, Error, records::generate, records::ingest};
+use cohort_engine::records::vault::Vault;
 use cohort_ledger_bridge::{Client, Role};
 
-const FAST_KDF: KdfParams = KdfParams {
-    m_cost_kib: 1024,
-    t_cost: 1,
-    p_cost: 1,
-};
+mod common;
 const HOUR: u64 = 3_600;
 
 struct World {
@@ -36,33 +31,13 @@ struct World {
 }
 
 fn world() -> World {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::open(&tmp.path().join("data")).unwrap();
-    let vault = dir.unlock_with("pw", FAST_KDF).unwrap();
-    let bundles = tmp.path().join("bundles");
-    generate::generate(&generate::Options::new(2, 5, &bundles)).unwrap();
-    ingest::ingest_paths(
-        &vault,
-        &Access::new("operator", "ingest"),
-        &[bundles],
-        false,
-    )
-    .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(chain::deploy(
-        &dir,
-        vault.conn(),
-        vault.keys(),
-        &DeployRequest {
-            rpc_url: None,
-            approvals: 1,
-            confirmations: None,
-            admin: "operator".into(),
-            redeploy: false,
-        },
-    ))
-    .unwrap();
-    let (_, client) = rt.block_on(chain::client(&dir)).unwrap();
+    let common::Deployed {
+        tmp,
+        vault,
+        rt,
+        client,
+        ..
+    } = common::deployed(2);
     let (patient_id, observation): (String, String) = vault
         .conn()
         .query_row(
