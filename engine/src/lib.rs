@@ -44,6 +44,7 @@ pub mod appointments;
 pub mod audit;
 pub mod budget;
 pub mod chain;
+pub mod compliance;
 pub mod datadir;
 pub mod deadline;
 pub mod keys;

@@ -62,6 +62,15 @@ pub struct Updated {
     pub tx_hash: String,
 }
 
+/// What a read's on-chain trace says.
+#[derive(Debug, Clone, Copy)]
+struct Traced {
+    /// An emergency override allowed it.
+    emergency: bool,
+    /// The block it is in.
+    block: u64,
+}
+
 /// The service: a vault and the chain that decides.
 pub struct Clinic<'a> {
     vault: &'a Vault,
@@ -151,6 +160,9 @@ impl<'a> Clinic<'a> {
 
     /// The read's on-chain trace, signed by the reader; a race lost to a
     /// revocation between the check and the transaction is a refusal too.
+    /// Says whether an emergency override allowed it, and the block it is
+    /// in (the audit entries name it: the accounting of disclosures joins
+    /// the two).
     async fn trace(
         &self,
         actor: &Actor,
@@ -159,7 +171,7 @@ impl<'a> Clinic<'a> {
         kinds: u32,
         purpose: Purpose,
         target: &str,
-    ) -> Result<bool> {
+    ) -> Result<Traced> {
         let ids: Vec<B256> = records.iter().map(|r| record_key(r)).collect();
         let sent = self
             .client
@@ -175,12 +187,15 @@ impl<'a> Clinic<'a> {
             )
             .await;
         match sent {
-            Ok(receipt) => Ok(receipt.logs.iter().any(|l| {
-                use cohort_ledger_bridge::alloy::sol_types::SolEvent;
-                PatientRecords::RecordsAccessed::decode_log(&l.log)
-                    .map(|e| e.data.emergency)
-                    .unwrap_or(false)
-            })),
+            Ok(receipt) => Ok(Traced {
+                emergency: receipt.logs.iter().any(|l| {
+                    use cohort_ledger_bridge::alloy::sol_types::SolEvent;
+                    PatientRecords::RecordsAccessed::decode_log(&l.log)
+                        .map(|e| e.data.emergency)
+                        .unwrap_or(false)
+                }),
+                block: receipt.block_number,
+            }),
             Err(cohort_ledger_bridge::Error::Reverted(revert)) => {
                 use cohort_ledger_bridge::alloy::sol_types::SolError;
                 let code = PatientRecords::Denied::abi_decode(&revert.data)
@@ -200,21 +215,23 @@ impl<'a> Clinic<'a> {
         &self,
         actor: &Actor,
         purpose: Purpose,
-        read: &[(RecordVersion, bool)],
+        traced: Traced,
+        read: &[RecordVersion],
     ) -> Result<()> {
+        let emergency = traced.emergency;
         let tx = rusqlite::Transaction::new_unchecked(
             self.vault.conn(),
             TransactionBehavior::Immediate,
         )?;
-        for (rv, emergency) in read {
+        for rv in read {
             audit::append(
                 &tx,
                 &audit::Event {
                     actor: actor.name(),
-                    action: if *emergency { "read.emergency" } else { "read" },
+                    action: if emergency { "read.emergency" } else { "read" },
                     target: &rv.record_id,
                     purpose: purpose.name(),
-                    detail: serde_json::json!({ "version": rv.version, "cid": rv.cid, "emergency": emergency }),
+                    detail: serde_json::json!({ "version": rv.version, "cid": rv.cid, "emergency": emergency, "block": traced.block }),
                 },
             )?;
         }
@@ -266,15 +283,15 @@ impl<'a> Clinic<'a> {
             &what,
         )
         .await?;
-        let emergency = self
+        let traced = self
             .trace(actor, &patient, &[record_id], kinds, purpose, record_id)
             .await?;
         let content = self.vault.decrypt_version(&rv)?;
-        self.audit_reads(actor, purpose, &[(rv.clone(), emergency)])?;
+        self.audit_reads(actor, purpose, traced, std::slice::from_ref(&rv))?;
         Ok(Read {
             version: rv,
             content,
-            emergency,
+            emergency: traced.emergency,
         })
     }
 
@@ -367,7 +384,7 @@ impl<'a> Clinic<'a> {
         // The trace names every record the search considers, before any is
         // decrypted; the code and date filters then apply to the plaintext.
         let ids: Vec<&str> = versions.iter().map(|rv| rv.record_id.as_str()).collect();
-        let emergency = self
+        let traced = self
             .trace(actor, &patient, &ids, kinds.max(1), purpose, &target)
             .await?;
         let mut reads = Vec::with_capacity(versions.len());
@@ -377,17 +394,14 @@ impl<'a> Clinic<'a> {
                 reads.push((rv, content));
             }
         }
-        let audited: Vec<(RecordVersion, bool)> = reads
-            .iter()
-            .map(|(rv, _)| (rv.clone(), emergency))
-            .collect();
-        self.audit_reads(actor, purpose, &audited)?;
+        let audited: Vec<RecordVersion> = reads.iter().map(|(rv, _)| rv.clone()).collect();
+        self.audit_reads(actor, purpose, traced, &audited)?;
         Ok(reads
             .into_iter()
             .map(|(version, content)| Read {
                 version,
                 content,
-                emergency,
+                emergency: traced.emergency,
             })
             .collect())
     }
@@ -407,6 +421,9 @@ impl<'a> Clinic<'a> {
             ..Search::default()
         };
         let reads = self.search(actor, &search, purpose).await?;
+        let patient_id = patients::find(self.vault.conn(), patient)
+            .or_else(|_| patients::require(self.vault.conn(), patient))?
+            .patient_id;
         let entries = reads
             .iter()
             .map(|r| {
@@ -426,7 +443,7 @@ impl<'a> Clinic<'a> {
             &audit::Event {
                 actor: actor.name(),
                 action: "records.export.patient",
-                target: patient,
+                target: &format!("Patient/{patient_id}"),
                 purpose: purpose.name(),
                 detail: serde_json::json!({ "records": reads.len() }),
             },

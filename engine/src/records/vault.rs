@@ -411,6 +411,12 @@ impl Vault {
 
     /// Decrypts one stored version (not audited: for internal use by audited callers).
     pub(crate) fn decrypt_version(&self, rv: &RecordVersion) -> Result<Vec<u8>> {
+        if let Some(at) = crate::compliance::retention::purged_at(&self.conn, rv)? {
+            return Err(Error::NotFound(format!(
+                "{} version {} was purged on {at} under the retention policy for {}",
+                rv.record_id, rv.version, rv.resource_type
+            )));
+        }
         let mut cache = KeyCache::default();
         let key = self.data_key(&self.conn, &mut cache, &rv.patient_id, false)?;
         let sealed = self.blocks.get(&rv.cid)?;
@@ -441,6 +447,8 @@ impl Vault {
              FROM records r
              WHERE (?1 IS NULL OR r.patient_id = ?1)
                AND r.version = (SELECT MAX(version) FROM records x WHERE x.record_id = r.record_id)
+               AND NOT EXISTS (SELECT 1 FROM retention_purges p
+                               WHERE p.record_id = r.record_id AND p.version = r.version)
              ORDER BY r.patient_id, r.record_id LIMIT ?2",
         )?;
         let out = stmt

@@ -21,6 +21,9 @@ pub trait BlockStore: Send + Sync {
     fn get(&self, cid: &str) -> Result<Vec<u8>>;
     /// Whether the block is present (without verifying it).
     fn has(&self, cid: &str) -> bool;
+    /// Deletes the block (a retention purge); deleting an absent block is
+    /// a no-op, so a purge interrupted after its commit can be finished.
+    fn remove(&self, cid: &str) -> Result<()>;
 }
 
 /// Blocks as files in a directory, sharded like go-ipfs's flatfs
@@ -95,6 +98,15 @@ impl BlockStore for FsBlockStore {
     fn has(&self, cid: &str) -> bool {
         self.path_of(cid).exists()
     }
+
+    fn remove(&self, cid: &str) -> Result<()> {
+        let path = self.path_of(cid);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("deleting", path, e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -108,6 +120,11 @@ mod tests {
         let cid = store.put(b"some block").unwrap();
         assert_eq!(store.get(&cid).unwrap(), b"some block");
         assert_eq!(store.put(b"some block").unwrap(), cid, "idempotent");
+        store.remove(&cid).unwrap();
+        assert!(!store.has(&cid), "removed");
+        store.remove(&cid).unwrap();
+        assert!(matches!(store.get(&cid), Err(Error::MissingBlock { .. })));
+        assert_eq!(store.put(b"some block").unwrap(), cid);
         let path = store.path_of(&cid);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[3] ^= 0x01;

@@ -59,6 +59,29 @@ CREATE TABLE IF NOT EXISTS record_anchors (
     PRIMARY KEY (record_id, version)
 );
 CREATE INDEX IF NOT EXISTS record_anchors_batch ON record_anchors (batch);
+-- Retention (compliance::retention): how many years each resource type is
+-- kept, the patients under legal hold, and the record versions purged (the
+-- row stays, so the audit trail and the anchors still name what existed).
+CREATE TABLE IF NOT EXISTS retention_policies (
+    resource_type TEXT PRIMARY KEY,
+    years         INTEGER NOT NULL CHECK (years > 0),
+    set_by        TEXT NOT NULL,
+    set_at        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS legal_holds (
+    patient_id TEXT PRIMARY KEY,
+    reason     TEXT NOT NULL,
+    set_by     TEXT NOT NULL,
+    set_at     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retention_purges (
+    record_id     TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    resource_type TEXT NOT NULL,
+    cid           TEXT NOT NULL,
+    purged_at     TEXT NOT NULL,
+    PRIMARY KEY (record_id, version)
+) WITHOUT ROWID;
 
 -- Append-only, hash-chained audit log.
 CREATE TABLE IF NOT EXISTS audit (
