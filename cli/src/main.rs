@@ -45,6 +45,7 @@ mod appointment_cli;
 mod cli_common;
 mod clinical_cli;
 mod clinical_remote;
+mod compliance_cli;
 mod demo;
 mod demo_appointments;
 mod demo_clinical;
@@ -253,9 +254,17 @@ enum Command {
         #[command(subcommand)]
         cmd: appointment_cli::InsuranceCmd,
     },
-    /// Patients: erasure.
+    /// Patients: export, the accounting of disclosures, erasure.
     #[command(subcommand)]
     Patient(PatientCmd),
+    /// Retention: per-type policies, legal holds, the purge (admins).
+    #[command(subcommand)]
+    Retention(compliance_cli::RetentionCmd),
+    /// The regulatory report for the operator (admins and auditors):
+    /// accesses, emergencies and reviews, studies and budgets, erasures and
+    /// purges, and what verification finds. Exit status 3 when it finds a
+    /// problem.
+    Report(compliance_cli::ReportArgs),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -583,6 +592,11 @@ anchored {} versions on chain as batch {}",
             });
             Ok(ExitCode::SUCCESS)
         }
+        Command::Patient(PatientCmd::Disclosures { patient, since }) => {
+            compliance_cli::disclosures(cli, &dir()?, patient, since.as_deref())
+        }
+        Command::Retention(cmd) => compliance_cli::retention(cli, &dir()?, cmd),
+        Command::Report(args) => compliance_cli::report(cli, &dir()?, args),
         Command::Patient(PatientCmd::Erase {
             patient,
             confirm,

@@ -1,5 +1,5 @@
-//! `cohort patient` and `cohort audit`: a patient's erasure, and the
-//! audit log. (Records themselves: `clinical_cli`.)
+//! `cohort patient` and `cohort audit`: a patient's export, accounting of
+//! disclosures and erasure, and the audit log. (Records themselves: `clinical_cli`.)
 
 use clap::Subcommand;
 
@@ -17,6 +17,17 @@ pub(crate) enum PatientCmd {
         /// Purpose of use: treatment, payment or operations.
         #[arg(long, default_value = "treatment")]
         purpose: String,
+    },
+    /// The accounting of disclosures (HIPAA §164.528): every disclosure of
+    /// the patient's records since `--since` (default: six years), who
+    /// received what, when and why; for the patient themself (`--as`) or
+    /// an admin or auditor answering their request. Audited.
+    Disclosures {
+        /// The patient (their account or vault id).
+        patient: String,
+        /// From when (YYYY-MM-DD or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Erase a patient by destroying their data key (crypto-shredding). Irreversible.
     Erase {

@@ -12,6 +12,7 @@
 
 use cohort_engine::access::scope::{self, Level, Purpose};
 use cohort_engine::access::{emergency, grants, notifications, patients};
+use cohort_engine::compliance::Compliance;
 use cohort_engine::records::clinical::{Clinic, Read, Search};
 use cohort_engine::records::vault::RecordVersion;
 use cohort_engine::{DataDir, Error};
@@ -518,6 +519,80 @@ impl pb::clinical_server::Clinical for StudyApi {
                 .await?,
             ))
         })
+        .await
+    }
+
+    async fn export_records(
+        &self,
+        request: Request<pb::ExportRecordsRequest>,
+    ) -> Result<Response<pb::RecordsBundle>, Status> {
+        let r = request.get_ref().clone();
+        let purpose = purpose(&r.purpose)?;
+        self.as_actor(
+            &request,
+            "records.export.patient",
+            async move |s, vault, me| {
+                let patient = if r.patient.trim().is_empty() {
+                    me.name().to_string()
+                } else {
+                    r.patient
+                };
+                let bundle = Clinic::new(vault, s.client())
+                    .export_bundle(me, &patient, purpose)
+                    .await?;
+                Ok(pb::RecordsBundle {
+                    records: bundle["entry"].as_array().map_or(0, Vec::len) as i64,
+                    bundle: bundle.to_string(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn disclosures(
+        &self,
+        request: Request<pb::DisclosuresRequest>,
+    ) -> Result<Response<pb::DisclosureList>, Status> {
+        let r = request.get_ref().clone();
+        let since =
+            match r.since {
+                Some(t) => Some(chrono::DateTime::from_timestamp(t, 0).ok_or_else(|| {
+                    Status::invalid_argument(format!("`since`: {t} is not a time"))
+                })?),
+                None => None,
+            };
+        self.as_actor(
+            &request,
+            "disclosures.account",
+            async move |s, vault, me| {
+                s.sync().await?;
+                let patient = if r.patient.trim().is_empty() {
+                    me.name().to_string()
+                } else {
+                    r.patient
+                };
+                let a = Compliance::new(vault, s.client())
+                    .disclosures(me, &patient, since)
+                    .await?;
+                Ok(pb::DisclosureList {
+                    patient: a.patient,
+                    since: a.since,
+                    disclosures: a
+                        .disclosures
+                        .into_iter()
+                        .map(|d| pb::Disclosure {
+                            at: d.at,
+                            recipient: d.recipient,
+                            what: d.what,
+                            records: d.records,
+                            why: d.why,
+                            basis: d.basis.to_string(),
+                            evidence: d.evidence,
+                        })
+                        .collect(),
+                })
+            },
+        )
         .await
     }
 }

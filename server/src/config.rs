@@ -31,6 +31,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("log", "format"),
     ("appointments", "scheduler_secs"),
     ("audit", "anchor_secs"),
+    ("retention", "run_secs"),
 ];
 
 /// The file read when neither `--config` nor `$COHORT_CONFIG` names one.
@@ -52,6 +53,23 @@ pub struct Config {
     pub appointments: AppointmentsSection,
     /// The audit log's anchoring.
     pub audit: AuditSection,
+    /// The retention purge.
+    pub retention: RetentionSection,
+}
+
+/// `[retention]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// How often the records past their retention policy are purged, on
+    /// the chain's clock, in seconds (0: never; `cohort retention run`).
+    pub run_secs: u64,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection { run_secs: 86_400 }
+    }
 }
 
 /// `[audit]`.

@@ -23,6 +23,7 @@ pub mod api;
 pub mod appointments_api;
 pub mod auth;
 pub mod clinical_api;
+pub mod compliance_api;
 pub mod config;
 pub mod fhir;
 pub mod flight;
@@ -169,6 +170,43 @@ fn anchor_audit_periodically(session: Arc<Session>, period: Duration) {
     }
 }
 
+/// Purges the records past their retention policy every `period` (0:
+/// never), on the chain's clock, as the engine account: the operator's
+/// policies, applied by the server. Logs counts only.
+fn purge_periodically(session: Arc<Session>, period: Duration) {
+    if period.is_zero() {
+        return;
+    }
+    let purged = every("cohort-retention", period, move |rt| {
+        let round = rt.block_on(async {
+            session.sync().await?;
+            let now = session.client().ledger().now().await?;
+            let now = chrono::DateTime::from_timestamp(now as i64, 0)
+                .ok_or_else(|| Error::Invalid(format!("the chain's clock reads {now}")))?;
+            let vault = session.vault()?;
+            cohort_engine::compliance::retention::run(
+                &vault,
+                session.engine_account().name(),
+                now,
+                false,
+            )
+        });
+        match round {
+            Ok(p) if p.versions + p.blocks_deleted > 0 => tracing::info!(
+                versions = p.versions,
+                held = p.held,
+                blocks_deleted = p.blocks_deleted,
+                "retention purge"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+        }
+    });
+    if let Err(e) = purged {
+        tracing::warn!(error = %e, "no retention thread: run `cohort retention run`");
+    }
+}
+
 /// One scheduler round.
 async fn appointment_round(
     dir: &DataDir,
@@ -229,6 +267,10 @@ pub async fn serve(
     anchor_audit_periodically(
         Arc::clone(&session),
         Duration::from_secs(config.audit.anchor_secs),
+    );
+    purge_periodically(
+        Arc::clone(&session),
+        Duration::from_secs(config.retention.run_secs),
     );
     let last_anchor = Arc::clone(&session);
     let gate = Arc::new(gate::Gate::new(
@@ -305,6 +347,10 @@ pub async fn serve(
         )
         .add_service(
             api::pb::insurance_server::InsuranceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            api::pb::compliance_server::ComplianceServer::new(api.clone())
                 .max_decoding_message_size(max),
         );
     // The web page and its JSON API beside the gRPC services, on one port;

@@ -63,6 +63,9 @@ pub fn router(api: StudyApi) -> axum::Router {
         .route("/api/grants/{provider}/revoke", post(revoke))
         .route("/api/delegates", post(delegate))
         .route("/api/reads", get(reads))
+        .route("/api/disclosures", get(disclosures))
+        .route("/api/export", get(export))
+        .route("/api/report", post(report))
         .route("/api/notifications", get(notifications))
         .route("/api/notifications/read", post(mark_read))
         .route("/api/records", get(records))
@@ -293,6 +296,40 @@ async fn delegate(
 
 async fn reads(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
     reply(Clinical::read_log(&api, request(&headers, pb::ReadLogRequest {})).await)
+}
+
+async fn disclosures(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    let asked = pb::DisclosuresRequest {
+        patient: String::new(),
+        since: None,
+    };
+    reply(Clinical::disclosures(&api, request(&headers, asked)).await)
+}
+
+async fn export(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    let asked = pb::ExportRecordsRequest {
+        patient: String::new(),
+        purpose: String::new(),
+    };
+    reply(Clinical::export_records(&api, request(&headers, asked)).await)
+}
+
+#[derive(Deserialize)]
+struct Period {
+    from: i64,
+    to: Option<i64>,
+}
+
+async fn report(
+    State(api): State<StudyApi>,
+    headers: HeaderMap,
+    Json(p): Json<Period>,
+) -> Response {
+    let asked = pb::ReportRequest {
+        from: p.from,
+        to: p.to,
+    };
+    reply(pb::compliance_server::Compliance::report(&api, request(&headers, asked)).await)
 }
 
 #[derive(Deserialize)]

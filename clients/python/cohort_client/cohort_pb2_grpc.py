@@ -863,6 +863,16 @@ class ClinicalStub:
                 request_serializer=cohort__pb2.AttestCredentialRequest.SerializeToString,
                 response_deserializer=cohort__pb2.AccessChanged.FromString,
                 _registered_method=True)
+        self.ExportRecords = channel.unary_unary(
+                '/cohort.v1.Clinical/ExportRecords',
+                request_serializer=cohort__pb2.ExportRecordsRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RecordsBundle.FromString,
+                _registered_method=True)
+        self.Disclosures = channel.unary_unary(
+                '/cohort.v1.Clinical/Disclosures',
+                request_serializer=cohort__pb2.DisclosuresRequest.SerializeToString,
+                response_deserializer=cohort__pb2.DisclosureList.FromString,
+                _registered_method=True)
 
 
 class ClinicalServicer:
@@ -1005,6 +1015,24 @@ class ClinicalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportRecords(self, request, context):
+        """As `cohort patient export`: the caller's records (or a patient's the
+        chain lets the caller read) as one FHIR collection Bundle (GDPR art. 15
+        and 20), read with one on-chain trace and audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Disclosures(self, request, context):
+        """As `cohort patient disclosures`: the accounting of disclosures (HIPAA
+        §164.528) of the caller's records, or of a patient's for an admin or
+        auditor answering their request. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClinicalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1092,6 +1120,16 @@ def add_ClinicalServicer_to_server(servicer, server):
                     servicer.AttestCredential,
                     request_deserializer=cohort__pb2.AttestCredentialRequest.FromString,
                     response_serializer=cohort__pb2.AccessChanged.SerializeToString,
+            ),
+            'ExportRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportRecords,
+                    request_deserializer=cohort__pb2.ExportRecordsRequest.FromString,
+                    response_serializer=cohort__pb2.RecordsBundle.SerializeToString,
+            ),
+            'Disclosures': grpc.unary_unary_rpc_method_handler(
+                    servicer.Disclosures,
+                    request_deserializer=cohort__pb2.DisclosuresRequest.FromString,
+                    response_serializer=cohort__pb2.DisclosureList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1561,6 +1599,362 @@ class Clinical:
             '/cohort.v1.Clinical/AttestCredential',
             cohort__pb2.AttestCredentialRequest.SerializeToString,
             cohort__pb2.AccessChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/ExportRecords',
+            cohort__pb2.ExportRecordsRequest.SerializeToString,
+            cohort__pb2.RecordsBundle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Disclosures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/Disclosures',
+            cohort__pb2.DisclosuresRequest.SerializeToString,
+            cohort__pb2.DisclosureList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ComplianceStub:
+    """The operator's compliance duties, as `cohort retention` and `cohort
+    report`: each decided by the caller's role on chain (admin; the report
+    also for auditors) and audited.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Report = channel.unary_unary(
+                '/cohort.v1.Compliance/Report',
+                request_serializer=cohort__pb2.ReportRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RegulatoryReport.FromString,
+                _registered_method=True)
+        self.SetRetention = channel.unary_unary(
+                '/cohort.v1.Compliance/SetRetention',
+                request_serializer=cohort__pb2.RetentionPolicyRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RetentionState.FromString,
+                _registered_method=True)
+        self.Hold = channel.unary_unary(
+                '/cohort.v1.Compliance/Hold',
+                request_serializer=cohort__pb2.LegalHoldRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RetentionState.FromString,
+                _registered_method=True)
+        self.ReleaseHold = channel.unary_unary(
+                '/cohort.v1.Compliance/ReleaseHold',
+                request_serializer=cohort__pb2.LegalHoldRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RetentionState.FromString,
+                _registered_method=True)
+        self.Retention = channel.unary_unary(
+                '/cohort.v1.Compliance/Retention',
+                request_serializer=cohort__pb2.RetentionRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RetentionState.FromString,
+                _registered_method=True)
+        self.RunRetention = channel.unary_unary(
+                '/cohort.v1.Compliance/RunRetention',
+                request_serializer=cohort__pb2.RunRetentionRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RetentionRun.FromString,
+                _registered_method=True)
+
+
+class ComplianceServicer:
+    """The operator's compliance duties, as `cohort retention` and `cohort
+    report`: each decided by the caller's role on chain (admin; the report
+    also for auditors) and audited.
+    """
+
+    def Report(self, request, context):
+        """The regulatory report over [from, to).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRetention(self, request, context):
+        """Keep a record type N years after its last version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Hold(self, request, context):
+        """Place a patient's records under legal hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseHold(self, request, context):
+        """Release a patient's legal hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Retention(self, request, context):
+        """The policies and holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunRetention(self, request, context):
+        """Purge what is due on the chain's clock (or only count it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ComplianceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=cohort__pb2.ReportRequest.FromString,
+                    response_serializer=cohort__pb2.RegulatoryReport.SerializeToString,
+            ),
+            'SetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetention,
+                    request_deserializer=cohort__pb2.RetentionPolicyRequest.FromString,
+                    response_serializer=cohort__pb2.RetentionState.SerializeToString,
+            ),
+            'Hold': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hold,
+                    request_deserializer=cohort__pb2.LegalHoldRequest.FromString,
+                    response_serializer=cohort__pb2.RetentionState.SerializeToString,
+            ),
+            'ReleaseHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHold,
+                    request_deserializer=cohort__pb2.LegalHoldRequest.FromString,
+                    response_serializer=cohort__pb2.RetentionState.SerializeToString,
+            ),
+            'Retention': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retention,
+                    request_deserializer=cohort__pb2.RetentionRequest.FromString,
+                    response_serializer=cohort__pb2.RetentionState.SerializeToString,
+            ),
+            'RunRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunRetention,
+                    request_deserializer=cohort__pb2.RunRetentionRequest.FromString,
+                    response_serializer=cohort__pb2.RetentionRun.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cohort.v1.Compliance', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cohort.v1.Compliance', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Compliance:
+    """The operator's compliance duties, as `cohort retention` and `cohort
+    report`: each decided by the caller's role on chain (admin; the report
+    also for auditors) and audited.
+    """
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Compliance/Report',
+            cohort__pb2.ReportRequest.SerializeToString,
+            cohort__pb2.RegulatoryReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Compliance/SetRetention',
+            cohort__pb2.RetentionPolicyRequest.SerializeToString,
+            cohort__pb2.RetentionState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Compliance/Hold',
+            cohort__pb2.LegalHoldRequest.SerializeToString,
+            cohort__pb2.RetentionState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Compliance/ReleaseHold',
+            cohort__pb2.LegalHoldRequest.SerializeToString,
+            cohort__pb2.RetentionState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Compliance/Retention',
+            cohort__pb2.RetentionRequest.SerializeToString,
+            cohort__pb2.RetentionState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Compliance/RunRetention',
+            cohort__pb2.RunRetentionRequest.SerializeToString,
+            cohort__pb2.RetentionRun.FromString,
             options,
             channel_credentials,
             insecure,

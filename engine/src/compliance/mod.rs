@@ -130,6 +130,26 @@ impl<'a> Compliance<'a> {
         retention::release_hold(self.vault.conn(), actor.name(), &id)
     }
 
+    /// The retention policies and legal holds (admins and auditors: a hold
+    /// names a patient in litigation).
+    pub async fn retention(
+        &self,
+        actor: &Actor,
+    ) -> Result<(Vec<retention::Policy>, Vec<retention::Hold>)> {
+        self.require(
+            actor,
+            &PRIVACY_OFFICERS,
+            "retention.show",
+            "retention",
+            "the retention policies and holds",
+        )
+        .await?;
+        Ok((
+            retention::policies(self.vault.conn())?,
+            retention::holds(self.vault.conn())?,
+        ))
+    }
+
     /// Purges what the policies say is due at `now` (see [`retention::run`]).
     pub async fn run_retention(
         &self,

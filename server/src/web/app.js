@@ -249,6 +249,14 @@ async function loadPatient() {
   fill("access", log.reverse(), (row, e) => {
     cell(row, e.at); cell(row, e.actor); cell(row, e.action); cell(row, e.target); cell(row, e.purpose);
   });
+  // An account with the patient role but no records has no accounting.
+  const told = (await api("/api/disclosures").catch(() => ({}))).disclosures || [];
+  fill("disclosures", told, (row, d) => {
+    row.dataset.basis = d.basis;
+    cell(row, when(d.at)); cell(row, d.recipient); cell(row, d.basis);
+    cell(row, d.what).title = (d.records || []).join(", ");
+    cell(row, d.why); cell(row, d.evidence);
+  });
   const earned = await api("/api/compensation");
   $("earnings").textContent =
     `earned ${eth(earned.earned)}, claimed ${eth(earned.claimed)}, claimable ${eth(earned.claimable)} (${(earned.shares || []).length} share(s))`;
@@ -585,6 +593,40 @@ async function loadAuditor() {
   });
 }
 
+// Downloads the signed-in patient's records as a FHIR Bundle file.
+async function exportRecords() {
+  const r = await api("/api/export");
+  const link = $("export-link");
+  if (link.href) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(new Blob([r.bundle], { type: "application/fhir+json" }));
+  link.download = `${me.account}-records.json`;
+  link.textContent = `${me.account}-records.json`;
+  link.hidden = false;
+  link.click();
+  return `${r.records} record(s) exported as a FHIR Bundle (the read is traced on the ledger)`;
+}
+
+// The regulatory report of the period the form names, as a summary and a
+// printable page.
+async function makeReport() {
+  const from = Date.parse($("report-from").value) / 1000;
+  if (!from) throw new Error("give the period's first day");
+  const to = $("report-to").value ? Date.parse($("report-to").value) / 1000 : null;
+  const r = await api("/api/report", "POST", to ? { from, to } : { from });
+  const report = JSON.parse(r.json);
+  const reads = Object.values(report.accesses.reads_by_purpose).reduce((a, b) => a + b, 0);
+  $("report-summary").textContent =
+    `${report.from} to ${report.to}: ${r.clean ? "verification found nothing wrong" : "VERIFICATION FOUND A PROBLEM"}; ` +
+    `${reads} record read(s), ${report.accesses.emergency_reads} under an emergency override, ` +
+    `${report.accesses.refused} refused; ${report.emergencies.opened} override(s) opened; ` +
+    `${report.erasure.patients_erased} erasure(s), ${report.erasure.versions_purged} version(s) purged`;
+  const link = $("report-link");
+  if (link.href) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(new Blob([r.html], { type: "text/html" }));
+  link.hidden = false;
+  return "report made";
+}
+
 // ---- steward -------------------------------------------------------------
 
 async function loadSteward() {
@@ -752,6 +794,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("availability-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     act(publish, loadCalendar);
+  });
+  $("export-button").addEventListener("click", () => act(exportRecords, async () => {}));
+  $("report-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    act(makeReport, async () => {});
   });
   $("records-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
