@@ -270,6 +270,7 @@ impl<'a> Clinic<'a> {
                 ));
             }
         };
+        self.vault.ensure_not_purged(&rv)?;
         let kinds = scope::kind_of(&rv.resource_type)?;
         let what = format!("reading {record_id}");
         self.check(

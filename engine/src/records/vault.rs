@@ -411,16 +411,22 @@ impl Vault {
 
     /// Decrypts one stored version (not audited: for internal use by audited callers).
     pub(crate) fn decrypt_version(&self, rv: &RecordVersion) -> Result<Vec<u8>> {
-        if let Some(at) = crate::compliance::retention::purged_at(&self.conn, rv)? {
-            return Err(Error::NotFound(format!(
-                "{} version {} was purged on {at} under the retention policy for {}",
-                rv.record_id, rv.version, rv.resource_type
-            )));
-        }
+        self.ensure_not_purged(rv)?;
         let mut cache = KeyCache::default();
         let key = self.data_key(&self.conn, &mut cache, &rv.patient_id, false)?;
         let sealed = self.blocks.get(&rv.cid)?;
         open_block(&key, &rv.patient_id, &rv.record_id, rv.version, &sealed)
+    }
+
+    /// Refuses a version that retention purged, naming when.
+    pub(crate) fn ensure_not_purged(&self, rv: &RecordVersion) -> Result<()> {
+        match crate::compliance::retention::purged_at(&self.conn, rv)? {
+            Some(at) => Err(Error::NotFound(format!(
+                "{} version {} was purged on {at} under the retention policy for {}",
+                rv.record_id, rv.version, rv.resource_type
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Every version of a record, oldest first.
