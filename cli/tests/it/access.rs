@@ -6,7 +6,7 @@ use super::{assert_fails_with, bundles, cohort, cohort_json, stdout};
 /// A ledger, a small cohort, a patient account `pat`, a provider `dr-x`
 /// with a credential and the emergency role, an auditor; the patient's
 /// first Observation and Condition.
-fn world(tmp: &std::path::Path) -> (std::path::PathBuf, String, String) {
+pub(crate) fn world(tmp: &std::path::Path) -> (std::path::PathBuf, String, String) {
     let data = tmp.join("data");
     cohort_json(&data, &["ledger", "deploy"]);
     let b = bundles(tmp, 3, 4);

@@ -8,6 +8,7 @@ mod audit;
 mod chaos;
 mod cid;
 mod cli;
+mod compliance;
 mod encrypted;
 mod faults;
 mod fhir;

@@ -173,6 +173,20 @@ try {
   check(timeline.every((e) => /\d/.test(e.text) && e.text.includes("for treatment")), "each says when and why");
   const note = page.locator('#notifications tr[data-kind="emergency.opened"]').first();
   check((await note.textContent()).includes("dr-er opened emergency access"), "told of the emergency, in words");
+  // The accounting of disclosures: each reader, the emergency marked.
+  await page.waitForSelector('#disclosures tr[data-basis="emergency"]');
+  const told = await page.$$eval("#disclosures tbody tr", (rows) =>
+    rows.map((r) => ({ basis: r.dataset.basis, who: r.children[1].textContent, what: r.children[3].textContent })));
+  check(told.some((d) => d.who === "dr-er" && d.basis === "emergency"), `the emergency read is accounted: ${JSON.stringify(told)}`);
+  check(told.some((d) => d.who === "dr-who" && d.basis === "grant" && /record\(s\)/.test(d.what)), "the granted read is accounted with its records");
+  check(told.every((d) => d.who !== "patient-0"), "the patient's own reads are no disclosure");
+  // A copy of the records: a FHIR Bundle downloaded by the browser.
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#export-button")]);
+  await waitStatus("exported as a FHIR Bundle");
+  const fs = await import("node:fs");
+  const bundle = JSON.parse(fs.readFileSync(await download.path(), "utf8"));
+  check(bundle.resourceType === "Bundle" && bundle.type === "collection" && bundle.entry.length > 0, "the download is a FHIR collection Bundle");
+  check(bundle.entry.some((e) => e.resource.resourceType === "Patient" && e.resource.id === patientId), "the patient's own Patient resource in it");
   await page.screenshot({ path: `${shots}/patient.png`, fullPage: true });
 
   // The auditor reviews the override.
@@ -185,6 +199,15 @@ try {
   await override.getByRole("button", { name: "Justified", exact: true }).click();
   await waitStatus("reviewed: justified");
   await page.waitForFunction(() => [...document.querySelectorAll("#queue tbody tr")].some((r) => r.children[6].textContent === "justified"));
+  // The regulatory report of the last two days.
+  const day = (offset) => new Date(Date.now() + offset * 86400000).toISOString().slice(0, 10);
+  await page.fill("#report-from", day(-1));
+  await page.fill("#report-to", day(1));
+  await page.click("#report-button");
+  await waitStatus("report made");
+  const summary = await page.textContent("#report-summary");
+  check(summary.includes("verification found nothing wrong") && /[1-9]\d* under an emergency override/.test(summary) && summary.includes("1 override(s) opened"), `the report's summary: ${summary}`);
+  check(await page.isVisible("#report-link"), "the printable report is offered");
   await page.screenshot({ path: `${shots}/auditor.png`, fullPage: true });
   check(errors.length === 0, `no script errors: ${errors.join("; ")}`);
 } finally {
