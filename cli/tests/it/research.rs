@@ -421,6 +421,26 @@ fn the_research_path_runs_from_the_cli() {
         .unwrap();
     assert_eq!(on_chain, 1);
 
+    // Each patient's accounting of disclosures names the answers their
+    // records entered and the release made while they consented: p1
+    // withdrew before the second query and the release.
+    let evidence = |who: &str| -> Vec<String> {
+        let a = cohort_json(d, &["--as", who, "patient", "disclosures", who]);
+        a["disclosures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["basis"] == "consent" && x["recipient"] == "researcher")
+            .map(|x| x["evidence"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let release = format!("release {}", r["extract_hash"].as_str().unwrap());
+    let p0 = evidence("p0");
+    for e in ["query first", "query second", release.as_str()] {
+        assert!(p0.iter().any(|x| x == e), "{e} not in {p0:?}");
+    }
+    assert_eq!(evidence("p1"), vec!["query first".to_string()]);
+
     // A study without microdata approval releases nothing.
     let closed = s.write("closed.toml", &study_text("1", "0.5", false));
     let p = cohort_json(
