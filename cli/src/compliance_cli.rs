@@ -64,6 +64,9 @@ pub(crate) struct ReportArgs {
     /// Check the audit log's hash chain only, not its seals and anchors.
     #[arg(long)]
     unkeyed: bool,
+    /// Do not re-hash every stored block (a read of the whole vault).
+    #[arg(long)]
+    skip_blocks: bool,
 }
 
 /// A date (`YYYY-MM-DD`, midnight UTC) or an RFC 3339 time.
@@ -175,8 +178,16 @@ pub(crate) fn report(cli: &Cli, dir: &DataDir, args: &ReportArgs) -> anyhow::Res
     let rt = runtime()?;
     let (_, client) = rt.block_on(cohort_engine::chain::client(dir))?;
     rt.block_on(cohort_engine::chain::sync(dir, &mut dir.connect()?))?;
-    let report =
-        rt.block_on(Compliance::new(&vault, &client).report(dir, &actor, from, to, !args.unkeyed))?;
+    let report = rt.block_on(Compliance::new(&vault, &client).report(
+        dir,
+        &actor,
+        from,
+        to,
+        cohort_engine::compliance::report::Checks {
+            keyed: !args.unkeyed,
+            blocks: !args.skip_blocks,
+        },
+    ))?;
     if let Some(path) = &args.html {
         let page = cohort_engine::compliance::report::html(&report);
         cohort_engine::storage::fsutil::write_atomic(path, page.as_bytes())?;

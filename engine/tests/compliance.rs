@@ -17,6 +17,16 @@ use cohort_ledger_bridge::Role;
 
 mod common;
 
+const ALL: cohort_engine::compliance::report::Checks = cohort_engine::compliance::report::Checks {
+    keyed: true,
+    blocks: true,
+};
+const CHAIN_ONLY: cohort_engine::compliance::report::Checks =
+    cohort_engine::compliance::report::Checks {
+        keyed: false,
+        blocks: false,
+    };
+
 struct World {
     d: common::Deployed,
     patient: Actor,
@@ -468,7 +478,7 @@ fn the_report_counts_accesses_and_finds_a_damaged_block() {
     let to = Utc::now() + Duration::hours(1);
     let s = w.service();
     let r = rt
-        .block_on(s.report(&w.d.dir, &w.admin, from, to, true))
+        .block_on(s.report(&w.d.dir, &w.admin, from, to, ALL))
         .unwrap();
     assert!(r.integrity.clean, "{:#?}", r.integrity);
     assert_eq!(r.accesses.emergency_reads, 1);
@@ -483,11 +493,11 @@ fn the_report_counts_accesses_and_finds_a_damaged_block() {
     );
 
     // An auditor may read it; a provider may not; a backwards period is named.
-    rt.block_on(s.report(&w.d.dir, &w.auditor, from, to, false))
+    rt.block_on(s.report(&w.d.dir, &w.auditor, from, to, CHAIN_ONLY))
         .unwrap();
-    let refused = rt.block_on(s.report(&w.d.dir, &w.provider, from, to, false));
+    let refused = rt.block_on(s.report(&w.d.dir, &w.provider, from, to, CHAIN_ONLY));
     w.role_refused(&w.provider, "report.generate", refused);
-    match rt.block_on(s.report(&w.d.dir, &w.admin, to, from, false)) {
+    match rt.block_on(s.report(&w.d.dir, &w.admin, to, from, CHAIN_ONLY)) {
         Err(Error::Invalid(m)) => assert!(m.contains("starts"), "{m}"),
         other => panic!("{other:?}"),
     }
@@ -509,7 +519,7 @@ fn the_report_counts_accesses_and_finds_a_damaged_block() {
     bytes[10] ^= 1;
     std::fs::write(&path, bytes).unwrap();
     let damaged = rt
-        .block_on(s.report(&w.d.dir, &w.admin, from, to, true))
+        .block_on(s.report(&w.d.dir, &w.admin, from, to, ALL))
         .unwrap();
     assert!(!damaged.integrity.clean);
     assert_eq!(damaged.integrity.blocks_bad, vec![cid.clone()]);

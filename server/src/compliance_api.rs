@@ -52,7 +52,16 @@ impl pb::compliance_server::Compliance for StudyApi {
         self.as_actor(&request, "report.generate", async move |s, vault, me| {
             s.sync().await?;
             let r = Compliance::new(vault, s.client())
-                .report(&dir, me, from, to, true)
+                .report(
+                    &dir,
+                    me,
+                    from,
+                    to,
+                    report::Checks {
+                        keyed: true,
+                        blocks: true,
+                    },
+                )
                 .await?;
             Ok(pb::RegulatoryReport {
                 json: serde_json::to_string(&r).expect("serializable"),

@@ -231,14 +231,14 @@ impl<'a> Compliance<'a> {
     }
 
     /// The regulatory report over `[from, to)` (privacy officers only);
-    /// `keyed` also checks the audit seals and anchors under the audit key.
+    /// `checks` says which verifications it runs.
     pub async fn report(
         &self,
         dir: &DataDir,
         actor: &Actor,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        keyed: bool,
+        checks: report::Checks,
     ) -> Result<report::Report> {
         self.require(
             actor,
@@ -254,7 +254,7 @@ impl<'a> Compliance<'a> {
                     "the report's period starts ({from}) after it ends ({to})"
                 )));
             }
-            let key = if keyed {
+            let key = if checks.keyed {
                 Some(self.vault.audit_key()?)
             } else {
                 None
@@ -263,6 +263,7 @@ impl<'a> Compliance<'a> {
                 dir,
                 self.vault,
                 key.as_ref().map(|k| &k.expose()[..]),
+                checks.blocks,
                 from,
                 to,
             )
