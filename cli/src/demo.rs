@@ -420,17 +420,17 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     keep("query", serde_json::to_value(&after)?);
 
     // 9. Verify.
-    say("\n10. Verifying the audit log's hash chain and the ledger's blocks");
+    say("\n10. Verifying the audit log's hash chain, the vault's index and the ledger's blocks");
     let verification = audit::verify(vault.conn())?;
     say(&format!("   {}", verify_text(&verification)));
     let audit_key = vault.audit_key()?;
     let engine_account = accounts::get(vault.conn(), vault.keys(), &config.engine)?;
-    if let Some(a) = rt.block_on(audit::anchor::anchor(
-        vault.conn(),
-        audit_key.expose(),
+    let both = rt.block_on(cohort_engine::records::index_anchor::anchor_both(
+        &vault,
         &client,
         &engine_account,
-    ))? {
+    ))?;
+    if let Some(a) = both.audit {
         rt.block_on(chain::sync(dir, &mut dir.connect()?))?;
         let keyed = audit::anchor::verify_keyed(
             vault.conn(),
@@ -440,6 +440,20 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         say(&format!(
             "   audit log sealed (HMAC under the audit key) and its keyed head anchored on chain after {} entries; keyed check: {} seals and {} anchor(s) match",
             a.entries, keyed.sealed_checked, keyed.anchors_checked
+        ));
+    }
+    if let Some(a) = both.index {
+        let index = cohort_engine::records::index_anchor::verify(
+            vault.conn(),
+            audit_key.expose(),
+            &audit::anchor::anchors_of(
+                vault.conn(),
+                cohort_engine::records::index_anchor::VAULT_INDEX,
+            )?,
+        )?;
+        say(&format!(
+            "   vault index sealed and its keyed head anchored on chain after {} record versions; keyed check: {} seals and {} anchor(s) match",
+            a.entries, index.sealed_checked, index.anchors_checked
         ));
     }
     let verified = chain::verify(dir)?;

@@ -655,26 +655,45 @@ anchored {} versions on chain as batch {}",
                 runtime()?.block_on(cohort_engine::chain::sync(&d, &mut conn))?;
             }
             let anchors = audit::anchor::anchors(vault.conn())?;
-            let keyed =
-                audit::anchor::verify_keyed(vault.conn(), vault.audit_key()?.expose(), &anchors)?;
+            let key = vault.audit_key()?;
+            let keyed = audit::anchor::verify_keyed(vault.conn(), key.expose(), &anchors)?;
+            let index = cohort_engine::records::index_anchor::verify(
+                vault.conn(),
+                key.expose(),
+                &audit::anchor::anchors_of(
+                    vault.conn(),
+                    cohort_engine::records::index_anchor::VAULT_INDEX,
+                )?,
+            )?;
             // The chain's fields as before, the keyed check beside them, and
             // `first_broken` naming a keyed difference too.
             let mut report = serde_json::to_value(&v)?;
             report["keyed"] = serde_json::to_value(&keyed)?;
+            report["index"] = serde_json::to_value(&index)?;
             if let Some(b) = &keyed.first_differing {
                 report["first_broken"] = serde_json::to_value(b)?;
             }
-            emit(cli, &report, || match &keyed.first_differing {
-                None => format!(
-                    "{}\nkeyed: {} sealed entries and {} anchor(s) match; {} entries since the last anchor",
-                    verify_text(&v),
-                    keyed.sealed_checked,
-                    keyed.anchors_checked,
-                    keyed.unanchored
-                ),
-                Some(b) => format!("audit log REWRITTEN at entry {}: {}", b.seq, b.reason),
+            emit(cli, &report, || {
+                let audit = match &keyed.first_differing {
+                    None => format!(
+                        "{}\nkeyed: {} sealed entries and {} anchor(s) match; {} entries since the last anchor",
+                        verify_text(&v),
+                        keyed.sealed_checked,
+                        keyed.anchors_checked,
+                        keyed.unanchored
+                    ),
+                    Some(b) => format!("audit log REWRITTEN at entry {}: {}", b.seq, b.reason),
+                };
+                let index = match &index.first_differing {
+                    None => format!(
+                        "vault index: {} sealed record versions and {} anchor(s) match; {} stored since the last seal",
+                        index.sealed_checked, index.anchors_checked, index.unsealed
+                    ),
+                    Some(b) => format!("vault index REWRITTEN at seal {}: {}", b.seq, b.reason),
+                };
+                format!("{audit}\n{index}")
             });
-            Ok(if keyed.is_intact() {
+            Ok(if keyed.is_intact() && index.is_intact() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)
@@ -687,18 +706,34 @@ anchored {} versions on chain as batch {}",
             let (config, client) = rt.block_on(cohort_engine::chain::client(&d))?;
             let engine =
                 cohort_engine::keys::accounts::get(vault.conn(), vault.keys(), &config.engine)?;
-            let done = rt.block_on(audit::anchor::anchor(
-                vault.conn(),
-                vault.audit_key()?.expose(),
-                &client,
-                &engine,
+            let both = rt.block_on(cohort_engine::records::index_anchor::anchor_both(
+                &vault, &client, &engine,
             ))?;
-            emit(cli, &done, || match &done {
-                Some(a) => format!(
-                    "anchored the audit log's keyed head after {} entries ({} newly sealed), tx {}",
-                    a.entries, a.sealed, a.tx_hash
-                ),
-                None => "the audit log's head is already anchored".into(),
+            // The audit log's anchor at the top (null when nothing new), the
+            // vault index's beside it.
+            let mut shown = serde_json::to_value(&both.audit)?;
+            if let Some(index) = &both.index {
+                if shown.is_null() {
+                    shown = serde_json::json!({});
+                }
+                shown["index"] = serde_json::to_value(index)?;
+            }
+            emit(cli, &shown, || {
+                let audit = match &both.audit {
+                    Some(a) => format!(
+                        "anchored the audit log's keyed head after {} entries ({} newly sealed), tx {}",
+                        a.entries, a.sealed, a.tx_hash
+                    ),
+                    None => "the audit log's head is already anchored".into(),
+                };
+                let index = match &both.index {
+                    Some(a) => format!(
+                        "anchored the vault index's keyed head after {} record versions ({} newly sealed), tx {}",
+                        a.entries, a.sealed, a.tx_hash
+                    ),
+                    None => "the vault index's head is already anchored".into(),
+                };
+                format!("{audit}\n{index}")
             });
             Ok(ExitCode::SUCCESS)
         }

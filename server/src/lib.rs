@@ -132,14 +132,14 @@ fn schedule_appointments(dir: DataDir, session: Arc<Session>, period: Duration) 
     }
 }
 
-/// Seals the audit log's new entries and anchors its keyed head, as the
-/// engine account; logs the outcome (counts only).
+/// Seals the audit log's new entries and the vault index's new rows and
+/// anchors both keyed heads, as the engine account; logs the outcome
+/// (counts only).
 async fn anchor_audit(session: &Session) {
     let anchored = async {
         let vault = session.vault()?;
-        cohort_engine::audit::anchor::anchor(
-            vault.conn(),
-            vault.audit_key()?.expose(),
+        cohort_engine::records::index_anchor::anchor_both(
+            &vault,
             session.client(),
             session.engine_account(),
         )
@@ -147,12 +147,22 @@ async fn anchor_audit(session: &Session) {
     }
     .await;
     match anchored {
-        Ok(Some(a)) => tracing::info!(
-            entries = a.entries,
-            sealed = a.sealed,
-            "audit head anchored"
-        ),
-        Ok(None) => {}
+        Ok(both) => {
+            if let Some(a) = both.audit {
+                tracing::info!(
+                    entries = a.entries,
+                    sealed = a.sealed,
+                    "audit head anchored"
+                )
+            }
+            if let Some(a) = both.index {
+                tracing::info!(
+                    rows = a.entries,
+                    sealed = a.sealed,
+                    "vault index head anchored"
+                )
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "audit anchoring failed"),
     }
 }

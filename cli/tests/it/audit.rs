@@ -213,3 +213,58 @@ fn a_consistent_rewrite_of_the_whole_log_is_named_against_its_anchor() {
         crate::stderr(&anchor)
     );
 }
+
+#[test]
+fn a_rewritten_row_of_the_vault_index_is_named_against_its_anchor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    cohort_json(&data, &["ledger", "deploy"]);
+    let b = bundles(tmp.path(), 3, 17);
+    cohort_json(&data, &["ingest", b.to_str().unwrap()]);
+    let anchored = cohort_json(&data, &["audit", "anchor"]);
+    let rows = anchored["index"]["entries"].as_i64().unwrap();
+    let conn = rusqlite::Connection::open(data.join("cohort.db")).unwrap();
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, stored, "{anchored}");
+    let ok = cohort_json(&data, &["audit", "verify"]);
+    assert_eq!(ok["index"]["sealed_checked"].as_i64(), Some(rows), "{ok}");
+    assert_eq!(ok["index"]["anchors_checked"], 1, "{ok}");
+    assert!(ok["index"]["first_differing"].is_null(), "{ok}");
+
+    // One version's row pointed at another patient: named, exit status 3,
+    // and the index is not anchored over it.
+    let (record, version): (String, i64) = conn
+        .query_row(
+            "SELECT record_id, version FROM records ORDER BY created_at DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE records SET patient_id = (SELECT MIN(patient_id) FROM patients) || '' WHERE record_id = ?1 AND version = ?2",
+        rusqlite::params![record, version],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE records SET size = size + 1 WHERE record_id = ?1 AND version = ?2",
+        rusqlite::params![record, version],
+    )
+    .unwrap();
+    drop(conn);
+    let out = cohort(&data, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("vault index REWRITTEN") && stdout(&out).contains(&record),
+        "{}",
+        stdout(&out)
+    );
+    let again = cohort(&data, &["audit", "anchor"]);
+    assert!(!again.status.success());
+    assert!(
+        crate::stderr(&again).contains("vault's index is not anchored"),
+        "{}",
+        crate::stderr(&again)
+    );
+}

@@ -156,10 +156,16 @@ pub struct LogAnchor {
 
 /// The audit log's anchors as the follower mirrored them, oldest first.
 pub fn anchors(conn: &Connection) -> Result<Vec<LogAnchor>> {
+    anchors_of(conn, AUDIT_LOG)
+}
+
+/// The anchors of log `log` (see `PatientRecords.anchorLog`) as the
+/// follower mirrored them, oldest first.
+pub fn anchors_of(conn: &Connection, log: u8) -> Result<Vec<LogAnchor>> {
     cohort_ledger_bridge::Follower::install(conn)?;
     let rows: Vec<(i64, String)> = conn
         .prepare("SELECT entries, head FROM ledger_log_anchors WHERE log = ?1 ORDER BY entries")?
-        .query_map([AUDIT_LOG], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([log], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     rows.into_iter()
         .map(|(entries, head)| {

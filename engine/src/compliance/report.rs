@@ -116,6 +116,10 @@ pub struct Integrity {
     pub audit_sealed_checked: i64,
     /// The first entry that differs from its seal or an anchor on chain.
     pub audit_differs: Option<audit::Broken>,
+    /// Sealed rows of the vault's index checked against the audit key.
+    pub index_sealed_checked: i64,
+    /// The first index row that differs from its seal or an anchor on chain.
+    pub index_differs: Option<audit::Broken>,
     /// Whether the blocks were re-hashed at all.
     pub blocks_verified: bool,
     /// Record versions whose block was re-hashed.
@@ -316,6 +320,13 @@ fn integrity(
         let keyed = audit::anchor::verify_keyed(conn, key, &audit::anchor::anchors(conn)?)?;
         out.audit_sealed_checked = keyed.sealed_checked;
         out.audit_differs = keyed.first_differing;
+        let index = crate::records::index_anchor::verify(
+            conn,
+            key,
+            &audit::anchor::anchors_of(conn, crate::records::index_anchor::VAULT_INDEX)?,
+        )?;
+        out.index_sealed_checked = index.sealed_checked;
+        out.index_differs = index.first_differing;
     }
     // Every stored version of a patient not erased and not purged: its
     // block must be there and hash to its CID.
@@ -353,6 +364,7 @@ fn integrity(
     }
     out.clean = out.audit_broken.is_none()
         && out.audit_differs.is_none()
+        && out.index_differs.is_none()
         && out.blocks_bad_count == 0
         && out.ledger_verified != Some(false);
     Ok(out)
@@ -429,6 +441,18 @@ pub fn html(report: &Report) -> String {
         &i.audit_differs
             .as_ref()
             .map_or("none".into(), |b| format!("#{}: {}", b.seq, b.reason)),
+    );
+    row(
+        &mut h,
+        "sealed rows of the vault's index checked (audit key)",
+        &i.index_sealed_checked.to_string(),
+    );
+    row(
+        &mut h,
+        "first index row differing from its seal or anchor",
+        &i.index_differs
+            .as_ref()
+            .map_or("none".into(), |b| format!("seal {}: {}", b.seq, b.reason)),
     );
     row(
         &mut h,

@@ -6,6 +6,7 @@ pub mod anchor;
 pub mod clinical;
 pub mod fhir;
 pub mod generate;
+pub mod index_anchor;
 pub mod ingest;
 pub mod projection;
 pub mod safe_harbor;
