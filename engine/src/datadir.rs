@@ -3,7 +3,8 @@
 //! ```text
 //! <data-dir>/
 //!   cohort.db        metadata, audit log, projection (SQLite, WAL)
-//!   keystore.json    the passphrase-protected key-encryption key
+//!   keystore.json    the passphrase-protected key-encryption keys (file keystore)
+//!   keys.toml        which keystore the directory uses, when it is an HSM
 //!   blocks/          encrypted record blocks, named by CID
 //! ```
 //! Two data directories share nothing, so tests and users run side by side.
@@ -11,7 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::keys::keystore::{FileKeyStore, KdfParams};
+use crate::keys::config::{KeysConfig, StoreKind};
+use crate::keys::keystore::{FileKeyStore, KdfParams, KeyStore};
 use crate::records::vault::Vault;
 use crate::storage::blockstore::FsBlockStore;
 use crate::{Error, Result};
@@ -64,6 +66,77 @@ impl DataDir {
         self.keystore_path().exists()
     }
 
+    /// The file recording which keystore the directory uses (absent: the
+    /// file keystore).
+    pub fn keys_config_path(&self) -> PathBuf {
+        self.root.join("keys.toml")
+    }
+
+    /// Which keystore the directory uses: what `keys.toml` records, else
+    /// the file keystore (every directory made before the HSM keystore).
+    pub fn keys_config(&self) -> Result<KeysConfig> {
+        let path = self.keys_config_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(KeysConfig::default()),
+            Err(e) => return Err(Error::io("reading", &path, e)),
+        };
+        let config: KeysConfig = toml::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        config
+            .check()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+
+    /// Makes `wanted` the directory's keystore, or checks that it already
+    /// is. A directory that already keeps keys under one keystore is never
+    /// switched to another by a configuration change (its keys would no
+    /// longer unwrap): that is refused, naming both.
+    pub fn select_keys(&self, wanted: &KeysConfig) -> Result<()> {
+        wanted.check()?;
+        let recorded = self.keys_config()?;
+        if *wanted == recorded {
+            return Ok(());
+        }
+        let path = self.keys_config_path();
+        let describe = |c: &KeysConfig| match c.store {
+            StoreKind::File => format!("the file keystore {}", self.keystore_path().display()),
+            StoreKind::Pkcs11 => format!(
+                "the HSM token `{}` of {}",
+                c.token_label.as_deref().unwrap_or("?"),
+                c.module.as_deref().unwrap_or(Path::new("?")).display()
+            ),
+        };
+        let in_use = path.exists() || self.has_keystore() || self.holds_wrapped_keys()?;
+        if in_use {
+            return Err(Error::Invalid(format!(
+                "the data directory {} keeps its keys under {}, but the configuration asks for                  {}: make [keys] match {} (a directory's keystore cannot be switched by                  configuration)",
+                self.root.display(),
+                describe(&recorded),
+                describe(wanted),
+                if path.exists() {
+                    path.display().to_string()
+                } else {
+                    "the file keystore (remove [keys])".into()
+                }
+            )));
+        }
+        crate::storage::fsutil::write_atomic(&path, wanted.to_toml().as_bytes())
+    }
+
+    fn holds_wrapped_keys(&self) -> Result<bool> {
+        if !self.db_path().exists() {
+            return Ok(false);
+        }
+        let conn = self.connect()?;
+        Ok(conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM accounts) OR EXISTS (SELECT 1 FROM patients)",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Opens the vault with the keystore's passphrase, creating the keystore
     /// on first use, and with it the operator's account (`--as operator`,
     /// the default actor): the custodian acts by its own key like everyone
@@ -75,8 +148,14 @@ impl DataDir {
     /// As [`DataDir::unlock`], with explicit argon2id costs for a new keystore.
     pub fn unlock_with(&self, passphrase: &str, params: KdfParams) -> Result<Vault> {
         let keys = FileKeyStore::open_or_create(&self.keystore_path(), passphrase, params)?;
+        self.unlock_keys(Arc::new(keys))
+    }
+
+    /// Opens the vault over an opened keystore (the file keystore or an
+    /// HSM), and with it the operator's account.
+    pub fn unlock_keys(&self, keys: Arc<dyn KeyStore>) -> Result<Vault> {
         let blocks = FsBlockStore::open(&self.blocks_path())?;
-        let vault = Vault::new(self.connect()?, Arc::new(blocks), Arc::new(keys));
+        let vault = Vault::new(self.connect()?, Arc::new(blocks), keys);
         if crate::keys::accounts::address_of(vault.conn(), OPERATOR)?.is_none() {
             crate::keys::accounts::get_or_create(vault.conn(), vault.keys(), OPERATOR)?;
         }

@@ -23,7 +23,8 @@ pub struct AccountInfo {
     pub created_at: String,
 }
 
-fn context(name: &str) -> Vec<u8> {
+/// What an account's wrapped key is bound to.
+pub(crate) fn context(name: &str) -> Vec<u8> {
     [b"cohort/account/".as_slice(), name.as_bytes()].concat()
 }
 

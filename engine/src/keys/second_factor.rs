@@ -45,7 +45,8 @@ pub enum FactorError {
     Reused,
 }
 
-fn context(name: &str) -> Vec<u8> {
+/// What a second factor's wrapped secret is bound to.
+pub(crate) fn context(name: &str) -> Vec<u8> {
     [b"cohort/totp/".as_slice(), name.as_bytes()].concat()
 }
 
