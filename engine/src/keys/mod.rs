@@ -8,3 +8,5 @@ pub mod config;
 pub mod keystore;
 pub mod pkcs11;
 pub mod second_factor;
+#[cfg(test)]
+pub(crate) mod softhsm;
