@@ -40,7 +40,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::audit::{self, Event};
-use crate::keys::keystore::{KeyStore, frame_prefix, wrapped_by};
+use crate::keys::keystore::{FileKeyStore, KdfParams, KeyStore, frame_prefix, wrapped_by};
 use crate::records::vault::STORED_KEYS;
 use crate::{Error, Result};
 
@@ -237,6 +237,29 @@ fn run(
     Ok(report)
 }
 
+/// Re-seals the file keystore's KEKs under `new_passphrase` (see
+/// [`FileKeyStore::change_passphrase`]) while holding the database's write
+/// lock, so no rotation rewrites the keystore file meanwhile; audited as
+/// `keys.passphrase`, a refusal as `keys.passphrase.refused`.
+pub fn change_passphrase(
+    conn: &Connection,
+    keys: &FileKeyStore,
+    new_passphrase: &str,
+    params: KdfParams,
+    actor: &str,
+) -> Result<()> {
+    let result = with_write_lock(conn, || keys.change_passphrase(new_passphrase, params));
+    audit::outcome(
+        conn,
+        actor,
+        "keys.passphrase",
+        "keystore",
+        "key management",
+        serde_json::json!({ "store": "file", "keks": keys.key_ids().map(|k| k.len()).unwrap_or(0) }),
+        result,
+    )
+}
+
 /// Keys not yet wrapped under the current KEK, everywhere.
 pub fn remaining(
     conn: &Connection,
@@ -401,4 +424,235 @@ fn with_write_lock<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Resul
     let out = f()?;
     tx.commit()?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::DataDir;
+    use crate::keys::keystore::SecretKey;
+    use crate::keys::pkcs11::{Pkcs11KeyStore, Pkcs11Params};
+    use crate::keys::softhsm::{MODULE, PIN, TOKEN, in_softhsm, test_path};
+    use crate::keys::{accounts, second_factor};
+    use crate::records::vault::{Access, NewRecord, Vault};
+
+    const FAST: KdfParams = KdfParams {
+        m_cost_kib: 1024,
+        t_cost: 1,
+        p_cost: 1,
+    };
+
+    /// Everything a reader would get out of the directory's wrapped keys.
+    #[derive(Debug, PartialEq)]
+    struct Readable {
+        records: Vec<Vec<u8>>,
+        addresses: Vec<String>,
+        totp: [u8; 32],
+        audit_key: [u8; 32],
+        pseudonym_master: [u8; 32],
+        share_key: [u8; 32],
+        tfhe_key: [u8; 32],
+    }
+
+    fn tfhe_file(root: &Path) -> std::path::PathBuf {
+        root.join("research/fhe/tfhe/client.sealed")
+    }
+
+    /// A directory with a wrapped key in every place one can be.
+    fn populate(vault: &Vault, root: &Path) {
+        let access = Access::new("operator", "test");
+        for p in ["p1", "p2", "p3", "p4", "p5"] {
+            let body = format!("{{\"resourceType\":\"Patient\",\"id\":\"{p}\"}}");
+            vault
+                .put(
+                    &access,
+                    &NewRecord {
+                        patient_id: p,
+                        record_id: &format!("Patient/{p}"),
+                        resource_type: "Patient",
+                        content: body.as_bytes(),
+                    },
+                )
+                .unwrap();
+        }
+        let conn = vault.conn();
+        for name in ["alice", "bob", "carol"] {
+            accounts::get_or_create(conn, vault.keys(), name).unwrap();
+        }
+        second_factor::enroll(conn, vault.keys(), "operator", "alice", false).unwrap();
+        vault.audit_key().unwrap();
+        vault.pseudonym_master().unwrap();
+        conn.execute_batch(crate::research::encryption::SCHEMA).unwrap();
+        let share = SecretKey::generate();
+        let context = crate::research::encryption::share_context(1, "alice");
+        conn.execute(
+            "INSERT INTO research_fhe_shares (study_id, steward, idx, wrapped, nonce, sealed) VALUES (1, 'alice', 1, ?1, x'00', x'00')",
+            [vault.keys().wrap(&share, context.as_bytes()).unwrap()],
+        )
+        .unwrap();
+        let tfhe = SecretKey::generate();
+        let wrapped = vault.keys().wrap(&tfhe, b"cohort/fhe/tfhe/custodian").unwrap();
+        let mut blob = (wrapped.len() as u32).to_le_bytes().to_vec();
+        blob.extend_from_slice(&wrapped);
+        blob.extend_from_slice(&[9u8; 24 + 40]);
+        std::fs::create_dir_all(tfhe_file(root).parent().unwrap()).unwrap();
+        std::fs::write(tfhe_file(root), blob).unwrap();
+    }
+
+    fn read_all(vault: &Vault, root: &Path) -> Readable {
+        let conn = vault.conn();
+        let keys = vault.keys();
+        let mut records = Vec::new();
+        for p in ["p1", "p2", "p3", "p4", "p5"] {
+            let rv = vault.history(&format!("Patient/{p}")).unwrap().pop().unwrap();
+            records.push(vault.decrypt_version(&rv).unwrap());
+        }
+        let addresses = ["alice", "bob", "carol", "operator"]
+            .iter()
+            .map(|n| format!("{:#x}", accounts::get(conn, keys, n).unwrap().address()))
+            .collect();
+        let unwrap_col = |sql: &str, context: &[u8]| -> [u8; 32] {
+            let wrapped: Vec<u8> = conn.query_row(sql, [], |r| r.get(0)).unwrap();
+            *keys.unwrap(&wrapped, context).unwrap().expose()
+        };
+        let totp = unwrap_col(
+            "SELECT wrapped_secret FROM second_factors WHERE account = 'alice'",
+            &second_factor::context("alice"),
+        );
+        let share_key = unwrap_col(
+            "SELECT wrapped FROM research_fhe_shares",
+            crate::research::encryption::share_context(1, "alice").as_bytes(),
+        );
+        let blob = std::fs::read(tfhe_file(root)).unwrap();
+        let len = u32::from_le_bytes(blob[..4].try_into().unwrap()) as usize;
+        assert_eq!(&blob[4 + len..], &[9u8; 24 + 40], "the sealed tfhe key is untouched");
+        let tfhe_key = *keys
+            .unwrap(&blob[4..4 + len], b"cohort/fhe/tfhe/custodian")
+            .unwrap()
+            .expose();
+        Readable {
+            records,
+            addresses,
+            totp,
+            audit_key: *vault.audit_key().unwrap().expose(),
+            pseudonym_master: *vault.pseudonym_master().unwrap().expose(),
+            share_key,
+            tfhe_key,
+        }
+    }
+
+    fn audit_actions(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT action FROM audit WHERE action LIKE 'keys.%' ORDER BY seq")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
+    }
+
+    /// Rotates `vault`'s keystore, crashing midway first, and checks each
+    /// step; `reopen` gives a fresh keystore on the same KEKs (another
+    /// process).
+    fn rotate_with_a_crash_midway(dir: &DataDir, open: &dyn Fn() -> Arc<dyn KeyStore>) {
+        let vault = dir.unlock_keys(open()).unwrap();
+        populate(&vault, dir.root());
+        let before = read_all(&vault, dir.root());
+        let old = vault.keys().key_id();
+        let conn = vault.conn();
+        let total: usize = census(conn).unwrap().values().sum();
+        // 5 patients + 4 accounts + 1 TOTP + 1 share + 2 meta keys.
+        assert_eq!(census(conn).unwrap(), BTreeMap::from([(old.clone(), 13)]));
+
+        // A crash after two batches of two: a consistent mix.
+        let crash = RotateOptions { batch: 2, stop_after_batches: Some(2) };
+        let err = rotate(conn, vault.keys(), dir.root(), "operator", &crash).unwrap_err();
+        assert!(err.to_string().contains("run it again"), "{err}");
+        let new = vault.keys().key_id();
+        assert_ne!(new, old);
+        let mix = census(conn).unwrap();
+        assert_eq!(mix.get(&new), Some(&4), "{mix:?}");
+        assert_eq!(mix.get(&old), Some(&(total - 4)), "{mix:?}");
+        assert_eq!(vault.keys().key_ids().unwrap().len(), 2, "both KEKs kept");
+        assert_eq!(read_all(&vault, dir.root()), before, "readable midway");
+        let other = dir.unlock_keys(open()).unwrap();
+        assert_eq!(read_all(&other, dir.root()), before, "and by another process");
+
+        // Run again: it resumes (no third KEK) and finishes.
+        let report = rotate(conn, vault.keys(), dir.root(), "operator", &RotateOptions::default()).unwrap();
+        assert!(report.resumed);
+        assert_eq!(report.current, new);
+        assert_eq!(report.retired, vec![old.clone()]);
+        assert_eq!(report.rewrapped.values().sum::<usize>(), total - 4 + 1, "+1: the tfhe file");
+        assert_eq!(census(conn).unwrap(), BTreeMap::from([(new.clone(), total)]));
+        assert_eq!(vault.keys().key_ids().unwrap(), vec![new.clone()], "the old KEK is gone");
+        for kek_col in ["patients", "accounts", "second_factors"] {
+            let stale: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM {kek_col} WHERE kek_id <> ?1"), [&new], |r| r.get(0))
+                .unwrap();
+            assert_eq!(stale, 0, "{kek_col}.kek_id names the new KEK");
+        }
+        assert_eq!(read_all(&vault, dir.root()), before, "readable after");
+        assert_eq!(read_all(&other, dir.root()), before, "by the other process too");
+        let fresh = dir.unlock_keys(open()).unwrap();
+        assert_eq!(read_all(&fresh, dir.root()), before, "and after a restart");
+        assert_eq!(
+            audit_actions(conn),
+            ["keys.rotate.begin", "keys.rotate.refused", "keys.rotate.resume", "keys.rotate"]
+        );
+        assert!(crate::audit::verify(conn).unwrap().is_intact());
+
+        // A second rotation starts afresh.
+        let again = rotate(conn, vault.keys(), dir.root(), "operator", &RotateOptions::default()).unwrap();
+        assert!(!again.resumed);
+        assert_eq!(again.retired, vec![new]);
+        assert_eq!(read_all(&vault, dir.root()), before);
+    }
+
+    #[test]
+    fn the_file_keystore_rotates_every_wrapped_key_and_resumes_after_a_crash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let path = dir.keystore_path();
+        FileKeyStore::create(&path, "pw", FAST).unwrap();
+        rotate_with_a_crash_midway(&dir, &|| Arc::new(FileKeyStore::open(&path, "pw").unwrap()));
+    }
+
+    #[test]
+    fn the_hsm_keystore_rotates_every_wrapped_key_and_resumes_after_a_crash() {
+        in_softhsm(
+            test_path!("the_hsm_keystore_rotates_every_wrapped_key_and_resumes_after_a_crash"),
+            || {
+                let tmp = tempfile::tempdir().unwrap();
+                let dir = DataDir::open(tmp.path()).unwrap();
+                rotate_with_a_crash_midway(&dir, &|| {
+                    Arc::new(
+                        Pkcs11KeyStore::open(&Pkcs11Params {
+                            module: Path::new(MODULE),
+                            token_label: TOKEN,
+                            kek_label: "cohort-kek",
+                            pin: PIN,
+                        })
+                        .unwrap(),
+                    )
+                });
+            },
+        );
+    }
+
+    #[test]
+    fn a_passphrase_change_is_audited_and_keeps_the_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let vault = dir.unlock_with("old pass", FAST).unwrap();
+        populate(&vault, dir.root());
+        let before = read_all(&vault, dir.root());
+        let keys = FileKeyStore::open(&dir.keystore_path(), "old pass").unwrap();
+        let err = change_passphrase(vault.conn(), &keys, "", FAST, "operator").unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        change_passphrase(vault.conn(), &keys, "new pass", FAST, "operator").unwrap();
+        assert!(dir.unlock_with("old pass", FAST).is_err(), "the old passphrase is refused");
+        let reopened = dir.unlock_with("new pass", FAST).unwrap();
+        assert_eq!(read_all(&reopened, dir.root()), before);
+        assert_eq!(audit_actions(vault.conn()), ["keys.passphrase.refused", "keys.passphrase"]);
+    }
 }
