@@ -40,6 +40,7 @@ pub(crate) fn stdout_line(args: std::fmt::Arguments<'_>) {
 }
 
 mod account_cli;
+mod keys_cli;
 mod anonymize_cli;
 mod appointment_cli;
 mod cli_common;
@@ -54,6 +55,7 @@ mod records_cli;
 mod research_cli;
 mod serve_cli;
 use account_cli::{AccountCmd, account};
+use keys_cli::{KeysCmd, keys};
 use anonymize_cli::{AnonymizeArgs, DeidentifyArgs, anonymize, deidentify};
 use cli_common::{
     ServerArgs, counts_text, emit, ingest_text, render_table, runtime, short, unlock, verify_text,
@@ -328,6 +330,10 @@ enum Command {
     /// Named accounts: the Ethereum keys of the actors, held by the keystore.
     #[command(subcommand)]
     Account(AccountCmd),
+    /// The keystore: its status, rotating the key-encryption key, a new
+    /// passphrase, an HSM for a new data directory.
+    #[command(subcommand)]
+    Keys(KeysCmd),
 }
 
 fn main() -> ExitCode {
@@ -723,6 +729,7 @@ anchored {} versions on chain as batch {}",
         Command::Compensation(cmd) => compensation(cli, &dir()?, cmd),
         Command::Ledger(cmd) => ledger(cli, &dir()?, cmd),
         Command::Account(cmd) => account(cli, &dir()?, cmd),
+        Command::Keys(cmd) => keys(cli, &dir()?, cmd),
         Command::Budget(cmd) => budget(cli, cmd),
         Command::Deidentify(args) => deidentify(cli, &dir()?, args),
         Command::Export {

@@ -15,6 +15,7 @@ mod generate;
 mod identifiers;
 mod ingest;
 mod invariant;
+mod keys;
 mod ledger;
 mod notebooks;
 mod owner;
