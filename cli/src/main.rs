@@ -40,7 +40,6 @@ pub(crate) fn stdout_line(args: std::fmt::Arguments<'_>) {
 }
 
 mod account_cli;
-mod keys_cli;
 mod anonymize_cli;
 mod appointment_cli;
 mod cli_common;
@@ -50,12 +49,12 @@ mod demo;
 mod demo_appointments;
 mod demo_clinical;
 mod dp_cli;
+mod keys_cli;
 mod ledger_cli;
 mod records_cli;
 mod research_cli;
 mod serve_cli;
 use account_cli::{AccountCmd, account};
-use keys_cli::{KeysCmd, keys};
 use anonymize_cli::{AnonymizeArgs, DeidentifyArgs, anonymize, deidentify};
 use cli_common::{
     ServerArgs, counts_text, emit, ingest_text, render_table, runtime, short, unlock, verify_text,
@@ -65,6 +64,7 @@ use clinical_cli::{
     emergency, notifications_cmd, records,
 };
 use dp_cli::{BudgetCmd, DpArgs, QueryArgs, budget, dp_release, query_options, sql_query};
+use keys_cli::{KeysCmd, keys};
 use ledger_cli::{LedgerCmd, ledger};
 use records_cli::{AuditCmd, PatientCmd};
 use research_cli::{

@@ -372,7 +372,10 @@ mod tests {
         };
         dir.unlock_with("pw", fast).unwrap();
         let err = dir.select_keys(&hsm).unwrap_err().to_string();
-        assert!(err.contains("keeps its keys under the file keystore"), "{err}");
+        assert!(
+            err.contains("keeps its keys under the file keystore"),
+            "{err}"
+        );
         assert!(err.contains("token `cohort`"), "{err}");
         assert!(!dir.keys_config_path().exists(), "nothing recorded");
 
@@ -382,13 +385,19 @@ mod tests {
         dir.select_keys(&hsm).unwrap();
         assert_eq!(dir.keys_config().unwrap(), hsm);
         dir.select_keys(&hsm).unwrap();
-        let err = dir.select_keys(&KeysConfig::default()).unwrap_err().to_string();
+        let err = dir
+            .select_keys(&KeysConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("keys.toml"), "{err}");
         let err = dir
             .open_keystore("operator", Some("pw"), fast, |_| None)
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("COHORT_HSM_PIN"), "the PIN is asked for: {err}");
+        assert!(
+            err.contains("COHORT_HSM_PIN"),
+            "the PIN is asked for: {err}"
+        );
     }
 }

@@ -120,7 +120,10 @@ const COLUMNS: &[Column] = &[
         context_cols: "study_id, steward",
         context: |r| {
             let study = r.get::<_, i64>(2)? as u64;
-            Ok(crate::research::encryption::share_context(study, &r.get::<_, String>(3)?).into_bytes())
+            Ok(
+                crate::research::encryption::share_context(study, &r.get::<_, String>(3)?)
+                    .into_bytes(),
+            )
         },
         kek_col: None,
     },
@@ -144,9 +147,18 @@ pub fn rotate(
         detail["current"] = report.current.clone().into();
         detail["resumed"] = report.resumed.into();
         detail["rewrapped"] = serde_json::json!(report.rewrapped);
-        detail["seconds"] = serde_json::json!((started.elapsed().as_secs_f64() * 1e3).round() / 1e3);
+        detail["seconds"] =
+            serde_json::json!((started.elapsed().as_secs_f64() * 1e3).round() / 1e3);
     }
-    audit::outcome(conn, actor, "keys.rotate", "keystore", "key rotation", detail, result)
+    audit::outcome(
+        conn,
+        actor,
+        "keys.rotate",
+        "keystore",
+        "key rotation",
+        detail,
+        result,
+    )
 }
 
 fn run(
@@ -157,19 +169,29 @@ fn run(
     options: &RotateOptions,
 ) -> Result<RotationReport> {
     if options.batch == 0 {
-        return Err(Error::Invalid("a rotation batch must hold at least 1 key".into()));
+        return Err(Error::Invalid(
+            "a rotation batch must hold at least 1 key".into(),
+        ));
     }
     // 1. A new current KEK, or resume the rotation a crash interrupted.
     let (old, resumed) = with_write_lock(conn, || {
         let held = keys.key_ids()?;
         let resumed = held.len() > 1;
-        let current = if resumed { keys.key_id() } else { keys.add_kek()? };
+        let current = if resumed {
+            keys.key_id()
+        } else {
+            keys.add_kek()?
+        };
         let old: Vec<String> = held.into_iter().filter(|id| *id != current).collect();
         audit::append(
             conn,
             &Event {
                 actor,
-                action: if resumed { "keys.rotate.resume" } else { "keys.rotate.begin" },
+                action: if resumed {
+                    "keys.rotate.resume"
+                } else {
+                    "keys.rotate.begin"
+                },
                 target: "keystore",
                 purpose: "key rotation",
                 detail: serde_json::json!({ "store": keys.kind(), "current": current, "old": old }),
@@ -214,7 +236,10 @@ fn run(
             *report.rewrapped.entry("meta".to_owned()).or_default() += n;
         }
         if crate::research::encryption::rewrap_custodian(keys, root, false)? {
-            *report.rewrapped.entry("tfhe custodian file".to_owned()).or_default() += 1;
+            *report
+                .rewrapped
+                .entry("tfhe custodian file".to_owned())
+                .or_default() += 1;
         }
         // 3. Destroy the old KEKs once nothing names them.
         let done = with_write_lock(conn, || {
@@ -278,7 +303,8 @@ pub fn remaining(
             t = column.table,
             b = column.blob
         );
-        let count: i64 = conn.query_row(&sql, params![prefix, prefix.len() as i64], |r| r.get(0))?;
+        let count: i64 =
+            conn.query_row(&sql, params![prefix, prefix.len() as i64], |r| r.get(0))?;
         n += count as usize;
     }
     for (name, _) in STORED_KEYS {
@@ -398,7 +424,9 @@ fn rewrap_meta(conn: &Connection, keys: &dyn KeyStore, current: &str) -> Result<
 fn meta_key(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>> {
     use rusqlite::OptionalExtension;
     let hex: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [name], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = ?1", [name], |r| {
+            r.get(0)
+        })
         .optional()?;
     hex.map(|h| {
         data_encoding::HEXLOWER
@@ -484,7 +512,8 @@ mod tests {
         second_factor::enroll(conn, vault.keys(), "operator", "alice", false).unwrap();
         vault.audit_key().unwrap();
         vault.pseudonym_master().unwrap();
-        conn.execute_batch(crate::research::encryption::SCHEMA).unwrap();
+        conn.execute_batch(crate::research::encryption::SCHEMA)
+            .unwrap();
         let share = SecretKey::generate();
         let context = crate::research::encryption::share_context(1, "alice");
         conn.execute(
@@ -493,7 +522,10 @@ mod tests {
         )
         .unwrap();
         let tfhe = SecretKey::generate();
-        let wrapped = vault.keys().wrap(&tfhe, b"cohort/fhe/tfhe/custodian").unwrap();
+        let wrapped = vault
+            .keys()
+            .wrap(&tfhe, b"cohort/fhe/tfhe/custodian")
+            .unwrap();
         let mut blob = (wrapped.len() as u32).to_le_bytes().to_vec();
         blob.extend_from_slice(&wrapped);
         blob.extend_from_slice(&[9u8; 24 + 40]);
@@ -506,7 +538,11 @@ mod tests {
         let keys = vault.keys();
         let mut records = Vec::new();
         for p in ["p1", "p2", "p3", "p4", "p5"] {
-            let rv = vault.history(&format!("Patient/{p}")).unwrap().pop().unwrap();
+            let rv = vault
+                .history(&format!("Patient/{p}"))
+                .unwrap()
+                .pop()
+                .unwrap();
             records.push(vault.decrypt_version(&rv).unwrap());
         }
         let addresses = ["alice", "bob", "carol", "operator"]
@@ -527,7 +563,11 @@ mod tests {
         );
         let blob = std::fs::read(tfhe_file(root)).unwrap();
         let len = u32::from_le_bytes(blob[..4].try_into().unwrap()) as usize;
-        assert_eq!(&blob[4 + len..], &[9u8; 24 + 40], "the sealed tfhe key is untouched");
+        assert_eq!(
+            &blob[4 + len..],
+            &[9u8; 24 + 40],
+            "the sealed tfhe key is untouched"
+        );
         let tfhe_key = *keys
             .unwrap(&blob[4..4 + len], b"cohort/fhe/tfhe/custodian")
             .unwrap()
@@ -547,7 +587,10 @@ mod tests {
         let mut stmt = conn
             .prepare("SELECT action FROM audit WHERE action LIKE 'keys.%' ORDER BY seq")
             .unwrap();
-        stmt.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
     }
 
     /// Rotates `vault`'s keystore, crashing midway first, and checks each
@@ -564,7 +607,10 @@ mod tests {
         assert_eq!(census(conn).unwrap(), BTreeMap::from([(old.clone(), 13)]));
 
         // A crash after two batches of two: a consistent mix.
-        let crash = RotateOptions { batch: 2, stop_after_batches: Some(2) };
+        let crash = RotateOptions {
+            batch: 2,
+            stop_after_batches: Some(2),
+        };
         let err = rotate(conn, vault.keys(), dir.root(), "operator", &crash).unwrap_err();
         assert!(err.to_string().contains("run it again"), "{err}");
         let new = vault.keys().key_id();
@@ -575,34 +621,76 @@ mod tests {
         assert_eq!(vault.keys().key_ids().unwrap().len(), 2, "both KEKs kept");
         assert_eq!(read_all(&vault, dir.root()), before, "readable midway");
         let other = dir.unlock_keys(open()).unwrap();
-        assert_eq!(read_all(&other, dir.root()), before, "and by another process");
+        assert_eq!(
+            read_all(&other, dir.root()),
+            before,
+            "and by another process"
+        );
 
         // Run again: it resumes (no third KEK) and finishes.
-        let report = rotate(conn, vault.keys(), dir.root(), "operator", &RotateOptions::default()).unwrap();
+        let report = rotate(
+            conn,
+            vault.keys(),
+            dir.root(),
+            "operator",
+            &RotateOptions::default(),
+        )
+        .unwrap();
         assert!(report.resumed);
         assert_eq!(report.current, new);
         assert_eq!(report.retired, vec![old.clone()]);
-        assert_eq!(report.rewrapped.values().sum::<usize>(), total - 4 + 1, "+1: the tfhe file");
-        assert_eq!(census(conn).unwrap(), BTreeMap::from([(new.clone(), total)]));
-        assert_eq!(vault.keys().key_ids().unwrap(), vec![new.clone()], "the old KEK is gone");
+        assert_eq!(
+            report.rewrapped.values().sum::<usize>(),
+            total - 4 + 1,
+            "+1: the tfhe file"
+        );
+        assert_eq!(
+            census(conn).unwrap(),
+            BTreeMap::from([(new.clone(), total)])
+        );
+        assert_eq!(
+            vault.keys().key_ids().unwrap(),
+            vec![new.clone()],
+            "the old KEK is gone"
+        );
         for kek_col in ["patients", "accounts", "second_factors"] {
             let stale: i64 = conn
-                .query_row(&format!("SELECT COUNT(*) FROM {kek_col} WHERE kek_id <> ?1"), [&new], |r| r.get(0))
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM {kek_col} WHERE kek_id <> ?1"),
+                    [&new],
+                    |r| r.get(0),
+                )
                 .unwrap();
             assert_eq!(stale, 0, "{kek_col}.kek_id names the new KEK");
         }
         assert_eq!(read_all(&vault, dir.root()), before, "readable after");
-        assert_eq!(read_all(&other, dir.root()), before, "by the other process too");
+        assert_eq!(
+            read_all(&other, dir.root()),
+            before,
+            "by the other process too"
+        );
         let fresh = dir.unlock_keys(open()).unwrap();
         assert_eq!(read_all(&fresh, dir.root()), before, "and after a restart");
         assert_eq!(
             audit_actions(conn),
-            ["keys.rotate.begin", "keys.rotate.refused", "keys.rotate.resume", "keys.rotate"]
+            [
+                "keys.rotate.begin",
+                "keys.rotate.refused",
+                "keys.rotate.resume",
+                "keys.rotate"
+            ]
         );
         assert!(crate::audit::verify(conn).unwrap().is_intact());
 
         // A second rotation starts afresh.
-        let again = rotate(conn, vault.keys(), dir.root(), "operator", &RotateOptions::default()).unwrap();
+        let again = rotate(
+            conn,
+            vault.keys(),
+            dir.root(),
+            "operator",
+            &RotateOptions::default(),
+        )
+        .unwrap();
         assert!(!again.resumed);
         assert_eq!(again.retired, vec![new]);
         assert_eq!(read_all(&vault, dir.root()), before);
@@ -650,9 +738,15 @@ mod tests {
         let err = change_passphrase(vault.conn(), &keys, "", FAST, "operator").unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
         change_passphrase(vault.conn(), &keys, "new pass", FAST, "operator").unwrap();
-        assert!(dir.unlock_with("old pass", FAST).is_err(), "the old passphrase is refused");
+        assert!(
+            dir.unlock_with("old pass", FAST).is_err(),
+            "the old passphrase is refused"
+        );
         let reopened = dir.unlock_with("new pass", FAST).unwrap();
         assert_eq!(read_all(&reopened, dir.root()), before);
-        assert_eq!(audit_actions(vault.conn()), ["keys.passphrase.refused", "keys.passphrase"]);
+        assert_eq!(
+            audit_actions(vault.conn()),
+            ["keys.passphrase.refused", "keys.passphrase"]
+        );
     }
 }

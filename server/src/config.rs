@@ -367,14 +367,16 @@ mod tests {
     fn keys_list_every_key_of_the_file() {
         // A configuration with every optional key set: its keys are KEYS,
         // so no key lacks its environment variable.
-        let mut full = Config::default();
-        full.keys = Some(KeysConfig {
-            store: cohort_engine::keys::config::StoreKind::Pkcs11,
-            module: Some("/m.so".into()),
-            token_label: Some("t".into()),
-            kek_label: Some("k".into()),
-            pin_file: Some("/pin".into()),
-        });
+        let mut full = Config {
+            keys: Some(KeysConfig {
+                store: cohort_engine::keys::config::StoreKind::Pkcs11,
+                module: Some("/m.so".into()),
+                token_label: Some("t".into()),
+                kek_label: Some("k".into()),
+                pin_file: Some("/pin".into()),
+            }),
+            ..Config::default()
+        };
         full.tls.cert = Some("c.pem".into());
         full.tls.key = Some("k.pem".into());
         let table = toml::Table::try_from(full).unwrap();
@@ -521,7 +523,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("pin"), "an unknown key: {e}");
-        assert_eq!(load_text("", &[]).unwrap().keys, None, "absent: the data directory's");
+        assert_eq!(
+            load_text("", &[]).unwrap().keys,
+            None,
+            "absent: the data directory's"
+        );
     }
 
     #[test]

@@ -16,7 +16,14 @@ const PIN: &str = "cli-test-pin";
 fn export(data: &Path, out: &Path, env: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
     let o = cohort_env(
         data,
-        &["export", "--identifiers", "--purpose", "key test", "--out", out.to_str().unwrap()],
+        &[
+            "export",
+            "--identifiers",
+            "--purpose",
+            "key test",
+            "--out",
+            out.to_str().unwrap(),
+        ],
         env,
     );
     assert!(o.status.success(), "export: {}", stderr(&o));
@@ -24,7 +31,10 @@ fn export(data: &Path, out: &Path, env: &[(&str, &str)]) -> Vec<(String, Vec<u8>
         .unwrap()
         .map(|e| {
             let p = e.unwrap().path();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
         })
         .collect();
     files.sort();
@@ -49,7 +59,10 @@ fn keks(data: &Path, env: &[(&str, &str)]) -> Vec<String> {
 }
 
 fn audit_actions(data: &Path) -> Vec<String> {
-    let conn = cohort_engine::DataDir::open(data).unwrap().connect().unwrap();
+    let conn = cohort_engine::DataDir::open(data)
+        .unwrap()
+        .connect()
+        .unwrap();
     let mut stmt = conn
         .prepare("SELECT action FROM audit WHERE action LIKE 'keys.%' ORDER BY seq")
         .unwrap();
@@ -70,11 +83,18 @@ fn keys_rotate_and_a_new_passphrase_keep_every_record_readable() {
     let first = keks(&data, &[]);
     assert_eq!(first.len(), 1, "{first:?}");
 
-    let report = json(&cohort_env(&data, &["keys", "rotate", "--batch", "7", "--json"], &[]));
+    let report = json(&cohort_env(
+        &data,
+        &["keys", "rotate", "--batch", "7", "--json"],
+        &[],
+    ));
     assert_eq!(report["store"], "file");
     assert_eq!(report["retired"], serde_json::json!(first));
     assert_eq!(report["rewrapped"]["patients"], 30, "{report}");
-    assert!(report["batches"].as_u64().unwrap() >= 5, "30 patients in batches of 7: {report}");
+    assert!(
+        report["batches"].as_u64().unwrap() >= 5,
+        "30 patients in batches of 7: {report}"
+    );
     let second = keks(&data, &[]);
     assert_eq!(second, vec![report["current"].as_str().unwrap().to_owned()]);
     assert_ne!(second, first);
@@ -88,10 +108,16 @@ fn keys_rotate_and_a_new_passphrase_keep_every_record_readable() {
     let o = cohort_env(&data, &["keys", "rotate"], &[]);
     assert_fails_with(&o, "wrong passphrase");
     let with_new = [("COHORT_PASSPHRASE", "a brand new passphrase")];
-    assert_eq!(export(&data, &tmp.path().join("new-pass"), &with_new), before);
+    assert_eq!(
+        export(&data, &tmp.path().join("new-pass"), &with_new),
+        before
+    );
     let o = cohort_env(&data, &["keys", "rotate"], &with_new);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(export(&data, &tmp.path().join("rotated-again"), &with_new), before);
+    assert_eq!(
+        export(&data, &tmp.path().join("rotated-again"), &with_new),
+        before
+    );
     assert_eq!(
         audit_actions(&data),
         [
@@ -119,11 +145,23 @@ fn softhsm(tmp: &Path, label: &str) -> PathBuf {
     let conf = tmp.join("softhsm2.conf");
     std::fs::write(
         &conf,
-        format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
     )
     .unwrap();
     let o = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", "cli-test-so"])
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            PIN,
+            "--so-pin",
+            "cli-test-so",
+        ])
         .env("SOFTHSM2_CONF", &conf)
         .output()
         .expect("softhsm2-util runs");
@@ -139,15 +177,28 @@ fn an_hsm_data_dir_rotates_inside_the_token_and_refuses_a_wrong_pin() {
     let data = tmp.path().join("data");
     let hsm = [("SOFTHSM2_CONF", conf), ("COHORT_HSM_PIN", PIN)];
     let wrong = [("SOFTHSM2_CONF", conf), ("COHORT_HSM_PIN", "not-the-pin")];
-    let use_hsm = ["keys", "use-hsm", "--module", SOFTHSM, "--token-label", "cohort-cli"];
+    let use_hsm = [
+        "keys",
+        "use-hsm",
+        "--module",
+        SOFTHSM,
+        "--token-label",
+        "cohort-cli",
+    ];
 
     // A wrong PIN and a missing token are refused, named, and record nothing.
     let o = cohort_env(&data, &use_hsm, &wrong);
     assert_fails_with(&o, "wrong PIN for token `cohort-cli`");
-    assert!(!stderr(&o).contains("not-the-pin"), "the PIN is never echoed");
+    assert!(
+        !stderr(&o).contains("not-the-pin"),
+        "the PIN is never echoed"
+    );
     let mut missing = use_hsm.to_vec();
     missing[5] = "no-such-token";
-    assert_fails_with(&cohort_env(&data, &missing, &hsm), "no token labelled `no-such-token`");
+    assert_fails_with(
+        &cohort_env(&data, &missing, &hsm),
+        "no token labelled `no-such-token`",
+    );
     assert!(!data.join("keys.toml").exists());
 
     let o = cohort_env(&data, &use_hsm, &hsm);
@@ -163,7 +214,10 @@ fn an_hsm_data_dir_rotates_inside_the_token_and_refuses_a_wrong_pin() {
     let report = json(&cohort_env(&data, &["keys", "rotate", "--json"], &hsm));
     assert_eq!(report["store"], "pkcs11");
     assert_eq!(report["current"], "pkcs11:cohort-kek:2");
-    assert_eq!(report["retired"], serde_json::json!(["pkcs11:cohort-kek:1"]));
+    assert_eq!(
+        report["retired"],
+        serde_json::json!(["pkcs11:cohort-kek:1"])
+    );
     assert_eq!(keks(&data, &hsm), ["pkcs11:cohort-kek:2"]);
     assert_eq!(export(&data, &tmp.path().join("after"), &hsm), before);
 
@@ -172,7 +226,10 @@ fn an_hsm_data_dir_rotates_inside_the_token_and_refuses_a_wrong_pin() {
     assert_fails_with(&o, "wrong PIN");
     assert_eq!(keks(&data, &hsm), ["pkcs11:cohort-kek:2"]);
     // An HSM has no passphrase to change.
-    assert_fails_with(&cohort_env(&data, &["keys", "passphrase"], &hsm), "no passphrase");
+    assert_fails_with(
+        &cohort_env(&data, &["keys", "passphrase"], &hsm),
+        "no passphrase",
+    );
     let actions = audit_actions(&data);
     assert_eq!(
         actions,

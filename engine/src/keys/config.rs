@@ -23,9 +23,7 @@ use zeroize::Zeroizing;
 use super::pkcs11::{Pkcs11KeyStore, Pkcs11Params};
 use crate::{Error, Result};
 
-/// The environment variable holding the HSM's user PIN when no `pin_file`
-/// is configured.
-pub const PIN_ENV: &str = "COHORT_HSM_PIN";
+pub use super::pkcs11::PIN_ENV;
 
 /// The KEK objects' label when none is configured.
 pub const DEFAULT_KEK_LABEL: &str = "cohort-kek";
@@ -141,7 +139,12 @@ mod tests {
             store: StoreKind::Pkcs11,
             ..Default::default()
         };
-        assert!(hsm.check().unwrap_err().to_string().contains("needs `module`"));
+        assert!(
+            hsm.check()
+                .unwrap_err()
+                .to_string()
+                .contains("needs `module`")
+        );
         let file = KeysConfig {
             pin_file: Some("pin".into()),
             ..Default::default()
@@ -151,8 +154,14 @@ mod tests {
         let text = "store = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\n";
         let parsed: KeysConfig = toml::from_str(text).unwrap();
         assert_eq!(parsed.store, StoreKind::Pkcs11);
-        assert_eq!(toml::from_str::<KeysConfig>(&parsed.to_toml()).unwrap(), parsed);
-        assert!(toml::from_str::<KeysConfig>("pin = \"1234\"\n").is_err(), "no PIN key");
+        assert_eq!(
+            toml::from_str::<KeysConfig>(&parsed.to_toml()).unwrap(),
+            parsed
+        );
+        assert!(
+            toml::from_str::<KeysConfig>("pin = \"1234\"\n").is_err(),
+            "no PIN key"
+        );
     }
 
     #[test]

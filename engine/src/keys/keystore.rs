@@ -458,7 +458,11 @@ fn new_file_key_id() -> String {
     format!("file:{}", HEXLOWER.encode(&id))
 }
 
-fn new_sealing(path: &Path, passphrase: &str, params: KdfParams) -> Result<(SecretKey, KdfSection)> {
+fn new_sealing(
+    path: &Path,
+    passphrase: &str,
+    params: KdfParams,
+) -> Result<(SecretKey, KdfSection)> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).expect("entropy");
     let sealing = derive(path, passphrase, &salt, params)?;
@@ -515,7 +519,8 @@ fn load(path: &Path, unseal: Unseal<'_>) -> Result<FileState> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
     let head: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| keystore_err(path, &format!("is not a cohort keystore: {e}")))?;
-    let not_ours = |e: serde_json::Error| keystore_err(path, &format!("is not a cohort keystore: {e}"));
+    let not_ours =
+        |e: serde_json::Error| keystore_err(path, &format!("is not a cohort keystore: {e}"));
     let format = head.get("format").and_then(|v| v.as_str()).unwrap_or("");
     let version = head.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
     let file = match (format, version) {
@@ -536,12 +541,22 @@ fn load(path: &Path, unseal: Unseal<'_>) -> Result<FileState> {
         _ => {
             return Err(keystore_err(
                 path,
-                &format!("has format {format} v{version}, this build reads {FILE_FORMAT} v1 and v{FILE_VERSION}"),
+                &format!(
+                    "has format {format} v{version}, this build reads {FILE_FORMAT} v1 and v{FILE_VERSION}"
+                ),
             ));
         }
     };
-    if file.kdf.algorithm != "argon2id" || file.keks.iter().any(|k| k.sealed.aead != "xchacha20poly1305") {
-        return Err(keystore_err(path, "uses an algorithm this build does not support"));
+    if file.kdf.algorithm != "argon2id"
+        || file
+            .keks
+            .iter()
+            .any(|k| k.sealed.aead != "xchacha20poly1305")
+    {
+        return Err(keystore_err(
+            path,
+            "uses an algorithm this build does not support",
+        ));
     }
     let bad = |what: &str| keystore_err(path, &format!("field `{what}` is not valid hex"));
     let salt = HEXLOWER
@@ -577,7 +592,10 @@ fn load(path: &Path, unseal: Unseal<'_>) -> Result<FileState> {
     if !keks.iter().any(|(id, _)| *id == file.current) {
         return Err(keystore_err(
             path,
-            &format!("names {} as its current KEK but does not hold it", file.current),
+            &format!(
+                "names {} as its current KEK but does not hold it",
+                file.current
+            ),
         ));
     }
     Ok(FileState {
@@ -782,7 +800,10 @@ mod tests {
         let wrapped = server.wrap(&dek, b"p").unwrap();
         assert_eq!(wrapped_by(&wrapped), Some(new.as_str()));
         let rewrapped = rotator.wrap(&dek, b"q").unwrap();
-        assert_eq!(server.unwrap(&rewrapped, b"q").unwrap().expose(), dek.expose());
+        assert_eq!(
+            server.unwrap(&rewrapped, b"q").unwrap().expose(),
+            dek.expose()
+        );
         rotator.destroy_kek(&old).unwrap();
         assert_eq!(server.key_ids().unwrap(), vec![new]);
     }
@@ -803,7 +824,10 @@ mod tests {
             .to_string();
         assert!(err.contains("wrong passphrase"), "{err}");
         let reopened = FileKeyStore::open(&path, "battery staple").unwrap();
-        assert_eq!(reopened.unwrap(&wrapped, b"p").unwrap().expose(), dek.expose());
+        assert_eq!(
+            reopened.unwrap(&wrapped, b"p").unwrap().expose(),
+            dek.expose()
+        );
         assert_eq!(reopened.key_ids().unwrap().len(), 2);
         // A process that unlocked with the old passphrase keeps its keys in
         // memory but is told to restart when the file changes under it.
@@ -836,12 +860,18 @@ mod tests {
         assert_eq!(wrapped_by(&old_blob), None, "version 1 names no KEK");
         let ks = FileKeyStore::open(&path, "pw").unwrap();
         assert_eq!(ks.key_id(), "file:0011223344556677");
-        assert_eq!(ks.unwrap(&old_blob, b"patient-1").unwrap().expose(), dek.expose());
+        assert_eq!(
+            ks.unwrap(&old_blob, b"patient-1").unwrap().expose(),
+            dek.expose()
+        );
         assert!(ks.unwrap(&old_blob, b"patient-2").is_err());
         ks.add_kek().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"version\": 2"), "{text}");
         let ks = FileKeyStore::open(&path, "pw").unwrap();
-        assert_eq!(ks.unwrap(&old_blob, b"patient-1").unwrap().expose(), dek.expose());
+        assert_eq!(
+            ks.unwrap(&old_blob, b"patient-1").unwrap().expose(),
+            dek.expose()
+        );
     }
 }

@@ -35,7 +35,7 @@
 //! The module is loaded and `C_Initialize`d once per process and kept (a
 //! second initialization, or unloading it under another keystore, would
 //! break the first). The user PIN comes from a file or `$COHORT_HSM_PIN`
-//! (see [`super::config`]), never from the command line, and appears in no
+//! (see `keys::config`), never from the command line, and appears in no
 //! message or log. Another process's rotation shows up here: every wrap
 //! looks the KEKs up again (the current one may have changed), and an
 //! unwrap under a KEK this process has not seen looks again before failing.
@@ -55,6 +55,10 @@ use zeroize::Zeroizing;
 
 use super::keystore::{KeyStore, MAX_KEY_ID, SecretKey, bound_aad, frame, unframe};
 use crate::{Error, Result};
+
+/// The environment variable holding the HSM's user PIN when no `pin_file`
+/// is configured.
+pub const PIN_ENV: &str = "COHORT_HSM_PIN";
 
 const IV_LEN: usize = 12;
 const TAG_BITS: u64 = 128;
@@ -150,7 +154,7 @@ impl Pkcs11KeyStore {
         let wrong_pin = || {
             fail(format!(
                 "wrong PIN for token `{token}` (from [keys] pin_file or ${})",
-                super::config::PIN_ENV
+                PIN_ENV
             ))
         };
         match session.login(UserType::User, Some(&AuthPin::new(params.pin.into()))) {
@@ -478,7 +482,9 @@ fn context(module: &Path) -> Result<Pkcs11> {
         Err(e) => {
             return Err(hsm_err(
                 module,
-                format!("initializing the module failed: {e} (for SoftHSM2, check SOFTHSM2_CONF and its tokens directory)"),
+                format!(
+                    "initializing the module failed: {e} (for SoftHSM2, check SOFTHSM2_CONF and its tokens directory)"
+                ),
             ));
         }
     }
@@ -508,110 +514,154 @@ mod tests {
 
     #[test]
     fn wrap_round_trips_inside_the_token_and_binds_context() {
-        in_softhsm(test_path!("wrap_round_trips_inside_the_token_and_binds_context"), || {
-            let ks = open();
-            assert_eq!(ks.key_id(), "pkcs11:cohort-kek:1", "the first KEK is made on first use");
-            let dek = SecretKey::generate();
-            let wrapped = ks.wrap(&dek, b"patient-1").unwrap();
-            assert_eq!(wrapped_by(&wrapped), Some("pkcs11:cohort-kek:1"));
-            assert!(!wrapped.windows(32).any(|w| w == dek.expose()), "no plain key");
-            assert_eq!(ks.unwrap(&wrapped, b"patient-1").unwrap().expose(), dek.expose());
-            let err = ks.unwrap(&wrapped, b"patient-2").unwrap_err();
-            assert!(matches!(err, Error::Decrypt { .. }), "context bound: {err}");
-            let mut flipped = wrapped.clone();
-            *flipped.last_mut().unwrap() ^= 1;
-            assert!(matches!(ks.unwrap(&flipped, b"patient-1"), Err(Error::Decrypt { .. })));
-            // Two wraps of one key differ (fresh IVs).
-            assert_ne!(ks.wrap(&dek, b"patient-1").unwrap(), wrapped);
-            // Another keystore on the same token (a restarted process) finds
-            // the KEK by its label and unwraps.
-            let again = open();
-            assert_eq!(again.key_ids().unwrap(), vec!["pkcs11:cohort-kek:1".to_owned()]);
-            assert_eq!(again.unwrap(&wrapped, b"patient-1").unwrap().expose(), dek.expose());
-            // A file keystore's key names a KEK this one does not hold.
-            let foreign = crate::keys::keystore::frame("file:0011223344556677", &[0u8; 72]);
-            let err = ks.unwrap(&foreign, b"patient-1").unwrap_err().to_string();
-            assert!(err.contains("not a KEK of this HSM keystore"), "{err}");
-        });
+        in_softhsm(
+            test_path!("wrap_round_trips_inside_the_token_and_binds_context"),
+            || {
+                let ks = open();
+                assert_eq!(
+                    ks.key_id(),
+                    "pkcs11:cohort-kek:1",
+                    "the first KEK is made on first use"
+                );
+                let dek = SecretKey::generate();
+                let wrapped = ks.wrap(&dek, b"patient-1").unwrap();
+                assert_eq!(wrapped_by(&wrapped), Some("pkcs11:cohort-kek:1"));
+                assert!(
+                    !wrapped.windows(32).any(|w| w == dek.expose()),
+                    "no plain key"
+                );
+                assert_eq!(
+                    ks.unwrap(&wrapped, b"patient-1").unwrap().expose(),
+                    dek.expose()
+                );
+                let err = ks.unwrap(&wrapped, b"patient-2").unwrap_err();
+                assert!(matches!(err, Error::Decrypt { .. }), "context bound: {err}");
+                let mut flipped = wrapped.clone();
+                *flipped.last_mut().unwrap() ^= 1;
+                assert!(matches!(
+                    ks.unwrap(&flipped, b"patient-1"),
+                    Err(Error::Decrypt { .. })
+                ));
+                // Two wraps of one key differ (fresh IVs).
+                assert_ne!(ks.wrap(&dek, b"patient-1").unwrap(), wrapped);
+                // Another keystore on the same token (a restarted process) finds
+                // the KEK by its label and unwraps.
+                let again = open();
+                assert_eq!(
+                    again.key_ids().unwrap(),
+                    vec!["pkcs11:cohort-kek:1".to_owned()]
+                );
+                assert_eq!(
+                    again.unwrap(&wrapped, b"patient-1").unwrap().expose(),
+                    dek.expose()
+                );
+                // A file keystore's key names a KEK this one does not hold.
+                let foreign = crate::keys::keystore::frame("file:0011223344556677", &[0u8; 72]);
+                let err = ks.unwrap(&foreign, b"patient-1").unwrap_err().to_string();
+                assert!(err.contains("not a KEK of this HSM keystore"), "{err}");
+            },
+        );
     }
 
     #[test]
     fn the_kek_cannot_be_read_or_wrapped_out_of_the_token() {
-        in_softhsm(test_path!("the_kek_cannot_be_read_or_wrapped_out_of_the_token"), || {
-            let ks = open();
-            ks.with_session(|session, kek| {
-                // C_GetAttributeValue(CKA_VALUE) is refused: CKR_ATTRIBUTE_SENSITIVE.
-                let info = session.get_attribute_info(kek, &[AttributeType::Value]).unwrap();
-                assert!(matches!(info[0], AttributeInfo::Sensitive), "{info:?}");
-                let got = session.get_attributes(kek, &[AttributeType::Value]).unwrap();
-                assert!(got.is_empty(), "the value came out: {} attributes", got.len());
-                let flags = session
-                    .get_attributes(
-                        kek,
-                        &[
-                            AttributeType::Sensitive,
-                            AttributeType::Extractable,
-                            AttributeType::NeverExtractable,
-                            AttributeType::AlwaysSensitive,
-                            AttributeType::Token,
-                            AttributeType::Wrap,
-                        ],
-                    )
-                    .unwrap();
-                for a in flags {
-                    match a {
-                        Attribute::Sensitive(v) => assert!(v),
-                        Attribute::Extractable(v) => assert!(!v),
-                        Attribute::NeverExtractable(v) => assert!(v),
-                        Attribute::AlwaysSensitive(v) => assert!(v),
-                        Attribute::Token(v) => assert!(v, "a token object, kept across sessions"),
-                        Attribute::Wrap(v) => assert!(!v),
-                        other => panic!("unexpected {other:?}"),
+        in_softhsm(
+            test_path!("the_kek_cannot_be_read_or_wrapped_out_of_the_token"),
+            || {
+                let ks = open();
+                ks.with_session(|session, kek| {
+                    // C_GetAttributeValue(CKA_VALUE) is refused: CKR_ATTRIBUTE_SENSITIVE.
+                    let info = session
+                        .get_attribute_info(kek, &[AttributeType::Value])
+                        .unwrap();
+                    assert!(matches!(info[0], AttributeInfo::Sensitive), "{info:?}");
+                    let got = session
+                        .get_attributes(kek, &[AttributeType::Value])
+                        .unwrap();
+                    assert!(
+                        got.is_empty(),
+                        "the value came out: {} attributes",
+                        got.len()
+                    );
+                    let flags = session
+                        .get_attributes(
+                            kek,
+                            &[
+                                AttributeType::Sensitive,
+                                AttributeType::Extractable,
+                                AttributeType::NeverExtractable,
+                                AttributeType::AlwaysSensitive,
+                                AttributeType::Token,
+                                AttributeType::Wrap,
+                            ],
+                        )
+                        .unwrap();
+                    for a in flags {
+                        match a {
+                            Attribute::Sensitive(v) => assert!(v),
+                            Attribute::Extractable(v) => assert!(!v),
+                            Attribute::NeverExtractable(v) => assert!(v),
+                            Attribute::AlwaysSensitive(v) => assert!(v),
+                            Attribute::Token(v) => {
+                                assert!(v, "a token object, kept across sessions")
+                            }
+                            Attribute::Wrap(v) => assert!(!v),
+                            other => panic!("unexpected {other:?}"),
+                        }
                     }
-                }
-                // Nor can another key wrap it out (C_WrapKey).
-                let wrapping = session
-                    .generate_key(
-                        &Mechanism::AesKeyGen,
-                        &[
-                            Attribute::Token(false),
-                            Attribute::ValueLen(32u64.into()),
-                            Attribute::Wrap(true),
-                        ],
-                    )
-                    .unwrap();
-                let err = session
-                    .wrap_key(&Mechanism::AesKeyWrapPad, wrapping, kek)
-                    .unwrap_err();
-                assert!(
-                    matches!(err, CkError::Pkcs11(RvError::KeyUnextractable, _)),
-                    "{err}"
-                );
-            });
-        });
+                    // Nor can another key wrap it out (C_WrapKey).
+                    let wrapping = session
+                        .generate_key(
+                            &Mechanism::AesKeyGen,
+                            &[
+                                Attribute::Token(false),
+                                Attribute::ValueLen(32u64.into()),
+                                Attribute::Wrap(true),
+                            ],
+                        )
+                        .unwrap();
+                    let err = session
+                        .wrap_key(&Mechanism::AesKeyWrapPad, wrapping, kek)
+                        .unwrap_err();
+                    assert!(
+                        matches!(err, CkError::Pkcs11(RvError::KeyUnextractable, _)),
+                        "{err}"
+                    );
+                });
+            },
+        );
     }
 
     #[test]
     fn a_wrong_pin_is_refused_by_name_and_changes_nothing() {
-        in_softhsm(test_path!("a_wrong_pin_is_refused_by_name_and_changes_nothing"), || {
-            let err = Pkcs11KeyStore::open(&params("0000-wrong", TOKEN, "cohort-kek"))
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(err.contains("wrong PIN for token `cohort-test`"), "{err}");
-            assert!(!err.contains("0000-wrong"), "the PIN must not be echoed: {err}");
-            // Nothing was made by the refused open: the first KEK comes now.
-            let ks = open();
-            assert_eq!(ks.key_ids().unwrap(), vec!["pkcs11:cohort-kek:1".to_owned()]);
-            // Logged in already (PKCS#11 logs in the whole process), a wrong
-            // PIN is still refused.
-            let err = Pkcs11KeyStore::open(&params("0000-wrong", TOKEN, "cohort-kek"))
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(err.contains("wrong PIN"), "{err}");
-            assert!(Pkcs11KeyStore::open(&params(PIN, TOKEN, "cohort-kek")).is_ok());
-        });
+        in_softhsm(
+            test_path!("a_wrong_pin_is_refused_by_name_and_changes_nothing"),
+            || {
+                let err = Pkcs11KeyStore::open(&params("0000-wrong", TOKEN, "cohort-kek"))
+                    .err()
+                    .unwrap()
+                    .to_string();
+                assert!(err.contains("wrong PIN for token `cohort-test`"), "{err}");
+                assert!(
+                    !err.contains("0000-wrong"),
+                    "the PIN must not be echoed: {err}"
+                );
+                // Nothing was made by the refused open: the first KEK comes now.
+                let ks = open();
+                assert_eq!(
+                    ks.key_ids().unwrap(),
+                    vec!["pkcs11:cohort-kek:1".to_owned()]
+                );
+                // Logged in already (PKCS#11 logs in the whole process), a wrong
+                // PIN is still refused.
+                let err = Pkcs11KeyStore::open(&params("0000-wrong", TOKEN, "cohort-kek"))
+                    .err()
+                    .unwrap()
+                    .to_string();
+                assert!(err.contains("wrong PIN"), "{err}");
+                assert!(Pkcs11KeyStore::open(&params(PIN, TOKEN, "cohort-kek")).is_ok());
+            },
+        );
     }
 
     #[test]
@@ -622,7 +672,10 @@ mod tests {
                 .unwrap()
                 .to_string();
             assert!(err.contains("no token labelled `no-such-token`"), "{err}");
-            assert!(err.contains("`cohort-test`"), "names the tokens present: {err}");
+            assert!(
+                err.contains("`cohort-test`"),
+                "names the tokens present: {err}"
+            );
             let err = Pkcs11KeyStore::open(&Pkcs11Params {
                 module: Path::new("/nonexistent/libpkcs11.so"),
                 ..params(PIN, TOKEN, "cohort-kek")
@@ -637,54 +690,63 @@ mod tests {
 
     #[test]
     fn a_new_kek_becomes_current_and_the_old_one_unwraps_until_destroyed() {
-        in_softhsm(test_path!("a_new_kek_becomes_current_and_the_old_one_unwraps_until_destroyed"), || {
-            let rotator = open();
-            let server = open();
-            let dek = SecretKey::generate();
-            let old = rotator.wrap(&dek, b"p").unwrap();
-            let new_id = rotator.add_kek().unwrap();
-            assert_eq!(new_id, "pkcs11:cohort-kek:2");
-            // The other keystore wraps under the new KEK at once.
-            let new = server.wrap(&dek, b"p").unwrap();
-            assert_eq!(wrapped_by(&new), Some("pkcs11:cohort-kek:2"));
-            assert_eq!(server.unwrap(&old, b"p").unwrap().expose(), dek.expose());
-            let err = rotator.destroy_kek(&new_id).unwrap_err().to_string();
-            assert!(err.contains("current KEK"), "{err}");
-            rotator.destroy_kek("pkcs11:cohort-kek:1").unwrap();
-            assert_eq!(server.key_ids().unwrap(), vec![new_id]);
-            let err = server.unwrap(&old, b"p").unwrap_err().to_string();
-            assert!(err.contains("destroyed by a rotation"), "{err}");
-            assert_eq!(server.unwrap(&new, b"p").unwrap().expose(), dek.expose());
-        });
+        in_softhsm(
+            test_path!("a_new_kek_becomes_current_and_the_old_one_unwraps_until_destroyed"),
+            || {
+                let rotator = open();
+                let server = open();
+                let dek = SecretKey::generate();
+                let old = rotator.wrap(&dek, b"p").unwrap();
+                let new_id = rotator.add_kek().unwrap();
+                assert_eq!(new_id, "pkcs11:cohort-kek:2");
+                // The other keystore wraps under the new KEK at once.
+                let new = server.wrap(&dek, b"p").unwrap();
+                assert_eq!(wrapped_by(&new), Some("pkcs11:cohort-kek:2"));
+                assert_eq!(server.unwrap(&old, b"p").unwrap().expose(), dek.expose());
+                let err = rotator.destroy_kek(&new_id).unwrap_err().to_string();
+                assert!(err.contains("current KEK"), "{err}");
+                rotator.destroy_kek("pkcs11:cohort-kek:1").unwrap();
+                assert_eq!(server.key_ids().unwrap(), vec![new_id]);
+                let err = server.unwrap(&old, b"p").unwrap_err().to_string();
+                assert!(err.contains("destroyed by a rotation"), "{err}");
+                assert_eq!(server.unwrap(&new, b"p").unwrap().expose(), dek.expose());
+            },
+        );
     }
 
     #[test]
     fn an_extractable_object_under_the_kek_label_is_refused() {
-        in_softhsm(test_path!("an_extractable_object_under_the_kek_label_is_refused"), || {
-            let ks = open();
-            ks.with_session(|session, _| {
-                session
-                    .generate_key(
-                        &Mechanism::AesKeyGen,
-                        &[
-                            Attribute::Token(true),
-                            Attribute::Private(true),
-                            Attribute::ValueLen(32u64.into()),
-                            Attribute::Sensitive(false),
-                            Attribute::Extractable(true),
-                            Attribute::Encrypt(true),
-                            Attribute::Decrypt(true),
-                            Attribute::Label(b"planted".to_vec()),
-                            Attribute::Id(7u32.to_be_bytes().to_vec()),
-                        ],
-                    )
-                    .unwrap();
-            });
-            let err = Pkcs11KeyStore::open(&params(PIN, TOKEN, "planted"))
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(err.contains("not a sensitive, non-extractable AES key"), "{err}");
-        });
+        in_softhsm(
+            test_path!("an_extractable_object_under_the_kek_label_is_refused"),
+            || {
+                let ks = open();
+                ks.with_session(|session, _| {
+                    session
+                        .generate_key(
+                            &Mechanism::AesKeyGen,
+                            &[
+                                Attribute::Token(true),
+                                Attribute::Private(true),
+                                Attribute::ValueLen(32u64.into()),
+                                Attribute::Sensitive(false),
+                                Attribute::Extractable(true),
+                                Attribute::Encrypt(true),
+                                Attribute::Decrypt(true),
+                                Attribute::Label(b"planted".to_vec()),
+                                Attribute::Id(7u32.to_be_bytes().to_vec()),
+                            ],
+                        )
+                        .unwrap();
+                });
+                let err = Pkcs11KeyStore::open(&params(PIN, TOKEN, "planted"))
+                    .err()
+                    .unwrap()
+                    .to_string();
+                assert!(
+                    err.contains("not a sensitive, non-extractable AES key"),
+                    "{err}"
+                );
+            },
+        );
     }
 }

@@ -161,7 +161,13 @@ pub fn verify(
         .query_row(
             "SELECT wrapped_secret, last_step, enrolled_at FROM second_factors WHERE account = ?1",
             [name],
-            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)),
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
         )
         .optional()?
     else {

@@ -43,7 +43,10 @@ pub(crate) fn in_softhsm(test: &str, body: impl FnOnce()) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{test} failed under SoftHSM2:\n{text}");
+    assert!(
+        out.status.success(),
+        "{test} failed under SoftHSM2:\n{text}"
+    );
     assert!(
         text.contains("1 passed"),
         "{test} did not run under SoftHSM2:\n{text}"
