@@ -109,4 +109,3 @@ fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
