@@ -444,9 +444,9 @@ fn table_exists(conn: &Connection, table: &str) -> Result<bool> {
     )?)
 }
 
-/// Runs `f` holding the database's write lock (`BEGIN IMMEDIATE`), which
-/// every writer of wrapped keys takes too: what `f` decides about the keys
-/// cannot be overtaken by a write.
+/// Runs `f` in a new `BEGIN IMMEDIATE` transaction: the write lock every
+/// writer of wrapped keys takes around its wrap and insert, so what `f`
+/// decides about the keys cannot be overtaken by a write.
 fn with_write_lock<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let out = f()?;

@@ -57,17 +57,20 @@ pub fn get_or_create(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Resu
             break (secret, account);
         }
     };
-    let wrapped = keys.wrap(&secret, &context(name))?;
-    conn.execute(
-        "INSERT INTO accounts (name, address, wrapped_key, kek_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            name,
-            format!("{:#x}", account.address()),
-            wrapped,
-            keys.key_id(),
-            crate::storage::store::now()
-        ],
-    )?;
+    crate::storage::store::with_write_lock(conn, || {
+        let wrapped = keys.wrap(&secret, &context(name))?;
+        conn.execute(
+            "INSERT INTO accounts (name, address, wrapped_key, kek_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                name,
+                format!("{:#x}", account.address()),
+                wrapped,
+                keys.key_id(),
+                crate::storage::store::now()
+            ],
+        )?;
+        Ok(())
+    })?;
     Ok(account)
 }
 

@@ -81,24 +81,27 @@ pub fn enroll(
     }
     let secret = SecretKey::generate();
     let t = totp(name, secret.expose())?;
-    let wrapped = keys.wrap(&secret, &context(name))?;
-    conn.execute(
-        "INSERT INTO second_factors (account, wrapped_secret, kek_id, enrolled_at, last_step)
-         VALUES (?1, ?2, ?3, ?4, 0)
-         ON CONFLICT(account) DO UPDATE SET wrapped_secret = excluded.wrapped_secret,
-           kek_id = excluded.kek_id, enrolled_at = excluded.enrolled_at, last_step = 0",
-        params![name, wrapped, keys.key_id(), crate::storage::store::now()],
-    )?;
-    crate::audit::append(
-        conn,
-        &crate::audit::Event {
-            actor,
-            action: "account.totp.enroll",
-            target: name,
-            purpose: "operations",
-            detail: serde_json::json!({ "replaced": replace }),
-        },
-    )?;
+    crate::storage::store::with_write_lock(conn, || {
+        let wrapped = keys.wrap(&secret, &context(name))?;
+        conn.execute(
+            "INSERT INTO second_factors (account, wrapped_secret, kek_id, enrolled_at, last_step)
+             VALUES (?1, ?2, ?3, ?4, 0)
+             ON CONFLICT(account) DO UPDATE SET wrapped_secret = excluded.wrapped_secret,
+               kek_id = excluded.kek_id, enrolled_at = excluded.enrolled_at, last_step = 0",
+            params![name, wrapped, keys.key_id(), crate::storage::store::now()],
+        )?;
+        crate::audit::append(
+            conn,
+            &crate::audit::Event {
+                actor,
+                action: "account.totp.enroll",
+                target: name,
+                purpose: "operations",
+                detail: serde_json::json!({ "replaced": replace }),
+            },
+        )?;
+        Ok(())
+    })?;
     Ok(Enrollment {
         account: name.to_string(),
         secret: data_encoding::BASE32_NOPAD.encode(secret.expose()),

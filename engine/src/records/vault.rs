@@ -184,11 +184,14 @@ impl Vault {
             return self.keys.unwrap(&wrapped, context);
         }
         let key = SecretKey::generate();
-        let wrapped = self.keys.wrap(&key, context)?;
-        self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES (?1, ?2)",
-            rusqlite::params![name, data_encoding::HEXLOWER.encode(&wrapped)],
-        )?;
+        crate::storage::store::with_write_lock(&self.conn, || {
+            let wrapped = self.keys.wrap(&key, context)?;
+            self.conn.execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)",
+                rusqlite::params![name, data_encoding::HEXLOWER.encode(&wrapped)],
+            )?;
+            Ok(())
+        })?;
         Ok(key)
     }
 
