@@ -10,7 +10,7 @@
 //!   whose KEKs are generated inside the token and never leave it.
 //!
 //! A keystore may hold several KEKs at once: the *current* one wraps, and
-//! every one it holds unwraps, so a rotation ([`super::rotation`]) can
+//! every one it holds unwraps, so a rotation (`crate::rotation`) can
 //! re-wrap keys in small batches while readers keep working. Each wrapped
 //! key therefore names the KEK that wrapped it ([`wrapped_by`]):
 //!
@@ -70,7 +70,7 @@ impl std::fmt::Debug for SecretKey {
 /// wrapped key copied to another patient does not unwrap.
 ///
 /// Adding and destroying KEKs changes state shared by every process on the
-/// same data directory; [`super::rotation`] does both while holding the
+/// same data directory; [`crate::rotation`] does both while holding the
 /// metadata database's write lock, which serializes them.
 pub trait KeyStore: Send + Sync {
     /// Which kind of keystore this is: `file` or `pkcs11`.
