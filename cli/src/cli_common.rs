@@ -5,6 +5,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use cohort_engine::keys::config::StoreKind;
+use cohort_engine::keys::keystore::{KdfParams, KeyStore};
 use cohort_engine::records::vault::Vault;
 use cohort_engine::{DataDir, audit, records::ingest, records::projection};
 use serde::Serialize;
@@ -73,13 +75,34 @@ pub(crate) fn render_table(columns: &[String], rows: &[Vec<serde_json::Value>]) 
 /// Opens the vault. The passphrase comes from --passphrase-file, then
 /// $COHORT_PASSPHRASE, then the demo's built-in passphrase (`demo` only),
 /// then a prompt on a terminal.
+/// A data directory set up for an HSM (`keys.toml`) needs no passphrase:
+/// its PIN comes from `[keys] pin_file` or `$COHORT_HSM_PIN`.
 pub(crate) fn unlock(
     cli: &Cli,
     dir: &DataDir,
     demo_default: Option<&str>,
 ) -> anyhow::Result<Vault> {
-    let passphrase = passphrase(cli, dir, demo_default)?;
-    Ok(dir.unlock(&passphrase)?)
+    let keys = open_keystore(cli, dir, demo_default)?;
+    Ok(dir.unlock_keys(keys)?)
+}
+
+/// The data directory's keystore, opened (see [`unlock`]); a refusal is
+/// audited by the engine.
+pub(crate) fn open_keystore(
+    cli: &Cli,
+    dir: &DataDir,
+    demo_default: Option<&str>,
+) -> anyhow::Result<std::sync::Arc<dyn KeyStore>> {
+    let passphrase = match dir.keys_config()?.store {
+        StoreKind::File => Some(passphrase(cli, dir, demo_default)?),
+        StoreKind::Pkcs11 => None,
+    };
+    Ok(dir.open_keystore(
+        &cli.actor,
+        passphrase.as_deref().map(String::as_str),
+        KdfParams::default(),
+        |k| std::env::var(k).ok(),
+    )?)
 }
 
 pub(crate) fn passphrase(

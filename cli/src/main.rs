@@ -50,6 +50,7 @@ mod demo;
 mod demo_appointments;
 mod demo_clinical;
 mod dp_cli;
+mod keys_cli;
 mod ledger_cli;
 mod records_cli;
 mod research_cli;
@@ -64,6 +65,7 @@ use clinical_cli::{
     emergency, notifications_cmd, records,
 };
 use dp_cli::{BudgetCmd, DpArgs, QueryArgs, budget, dp_release, query_options, sql_query};
+use keys_cli::{KeysCmd, keys};
 use ledger_cli::{LedgerCmd, ledger};
 use records_cli::{AuditCmd, PatientCmd};
 use research_cli::{
@@ -337,6 +339,10 @@ enum Command {
     /// Named accounts: the Ethereum keys of the actors, held by the keystore.
     #[command(subcommand)]
     Account(AccountCmd),
+    /// The keystore: its status, rotating the key-encryption key, a new
+    /// passphrase, an HSM for a new data directory.
+    #[command(subcommand)]
+    Keys(KeysCmd),
 }
 
 fn main() -> ExitCode {
@@ -772,6 +778,7 @@ anchored {} versions on chain as batch {}",
         Command::Compensation(cmd) => compensation(cli, &dir()?, cmd),
         Command::Ledger(cmd) => ledger(cli, &dir()?, cmd),
         Command::Account(cmd) => account(cli, &dir()?, cmd),
+        Command::Keys(cmd) => keys(cli, &dir()?, cmd),
         Command::Budget(cmd) => budget(cli, cmd),
         Command::Deidentify(args) => deidentify(cli, &dir()?, args),
         Command::Export {

@@ -79,6 +79,17 @@ pub(crate) fn serve(cli: &Cli, dir: &DataDir, flags: &ServeFlags) -> anyhow::Res
     }
     cohort_server::tls::allowed(&config.tls(), config.server.listen)?;
     init_logs(&config.log)?;
+    if let Some(keys) = &config.keys {
+        // The data directory records its keystore; [keys] must agree. A
+        // new directory takes it, an HSM once its token opened.
+        let new_hsm = keys.store == cohort_engine::keys::config::StoreKind::Pkcs11
+            && !dir.keys_config_path().exists();
+        if new_hsm {
+            dir.use_hsm(&cli.actor, keys, |k| std::env::var(k).ok())?;
+        } else {
+            dir.select_keys(keys)?;
+        }
+    }
     let vault = unlock(cli, dir, None)?;
     let rt = runtime()?;
     let session = rt.block_on(Session::open(dir, &vault))?;

@@ -67,6 +67,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The HSM (a PKCS#11 module and its token) could not be used. The
+    /// reason names what is wrong (the module, the token label, the PIN)
+    /// and never holds the PIN.
+    #[error("HSM (PKCS#11 module {module}): {reason}")]
+    Hsm {
+        /// The PKCS#11 module.
+        module: PathBuf,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+
     /// A FHIR bundle or resource is malformed.
     #[error("{source_name}: {message}")]
     Fhir {

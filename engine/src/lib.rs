@@ -17,6 +17,8 @@
 //!   escrow, insurance, confirmation, cancellation, no-shows, reminders;
 //! - [`research`]: studies, consent, budgeted queries, extracts,
 //!   compensation, encrypted columns;
+//! - [`rotation`]: a new key-encryption key, and every wrapped key of a
+//!   data directory re-wrapped under it while the directory stays in use;
 //! - [`sql`], [`release`], [`budget`]: `cohort query FILE` over a policy
 //!   file and `cohort dp`, a front door over the same planned path, both
 //!   paid for from a budget file.
@@ -51,6 +53,7 @@ pub mod keys;
 pub mod records;
 pub mod release;
 pub mod research;
+pub mod rotation;
 pub mod sql;
 pub mod storage;
 

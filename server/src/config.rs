@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::tls::Tls;
+use cohort_engine::keys::config::KeysConfig;
 use cohort_engine::{Error, Result};
 
 /// Every key of the file, as `(section, key)`; each is overridable by
@@ -32,6 +33,11 @@ pub const KEYS: &[(&str, &str)] = &[
     ("appointments", "scheduler_secs"),
     ("audit", "anchor_secs"),
     ("retention", "run_secs"),
+    ("keys", "store"),
+    ("keys", "module"),
+    ("keys", "token_label"),
+    ("keys", "kek_label"),
+    ("keys", "pin_file"),
 ];
 
 /// The file read when neither `--config` nor `$COHORT_CONFIG` names one.
@@ -55,6 +61,12 @@ pub struct Config {
     pub audit: AuditSection,
     /// The retention purge.
     pub retention: RetentionSection,
+    /// The keystore (absent: whatever the data directory records, the file
+    /// keystore by default). When present it must name the keystore the
+    /// data directory already uses; a new directory records it. The HSM's
+    /// PIN is never a key here: `pin_file`, else `$COHORT_HSM_PIN`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeysConfig>,
 }
 
 /// `[retention]`.
@@ -299,6 +311,9 @@ impl Config {
 
     /// What serde cannot say: keys that only make sense together.
     fn check(&self) -> Result<()> {
+        if let Some(keys) = &self.keys {
+            keys.check()?;
+        }
         let t = &self.tls;
         match t.mode {
             TlsMode::Files if t.cert.is_none() || t.key.is_none() => Err(Error::Invalid(
@@ -370,7 +385,16 @@ mod tests {
     fn keys_list_every_key_of_the_file() {
         // A configuration with every optional key set: its keys are KEYS,
         // so no key lacks its environment variable.
-        let mut full = Config::default();
+        let mut full = Config {
+            keys: Some(KeysConfig {
+                store: cohort_engine::keys::config::StoreKind::Pkcs11,
+                module: Some("/m.so".into()),
+                token_label: Some("t".into()),
+                kek_label: Some("k".into()),
+                pin_file: Some("/pin".into()),
+            }),
+            ..Config::default()
+        };
         full.tls.cert = Some("c.pem".into());
         full.tls.key = Some("k.pem".into());
         let table = toml::Table::try_from(full).unwrap();
@@ -498,6 +522,30 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(c.tls(), Tls::Files { .. }));
+    }
+
+    #[test]
+    fn keys_select_an_hsm_and_never_take_a_pin() {
+        let c = load_text(
+            "[keys]\nstore = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\n",
+            &[("COHORT_KEYS_TOKEN_LABEL", "cohort")],
+        )
+        .unwrap();
+        let keys = c.keys.unwrap();
+        assert_eq!(keys.token_label.as_deref(), Some("cohort"));
+        let e = load_text("[keys]\nstore = \"pkcs11\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs `module`"), "{e}");
+        let e = load_text("[keys]\npin = \"1234\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pin"), "an unknown key: {e}");
+        assert_eq!(
+            load_text("", &[]).unwrap().keys,
+            None,
+            "absent: the data directory's"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod generate;
 mod identifiers;
 mod ingest;
 mod invariant;
+mod keys;
 mod ledger;
 mod notebooks;
 mod owner;

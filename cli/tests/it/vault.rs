@@ -149,11 +149,15 @@ fn wrong_passphrase_and_wrong_keystore_fail() {
     drop(vault);
     let err = dir.unlock("not the passphrase").err().unwrap();
     assert!(err.to_string().contains("wrong passphrase"), "{err}");
-    // A different keystore (another KEK) cannot unwrap this vault's data keys.
+    // A different keystore (another KEK) cannot unwrap this vault's data
+    // keys, and says which KEK they need.
     std::fs::rename(dir.keystore_path(), tmp.path().join("old-keystore.json")).unwrap();
     let other = dir.unlock_with(PASSPHRASE, FAST_KDF).unwrap();
     let err = other.read(&access(), "Observation/o1", None).unwrap_err();
-    assert!(matches!(err, Error::Decrypt { .. }), "{err:?}");
+    assert!(
+        matches!(&err, Error::Keystore { reason, .. } if reason.contains("which the keystore does not hold")),
+        "{err:?}"
+    );
 }
 
 #[test]

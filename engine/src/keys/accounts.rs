@@ -23,7 +23,8 @@ pub struct AccountInfo {
     pub created_at: String,
 }
 
-fn context(name: &str) -> Vec<u8> {
+/// What an account's wrapped key is bound to.
+pub(crate) fn context(name: &str) -> Vec<u8> {
     [b"cohort/account/".as_slice(), name.as_bytes()].concat()
 }
 
@@ -56,17 +57,20 @@ pub fn get_or_create(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Resu
             break (secret, account);
         }
     };
-    let wrapped = keys.wrap(&secret, &context(name))?;
-    conn.execute(
-        "INSERT INTO accounts (name, address, wrapped_key, kek_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            name,
-            format!("{:#x}", account.address()),
-            wrapped,
-            keys.key_id(),
-            crate::storage::store::now()
-        ],
-    )?;
+    crate::storage::store::with_write_lock(conn, || {
+        let wrapped = keys.wrap(&secret, &context(name))?;
+        conn.execute(
+            "INSERT INTO accounts (name, address, wrapped_key, kek_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                name,
+                format!("{:#x}", account.address()),
+                wrapped,
+                keys.key_id(),
+                crate::storage::store::now()
+            ],
+        )?;
+        Ok(())
+    })?;
     Ok(account)
 }
 

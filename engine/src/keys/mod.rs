@@ -1,6 +1,12 @@
-//! Keys: the keystore that wraps every data key, the actors' Ethereum
-//! accounts it holds, and their second factors.
+//! Keys: the keystores that wrap every data key (a passphrase file, or a
+//! PKCS#11 HSM), which one a data directory uses, the actors' Ethereum
+//! accounts they hold, and their second factors. Rotating the KEKs over
+//! every wrapped key of a data directory is `crate::rotation`'s job.
 
 pub mod accounts;
+pub mod config;
 pub mod keystore;
+pub mod pkcs11;
 pub mod second_factor;
+#[cfg(test)]
+pub(crate) mod softhsm;

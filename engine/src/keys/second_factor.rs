@@ -45,7 +45,8 @@ pub enum FactorError {
     Reused,
 }
 
-fn context(name: &str) -> Vec<u8> {
+/// What a second factor's wrapped secret is bound to.
+pub(crate) fn context(name: &str) -> Vec<u8> {
     [b"cohort/totp/".as_slice(), name.as_bytes()].concat()
 }
 
@@ -80,24 +81,27 @@ pub fn enroll(
     }
     let secret = SecretKey::generate();
     let t = totp(name, secret.expose())?;
-    let wrapped = keys.wrap(&secret, &context(name))?;
-    conn.execute(
-        "INSERT INTO second_factors (account, wrapped_secret, kek_id, enrolled_at, last_step)
-         VALUES (?1, ?2, ?3, ?4, 0)
-         ON CONFLICT(account) DO UPDATE SET wrapped_secret = excluded.wrapped_secret,
-           kek_id = excluded.kek_id, enrolled_at = excluded.enrolled_at, last_step = 0",
-        params![name, wrapped, keys.key_id(), crate::storage::store::now()],
-    )?;
-    crate::audit::append(
-        conn,
-        &crate::audit::Event {
-            actor,
-            action: "account.totp.enroll",
-            target: name,
-            purpose: "operations",
-            detail: serde_json::json!({ "replaced": replace }),
-        },
-    )?;
+    crate::storage::store::with_write_lock(conn, || {
+        let wrapped = keys.wrap(&secret, &context(name))?;
+        conn.execute(
+            "INSERT INTO second_factors (account, wrapped_secret, kek_id, enrolled_at, last_step)
+             VALUES (?1, ?2, ?3, ?4, 0)
+             ON CONFLICT(account) DO UPDATE SET wrapped_secret = excluded.wrapped_secret,
+               kek_id = excluded.kek_id, enrolled_at = excluded.enrolled_at, last_step = 0",
+            params![name, wrapped, keys.key_id(), crate::storage::store::now()],
+        )?;
+        crate::audit::append(
+            conn,
+            &crate::audit::Event {
+                actor,
+                action: "account.totp.enroll",
+                target: name,
+                purpose: "operations",
+                detail: serde_json::json!({ "replaced": replace }),
+            },
+        )?;
+        Ok(())
+    })?;
     Ok(Enrollment {
         account: name.to_string(),
         secret: data_encoding::BASE32_NOPAD.encode(secret.expose()),
@@ -119,23 +123,30 @@ pub fn is_enrolled(conn: &Connection, name: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Which secret `name` has enrolled now (a digest of its wrapped form, which
-/// a new enrollment changes), if any: a sign-in records it, and a token
-/// outlives neither a new enrollment nor a removed one.
+/// Which secret `name` has enrolled now (a digest of the account and the
+/// moment it enrolled, which a new enrollment changes), if any: a sign-in
+/// records it, and a token outlives neither a new enrollment nor a removed
+/// one. It is not a digest of the wrapped secret: a key rotation re-wraps
+/// the secret, and must not sign every steward out.
 pub fn enrollment(conn: &Connection, name: &str) -> Result<Option<String>> {
     Ok(conn
         .query_row(
-            "SELECT wrapped_secret FROM second_factors WHERE account = ?1",
+            "SELECT enrolled_at FROM second_factors WHERE account = ?1",
             [name],
-            |r| r.get::<_, Vec<u8>>(0),
+            |r| r.get::<_, String>(0),
         )
         .optional()?
-        .map(|wrapped| enrollment_id(&wrapped)))
+        .map(|enrolled_at| enrollment_id(name, &enrolled_at)))
 }
 
-fn enrollment_id(wrapped: &[u8]) -> String {
+fn enrollment_id(name: &str, enrolled_at: &str) -> String {
     use sha2::Digest;
-    data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(wrapped))
+    let mut h = sha2::Sha256::new();
+    h.update(b"cohort/totp-enrollment\0");
+    h.update((name.len() as u64).to_be_bytes());
+    h.update(name.as_bytes());
+    h.update(enrolled_at.as_bytes());
+    data_encoding::HEXLOWER.encode(&h.finalize())
 }
 
 /// Checks `code` for `name` at `unix_time` and records its step as used;
@@ -149,11 +160,17 @@ pub fn verify(
     code: Option<&str>,
     unix_time: u64,
 ) -> Result<std::result::Result<String, FactorError>> {
-    let Some((wrapped, last_step)) = conn
+    let Some((wrapped, last_step, enrolled_at)) = conn
         .query_row(
-            "SELECT wrapped_secret, last_step FROM second_factors WHERE account = ?1",
+            "SELECT wrapped_secret, last_step, enrolled_at FROM second_factors WHERE account = ?1",
             [name],
-            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)),
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
         )
         .optional()?
     else {
@@ -170,14 +187,15 @@ pub fn verify(
     if step <= last_step {
         return Ok(Err(FactorError::Reused));
     }
-    // Claimed only while the secret checked is still the one enrolled.
+    // Claimed only while the secret checked is still the one enrolled (a
+    // key rotation re-wraps it meanwhile without changing the enrollment).
     let claimed = conn.execute(
         "UPDATE second_factors SET last_step = ?2
-         WHERE account = ?1 AND last_step < ?2 AND wrapped_secret = ?3",
-        params![name, step, wrapped],
+         WHERE account = ?1 AND last_step < ?2 AND enrolled_at = ?3",
+        params![name, step, enrolled_at],
     )?;
     Ok(if claimed == 1 {
-        Ok(enrollment_id(&wrapped))
+        Ok(enrollment_id(name, &enrolled_at))
     } else {
         Err(FactorError::Reused)
     })

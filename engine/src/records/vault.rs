@@ -110,6 +110,13 @@ pub(crate) struct KeyCache {
     keys: HashMap<String, SecretKey>,
 }
 
+/// The keys kept wrapped in `meta` (hex), by name, with what each is
+/// bound to: the pseudonym master secret and the audit MAC key.
+pub(crate) const STORED_KEYS: [(&str, &[u8]); 2] = [
+    ("pseudonym_master", b"cohort/pseudonym-master"),
+    ("audit_mac_key", b"cohort/audit-mac"),
+];
+
 /// The vault: metadata database, block store and keystore together.
 pub struct Vault {
     conn: Connection,
@@ -150,13 +157,15 @@ impl Vault {
     /// first use, stored only wrapped by the keystore (like data keys), so a
     /// study's pseudonyms are stable across runs and unlinkable across studies.
     pub fn pseudonym_master(&self) -> Result<SecretKey> {
-        self.stored_key("pseudonym_master", b"cohort/pseudonym-master")
+        let (name, context) = STORED_KEYS[0];
+        self.stored_key(name, context)
     }
 
     /// The key of the audit log's MACs and anchored heads (see
     /// `audit::anchor`): created on first use, stored only wrapped.
     pub fn audit_key(&self) -> Result<SecretKey> {
-        self.stored_key("audit_mac_key", b"cohort/audit-mac")
+        let (name, context) = STORED_KEYS[1];
+        self.stored_key(name, context)
     }
 
     /// A key kept in `meta` under `name`, wrapped by the keystore for
@@ -175,11 +184,14 @@ impl Vault {
             return self.keys.unwrap(&wrapped, context);
         }
         let key = SecretKey::generate();
-        let wrapped = self.keys.wrap(&key, context)?;
-        self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES (?1, ?2)",
-            rusqlite::params![name, data_encoding::HEXLOWER.encode(&wrapped)],
-        )?;
+        crate::storage::store::with_write_lock(&self.conn, || {
+            let wrapped = self.keys.wrap(&key, context)?;
+            self.conn.execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)",
+                rusqlite::params![name, data_encoding::HEXLOWER.encode(&wrapped)],
+            )?;
+            Ok(())
+        })?;
         Ok(key)
     }
 

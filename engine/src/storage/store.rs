@@ -252,6 +252,20 @@ fn check_version(path: &Path, found: &str) -> Result<()> {
     )))
 }
 
+/// Runs `f` holding the database's write lock: in a new `BEGIN IMMEDIATE`
+/// transaction, or in the caller's if one is open. A key wrapped in `f`
+/// and stored in `f` then cannot straddle a key rotation's switch of KEK,
+/// which takes the same lock (`crate::rotation`).
+pub fn with_write_lock<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if !conn.is_autocommit() {
+        return f();
+    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let out = f()?;
+    tx.commit()?;
+    Ok(out)
+}
+
 /// Now, as the RFC 3339 UTC text every table stores.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)

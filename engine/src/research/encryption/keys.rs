@@ -48,7 +48,7 @@ pub(crate) fn set_up(
     Ok(())
 }
 
-pub(super) fn share_context(study: u64, steward: &str) -> String {
+pub(crate) fn share_context(study: u64, steward: &str) -> String {
     format!("cohort/fhe/study/{study}/share/{steward}")
 }
 
@@ -126,6 +126,41 @@ pub(super) fn tfhe_server_shared(root: &std::path::Path) -> Result<Arc<Predicate
         .expect("tfhe keys lock")
         .insert(path, (modified, Arc::clone(&layer)));
     Ok(layer)
+}
+
+/// Whether the deployment's tfhe custodian key file is wrapped under a KEK
+/// other than the current one; unless `check_only`, re-wraps it under the
+/// current KEK (the sealed key itself is unchanged) and replaces the file
+/// atomically. For a rotation (`crate::rotation`).
+pub(crate) fn rewrap_custodian(
+    keys: &dyn KeyStore,
+    root: &std::path::Path,
+    check_only: bool,
+) -> Result<bool> {
+    let path = tfhe_dir(root).join("client.sealed");
+    let blob = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("reading", &path, e)),
+    };
+    let bad = || Error::Invalid("the tfhe custodian key file is damaged".into());
+    let len =
+        u32::from_le_bytes(blob.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes")) as usize;
+    let wrapped = blob.get(4..4 + len).ok_or_else(bad)?;
+    if keystore::wrapped_by(wrapped) == Some(keys.key_id().as_str()) {
+        return Ok(false);
+    }
+    if check_only {
+        return Ok(true);
+    }
+    let data = keys.unwrap(wrapped, TFHE_CLIENT_CONTEXT.as_bytes())?;
+    let rewrapped = keys.wrap(&data, TFHE_CLIENT_CONTEXT.as_bytes())?;
+    let mut out = Vec::with_capacity(blob.len() + rewrapped.len());
+    out.extend_from_slice(&(rewrapped.len() as u32).to_le_bytes());
+    out.extend_from_slice(&rewrapped);
+    out.extend_from_slice(blob.get(4 + len..).ok_or_else(bad)?);
+    crate::storage::fsutil::write_atomic(&path, &out)?;
+    Ok(true)
 }
 
 pub(super) fn tfhe_custodian(

@@ -62,6 +62,7 @@ use crate::{Error, Result};
 mod decrypt;
 mod execute;
 mod keys;
+pub(crate) use keys::{rewrap_custodian, share_context};
 mod submissions;
 
 pub use decrypt::LedgerGate;
