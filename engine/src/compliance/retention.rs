@@ -10,11 +10,11 @@
 //! between the two leaves blocks that the next run deletes.
 
 use chrono::{DateTime, Months, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::audit;
-use crate::records::vault::{RecordVersion, Vault};
+use crate::records::vault::Vault;
 use crate::{Error, Result};
 
 /// The record types a policy may name: those with a projection table.
@@ -236,16 +236,6 @@ fn known_patient(conn: &Connection, patient_id: &str) -> Result<()> {
             "no patient {patient_id} in the vault"
         )))
     }
-}
-
-/// When `rv` was purged, if it was.
-pub(crate) fn purged_at(conn: &Connection, rv: &RecordVersion) -> Result<Option<String>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT purged_at FROM retention_purges WHERE record_id = ?1 AND version = ?2",
-        )?
-        .query_row(params![rv.record_id, rv.version], |r| r.get(0))
-        .optional()?)
 }
 
 /// The records past their policy at `now`: (record id, whether held).

@@ -432,7 +432,15 @@ impl Vault {
 
     /// Refuses a version that retention purged, naming when.
     pub(crate) fn ensure_not_purged(&self, rv: &RecordVersion) -> Result<()> {
-        match crate::compliance::retention::purged_at(&self.conn, rv)? {
+        // Written by `compliance::retention`'s purge.
+        let purged: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT purged_at FROM retention_purges WHERE record_id = ?1 AND version = ?2",
+            )?
+            .query_row(params![rv.record_id, rv.version], |r| r.get(0))
+            .optional()?;
+        match purged {
             Some(at) => Err(Error::NotFound(format!(
                 "{} version {} was purged on {at} under the retention policy for {}",
                 rv.record_id, rv.version, rv.resource_type
