@@ -212,7 +212,7 @@ fn run(
         let current = keys.key_id();
         let prefix = frame_prefix(&current);
         for column in COLUMNS {
-            if !table_exists(conn, column.table)? {
+            if !crate::storage::store::table_exists(conn, column.table)? {
                 continue;
             }
             loop {
@@ -295,7 +295,7 @@ pub fn remaining(
 ) -> Result<usize> {
     let mut n = 0usize;
     for column in COLUMNS {
-        if !table_exists(conn, column.table)? {
+        if !crate::storage::store::table_exists(conn, column.table)? {
             continue;
         }
         let sql = format!(
@@ -329,7 +329,7 @@ pub fn census(conn: &Connection) -> Result<BTreeMap<String, usize>> {
         *out.entry(id).or_insert(0usize) += 1;
     };
     for column in COLUMNS {
-        if !table_exists(conn, column.table)? {
+        if !crate::storage::store::table_exists(conn, column.table)? {
             continue;
         }
         let sql = format!(
@@ -434,14 +434,6 @@ fn meta_key(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>> {
             .map_err(|_| Error::Invalid(format!("meta.{name} is not hex")))
     })
     .transpose()
-}
-
-fn table_exists(conn: &Connection, table: &str) -> Result<bool> {
-    Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-        [table],
-        |r| r.get(0),
-    )?)
 }
 
 /// Runs `f` in a new `BEGIN IMMEDIATE` transaction: the write lock every

@@ -167,20 +167,14 @@ fn study_title(conn: &Connection, study_id: i64) -> Result<String> {
     })
 }
 
-fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
-    Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-        [name],
-        |r| r.get(0),
-    )?)
-}
-
 /// Answered queries whose member set holds the patient, and releases made
 /// while their consent was live.
 fn research(conn: &Connection, patient: &PatientAccount, since: i64) -> Result<Vec<Disclosure>> {
     let mut out = Vec::new();
     let address = format!("{:#x}", patient.address);
-    if table_exists(conn, "research_queries")? && table_exists(conn, "research_member_sets")? {
+    if crate::storage::store::table_exists(conn, "research_queries")?
+        && crate::storage::store::table_exists(conn, "research_member_sets")?
+    {
         let rows: Vec<(i64, String, String, String, String)> = conn
             .prepare(
                 "SELECT q.study_id, q.query_id, q.actor, q.cost, q.updated_at FROM research_queries q
@@ -209,7 +203,7 @@ fn research(conn: &Connection, patient: &PatientAccount, since: i64) -> Result<V
             });
         }
     }
-    if table_exists(conn, "research_releases")? {
+    if crate::storage::store::table_exists(conn, "research_releases")? {
         let rows: Vec<(i64, String, String, i64, i64, String)> = conn
             .prepare(
                 "SELECT r.study_id, r.extract_hash, r.actor, r.k, r.rows, r.created_at
@@ -277,7 +271,7 @@ fn audited(conn: &Connection, patient: &PatientAccount, since: i64) -> Result<Ve
             evidence: format!("audit entry {seq}"),
         });
     }
-    if table_exists(conn, "ledger_appointments")? {
+    if crate::storage::store::table_exists(conn, "ledger_appointments")? {
         let reasons: Vec<(i64, String, String, String, String)> = conn
             .prepare(
                 "SELECT a.seq, a.at, a.actor, a.purpose, a.target FROM audit a

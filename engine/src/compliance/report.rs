@@ -140,14 +140,6 @@ fn count(conn: &Connection, sql: &str, from: &str, to: &str) -> Result<i64> {
     Ok(conn.query_row(sql, params![from, to], |r| r.get(0))?)
 }
 
-fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
-    Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-        [name],
-        |r| r.get(0),
-    )?)
-}
-
 /// The report over `[from, to)`; `audit_key` checks the seals and anchors
 /// (None: the unkeyed chain only); `blocks` re-hashes every stored block.
 pub fn build(
@@ -268,13 +260,14 @@ pub fn build(
 }
 
 fn studies(conn: &Connection) -> Result<Vec<StudyLine>> {
-    let titles: BTreeMap<i64, String> = if table_exists(conn, "research_studies")? {
-        conn.prepare("SELECT study_id, title FROM research_studies")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?
-    } else {
-        BTreeMap::new()
-    };
+    let titles: BTreeMap<i64, String> =
+        if crate::storage::store::table_exists(conn, "research_studies")? {
+            conn.prepare("SELECT study_id, title FROM research_studies")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        } else {
+            BTreeMap::new()
+        };
     let rows: Vec<(i64, String, String)> = conn
         .prepare("SELECT study_id, status, budget FROM ledger_studies ORDER BY study_id")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?

@@ -266,6 +266,15 @@ pub fn with_write_lock<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> R
     Ok(out)
 }
 
+/// Whether `conn` holds table `name` (tables a module creates on first use).
+pub fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |r| r.get(0),
+    )?)
+}
+
 /// Now, as the RFC 3339 UTC text every table stores.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)

@@ -35,11 +35,7 @@ impl Vault {
         )?;
         let removed = crate::records::projection::remove_patient(&tx, patient_id)?;
         // Ciphertexts a patient submitted for studies go with the records.
-        let research: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'research_encrypted')",
-            [],
-            |r| r.get(0),
-        )?;
+        let research: bool = crate::storage::store::table_exists(&tx, "research_encrypted")?;
         if research {
             tx.execute(
                 "DELETE FROM research_encrypted WHERE patient_id = ?1",
@@ -48,11 +44,7 @@ impl Vault {
         }
         // So does the link to their research account (their consents were
         // withdrawn on chain first, by the research path's erasure).
-        let linked: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'research_patients')",
-            [],
-            |r| r.get(0),
-        )?;
+        let linked: bool = crate::storage::store::table_exists(&tx, "research_patients")?;
         if linked {
             tx.execute(
                 "DELETE FROM research_patients WHERE patient_id = ?1",
