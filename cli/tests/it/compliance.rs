@@ -181,3 +181,149 @@ fn a_patient_reads_their_accounting_and_an_admin_keeps_retention_and_reports() {
         assert!(actions.contains(&a), "{a} not in {actions:?}");
     }
 }
+
+#[test]
+fn over_a_server_retention_runs_on_its_own_and_the_compliance_service_decides_by_role() {
+    use crate::server::{Server, authed, channel, login};
+    use cohort_server::api::pb::{
+        self, clinical_client::ClinicalClient, compliance_client::ComplianceClient,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, _, _) = super::access::world(tmp.path());
+    cohort_json(
+        &data,
+        &["retention", "policy", "Observation", "--years", "10"],
+    );
+    cohort_json(&data, &["ledger", "advance", "4020d"]);
+    let server = Server::start_env(
+        &data,
+        &[
+            ("COHORT_RETENTION_RUN_SECS", "1"),
+            ("COHORT_AUTH_SECOND_FACTOR", "false"),
+        ],
+    );
+    // The server's own thread purges, on the chain's clock, as the engine.
+    let db = rusqlite::Connection::open(data.join("cohort.db")).unwrap();
+    let purged = || -> i64 {
+        db.query_row("SELECT COUNT(*) FROM retention_purges", [], |r| r.get(0))
+            .unwrap_or(0)
+    };
+    let mut waited = 0;
+    while purged() == 0 {
+        assert!(waited < 120, "no purge by the server within a minute");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        waited += 1;
+    }
+    let admin = login(&data, &server, "operator");
+    let provider = login(&data, &server, "dr-x");
+    let patient = login(&data, &server, "pat");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = channel(&data, &server.url).await;
+        let mut compliance = ComplianceClient::new(ch.clone());
+        let mut clinical = ClinicalClient::new(ch);
+        let state = compliance
+            .retention(authed(&admin, pb::RetentionRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(state.policies[0].resource_type, "Observation");
+        let refused = compliance
+            .set_retention(authed(
+                &provider,
+                pb::RetentionPolicyRequest {
+                    resource_type: "Condition".into(),
+                    years: 1,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let held = compliance
+            .hold(authed(
+                &admin,
+                pb::LegalHoldRequest {
+                    patient: "pat".into(),
+                    reason: "case 9".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(held.holds.len(), 1);
+        let run = compliance
+            .run_retention(authed(&admin, pb::RunRetentionRequest { dry_run: true }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(run.versions, 0, "the server purged already: {run:?}");
+        let report = compliance
+            .report(authed(&admin, pb::ReportRequest { from: 0, to: None }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(report.clean, "{}", report.json);
+        let json: serde_json::Value = serde_json::from_str(&report.json).unwrap();
+        assert_eq!(json["erasure"]["versions_purged"].as_i64(), Some(purged()));
+        assert!(report.html.contains("Regulatory report"));
+        let refused = compliance
+            .report(authed(&provider, pb::ReportRequest { from: 0, to: None }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        // The patient's own copy (what retention left) and accounting.
+        let bundle = clinical
+            .export_records(authed(
+                &patient,
+                pb::ExportRecordsRequest {
+                    patient: String::new(),
+                    purpose: String::new(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let b: serde_json::Value = serde_json::from_str(&bundle.bundle).unwrap();
+        assert_eq!(b["entry"].as_array().unwrap().len() as i64, bundle.records);
+        assert!(
+            b["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["resource"]["resourceType"] != "Observation"),
+            "purged observations are not exported"
+        );
+        let mine = clinical
+            .disclosures(authed(
+                &patient,
+                pb::DisclosuresRequest {
+                    patient: String::new(),
+                    since: None,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(mine.disclosures.iter().all(|d| d.recipient != "pat"));
+        let theirs = clinical
+            .disclosures(authed(
+                &provider,
+                pb::DisclosuresRequest {
+                    patient: "pat".into(),
+                    since: None,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(theirs.code(), tonic::Code::PermissionDenied);
+    });
+    assert!(server.stop().success());
+    let log = cohort_json(&data, &["audit", "log", "--limit", "200"]);
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "retention.purge" && e["actor"] == "engine"),
+        "the server's purge is audited as the engine account"
+    );
+}
