@@ -297,14 +297,11 @@ pub fn run(vault: &Vault, actor: &str, now: DateTime<Utc>, dry_run: bool) -> Res
                 .entry(policy.resource_type.clone())
                 .or_default() += ids.len() as u64;
             if dry_run {
-                purge.versions += conn.query_row(
-                    &format!(
-                        "SELECT COUNT(*) FROM records WHERE record_id IN ({})",
-                        vec!["?"; ids.len()].join(",")
-                    ),
-                    rusqlite::params_from_iter(&ids),
-                    |r| r.get::<_, i64>(0),
-                )? as u64;
+                let mut count =
+                    conn.prepare_cached("SELECT COUNT(*) FROM records WHERE record_id = ?1")?;
+                for id in &ids {
+                    purge.versions += count.query_row([id], |r| r.get::<_, i64>(0))? as u64;
+                }
                 continue;
             }
             for chunk in ids.chunks(BATCH) {
