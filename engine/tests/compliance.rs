@@ -424,8 +424,16 @@ fn retention_purges_what_is_due_keeps_what_is_held_and_finishes_a_crash() {
     w.sync();
     assert_eq!(w.count("SELECT COUNT(*) FROM ledger_record_reads"), traced);
 
-    // A crash after the purge's commit left a block: the next run deletes it.
+    // A crash after the purge's commit, before its block was deleted: the
+    // next run deletes it.
     std::fs::write(blocks.path_of(&cid), &saved).unwrap();
+    w.d.vault
+        .conn()
+        .execute(
+            "UPDATE retention_purges SET block_deleted = 0 WHERE cid = ?1",
+            [&cid],
+        )
+        .unwrap();
     let again = rt
         .block_on(s.run_retention(&w.admin, later, false))
         .unwrap();

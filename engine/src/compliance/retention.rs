@@ -334,33 +334,44 @@ fn purge_batch(conn: &Connection, table: &str, ids: &[&str]) -> Result<u64> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let at = crate::storage::store::now();
     let mut versions = 0;
+    let mut mark = tx.prepare_cached(
+        "INSERT OR IGNORE INTO retention_purges (record_id, version, resource_type, cid, purged_at)
+         SELECT record_id, version, resource_type, cid, ?2 FROM records WHERE record_id = ?1",
+    )?;
+    let mut unproject = tx.prepare_cached(&format!("DELETE FROM {table} WHERE id = ?1"))?;
     for id in ids {
-        versions += tx.execute(
-            "INSERT OR IGNORE INTO retention_purges (record_id, version, resource_type, cid, purged_at)
-             SELECT record_id, version, resource_type, cid, ?2 FROM records WHERE record_id = ?1",
-            params![id, at],
-        )? as u64;
+        versions += mark.execute(params![id, at])? as u64;
         let bare = id.split_once('/').map_or(*id, |(_, bare)| bare);
-        tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [bare])?;
+        unproject.execute([bare])?;
     }
+    drop((mark, unproject));
     crate::records::projection::touch(&tx)?;
     tx.commit()?;
     Ok(versions)
 }
 
-/// Deletes the blocks of purged versions still on disk; returns how many.
+/// Deletes the blocks of purged versions not deleted yet, then marks them
+/// deleted (a crash in between deletes them again: a no-op); returns how
+/// many it deleted.
 fn delete_purged_blocks(vault: &Vault) -> Result<u64> {
     let cids: Vec<String> = vault
         .conn()
-        .prepare("SELECT cid FROM retention_purges")?
+        .prepare("SELECT cid FROM retention_purges WHERE block_deleted = 0")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut deleted = 0;
-    for cid in cids {
-        if vault.blocks().has(&cid) {
-            vault.blocks().remove(&cid)?;
-            deleted += 1;
+    for chunk in cids.chunks(BATCH) {
+        for cid in chunk {
+            vault.blocks().remove(cid)?;
         }
+        let tx =
+            rusqlite::Transaction::new_unchecked(vault.conn(), TransactionBehavior::Immediate)?;
+        let mut done =
+            tx.prepare_cached("UPDATE retention_purges SET block_deleted = 1 WHERE cid = ?1")?;
+        for cid in chunk {
+            done.execute([cid])?;
+        }
+        drop(done);
+        tx.commit()?;
     }
-    Ok(deleted)
+    Ok(cids.len() as u64)
 }

@@ -78,10 +78,13 @@ CREATE TABLE IF NOT EXISTS retention_purges (
     record_id     TEXT NOT NULL,
     version       INTEGER NOT NULL,
     resource_type TEXT NOT NULL,
-    cid           TEXT NOT NULL,
+        cid           TEXT NOT NULL,
     purged_at     TEXT NOT NULL,
+    -- 1 once the block file is deleted (a crash in between leaves 0).
+    block_deleted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (record_id, version)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS retention_purges_pending ON retention_purges (block_deleted) WHERE block_deleted = 0;
 
 -- Append-only, hash-chained audit log.
 CREATE TABLE IF NOT EXISTS audit (
