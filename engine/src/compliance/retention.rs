@@ -354,24 +354,25 @@ fn purge_batch(conn: &Connection, table: &str, ids: &[&str]) -> Result<u64> {
 /// deleted (a crash in between deletes them again: a no-op); returns how
 /// many it deleted.
 fn delete_purged_blocks(vault: &Vault) -> Result<u64> {
-    let cids: Vec<String> = vault
+    let pending: Vec<(String, i64, String)> = vault
         .conn()
-        .prepare("SELECT cid FROM retention_purges WHERE block_deleted = 0")?
-        .query_map([], |r| r.get(0))?
+        .prepare("SELECT record_id, version, cid FROM retention_purges WHERE block_deleted = 0")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for chunk in cids.chunks(BATCH) {
-        for cid in chunk {
+    for chunk in pending.chunks(BATCH) {
+        for (_, _, cid) in chunk {
             vault.blocks().remove(cid)?;
         }
         let tx =
             rusqlite::Transaction::new_unchecked(vault.conn(), TransactionBehavior::Immediate)?;
-        let mut done =
-            tx.prepare_cached("UPDATE retention_purges SET block_deleted = 1 WHERE cid = ?1")?;
-        for cid in chunk {
-            done.execute([cid])?;
+        let mut done = tx.prepare_cached(
+            "UPDATE retention_purges SET block_deleted = 1 WHERE record_id = ?1 AND version = ?2",
+        )?;
+        for (record_id, version, _) in chunk {
+            done.execute(params![record_id, version])?;
         }
         drop(done);
         tx.commit()?;
     }
-    Ok(cids.len() as u64)
+    Ok(pending.len() as u64)
 }
