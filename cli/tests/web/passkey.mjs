@@ -180,6 +180,7 @@ try {
   // And the right one still signs in.
   await passkeySignIn(right);
   await signedIn();
+  // Signed out at once, while the patient's view may still be loading.
   await page.click("#signout");
   await waitStatus("signed out");
 

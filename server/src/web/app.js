@@ -748,16 +748,21 @@ const LOADERS = {
   steward: loadSteward,
 };
 
+// Which sign-in the page is showing: a load that ends after its account
+// signed out (or another signed in) says nothing.
+let generation = 0;
+
 async function show(which) {
   for (const s of SECTIONS) {
     $(s).hidden = s !== which;
     $("tab-" + s).setAttribute("aria-pressed", s === which);
   }
   say("");
+  const mine = generation;
   try {
     await LOADERS[which]();
   } catch (e) {
-    say(e.message, true);
+    if (mine === generation) say(e.message, true);
   }
 }
 
@@ -777,6 +782,8 @@ function allowed(who) {
 }
 
 async function signedIn(yes) {
+  generation += 1;
+  const mine = generation;
   $("signin").hidden = yes;
   $("tabs").hidden = !yes;
   for (const s of SECTIONS) {
@@ -793,21 +800,25 @@ async function signedIn(yes) {
   }
   unquote();
   if (!yes) return;
+  let who;
   try {
-    me = await api("/api/me");
+    who = await api("/api/me");
   } catch (e) {
-    say(e.message, true);
+    if (mine === generation) say(e.message, true);
     return;
   }
+  if (mine !== generation) return;
+  me = who;
   const open = allowed(me);
   $("whoami").textContent = `${me.account} (${(me.roles || []).join(", ") || "no role"})`;
   try {
     const s = await api("/api/session");
     const until = new Date(Date.now() + s.expires_in_secs * 1000).toLocaleTimeString();
-    $("session-info").textContent = `signed in with ${s.factors.join(" + ")}, until ${until}`;
+    if (mine === generation) $("session-info").textContent = `signed in with ${s.factors.join(" + ")}, until ${until}`;
   } catch (_) {
     $("session-info").textContent = "";
   }
+  if (mine !== generation) return;
   const first = SECTIONS.find((s) => open[s]);
   for (const s of SECTIONS) $("tab-" + s).hidden = !open[s];
   if (first) {
