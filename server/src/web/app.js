@@ -810,7 +810,6 @@ async function signedIn(yes) {
   if (mine !== generation) return;
   me = who;
   const open = allowed(me);
-  $("whoami").textContent = `${me.account} (${(me.roles || []).join(", ") || "no role"})`;
   try {
     const s = await api("/api/session");
     const until = new Date(Date.now() + s.expires_in_secs * 1000).toLocaleTimeString();
@@ -819,6 +818,8 @@ async function signedIn(yes) {
     $("session-info").textContent = "";
   }
   if (mine !== generation) return;
+  // Who, and the tabs, at once (a script waits for the one to see the other).
+  $("whoami").textContent = `${me.account} (${(me.roles || []).join(", ") || "no role"})`;
   const first = SECTIONS.find((s) => open[s]);
   for (const s of SECTIONS) $("tab-" + s).hidden = !open[s];
   if (first) {
