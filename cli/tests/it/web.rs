@@ -391,4 +391,13 @@ fn patients_register_a_passkey_and_sign_in_with_it_and_totp_in_chromium() {
     // Neither the TOTP secret nor the enrolment code is in the log.
     let text = log.to_string();
     assert!(!text.contains(&secret) && !text.contains(&code));
+
+    // The operator removes the passkey (a lost laptop), once.
+    let id = keys[0]["credential_id"].as_str().unwrap().to_string();
+    let removed = cohort_json(&s.data, &["account", "passkey", "remove", "patient-0", &id]);
+    assert_eq!(removed["removed"], id.as_str());
+    let none = cohort_json(&s.data, &["account", "passkey", "list", "patient-0"]);
+    assert_eq!(none.as_array().map(Vec::len), Some(0), "{none}");
+    let again = crate::cohort(&s.data, &["account", "passkey", "remove", "patient-0", &id]);
+    crate::assert_fails_with(&again, "has no passkey");
 }
