@@ -52,15 +52,43 @@ pub(crate) enum AccountCmd {
         #[command(flatten)]
         via: RoleVia,
     },
-    /// Enroll a TOTP second factor for an account (stewards and admins sign
-    /// in to `cohort serve` with it). Prints the secret and its otpauth://
-    /// URI once, for an authenticator app.
+    /// Enroll a TOTP second factor for an account (every account signs in
+    /// to `cohort serve` with it while `[auth] second_factor` is on). Prints
+    /// the secret and its otpauth:// URI once, for an authenticator app.
     Totp {
         /// The account.
         name: String,
         /// Issue a new secret even if one is enrolled (the old one stops working).
         #[arg(long)]
         replace: bool,
+    },
+    /// Passkeys (WebAuthn) with which the account signs in on the web page.
+    #[command(subcommand)]
+    Passkey(PasskeyCmd),
+}
+
+/// `cohort account passkey`.
+#[derive(Subcommand)]
+pub(crate) enum PasskeyCmd {
+    /// Print a one-time code (valid 15 minutes) with which the account's
+    /// person registers a passkey on the web page ("Register a passkey").
+    /// A new code replaces the previous one.
+    Invite {
+        /// The account.
+        name: String,
+    },
+    /// The account's passkeys (no key material).
+    List {
+        /// The account.
+        name: String,
+    },
+    /// Remove a passkey: it signs in no more, and the tokens it signed in
+    /// stop working at their next call.
+    Remove {
+        /// The account.
+        name: String,
+        /// The credential id (`cohort account passkey list`).
+        credential_id: String,
     },
 }
 
@@ -191,6 +219,7 @@ pub(crate) fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Res
                 )
             });
         }
+        AccountCmd::Passkey(cmd) => passkey(cli, dir, cmd)?,
         AccountCmd::Totp { name, replace } => {
             let vault = unlock(cli, dir, None)?;
             let enrolled = cohort_engine::keys::second_factor::enroll(
@@ -209,4 +238,61 @@ pub(crate) fn account(cli: &Cli, dir: &DataDir, cmd: &AccountCmd) -> anyhow::Res
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn passkey(cli: &Cli, dir: &DataDir, cmd: &PasskeyCmd) -> anyhow::Result<()> {
+    use cohort_engine::keys::passkeys;
+    let conn = dir.connect()?;
+    match cmd {
+        PasskeyCmd::Invite { name } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let invite = passkeys::invite(&conn, &cli.actor, name, now)?;
+            emit(cli, &invite, || {
+                format!(
+                    "give {name} this one-time code to register a passkey on the web page (valid {} minutes, shown once):\n  {}",
+                    passkeys::INVITE_TTL_SECS / 60,
+                    invite.code
+                )
+            });
+        }
+        PasskeyCmd::List { name } => {
+            let list = passkeys::list(&conn, name)?;
+            emit(cli, &list, || {
+                if list.is_empty() {
+                    return format!(
+                        "{name} has no passkey (`cohort account passkey invite {name}`)"
+                    );
+                }
+                list.iter()
+                    .map(|p| {
+                        format!(
+                            "{}  {:<12} registered {}  last used {}",
+                            p.credential_id,
+                            p.label,
+                            p.created_at,
+                            p.last_used_at.as_deref().unwrap_or("never")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        PasskeyCmd::Remove {
+            name,
+            credential_id,
+        } => {
+            if !passkeys::remove(&conn, &cli.actor, name, credential_id)? {
+                bail!(
+                    "{name} has no passkey {credential_id} (`cohort account passkey list {name}`)"
+                );
+            }
+            let out = serde_json::json!({ "account": name, "removed": credential_id });
+            emit(cli, &out, || {
+                format!("removed {name}'s passkey {credential_id}")
+            });
+        }
+    }
+    Ok(())
 }

@@ -155,7 +155,7 @@ enum Command {
     Login {
         #[command(flatten)]
         to: ServerArgs,
-        /// The current TOTP code (stewards and admins; `cohort account totp` enrolls).
+        /// The current TOTP code (every account while the server's `[auth] second_factor` is on; `cohort account totp` enrolls).
         #[arg(long, env = "COHORT_TOTP")]
         totp: Option<String>,
     },

@@ -328,7 +328,9 @@ pub(crate) fn change_role(
     })
 }
 
-/// Signs in to `server` as the `--as` account (with its TOTP code), runs
+/// Signs in to `server` as the `--as` account (with its TOTP code: `totp`,
+/// else `$COHORT_TOTP`, which the server asks of every account while its
+/// `[auth] second_factor` is on; each code signs in once), runs
 /// `call` with the channel and the token, and signs out whatever `call`
 /// returned: an administrator's one-call sign-in never outlives the command.
 pub(crate) fn as_actor<T>(
@@ -347,6 +349,10 @@ pub(crate) fn as_actor<T>(
             .connect()
             .await
             .with_context(|| format!("cannot reach {server}"))?;
+        let from_env = std::env::var("COHORT_TOTP").ok();
+        let totp = totp
+            .or(from_env.as_deref())
+            .filter(|c| !c.trim().is_empty());
         let token = cohort_server::sign_in::sign_in(channel.clone(), &actor, totp).await?;
         let outcome = call(channel.clone(), &token).await;
         let _ = action(channel, &token, LOGOUT_ACTION, Vec::new()).await;

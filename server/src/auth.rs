@@ -5,9 +5,17 @@
 //! client's text: a sign-in is accepted only for the exact bytes it issued,
 //! once, before the challenge expires, signed by the address it names.
 //! Tokens live in memory; a restart signs everyone out. A token ends when
-//! it expires, when its holder signs out (`cohort logout`), or when an
-//! administrator ends every token of an account; what a token may do is
-//! decided again at every call ([`super::gate`]).
+//! it expires, when its holder signs out (`cohort logout`, the page's
+//! "Sign out"), or when an administrator ends every token of an account;
+//! what a token may do is decided again at every call ([`super::gate`]).
+//!
+//! A token records how its holder signed in ([`Factors`]): with the
+//! account's Ethereum key (`cohort login`) or a passkey (the web page,
+//! [`super::passkey`]), and which TOTP enrollment it was checked against.
+//! Its scope follows from them at each call: a token whose factors cover
+//! what the server demands now acts as its account; one that does not (its
+//! TOTP secret enrolled again or removed since, its passkey removed) may
+//! only say who it is and what is missing (`/api/session`) and sign out.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,9 +51,15 @@ pub enum AuthError {
     /// Too many unanswered challenges.
     #[error("too many sign-ins in progress; try again shortly")]
     Busy,
-    /// No token, or one this server did not issue or has expired.
-    #[error("sign in first (`cohort login`), then send `authorization: Bearer <token>`; {0}")]
+    /// No token, or one this server did not issue.
+    #[error(
+        "sign in first (on the web page, or `cohort login`), then send `authorization: Bearer <token>`; {0}"
+    )]
     Unauthenticated(&'static str),
+    /// The token was issued to this account, and has expired (it is
+    /// forgotten as this is said: a second use is an unknown token).
+    #[error("the token has expired: sign in again")]
+    Expired(Address),
 }
 
 struct Challenge {
@@ -54,15 +68,48 @@ struct Challenge {
     issued: Instant,
 }
 
+/// How a token's holder signed in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Factors {
+    /// The passkey (its credential id) that signed in on the web page;
+    /// `None`: the account's Ethereum key signed the challenge
+    /// (`cohort login`).
+    pub passkey: Option<String>,
+    /// The TOTP enrollment the sign-in's code was checked against, if one
+    /// was asked for (see `second_factor::enrollment`).
+    pub totp: Option<String>,
+}
+
+impl Factors {
+    /// The factors' names, as `/api/session` and the audit log give them.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names = vec![if self.passkey.is_some() {
+            "passkey"
+        } else {
+            "key"
+        }];
+        if self.totp.is_some() {
+            names.push("totp");
+        }
+        names
+    }
+}
+
 /// Who a token stands for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     /// The signed-in account.
     pub address: Address,
-    /// The second factor enrollment the sign-in was checked against, if
-    /// one was asked for (see `second_factor::enrollment`).
-    pub factor: Option<String>,
+    /// How it signed in.
+    pub factors: Factors,
     expires: Instant,
+}
+
+impl Principal {
+    /// How long the token has left.
+    pub fn expires_in(&self) -> Duration {
+        self.expires.saturating_duration_since(Instant::now())
+    }
 }
 
 /// Challenges and tokens of one server.
@@ -131,7 +178,7 @@ impl Auth {
     /// once) and returns a fresh token with the account it stands for.
     pub fn sign_in(&self, message: &str, signature: &[u8]) -> Result<(String, Address), AuthError> {
         let signer = self.verify_signature(message, signature)?;
-        Ok((self.issue_token(signer, None), signer))
+        Ok((self.issue_token(signer, Factors::default()), signer))
     }
 
     /// The account whose `signature` answers `message`, a challenge of
@@ -163,9 +210,9 @@ impl Auth {
         Ok(signer)
     }
 
-    /// A fresh token for `signer`, valid for the token lifetime; `factor`
-    /// is the second factor enrollment checked at the sign-in, if any.
-    pub fn issue_token(&self, signer: Address, factor: Option<String>) -> String {
+    /// A fresh token for `signer`, valid for the token lifetime; `factors`
+    /// say how it signed in.
+    pub fn issue_token(&self, signer: Address, factors: Factors) -> String {
         let token = random_hex(32);
         let mut tokens = self.tokens.lock().expect("tokens lock");
         tokens.retain(|_, p| p.expires > Instant::now());
@@ -173,7 +220,7 @@ impl Auth {
             token.clone(),
             Principal {
                 address: signer,
-                factor,
+                factors,
                 expires: Instant::now() + self.token_ttl,
             },
         );
@@ -210,11 +257,15 @@ impl Auth {
 
     /// The account behind an `authorization` header's value.
     pub fn principal(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
-        let token = bearer(authorization)?;
-        let tokens = self.tokens.lock().expect("tokens lock");
-        match tokens.get(token.trim()) {
+        let token = bearer(authorization)?.trim();
+        let mut tokens = self.tokens.lock().expect("tokens lock");
+        match tokens.get(token) {
             Some(p) if p.expires > Instant::now() => Ok(p.clone()),
-            Some(_) => Err(AuthError::Unauthenticated("the token has expired")),
+            Some(p) => {
+                let address = p.address;
+                tokens.remove(token);
+                Err(AuthError::Expired(address))
+            }
             None => Err(AuthError::Unauthenticated(
                 "the token is not one this server issued",
             )),
@@ -367,9 +418,18 @@ mod tests {
         let message = auth.challenge(alice.address()).unwrap();
         let signature = alice.sign_message(&message).unwrap();
         let (token, _) = auth.sign_in(&message, &signature).unwrap();
+        let header = format!("Bearer {token}");
         assert_eq!(
-            auth.principal(Some(&format!("Bearer {token}"))),
-            Err(AuthError::Unauthenticated("the token has expired"))
+            auth.principal(Some(&header)),
+            Err(AuthError::Expired(alice.address())),
+            "the expired token names its account (for the audit log)"
+        );
+        assert_eq!(
+            auth.principal(Some(&header)),
+            Err(AuthError::Unauthenticated(
+                "the token is not one this server issued"
+            )),
+            "and is forgotten"
         );
         assert_eq!(
             auth.principal(None),

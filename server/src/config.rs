@@ -25,6 +25,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("server", "shutdown_grace_secs"),
     ("auth", "token_ttl_secs"),
     ("auth", "second_factor"),
+    ("auth", "passkey_rp_id"),
+    ("auth", "passkey_origin"),
     ("tls", "mode"),
     ("tls", "cert"),
     ("tls", "key"),
@@ -143,9 +145,16 @@ impl Default for ServerSection {
 pub struct AuthSection {
     /// How long a sign-in's token lasts.
     pub token_ttl_secs: u64,
-    /// Whether stewards and administrators must add a TOTP code to their
-    /// sign-in. Off only for a closed test deployment.
+    /// Whether every sign-in (the CLI's key, the page's passkey) must add
+    /// a TOTP code. Off only for a closed test deployment.
     pub second_factor: bool,
+    /// The WebAuthn relying party id of the page's passkeys: the host name
+    /// the browser shows (a domain, never an IP address); passkeys
+    /// registered under one id do not work under another.
+    pub passkey_rp_id: String,
+    /// The page's origin as the browser sends it (`https://cohort.example.org`);
+    /// empty: `<scheme>://<passkey_rp_id>:<the listening port>`.
+    pub passkey_origin: String,
 }
 
 impl Default for AuthSection {
@@ -153,6 +162,8 @@ impl Default for AuthSection {
         AuthSection {
             token_ttl_secs: 900,
             second_factor: true,
+            passkey_rp_id: "localhost".into(),
+            passkey_origin: String::new(),
         }
     }
 }

@@ -27,7 +27,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{AuthError, authorization};
+use super::auth::{AuthError, Factors, authorization};
 use super::gate::Gate;
 use super::status;
 use cohort_engine::DataDir;
@@ -218,7 +218,7 @@ impl FlightSqlService for Research {
         struct SignIn {
             message: String,
             signature: String,
-            /// The TOTP code, for stewards and administrators.
+            /// The TOTP code (every account, while `[auth] second_factor` is on).
             #[serde(default)]
             totp: Option<String>,
         }
@@ -238,25 +238,21 @@ impl FlightSqlService for Research {
                 AuthError::Busy => Status::resource_exhausted(e.to_string()),
                 _ => Status::unauthenticated(e.to_string()),
             })?;
-        let factor = match self
+        // A refused code is audited by the check.
+        let totp = self
             .gate
             .check_second_factor(address, sign_in.totp.as_deref())
-            .await
-        {
-            Ok(factor) => factor,
-            Err(e) => {
-                tracing::info!(account = %address, "sign-in refused: second factor");
-                return Err(e);
-            }
+            .await?;
+        let factors = Factors {
+            passkey: None,
+            totp,
         };
-        let second_factor = factor.is_some();
-        let token = self.gate.auth().issue_token(address, factor);
-        self.gate.audit(
-            address,
-            "auth.sign_in",
-            address,
-            serde_json::json!({"second_factor": second_factor}),
-        )?;
+        let detail = serde_json::json!({
+            "second_factor": factors.totp.is_some(),
+            "factors": factors.names(),
+        });
+        let token = self.gate.auth().issue_token(address, factors);
+        self.gate.audit(address, "auth.sign_in", address, detail)?;
         tracing::info!(account = %address, "signed in");
         let reply = HandshakeResponse {
             protocol_version: first.protocol_version,

@@ -1,11 +1,24 @@
 //! Who is calling, and whether their token may still act, decided at every
 //! call rather than at sign-in: the token must be issued, unexpired and not
-//! revoked ([`Auth`]), and an account that holds the steward or admin role
-//! on chain *now* must have signed in with the second factor it has
-//! enrolled *now*. Roles are read from the chain at each call, never
-//! cached: a role granted or revoked, a second factor enrolled again, take
-//! effect at the next call. What the account may then do is decided by the
-//! research path's own on-chain checks.
+//! revoked ([`Auth`]); with `[auth] second_factor` on, it must have been
+//! signed in with the TOTP secret its account has enrolled *now*; and a
+//! token signed in with a passkey acts only while that passkey is still
+//! registered. A TOTP secret enrolled again, or a passkey removed, take
+//! effect at the next call. What the account may then do is decided by
+//! the on-chain checks of the service behind (roles are read from the
+//! chain at each call, never cached).
+//!
+//! **Who needs the second factor: every account.** The roles that read
+//! records or move ether are patient (reads their records, pays visits,
+//! claims compensation), provider and emergency (read records, are paid),
+//! insurer (pays covered shares), researcher (sends a study's escrow),
+//! steward (approves studies that spend the budget) and admin (grants
+//! every role). The rest cannot be told apart at sign-in: a delegate (a
+//! caregiver) reads a patient's records by a delegation that needs no role
+//! at all, and any account can hold ether. So the factor is asked of every
+//! sign-in, not of a list of roles that a delegation would go around.
+//! Every refusal of a sign-in or of a token names what is missing and is
+//! written to the audit log (nothing else changes).
 
 use std::sync::Arc;
 
@@ -13,15 +26,13 @@ use cohort_ledger_bridge::Role;
 use cohort_ledger_bridge::alloy::primitives::Address;
 use tonic::{Request, Status};
 
-use super::auth::Auth;
+use super::auth::{Auth, AuthError, Principal, authorization};
 use super::{account_name, internal, status};
 use cohort_engine::research::Session;
-use cohort_engine::{DataDir, audit, keys::second_factor};
-
-/// The roles whose sign-in takes a second factor: they approve studies and
-/// grant roles, so a stolen key (or a stolen token from before the role
-/// was granted) alone must not be enough.
-const SECOND_FACTOR_ROLES: [Role; 2] = [Role::Steward, Role::Admin];
+use cohort_engine::{
+    DataDir, audit,
+    keys::{passkeys, second_factor},
+};
 
 /// The server's one check of its callers (Flight SQL, the study API and
 /// the web page all go through it).
@@ -29,7 +40,7 @@ pub struct Gate {
     auth: Arc<Auth>,
     session: Arc<Session>,
     dir: DataDir,
-    /// Whether stewards and administrators must add a TOTP code.
+    /// Whether every sign-in must add a TOTP code.
     second_factor: bool,
 }
 
@@ -53,53 +64,74 @@ impl Gate {
         &self.auth
     }
 
+    /// Whether sign-ins must add a TOTP code (`[auth] second_factor`).
+    pub(crate) fn second_factor(&self) -> bool {
+        self.second_factor
+    }
+
+    /// The token in `authorization`, whatever it may do now; an expired
+    /// token's refusal is audited (once: it is forgotten as it is refused).
+    pub(crate) fn principal(&self, authorization: Option<&str>) -> Result<Principal, Status> {
+        self.auth.principal(authorization).map_err(|e| {
+            if let AuthError::Expired(address) = e {
+                self.refused(address, "token", "the token has expired");
+            }
+            Status::unauthenticated(e.to_string())
+        })
+    }
+
     /// The account `request` comes from, if its token may act now;
     /// UNAUTHENTICATED saying why otherwise.
     pub(crate) async fn caller<T>(&self, request: &Request<T>) -> Result<Address, Status> {
-        let principal = self.auth.principal_of(request)?;
-        let address = principal.address;
-        if !self.needs_second_factor(address).await? {
-            return Ok(address);
-        }
-        let name = account_name(&self.dir, address)?;
-        let conn = self.dir.connect().map_err(internal)?;
-        let enrolled = second_factor::enrollment(&conn, &name).map_err(internal)?;
-        match (&principal.factor, &enrolled) {
-            (Some(signed_in_with), Some(now)) if signed_in_with == now => Ok(address),
-            (None, _) => Err(Status::unauthenticated(format!(
-                "`{name}` holds the steward or admin role now, and this token was issued without \
-                 a second factor: sign in again with one (`cohort login --totp`)"
-            ))),
-            _ => Err(Status::unauthenticated(format!(
-                "`{name}`'s second factor was enrolled again or removed since this sign-in: \
-                 sign in again"
-            ))),
-        }
-    }
-
-    /// Whether `address` must have signed in with a second factor: it
-    /// holds a [`SECOND_FACTOR_ROLES`] role now.
-    async fn needs_second_factor(&self, address: Address) -> Result<bool, Status> {
-        if !self.second_factor {
-            return Ok(false);
-        }
-        for role in SECOND_FACTOR_ROLES {
-            if self.session.has_role(role, address).await.map_err(status)? {
-                return Ok(true);
+        let principal = self.principal(authorization(request))?;
+        let missing = self.missing(&principal)?;
+        match missing.first() {
+            None => Ok(principal.address),
+            Some(why) => {
+                self.refused(principal.address, "token", why);
+                Err(Status::unauthenticated(why.clone()))
             }
         }
-        Ok(false)
     }
 
-    /// The sign-in's TOTP check for an account that needs one: the
-    /// enrollment it was checked against (the token records it), or
-    /// `None` when no second factor is due.
+    /// What `principal` lacks to act now, each in words; empty: nothing.
+    pub(crate) fn missing(&self, principal: &Principal) -> Result<Vec<String>, Status> {
+        let mut missing = Vec::new();
+        let conn = self.dir.connect().map_err(internal)?;
+        if let Some(credential) = &principal.factors.passkey
+            && !passkeys::exists(&conn, credential).map_err(internal)?
+        {
+            missing.push(
+                "the passkey this token was signed in with was removed: sign in again".to_string(),
+            );
+        }
+        if self.second_factor {
+            let name = account_name(&self.dir, principal.address)?;
+            let enrolled = second_factor::enrollment(&conn, &name).map_err(internal)?;
+            match (&principal.factors.totp, &enrolled) {
+                (Some(signed_in_with), Some(now)) if signed_in_with == now => {}
+                (None, _) => missing.push(format!(
+                    "this token of `{name}` was issued without a TOTP code, which every sign-in \
+                     needs: sign in again with one (`cohort login --totp`, or the code on the page)"
+                )),
+                _ => missing.push(format!(
+                    "`{name}`'s second factor was enrolled again or removed since this sign-in: \
+                     sign in again"
+                )),
+            }
+        }
+        Ok(missing)
+    }
+
+    /// The sign-in's TOTP check: the enrollment it was checked against
+    /// (the token records it), or `None` when the factor is off. A refusal
+    /// is audited.
     pub(crate) async fn check_second_factor(
         &self,
         address: Address,
         code: Option<&str>,
     ) -> Result<Option<String>, Status> {
-        if !self.needs_second_factor(address).await? {
+        if !self.second_factor {
             return Ok(None);
         }
         let name = account_name(&self.dir, address)?;
@@ -108,11 +140,28 @@ impl Gate {
             .duration_since(std::time::UNIX_EPOCH)
             .map_err(|_| Status::internal("the clock is before 1970"))?
             .as_secs();
-        self.session
+        match self
+            .session
             .verify_second_factor(&conn, &name, code, now)
             .map_err(internal)?
-            .map(Some)
-            .map_err(|e| Status::unauthenticated(e.to_string()))
+        {
+            Ok(enrollment) => Ok(Some(enrollment)),
+            Err(e) => {
+                self.refused(address, "totp", &e.to_string());
+                Err(Status::unauthenticated(e.to_string()))
+            }
+        }
+    }
+
+    /// Writes a refused sign-in or token to the audit log as
+    /// `auth.refused` (the factor and the reason; never a code or token).
+    /// A log that cannot be written is logged, and the refusal stands.
+    pub(crate) fn refused(&self, account: Address, factor: &str, reason: &str) {
+        let detail = serde_json::json!({ "factor": factor, "reason": reason });
+        if let Err(e) = self.audit(account, "auth.refused", account, detail) {
+            tracing::error!(error = %e.message(), "a refusal could not be audited");
+        }
+        tracing::info!(account = %account, factor, "refused");
     }
 
     /// Whether `address` holds `role` on chain now.

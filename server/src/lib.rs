@@ -17,7 +17,8 @@
 //! `proto/cohort/v1/cohort.proto`) and the clinical service
 //! ([`clinical_api`]) under the same tokens, a FHIR R4 REST API over the
 //! clinical service ([`fhir`], under `/fhir`), the web page ([`web`]), and
-//! the standard gRPC health service.
+//! the standard gRPC health service. The page's own sign-in (passkeys and
+//! TOTP) is [`passkey`] and `web::session`.
 
 pub mod api;
 pub mod appointments_api;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod fhir;
 pub mod flight;
 pub mod gate;
+pub mod passkey;
 pub mod sign_in;
 pub mod tls;
 pub mod web;
@@ -290,6 +292,13 @@ pub async fn serve(
         config.auth.second_factor,
     ));
     let scheme = if identity.is_some() { "https" } else { "http" };
+    let rp_id = config.auth.passkey_rp_id.trim();
+    let origin = match config.auth.passkey_origin.trim() {
+        "" => format!("{scheme}://{rp_id}:{}", bound.port()),
+        given => given.to_string(),
+    };
+    let passkeys = Arc::new(passkey::Passkeys::new(rp_id, &origin)?);
+    let sign_in = web::session::SignIn::new(Arc::clone(&gate), dir.clone(), passkeys);
     let api = api::StudyApi::new(Arc::clone(&session), dir.clone(), Arc::clone(&gate), scheme);
     let service = flight::Research::new(session, dir.clone(), gate);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -369,6 +378,7 @@ pub async fn serve(
         .routes()
         .into_axum_router()
         .merge(web::router(api.clone()))
+        .merge(web::session::router(sign_in))
         .merge(fhir::router(api))
         .layer(axum::extract::DefaultBodyLimit::max(max));
     let server = builder

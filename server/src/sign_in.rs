@@ -38,7 +38,8 @@ pub async fn challenge(
 }
 
 /// The handshake payload answering `message`: the message, `account`'s
-/// signature over it and, for stewards and admins, the TOTP code.
+/// signature over it and the TOTP code (every account, while the server
+/// asks for a second factor).
 pub fn handshake_payload(account: &Account, message: &str, totp: Option<&str>) -> Result<Vec<u8>> {
     let signature = account
         .sign_message(message)

@@ -6,9 +6,13 @@
 //! on chain allow (`/api/me`); the server refuses the rest whatever the
 //! page shows.
 //!
-//! The browser holds the bearer token (from `cohort login`) in session
-//! storage and sends it as `authorization`; no cookie is set, so another
-//! site cannot make the browser act for the user. The page renders data
+//! A patient or provider signs in on the page itself ([`session`]): the
+//! account's name, a passkey (WebAuthn with user verification: the
+//! fingerprint, face or PIN of a platform authenticator) and, while
+//! `[auth] second_factor` is on, the current TOTP code. A developer may
+//! still paste a token from `cohort login`. The browser holds the bearer
+//! token in session storage and sends it as `authorization`; no cookie is
+//! set, so another site cannot make the browser act for the user. The page renders data
 //! only as text (never as HTML) and is served with a strict
 //! Content-Security-Policy.
 
@@ -30,6 +34,8 @@ use pb::insurance_server::Insurance;
 use pb::records_server::Records;
 use pb::roles_server::Roles;
 use pb::studies_server::Studies;
+
+pub mod session;
 
 const PAGE: &str = include_str!("web/index.html");
 const SCRIPT: &str = include_str!("web/app.js");

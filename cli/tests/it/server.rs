@@ -89,8 +89,21 @@ impl Drop for Server {
     }
 }
 
+/// Signs `actor` in with its key and a fresh TOTP code (enrolled on first
+/// use): the server asks every account for one while `[auth]
+/// second_factor` is on. The token.
 pub(crate) fn login(data: &Path, server: &Server, actor: &str) -> String {
-    let o = cohort(data, &["login", "--as", actor, "--server", &server.url]);
+    let code = totp_code(data, actor);
+    let args = [
+        "login",
+        "--as",
+        actor,
+        "--server",
+        &server.url,
+        "--totp",
+        &code,
+    ];
+    let o = cohort(data, &args);
     assert!(o.status.success(), "login as {actor}: {}", stderr(&o));
     stdout(&o).trim().to_string()
 }
@@ -102,32 +115,46 @@ pub(crate) fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// Enrolls `actor`'s second factor and signs in with its current code.
-pub(crate) fn login_totp(data: &Path, server: &Server, actor: &str) -> String {
-    let secret = enroll_totp(data, actor);
-    let code = cohort_engine::keys::second_factor::code_for(&secret, unix_now()).unwrap();
-    let args = [
-        "login",
-        "--as",
-        actor,
-        "--server",
-        &server.url,
-        "--totp",
-        &code,
-    ];
-    let o = cohort(data, &args);
-    assert!(
-        o.status.success(),
-        "login as {actor} with TOTP: {}",
-        stderr(&o)
-    );
-    stdout(&o).trim().to_string()
+/// The TOTP secrets the tests enrolled, by data directory and account,
+/// with the last time step each signed in with.
+type Factors = std::collections::BTreeMap<(std::path::PathBuf, String), (String, u64)>;
+static FACTORS: std::sync::Mutex<Factors> = std::sync::Mutex::new(Factors::new());
+
+/// A TOTP code of `actor` the server has not seen yet (enrolling its
+/// secret on first use). The server accepts each 30-second step once, and
+/// the steps next to the current one: a third sign-in of one account
+/// within a step waits for the clock (the server's real clock, which a
+/// test cannot move).
+pub(crate) fn totp_code(data: &Path, actor: &str) -> String {
+    let key = (data.to_path_buf(), actor.to_string());
+    if !FACTORS.lock().unwrap().contains_key(&key) {
+        enroll_totp(data, actor);
+    }
+    let mut factors = FACTORS.lock().unwrap();
+    let (secret, last) = factors.get_mut(&key).unwrap();
+    let now = unix_now() / 30;
+    let step = (*last + 1).max(now);
+    if step > now + 1 {
+        let wait = (step - 1) * 30 - unix_now();
+        std::thread::sleep(std::time::Duration::from_secs(wait + 1));
+    }
+    *last = step;
+    cohort_engine::keys::second_factor::code_for(secret, step * 30).unwrap()
 }
 
-/// Enrolls `actor`'s second factor; its secret (base32).
+/// Enrolls `actor`'s second factor (again, if it had one); its secret
+/// (base32), which [`totp_code`] then uses.
 pub(crate) fn enroll_totp(data: &Path, actor: &str) -> String {
-    let e = crate::cohort_json(data, &["account", "totp", actor]);
-    e["secret"].as_str().unwrap().to_string()
+    let mut args = vec!["account", "totp", actor];
+    let key = (data.to_path_buf(), actor.to_string());
+    if FACTORS.lock().unwrap().contains_key(&key) {
+        args.push("--replace");
+    }
+    let e = crate::cohort_json(data, &args);
+    let secret = e["secret"].as_str().unwrap().to_string();
+    // A new secret starts from no step used.
+    FACTORS.lock().unwrap().insert(key, (secret.clone(), 0));
+    secret
 }
 
 /// A TLS endpoint trusting the certificate the server generated in `data`.
@@ -196,7 +223,7 @@ fn flight_sql_answers_signed_in_researchers_and_refuses_everyone_else() {
     );
     let token = login(&s.data, &server, "researcher");
     assert_eq!(token.len(), 64, "a 32-byte hex token: {token}");
-    let steward = login_totp(&s.data, &server, "steward-1");
+    let steward = login(&s.data, &server, "steward-1");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // The researcher's question is answered, debited and streamed as Arrow.
@@ -365,7 +392,7 @@ fn login_names_what_is_wrong() {
 }
 
 #[test]
-fn stewards_sign_in_with_a_second_factor_used_once() {
+fn every_account_signs_in_with_a_second_factor_used_once() {
     let s = setup(5);
     let server = Server::start(&s.data);
     let login_with = |actor: &str, code: Option<&str>| {
@@ -388,8 +415,35 @@ fn stewards_sign_in_with_a_second_factor_used_once() {
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(stdout(&ok).trim().len(), 64);
     assert_fails_with(&login_with("steward-1", Some(&code)), "already used");
-    // A researcher needs no second factor (and an ignored code does no harm).
-    assert!(login_with("researcher", None).status.success());
+    // Every account needs it, whatever its roles: a researcher sends
+    // escrow, an account without a role may read a patient's records as
+    // their delegate.
+    for who in ["researcher", "outsider"] {
+        if who == "outsider" {
+            crate::cohort_json(&s.data, &["account", "new", who]);
+        }
+        assert_fails_with(&login_with(who, None), "cohort account totp");
+        let secret = enroll_totp(&s.data, who);
+        assert_fails_with(&login_with(who, None), "--totp");
+        let code = cohort_engine::keys::second_factor::code_for(&secret, unix_now()).unwrap();
+        assert!(login_with(who, Some(&code)).status.success(), "{who}");
+    }
+    // Each refusal is audited.
+    let log = crate::cohort_json(&s.data, &["audit", "log", "--limit", "500"]);
+    let refused: Vec<&serde_json::Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "auth.refused")
+        .collect();
+    // steward-1: not enrolled, no code, a wrong code, a replayed code; the
+    // others: not enrolled, no code.
+    assert_eq!(refused.len(), 4 + 2 * 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["detail"].to_string().contains("wrong or expired"))
+    );
     // Enrolling again without --replace is refused.
     let again = cohort(&s.data, &["account", "totp", "steward-1"]);
     assert_fails_with(&again, "--replace");
@@ -543,7 +597,7 @@ fn the_study_api_over_grpc_does_what_the_cli_does() {
     let patient = login(&s.data, &server, "patient-0");
     let stewards: Vec<String> = ["steward-1", "steward-2"]
         .iter()
-        .map(|name| login_totp(&s.data, &server, name))
+        .map(|name| login(&s.data, &server, name))
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -96,15 +96,18 @@ fn a_thousand_requests_from_fifty_clients_mostly_bad() {
     let token = login(&s.data, &server, "researcher");
     let before = remaining(&s.data, id);
     let vault = s.dir.unlock(PASSPHRASE).unwrap();
-    let researcher = accounts::get(vault.conn(), vault.keys(), "researcher").unwrap();
+    // The replayed sign-in is another account's (the researcher has used
+    // its TOTP codes of this step), with its own code.
+    let signer = accounts::get(vault.conn(), vault.keys(), "steward-1").unwrap();
+    let code = crate::server::totp_code(&s.data, "steward-1");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let study = id.to_string();
     let tally: BTreeMap<&'static str, BTreeMap<String, usize>> = rt.block_on(async {
         // One signed sign-in, answered once: every later copy is a replay.
         let ch = channel(&s.data, &server.url).await;
         let mut flight = FlightServiceClient::new(ch);
-        let message = sign_in::challenge(&mut flight, &researcher).await.unwrap();
-        let payload = sign_in::handshake_payload(&researcher, &message, None).unwrap();
+        let message = sign_in::challenge(&mut flight, &signer).await.unwrap();
+        let payload = sign_in::handshake_payload(&signer, &message, Some(&code)).unwrap();
         let handshake = |payload: Vec<u8>| HandshakeRequest {
             protocol_version: 0,
             payload: payload.into(),

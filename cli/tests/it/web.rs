@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::research::{setup, study_text};
-use crate::server::{Server, login, login_totp};
+use crate::server::{Server, login};
 use crate::{cohort, cohort_json, stderr, stdout};
 
 /// The folder of the Playwright scripts and the Chromium to drive.
@@ -66,7 +66,7 @@ fn stewards_providers_patients_and_auditors_use_the_page_in_chromium() {
     cohort_json(&s.data, &["account", "grant", "auditor", "auditor"]);
 
     let server = Server::start(&s.data);
-    let steward = login_totp(&s.data, &server, "steward-1");
+    let steward = login(&s.data, &server, "steward-1");
     let patient = login(&s.data, &server, "patient-0");
     let provider = login(&s.data, &server, "dr-no");
     let emergency = login(&s.data, &server, "dr-er");
@@ -300,4 +300,104 @@ fn patients_book_and_providers_run_their_calendar_in_chromium() {
             }
         }
     }
+}
+
+#[test]
+fn patients_register_a_passkey_and_sign_in_with_it_and_totp_in_chromium() {
+    let (here, chromium) = browser();
+    let s = setup(4);
+    cohort_json(
+        &s.data,
+        &[
+            "account",
+            "new",
+            "patient-0",
+            "--patient",
+            &s.patient_ids[0],
+        ],
+    );
+    // What the operator hands the patient: a TOTP secret for their app and
+    // a one-time code to register a passkey.
+    let secret = crate::server::enroll_totp(&s.data, "patient-0");
+    let invite = cohort_json(&s.data, &["account", "passkey", "invite", "patient-0"]);
+    let code = invite["code"].as_str().unwrap().to_string();
+    // WebAuthn needs a secure context whose host is a domain: the page is
+    // opened as http://localhost (a browser trusts loopback without TLS;
+    // with the self-signed certificate it would refuse passkeys).
+    let server = Server::start_env(&s.data, &[("COHORT_TLS_MODE", "off")]);
+    let url = server.url.replace("127.0.0.1", "localhost");
+    let shots = tempfile::tempdir().unwrap();
+    let kept = std::env::var_os("COHORT_SCREENSHOT_DIR").map(PathBuf::from);
+    let shot_dir = kept.as_deref().unwrap_or(shots.path());
+    let o = Command::new("node")
+        .arg(here.join("passkey.mjs"))
+        .env("COHORT_SERVER", &url)
+        .env("ACCOUNT", "patient-0")
+        .env("ENROLMENT_CODE", &code)
+        .env("TOTP_SECRET", &secret)
+        .env("SHOT_DIR", shot_dir)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("node runs");
+    assert!(
+        o.status.success(),
+        "the passkey page test failed:\n{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let png = std::fs::read(shot_dir.join("passkey.png")).expect("a screenshot");
+    assert!(png.len() > 5_000 && &png[1..4] == b"PNG");
+    assert!(server.stop().success());
+
+    // One passkey, stored with the counter of its last sign-in.
+    let keys = cohort_json(&s.data, &["account", "passkey", "list", "patient-0"]);
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0]["label"], "test laptop");
+    assert!(keys[0]["last_used_at"].is_string(), "{keys:?}");
+
+    // The audit log: the invitation, the registration, two sign-ins with
+    // both factors, two sign-outs, and each refusal with its reason.
+    let log = cohort_json(&s.data, &["audit", "log", "--limit", "100000"]);
+    let entries = log.as_array().unwrap();
+    let of = |action: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| e["detail"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(of("account.passkey.invite").len(), 1);
+    assert_eq!(of("account.passkey.register").len(), 1);
+    let sign_ins = of("auth.sign_in");
+    assert_eq!(sign_ins.len(), 2, "{sign_ins:?}");
+    for d in &sign_ins {
+        assert!(d.contains("passkey") && d.contains("totp"), "{d}");
+    }
+    assert_eq!(of("auth.logout").len(), 2);
+    let refused = of("auth.refused");
+    let has = |factor: &str, why: &str| {
+        refused
+            .iter()
+            .any(|d| d.contains(&format!("\"factor\":\"{factor}\"")) && d.contains(why))
+    };
+    assert!(has("enrolment code", "is wrong"), "{refused:?}");
+    assert!(has("passkey", "already used"), "the replay: {refused:?}");
+    assert!(
+        has("passkey", "refused"),
+        "the replay in a new ceremony: {refused:?}"
+    );
+    assert!(has("totp", "wrong or expired"), "{refused:?}");
+    // Neither the TOTP secret nor the enrolment code is in the log.
+    let text = log.to_string();
+    assert!(!text.contains(&secret) && !text.contains(&code));
+
+    // The operator removes the passkey (a lost laptop), once.
+    let id = keys[0]["credential_id"].as_str().unwrap().to_string();
+    let removed = cohort_json(&s.data, &["account", "passkey", "remove", "patient-0", &id]);
+    assert_eq!(removed["removed"], id.as_str());
+    let none = cohort_json(&s.data, &["account", "passkey", "list", "patient-0"]);
+    assert_eq!(none.as_array().map(Vec::len), Some(0), "{none}");
+    let again = crate::cohort(&s.data, &["account", "passkey", "remove", "patient-0", &id]);
+    crate::assert_fails_with(&again, "has no passkey");
 }

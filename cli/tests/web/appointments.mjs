@@ -47,7 +47,16 @@ try {
   const waitStatus = (text) =>
     page.waitForFunction((t) => document.getElementById("status").textContent.includes(t), text);
   const signIn = async (token) => {
-    if (await page.isVisible("#signout")) await page.click("#signout");
+    // Switching accounts by dropping the tab's token, not "Sign out", which
+    // would end it on the server (the script signs in with each token again;
+    // passkey.mjs tests signing out).
+    if (await page.isVisible("#signout")) {
+      await page.evaluate(() => sessionStorage.clear());
+      await page.reload();
+      await page.waitForSelector("#signin", { state: "visible" });
+    }
+    // The developer's way in: a token from `cohort login`.
+    await page.$eval("#developer", (d) => { d.open = true; });
     await page.fill("#token", token);
     await page.click("#signin-button");
     await page.waitForFunction(() => document.getElementById("whoami").textContent !== "");

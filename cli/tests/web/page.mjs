@@ -46,7 +46,16 @@ try {
   const waitStatus = (text) =>
     page.waitForFunction((t) => document.getElementById("status").textContent.includes(t), text);
   const signIn = async (token) => {
-    if (await page.isVisible("#signout")) await page.click("#signout");
+    // Switching accounts by dropping the tab's token, not "Sign out", which
+    // would end it on the server (the script signs in with each token again;
+    // passkey.mjs tests signing out).
+    if (await page.isVisible("#signout")) {
+      await page.evaluate(() => sessionStorage.clear());
+      await page.reload();
+      await page.waitForSelector("#signin", { state: "visible" });
+    }
+    // The developer's way in: a token from `cohort login`.
+    await page.$eval("#developer", (d) => { d.open = true; });
     await page.fill("#token", token);
     await page.click("#signin-button");
     await page.waitForFunction(() => document.getElementById("whoami").textContent !== "");
@@ -56,6 +65,7 @@ try {
 
   await page.goto(server + "/");
   // Not a token: refused by the page itself.
+  await page.$eval("#developer", (d) => { d.open = true; });
   await page.fill("#token", "not a token");
   await page.click("#signin-button");
   check((await status()).includes("64 hex"), "a malformed token is refused");

@@ -1,4 +1,4 @@
-//! The second factor of stewards and administrators: a TOTP secret
+//! The second factor every account adds to its sign-in: a TOTP secret
 //! (RFC 6238: HMAC-SHA-1, 6 digits, 30-second steps, as every
 //! authenticator app reads it), enrolled once and stored only wrapped by
 //! the keystore.

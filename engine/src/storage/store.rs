@@ -112,7 +112,7 @@ CREATE TABLE IF NOT EXISTS accounts (
     created_at  TEXT NOT NULL
 );
 
--- A steward's or administrator's TOTP secret (RFC 6238), wrapped by the
+-- An account's TOTP secret (RFC 6238), wrapped by the
 -- keystore like the account key; last_step is the last time step accepted,
 -- so that a code is never accepted twice.
 CREATE TABLE IF NOT EXISTS second_factors (
@@ -121,6 +121,27 @@ CREATE TABLE IF NOT EXISTS second_factors (
     kek_id         TEXT NOT NULL,
     enrolled_at    TEXT NOT NULL,
     last_step      INTEGER NOT NULL DEFAULT 0
+);
+
+-- Passkeys (WebAuthn credentials) of the accounts that sign in on the web
+-- page: the credential as the server's ceremony stored it (public key,
+-- algorithm, signature counter; no secret), keys/passkeys.rs.
+CREATE TABLE IF NOT EXISTS passkeys (
+    credential_id TEXT PRIMARY KEY,
+    account       TEXT NOT NULL REFERENCES accounts(name),
+    credential    TEXT NOT NULL,
+    label         TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    last_used_at  TEXT
+);
+CREATE INDEX IF NOT EXISTS passkeys_by_account ON passkeys (account);
+
+-- The one-time code that authorises registering a passkey for an account:
+-- only its SHA-256 digest, until expires_at (Unix seconds); used once.
+CREATE TABLE IF NOT EXISTS passkey_invites (
+    account     TEXT PRIMARY KEY REFERENCES accounts(name),
+    code_digest BLOB NOT NULL,
+    expires_at  INTEGER NOT NULL
 );
 
 -- The columnar projection: the current version of each resource, flattened.

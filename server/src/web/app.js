@@ -138,6 +138,125 @@ function etherCell(row, wei) {
 // The signed-in account, as /api/me said.
 let me = {};
 
+// ---- passkeys (WebAuthn) ---------------------------------------------------
+// The server's options carry binary fields as base64url text; the browser
+// wants ArrayBuffers, and its answer goes back as base64url text.
+
+function fromB64u(text) {
+  const b64 = text.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(text.length / 4) * 4, "=");
+  const bin = atob(b64);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return bytes.buffer;
+}
+
+function toB64u(buffer) {
+  let bin = "";
+  for (const b of new Uint8Array(buffer)) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+// A copy of `o` without its null members (the browser refuses some).
+function defined(o) {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== null && v !== undefined));
+}
+
+function withIds(list) {
+  return (list || []).map((c) => defined({ ...c, id: fromB64u(c.id) }));
+}
+
+async function createPasskey(options) {
+  const pk = defined(options.publicKey);
+  pk.challenge = fromB64u(pk.challenge);
+  pk.user = { ...pk.user, id: fromB64u(pk.user.id) };
+  pk.excludeCredentials = withIds(pk.excludeCredentials);
+  const c = await navigator.credentials.create({ publicKey: pk });
+  return {
+    id: c.id,
+    rawId: toB64u(c.rawId),
+    type: c.type,
+    response: {
+      attestationObject: toB64u(c.response.attestationObject),
+      clientDataJSON: toB64u(c.response.clientDataJSON),
+      transports: c.response.getTransports ? c.response.getTransports() : undefined,
+    },
+    extensions: c.getClientExtensionResults(),
+  };
+}
+
+async function usePasskey(options) {
+  const pk = defined(options.publicKey);
+  pk.challenge = fromB64u(pk.challenge);
+  pk.allowCredentials = withIds(pk.allowCredentials);
+  const c = await navigator.credentials.get({ publicKey: pk });
+  return {
+    id: c.id,
+    rawId: toB64u(c.rawId),
+    type: c.type,
+    response: {
+      authenticatorData: toB64u(c.response.authenticatorData),
+      clientDataJSON: toB64u(c.response.clientDataJSON),
+      signature: toB64u(c.response.signature),
+      userHandle: c.response.userHandle ? toB64u(c.response.userHandle) : null,
+    },
+    extensions: c.getClientExtensionResults(),
+  };
+}
+
+// A POST without a token (the sign-in ceremonies), or with the session's.
+async function post(path, body, withToken) {
+  const headers = { "content-type": "application/json" };
+  if (withToken) headers.authorization = "Bearer " + sessionStorage.getItem(KEY);
+  const r = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
+  const answer = await r.json().catch(() => ({ error: r.statusText }));
+  if (!r.ok) throw new Error(answer.error || r.statusText);
+  return answer;
+}
+
+// The browser's own refusals (no authenticator, the person cancelled) in words.
+function browserError(e) {
+  if (e && e.name === "NotAllowedError") return "the passkey was not used (cancelled, timed out, or not verified)";
+  if (e && e.name === "InvalidStateError") return "this device already holds a passkey for this account";
+  return e.message || String(e);
+}
+
+async function passkeySignIn() {
+  const account = $("account").value.trim();
+  const totp = $("totp").value.trim();
+  const start = await post("/api/passkeys/sign-in/start", { account });
+  let credential;
+  try {
+    credential = await usePasskey(start.options);
+  } catch (e) {
+    throw new Error(browserError(e));
+  }
+  const body = { ceremony: start.ceremony, credential };
+  if (totp) body.totp = totp;
+  const done = await post("/api/passkeys/sign-in/finish", body);
+  $("totp").value = "";
+  sessionStorage.setItem(KEY, done.token);
+  await signedIn(true);
+}
+
+async function registerPasskey(viaSession) {
+  const body = viaSession
+    ? { label: "another device" }
+    : { account: $("register-account").value.trim(), code: $("register-code").value.trim(), label: $("register-label").value.trim() };
+  const start = await post("/api/passkeys/register/start", body, viaSession);
+  let credential;
+  try {
+    credential = await createPasskey(start.options);
+  } catch (e) {
+    throw new Error(browserError(e));
+  }
+  const done = await post("/api/passkeys/register/finish", { ceremony: start.ceremony, credential });
+  if (!viaSession) {
+    $("register-code").value = "";
+    $("account").value = done.account;
+  }
+  return `passkey "${done.label}" registered for ${done.account}: sign in with it`;
+}
+
 // ---- patient -------------------------------------------------------------
 
 // A notification in words (its JSON in the cell's title).
@@ -671,16 +790,21 @@ const LOADERS = {
   steward: loadSteward,
 };
 
+// Which sign-in the page is showing: a load that ends after its account
+// signed out (or another signed in) says nothing.
+let generation = 0;
+
 async function show(which) {
   for (const s of SECTIONS) {
     $(s).hidden = s !== which;
     $("tab-" + s).setAttribute("aria-pressed", s === which);
   }
   say("");
+  const mine = generation;
   try {
     await LOADERS[which]();
   } catch (e) {
-    say(e.message, true);
+    if (mine === generation) say(e.message, true);
   }
 }
 
@@ -700,6 +824,8 @@ function allowed(who) {
 }
 
 async function signedIn(yes) {
+  generation += 1;
+  const mine = generation;
   $("signin").hidden = yes;
   $("tabs").hidden = !yes;
   for (const s of SECTIONS) {
@@ -707,6 +833,7 @@ async function signedIn(yes) {
     $("tab-" + s).hidden = true;
   }
   $("whoami").textContent = "";
+  $("session-info").textContent = "";
   me = {};
   // Nothing of the previous account stays on the page.
   for (const id of ["booked", "reason", "published", "book-slot"]) {
@@ -715,13 +842,25 @@ async function signedIn(yes) {
   }
   unquote();
   if (!yes) return;
+  let who;
   try {
-    me = await api("/api/me");
+    who = await api("/api/me");
   } catch (e) {
-    say(e.message, true);
+    if (mine === generation) say(e.message, true);
     return;
   }
+  if (mine !== generation) return;
+  me = who;
   const open = allowed(me);
+  try {
+    const s = await api("/api/session");
+    const until = new Date(Date.now() + s.expires_in_secs * 1000).toLocaleTimeString();
+    if (mine === generation) $("session-info").textContent = `signed in with ${s.factors.join(" + ")}, until ${until}`;
+  } catch (_) {
+    $("session-info").textContent = "";
+  }
+  if (mine !== generation) return;
+  // Who, and the tabs, at once (a script waits for the one to see the other).
   $("whoami").textContent = `${me.account} (${(me.roles || []).join(", ") || "no role"})`;
   const first = SECTIONS.find((s) => open[s]);
   for (const s of SECTIONS) $("tab-" + s).hidden = !open[s];
@@ -745,10 +884,41 @@ document.addEventListener("DOMContentLoaded", () => {
     signedIn(true);
   });
   for (const s of SECTIONS) $("tab-" + s).addEventListener("click", () => show(s));
-  $("signout").addEventListener("click", () => {
+  $("passkey-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    say("");
+    try {
+      await passkeySignIn();
+    } catch (e) {
+      say(e.message, true);
+    }
+  });
+  $("register-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      say(await registerPasskey(false));
+    } catch (e) {
+      say(e.message, true);
+    }
+  });
+  $("add-passkey").addEventListener("click", async () => {
+    try {
+      say(await registerPasskey(true));
+    } catch (e) {
+      say(e.message, true);
+    }
+  });
+  // Signing out ends the token on the server, not only in this tab.
+  $("signout").addEventListener("click", async () => {
+    let ended = true;
+    try {
+      await post("/api/sign-out", {}, true);
+    } catch (_) {
+      ended = false;
+    }
     sessionStorage.removeItem(KEY);
-    signedIn(false);
-    say("signed out");
+    await signedIn(false);
+    say(ended ? "signed out" : "signed out of this tab (the token had already ended)");
   });
   $("grant-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
