@@ -268,14 +268,14 @@ pub(crate) enum NotificationsCmd {
 
 /// What every clinical command needs: the vault, the acting account
 /// (authenticated by its key), the chain.
-struct Ctx {
-    vault: Vault,
-    actor: Actor,
-    client: Client,
-    rt: tokio::runtime::Runtime,
+pub(crate) struct Ctx {
+    pub(crate) vault: Vault,
+    pub(crate) actor: Actor,
+    pub(crate) client: Client,
+    pub(crate) rt: tokio::runtime::Runtime,
 }
 
-fn ctx(cli: &Cli, dir: &DataDir) -> anyhow::Result<Ctx> {
+pub(crate) fn ctx(cli: &Cli, dir: &DataDir) -> anyhow::Result<Ctx> {
     let vault = unlock(cli, dir, None)?;
     let actor = Actor::authenticate(vault.conn(), vault.keys(), &cli.actor)?;
     let rt = runtime()?;

@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use cohort_engine::DataDir;
-use cohort_engine::access::Actor;
 use cohort_engine::compliance::Compliance;
 
 use crate::Cli;
-use crate::cli_common::{emit, runtime, unlock};
+use crate::cli_common::emit;
+use crate::clinical_cli::{Ctx, ctx, sync};
 
 #[derive(Subcommand)]
 pub(crate) enum RetentionCmd {
@@ -82,10 +82,12 @@ fn parse_when(field: &str, text: &str) -> anyhow::Result<DateTime<Utc>> {
 }
 
 pub(crate) fn retention(cli: &Cli, dir: &DataDir, cmd: &RetentionCmd) -> anyhow::Result<ExitCode> {
-    let vault = unlock(cli, dir, None)?;
-    let actor = Actor::authenticate(vault.conn(), vault.keys(), &cli.actor)?;
-    let rt = runtime()?;
-    let (_, client) = rt.block_on(cohort_engine::chain::client(dir))?;
+    let Ctx {
+        vault,
+        actor,
+        client,
+        rt,
+    } = ctx(cli, dir)?;
     let service = Compliance::new(&vault, &client);
     match cmd {
         RetentionCmd::Policy {
@@ -136,7 +138,7 @@ pub(crate) fn retention(cli: &Cli, dir: &DataDir, cmd: &RetentionCmd) -> anyhow:
             });
         }
         RetentionCmd::Run { dry_run } => {
-            rt.block_on(cohort_engine::chain::sync(dir, &mut dir.connect()?))?;
+            sync(dir, &rt)?;
             let now = rt.block_on(client.ledger().now())?;
             let now = DateTime::from_timestamp(now as i64, 0)
                 .ok_or_else(|| anyhow::anyhow!("the chain's clock reads {now}"))?;
@@ -173,11 +175,13 @@ pub(crate) fn report(cli: &Cli, dir: &DataDir, args: &ReportArgs) -> anyhow::Res
         Some(t) => parse_when("--to", t)?,
         None => now,
     };
-    let vault = unlock(cli, dir, None)?;
-    let actor = Actor::authenticate(vault.conn(), vault.keys(), &cli.actor)?;
-    let rt = runtime()?;
-    let (_, client) = rt.block_on(cohort_engine::chain::client(dir))?;
-    rt.block_on(cohort_engine::chain::sync(dir, &mut dir.connect()?))?;
+    let Ctx {
+        vault,
+        actor,
+        client,
+        rt,
+    } = ctx(cli, dir)?;
+    sync(dir, &rt)?;
     let report = rt.block_on(Compliance::new(&vault, &client).report(
         dir,
         &actor,
@@ -234,11 +238,13 @@ pub(crate) fn disclosures(
     since: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let since = since.map(|t| parse_when("--since", t)).transpose()?;
-    let vault = unlock(cli, dir, None)?;
-    let actor = Actor::authenticate(vault.conn(), vault.keys(), &cli.actor)?;
-    let rt = runtime()?;
-    let (_, client) = rt.block_on(cohort_engine::chain::client(dir))?;
-    rt.block_on(cohort_engine::chain::sync(dir, &mut dir.connect()?))?;
+    let Ctx {
+        vault,
+        actor,
+        client,
+        rt,
+    } = ctx(cli, dir)?;
+    sync(dir, &rt)?;
     let a = rt.block_on(Compliance::new(&vault, &client).disclosures(&actor, patient, since))?;
     emit(cli, &a, || {
         if a.disclosures.is_empty() {

@@ -747,6 +747,9 @@ mod tests {
         );
     }
 
+    // Not skipped: `a_rotation_by_another_process_is_followed_without_a_restart`
+    // runs it in a second process (`--exact --ignored`, with its own
+    // SOFTHSM2_CONF) and asserts that it passed. Run alone it has no token.
     #[test]
     #[ignore = "the other process of a_rotation_by_another_process_is_followed_without_a_restart"]
     fn another_process_adds_a_kek() {
