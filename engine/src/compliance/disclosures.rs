@@ -153,14 +153,16 @@ fn kinds(records: &[String]) -> String {
 
 fn study_title(conn: &Connection, study_id: i64) -> Result<String> {
     use rusqlite::OptionalExtension;
+    if !crate::storage::store::table_exists(conn, "research_studies")? {
+        return Ok(format!("study {study_id}"));
+    }
     let title: Option<String> = conn
         .query_row(
             "SELECT title FROM research_studies WHERE study_id = ?1 LIMIT 1",
             [study_id],
             |r| r.get(0),
         )
-        .optional()
-        .unwrap_or(None);
+        .optional()?;
     Ok(match title {
         Some(t) => format!("study {study_id} ({t})"),
         None => format!("study {study_id}"),
