@@ -265,6 +265,10 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     let clinical = crate::demo_clinical::clinical(&rt, &vault, &client, &admin, &linked[0], &say)?;
     keep("clinical", clinical);
 
+    say("\n5b'. Key recovery: guardians restore a lost key, the grants follow the patient");
+    let recovered = crate::demo_recovery::recovery(&rt, &vault, &client, &linked[2], &say)?;
+    keep("recovery", recovered);
+
     say(
         "\n5c. Appointments: booked and paid into escrow, confirmed, reminded, completed; a no-show",
     );

@@ -49,10 +49,12 @@ mod compliance_cli;
 mod demo;
 mod demo_appointments;
 mod demo_clinical;
+mod demo_recovery;
 mod dp_cli;
 mod keys_cli;
 mod ledger_cli;
 mod records_cli;
+mod recovery_cli;
 mod research_cli;
 mod serve_cli;
 use account_cli::{AccountCmd, account};
@@ -262,6 +264,10 @@ enum Command {
     /// Retention: per-type policies, legal holds, the purge (admins).
     #[command(subcommand)]
     Retention(compliance_cli::RetentionCmd),
+    /// Key recovery: guardians and shares, opening, approving, attesting,
+    /// completing and reviewing a recovery.
+    #[command(subcommand)]
+    Recovery(recovery_cli::RecoveryCmd),
     /// The regulatory report for the operator (admins and auditors):
     /// accesses, emergencies and reviews, studies and budgets, erasures and
     /// purges, and what verification finds. Exit status 3 when it finds a
@@ -602,6 +608,7 @@ anchored {} versions on chain as batch {}",
             compliance_cli::disclosures(cli, &dir()?, patient, since.as_deref())
         }
         Command::Retention(cmd) => compliance_cli::retention(cli, &dir()?, cmd),
+        Command::Recovery(cmd) => recovery_cli::recovery_cmd(cli, &dir()?, cmd),
         Command::Report(args) => compliance_cli::report(cli, &dir()?, args),
         Command::Patient(PatientCmd::Erase {
             patient,

@@ -30,6 +30,7 @@ pub mod fhir;
 pub mod flight;
 pub mod gate;
 pub mod passkey;
+pub mod recovery_api;
 pub mod sign_in;
 pub mod tls;
 pub mod web;
@@ -370,6 +371,10 @@ pub async fn serve(
         )
         .add_service(
             api::pb::compliance_server::ComplianceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            api::pb::recovery_server::RecoveryServer::new(api.clone())
                 .max_decoding_message_size(max),
         );
     // The web page and its JSON API beside the gRPC services, on one port;

@@ -32,6 +32,7 @@ use pb::compensation_server::Compensation;
 use pb::consents_server::Consents;
 use pb::insurance_server::Insurance;
 use pb::records_server::Records;
+use pb::recovery_server::Recovery;
 use pb::roles_server::Roles;
 use pb::studies_server::Studies;
 
@@ -78,6 +79,13 @@ pub fn router(api: StudyApi) -> axum::Router {
         .route("/api/emergencies", get(emergencies).post(trigger))
         .route("/api/emergencies/{id}/review", post(review))
         .route("/api/providers", get(providers))
+        .route("/api/recovery", post(recovery_open))
+        .route(
+            "/api/recovery/guardians",
+            get(recovery_guardians).post(recovery_set_guardians),
+        )
+        .route("/api/recovery/{id}/{step}", post(recovery_step))
+        .route("/api/recovery/{id}/trail", get(recovery_trail))
         .route("/api/slots", get(slots))
         .route("/api/quote", get(quote))
         .route("/api/availability", post(publish))
@@ -640,4 +648,115 @@ async fn reason(State(api): State<StudyApi>, Path(id): Path<u64>, headers: Heade
 
 async fn coverage(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
     reply(Insurance::show(&api, request(&headers, pb::ShowCoverageRequest {})).await)
+}
+
+// ---- recovery: `service Recovery`'s calls ----
+
+#[derive(Deserialize)]
+struct GuardiansForm {
+    guardians: Vec<String>,
+    threshold: u32,
+    #[serde(default)]
+    backup: String,
+}
+
+async fn recovery_set_guardians(
+    State(api): State<StudyApi>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: GuardiansForm = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::SetGuardiansRequest {
+        guardians: f.guardians,
+        threshold: f.threshold,
+        backup: f.backup,
+    };
+    reply(Recovery::set_guardians(&api, request(&headers, message)).await)
+}
+
+async fn recovery_guardians(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    let message = pb::GuardiansRequest {
+        patient: String::new(),
+    };
+    reply(Recovery::guardians(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize)]
+struct OpenForm {
+    patient: String,
+}
+
+async fn recovery_open(
+    State(api): State<StudyApi>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: OpenForm = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::OpenRecoveryRequest { patient: f.patient };
+    reply(Recovery::open_recovery(&api, request(&headers, message)).await)
+}
+
+#[derive(Deserialize, Default)]
+struct StepForm {
+    #[serde(default)]
+    evidence: String,
+    #[serde(default)]
+    justified: bool,
+    #[serde(default)]
+    finding: String,
+}
+
+/// One step of recovery `id`: approve, attest, backup, complete, cancel or
+/// review.
+async fn recovery_step(
+    State(api): State<StudyApi>,
+    Path((id, step)): Path<(u64, String)>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: StepForm = if bytes.is_empty() {
+        StepForm::default()
+    } else {
+        match body(&bytes) {
+            Ok(f) => f,
+            Err(s) => return refusal(s),
+        }
+    };
+    let evidence = pb::RecoveryEvidence {
+        id,
+        evidence: f.evidence,
+    };
+    let which = pb::RecoveryId { id };
+    reply(match step.as_str() {
+        "approve" => Recovery::approve_recovery(&api, request(&headers, evidence)).await,
+        "attest" => Recovery::attest_identity(&api, request(&headers, evidence)).await,
+        "backup" => Recovery::release_backup(&api, request(&headers, which)).await,
+        "complete" => Recovery::complete_recovery(&api, request(&headers, which)).await,
+        "cancel" => Recovery::cancel_recovery(&api, request(&headers, which)).await,
+        "review" => {
+            let message = pb::ReviewRecoveryRequest {
+                id,
+                justified: f.justified,
+                finding: f.finding,
+            };
+            Recovery::review_recovery(&api, request(&headers, message)).await
+        }
+        other => Err(tonic::Status::not_found(format!(
+            "no recovery step `{other}`: approve, attest, backup, complete, cancel or review"
+        ))),
+    })
+}
+
+async fn recovery_trail(
+    State(api): State<StudyApi>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    reply(Recovery::recovery_trail(&api, request(&headers, pb::RecoveryId { id })).await)
 }

@@ -22,6 +22,7 @@ mod notebooks;
 mod owner;
 mod privacy_audit;
 mod query;
+mod recovery;
 mod research;
 mod server;
 mod server_auth;

@@ -65,7 +65,22 @@ fn stewards_providers_patients_and_auditors_use_the_page_in_chromium() {
     cohort_json(&s.data, &["account", "new", "auditor"]);
     cohort_json(&s.data, &["account", "grant", "auditor", "auditor"]);
 
+    // A patient who will lose their key, and the fresh account taking over.
+    cohort_json(
+        &s.data,
+        &[
+            "account",
+            "new",
+            "patient-1",
+            "--patient",
+            &s.patient_ids[1],
+        ],
+    );
+    cohort_json(&s.data, &["account", "new", "patient-1-new"]);
+
     let server = Server::start(&s.data);
+    let recovering = login(&s.data, &server, "patient-1");
+    let new_key = login(&s.data, &server, "patient-1-new");
     let steward = login(&s.data, &server, "steward-1");
     let patient = login(&s.data, &server, "patient-0");
     let provider = login(&s.data, &server, "dr-no");
@@ -84,6 +99,8 @@ fn stewards_providers_patients_and_auditors_use_the_page_in_chromium() {
         .env("PROVIDER_TOKEN", &provider)
         .env("EMERGENCY_TOKEN", &emergency)
         .env("AUDITOR_TOKEN", &auditor)
+        .env("RECOVERING_TOKEN", &recovering)
+        .env("NEW_KEY_TOKEN", &new_key)
         .env("PATIENT_ID", &s.patient_ids[0])
         .env("PENDING_STUDY", pending.to_string())
         .env("PENDING_TITLE", title)
@@ -130,6 +147,12 @@ fn stewards_providers_patients_and_auditors_use_the_page_in_chromium() {
     assert_eq!(o["provider_name"], "dr-er");
     assert_eq!(o["review"], "justified", "the auditor's click: {o}");
     assert_eq!(o["finding"], "the patient could not consent");
+    // The recovery made on the page: patient-1's link moved to the new account.
+    let moved =
+        cohort_engine::access::patients::of_patient(&s.dir.connect().unwrap(), &s.patient_ids[1])
+            .unwrap()
+            .unwrap();
+    assert_eq!(moved.name, "patient-1-new", "the page's recovery completed");
     let log = cohort_json(&s.data, &["access", "log", "--as", "patient-0"]);
     assert!(
         log.as_array()

@@ -83,7 +83,7 @@ try {
     // round-the-clock hours, the check-up's fee and a half deposit.
     await signIn(env("PROVIDER_TOKEN"));
     check(
-      JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-provider", "tab-calendar"]),
+      JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-provider", "tab-calendar", "tab-recovery"]),
       `a provider sees the provider and calendar views: ${await visibleTabs()}`,
     );
     await page.click("#tab-calendar");
@@ -108,7 +108,7 @@ try {
     // The patient books two slots.
     await signIn(env("PATIENT_TOKEN"));
     check(
-      JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-patient", "tab-appointments"]),
+      JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-patient", "tab-appointments", "tab-recovery"]),
       `a patient sees their records and appointments: ${await visibleTabs()}`,
     );
     await page.click("#tab-appointments");

@@ -72,7 +72,7 @@ try {
 
   // A steward approves the pending study.
   await signIn(env("STEWARD_TOKEN"));
-  check(JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-steward"]), "a steward sees the steward view only");
+  check(JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-steward", "tab-recovery"]), "a steward sees the steward view (and recovery) only");
   const row = page.locator(`#pending tr[data-study="${pending}"]`);
   await row.waitFor();
   // The title, HTML in it, is shown as text and never parsed.
@@ -91,7 +91,7 @@ try {
   // A provider without a grant is refused, and told why.
   await signIn(env("PROVIDER_TOKEN"));
   check(
-    JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-provider", "tab-calendar"]),
+    JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-provider", "tab-calendar", "tab-recovery"]),
     "a provider sees the provider and calendar views only",
   );
   await page.fill("#records-patient", patientId);
@@ -103,7 +103,7 @@ try {
   // The patient: only their own view; withdraws a consent, grants the provider.
   await signIn(env("PATIENT_TOKEN"));
   check(
-    JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-patient", "tab-appointments"]),
+    JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-patient", "tab-appointments", "tab-recovery"]),
     "a patient sees their records and appointments, no steward tab",
   );
   check(await page.isHidden("#tab-steward"), "no Steward tab for a patient");
@@ -201,7 +201,7 @@ try {
 
   // The auditor reviews the override.
   await signIn(env("AUDITOR_TOKEN"));
-  check(JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-auditor"]), "an auditor sees the auditor view only");
+  check(JSON.stringify(await visibleTabs()) === JSON.stringify(["tab-auditor", "tab-recovery"]), "an auditor sees the auditor view (and recovery) only");
   const override = page.locator("#queue tbody tr", { hasText: "dr-er" });
   await override.waitFor();
   check((await override.textContent()).includes("unconscious on arrival"), "the reason is shown");
@@ -219,6 +219,49 @@ try {
   check(summary.includes("verification found nothing wrong") && /[1-9]\d* under an emergency override/.test(summary) && summary.includes("1 override(s) opened"), `the report's summary: ${summary}`);
   check(await page.isVisible("#report-link"), "the printable report is offered");
   await page.screenshot({ path: `${shots}/auditor.png`, fullPage: true });
+
+  // Key recovery on the Recovery tab: patient-1 names two guardians; a
+  // fresh account opens a recovery; a non-guardian is refused; both
+  // guardians approve; a provider attests; the new account completes; the
+  // auditor reads the trail and reviews it.
+  const recoveryTab = async (token) => {
+    await signIn(token);
+    await page.click("#tab-recovery");
+    await page.waitForSelector("#recovery", { state: "visible" });
+  };
+  await recoveryTab(env("RECOVERING_TOKEN"));
+  await page.fill("#guardians-names", "steward-1, dr-no");
+  await page.fill("#guardians-threshold", "2");
+  await page.click("#guardians-button");
+  await waitStatus("2 of 2 guardians named");
+  check((await page.textContent("#guardians-state")).includes("steward-1, dr-no"), "the guardians are shown");
+  await recoveryTab(env("NEW_KEY_TOKEN"));
+  await page.fill("#recovery-patient", "patient-1");
+  await page.click("#recovery-open-button");
+  await waitStatus("recovery ");
+  const id = await page.inputValue("#recovery-id");
+  const step = async (token, button, evidence, expect) => {
+    await recoveryTab(token);
+    await page.fill("#recovery-id", id);
+    await page.fill("#recovery-evidence", evidence);
+    await page.click(button);
+    await waitStatus(expect);
+  };
+  await step(env("EMERGENCY_TOKEN"), "#recovery-approve", "not a guardian", "NotAGuardian");
+  check(page.locator("#status.error").count() !== 0, "a non-guardian's approval is shown as refused");
+  await step(env("STEWARD_TOKEN"), "#recovery-approve", "video call with photo ID", "1/2 guardian approvals");
+  await step(env("PROVIDER_TOKEN"), "#recovery-approve", "met in person", "2/2 guardian approvals");
+  await step(env("EMERGENCY_TOKEN"), "#recovery-attest", "checked the passport", "identity attested by dr-er");
+  await step(env("NEW_KEY_TOKEN"), "#recovery-complete", "", "completed");
+  await recoveryTab(env("AUDITOR_TOKEN"));
+  await page.fill("#trail-id", id);
+  await page.click("#trail-button");
+  await page.waitForFunction(() => document.querySelectorAll("#recovery-trail tbody tr").length >= 5);
+  const trailText = await page.textContent("#recovery-trail");
+  check(trailText.includes("identity attested by a provider") && trailText.includes("recovery.approve.refused"), "the trail has the chain's events and the refusal");
+  await page.fill("#recovery-finding", "two guardians and a provider verified the person");
+  await page.click("#recovery-justified");
+  await waitStatus("review justified");
   check(errors.length === 0, `no script errors: ${errors.join("; ")}`);
 } finally {
   await browser.close();

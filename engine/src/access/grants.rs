@@ -114,6 +114,43 @@ pub(crate) fn explain(actor: &Actor, e: Error) -> Error {
         "NotIssuerOfCredential" => Error::Forbidden(format!(
             "`{who}` neither attested this credential nor is an admin"
         )),
+        "NotAGuardian" => Error::Forbidden(format!(
+            "`{who}` is not one of this patient's guardians (of the current round)"
+        )),
+        "AlreadyApproved" => Error::Invalid(format!("`{who}` has already approved this recovery")),
+        "KeyInUse" => Error::Invalid(
+            "that key already acts for a patient: a recovery moves control to a fresh account (`cohort account new NAME`)".into(),
+        ),
+        "NoGuardians" => Error::Invalid(
+            "the patient has named no guardians (`cohort recovery guardians`)".into(),
+        ),
+        "RecoveryOpen" => Error::Invalid(
+            "a recovery of this patient is open: it must complete or be cancelled first (`cohort recovery show`)".into(),
+        ),
+        "NoSuchRecovery" => Error::NotFound("there is no such recovery".into()),
+        "RecoveryNotOpen" => Error::Invalid("this recovery is not open (completed or cancelled)".into()),
+        "RecoveryStale" => Error::Invalid(
+            "the patient's guardians changed since this recovery opened".into(),
+        ),
+        "TooFewApprovals" => Error::Forbidden(
+            "not enough of the patient's guardians have approved this recovery yet".into(),
+        ),
+        "NotAttested" => Error::Forbidden(
+            "no credentialed provider has attested the person's identity yet (`cohort recovery attest`)".into(),
+        ),
+        "AttesterConflict" => Error::Forbidden(format!(
+            "`{who}` is a guardian of the patient or a party to this recovery, so cannot attest the identity"
+        )),
+        "NotTheNewKey" => Error::Forbidden(format!(
+            "`{who}` is not the account this recovery moves control to"
+        )),
+        "NotAllowedToCancel" => Error::Forbidden(format!(
+            "`{who}` may not cancel this recovery: the new account or an auditor may"
+        )),
+        "RecoveryNotCompleted" => Error::Invalid("this recovery has not completed".into()),
+        "InvalidGuardians" => Error::Invalid(
+            "name 1 to 16 distinct guardians (not yourself) and a threshold from 1 to their number".into(),
+        ),
         _ => return e,
     };
     with_contract_error(said, &revert.message)
@@ -153,13 +190,19 @@ fn account_address(conn: &Connection, name: &str, what: &str) -> Result<Address>
         .map_err(|_| Error::Invalid(format!("account `{name}` has a bad address")))
 }
 
-/// Registers `actor` as a patient on chain if they are not one yet
-/// (idempotent; a patient's first grant does it).
+/// Registers `actor` as a patient on chain unless their key already acts
+/// for one (their own identity, or one a recovery moved to them);
+/// idempotent, a patient's first grant does it.
 pub async fn ensure_patient(client: &Client, actor: &Actor) -> Result<()> {
-    if !client
-        .has_role(cohort_ledger_bridge::Role::Patient, actor.address())
-        .await?
-    {
+    let acts_for = client
+        .view(
+            Target::Access,
+            CohortAccess::patientOfCall {
+                key: actor.address(),
+            },
+        )
+        .await?;
+    if acts_for == Address::ZERO {
         client
             .send(
                 actor.account(),
@@ -252,7 +295,10 @@ pub async fn grant(
                     purposes: req.purposes,
                     kinds: req.kinds,
                 };
-                (client.tx(Target::Access, call), Some(actor.address()))
+                (
+                    client.tx(Target::Access, call),
+                    Some(patients::identity_of(conn, actor)?),
+                )
             }
             Some(p) => {
                 let patient = patients::find(conn, p)?.address;
@@ -290,7 +336,7 @@ pub async fn revoke(
     };
     send_step(conn, client, actor, step, async {
         let patient = match on_behalf_of {
-            None => actor.address(),
+            None => patients::identity_of(conn, actor)?,
             Some(p) => patients::find(conn, p)?.address,
         };
         let call = CohortAccess::revokeAccessCall { patient, provider };
@@ -326,7 +372,10 @@ pub async fn delegate(
             maxLevel: max_level.code(),
             duration: duration_secs,
         };
-        Ok((client.tx(Target::Access, call), Some(actor.address())))
+        Ok((
+            client.tx(Target::Access, call),
+            Some(patients::identity_of(conn, actor)?),
+        ))
     })
     .await
 }
@@ -348,7 +397,10 @@ pub async fn undelegate(
     };
     send_step(conn, client, actor, step, async {
         let call = CohortAccess::revokeDelegateCall { delegate };
-        Ok((client.tx(Target::Access, call), Some(actor.address())))
+        Ok((
+            client.tx(Target::Access, call),
+            Some(patients::identity_of(conn, actor)?),
+        ))
     })
     .await
 }

@@ -8,6 +8,7 @@ pub mod emergency;
 pub mod grants;
 pub mod notifications;
 pub mod patients;
+pub mod recovery;
 pub mod roles;
 pub mod scope;
 

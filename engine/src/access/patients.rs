@@ -81,6 +81,13 @@ pub fn require(conn: &Connection, patient_id: &str) -> Result<PatientAccount> {
     })
 }
 
+/// The patient identity `actor` acts for here: the identity of the vault
+/// patient linked to their account (after a recovery, not their own
+/// address), else their own address.
+pub fn identity_of(conn: &Connection, actor: &super::Actor) -> Result<Address> {
+    Ok(of_account(conn, actor.name())?.map_or(actor.address(), |p| p.address))
+}
+
 /// A patient named by their account name or their vault patient id.
 pub fn find(conn: &Connection, name_or_id: &str) -> Result<PatientAccount> {
     if let Some(p) = of_account(conn, name_or_id)? {
@@ -151,4 +158,28 @@ pub fn read_log(conn: &Connection, patient: Address) -> Result<Vec<ReadEntry>> {
             })
         })
         .collect()
+}
+
+/// After a recovery: the vault patient whose identity is `patient` is now
+/// acted for by account `new_account` (their identity address stays, so
+/// their grants, consents and history stay theirs). `None`: no vault
+/// patient is linked to that identity here.
+pub fn relink(conn: &Connection, patient: Address, new_account: &str) -> Result<Option<String>> {
+    if !linked_any(conn)? {
+        return Ok(None);
+    }
+    let patient_id: Option<String> = conn
+        .query_row(
+            "SELECT patient_id FROM research_patients WHERE lower(address) = ?1",
+            [format!("{patient:#x}")],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = &patient_id {
+        conn.execute(
+            "UPDATE research_patients SET account = ?2 WHERE patient_id = ?1",
+            rusqlite::params![id, new_account],
+        )?;
+    }
+    Ok(patient_id)
 }

@@ -222,6 +222,9 @@ pub fn refusal(code: u8, actor: &str, patient: &str, wanted: &str) -> String {
         13 => format!(
             "`{actor}` no longer controls patient {patient}'s records (their control was recovered to another key)"
         ),
+        14 => format!(
+            "an auditor found the recovery of patient {patient}'s key unjustified: `{actor}` acts for no one until a new recovery completes"
+        ),
         other => format!(
             "the chain refused `{actor}` access to patient {patient}'s records (reason {other})"
         ),
@@ -257,7 +260,7 @@ mod tests {
                 .to_string()
                 .contains("summary")
         );
-        for code in 2..=13 {
+        for code in 2..=14 {
             assert!(refusal(code, "dr-x", "p1", "this read").contains("dr-x"));
         }
     }

@@ -400,7 +400,7 @@ pub async fn book(
     let quote = match quote(
         conn,
         client,
-        actor.address(),
+        patients::identity_of(conn, actor)?,
         &req.provider,
         &req.visit_type,
         req.start,
@@ -765,7 +765,8 @@ pub async fn reason(vault: &Vault, client: &Client, actor: &Actor, id: u64) -> R
     install(conn)?;
     let opened = async {
         let a = on_chain(client, id).await?;
-        if actor.address() != a.patient && actor.address() != a.provider {
+        let me = patients::identity_of(conn, actor)?;
+        if me != a.patient && actor.address() != a.provider {
             return Err(Error::Forbidden(format!(
                 "`{}` is neither the patient nor the provider of appointment {id}",
                 actor.name()

@@ -199,7 +199,7 @@ impl<'a> Compliance<'a> {
                 }
             };
         let target = format!("Patient/{}", account.patient_id);
-        if actor.address() != account.address {
+        if actor.name() != account.name {
             self.require(
                 actor,
                 &PRIVACY_OFFICERS,

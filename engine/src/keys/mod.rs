@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod ecies;
 pub mod keystore;
 pub mod passkeys;
 pub mod pkcs11;

@@ -118,8 +118,12 @@ impl Session {
     /// Claims every unclaimed share of `patient` (optionally of one study),
     /// each with its Merkle proof.
     pub async fn claim(&self, patient: &Account, study_id: Option<u64>) -> Result<Claimed> {
-        let earnings = self.earnings(patient.address(), study_id).await?;
         let conn = self.dir.connect()?;
+        // The patient's identity (a recovered key claims the shares of the
+        // identity it acts for; the contract pays the key).
+        let identity = crate::access::patients::of_account(&conn, patient.name())?
+            .map_or(patient.address(), |p| p.address);
+        let earnings = self.earnings(identity, study_id).await?;
         let mut paid = U256::ZERO;
         let mut queries = Vec::new();
         for share in earnings.shares.iter().filter(|s| !s.claimed) {
@@ -133,11 +137,10 @@ impl Session {
                 );
             }
             let tree = MemberTree::new(members)?;
-            let proof = tree.proof(patient.address()).ok_or_else(|| {
+            let proof = tree.proof(identity).ok_or_else(|| {
                 Error::Invalid(format!(
                     "{:#x} has no share of query {}",
-                    patient.address(),
-                    share.query_id
+                    identity, share.query_id
                 ))
             })?;
             let amount: U256 = share.amount.parse().unwrap_or(U256::ZERO);
@@ -165,13 +168,13 @@ impl Session {
             &audit::Event {
                 actor: patient.name(),
                 action: "compensation.claim",
-                target: &format!("{:#x}", patient.address()),
+                target: &format!("{identity:#x}"),
                 purpose: "compensation",
                 detail: serde_json::json!({ "queries": queries, "paid": paid.to_string() }),
             },
         )?;
         Ok(Claimed {
-            address: format!("{:#x}", patient.address()),
+            address: format!("{identity:#x}"),
             queries,
             paid: paid.to_string(),
             paid_text: study::format_wei(paid),

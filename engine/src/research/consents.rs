@@ -251,7 +251,13 @@ impl Session {
                     "SELECT study_id FROM ledger_consents WHERE patient = ?1 AND active = 1
                      ORDER BY study_id",
                 )?
-                .query_map([format!("{:#x}", account.address())], |r| r.get(0))?
+                .query_map(
+                    [format!(
+                        "{:#x}",
+                        crate::access::patients::require(&conn, patient_id)?.address
+                    )],
+                    |r| r.get(0),
+                )?
                 .collect::<rusqlite::Result<_>>()?;
             for study in studies {
                 let study = study as u64;

@@ -109,7 +109,10 @@ CREATE TABLE IF NOT EXISTS accounts (
     address     TEXT NOT NULL UNIQUE,
     wrapped_key BLOB NOT NULL,
     kek_id      TEXT NOT NULL,
-    created_at  TEXT NOT NULL
+    created_at  TEXT NOT NULL,
+    -- Its compressed SEC1 public key (hex), what data keys are sealed to;
+    -- back-filled when an account of an older directory is loaded.
+    public_key  TEXT
 );
 
 -- An account's TOTP secret (RFC 6238), wrapped by the
@@ -229,6 +232,21 @@ pub fn open(path: &Path) -> Result<Connection> {
         check_version(path, &found)?;
     }
     conn.execute_batch(SCHEMA)?;
+    // Directories from before accounts had public keys.
+    let has_public_key: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('accounts') WHERE name = 'public_key')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_public_key {
+        // Another process opening the same file may have added it first.
+        match conn.execute("ALTER TABLE accounts ADD COLUMN public_key TEXT", []) {
+            Err(e) if e.to_string().contains("duplicate column") => {}
+            other => {
+                other?;
+            }
+        }
+    }
     // OR IGNORE: two processes may create the same new file at once.
     conn.execute(
         "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?1)",

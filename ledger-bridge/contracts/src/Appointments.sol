@@ -344,16 +344,17 @@ contract Appointments is ReentrancyGuard {
     function book(address provider, uint64 start, bytes32 visitType, bytes32 reasonHash)
         external
         payable
-        onlyRole(access.PATIENT_ROLE())
         returns (uint256 id)
     {
+        address patient = access.patientOf(msg.sender);
+        if (patient == address(0)) revert MissingRole(access.PATIENT_ROLE(), msg.sender);
         if (!access.isCredentialed(provider)) revert NotCredentialed(provider);
         if (start <= block.timestamp) revert InPast(start);
         if (_hours[provider].slotSeconds == 0) revert NoHours(provider);
         if (!inHours(provider, start)) revert OutsideHours(provider, start);
         (bool taken, uint256 other) = bookingAt(provider, start);
         if (taken) revert SlotTaken(provider, start, other);
-        Quote memory q = quote(msg.sender, provider, visitType, start);
+        Quote memory q = quote(patient, provider, visitType, start);
         if (msg.value < q.deposit) revert PaymentBelow(msg.value, q.deposit);
         if (msg.value > q.copay) revert PaymentAbove(msg.value, q.copay);
         if (q.insurerShare > 0) {
@@ -366,7 +367,7 @@ contract Appointments is ReentrancyGuard {
         if (confirmBy > start) confirmBy = start;
         id = _appointments.length;
         Appointment memory a = Appointment({
-            patient: msg.sender,
+            patient: patient,
             provider: provider,
             insurer: q.insurer,
             start: start,
@@ -420,7 +421,7 @@ contract Appointments is ReentrancyGuard {
     /// The insurer's share always goes back to its funds.
     function cancel(uint256 id) external nonReentrant {
         Appointment storage a = _appointment(id);
-        if (msg.sender != a.patient && msg.sender != a.provider) revert NotParty(id, msg.sender);
+        if (msg.sender != access.controllerOf(a.patient) && msg.sender != a.provider) revert NotParty(id, msg.sender);
         if (a.status != Status.Booked && a.status != Status.Confirmed) revert WrongStatus(id, a.status);
         if (block.timestamp >= a.start) revert TooLate(id, a.start);
         if (msg.sender == a.provider) {
@@ -448,7 +449,7 @@ contract Appointments is ReentrancyGuard {
     /// it goes straight to the provider.
     function pay(uint256 id) external payable nonReentrant {
         Appointment storage a = _appointment(id);
-        if (msg.sender != a.patient) revert NotParty(id, msg.sender);
+        _requirePatientOf(id, a);
         if (a.status != Status.Booked && a.status != Status.Confirmed && a.status != Status.Completed) {
             revert WrongStatus(id, a.status);
         }
@@ -492,7 +493,7 @@ contract Appointments is ReentrancyGuard {
     /// The patient disputes a no-show within the window.
     function dispute(uint256 id) external {
         Appointment storage a = _appointment(id);
-        if (msg.sender != a.patient) revert NotParty(id, msg.sender);
+        _requirePatientOf(id, a);
         _expect(id, a, Status.NoShow);
         uint64 deadline = a.markedAt + disputeWindow;
         if (block.timestamp >= deadline) revert TooLate(id, deadline);
@@ -577,8 +578,15 @@ contract Appointments is ReentrancyGuard {
         }
         if (toInsurer > 0) insurerFunds[a.insurer] += toInsurer;
         emit AppointmentSettled(id, status, msg.sender, toPatient, toProvider, toInsurer, fromInsurer, uint64(block.timestamp));
-        _send(a.patient, toPatient);
+        // To the key that acts for the patient now (after a recovery, not
+        // the old, possibly stolen, one).
+        _send(access.controllerOf(a.patient), toPatient);
         _send(a.provider, uint256(toProvider) + fromInsurer);
+    }
+
+    /// Only the key that acts for the booking's patient now.
+    function _requirePatientOf(uint256 id, Appointment storage a) private view {
+        if (msg.sender != access.controllerOf(a.patient)) revert NotParty(id, msg.sender);
     }
 
     function _send(address to, uint256 amount) private {

@@ -6,8 +6,13 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 /// @title CohortAccess: roles, provider credentials, patients' access grants
 /// and emergency overrides. The registry every other cohort contract reads
 /// its roles and grants from.
-/// @dev Grants are keyed by the patient's address. Time is the block
-/// timestamp; every expiry is exclusive (a grant expiring at t is void at t).
+/// @dev A patient is identified by the address that registered (their
+/// *identity*); the key that acts for them (their *controller*) is that
+/// address until a guardian recovery moves it to a new key. Grants,
+/// delegations, overrides, consents and bookings are keyed by the identity,
+/// so they follow the patient to the new key, and the old key loses every
+/// power at once. Time is the block timestamp; every expiry is exclusive (a
+/// grant expiring at t is void at t).
 contract CohortAccess is AccessControl {
     bytes32 public constant ADMIN_ROLE = DEFAULT_ADMIN_ROLE;
     bytes32 public constant PATIENT_ROLE = keccak256("cohort.PATIENT");
@@ -58,6 +63,12 @@ contract CohortAccess is AccessControl {
     uint8 public constant DENY_KIND = 10;
     uint8 public constant DENY_EMERGENCY_ENDED = 11;
     uint8 public constant DENY_NOT_A_PROVIDER = 12;
+    /// The actor is the patient's identity, but a recovery moved control of
+    /// it to another key.
+    uint8 public constant DENY_KEY_REPLACED = 13;
+    /// An auditor found the patient's last recovery unjustified: nobody acts
+    /// for them until a new recovery completes.
+    uint8 public constant DENY_RECOVERY_DISPUTED = 14;
 
     /// The longest grant or delegation a patient can give in one call.
     uint64 public constant MAX_DURATION = 366 days;
@@ -114,6 +125,58 @@ contract CohortAccess is AccessControl {
     /// open none until an admin restores them.
     mapping(address provider => bool) public emergencySuspended;
 
+    /// A patient's guardians: any `threshold` of the `members` approve a
+    /// recovery. `sharesHash` commits to the key shares the engine sealed to
+    /// each guardian (and to `backupKey`, if the patient registered one) in
+    /// this `round`; every change bumps the round, so stale approvals lapse.
+    struct Guardians {
+        address[] members;
+        uint8 threshold;
+        uint64 round;
+        address backupKey;
+        bytes32 sharesHash;
+    }
+
+    enum RecoveryState {
+        None,
+        Open,
+        Completed,
+        Cancelled
+    }
+
+    /// One recovery of a patient's control: opened by the new key, approved
+    /// by guardians (each attesting the person's identity), attested by a
+    /// credentialed provider, completed by the new key, then reviewed by an
+    /// auditor.
+    struct Recovery {
+        address patient;
+        address newKey;
+        address oldKey;
+        uint64 round;
+        uint64 openedAt;
+        uint8 approvals;
+        RecoveryState state;
+        address attestedBy;
+        bytes32 attestationHash;
+        uint64 completedAt;
+        Review review;
+        address reviewer;
+        bytes32 findingHash;
+    }
+
+    /// The key that acts for a patient, when a recovery moved it.
+    mapping(address patient => address key) private _controller;
+    /// The patient a recovered key acts for.
+    mapping(address key => address patient) private _patientOfKey;
+    mapping(address patient => Guardians) private _guardians;
+    Recovery[] private _recoveries;
+    mapping(uint256 id => mapping(address guardian => bytes32 attestationHash)) private _approvalOf;
+    /// The open recovery of each patient (id + 1), at most one at a time.
+    mapping(address patient => uint256) private _openRecovery;
+    /// Patients whose last recovery an auditor found unjustified.
+    mapping(address patient => bool) public recoveryDisputed;
+    uint256 public pendingRecoveryReviews;
+
     event PatientRegistered(address indexed patient);
     event CredentialAttested(address indexed provider, address indexed issuer, bytes32 licenseHash, uint64 expiresAt);
     event CredentialRevoked(address indexed provider, address indexed by);
@@ -137,6 +200,15 @@ contract CohortAccess is AccessControl {
     event EmergencySuspended(address indexed provider, uint256 indexed id);
     event EmergencyRestored(address indexed provider, address indexed by);
     event EmergencyDurationSet(uint64 duration);
+    event GuardiansSet(
+        address indexed patient, address[] guardians, uint8 threshold, uint64 round, address backupKey, bytes32 sharesHash
+    );
+    event RecoveryOpened(uint256 indexed id, address indexed patient, address indexed newKey, uint64 round);
+    event RecoveryApproved(uint256 indexed id, address indexed guardian, bytes32 attestationHash, uint8 approvals);
+    event IdentityAttested(uint256 indexed id, address indexed provider, bytes32 attestationHash);
+    event ControlRecovered(uint256 indexed id, address indexed patient, address oldKey, address indexed newKey);
+    event RecoveryCancelled(uint256 indexed id, address indexed by);
+    event RecoveryReviewed(uint256 indexed id, address indexed reviewer, bool justified, bytes32 findingHash);
 
     error InvalidLevel(uint8 level);
     error InvalidPurposes(uint8 purposes);
@@ -157,6 +229,21 @@ contract CohortAccess is AccessControl {
     error AlreadyReviewed(uint256 id);
     error NotIssuerOfCredential(address provider, address issuer);
     error ZeroAddress();
+    error InvalidGuardians(uint256 count, uint8 threshold);
+    error NotAGuardian(address patient, address account);
+    error AlreadyApproved(uint256 id, address guardian);
+    error KeyInUse(address key);
+    error NoGuardians(address patient);
+    error RecoveryOpen(address patient, uint256 id);
+    error NoSuchRecovery(uint256 id);
+    error RecoveryNotOpen(uint256 id);
+    error RecoveryStale(uint256 id, uint64 round, uint64 current);
+    error TooFewApprovals(uint256 id, uint8 approvals, uint8 threshold);
+    error NotAttested(uint256 id);
+    error AttesterConflict(uint256 id, address provider);
+    error NotTheNewKey(uint256 id, address caller);
+    error NotAllowedToCancel(uint256 id, address caller);
+    error RecoveryNotCompleted(uint256 id);
 
     constructor(address admin) {
         if (admin == address(0)) revert ZeroAddress();
@@ -165,9 +252,27 @@ contract CohortAccess is AccessControl {
 
     // ---------------------------------------------------------------- patients
 
-    /// Any account may register itself as a patient.
+    /// Any account may register itself as a patient, unless it already acts
+    /// for one (a recovered key).
     function registerPatient() external {
+        if (_patientOfKey[msg.sender] != address(0)) revert KeyInUse(msg.sender);
         if (_grantRole(PATIENT_ROLE, msg.sender)) emit PatientRegistered(msg.sender);
+    }
+
+    /// The key that acts for `patient` now: their own address unless a
+    /// recovery moved it (zero while an auditor disputes the recovery).
+    function controllerOf(address patient) public view returns (address) {
+        if (recoveryDisputed[patient]) return address(0);
+        address key = _controller[patient];
+        return key == address(0) ? patient : key;
+    }
+
+    /// The patient `key` acts for, or zero if it acts for none (an old key
+    /// after a recovery acts for none).
+    function patientOf(address key) public view returns (address) {
+        address patient = _patientOfKey[key];
+        if (patient == address(0) && hasRole(PATIENT_ROLE, key)) patient = key;
+        return patient != address(0) && controllerOf(patient) == key ? patient : address(0);
     }
 
     // ------------------------------------------------------------- credentials
@@ -210,16 +315,14 @@ contract CohortAccess is AccessControl {
     /// A patient grants `provider` access at `level` for `duration`
     /// seconds, for treatment, to every kind of record.
     function grantAccess(address provider, uint64 duration, uint8 level) external {
-        _requirePatient(msg.sender);
-        _grant(msg.sender, provider, duration, level, PURPOSE_TREATMENT, ALL_KINDS, msg.sender);
+        _grant(_actingPatient(), provider, duration, level, PURPOSE_TREATMENT, ALL_KINDS, msg.sender);
     }
 
     /// A patient grants access limited to some purposes and record kinds.
     function grantAccessScoped(address provider, uint64 duration, uint8 level, uint8 purposes, uint32 kinds)
         external
     {
-        _requirePatient(msg.sender);
-        _grant(msg.sender, provider, duration, level, purposes, kinds, msg.sender);
+        _grant(_actingPatient(), provider, duration, level, purposes, kinds, msg.sender);
     }
 
     /// A patient's delegate grants access on the patient's behalf, within
@@ -242,7 +345,7 @@ contract CohortAccess is AccessControl {
 
     /// The patient (or a delegate) revokes a provider's grant.
     function revokeAccess(address patient, address provider) external {
-        if (msg.sender != patient) _activeDelegation(patient, msg.sender);
+        if (msg.sender != controllerOf(patient)) _activeDelegation(patient, msg.sender);
         Grant storage g = _grants[patient][provider];
         if (g.level == LEVEL_NONE || g.revokedAt != 0 || block.timestamp >= g.expiresAt) {
             revert NoSuchGrant(patient, provider);
@@ -280,7 +383,11 @@ contract CohortAccess is AccessControl {
         returns (uint8 reason, bool emergency)
     {
         if (!hasRole(PATIENT_ROLE, patient)) return (DENY_NOT_A_PATIENT, false);
-        if (actor == patient) return (OK, false);
+        address controller = controllerOf(patient);
+        if (actor == controller) return (OK, false);
+        if (actor == patient || actor == _controller[patient]) {
+            return (recoveryDisputed[patient] ? DENY_RECOVERY_DISPUTED : DENY_KEY_REPLACED, false);
+        }
         Delegation storage d = _delegations[patient][actor];
         if (d.maxLevel >= level && block.timestamp < d.expiresAt) return (OK, false);
         if (!hasRole(PROVIDER_ROLE, actor)) return (DENY_NOT_A_PROVIDER, false);
@@ -316,19 +423,20 @@ contract CohortAccess is AccessControl {
     /// A patient lets `delegate` grant and revoke access for them, at most
     /// at `maxLevel`, for `duration` seconds.
     function setDelegate(address delegate, uint8 maxLevel, uint64 duration) external {
-        _requirePatient(msg.sender);
+        address patient = _actingPatient();
         if (delegate == address(0)) revert ZeroAddress();
         if (maxLevel == LEVEL_NONE || maxLevel > LEVEL_WRITE) revert InvalidLevel(maxLevel);
         if (duration == 0 || duration > MAX_DURATION) revert InvalidDuration(duration, MAX_DURATION);
         uint64 expiresAt = uint64(block.timestamp) + duration;
-        _delegations[msg.sender][delegate] = Delegation(maxLevel, expiresAt);
-        emit DelegateSet(msg.sender, delegate, maxLevel, expiresAt);
+        _delegations[patient][delegate] = Delegation(maxLevel, expiresAt);
+        emit DelegateSet(patient, delegate, maxLevel, expiresAt);
     }
 
     function revokeDelegate(address delegate) external {
-        if (_delegations[msg.sender][delegate].maxLevel == LEVEL_NONE) revert NotADelegate(msg.sender, delegate);
-        delete _delegations[msg.sender][delegate];
-        emit DelegateRevoked(msg.sender, delegate);
+        address patient = _actingPatient();
+        if (_delegations[patient][delegate].maxLevel == LEVEL_NONE) revert NotADelegate(patient, delegate);
+        delete _delegations[patient][delegate];
+        emit DelegateRevoked(patient, delegate);
     }
 
     function delegationOf(address patient, address delegate) external view returns (Delegation memory) {
@@ -392,7 +500,8 @@ contract CohortAccess is AccessControl {
         if (id >= _emergencies.length) revert NoSuchEmergency(id);
         Emergency storage e = _emergencies[id];
         if (block.timestamp >= e.expiresAt) revert AlreadyEnded(id);
-        bool allowed = msg.sender == e.patient || msg.sender == e.provider || hasRole(AUDITOR_ROLE, msg.sender);
+        bool allowed =
+            msg.sender == controllerOf(e.patient) || msg.sender == e.provider || hasRole(AUDITOR_ROLE, msg.sender);
         if (!allowed) {
             Delegation storage d = _delegations[e.patient][msg.sender];
             allowed = d.maxLevel != LEVEL_NONE && block.timestamp < d.expiresAt;
@@ -435,6 +544,189 @@ contract CohortAccess is AccessControl {
         emit EmergencyDurationSet(duration);
     }
 
+    // --------------------------------------------------------------- recovery
+
+    /// The patient names `guardians`, any `threshold` of whom may approve
+    /// moving control to a new key, optionally a `backupKey` that holds a
+    /// copy of their key material, and commits to the sealed shares
+    /// (`sharesHash`). Approvals of an earlier round lapse. Refused while a
+    /// recovery is open, so a stolen key cannot swap the guardians under it.
+    function setGuardians(address[] calldata guardians, uint8 threshold, address backupKey, bytes32 sharesHash)
+        external
+    {
+        address patient = _actingPatient();
+        uint256 open = _openRecovery[patient];
+        if (open != 0) revert RecoveryOpen(patient, open - 1);
+        if (threshold == 0 || threshold > guardians.length || guardians.length > 16) {
+            revert InvalidGuardians(guardians.length, threshold);
+        }
+        for (uint256 i = 0; i < guardians.length; i++) {
+            address g = guardians[i];
+            if (g == address(0) || g == patient || g == msg.sender) revert InvalidGuardians(guardians.length, threshold);
+            for (uint256 j = 0; j < i; j++) {
+                if (guardians[j] == g) revert InvalidGuardians(guardians.length, threshold);
+            }
+        }
+        Guardians storage gs = _guardians[patient];
+        gs.members = guardians;
+        gs.threshold = threshold;
+        gs.round += 1;
+        gs.backupKey = backupKey;
+        gs.sharesHash = sharesHash;
+        emit GuardiansSet(patient, guardians, threshold, gs.round, backupKey, sharesHash);
+    }
+
+    function guardiansOf(address patient) external view returns (Guardians memory) {
+        return _guardians[patient];
+    }
+
+    /// Step 1 begins: the holder of `msg.sender`, a fresh key that acts for
+    /// nobody, asks to take over `patient`'s control. One open recovery per
+    /// patient.
+    function openRecovery(address patient) external returns (uint256 id) {
+        _requirePatient(patient);
+        Guardians storage gs = _guardians[patient];
+        if (gs.members.length == 0) revert NoGuardians(patient);
+        if (patientOf(msg.sender) != address(0) || _patientOfKey[msg.sender] != address(0)) {
+            revert KeyInUse(msg.sender);
+        }
+        if (hasRole(PATIENT_ROLE, msg.sender)) revert KeyInUse(msg.sender);
+        uint256 open = _openRecovery[patient];
+        if (open != 0) revert RecoveryOpen(patient, open - 1);
+        id = _recoveries.length;
+        _recoveries.push(
+            Recovery(
+                patient,
+                msg.sender,
+                address(0),
+                gs.round,
+                uint64(block.timestamp),
+                0,
+                RecoveryState.Open,
+                address(0),
+                0,
+                0,
+                Review.None,
+                address(0),
+                0
+            )
+        );
+        _openRecovery[patient] = id + 1;
+        emit RecoveryOpened(id, patient, msg.sender, gs.round);
+    }
+
+    /// Steps 1 and 3: a guardian approves recovery `id`, attesting (by the
+    /// hash of their evidence) that they verified the person's identity.
+    function approveRecovery(uint256 id, bytes32 attestationHash) external {
+        Recovery storage r = _openRecoveryAt(id);
+        Guardians storage gs = _guardians[r.patient];
+        bool member = false;
+        for (uint256 i = 0; i < gs.members.length; i++) {
+            if (gs.members[i] == msg.sender) member = true;
+        }
+        if (!member) revert NotAGuardian(r.patient, msg.sender);
+        if (attestationHash == 0) revert InvalidGuardians(gs.members.length, gs.threshold);
+        if (_approvalOf[id][msg.sender] != 0) revert AlreadyApproved(id, msg.sender);
+        _approvalOf[id][msg.sender] = attestationHash;
+        r.approvals += 1;
+        emit RecoveryApproved(id, msg.sender, attestationHash, r.approvals);
+    }
+
+    /// Step 3: a credentialed provider, neither a guardian nor a party to
+    /// the recovery, attests the person's identity.
+    function attestIdentity(uint256 id, bytes32 attestationHash) external {
+        Recovery storage r = _openRecoveryAt(id);
+        if (!isCredentialed(msg.sender)) revert NotCredentialed(msg.sender);
+        if (attestationHash == 0) revert NotAttested(id);
+        bool conflict = msg.sender == r.patient || msg.sender == r.newKey || msg.sender == controllerOf(r.patient);
+        Guardians storage gs = _guardians[r.patient];
+        for (uint256 i = 0; i < gs.members.length; i++) {
+            if (gs.members[i] == msg.sender) conflict = true;
+        }
+        if (conflict) revert AttesterConflict(id, msg.sender);
+        r.attestedBy = msg.sender;
+        r.attestationHash = attestationHash;
+        emit IdentityAttested(id, msg.sender, attestationHash);
+    }
+
+    /// Step 4: the new key completes recovery `id` once `threshold`
+    /// guardians of the current round approved and a provider attested: it
+    /// becomes the patient's controller, and the old key acts for no one.
+    /// Grants, delegations and consents are the identity's, so they stay.
+    function completeRecovery(uint256 id) external {
+        Recovery storage r = _openRecoveryAt(id);
+        if (msg.sender != r.newKey) revert NotTheNewKey(id, msg.sender);
+        if (patientOf(msg.sender) != address(0) || hasRole(PATIENT_ROLE, msg.sender)) revert KeyInUse(msg.sender);
+        Guardians storage gs = _guardians[r.patient];
+        if (r.approvals < gs.threshold) revert TooFewApprovals(id, r.approvals, gs.threshold);
+        if (r.attestedBy == address(0) || !isCredentialed(r.attestedBy)) revert NotAttested(id);
+        address patient = r.patient;
+        address oldKey = _controller[patient] == address(0) ? patient : _controller[patient];
+        if (oldKey != patient) delete _patientOfKey[oldKey];
+        _controller[patient] = msg.sender;
+        _patientOfKey[msg.sender] = patient;
+        recoveryDisputed[patient] = false;
+        gs.round += 1; // the old key's shares and every other approval lapse
+        r.oldKey = oldKey;
+        r.state = RecoveryState.Completed;
+        r.completedAt = uint64(block.timestamp);
+        r.review = Review.Pending;
+        _openRecovery[patient] = 0;
+        pendingRecoveryReviews += 1;
+        emit ControlRecovered(id, patient, oldKey, msg.sender);
+    }
+
+    /// The new key (given up) or an auditor (a false alarm the patient
+    /// reported) cancels an open recovery. Not the current key: if it was
+    /// stolen, its thief could block every recovery.
+    function cancelRecovery(uint256 id) external {
+        Recovery storage r = _openRecoveryAt(id);
+        bool allowed = msg.sender == r.newKey || hasRole(AUDITOR_ROLE, msg.sender);
+        if (!allowed) revert NotAllowedToCancel(id, msg.sender);
+        r.state = RecoveryState.Cancelled;
+        _openRecovery[r.patient] = 0;
+        emit RecoveryCancelled(id, msg.sender);
+    }
+
+    /// Step 5: an auditor reviews a completed recovery's trail. Found
+    /// unjustified, the patient's control is frozen (nobody acts for them)
+    /// until a new recovery completes.
+    function reviewRecovery(uint256 id, bool justified, bytes32 findingHash) external onlyRole(AUDITOR_ROLE) {
+        if (id >= _recoveries.length) revert NoSuchRecovery(id);
+        Recovery storage r = _recoveries[id];
+        if (r.state != RecoveryState.Completed) revert RecoveryNotCompleted(id);
+        if (r.review != Review.Pending) revert AlreadyReviewed(id);
+        r.review = justified ? Review.Justified : Review.Unjustified;
+        r.reviewer = msg.sender;
+        r.findingHash = findingHash;
+        pendingRecoveryReviews -= 1;
+        if (!justified && _controller[r.patient] == r.newKey) recoveryDisputed[r.patient] = true;
+        emit RecoveryReviewed(id, msg.sender, justified, findingHash);
+    }
+
+    function recoveryOf(uint256 id) external view returns (Recovery memory) {
+        if (id >= _recoveries.length) revert NoSuchRecovery(id);
+        return _recoveries[id];
+    }
+
+    function recoveryCount() external view returns (uint256) {
+        return _recoveries.length;
+    }
+
+    /// The attestation hash guardian `guardian` gave recovery `id` (zero:
+    /// no approval).
+    function approvalOf(uint256 id, address guardian) external view returns (bytes32) {
+        return _approvalOf[id][guardian];
+    }
+
+    function _openRecoveryAt(uint256 id) private view returns (Recovery storage r) {
+        if (id >= _recoveries.length) revert NoSuchRecovery(id);
+        r = _recoveries[id];
+        if (r.state != RecoveryState.Open) revert RecoveryNotOpen(id);
+        uint64 round = _guardians[r.patient].round;
+        if (r.round != round) revert RecoveryStale(id, r.round, round);
+    }
+
     // ---------------------------------------------------------------- internal
 
     function _grantFor(address patient, address provider, uint64 duration, uint8 level, uint8 purposes, uint32 kinds)
@@ -475,5 +767,11 @@ contract CohortAccess is AccessControl {
 
     function _requirePatient(address account) private view {
         if (!hasRole(PATIENT_ROLE, account)) revert NotAPatient(account);
+    }
+
+    /// The patient the caller's key acts for.
+    function _actingPatient() private view returns (address patient) {
+        patient = patientOf(msg.sender);
+        if (patient == address(0)) revert NotAPatient(msg.sender);
     }
 }

@@ -4,12 +4,11 @@ pragma solidity ^0.8.24;
 import {CohortAccess} from "./CohortAccess.sol";
 
 /// @title PatientRecords: the hashes of patients' health records, every
-/// version of them, who may read them, and guardian recovery of a
-/// patient's record control.
+/// version of them, and who may read them.
 /// @dev The records themselves stay off chain (encrypted, content-addressed
 /// blocks); this contract holds their hashes. A patient is identified by
-/// the address that first registered; the key that controls their records
-/// can move to a new one when m of their n guardians agree.
+/// the address that first registered; the key that acts for them is
+/// `CohortAccess.controllerOf`, which a guardian recovery can move.
 contract PatientRecords {
     struct Record {
         address patient;
@@ -21,12 +20,6 @@ contract PatientRecords {
         bytes32 dataHash;
         address author;
         uint64 at;
-    }
-
-    struct Guardians {
-        address[] members;
-        uint8 threshold;
-        uint64 round; // bumped at every change or completed recovery: stale approvals lapse
     }
 
     /// The latest keyed head of a custodian's log and its length.
@@ -56,14 +49,6 @@ contract PatientRecords {
     mapping(bytes32 recordId => mapping(address viewer => bool)) private _viewers;
     mapping(address patient => uint256) public recordCount;
 
-    /// The patient a key acts for (when it is not the patient's own address).
-    mapping(address key => address patient) private _patientOfKey;
-    /// The key that controls a patient's records (zero: the patient's own address).
-    mapping(address patient => address key) private _controller;
-    mapping(address patient => Guardians) private _guardians;
-    mapping(address patient => mapping(uint64 round => mapping(address newKey => uint8))) private _approvals;
-    mapping(address patient => mapping(uint64 round => mapping(address guardian => bool))) private _approved;
-
     event RecordAdded(bytes32 indexed recordId, address indexed patient, bytes32 dataHash, string metadata);
     event RecordUpdated(bytes32 indexed recordId, address indexed patient, uint256 version, bytes32 dataHash, address author);
     event ViewerAuthorized(bytes32 indexed recordId, address indexed viewer);
@@ -81,9 +66,6 @@ contract PatientRecords {
         uint64 at,
         bytes32[] recordIds
     );
-    event GuardiansSet(address indexed patient, address[] guardians, uint8 threshold);
-    event RecoveryApproved(address indexed patient, address indexed guardian, address newKey, uint8 approvals);
-    event ControlRecovered(address indexed patient, address indexed oldKey, address indexed newKey);
 
     error LogShrank(uint8 log, uint64 entries, uint64 anchored);
     error NotAPatient(address account);
@@ -92,17 +74,12 @@ contract PatientRecords {
     error NoSuchRecord(bytes32 recordId);
     error NotThePatientOf(bytes32 recordId, address patient);
     error AccessDenied(bytes32 recordId, address accessor);
-    /// `reason` is one of CohortAccess's DENY_* codes (13: the key no
-    /// longer controls the patient's records).
+    /// `reason` is one of CohortAccess's DENY_* codes.
     error Denied(address patient, address actor, uint8 reason);
     error NotTheEngine(address caller);
     error EmptyBatch();
     error LengthMismatch(uint256 recordIds, uint256 hashes);
     error NoSuchAnchor(uint256 batch);
-    error InvalidGuardians(uint256 count, uint8 threshold);
-    error NotAGuardian(address patient, address account);
-    error AlreadyApproved(address patient, address guardian);
-    error KeyInUse(address key);
     error ZeroAddress();
 
     constructor(CohortAccess access_) {
@@ -246,10 +223,6 @@ contract PatientRecords {
         view
         returns (uint8 reason, bool emergency)
     {
-        address controller = controllerOf(patient);
-        if (actor == controller) return (0, false);
-        // After a recovery the patient's own address no longer acts for them.
-        if (actor == patient) return (13, false);
         return access.check(patient, actor, level, purpose, kinds);
     }
 
@@ -289,68 +262,15 @@ contract PatientRecords {
 
     // ----------------------------------------------------------------- control
 
-    /// The key that controls `patient`'s records.
+    /// The key that acts for `patient` (`CohortAccess` decides: guardian
+    /// recovery lives there, so grants follow the patient to a new key).
     function controllerOf(address patient) public view returns (address) {
-        address key = _controller[patient];
-        return key == address(0) ? patient : key;
+        return access.controllerOf(patient);
     }
 
     /// The patient `key` acts for, or zero if it acts for none.
     function patientOf(address key) public view returns (address) {
-        address patient = _patientOfKey[key];
-        if (patient != address(0)) return controllerOf(patient) == key ? patient : address(0);
-        if (!access.hasRole(access.PATIENT_ROLE(), key)) return address(0);
-        return controllerOf(key) == key ? key : address(0);
-    }
-
-    /// The patient names `guardians`, any `threshold` of whom may move
-    /// control of their records to a new key.
-    function setGuardians(address[] calldata guardians, uint8 threshold) external {
-        address patient = _actingPatient();
-        if (threshold == 0 || threshold > guardians.length || guardians.length > 16) {
-            revert InvalidGuardians(guardians.length, threshold);
-        }
-        for (uint256 i = 0; i < guardians.length; i++) {
-            if (guardians[i] == address(0) || guardians[i] == patient) revert ZeroAddress();
-            for (uint256 j = 0; j < i; j++) {
-                if (guardians[j] == guardians[i]) revert InvalidGuardians(guardians.length, threshold);
-            }
-        }
-        Guardians storage g = _guardians[patient];
-        g.members = guardians;
-        g.threshold = threshold;
-        g.round += 1;
-        emit GuardiansSet(patient, guardians, threshold);
-    }
-
-    function guardiansOf(address patient) external view returns (address[] memory members, uint8 threshold) {
-        Guardians storage g = _guardians[patient];
-        return (g.members, g.threshold);
-    }
-
-    /// A guardian approves moving `patient`'s record control to `newKey`;
-    /// the approval that reaches the threshold moves it.
-    function approveRecovery(address patient, address newKey) external {
-        if (newKey == address(0)) revert ZeroAddress();
-        if (_patientOfKey[newKey] != address(0) || access.hasRole(access.PATIENT_ROLE(), newKey)) revert KeyInUse(newKey);
-        Guardians storage g = _guardians[patient];
-        bool member = false;
-        for (uint256 i = 0; i < g.members.length; i++) {
-            if (g.members[i] == msg.sender) member = true;
-        }
-        if (!member) revert NotAGuardian(patient, msg.sender);
-        uint64 round = g.round;
-        if (_approved[patient][round][msg.sender]) revert AlreadyApproved(patient, msg.sender);
-        _approved[patient][round][msg.sender] = true;
-        uint8 approvals = ++_approvals[patient][round][newKey];
-        emit RecoveryApproved(patient, msg.sender, newKey, approvals);
-        if (approvals >= g.threshold) {
-            address oldKey = controllerOf(patient);
-            _controller[patient] = newKey;
-            _patientOfKey[newKey] = patient;
-            g.round += 1;
-            emit ControlRecovered(patient, oldKey, newKey);
-        }
+        return access.patientOf(key);
     }
 
     // ---------------------------------------------------------------- internal

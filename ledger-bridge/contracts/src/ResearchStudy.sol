@@ -184,6 +184,13 @@ contract ResearchStudy is ReentrancyGuard {
         _;
     }
 
+    /// The patient the caller's key acts for (`CohortAccess.patientOf`:
+    /// after a guardian recovery, the new key, never the old).
+    function _actingPatient() private view returns (address patient) {
+        patient = access.patientOf(msg.sender);
+        if (patient == address(0)) revert MissingRole(access.PATIENT_ROLE(), msg.sender);
+    }
+
     constructor(CohortAccess access_, uint8 requiredApprovals_) {
         if (requiredApprovals_ == 0) revert InvalidApprovals(requiredApprovals_);
         access = access_;
@@ -295,20 +302,22 @@ contract ResearchStudy is ReentrancyGuard {
     // --------------------------------------------------------------- consent
 
     /// A patient consents to a study for `purposes` until `expiresAt`.
-    function consent(uint256 studyId, uint256 purposes, uint64 expiresAt) external onlyRole(access.PATIENT_ROLE()) {
+    function consent(uint256 studyId, uint256 purposes, uint64 expiresAt) external {
+        address patient = _actingPatient();
         Study storage s = _study(studyId);
         if (s.status != Status.Proposed && s.status != Status.Approved) revert WrongStatus(studyId, s.status);
         if (purposes == 0 || expiresAt <= block.timestamp) revert InvalidConsent(studyId, purposes, expiresAt);
-        _consents[studyId][msg.sender] = Consent(purposes, uint64(block.timestamp), expiresAt, 0);
-        emit ConsentGiven(studyId, msg.sender, purposes, expiresAt);
+        _consents[studyId][patient] = Consent(purposes, uint64(block.timestamp), expiresAt, 0);
+        emit ConsentGiven(studyId, patient, purposes, expiresAt);
     }
 
     /// A patient withdraws; every later query leaves them out.
     function withdraw(uint256 studyId) external {
-        Consent storage c = _consents[studyId][msg.sender];
-        if (c.purposes == 0 || c.withdrawnAt != 0) revert NoConsent(studyId, msg.sender);
+        address patient = _actingPatient();
+        Consent storage c = _consents[studyId][patient];
+        if (c.purposes == 0 || c.withdrawnAt != 0) revert NoConsent(studyId, patient);
         c.withdrawnAt = uint64(block.timestamp);
-        emit ConsentWithdrawn(studyId, msg.sender);
+        emit ConsentWithdrawn(studyId, patient);
     }
 
     function consentOf(uint256 studyId, address patient) external view returns (Consent memory) {
@@ -460,16 +469,14 @@ contract ResearchStudy is ReentrancyGuard {
     /// replaces the earlier one. The engine pads encrypted work to the
     /// number of consenting patients who shared a value, which this makes
     /// public.
-    function shareEncrypted(uint256 studyId, bytes32 column, bytes32 valueHash)
-        external
-        onlyRole(access.PATIENT_ROLE())
-    {
+    function shareEncrypted(uint256 studyId, bytes32 column, bytes32 valueHash) external {
+        address patient = _actingPatient();
         Study storage s = _study(studyId);
         if (s.status != Status.Approved) revert WrongStatus(studyId, s.status);
         if (block.timestamp >= s.endsAt) revert StudyEnded(studyId, s.endsAt);
         if (column == 0 || valueHash == 0) revert InvalidShare(column);
-        _shared[studyId][column][msg.sender] = valueHash;
-        emit EncryptedValueShared(studyId, msg.sender, column, valueHash);
+        _shared[studyId][column][patient] = valueHash;
+        emit EncryptedValueShared(studyId, patient, column, valueHash);
     }
 
     /// The ciphertext hash `patient` shared for `column` of study
@@ -481,24 +488,25 @@ contract ResearchStudy is ReentrancyGuard {
     // ---------------------------------------------------------- compensation
 
     /// A member of a committed query's consenting set claims their equal
-    /// share, `fee / members`, with a proof that msg.sender is a leaf
-    /// under its members root.
+    /// share, `fee / members`, with a proof that their patient identity is
+    /// a leaf under its members root; it is paid to the key acting for them.
     function claim(uint256 studyId, bytes32 queryId, bytes32[] calldata proof) external nonReentrant {
+        address patient = _actingPatient();
         Study storage s = _study(studyId);
         Query storage q = _queries[queryId];
         if (q.studyId != studyId) revert WrongStudy(queryId, studyId);
         if (q.state != QueryState.Committed) revert NotReserved(queryId, q.state);
-        if (_claimed[queryId][msg.sender]) revert AlreadyClaimed(queryId, msg.sender);
-        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(msg.sender))));
+        if (_claimed[queryId][patient]) revert AlreadyClaimed(queryId, patient);
+        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(patient))));
         if (q.members == 0 || !MerkleProof.verifyCalldata(proof, q.membersRoot, leaf)) {
-            revert InvalidProof(queryId, msg.sender);
+            revert InvalidProof(queryId, patient);
         }
         uint256 amount = q.fee / q.members;
         if (amount > q.fee - q.claimed) revert ClaimExceedsFee(queryId, amount, q.fee - q.claimed);
-        _claimed[queryId][msg.sender] = true;
+        _claimed[queryId][patient] = true;
         q.claimed += amount;
         s.owed -= amount;
-        emit CompensationClaimed(studyId, queryId, msg.sender, amount);
+        emit CompensationClaimed(studyId, queryId, patient, amount);
         _send(msg.sender, amount);
     }
 

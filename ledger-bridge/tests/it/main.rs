@@ -59,7 +59,7 @@ on_both_backends!(
     access::check_names_the_missing_authorization,
     access::emergencies_end_early_and_an_unjustified_one_suspends,
     records::records_keep_every_version_and_gate_access,
-    records::guardians_move_record_control_to_a_new_key,
+    records::a_guardian_recovery_moves_control_and_grants_follow_the_patient,
     records::the_patient_lists_and_removes_viewers,
     records::anchored_batches_batched_reads_and_updates,
     records::the_custodian_anchors_its_logs_keyed_heads_which_only_grow,

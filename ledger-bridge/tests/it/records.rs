@@ -1,7 +1,7 @@
 //! PatientRecords: versions, grant-gated access with an audit event, and
 //! guardian recovery.
 
-use cohort_ledger_bridge::alloy::primitives::{B256, keccak256};
+use cohort_ledger_bridge::alloy::primitives::{Address, B256, U256, keccak256};
 use cohort_ledger_bridge::alloy::sol_types::SolEvent;
 use cohort_ledger_bridge::contracts::{CohortAccess, PatientRecords};
 use cohort_ledger_bridge::{Account, Target};
@@ -182,87 +182,213 @@ pub async fn records_keep_every_version_and_gate_access(f: &Fixture) {
     );
 }
 
-pub async fn guardians_move_record_control_to_a_new_key(f: &Fixture) {
+pub async fn a_guardian_recovery_moves_control_and_grants_follow_the_patient(f: &Fixture) {
+    f.credential_providers().await;
     let patient = &f.patients[0];
     let guardians: Vec<Account> = (0..3).map(|i| account(&format!("guardian{i}"))).collect();
-    for g in &guardians {
+    let new_key = account("patient0-new-key");
+    for a in guardians.iter().chain([&new_key]) {
         f.ledger
-            .set_balance(g.address(), crate::fixture::ether(1))
+            .set_balance(a.address(), crate::fixture::ether(1))
             .await
             .unwrap();
     }
-    let new_key = account("patient0-new-key");
-    f.ledger
-        .set_balance(new_key.address(), crate::fixture::ether(1))
-        .await
-        .unwrap();
     let id = add_record(f, patient, "record before recovery", vec![]).await;
-
-    let set = |threshold| PatientRecords::setGuardiansCall {
-        guardians: guardians.iter().map(Account::address).collect(),
-        threshold,
-    };
-    assert_reverts(
-        f.client.send(patient, Target::Records, set(0)).await,
-        "InvalidGuardians",
-    );
-    assert_reverts(
-        f.client.send(patient, Target::Records, set(4)).await,
-        "InvalidGuardians",
-    );
+    let provider = &f.providers[0];
     f.client
-        .send(patient, Target::Records, set(2))
-        .await
-        .unwrap();
-
-    let approve = |key: &Account| PatientRecords::approveRecoveryCall {
-        patient: addr(patient),
-        newKey: key.address(),
-    };
-    assert_reverts(
-        f.client
-            .send(&f.outsider, Target::Records, approve(&new_key))
-            .await,
-        "NotAGuardian",
-    );
-    let patient_as_key = f
-        .client
-        .send(&guardians[0], Target::Records, approve(&f.patients[1]))
-        .await;
-    assert_reverts(patient_as_key, "KeyInUse");
-    f.client
-        .send(&guardians[0], Target::Records, approve(&new_key))
-        .await
-        .unwrap();
-    assert_reverts(
-        f.client
-            .send(&guardians[0], Target::Records, approve(&new_key))
-            .await,
-        "AlreadyApproved",
-    );
-    let controller = || {
-        f.client.view(
-            Target::Records,
-            PatientRecords::controllerOfCall {
-                patient: addr(patient),
+        .send(
+            patient,
+            Target::Access,
+            CohortAccess::grantAccessCall {
+                provider: addr(provider),
+                duration: 86_400,
+                level: 2,
             },
         )
-    };
-    assert_eq!(
-        controller().await.unwrap(),
-        addr(patient),
-        "one approval is not enough"
-    );
-    let receipt = f
-        .client
-        .send(&guardians[2], Target::Records, approve(&new_key))
         .await
         .unwrap();
+
+    let set = |threshold| CohortAccess::setGuardiansCall {
+        guardians: guardians.iter().map(Account::address).collect(),
+        threshold,
+        backupKey: Default::default(),
+        sharesHash: keccak256("shares"),
+    };
+    for bad in [0, 4] {
+        assert_reverts(
+            f.client.send(patient, Target::Access, set(bad)).await,
+            "InvalidGuardians",
+        );
+    }
+    assert_reverts(
+        f.client.send(&f.outsider, Target::Access, set(2)).await,
+        "NotAPatient",
+    );
+    f.client
+        .send(patient, Target::Access, set(2))
+        .await
+        .unwrap();
+
+    macro_rules! open {
+        ($who:expr) => {
+            f.client.send(
+                $who,
+                Target::Access,
+                CohortAccess::openRecoveryCall {
+                    patient: addr(patient),
+                },
+            )
+        };
+    }
+    assert_reverts(open!(&f.patients[1]).await, "KeyInUse");
+    open!(&new_key).await.unwrap();
+    assert_reverts(open!(&f.outsider).await, "RecoveryOpen");
+    let rid = U256::ZERO;
+    // A stolen key cannot swap the guardians while a recovery is open.
+    assert_reverts(
+        f.client.send(patient, Target::Access, set(2)).await,
+        "RecoveryOpen",
+    );
+
+    macro_rules! approve {
+        ($who:expr) => {
+            f.client.send(
+                $who,
+                Target::Access,
+                CohortAccess::approveRecoveryCall {
+                    id: rid,
+                    attestationHash: keccak256(format!("{} saw the passport", $who.name())),
+                },
+            )
+        };
+    }
+    macro_rules! complete {
+        ($who:expr) => {
+            f.client.send(
+                $who,
+                Target::Access,
+                CohortAccess::completeRecoveryCall { id: rid },
+            )
+        };
+    }
+    macro_rules! attest {
+        ($who:expr) => {
+            f.client.send(
+                $who,
+                Target::Access,
+                CohortAccess::attestIdentityCall {
+                    id: rid,
+                    attestationHash: keccak256("in-person identity check"),
+                },
+            )
+        };
+    }
+    assert_reverts(approve!(&f.outsider).await, "NotAGuardian");
+    approve!(&guardians[0]).await.unwrap();
+    assert_reverts(approve!(&guardians[0]).await, "AlreadyApproved");
+    assert_reverts(complete!(&new_key).await, "TooFewApprovals");
+    approve!(&guardians[2]).await.unwrap();
+    assert_reverts(complete!(&new_key).await, "NotAttested");
+    // A forged attestation: an account with no credential.
+    assert_reverts(attest!(&f.outsider).await, "NotCredentialed");
+    attest!(&f.providers[1]).await.unwrap();
+    assert_reverts(complete!(&f.outsider).await, "NotTheNewKey");
+    let receipt = complete!(&new_key).await.unwrap();
     assert_eq!(
-        count_events(&receipt, PatientRecords::ControlRecovered::SIGNATURE_HASH),
+        count_events(&receipt, CohortAccess::ControlRecovered::SIGNATURE_HASH),
         1
     );
-    assert_eq!(controller().await.unwrap(), new_key.address());
+    assert_eq!(
+        f.client
+            .view(
+                Target::Access,
+                CohortAccess::controllerOfCall {
+                    patient: addr(patient)
+                }
+            )
+            .await
+            .unwrap(),
+        new_key.address()
+    );
+    assert_eq!(
+        f.client
+            .view(
+                Target::Access,
+                CohortAccess::patientOfCall { key: addr(patient) }
+            )
+            .await
+            .unwrap(),
+        Address::ZERO,
+        "the old key acts for no one"
+    );
+
+    // The grant followed the patient: the provider still reads, the old key
+    // can neither grant nor revoke, the new key revokes.
+    let check = |actor: Address| CohortAccess::checkCall {
+        patient: addr(patient),
+        actor,
+        level: 2,
+        purpose: 1,
+        kinds: 2,
+    };
+    assert_eq!(
+        f.client
+            .view(Target::Access, check(addr(provider)))
+            .await
+            .unwrap()
+            .reason,
+        0
+    );
+    assert_eq!(
+        f.client
+            .view(Target::Access, check(addr(patient)))
+            .await
+            .unwrap()
+            .reason,
+        13
+    );
+    assert_eq!(
+        f.client
+            .view(Target::Access, check(new_key.address()))
+            .await
+            .unwrap()
+            .reason,
+        0
+    );
+    let revoke = CohortAccess::revokeAccessCall {
+        patient: addr(patient),
+        provider: addr(provider),
+    };
+    assert_reverts(
+        f.client.send(patient, Target::Access, revoke.clone()).await,
+        "NotADelegate",
+    );
+    assert_reverts(
+        f.client
+            .send(
+                patient,
+                Target::Access,
+                CohortAccess::grantAccessCall {
+                    provider: addr(provider),
+                    duration: 86_400,
+                    level: 3,
+                },
+            )
+            .await,
+        "NotAPatient",
+    );
+    f.client
+        .send(&new_key, Target::Access, revoke)
+        .await
+        .unwrap();
+    assert_ne!(
+        f.client
+            .view(Target::Access, check(addr(provider)))
+            .await
+            .unwrap()
+            .reason,
+        0
+    );
 
     let update = PatientRecords::updateHealthRecordCall {
         patient: addr(patient),
@@ -303,6 +429,67 @@ pub async fn guardians_move_record_control_to_a_new_key(f: &Fixture) {
         )
         .await;
     assert_reverts(by_old_key, "NotAPatient");
+
+    // Step 5: only an auditor reviews; found unjustified, nobody acts.
+    let review = CohortAccess::reviewRecoveryCall {
+        id: rid,
+        justified: false,
+        findingHash: keccak256("guardians were coerced"),
+    };
+    assert_reverts(
+        f.client
+            .send(&f.outsider, Target::Access, review.clone())
+            .await,
+        "AccessControlUnauthorizedAccount",
+    );
+    f.client
+        .send(&f.auditor, Target::Access, review.clone())
+        .await
+        .unwrap();
+    assert_reverts(
+        f.client.send(&f.auditor, Target::Access, review).await,
+        "AlreadyReviewed",
+    );
+    assert_eq!(
+        f.client
+            .view(Target::Access, check(new_key.address()))
+            .await
+            .unwrap()
+            .reason,
+        14
+    );
+    assert_eq!(
+        f.client
+            .view(Target::Access, check(addr(patient)))
+            .await
+            .unwrap()
+            .reason,
+        14
+    );
+
+    // A further recovery may be opened; an outsider cannot cancel it, an
+    // auditor can.
+    let third = account("patient0-third-key");
+    f.ledger
+        .set_balance(third.address(), crate::fixture::ether(1))
+        .await
+        .unwrap();
+    open!(&third).await.unwrap();
+    let cancel = CohortAccess::cancelRecoveryCall { id: U256::from(1) };
+    assert_reverts(
+        f.client
+            .send(&f.outsider, Target::Access, cancel.clone())
+            .await,
+        "NotAllowedToCancel",
+    );
+    f.client
+        .send(&f.auditor, Target::Access, cancel.clone())
+        .await
+        .unwrap();
+    assert_reverts(
+        f.client.send(&f.auditor, Target::Access, cancel).await,
+        "RecoveryNotOpen",
+    );
 }
 
 pub async fn the_patient_lists_and_removes_viewers(f: &Fixture) {

@@ -6,7 +6,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY = "cohort.token";
-const SECTIONS = ["patient", "appointments", "provider", "calendar", "auditor", "steward"];
+const SECTIONS = ["patient", "appointments", "provider", "calendar", "auditor", "steward", "recovery"];
 
 function say(text, isError) {
   const s = $("status");
@@ -746,6 +746,56 @@ async function makeReport() {
   return "report made";
 }
 
+// ---- recovery ------------------------------------------------------------
+function recoveryText(r) {
+  let t = `recovery ${r.id} of ${r.patient} to ${r.new_key}: ${r.state}, ` +
+    `${r.approvals}/${r.threshold} guardian approvals, ${r.released} share(s) released, ` +
+    (r.attested_by ? `identity attested by ${r.attested_by}` : "identity not attested");
+  if (r.review && r.review !== "none") t += `, review ${r.review}`;
+  return t;
+}
+async function loadRecovery() {
+  const p = $("guardians-state");
+  try {
+    const g = await api("/api/recovery/guardians");
+    p.textContent = (g.guardians || []).length
+      ? `${g.threshold} of ${g.guardians.length} guardians: ${g.guardians.join(", ")}` +
+        (g.backup ? `; backup ${g.backup}` : "") + `; round ${g.round}; shares ${g.shares_held ? "held" : "NOT held"}`
+      : "You have named no guardians.";
+  } catch (e) {
+    p.textContent = "You are not a patient: " + e.message;
+  }
+}
+function recoveryStep(path, body) {
+  const id = $("recovery-id").value;
+  if (id === "") return say("give the recovery's number", true);
+  act(async () => {
+    const r = await api(`/api/recovery/${id}/${path}`, "POST", body || {});
+    $("recovery-state").textContent = recoveryText(r);
+    return recoveryText(r);
+  }, loadRecovery);
+}
+function recoveryEvidence() {
+  const evidence = $("recovery-evidence").value.trim();
+  if (!evidence) throw new Error("say how you verified the person's identity");
+  return { evidence };
+}
+async function readTrail() {
+  const id = $("trail-id").value;
+  const t = await api(`/api/recovery/${id}/trail`);
+  fill("recovery-trail", t.entries || [], (row, e) => {
+    cell(row, e.source); cell(row, e.at); cell(row, e.action); cell(row, e.by); cell(row, e.detail_json);
+  });
+  return recoveryText(t.recovery);
+}
+function reviewRecovery(justified) {
+  const id = $("trail-id").value;
+  const finding = $("recovery-finding").value.trim();
+  if (id === "" || !finding) return say("read a recovery's trail and write the finding first", true);
+  act(async () => recoveryText(
+    await api(`/api/recovery/${id}/review`, "POST", { justified, finding })), async () => {});
+}
+
 // ---- steward -------------------------------------------------------------
 
 async function loadSteward() {
@@ -788,6 +838,7 @@ const LOADERS = {
   calendar: loadCalendar,
   auditor: loadAuditor,
   steward: loadSteward,
+  recovery: loadRecovery,
 };
 
 // Which sign-in the page is showing: a load that ends after its account
@@ -820,6 +871,9 @@ function allowed(who) {
     calendar: roles.has("provider"),
     auditor: roles.has("auditor") || roles.has("admin"),
     steward: roles.has("steward") || roles.has("admin"),
+    // Any account: a patient names guardians, a fresh one recovers, a
+    // guardian approves, a provider attests, an auditor reviews.
+    recovery: true,
   };
 }
 
@@ -983,5 +1037,39 @@ document.addEventListener("DOMContentLoaded", () => {
       return `emergency override ${o.id} open until ${when(o.expires_at)}; ${o.notified.length} account(s) notified; it awaits review`;
     }, async () => {});
   });
+  $("guardians-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    act(async () => {
+      const g = await api("/api/recovery/guardians", "POST", {
+        guardians: $("guardians-names").value.split(",").map((x) => x.trim()).filter((x) => x),
+        threshold: Number($("guardians-threshold").value),
+        backup: $("guardians-backup").value.trim(),
+      });
+      return `${g.threshold} of ${g.guardians.length} guardians named; your key's shares are sealed to them (round ${g.round})`;
+    }, loadRecovery);
+  });
+  $("recovery-open-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    act(async () => {
+      const r = await api("/api/recovery", "POST", { patient: $("recovery-patient").value.trim() });
+      $("recovery-id").value = r.id;
+      $("recovery-state").textContent = recoveryText(r);
+      return recoveryText(r);
+    }, loadRecovery);
+  });
+  $("recovery-approve").addEventListener("click", () => {
+    try { recoveryStep("approve", recoveryEvidence()); } catch (e) { say(e.message, true); }
+  });
+  $("recovery-attest").addEventListener("click", () => {
+    try { recoveryStep("attest", recoveryEvidence()); } catch (e) { say(e.message, true); }
+  });
+  $("recovery-backup").addEventListener("click", () => recoveryStep("backup"));
+  $("recovery-complete").addEventListener("click", () => recoveryStep("complete"));
+  $("recovery-trail-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    act(readTrail, async () => {});
+  });
+  $("recovery-justified").addEventListener("click", () => reviewRecovery(true));
+  $("recovery-unjustified").addEventListener("click", () => reviewRecovery(false));
   signedIn(!!sessionStorage.getItem(KEY));
 });
