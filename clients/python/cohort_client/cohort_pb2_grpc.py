@@ -2832,3 +2832,540 @@ class Insurance:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RecoveryStub:
+    """Key recovery, the five steps (docs: README "Key recovery"): a patient
+    names m-of-n guardians (their key is split into shares sealed to each);
+    a fresh account opens a recovery; guardians approve it (attesting the
+    person's identity) and release their shares to it; a credentialed
+    provider attests the identity; the new account completes it (the chain
+    moves control, grants follow the patient); an auditor reads the trail
+    and reviews it. Each call acts as the signed-in account; the chain
+    decides, and every step and refusal is audited.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SetGuardians = channel.unary_unary(
+                '/cohort.v1.Recovery/SetGuardians',
+                request_serializer=cohort__pb2.SetGuardiansRequest.SerializeToString,
+                response_deserializer=cohort__pb2.GuardiansState.FromString,
+                _registered_method=True)
+        self.Guardians = channel.unary_unary(
+                '/cohort.v1.Recovery/Guardians',
+                request_serializer=cohort__pb2.GuardiansRequest.SerializeToString,
+                response_deserializer=cohort__pb2.GuardiansState.FromString,
+                _registered_method=True)
+        self.OpenRecovery = channel.unary_unary(
+                '/cohort.v1.Recovery/OpenRecovery',
+                request_serializer=cohort__pb2.OpenRecoveryRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RecoveryState.FromString,
+                _registered_method=True)
+        self.ApproveRecovery = channel.unary_unary(
+                '/cohort.v1.Recovery/ApproveRecovery',
+                request_serializer=cohort__pb2.RecoveryEvidence.SerializeToString,
+                response_deserializer=cohort__pb2.RecoveryState.FromString,
+                _registered_method=True)
+        self.ReleaseBackup = channel.unary_unary(
+                '/cohort.v1.Recovery/ReleaseBackup',
+                request_serializer=cohort__pb2.RecoveryId.SerializeToString,
+                response_deserializer=cohort__pb2.RecoveryState.FromString,
+                _registered_method=True)
+        self.AttestIdentity = channel.unary_unary(
+                '/cohort.v1.Recovery/AttestIdentity',
+                request_serializer=cohort__pb2.RecoveryEvidence.SerializeToString,
+                response_deserializer=cohort__pb2.RecoveryState.FromString,
+                _registered_method=True)
+        self.CompleteRecovery = channel.unary_unary(
+                '/cohort.v1.Recovery/CompleteRecovery',
+                request_serializer=cohort__pb2.RecoveryId.SerializeToString,
+                response_deserializer=cohort__pb2.RecoveryState.FromString,
+                _registered_method=True)
+        self.CancelRecovery = channel.unary_unary(
+                '/cohort.v1.Recovery/CancelRecovery',
+                request_serializer=cohort__pb2.RecoveryId.SerializeToString,
+                response_deserializer=cohort__pb2.RecoveryState.FromString,
+                _registered_method=True)
+        self.GetRecovery = channel.unary_unary(
+                '/cohort.v1.Recovery/GetRecovery',
+                request_serializer=cohort__pb2.RecoveryId.SerializeToString,
+                response_deserializer=cohort__pb2.RecoveryState.FromString,
+                _registered_method=True)
+        self.RecoveryTrail = channel.unary_unary(
+                '/cohort.v1.Recovery/RecoveryTrail',
+                request_serializer=cohort__pb2.RecoveryId.SerializeToString,
+                response_deserializer=cohort__pb2.RecoveryTrailReply.FromString,
+                _registered_method=True)
+        self.ReviewRecovery = channel.unary_unary(
+                '/cohort.v1.Recovery/ReviewRecovery',
+                request_serializer=cohort__pb2.ReviewRecoveryRequest.SerializeToString,
+                response_deserializer=cohort__pb2.RecoveryState.FromString,
+                _registered_method=True)
+
+
+class RecoveryServicer:
+    """Key recovery, the five steps (docs: README "Key recovery"): a patient
+    names m-of-n guardians (their key is split into shares sealed to each);
+    a fresh account opens a recovery; guardians approve it (attesting the
+    person's identity) and release their shares to it; a credentialed
+    provider attests the identity; the new account completes it (the chain
+    moves control, grants follow the patient); an auditor reads the trail
+    and reviews it. Each call acts as the signed-in account; the chain
+    decides, and every step and refusal is audited.
+    """
+
+    def SetGuardians(self, request, context):
+        """The signed-in patient names their guardians (and a backup key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Guardians(self, request, context):
+        """A patient's guardians (the signed-in patient's when `patient` is empty).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenRecovery(self, request, context):
+        """The signed-in (fresh) account asks to take over a patient.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveRecovery(self, request, context):
+        """A guardian approves, attesting identity, and releases their share.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseBackup(self, request, context):
+        """The backup key releases its copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttestIdentity(self, request, context):
+        """A credentialed provider attests the person's identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteRecovery(self, request, context):
+        """The new account rebuilds the key and completes the recovery.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRecovery(self, request, context):
+        """The new account, or an auditor, cancels an open recovery.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecovery(self, request, context):
+        """A recovery as the chain holds it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecoveryTrail(self, request, context):
+        """The recovery's trail, for an auditor (or admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewRecovery(self, request, context):
+        """An auditor who read the trail records a finding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RecoveryServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SetGuardians': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGuardians,
+                    request_deserializer=cohort__pb2.SetGuardiansRequest.FromString,
+                    response_serializer=cohort__pb2.GuardiansState.SerializeToString,
+            ),
+            'Guardians': grpc.unary_unary_rpc_method_handler(
+                    servicer.Guardians,
+                    request_deserializer=cohort__pb2.GuardiansRequest.FromString,
+                    response_serializer=cohort__pb2.GuardiansState.SerializeToString,
+            ),
+            'OpenRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenRecovery,
+                    request_deserializer=cohort__pb2.OpenRecoveryRequest.FromString,
+                    response_serializer=cohort__pb2.RecoveryState.SerializeToString,
+            ),
+            'ApproveRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveRecovery,
+                    request_deserializer=cohort__pb2.RecoveryEvidence.FromString,
+                    response_serializer=cohort__pb2.RecoveryState.SerializeToString,
+            ),
+            'ReleaseBackup': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseBackup,
+                    request_deserializer=cohort__pb2.RecoveryId.FromString,
+                    response_serializer=cohort__pb2.RecoveryState.SerializeToString,
+            ),
+            'AttestIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttestIdentity,
+                    request_deserializer=cohort__pb2.RecoveryEvidence.FromString,
+                    response_serializer=cohort__pb2.RecoveryState.SerializeToString,
+            ),
+            'CompleteRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteRecovery,
+                    request_deserializer=cohort__pb2.RecoveryId.FromString,
+                    response_serializer=cohort__pb2.RecoveryState.SerializeToString,
+            ),
+            'CancelRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRecovery,
+                    request_deserializer=cohort__pb2.RecoveryId.FromString,
+                    response_serializer=cohort__pb2.RecoveryState.SerializeToString,
+            ),
+            'GetRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecovery,
+                    request_deserializer=cohort__pb2.RecoveryId.FromString,
+                    response_serializer=cohort__pb2.RecoveryState.SerializeToString,
+            ),
+            'RecoveryTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecoveryTrail,
+                    request_deserializer=cohort__pb2.RecoveryId.FromString,
+                    response_serializer=cohort__pb2.RecoveryTrailReply.SerializeToString,
+            ),
+            'ReviewRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewRecovery,
+                    request_deserializer=cohort__pb2.ReviewRecoveryRequest.FromString,
+                    response_serializer=cohort__pb2.RecoveryState.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cohort.v1.Recovery', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cohort.v1.Recovery', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Recovery:
+    """Key recovery, the five steps (docs: README "Key recovery"): a patient
+    names m-of-n guardians (their key is split into shares sealed to each);
+    a fresh account opens a recovery; guardians approve it (attesting the
+    person's identity) and release their shares to it; a credentialed
+    provider attests the identity; the new account completes it (the chain
+    moves control, grants follow the patient); an auditor reads the trail
+    and reviews it. Each call acts as the signed-in account; the chain
+    decides, and every step and refusal is audited.
+    """
+
+    @staticmethod
+    def SetGuardians(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/SetGuardians',
+            cohort__pb2.SetGuardiansRequest.SerializeToString,
+            cohort__pb2.GuardiansState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Guardians(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/Guardians',
+            cohort__pb2.GuardiansRequest.SerializeToString,
+            cohort__pb2.GuardiansState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/OpenRecovery',
+            cohort__pb2.OpenRecoveryRequest.SerializeToString,
+            cohort__pb2.RecoveryState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/ApproveRecovery',
+            cohort__pb2.RecoveryEvidence.SerializeToString,
+            cohort__pb2.RecoveryState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseBackup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/ReleaseBackup',
+            cohort__pb2.RecoveryId.SerializeToString,
+            cohort__pb2.RecoveryState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttestIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/AttestIdentity',
+            cohort__pb2.RecoveryEvidence.SerializeToString,
+            cohort__pb2.RecoveryState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/CompleteRecovery',
+            cohort__pb2.RecoveryId.SerializeToString,
+            cohort__pb2.RecoveryState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/CancelRecovery',
+            cohort__pb2.RecoveryId.SerializeToString,
+            cohort__pb2.RecoveryState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/GetRecovery',
+            cohort__pb2.RecoveryId.SerializeToString,
+            cohort__pb2.RecoveryState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecoveryTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/RecoveryTrail',
+            cohort__pb2.RecoveryId.SerializeToString,
+            cohort__pb2.RecoveryTrailReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Recovery/ReviewRecovery',
+            cohort__pb2.ReviewRecoveryRequest.SerializeToString,
+            cohort__pb2.RecoveryState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
