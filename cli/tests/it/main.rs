@@ -12,6 +12,7 @@ mod compliance;
 mod encrypted;
 mod faults;
 mod fhir;
+mod geo;
 mod generate;
 mod identifiers;
 mod ingest;

@@ -198,17 +198,105 @@ impl Session {
         self.sync().await?;
         let s = self.client.study(id).await?;
         let consenting = self.consenting(conn, id, &s).await?;
+        let members = self.in_view(conn, file, consenting).await?;
         view::obtain(
             conn,
             &self.dir,
             id,
             file,
             &self.key(id),
-            &consenting,
+            &members,
             &self.views,
             &self.building,
         )
     }
+}
+
+impl Session {
+    /// The consenting patients a study's view holds: all of them, unless
+    /// the deployment has a geography policy (`access::geo`); then those
+    /// all of whose records the policy lets into a study of the study's
+    /// jurisdiction and who have not refused cross-border research (their
+    /// own transaction on chain). Like a consent, a patient left out is
+    /// simply not in the view: the consenting set (public) still sets the
+    /// deadline, the encrypted padding, the fee's sharing and the Merkle
+    /// root, so nothing a researcher observes counts who was left out.
+    pub(crate) async fn in_view(
+        &self,
+        conn: &Connection,
+        file: &StudyFile,
+        consenting: Vec<Consenting>,
+    ) -> Result<Vec<Consenting>> {
+        let restrictions = self.geo_restrictions(conn, &consenting).await?;
+        geo_members(conn, file, consenting, restrictions.as_ref())
+    }
+
+    /// Every consenting patient's geographic restriction (public: each
+    /// is their own transaction), read for all of them whatever their
+    /// records' jurisdictions, so the time it takes depends only on the
+    /// public consenting set. `None` without a geography policy.
+    pub(crate) async fn geo_restrictions(
+        &self,
+        conn: &Connection,
+        consenting: &[Consenting],
+    ) -> Result<Option<HashMap<Address, u8>>> {
+        if crate::access::geo::policy(conn)?.is_none() {
+            return Ok(None);
+        }
+        let mut out = HashMap::with_capacity(consenting.len());
+        for c in consenting {
+            out.insert(
+                c.address,
+                crate::access::geo::restriction_of(&self.client, c.address).await?,
+            );
+        }
+        Ok(Some(out))
+    }
+
+    /// How many consenting patients study `id`'s view leaves out under the
+    /// geography policy: for its stewards and auditors, never its researcher.
+    pub(crate) async fn geo_excluded(
+        &self,
+        conn: &Connection,
+        id: u64,
+        file: &StudyFile,
+        s: &ResearchStudy::Study,
+    ) -> Result<usize> {
+        let consenting = self.consenting(conn, id, s).await?;
+        let all = consenting.len();
+        Ok(all - self.in_view(conn, file, consenting).await?.len())
+    }
+}
+
+/// The members of a study's view among `consenting`, given their
+/// restrictions (`None`: no geography policy, every one). Reads only this
+/// data directory: run inside a query's charged, fixed-time execution.
+pub(crate) fn geo_members(
+    conn: &Connection,
+    file: &StudyFile,
+    consenting: Vec<Consenting>,
+    restrictions: Option<&HashMap<Address, u8>>,
+) -> Result<Vec<Consenting>> {
+    use crate::access::geo;
+    let (Some(restrictions), Some(policy)) = (restrictions, geo::policy(conn)?) else {
+        return Ok(consenting);
+    };
+    let study = match &file.terms.jurisdiction {
+        Some(j) => geo::Jurisdiction::parse(j)?,
+        None => policy.default.clone(),
+    };
+    let mut out = Vec::with_capacity(consenting.len());
+    for c in consenting {
+        let bits = restrictions.get(&c.address).copied().unwrap_or(0);
+        let records = geo::patient_jurisdictions(conn, &policy, &c.patient_id)?;
+        if records
+            .iter()
+            .all(|r| policy.research_allows(r, &study, bits))
+        {
+            out.push(c);
+        }
+    }
+    Ok(out)
 }
 
 /// What a study's pseudonym key is derived for.
