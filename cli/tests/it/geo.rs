@@ -75,12 +75,25 @@ fn a_bad_policy_is_named_and_nothing_is_set() {
     assert_fails_with(
         &cohort(
             &data,
-            &["--as", "board", "credential", "attest", "dr-x", "--license", "L", "--jurisdiction", "USA"],
+            &[
+                "--as",
+                "board",
+                "credential",
+                "attest",
+                "dr-x",
+                "--license",
+                "L",
+                "--jurisdiction",
+                "USA",
+            ],
         ),
         "`USA` is not a jurisdiction",
     );
     assert_fails_with(
-        &cohort(&data, &["ingest", "--organisation", "charite", "nowhere.json"]),
+        &cohort(
+            &data,
+            &["ingest", "--organisation", "charite", "nowhere.json"],
+        ),
         "no geography policy is set",
     );
 }
@@ -95,7 +108,9 @@ fn a_cross_border_read_is_refused_and_audited_until_a_rule_allows_it_and_the_pat
     assert_eq!(cohort_json(&data, &["geo", "show"])["enabled"], true);
     cohort_json(
         &data,
-        &["--as", "pat", "access", "grant", "dr-x", "--level", "read", "--days", "1"],
+        &[
+            "--as", "pat", "access", "grant", "dr-x", "--level", "read", "--days", "1",
+        ],
     );
 
     // A credential from before geography (no jurisdiction attested) reads
@@ -129,7 +144,10 @@ fn a_cross_border_read_is_refused_and_audited_until_a_rule_allows_it_and_the_pat
     assert_eq!(r["detail"]["reason"], "cross_border", "{r}");
     assert_eq!(r["detail"]["reader_jurisdiction"], "US", "{r}");
     assert_eq!(r["detail"]["record_jurisdiction"], "DE", "{r}");
-    assert!(!audited.iter().any(|e| e["action"] == "read"), "{audited:?}");
+    assert!(
+        !audited.iter().any(|e| e["action"] == "read"),
+        "{audited:?}"
+    );
     let log = cohort_json(&data, &["--as", "pat", "access", "log"]);
     assert_eq!(
         log.as_array()
@@ -144,7 +162,15 @@ fn a_cross_border_read_is_refused_and_audited_until_a_rule_allows_it_and_the_pat
     assert_fails_with(
         &cohort(
             &data,
-            &["--as", "dr-x", "patient", "export", "pat", "--out", tmp.path().join("x.json").to_str().unwrap()],
+            &[
+                "--as",
+                "dr-x",
+                "patient",
+                "export",
+                "pat",
+                "--out",
+                tmp.path().join("x.json").to_str().unwrap(),
+            ],
         ),
         "cross-border access refused",
     );
@@ -168,20 +194,30 @@ fn a_cross_border_read_is_refused_and_audited_until_a_rule_allows_it_and_the_pat
     );
     let a = cohort_json(&data, &["--as", "pat", "patient", "disclosures", "pat"]);
     assert!(
-        a["disclosures"].as_array().unwrap().iter().any(|d| d["recipient"] == "dr-x"
-            && d["cross_border"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("FR -> DE by [[allow]] #1"))),
+        a["disclosures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["recipient"] == "dr-x"
+                && d["cross_border"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("FR -> DE by [[allow]] #1"))),
         "{a}"
     );
 
     // The patient narrows: only readers of their record's jurisdiction.
     // Only a patient may set one, as their own transaction.
     assert_fails_with(
-        &cohort(&data, &["--as", "dr-x", "geo", "restrict", "--domestic-reads-only"]),
+        &cohort(
+            &data,
+            &["--as", "dr-x", "geo", "restrict", "--domestic-reads-only"],
+        ),
         "not a registered patient",
     );
-    cohort_json(&data, &["--as", "pat", "geo", "restrict", "--domestic-reads-only"]);
+    cohort_json(
+        &data,
+        &["--as", "pat", "geo", "restrict", "--domestic-reads-only"],
+    );
     let shown = cohort_json(&data, &["--as", "pat", "geo", "show"]);
     assert_eq!(shown["restrictions"][0], "domestic-reads-only", "{shown}");
     assert_fails_with(
@@ -201,7 +237,15 @@ fn a_cross_border_read_is_refused_and_audited_until_a_rule_allows_it_and_the_pat
     cohort_json(&data, &["--as", "pat", "access", "revoke", "dr-x"]);
     cohort_json(
         &data,
-        &["--as", "dr-x", "emergency", "trigger", "pat", "--reason", "unconscious at the border"],
+        &[
+            "--as",
+            "dr-x",
+            "emergency",
+            "trigger",
+            "pat",
+            "--reason",
+            "unconscious at the border",
+        ],
     );
     let read = cohort_json(&data, &["--as", "dr-x", "records", "show", &observation]);
     assert_eq!(read["emergency"], true);
@@ -211,12 +255,18 @@ fn a_cross_border_read_is_refused_and_audited_until_a_rule_allows_it_and_the_pat
         .expect("the emergency read is audited");
     assert_eq!(e["detail"]["review"], true, "{e}");
     assert!(
-        e["detail"]["geo_rule"].as_str().unwrap().starts_with("emergency = \"allow\""),
+        e["detail"]["geo_rule"]
+            .as_str()
+            .unwrap()
+            .starts_with("emergency = \"allow\""),
         "{e}"
     );
 
     // The regulatory report counts them.
-    let r = cohort_json(&data, &["report", "--from", "2020-01-01", "--to", "2100-01-01"]);
+    let r = cohort_json(
+        &data,
+        &["report", "--from", "2020-01-01", "--to", "2100-01-01"],
+    );
     assert_eq!(r["accesses"]["cross_border_reads"], 2, "{r}");
     assert_eq!(r["accesses"]["cross_border_refused"], 4, "{r}");
     let text = stdout(&cohort(&data, &["geo", "show"]));

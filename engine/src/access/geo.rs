@@ -216,9 +216,9 @@ struct Pattern {
 
 impl Pattern {
     fn matches(&self, j: &Jurisdiction) -> bool {
-        self.members.iter().any(|m| {
-            m == j || (m.as_str().len() == 2 && m.as_str() == j.country())
-        })
+        self.members
+            .iter()
+            .any(|m| m == j || (m.as_str().len() == 2 && m.as_str() == j.country()))
     }
 }
 
@@ -490,7 +490,10 @@ pub async fn restriction_of(client: &Client, patient: Address) -> Result<u8> {
 /// The jurisdiction attested for `provider` on chain, if any.
 pub async fn attested(client: &Client, provider: Address) -> Result<Option<Jurisdiction>> {
     let bytes = client
-        .view(Target::Access, CohortAccess::jurisdictionOfCall { provider })
+        .view(
+            Target::Access,
+            CohortAccess::jurisdictionOfCall { provider },
+        )
         .await?;
     Jurisdiction::from_bytes8(&bytes.0)
 }
@@ -509,7 +512,11 @@ pub struct Shown {
 
 /// The deployment's policy and, for a registered patient `who`, their
 /// own restriction: what `cohort geo show`, gRPC and the web page show.
-pub async fn shown(conn: &Connection, client: Option<&Client>, who: Option<Address>) -> Result<Shown> {
+pub async fn shown(
+    conn: &Connection,
+    client: Option<&Client>,
+    who: Option<Address>,
+) -> Result<Shown> {
     let policy = policy(conn)?;
     let restrictions = match (client, who) {
         (Some(client), Some(who))
@@ -666,7 +673,10 @@ mod tests {
                 "default = \"US\"\n[groups]\nDE = [\"DE\"]",
                 "group `DE` has the name of a jurisdiction",
             ),
-            ("default = \"US\"\ncross_border = \"maybe\"", "unknown variant"),
+            (
+                "default = \"US\"\ncross_border = \"maybe\"",
+                "unknown variant",
+            ),
             ("default = \"US\"\ncolour = 1", "unknown field"),
         ] {
             let e = Policy::parse(text).unwrap_err().to_string();

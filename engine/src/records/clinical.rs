@@ -259,11 +259,17 @@ impl<'a> Clinic<'a> {
             }
             let bits = match restriction {
                 Some(b) => b,
-                None => *restriction.insert(geo::restriction_of(self.client, patient.address).await?),
+                None => {
+                    *restriction.insert(geo::restriction_of(self.client, patient.address).await?)
+                }
             };
             let d = policy.decide_read(&reader, &j, bits, emergency);
             if !d.allowed {
-                let verb = if action == "update" { "writing" } else { "reading" };
+                let verb = if action == "update" {
+                    "writing"
+                } else {
+                    "reading"
+                };
                 let what = format!("{verb} {record} of Patient/{}", patient.patient_id);
                 let reason = d.refusal(actor.name(), &what);
                 let mut detail = d.detail();
@@ -370,19 +376,21 @@ impl<'a> Clinic<'a> {
             )
             .await?;
         let (_, crossing) = self
-            .geo(actor, &patient, &[record_id], emergency, "read", record_id, purpose)
+            .geo(
+                actor,
+                &patient,
+                &[record_id],
+                emergency,
+                "read",
+                record_id,
+                purpose,
+            )
             .await?;
         let traced = self
             .trace(actor, &patient, &[record_id], kinds, purpose, record_id)
             .await?;
         let content = self.vault.decrypt_version(&rv)?;
-        self.audit_reads(
-            actor,
-            purpose,
-            traced,
-            std::slice::from_ref(&rv),
-            &crossing,
-        )?;
+        self.audit_reads(actor, purpose, traced, std::slice::from_ref(&rv), &crossing)?;
         Ok(Read {
             version: rv,
             content,
@@ -637,8 +645,16 @@ impl<'a> Clinic<'a> {
             )
             .await?
         } else {
-            self.geo(actor, &patient, &[], emergency, "update", &record_id, purpose)
-                .await?
+            self.geo(
+                actor,
+                &patient,
+                &[],
+                emergency,
+                "update",
+                &record_id,
+                purpose,
+            )
+            .await?
         };
         let conn = self.vault.conn();
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;

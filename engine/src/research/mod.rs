@@ -358,3 +358,81 @@ pub(crate) fn ledger_query_id(
     bytes.extend_from_slice(query_id.as_bytes());
     keccak256(bytes)
 }
+
+#[cfg(test)]
+mod geo_tests {
+    use super::*;
+
+    const STUDY: &str = r#"
+privacy_unit = "patient_id"
+[study]
+title = "t"
+purpose = "p"
+duration_days = 30
+jurisdiction = "FR"
+[budget]
+epsilon = "2"
+[query]
+epsilon = "0.5"
+max_epsilon = "1"
+[tables.patients.columns]
+patient_id = { identifier = true }
+"#;
+
+    fn member(i: u8) -> Consenting {
+        Consenting {
+            patient_id: format!("p{i}"),
+            address: Address::repeat_byte(i),
+        }
+    }
+
+    #[test]
+    fn a_view_holds_whom_the_policy_and_the_patients_let_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::storage::store::open(&dir.path().join("cohort.db")).unwrap();
+        // p1: DE records (an EU rule lets them into a FR study); p2: the
+        // same, but the patient refuses cross-border research; p3: US
+        // records (no rule); p4: records of the default (FR), domestic.
+        for (i, j) in [(1, Some("DE")), (2, Some("DE")), (3, Some("US")), (4, None)] {
+            conn.execute(
+                "INSERT INTO patients(patient_id, kek_id, created_at) VALUES (?1, 'k', 'now')",
+                [format!("p{i}")],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO records(record_id, version, patient_id, resource_type, cid, content_mac, size, created_at)
+                 VALUES (?1, 1, ?2, 'Observation', 'c', x'00', 1, 'now')",
+                [format!("Observation/{i}"), format!("p{i}")],
+            )
+            .unwrap();
+            if let Some(j) = j {
+                crate::access::geo::remember(&conn, &format!("Observation/{i}"), j).unwrap();
+            }
+        }
+        let file = StudyFile::parse(STUDY).unwrap();
+        let all: Vec<Consenting> = (1..=4).map(member).collect();
+        let restrictions: HashMap<Address, u8> = [(
+            Address::repeat_byte(2),
+            crate::access::geo::NO_CROSS_BORDER_RESEARCH,
+        )]
+        .into();
+        // No policy: everyone consenting is in the view.
+        let members = geo_members(&conn, &file, all.clone(), Some(&restrictions)).unwrap();
+        assert_eq!(members, all);
+        crate::access::geo::set_policy(
+            &conn,
+            "operator",
+            "default = \"FR\"\n[groups]\nEU = [\"DE\", \"FR\"]\n[[research]]\nrecord = \"EU\"\nstudy = \"EU\"\n",
+        )
+        .unwrap();
+        let members = geo_members(&conn, &file, all.clone(), Some(&restrictions)).unwrap();
+        assert_eq!(members, vec![member(1), member(4)]);
+        // A bad study jurisdiction is refused when the file is parsed.
+        let bad = STUDY.replace("\"FR\"", "\"FX\"");
+        let e = StudyFile::parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("[study] jurisdiction: `FX` is not a jurisdiction"),
+            "{e}"
+        );
+    }
+}
