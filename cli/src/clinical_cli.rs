@@ -170,6 +170,11 @@ pub(crate) enum CredentialCmd {
         /// Valid for how many days.
         #[arg(long, default_value_t = 365)]
         days: u64,
+        /// Where the provider practises (`DE`, `US-CA`), attested on chain
+        /// with the credential; without it they read as of the geography
+        /// policy's `default`.
+        #[arg(long)]
+        jurisdiction: Option<String>,
     },
     /// Revoke a provider's credential (the issuer who attested it, or an admin).
     Revoke {
@@ -648,17 +653,32 @@ pub(crate) fn credential(
             provider,
             license,
             days,
+            jurisdiction,
         } => {
             anyhow::ensure!(*days > 0, "--days must be at least 1");
+            let jurisdiction = jurisdiction
+                .as_deref()
+                .map(cohort_engine::access::geo::Jurisdiction::parse)
+                .transpose()?;
             let now = c.rt.block_on(c.client.ledger().timestamp())?;
-            c.rt.block_on(grants::attest_credential(
+            let changed = c.rt.block_on(grants::attest_credential(
                 c.vault.conn(),
                 &c.client,
                 &c.actor,
                 provider,
                 license,
                 now + days * 86_400,
-            ))?
+            ))?;
+            match jurisdiction {
+                Some(j) => c.rt.block_on(grants::attest_jurisdiction(
+                    c.vault.conn(),
+                    &c.client,
+                    &c.actor,
+                    provider,
+                    &j,
+                ))?,
+                None => changed,
+            }
         }
         CredentialCmd::Revoke { provider } => c.rt.block_on(grants::revoke_credential(
             c.vault.conn(),

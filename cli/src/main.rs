@@ -51,6 +51,7 @@ mod demo_appointments;
 mod demo_clinical;
 mod demo_recovery;
 mod dp_cli;
+mod geo_cli;
 mod keys_cli;
 mod ledger_cli;
 mod records_cli;
@@ -208,6 +209,14 @@ enum Command {
         /// Purpose recorded in the audit log.
         #[arg(long, default_value = "ingest")]
         purpose: String,
+        /// The ingesting organisation, as named in the geography policy's
+        /// [organisations]: its records carry its jurisdiction (without
+        /// one, the policy's `default`).
+        #[arg(long, conflicts_with = "jurisdiction")]
+        organisation: Option<String>,
+        /// The records' jurisdiction directly (`DE`, `US-CA`).
+        #[arg(long)]
+        jurisdiction: Option<String>,
     },
     /// Row counts of the columnar projection.
     Stats,
@@ -228,6 +237,10 @@ enum Command {
     /// Provider credentials, attested by an issuer.
     #[command(subcommand)]
     Credential(CredentialCmd),
+    /// Geography: the deployment's policy on cross-border reads and
+    /// research, and a patient's own restriction.
+    #[command(subcommand)]
+    Geo(geo_cli::GeoCmd),
     /// Emergency access: trigger, review, end, restore, the review queue.
     Emergency {
         #[command(flatten)]
@@ -508,13 +521,23 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             });
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ingest { paths, purpose } => {
+        Command::Ingest {
+            paths,
+            purpose,
+            organisation,
+            jurisdiction,
+        } => {
             let dir = dir()?;
             let vault = unlock(cli, &dir, None)?;
             let actor =
                 cohort_engine::access::Actor::authenticate(vault.conn(), vault.keys(), &cli.actor)?;
-            let r =
-                ingest::ingest_paths(&vault, &Access::new(actor.name(), purpose), paths, progress)?;
+            let jurisdiction = geo_cli::ingest_jurisdiction(
+                &vault,
+                organisation.as_deref(),
+                jurisdiction.as_deref(),
+            )?;
+            let access = Access::new(actor.name(), purpose).with_jurisdiction(jurisdiction);
+            let r = ingest::ingest_paths(&vault, &access, paths, progress)?;
             // With a ledger, the new versions are anchored now, in one batch.
             let anchored = match cohort_engine::chain::load(&dir)? {
                 Some(_) => {
@@ -565,6 +588,7 @@ anchored {} versions on chain as batch {}",
         }
         Command::Access { cmd, .. } => access(cli, &dir()?, cmd),
         Command::Credential(cmd) => credential(cli, &dir()?, cmd),
+        Command::Geo(cmd) => geo_cli::geo(cli, &dir()?, cmd),
         Command::Emergency { remote, cmd } if remote.server.is_some() => {
             clinical_remote::emergency(cli, &dir()?, remote, cmd)
         }

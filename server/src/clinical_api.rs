@@ -11,7 +11,7 @@
 //! are adapters over these same calls.
 
 use cohort_engine::access::scope::{self, Level, Purpose};
-use cohort_engine::access::{emergency, grants, notifications, patients};
+use cohort_engine::access::{emergency, geo, grants, notifications, patients};
 use cohort_engine::compliance::Compliance;
 use cohort_engine::records::clinical::{Clinic, Read, Search};
 use cohort_engine::records::vault::RecordVersion;
@@ -505,18 +505,64 @@ impl pb::clinical_server::Clinical for StudyApi {
     ) -> Result<Response<pb::AccessChanged>, Status> {
         let r = request.get_ref().clone();
         let secs = days(r.days, "a credential")?;
+        let jurisdiction = r
+            .jurisdiction
+            .as_deref()
+            .map(geo::Jurisdiction::parse)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.as_actor(&request, "credential.attest", async move |s, vault, me| {
             let now = s.client().ledger().timestamp().await?;
+            let attested = grants::attest_credential(
+                vault.conn(),
+                s.client(),
+                me,
+                &r.provider,
+                &r.license,
+                now + secs,
+            )
+            .await?;
+            Ok(changed(match jurisdiction {
+                Some(j) => {
+                    grants::attest_jurisdiction(vault.conn(), s.client(), me, &r.provider, &j)
+                        .await?
+                }
+                None => attested,
+            }))
+        })
+        .await
+    }
+
+    async fn geo_policy(
+        &self,
+        request: Request<pb::GeoPolicyRequest>,
+    ) -> Result<Response<pb::GeoPolicyView>, Status> {
+        self.as_actor(&request, "geo.show", async move |s, vault, me| {
+            let shown = geo::shown(vault.conn(), Some(s.client()), Some(me.address())).await?;
+            Ok(pb::GeoPolicyView {
+                enabled: shown.enabled,
+                policy: shown.policy,
+                patient: shown.restrictions.is_some(),
+                restrictions: shown
+                    .restrictions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn set_geo_restriction(
+        &self,
+        request: Request<pb::SetGeoRestrictionRequest>,
+    ) -> Result<Response<pb::AccessChanged>, Status> {
+        let bits = geo::restriction_bits(&request.get_ref().restrictions)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.as_actor(&request, "geo.restrict", async move |s, vault, me| {
             Ok(changed(
-                grants::attest_credential(
-                    vault.conn(),
-                    s.client(),
-                    me,
-                    &r.provider,
-                    &r.license,
-                    now + secs,
-                )
-                .await?,
+                grants::set_geo_restriction(vault.conn(), s.client(), me, bits).await?,
             ))
         })
         .await
@@ -588,6 +634,7 @@ impl pb::clinical_server::Clinical for StudyApi {
                             why: d.why,
                             basis: d.basis.to_string(),
                             evidence: d.evidence,
+                            cross_border: d.cross_border,
                         })
                         .collect(),
                 })

@@ -71,6 +71,8 @@ pub fn router(api: StudyApi) -> axum::Router {
         .route("/api/delegates", post(delegate))
         .route("/api/reads", get(reads))
         .route("/api/disclosures", get(disclosures))
+        .route("/api/geo", get(geo_policy))
+        .route("/api/geo/restrict", post(geo_restrict))
         .route("/api/export", get(export))
         .route("/api/report", post(report))
         .route("/api/notifications", get(notifications))
@@ -318,6 +320,31 @@ async fn disclosures(State(api): State<StudyApi>, headers: HeaderMap) -> Respons
         since: None,
     };
     reply(Clinical::disclosures(&api, request(&headers, asked)).await)
+}
+
+async fn geo_policy(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    reply(Clinical::geo_policy(&api, request(&headers, pb::GeoPolicyRequest {})).await)
+}
+
+#[derive(Deserialize)]
+struct GeoForm {
+    #[serde(default)]
+    restrictions: Vec<String>,
+}
+
+async fn geo_restrict(
+    State(api): State<StudyApi>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let f: GeoForm = match body(&bytes) {
+        Ok(f) => f,
+        Err(s) => return refusal(s),
+    };
+    let message = pb::SetGeoRestrictionRequest {
+        restrictions: f.restrictions,
+    };
+    reply(Clinical::set_geo_restriction(&api, request(&headers, message)).await)
 }
 
 async fn export(State(api): State<StudyApi>, headers: HeaderMap) -> Response {

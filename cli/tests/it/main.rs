@@ -13,6 +13,7 @@ mod encrypted;
 mod faults;
 mod fhir;
 mod generate;
+mod geo;
 mod identifiers;
 mod ingest;
 mod invariant;

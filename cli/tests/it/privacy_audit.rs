@@ -972,3 +972,95 @@ fn cohort_dp_on_neighbouring_tables_differs_only_in_noise() {
         }
     }
 }
+
+/// Geography: a consenting patient whose records the policy keeps out of
+/// a study of another country is simply not in its view. Both directories
+/// hold the same records and consents; in the second one patient's records
+/// came from a US organisation (a DE study, no `[[research]]` rule). What
+/// the researcher observes (outcome, message, cost, events, audit growth,
+/// duration, EXPLAIN's deadline, exact quantities) is the same on both;
+/// only a steward or auditor sees the count left out.
+#[test]
+fn a_patient_left_out_by_geography_is_invisible_to_the_researcher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = bundles(tmp.path(), PATIENTS, 11);
+    let policy = tmp.path().join("geo.toml");
+    std::fs::write(
+        &policy,
+        "default = \"DE\"\nresearch_cross_border = \"refuse\"\n",
+    )
+    .unwrap();
+    let sides: Vec<Side> = (0..2)
+        .map(|i| {
+            let s = setup_from(&input);
+            crate::cohort_json(&s.data, &["geo", "set", policy.to_str().unwrap()]);
+            let (study, _) = s.approved_study(STUDY, PATIENTS as usize);
+            if i == 1 {
+                let conn = s.dir.connect().unwrap();
+                let moved = conn
+                    .execute(
+                        "INSERT INTO record_jurisdictions(record_id, jurisdiction)
+                         SELECT record_id, 'US' FROM records WHERE patient_id =
+                           (SELECT patient_id FROM research_patients ORDER BY patient_id LIMIT 1)",
+                        [],
+                    )
+                    .unwrap();
+                assert!(moved > 0);
+            }
+            Side {
+                dir: s.dir.clone(),
+                data: s.data.clone(),
+                _setup: s,
+                study,
+            }
+        })
+        .collect();
+    let excluded: Vec<Value> = sides
+        .iter()
+        .map(|side| {
+            // The operator's (overseer's) view of the study counts it.
+            let id = side.study.to_string();
+            crate::cohort_json(&side.data, &["study", "show", &id])["geo_excluded"].clone()
+        })
+        .collect();
+    assert_eq!(excluded, [serde_json::json!(0), serde_json::json!(1)]);
+
+    let mut failures = Vec::new();
+    for (name, sql) in [
+        ("count", "SELECT COUNT(*) AS n FROM patients p"),
+        (
+            "groups",
+            "SELECT p.gender, COUNT(*) AS n FROM patients p GROUP BY p.gender",
+        ),
+        (
+            "join",
+            "SELECT COUNT(*) AS n FROM patients p JOIN conditions c ON p.patient_id = c.patient_id",
+        ),
+    ] {
+        let probe = Probe {
+            family: "geography",
+            name,
+            sql: sql.to_string(),
+            extra: vec![],
+        };
+        let mut seen = [
+            observe(&sides[0], &probe.sql, &probe.extra),
+            observe(&sides[1], &probe.sql, &probe.extra),
+        ];
+        for _ in 0..2 {
+            if seen[0].elapsed_ms.abs_diff(seen[1].elapsed_ms) <= DURATION_TOLERANCE_MS {
+                break;
+            }
+            for (side, o) in sides.iter().zip(seen.iter_mut()) {
+                let again = observe(side, &probe.sql, &probe.extra);
+                o.elapsed_ms = o.elapsed_ms.min(again.elapsed_ms);
+            }
+        }
+        compare(&probe, &seen, &mut failures);
+    }
+    assert!(
+        failures.is_empty(),
+        "geography leaked who was left out:\n{}",
+        failures.join("\n")
+    );
+}

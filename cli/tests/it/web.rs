@@ -142,6 +142,12 @@ fn stewards_providers_patients_and_auditors_use_the_page_in_chromium() {
         .find(|g| g["provider_name"] == "dr-no")
         .unwrap_or_else(|| panic!("the page's grant: {grants}"));
     assert_eq!(dr_no["active"], false, "granted, then revoked: {dr_no}");
+    let geo = cohort_json(&s.data, &["geo", "show", "--as", "patient-0"]);
+    assert_eq!(
+        geo["restrictions"],
+        serde_json::json!(["no-cross-border-research"]),
+        "the patient's click set their restriction on chain: {geo}"
+    );
     let overrides = cohort_json(&s.data, &["emergency", "list"]);
     let o = &overrides.as_array().unwrap()[0];
     assert_eq!(o["provider_name"], "dr-er");

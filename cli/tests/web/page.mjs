@@ -190,6 +190,14 @@ try {
   check(told.some((d) => d.who === "dr-er" && d.basis === "emergency"), `the emergency read is accounted: ${JSON.stringify(told)}`);
   check(told.some((d) => d.who === "dr-who" && d.basis === "grant" && /record\(s\)/.test(d.what)), "the granted read is accounted with its records");
   check(told.every((d) => d.who !== "patient-0"), "the patient's own reads are no disclosure");
+  // Where the records may be read: the patient narrows it (their own
+  // transaction); the page shows it ticked after reloading.
+  check((await page.locator("#geo-policy").getAttribute("data-enabled")) === "no", "no geography policy here");
+  await page.check('#geo-restrictions input[value="no-cross-border-research"]');
+  await page.click("#geo-button");
+  await waitStatus("your geographic restriction: no-cross-border-research");
+  await page.waitForFunction(() => document.querySelector('#geo-restrictions input[value="no-cross-border-research"]').checked
+    && !document.querySelector('#geo-restrictions input[value="domestic-reads-only"]').checked);
   // A copy of the records: a FHIR Bundle downloaded by the browser.
   const [download] = await Promise.all([page.waitForEvent("download"), page.click("#export-button")]);
   await waitStatus("exported as a FHIR Bundle");

@@ -873,6 +873,16 @@ class ClinicalStub:
                 request_serializer=cohort__pb2.DisclosuresRequest.SerializeToString,
                 response_deserializer=cohort__pb2.DisclosureList.FromString,
                 _registered_method=True)
+        self.GeoPolicy = channel.unary_unary(
+                '/cohort.v1.Clinical/GeoPolicy',
+                request_serializer=cohort__pb2.GeoPolicyRequest.SerializeToString,
+                response_deserializer=cohort__pb2.GeoPolicyView.FromString,
+                _registered_method=True)
+        self.SetGeoRestriction = channel.unary_unary(
+                '/cohort.v1.Clinical/SetGeoRestriction',
+                request_serializer=cohort__pb2.SetGeoRestrictionRequest.SerializeToString,
+                response_deserializer=cohort__pb2.AccessChanged.FromString,
+                _registered_method=True)
 
 
 class ClinicalServicer:
@@ -1033,6 +1043,23 @@ class ClinicalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GeoPolicy(self, request, context):
+        """As `cohort geo show`: the deployment's geography policy (public) and,
+        for a patient, their own restriction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetGeoRestriction(self, request, context):
+        """As `cohort geo restrict`: the caller (a patient) narrows where their
+        records may be read or studied, as their own transaction on chain.
+        It can only refuse more than the deployment's policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClinicalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1130,6 +1157,16 @@ def add_ClinicalServicer_to_server(servicer, server):
                     servicer.Disclosures,
                     request_deserializer=cohort__pb2.DisclosuresRequest.FromString,
                     response_serializer=cohort__pb2.DisclosureList.SerializeToString,
+            ),
+            'GeoPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GeoPolicy,
+                    request_deserializer=cohort__pb2.GeoPolicyRequest.FromString,
+                    response_serializer=cohort__pb2.GeoPolicyView.SerializeToString,
+            ),
+            'SetGeoRestriction': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGeoRestriction,
+                    request_deserializer=cohort__pb2.SetGeoRestrictionRequest.FromString,
+                    response_serializer=cohort__pb2.AccessChanged.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1653,6 +1690,60 @@ class Clinical:
             '/cohort.v1.Clinical/Disclosures',
             cohort__pb2.DisclosuresRequest.SerializeToString,
             cohort__pb2.DisclosureList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GeoPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/GeoPolicy',
+            cohort__pb2.GeoPolicyRequest.SerializeToString,
+            cohort__pb2.GeoPolicyView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGeoRestriction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/SetGeoRestriction',
+            cohort__pb2.SetGeoRestrictionRequest.SerializeToString,
+            cohort__pb2.AccessChanged.FromString,
             options,
             channel_credentials,
             insecure,

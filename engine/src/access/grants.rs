@@ -434,6 +434,57 @@ pub async fn attest_credential(
     .await
 }
 
+/// The issuer of `provider_name`'s credential attests the jurisdiction
+/// they practise in (on chain, beside the credential: `attestJurisdiction`).
+pub async fn attest_jurisdiction(
+    conn: &Connection,
+    client: &Client,
+    issuer: &Actor,
+    provider_name: &str,
+    jurisdiction: &super::geo::Jurisdiction,
+) -> Result<Changed> {
+    let provider = account_address(conn, provider_name, "attest the jurisdiction of")?;
+    let step = Step {
+        audit: "credential.jurisdiction",
+        done: "jurisdiction attested",
+        target: provider,
+        account: provider_name,
+        detail: serde_json::json!({ "provider": provider_name, "jurisdiction": jurisdiction }),
+    };
+    send_step(conn, client, issuer, step, async {
+        let call = CohortAccess::attestJurisdictionCall {
+            provider,
+            jurisdiction: jurisdiction.to_bytes8().into(),
+        };
+        Ok((client.tx(Target::Access, call), None))
+    })
+    .await
+}
+
+/// A patient sets their own geographic restriction (bits of
+/// [`super::geo::DOMESTIC_READS_ONLY`] and
+/// [`super::geo::NO_CROSS_BORDER_RESEARCH`]), as their own transaction:
+/// no one else can, and it only ever refuses more than the deployment.
+pub async fn set_geo_restriction(
+    conn: &Connection,
+    client: &Client,
+    patient: &Actor,
+    restrictions: u8,
+) -> Result<Changed> {
+    let step = Step {
+        audit: "geo.restrict",
+        done: "geographic restriction set",
+        target: patient.address(),
+        account: patient.name(),
+        detail: serde_json::json!({ "restrictions": super::geo::restriction_names(restrictions) }),
+    };
+    send_step(conn, client, patient, step, async {
+        let call = CohortAccess::setGeoRestrictionCall { restrictions };
+        Ok((client.tx(Target::Access, call), Some(patients::identity_of(conn, patient)?)))
+    })
+    .await
+}
+
 /// The issuer who attested a credential (or an admin) revokes it.
 pub async fn revoke_credential(
     conn: &Connection,

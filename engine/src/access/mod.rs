@@ -1,10 +1,11 @@
 //! Who may do what, as the ledger decides: the authenticated actor, roles
 //! granted by an administrator, patients' grants and delegations,
-//! provider credentials, emergency access with its review, and the
+//! provider credentials, geography, emergency access with its review, and the
 //! notifications these send.
 
 pub mod actor;
 pub mod emergency;
+pub mod geo;
 pub mod grants;
 pub mod notifications;
 pub mod patients;

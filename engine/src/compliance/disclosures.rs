@@ -47,6 +47,11 @@ pub struct Disclosure {
     pub basis: &'static str,
     /// Where it is recorded: a block, an audit entry, a query.
     pub evidence: String,
+    /// For a cross-border read: the reader's and the record's
+    /// jurisdictions and the geography rule that allowed it
+    /// (`US -> DE by [[allow]] #1 ...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_border: Option<String>,
 }
 
 /// A patient's accounting.
@@ -87,19 +92,29 @@ fn unix(rfc3339: &str) -> i64 {
 /// carry the trace's block).
 fn reads(conn: &Connection, patient: &PatientAccount, since: i64) -> Result<Vec<Disclosure>> {
     let mut named: BTreeMap<(i64, String), Vec<String>> = BTreeMap::new();
-    let rows: Vec<(Option<i64>, String, String)> = conn
+    let mut crossed: BTreeMap<(i64, String), String> = BTreeMap::new();
+    type Row = (Option<i64>, String, String, Option<String>);
+    let rows: Vec<Row> = conn
         .prepare(
-            "SELECT json_extract(a.detail, '$.block'), a.actor, a.target FROM audit a
+            "SELECT json_extract(a.detail, '$.block'), a.actor, a.target,
+                    CASE WHEN json_extract(a.detail, '$.cross_border') THEN
+                      json_extract(a.detail, '$.reader_jurisdiction') || ' -> ' ||
+                      json_extract(a.detail, '$.record_jurisdiction') || ' by ' ||
+                      json_extract(a.detail, '$.geo_rule') END
+             FROM audit a
              WHERE a.action IN ('read', 'read.emergency')
                AND a.target IN (SELECT record_id FROM records WHERE patient_id = ?1)
              ORDER BY a.seq",
         )?
         .query_map([&patient.patient_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    for (block, actor, target) in rows {
+    for (block, actor, target, cross) in rows {
         if let Some(block) = block {
+            if let Some(c) = cross {
+                crossed.entry((block, actor.clone())).or_insert(c);
+            }
             named.entry((block, actor)).or_default().push(target);
         }
     }
@@ -117,6 +132,7 @@ fn reads(conn: &Connection, patient: &PatientAccount, since: i64) -> Result<Vec<
         let records = named
             .remove(&(e.block, recipient.clone()))
             .unwrap_or_default();
+        let cross_border = crossed.remove(&(e.block, recipient.clone()));
         let what = if records.is_empty() {
             format!(
                 "{} record(s) traced on chain; the audit log names none of them",
@@ -133,6 +149,7 @@ fn reads(conn: &Connection, patient: &PatientAccount, since: i64) -> Result<Vec<
             why: e.purpose.to_string(),
             basis: if e.emergency { "emergency" } else { "grant" },
             evidence: format!("chain block {}", e.block),
+            cross_border,
         });
     }
     Ok(out)
@@ -202,6 +219,7 @@ fn research(conn: &Connection, patient: &PatientAccount, since: i64) -> Result<V
                 why: study_title(conn, study)?,
                 basis: "consent",
                 evidence: format!("query {query}"),
+                cross_border: None,
             });
         }
     }
@@ -234,6 +252,7 @@ fn research(conn: &Connection, patient: &PatientAccount, since: i64) -> Result<V
                 why: study_title(conn, study)?,
                 basis: "consent",
                 evidence: format!("release {hash}"),
+                cross_border: None,
             });
         }
     }
@@ -271,6 +290,7 @@ fn audited(conn: &Connection, patient: &PatientAccount, since: i64) -> Result<Ve
             why: purpose,
             basis: "export",
             evidence: format!("audit entry {seq}"),
+            cross_border: None,
         });
     }
     if crate::storage::store::table_exists(conn, "ledger_appointments")? {
@@ -299,6 +319,7 @@ fn audited(conn: &Connection, patient: &PatientAccount, since: i64) -> Result<Ve
                 why: purpose,
                 basis: "grant",
                 evidence: format!("audit entry {seq}"),
+                cross_border: None,
             });
         }
     }

@@ -57,6 +57,10 @@ pub struct Accesses {
     pub emergency_reads: i64,
     /// Refused reads, listings and exports.
     pub refused: i64,
+    /// Records read across a border (the geography policy allowed it).
+    pub cross_border_reads: i64,
+    /// Reads and writes the geography policy refused.
+    pub cross_border_refused: i64,
     /// Exports of a patient's records (FHIR Bundles).
     pub exports: i64,
     /// Appointment reasons read.
@@ -176,6 +180,22 @@ pub fn build(
         conn,
         &format!(
             "SELECT COUNT(*) FROM audit WHERE action IN ('read.refused', 'list.refused', 'records.export.patient.refused') AND {in_period}"
+        ),
+        &f,
+        &t,
+    )?;
+    accesses.cross_border_reads = count(
+        conn,
+        &format!(
+            "SELECT COUNT(*) FROM audit WHERE action IN ('read', 'read.emergency') AND json_extract(detail, '$.cross_border') AND {in_period}"
+        ),
+        &f,
+        &t,
+    )?;
+    accesses.cross_border_refused = count(
+        conn,
+        &format!(
+            "SELECT COUNT(*) FROM audit WHERE action LIKE '%.refused' AND json_extract(detail, '$.reason') = 'cross_border' AND {in_period}"
         ),
         &f,
         &t,
@@ -490,6 +510,16 @@ pub fn html(report: &Report) -> String {
         &mut h,
         "refused reads, listings and exports",
         &report.accesses.refused.to_string(),
+    );
+    row(
+        &mut h,
+        "records read across a border (geography policy)",
+        &report.accesses.cross_border_reads.to_string(),
+    );
+    row(
+        &mut h,
+        "cross-border reads and writes refused",
+        &report.accesses.cross_border_refused.to_string(),
     );
     row(
         &mut h,

@@ -11,6 +11,14 @@
 //! authorization, is audited, and decrypts nothing. An update is
 //! `updateHealthRecords`, signed by the writer: the vault's new version
 //! commits only once the chain has taken it.
+//!
+//! Geography ([`crate::access::geo`]) decides next, when the deployment
+//! has a policy: after the chain's check and before the trace, each
+//! record's jurisdiction against the reader's attested one, narrowed by
+//! the patient's own on-chain restriction. A cross-border refusal is
+//! audited (`read.refused`, reason `cross_border`, both jurisdictions and
+//! the rule) and leaves no trace on chain and nothing decrypted; an
+//! allowed cross-border read is audited with the same fields.
 
 use cohort_ledger_bridge::alloy::primitives::B256;
 use cohort_ledger_bridge::contracts::PatientRecords;
@@ -21,6 +29,7 @@ use serde::Serialize;
 use super::anchor::record_key;
 use super::fhir;
 use super::vault::{Access, RecordVersion, Vault};
+use crate::access::geo::{self, Decision};
 use crate::access::scope::{self, Level, Purpose, SUMMARY_KINDS};
 use crate::access::{Actor, patients};
 use crate::{Error, Result, audit};
@@ -211,12 +220,86 @@ impl<'a> Clinic<'a> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    /// Geography, once the chain has allowed `actor` to act on `records`
+    /// (with `emergency` as the chain said): the deployment's policy and
+    /// the patient's restriction decide each record. A refusal is audited
+    /// and returned; nothing has been traced or decrypted. The patient
+    /// acting on their own records is never cross-border; a reader with
+    /// no jurisdiction attested (a credential from before geography, a
+    /// delegate) is of the deployment default. Returns the jurisdiction of
+    /// the reader (for a new record's) and the cross-border decisions
+    /// that allowed, by record, for the audit.
+    async fn geo(
+        &self,
+        actor: &Actor,
+        patient: &patients::PatientAccount,
+        records: &[&str],
+        emergency: bool,
+        action: &str,
+        target: &str,
+        purpose: Purpose,
+    ) -> Result<(Option<geo::Jurisdiction>, Vec<(String, Decision)>)> {
+        let conn = self.vault.conn();
+        let Some(policy) = geo::policy(conn)? else {
+            return Ok((None, Vec::new()));
+        };
+        let reader = geo::attested(self.client, actor.address())
+            .await?
+            .unwrap_or_else(|| policy.default.clone());
+        if actor.address() == patient.address {
+            return Ok((Some(reader), Vec::new()));
+        }
+        let mut restriction = None;
+        let mut crossing = Vec::new();
+        for record in records {
+            let j = geo::record_jurisdiction(conn, &policy, record)?;
+            if reader.domestic(&j) {
+                continue;
+            }
+            let bits = match restriction {
+                Some(b) => b,
+                None => {
+                    *restriction.insert(geo::restriction_of(self.client, patient.address).await?)
+                }
+            };
+            let d = policy.decide_read(&reader, &j, bits, emergency);
+            if !d.allowed {
+                let verb = if action == "update" {
+                    "writing"
+                } else {
+                    "reading"
+                };
+                let what = format!("{verb} {record} of Patient/{}", patient.patient_id);
+                let reason = d.refusal(actor.name(), &what);
+                let mut detail = d.detail();
+                detail["refused"] = serde_json::json!(reason);
+                detail["reason"] = serde_json::json!("cross_border");
+                detail["record"] = serde_json::json!(record);
+                audit::append(
+                    conn,
+                    &audit::Event {
+                        actor: actor.name(),
+                        action: &format!("{action}.refused"),
+                        target,
+                        purpose: purpose.name(),
+                        detail,
+                    },
+                )?;
+                return Err(Error::Forbidden(reason));
+            }
+            crossing.push((record.to_string(), d));
+        }
+        Ok((Some(reader), crossing))
+    }
+
     fn audit_reads(
         &self,
         actor: &Actor,
         purpose: Purpose,
         traced: Traced,
         read: &[RecordVersion],
+        crossing: &[(String, Decision)],
     ) -> Result<()> {
         let emergency = traced.emergency;
         let tx = rusqlite::Transaction::new_unchecked(
@@ -224,6 +307,13 @@ impl<'a> Clinic<'a> {
             TransactionBehavior::Immediate,
         )?;
         for rv in read {
+            let mut detail = serde_json::json!({ "version": rv.version, "cid": rv.cid, "emergency": emergency, "block": traced.block });
+            if let Some((_, d)) = crossing.iter().find(|(r, _)| *r == rv.record_id)
+                && let (Some(o), serde_json::Value::Object(extra)) =
+                    (detail.as_object_mut(), d.detail())
+            {
+                o.extend(extra);
+            }
             audit::append(
                 &tx,
                 &audit::Event {
@@ -231,7 +321,7 @@ impl<'a> Clinic<'a> {
                     action: if emergency { "read.emergency" } else { "read" },
                     target: &rv.record_id,
                     purpose: purpose.name(),
-                    detail: serde_json::json!({ "version": rv.version, "cid": rv.cid, "emergency": emergency, "block": traced.block }),
+                    detail,
                 },
             )?;
         }
@@ -273,22 +363,34 @@ impl<'a> Clinic<'a> {
         self.vault.ensure_not_purged(&rv)?;
         let kinds = scope::kind_of(&rv.resource_type)?;
         let what = format!("reading {record_id}");
-        self.check(
-            actor,
-            &patient,
-            needed_level(kinds),
-            kinds,
-            purpose,
-            "read",
-            record_id,
-            &what,
-        )
-        .await?;
+        let emergency = self
+            .check(
+                actor,
+                &patient,
+                needed_level(kinds),
+                kinds,
+                purpose,
+                "read",
+                record_id,
+                &what,
+            )
+            .await?;
+        let (_, crossing) = self
+            .geo(
+                actor,
+                &patient,
+                &[record_id],
+                emergency,
+                "read",
+                record_id,
+                purpose,
+            )
+            .await?;
         let traced = self
             .trace(actor, &patient, &[record_id], kinds, purpose, record_id)
             .await?;
         let content = self.vault.decrypt_version(&rv)?;
-        self.audit_reads(actor, purpose, traced, std::slice::from_ref(&rv))?;
+        self.audit_reads(actor, purpose, traced, std::slice::from_ref(&rv), &crossing)?;
         Ok(Read {
             version: rv,
             content,
@@ -371,20 +473,24 @@ impl<'a> Clinic<'a> {
             "this search of {}",
             scope::kind_names(kinds.max(1)).join(", ")
         );
-        self.check(
-            actor,
-            &patient,
-            needed_level(kinds.max(1)),
-            kinds.max(1),
-            purpose,
-            "read",
-            &target,
-            &what,
-        )
-        .await?;
+        let emergency = self
+            .check(
+                actor,
+                &patient,
+                needed_level(kinds.max(1)),
+                kinds.max(1),
+                purpose,
+                "read",
+                &target,
+                &what,
+            )
+            .await?;
         // The trace names every record the search considers, before any is
         // decrypted; the code and date filters then apply to the plaintext.
         let ids: Vec<&str> = versions.iter().map(|rv| rv.record_id.as_str()).collect();
+        let (_, crossing) = self
+            .geo(actor, &patient, &ids, emergency, "read", &target, purpose)
+            .await?;
         let traced = self
             .trace(actor, &patient, &ids, kinds.max(1), purpose, &target)
             .await?;
@@ -396,7 +502,7 @@ impl<'a> Clinic<'a> {
             }
         }
         let audited: Vec<RecordVersion> = reads.iter().map(|(rv, _)| rv.clone()).collect();
-        self.audit_reads(actor, purpose, traced, &audited)?;
+        self.audit_reads(actor, purpose, traced, &audited, &crossing)?;
         Ok(reads
             .into_iter()
             .map(|(version, content)| Read {
@@ -513,20 +619,47 @@ impl<'a> Clinic<'a> {
             }
         };
         let what = format!("writing {record_id}");
-        self.check(
-            actor,
-            &patient,
-            Level::Write,
-            kinds,
-            purpose,
-            "update",
-            &record_id,
-            &what,
-        )
-        .await?;
+        let emergency = self
+            .check(
+                actor,
+                &patient,
+                Level::Write,
+                kinds,
+                purpose,
+                "update",
+                &record_id,
+                &what,
+            )
+            .await?;
+        // A new record is the writer's organisation's: it carries their
+        // jurisdiction; a new version of one is checked against its own.
+        let (writer, _) = if existing.is_some() {
+            self.geo(
+                actor,
+                &patient,
+                &[&record_id],
+                emergency,
+                "update",
+                &record_id,
+                purpose,
+            )
+            .await?
+        } else {
+            self.geo(
+                actor,
+                &patient,
+                &[],
+                emergency,
+                "update",
+                &record_id,
+                purpose,
+            )
+            .await?
+        };
         let conn = self.vault.conn();
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-        let access = Access::new(actor.name(), purpose.name());
+        let access = Access::new(actor.name(), purpose.name())
+            .with_jurisdiction(writer.map(|j| j.to_string()));
         let digest = {
             use sha2::Digest;
             data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(resource.json.as_slice()))

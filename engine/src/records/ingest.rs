@@ -230,6 +230,9 @@ pub(crate) fn store_bundle_in(
             PutOutcome::Updated => outcome.updated += 1,
             PutOutcome::Unchanged => outcome.unchanged += 1,
         }
+        if let Some(j) = &access.jurisdiction {
+            crate::access::geo::remember(tx, &r.record_id(), j)?;
+        }
         if o != PutOutcome::Unchanged {
             // put_all_in unwrapped this patient's key: the cache holds it.
             let key = vault.data_key(tx, &mut cache, &r.patient_id, false)?;

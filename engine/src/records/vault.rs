@@ -33,6 +33,9 @@ pub struct Access {
     pub actor: String,
     /// The stated purpose of use.
     pub purpose: String,
+    /// The jurisdiction of the organisation storing records through this
+    /// access (`None`: they carry the deployment default).
+    pub jurisdiction: Option<String>,
 }
 
 impl Access {
@@ -41,7 +44,15 @@ impl Access {
         Access {
             actor: actor.into(),
             purpose: purpose.into(),
+            jurisdiction: None,
         }
+    }
+
+    /// The same access, storing records of `jurisdiction` (a checked
+    /// code: `geo::Jurisdiction::as_str`).
+    pub fn with_jurisdiction(mut self, jurisdiction: Option<String>) -> Self {
+        self.jurisdiction = jurisdiction;
+        self
     }
 }
 

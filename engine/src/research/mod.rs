@@ -198,17 +198,105 @@ impl Session {
         self.sync().await?;
         let s = self.client.study(id).await?;
         let consenting = self.consenting(conn, id, &s).await?;
+        let members = self.in_view(conn, file, consenting).await?;
         view::obtain(
             conn,
             &self.dir,
             id,
             file,
             &self.key(id),
-            &consenting,
+            &members,
             &self.views,
             &self.building,
         )
     }
+}
+
+impl Session {
+    /// The consenting patients a study's view holds: all of them, unless
+    /// the deployment has a geography policy (`access::geo`); then those
+    /// all of whose records the policy lets into a study of the study's
+    /// jurisdiction and who have not refused cross-border research (their
+    /// own transaction on chain). Like a consent, a patient left out is
+    /// simply not in the view: the consenting set (public) still sets the
+    /// deadline, the encrypted padding, the fee's sharing and the Merkle
+    /// root, so nothing a researcher observes counts who was left out.
+    pub(crate) async fn in_view(
+        &self,
+        conn: &Connection,
+        file: &StudyFile,
+        consenting: Vec<Consenting>,
+    ) -> Result<Vec<Consenting>> {
+        let restrictions = self.geo_restrictions(conn, &consenting).await?;
+        geo_members(conn, file, consenting, restrictions.as_ref())
+    }
+
+    /// Every consenting patient's geographic restriction (public: each
+    /// is their own transaction), read for all of them whatever their
+    /// records' jurisdictions, so the time it takes depends only on the
+    /// public consenting set. `None` without a geography policy.
+    pub(crate) async fn geo_restrictions(
+        &self,
+        conn: &Connection,
+        consenting: &[Consenting],
+    ) -> Result<Option<HashMap<Address, u8>>> {
+        if crate::access::geo::policy(conn)?.is_none() {
+            return Ok(None);
+        }
+        let mut out = HashMap::with_capacity(consenting.len());
+        for c in consenting {
+            out.insert(
+                c.address,
+                crate::access::geo::restriction_of(&self.client, c.address).await?,
+            );
+        }
+        Ok(Some(out))
+    }
+
+    /// How many consenting patients study `id`'s view leaves out under the
+    /// geography policy: for its stewards and auditors, never its researcher.
+    pub(crate) async fn geo_excluded(
+        &self,
+        conn: &Connection,
+        id: u64,
+        file: &StudyFile,
+        s: &ResearchStudy::Study,
+    ) -> Result<usize> {
+        let consenting = self.consenting(conn, id, s).await?;
+        let all = consenting.len();
+        Ok(all - self.in_view(conn, file, consenting).await?.len())
+    }
+}
+
+/// The members of a study's view among `consenting`, given their
+/// restrictions (`None`: no geography policy, every one). Reads only this
+/// data directory: run inside a query's charged, fixed-time execution.
+pub(crate) fn geo_members(
+    conn: &Connection,
+    file: &StudyFile,
+    consenting: Vec<Consenting>,
+    restrictions: Option<&HashMap<Address, u8>>,
+) -> Result<Vec<Consenting>> {
+    use crate::access::geo;
+    let (Some(restrictions), Some(policy)) = (restrictions, geo::policy(conn)?) else {
+        return Ok(consenting);
+    };
+    let study = match &file.terms.jurisdiction {
+        Some(j) => geo::Jurisdiction::parse(j)?,
+        None => policy.default.clone(),
+    };
+    let mut out = Vec::with_capacity(consenting.len());
+    for c in consenting {
+        let bits = restrictions.get(&c.address).copied().unwrap_or(0);
+        let records = geo::patient_jurisdictions(conn, &policy, &c.patient_id)?;
+        if records
+            .iter()
+            .all(|r| policy.research_allows(r, &study, bits))
+        {
+            out.push(c);
+        }
+    }
+    Ok(out)
 }
 
 /// What a study's pseudonym key is derived for.
@@ -269,4 +357,82 @@ pub(crate) fn ledger_query_id(
     bytes.extend_from_slice(&study_id.to_be_bytes());
     bytes.extend_from_slice(query_id.as_bytes());
     keccak256(bytes)
+}
+
+#[cfg(test)]
+mod geo_tests {
+    use super::*;
+
+    const STUDY: &str = r#"
+privacy_unit = "patient_id"
+[study]
+title = "t"
+purpose = "p"
+duration_days = 30
+jurisdiction = "FR"
+[budget]
+epsilon = "2"
+[query]
+epsilon = "0.5"
+max_epsilon = "1"
+[tables.patients.columns]
+patient_id = { identifier = true }
+"#;
+
+    fn member(i: u8) -> Consenting {
+        Consenting {
+            patient_id: format!("p{i}"),
+            address: Address::repeat_byte(i),
+        }
+    }
+
+    #[test]
+    fn a_view_holds_whom_the_policy_and_the_patients_let_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::storage::store::open(&dir.path().join("cohort.db")).unwrap();
+        // p1: DE records (an EU rule lets them into a FR study); p2: the
+        // same, but the patient refuses cross-border research; p3: US
+        // records (no rule); p4: records of the default (FR), domestic.
+        for (i, j) in [(1, Some("DE")), (2, Some("DE")), (3, Some("US")), (4, None)] {
+            conn.execute(
+                "INSERT INTO patients(patient_id, kek_id, created_at) VALUES (?1, 'k', 'now')",
+                [format!("p{i}")],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO records(record_id, version, patient_id, resource_type, cid, content_mac, size, created_at)
+                 VALUES (?1, 1, ?2, 'Observation', 'c', x'00', 1, 'now')",
+                [format!("Observation/{i}"), format!("p{i}")],
+            )
+            .unwrap();
+            if let Some(j) = j {
+                crate::access::geo::remember(&conn, &format!("Observation/{i}"), j).unwrap();
+            }
+        }
+        let file = StudyFile::parse(STUDY).unwrap();
+        let all: Vec<Consenting> = (1..=4).map(member).collect();
+        let restrictions: HashMap<Address, u8> = [(
+            Address::repeat_byte(2),
+            crate::access::geo::NO_CROSS_BORDER_RESEARCH,
+        )]
+        .into();
+        // No policy: everyone consenting is in the view.
+        let members = geo_members(&conn, &file, all.clone(), Some(&restrictions)).unwrap();
+        assert_eq!(members, all);
+        crate::access::geo::set_policy(
+            &conn,
+            "operator",
+            "default = \"FR\"\n[groups]\nEU = [\"DE\", \"FR\"]\n[[research]]\nrecord = \"EU\"\nstudy = \"EU\"\n",
+        )
+        .unwrap();
+        let members = geo_members(&conn, &file, all.clone(), Some(&restrictions)).unwrap();
+        assert_eq!(members, vec![member(1), member(4)]);
+        // A bad study jurisdiction is refused when the file is parsed.
+        let bad = STUDY.replace("\"FR\"", "\"FX\"");
+        let e = StudyFile::parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("[study] jurisdiction: `FX` is not a jurisdiction"),
+            "{e}"
+        );
+    }
 }

@@ -55,6 +55,13 @@ pub struct StudySummary {
     pub microdata: bool,
     /// When queries stop (unix seconds), once approved.
     pub ends_at: Option<u64>,
+    /// Where the study is conducted (its file's `jurisdiction`), if said.
+    pub jurisdiction: Option<String>,
+    /// Consenting patients its view leaves out under the geography policy:
+    /// for stewards and auditors only (`None` for anyone else, the
+    /// researcher included, and without a policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_excluded: Option<usize>,
     /// The study's books, for those who may see them (see [`Viewer`]).
     #[serde(flatten)]
     pub books: Option<StudyBooks>,
@@ -297,6 +304,11 @@ impl Session {
         let (file, s) = self.study(conn, id).await?;
         self.sync().await?;
         let consenting = self.consenting(conn, id, &s).await?.len();
+        let geo_excluded = if overseer && crate::access::geo::policy(conn)?.is_some() {
+            Some(self.geo_excluded(conn, id, &file, &s).await?)
+        } else {
+            None
+        };
         let sees_books = overseer || viewer == Viewer::Account(s.researcher);
         let books = if sees_books {
             let left = self.client.remaining(id).await?;
@@ -332,6 +344,8 @@ impl Session {
             consenting,
             microdata: s.terms.microdata,
             ends_at: (s.endsAt != 0).then_some(s.endsAt),
+            jurisdiction: file.terms.jurisdiction.clone(),
+            geo_excluded,
             books,
         })
     }

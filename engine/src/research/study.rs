@@ -114,6 +114,13 @@ pub struct Terms {
     /// Whether k-anonymous extracts may be released.
     #[serde(default)]
     pub microdata: bool,
+    /// Where the study is conducted (an ISO 3166 code, `DE` or `US-CA`):
+    /// with a deployment geography policy, its view holds a consenting
+    /// patient only if the policy lets all their records into a study of
+    /// this jurisdiction and they have not refused cross-border research
+    /// (`access::geo`). Absent: the deployment default.
+    #[serde(default)]
+    pub jurisdiction: Option<String>,
 }
 
 fn default_purposes() -> Vec<String> {
@@ -230,6 +237,10 @@ impl StudyFile {
             ));
         }
         parse_wei("fee_per_epsilon", &terms.fee_per_epsilon)?;
+        if let Some(j) = &terms.jurisdiction {
+            crate::access::geo::Jurisdiction::parse(j)
+                .map_err(|e| invalid(&format_args!("[study] jurisdiction: {e}")))?;
+        }
         if release.is_none() && terms.microdata {
             return Err(invalid(
                 &"`microdata = true` needs a [release] table naming the extract's columns, \

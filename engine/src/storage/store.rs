@@ -215,6 +215,18 @@ CREATE TABLE IF NOT EXISTS proj_medications (
     authored_on  INTEGER
 );
 CREATE INDEX IF NOT EXISTS proj_medications_by_patient ON proj_medications(patient_id);
+-- Geography (engine/src/access/geo.rs): each record's jurisdiction, a side
+-- table so the sealed index rows of `records` are unchanged (a record
+-- without a row carries the deployment default), and the deployment's
+-- public policy.
+CREATE TABLE IF NOT EXISTS record_jurisdictions (
+    record_id    TEXT PRIMARY KEY,
+    jurisdiction TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS geo_policy (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    text TEXT NOT NULL
+);
 "#;
 
 /// Opens (creating if needed) the metadata database at `path`. A database

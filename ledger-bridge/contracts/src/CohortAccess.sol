@@ -774,4 +774,45 @@ contract CohortAccess is AccessControl {
         patient = patientOf(msg.sender);
         if (patient == address(0)) revert NotAPatient(msg.sender);
     }
+
+    // --------------------------------------------------------------- geography
+    // Kept apart from the credential itself (its struct and `attestCredential`
+    // are unchanged): a provider's jurisdiction and a patient's own
+    // geographic restriction. The engine reads both after `check` allows a
+    // read and decides with the deployment's public policy before anything
+    // is traced or decrypted (engine/src/access/geo.rs).
+
+    /// The patient refuses readers outside their record's jurisdiction.
+    uint8 public constant GEO_DOMESTIC_READS_ONLY = 1;
+    /// The patient refuses research views of studies outside their
+    /// records' jurisdiction.
+    uint8 public constant GEO_NO_CROSS_BORDER_RESEARCH = 2;
+    uint8 public constant GEO_ALL_RESTRICTIONS = 3;
+
+    /// A provider's jurisdiction (ISO 3166 code as ASCII, zero-padded;
+    /// zero: none attested), set by the issuer of their credential.
+    mapping(address provider => bytes8) public jurisdictionOf;
+    /// A patient's restrictions (GEO_* bits), set only by the patient.
+    mapping(address patient => uint8) public geoRestrictionOf;
+
+    event JurisdictionAttested(address indexed provider, address indexed issuer, bytes8 jurisdiction);
+    event GeoRestrictionSet(address indexed patient, uint8 restrictions);
+
+    error InvalidRestrictions(uint8 restrictions);
+
+    /// The issuer of `provider`'s credential attests where they practise.
+    function attestJurisdiction(address provider, bytes8 jurisdiction) external {
+        if (_credentials[provider].issuer != msg.sender) revert NotIssuerOfCredential(provider, msg.sender);
+        jurisdictionOf[provider] = jurisdiction;
+        emit JurisdictionAttested(provider, msg.sender, jurisdiction);
+    }
+
+    /// A patient narrows where their records may be read or studied. The
+    /// bits only ever refuse more than the deployment's policy does.
+    function setGeoRestriction(uint8 restrictions) external {
+        address patient = _actingPatient();
+        if (restrictions & ~GEO_ALL_RESTRICTIONS != 0) revert InvalidRestrictions(restrictions);
+        geoRestrictionOf[patient] = restrictions;
+        emit GeoRestrictionSet(patient, restrictions);
+    }
 }

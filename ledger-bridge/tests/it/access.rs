@@ -163,6 +163,77 @@ pub async fn credentials_are_attested_expire_and_are_revoked(f: &Fixture) {
     assert!(!credentialed().await.unwrap());
 }
 
+pub async fn jurisdictions_are_attested_by_the_issuer_and_restrictions_set_by_the_patient(
+    f: &Fixture,
+) {
+    let provider = addr(&f.providers[0]);
+    let de: [u8; 8] = *b"DE\0\0\0\0\0\0";
+    let attest = CohortAccess::attestJurisdictionCall {
+        provider,
+        jurisdiction: de.into(),
+    };
+    // Only the issuer of the provider's credential attests where they practise.
+    assert_reverts(
+        f.client
+            .send(&f.issuer, Target::Access, attest.clone())
+            .await,
+        "NotIssuerOfCredential",
+    );
+    f.credential_providers().await;
+    assert_reverts(
+        f.client
+            .send(&f.outsider, Target::Access, attest.clone())
+            .await,
+        "NotIssuerOfCredential",
+    );
+    let receipt = f
+        .client
+        .send(&f.issuer, Target::Access, attest)
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&receipt, CohortAccess::JurisdictionAttested::SIGNATURE_HASH),
+        1
+    );
+    let attested = f
+        .client
+        .view(
+            Target::Access,
+            CohortAccess::jurisdictionOfCall { provider },
+        )
+        .await
+        .unwrap();
+    assert_eq!(attested.0, de);
+    // A patient sets their own restriction; no one else has one to set.
+    let restrict = |restrictions| CohortAccess::setGeoRestrictionCall { restrictions };
+    assert_reverts(
+        f.client
+            .send(&f.outsider, Target::Access, restrict(1))
+            .await,
+        "NotAPatient",
+    );
+    assert_reverts(
+        f.client
+            .send(&f.patients[0], Target::Access, restrict(4))
+            .await,
+        "InvalidRestrictions",
+    );
+    f.client
+        .send(&f.patients[0], Target::Access, restrict(3))
+        .await
+        .unwrap();
+    let patient = addr(&f.patients[0]);
+    let bits = f
+        .client
+        .view(
+            Target::Access,
+            CohortAccess::geoRestrictionOfCall { patient },
+        )
+        .await
+        .unwrap();
+    assert_eq!(bits, 3);
+}
+
 pub async fn grants_have_levels_expire_and_are_revoked(f: &Fixture) {
     f.credential_providers().await;
     let (patient, provider) = (&f.patients[0], addr(&f.providers[0]));

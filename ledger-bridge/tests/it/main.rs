@@ -52,6 +52,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     access::only_the_admin_grants_roles,
     access::credentials_are_attested_expire_and_are_revoked,
+    access::jurisdictions_are_attested_by_the_issuer_and_restrictions_set_by_the_patient,
     access::grants_have_levels_expire_and_are_revoked,
     access::delegates_grant_within_the_patients_rights,
     access::emergency_access_expires_and_is_reviewed,

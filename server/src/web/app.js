@@ -349,6 +349,13 @@ async function loadPatient() {
     }
   });
 
+  const geo = await api("/api/geo");
+  $("geo-policy").dataset.enabled = geo.enabled ? "yes" : "no";
+  $("geo-policy").title = geo.policy || "no geography policy: the ledger alone decides each read";
+  for (const box of $("geo-restrictions").querySelectorAll("input[type=checkbox]")) {
+    box.checked = (geo.restrictions || []).includes(box.value);
+  }
+
   const consents = (await api("/api/consents")).consents || [];
   fill("consents", consents, (row, c) => {
     row.dataset.study = c.study_id;
@@ -372,7 +379,9 @@ async function loadPatient() {
   const told = (await api("/api/disclosures").catch(() => ({}))).disclosures || [];
   fill("disclosures", told, (row, d) => {
     row.dataset.basis = d.basis;
-    cell(row, when(d.at)); cell(row, d.recipient); cell(row, d.basis);
+    if (d.cross_border) row.dataset.crossBorder = d.cross_border;
+    cell(row, when(d.at)); cell(row, d.recipient);
+    cell(row, d.cross_border ? `${d.basis}, cross-border: ${d.cross_border}` : d.basis);
     cell(row, d.what).title = (d.records || []).join(", ");
     cell(row, d.why); cell(row, d.evidence);
   });
@@ -994,6 +1003,14 @@ document.addEventListener("DOMContentLoaded", () => {
         delegate, level: $("delegate-level").value, days: Number($("delegate-days").value),
       });
       return `${delegate} may now act for you up to ${$("delegate-level").value}`;
+    }, loadPatient);
+  });
+  $("geo-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    act(async () => {
+      const restrictions = ticked("geo-restrictions");
+      await api("/api/geo/restrict", "POST", { restrictions });
+      return `your geographic restriction: ${restrictions.join(", ") || "none beyond the deployment's policy"}`;
     }, loadPatient);
   });
   $("mark-read").addEventListener("click", () => {

@@ -130,6 +130,9 @@ struct Run {
     master: zeroize::Zeroizing<[u8; 32]>,
     contract: Address,
     consenting: Vec<Consenting>,
+    /// The consenting patients' geographic restrictions (`None`: no
+    /// geography policy); the view's members are chosen inside the run.
+    restrictions: Option<HashMap<Address, u8>>,
     views: Arc<Mutex<HashMap<u64, Arc<View>>>>,
     building: Arc<Mutex<()>>,
     /// The encrypted columns' executor, loaded (keys and all) before the
@@ -149,13 +152,19 @@ impl Run {
                 &self.master,
                 &super::study_key_context(self.contract, self.study),
             );
+            let members = super::geo_members(
+                &conn,
+                &self.file,
+                self.consenting,
+                self.restrictions.as_ref(),
+            )?;
             let view = view::obtain(
                 &conn,
                 &self.dir,
                 self.study,
                 &self.file,
                 &key,
-                &self.consenting,
+                &members,
                 &self.views,
                 &self.building,
             )?;
@@ -291,6 +300,9 @@ impl Session {
             )));
         }
         let (root, addresses) = self.members(id, &consenting)?;
+        // Public inputs of the view's geography filter, read for every
+        // consenting patient before the reservation (a refusal is free).
+        let restrictions = self.geo_restrictions(&conn, &consenting).await?;
 
         // 2. Reserve.
         let Some(_lock) = QueryLock::try_acquire(self.dir.root(), &ledger_hex)? else {
@@ -356,6 +368,7 @@ impl Session {
             master: self.master.clone(),
             contract: self.contract(),
             consenting,
+            restrictions,
             views: Arc::clone(&self.views),
             building: Arc::clone(&self.building),
             executor,
