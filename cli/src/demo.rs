@@ -266,7 +266,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     keep("clinical", clinical);
 
     say("\n5b'. Key recovery: guardians restore a lost key, the grants follow the patient");
-    let recovered = crate::demo_recovery::recovery(&rt, &vault, &client, &linked[2], &say)?;
+    let recovered = crate::demo_recovery::recovery(&rt, &vault, &client, &say)?;
     keep("recovery", recovered);
 
     say(

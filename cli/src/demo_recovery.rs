@@ -8,25 +8,35 @@ use cohort_engine::access::{Actor, grants, scope};
 use cohort_engine::keys::accounts;
 use cohort_engine::records::clinical::Clinic;
 use cohort_engine::records::vault::Vault;
-use cohort_ledger_bridge::{Account, Client};
+use cohort_ledger_bridge::Client;
 
-/// Runs the step for `patient` (whose provider `dr-demo` the clinical step
-/// credentialed); `say` prints a line.
+/// Runs the step for a patient no account is linked to yet (so the demo
+/// runs again on the same directory: each run recovers another patient),
+/// with the provider `dr-demo` the clinical step credentialed; `say`
+/// prints a line.
 pub(crate) fn recovery(
     rt: &tokio::runtime::Runtime,
     vault: &Vault,
     client: &Client,
-    patient: &Account,
     say: &dyn Fn(&str),
 ) -> anyhow::Result<serde_json::Value> {
     let conn = vault.conn();
     let keys = vault.keys();
     let get = |name: &str| -> anyhow::Result<Actor> {
-        Ok(Actor::from_account(accounts::get_or_create(
-            conn, keys, name,
-        )?))
+        Ok(Actor::from_account(accounts::get_or_create(conn, keys, name)?))
     };
-    let patient = Actor::from_account(patient.clone());
+    let patient_id: String = conn.query_row(
+        "SELECT DISTINCT r.patient_id FROM records r
+         WHERE r.resource_type = 'Observation'
+           AND NOT EXISTS (SELECT 1 FROM research_patients p WHERE p.patient_id = r.patient_id)
+         ORDER BY r.patient_id LIMIT 1",
+        [],
+        |r| r.get(0),
+    )?;
+    let name = format!("patient-{}", &patient_id[..patient_id.len().min(8)]);
+    let patient = Actor::from_account(cohort_engine::research::link_patient(
+        conn, vault, &name, &patient_id,
+    )?);
     let (provider, auditor) = (get("dr-demo")?, get("auditor")?);
     let guardians: Vec<Actor> = ["guardian-ada", "guardian-ben", "guardian-cat"]
         .iter()
