@@ -539,8 +539,13 @@ pub(crate) fn access(cli: &Cli, dir: &DataDir, cmd: &AccessCmd) -> anyhow::Resul
                 duration_secs: days_hours(*days, *hours)?,
                 on_behalf_of: on_behalf_of.clone(),
             };
-            let changed =
-                c.rt.block_on(grants::grant(conn, &c.client, &c.actor, &req))?;
+            let changed = c.rt.block_on(grants::grant(
+                conn,
+                c.vault.keys(),
+                &c.client,
+                &c.actor,
+                &req,
+            ))?;
             emit(cli, &changed, || {
                 format!(
                     "granted {provider} {} access for {} to {} (tx {})",
@@ -557,6 +562,7 @@ pub(crate) fn access(cli: &Cli, dir: &DataDir, cmd: &AccessCmd) -> anyhow::Resul
         } => {
             let changed = c.rt.block_on(grants::revoke(
                 conn,
+                c.vault.keys(),
                 &c.client,
                 &c.actor,
                 provider,
@@ -572,6 +578,7 @@ pub(crate) fn access(cli: &Cli, dir: &DataDir, cmd: &AccessCmd) -> anyhow::Resul
             let level: Level = level.parse()?;
             let changed = c.rt.block_on(grants::delegate(
                 conn,
+                c.vault.keys(),
                 &c.client,
                 &c.actor,
                 delegate,
@@ -581,8 +588,13 @@ pub(crate) fn access(cli: &Cli, dir: &DataDir, cmd: &AccessCmd) -> anyhow::Resul
             emit(cli, &changed, || changed_text(&changed));
         }
         AccessCmd::Undelegate { delegate } => {
-            let changed =
-                c.rt.block_on(grants::undelegate(conn, &c.client, &c.actor, delegate))?;
+            let changed = c.rt.block_on(grants::undelegate(
+                conn,
+                c.vault.keys(),
+                &c.client,
+                &c.actor,
+                delegate,
+            ))?;
             emit(cli, &changed, || changed_text(&changed));
         }
         AccessCmd::List { patient } => {
@@ -678,7 +690,12 @@ pub(crate) fn emergency(cli: &Cli, dir: &DataDir, cmd: &EmergencyCmd) -> anyhow:
         EmergencyCmd::Trigger { patient, reason } => {
             sync(dir, &c.rt)?;
             let opened = c.rt.block_on(emergency::trigger(
-                conn, &c.client, &c.actor, patient, reason,
+                conn,
+                c.vault.keys(),
+                &c.client,
+                &c.actor,
+                patient,
+                reason,
             ))?;
             // Webhooks are pushed now; a failure leaves them queued for the server.
             let _ = c.rt.block_on(notifications::deliver(conn));
@@ -705,8 +722,13 @@ pub(crate) fn emergency(cli: &Cli, dir: &DataDir, cmd: &EmergencyCmd) -> anyhow:
             emit(cli, &changed, || changed_text(&changed));
         }
         EmergencyCmd::End { id } => {
-            let changed =
-                c.rt.block_on(emergency::end(conn, &c.client, &c.actor, *id))?;
+            let changed = c.rt.block_on(emergency::end(
+                conn,
+                c.vault.keys(),
+                &c.client,
+                &c.actor,
+                *id,
+            ))?;
             let _ = c.rt.block_on(notifications::deliver(conn));
             emit(cli, &changed, || changed_text(&changed));
         }

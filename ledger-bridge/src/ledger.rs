@@ -44,6 +44,12 @@ impl Account {
         self.signer.address()
     }
 
+    /// The account's secret key, for opening what was sealed to its public
+    /// key (ECIES); zeroized when dropped.
+    pub fn secret_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.signer.credential().to_bytes().into())
+    }
+
     pub(crate) fn signer(&self) -> &PrivateKeySigner {
         &self.signer
     }

@@ -70,6 +70,7 @@ pub fn router(api: StudyApi) -> axum::Router {
         .route("/api/delegates", post(delegate))
         .route("/api/reads", get(reads))
         .route("/api/disclosures", get(disclosures))
+        .route("/api/key-holders", get(key_holders))
         .route("/api/export", get(export))
         .route("/api/report", post(report))
         .route("/api/notifications", get(notifications))
@@ -310,6 +311,13 @@ async fn disclosures(State(api): State<StudyApi>, headers: HeaderMap) -> Respons
         since: None,
     };
     reply(Clinical::disclosures(&api, request(&headers, asked)).await)
+}
+
+async fn key_holders(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    let asked = pb::KeyHoldersRequest {
+        patient: String::new(),
+    };
+    reply(Clinical::key_holders(&api, request(&headers, asked)).await)
 }
 
 async fn export(State(api): State<StudyApi>, headers: HeaderMap) -> Response {

@@ -2,13 +2,15 @@
 //! operating system's entropy on first use and stored only wrapped by the
 //! keystore, like the patients' data keys.
 //!
-//! Listing accounts needs no keys (the addresses are public); using one to
-//! sign needs the keystore's passphrase.
+//! Listing accounts needs no keys (the addresses and public keys are
+//! public); using one to sign, or to open a data key sealed to it
+//! (`keys::ecies`), needs the keystore's passphrase.
 
 use cohort_ledger_bridge::Account;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use crate::keys::ecies::public_key_of;
 use crate::keys::keystore::{KeyStore, SecretKey};
 use crate::{Error, Result};
 
@@ -60,13 +62,14 @@ pub fn get_or_create(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Resu
     crate::storage::store::with_write_lock(conn, || {
         let wrapped = keys.wrap(&secret, &context(name))?;
         conn.execute(
-            "INSERT INTO accounts (name, address, wrapped_key, kek_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO accounts (name, address, wrapped_key, kek_id, created_at, public_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 name,
                 format!("{:#x}", account.address()),
                 wrapped,
                 keys.key_id(),
-                crate::storage::store::now()
+                crate::storage::store::now(),
+                data_encoding::HEXLOWER.encode(&public_key_of(secret.expose())?),
             ],
         )?;
         Ok(())
@@ -85,11 +88,17 @@ pub fn get(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Result<Account
 }
 
 fn load(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Result<Option<Account>> {
-    let Some((wrapped, address)) = conn
+    let Some((wrapped, address, public)) = conn
         .query_row(
-            "SELECT wrapped_key, address FROM accounts WHERE name = ?1",
+            "SELECT wrapped_key, address, public_key FROM accounts WHERE name = ?1",
             [name],
-            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)),
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            },
         )
         .optional()?
     else {
@@ -102,6 +111,22 @@ fn load(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Result<Option<Acc
         return Err(Error::Invalid(format!(
             "account `{name}`: its key does not give its stored address {address}"
         )));
+    }
+    let derived = data_encoding::HEXLOWER.encode(&public_key_of(secret.expose())?);
+    match public {
+        Some(stored) if stored == derived => {}
+        Some(stored) => {
+            return Err(Error::Invalid(format!(
+                "account `{name}`: its key does not give its stored public key {stored}"
+            )));
+        }
+        // An account of a directory from before public keys: back-filled.
+        None => {
+            conn.execute(
+                "UPDATE accounts SET public_key = ?2 WHERE name = ?1 AND public_key IS NULL",
+                params![name, derived],
+            )?;
+        }
     }
     Ok(Some(account))
 }
@@ -144,4 +169,35 @@ pub fn name_of(
             |r| r.get(0),
         )
         .optional()?)
+}
+
+/// The compressed SEC1 public key of account `name`, if it exists and has
+/// one recorded (an account of an older directory gets it when it is next
+/// loaded, see [`public_key_or_load`]); needs no keys.
+pub fn public_key(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>> {
+    let hex: Option<Option<String>> = conn
+        .query_row(
+            "SELECT public_key FROM accounts WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    hex.flatten()
+        .map(|h| {
+            data_encoding::HEXLOWER.decode(h.as_bytes()).map_err(|_| {
+                Error::Invalid(format!("account `{name}` has a public key that is not hex"))
+            })
+        })
+        .transpose()
+}
+
+/// The public key of account `name`, loading the account (which back-fills
+/// it) when an older directory has none recorded yet.
+pub fn public_key_or_load(conn: &Connection, keys: &dyn KeyStore, name: &str) -> Result<Vec<u8>> {
+    if let Some(pk) = public_key(conn, name)? {
+        return Ok(pk);
+    }
+    get(conn, keys, name)?;
+    public_key(conn, name)?
+        .ok_or_else(|| Error::NotFound(format!("account `{name}` has no public key")))
 }

@@ -129,7 +129,10 @@ mod tests {
         let (secret, public) = pair();
         let sealed = seal_for(&public, b"ctx", &[9u8; 32]).unwrap();
         assert_eq!(&sealed[..4], MAGIC);
-        assert_eq!(open_with(&secret, b"ctx", &sealed).unwrap().as_slice(), &[9u8; 32]);
+        assert_eq!(
+            open_with(&secret, b"ctx", &sealed).unwrap().as_slice(),
+            &[9u8; 32]
+        );
         // Two seals of the same key differ (fresh ephemeral key).
         assert_ne!(sealed, seal_for(&public, b"ctx", &[9u8; 32]).unwrap());
     }

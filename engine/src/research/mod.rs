@@ -205,6 +205,7 @@ impl Session {
             file,
             &self.key(id),
             &consenting,
+            self.engine.address(),
             &self.views,
             &self.building,
         )

@@ -349,6 +349,14 @@ async function loadPatient() {
     }
   });
 
+  // An account linked to no vault patient has no key to list.
+  const held = await api("/api/key-holders").catch(() => ({ copies: [] }));
+  fill("key-holders", held.copies || [], (row, c) => {
+    row.dataset.holder = c.holder_name || c.holder;
+    cell(row, c.epoch); cell(row, c.holder_name || c.holder); cell(row, c.role);
+    cell(row, (c.sealed_at || "").slice(0, 19).replace("T", " "));
+  });
+
   const consents = (await api("/api/consents")).consents || [];
   fill("consents", consents, (row, c) => {
     row.dataset.study = c.study_id;

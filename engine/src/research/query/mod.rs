@@ -130,6 +130,8 @@ struct Run {
     master: zeroize::Zeroizing<[u8; 32]>,
     contract: Address,
     consenting: Vec<Consenting>,
+    /// The engine's account: the view holds only patients whose key it holds.
+    engine: Address,
     views: Arc<Mutex<HashMap<u64, Arc<View>>>>,
     building: Arc<Mutex<()>>,
     /// The encrypted columns' executor, loaded (keys and all) before the
@@ -156,6 +158,7 @@ impl Run {
                 &self.file,
                 &key,
                 &self.consenting,
+                self.engine,
                 &self.views,
                 &self.building,
             )?;
@@ -356,6 +359,7 @@ impl Session {
             master: self.master.clone(),
             contract: self.contract(),
             consenting,
+            engine: self.engine.address(),
             views: Arc::clone(&self.views),
             building: Arc::clone(&self.building),
             executor,
