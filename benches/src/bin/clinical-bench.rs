@@ -175,7 +175,6 @@ fn main() -> anyhow::Result<()> {
 
     // FHIR reads through the server (plain HTTP on loopback): the provider
     // signs in once; each GET is a chain check, a signed trace, a decryption.
-    drop(clinic);
     drop(vault);
     let fhir = if args.fhir_reads > 0 {
         Some(fhir_throughput(&anchored, &records, &args, &rt)?)

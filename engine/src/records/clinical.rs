@@ -122,7 +122,6 @@ impl<'a> Clinic<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// The key of `rv`'s epoch as `actor` holds it (its sealed copy, opened
     /// with its own secret), from `keys` when already opened; no copy is a
     /// refusal, audited as `keys.unwrap-refused`, and nothing is decrypted.
@@ -172,6 +171,7 @@ impl<'a> Clinic<'a> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// Asks the chain whether `actor` may act at `level` on `patient`'s
     /// records of `kinds` for `purpose`; refuses (audited) if not.
     async fn check(
