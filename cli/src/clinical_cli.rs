@@ -544,8 +544,13 @@ pub(crate) fn access(cli: &Cli, dir: &DataDir, cmd: &AccessCmd) -> anyhow::Resul
                 duration_secs: days_hours(*days, *hours)?,
                 on_behalf_of: on_behalf_of.clone(),
             };
-            let changed =
-                c.rt.block_on(grants::grant(conn, &c.client, &c.actor, &req))?;
+            let changed = c.rt.block_on(grants::grant(
+                conn,
+                c.vault.keys(),
+                &c.client,
+                &c.actor,
+                &req,
+            ))?;
             emit(cli, &changed, || {
                 format!(
                     "granted {provider} {} access for {} to {} (tx {})",
@@ -562,6 +567,7 @@ pub(crate) fn access(cli: &Cli, dir: &DataDir, cmd: &AccessCmd) -> anyhow::Resul
         } => {
             let changed = c.rt.block_on(grants::revoke(
                 conn,
+                c.vault.keys(),
                 &c.client,
                 &c.actor,
                 provider,
@@ -577,6 +583,7 @@ pub(crate) fn access(cli: &Cli, dir: &DataDir, cmd: &AccessCmd) -> anyhow::Resul
             let level: Level = level.parse()?;
             let changed = c.rt.block_on(grants::delegate(
                 conn,
+                c.vault.keys(),
                 &c.client,
                 &c.actor,
                 delegate,
@@ -586,8 +593,13 @@ pub(crate) fn access(cli: &Cli, dir: &DataDir, cmd: &AccessCmd) -> anyhow::Resul
             emit(cli, &changed, || changed_text(&changed));
         }
         AccessCmd::Undelegate { delegate } => {
-            let changed =
-                c.rt.block_on(grants::undelegate(conn, &c.client, &c.actor, delegate))?;
+            let changed = c.rt.block_on(grants::undelegate(
+                conn,
+                c.vault.keys(),
+                &c.client,
+                &c.actor,
+                delegate,
+            ))?;
             emit(cli, &changed, || changed_text(&changed));
         }
         AccessCmd::List { patient } => {
@@ -698,7 +710,12 @@ pub(crate) fn emergency(cli: &Cli, dir: &DataDir, cmd: &EmergencyCmd) -> anyhow:
         EmergencyCmd::Trigger { patient, reason } => {
             sync(dir, &c.rt)?;
             let opened = c.rt.block_on(emergency::trigger(
-                conn, &c.client, &c.actor, patient, reason,
+                conn,
+                c.vault.keys(),
+                &c.client,
+                &c.actor,
+                patient,
+                reason,
             ))?;
             // Webhooks are pushed now; a failure leaves them queued for the server.
             let _ = c.rt.block_on(notifications::deliver(conn));
@@ -725,8 +742,13 @@ pub(crate) fn emergency(cli: &Cli, dir: &DataDir, cmd: &EmergencyCmd) -> anyhow:
             emit(cli, &changed, || changed_text(&changed));
         }
         EmergencyCmd::End { id } => {
-            let changed =
-                c.rt.block_on(emergency::end(conn, &c.client, &c.actor, *id))?;
+            let changed = c.rt.block_on(emergency::end(
+                conn,
+                c.vault.keys(),
+                &c.client,
+                &c.actor,
+                *id,
+            ))?;
             let _ = c.rt.block_on(notifications::deliver(conn));
             emit(cli, &changed, || changed_text(&changed));
         }

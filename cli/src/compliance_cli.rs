@@ -275,6 +275,44 @@ pub(crate) fn disclosures(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cohort patient keys PATIENT`: who holds which epoch of their data key.
+pub(crate) fn key_holders(cli: &Cli, dir: &DataDir, patient: &str) -> anyhow::Result<ExitCode> {
+    let Ctx {
+        vault,
+        actor,
+        client,
+        rt,
+    } = ctx(cli, dir)?;
+    sync(dir, &rt)?;
+    let h = rt.block_on(Compliance::new(&vault, &client).key_holders(&actor, patient))?;
+    emit(cli, &h, || {
+        let mut lines = vec![format!("data key epochs of patient {}:", h.patient_id)];
+        for e in &h.epochs {
+            lines.push(format!(
+                "  epoch {}  since {}  ({})",
+                e.epoch, e.created_at, e.reason
+            ));
+        }
+        if h.copies.is_empty() {
+            lines
+                .push("no account holds a sealed copy (only the custodian's keystore copy)".into());
+        } else {
+            lines.push("sealed copies (epoch, holder, role):".into());
+            for c in &h.copies {
+                lines.push(format!(
+                    "  {}  {} {:<10} sealed {}",
+                    c.epoch,
+                    c.holder_name.as_deref().unwrap_or(&c.holder),
+                    c.role,
+                    c.sealed_at
+                ));
+            }
+        }
+        lines.join("\n")
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
 fn when(unix: i64) -> String {
     DateTime::from_timestamp(unix, 0)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())

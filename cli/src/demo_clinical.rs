@@ -66,7 +66,7 @@ pub(crate) fn clinical(
         duration_secs: 7 * 86_400,
         on_behalf_of: None,
     };
-    rt.block_on(grants::grant(conn, client, &patient, &req))?;
+    rt.block_on(grants::grant(conn, vault.keys(), client, &patient, &req))?;
     let read = rt.block_on(clinic.read(&provider, &record, None, treatment))?;
     say(&format!(
         "   {} grants read access for treatment, 7 days: {} reads {record} v{} ({} bytes), traced on chain",
@@ -77,6 +77,7 @@ pub(crate) fn clinical(
     ));
     rt.block_on(grants::revoke(
         conn,
+        vault.keys(),
         client,
         &patient,
         provider.name(),
@@ -91,6 +92,7 @@ pub(crate) fn clinical(
     ));
     let opened = rt.block_on(emergency::trigger(
         conn,
+        vault.keys(),
         client,
         &provider,
         patient.name(),
@@ -115,7 +117,13 @@ pub(crate) fn clinical(
         true,
         "justified: the patient could not consent",
     ))?;
-    rt.block_on(emergency::end(conn, client, &patient, opened.id))?;
+    rt.block_on(emergency::end(
+        conn,
+        vault.keys(),
+        client,
+        &patient,
+        opened.id,
+    ))?;
     let ended = rt
         .block_on(clinic.read(&provider, &record, None, treatment))
         .expect_err("ended");

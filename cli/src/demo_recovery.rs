@@ -23,7 +23,9 @@ pub(crate) fn recovery(
     let conn = vault.conn();
     let keys = vault.keys();
     let get = |name: &str| -> anyhow::Result<Actor> {
-        Ok(Actor::from_account(accounts::get_or_create(conn, keys, name)?))
+        Ok(Actor::from_account(accounts::get_or_create(
+            conn, keys, name,
+        )?))
     };
     let patient_id: String = conn.query_row(
         "SELECT DISTINCT r.patient_id FROM records r
@@ -35,7 +37,10 @@ pub(crate) fn recovery(
     )?;
     let name = format!("patient-{}", &patient_id[..patient_id.len().min(8)]);
     let patient = Actor::from_account(cohort_engine::research::link_patient(
-        conn, vault, &name, &patient_id,
+        conn,
+        vault,
+        &name,
+        &patient_id,
     )?);
     let (provider, auditor) = (get("dr-demo")?, get("auditor")?);
     let guardians: Vec<Actor> = ["guardian-ada", "guardian-ben", "guardian-cat"]
@@ -45,6 +50,7 @@ pub(crate) fn recovery(
     let treatment = scope::Purpose::Treatment;
     rt.block_on(grants::grant(
         conn,
+        keys,
         client,
         &patient,
         &grants::GrantRequest {

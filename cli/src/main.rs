@@ -628,6 +628,9 @@ anchored {} versions on chain as batch {}",
             });
             Ok(ExitCode::SUCCESS)
         }
+        Command::Patient(PatientCmd::Keys { patient }) => {
+            compliance_cli::key_holders(cli, &dir()?, patient)
+        }
         Command::Patient(PatientCmd::Disclosures { patient, since }) => {
             compliance_cli::disclosures(cli, &dir()?, patient, since.as_deref())
         }

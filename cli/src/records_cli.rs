@@ -29,6 +29,13 @@ pub(crate) enum PatientCmd {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Who holds a sealed copy of which epoch of the patient's data key
+    /// (names and addresses, no key bytes): for the patient themself
+    /// (`--as`) or an admin or auditor. Audited.
+    Keys {
+        /// The patient (their account or vault id).
+        patient: String,
+    },
     /// Erase a patient by destroying their data key (crypto-shredding). Irreversible.
     Erase {
         /// The patient id.

@@ -7,6 +7,7 @@
 //! | where | what | context |
 //! |---|---|---|
 //! | `patients.wrapped_key` | each patient's data key | the patient id |
+//! | `data_key_epochs.wrapped_key` | the custodian's copy of each later epoch of a patient's data key | `cohort/data-key/<epoch>/<patient id>` |
 //! | `accounts.wrapped_key` | each actor's secp256k1 key | `cohort/account/<name>` |
 //! | `second_factors.wrapped_secret` | TOTP secrets | `cohort/totp/<name>` |
 //! | `research_fhe_shares.wrapped` | the key sealing each steward's ElGamal share | `cohort/fhe/study/<id>/share/<steward>` |
@@ -98,6 +99,18 @@ const COLUMNS: &[Column] = &[
         blob: "wrapped_key",
         context_cols: "patient_id",
         context: |r| Ok(r.get::<_, String>(2)?.into_bytes()),
+        kek_col: Some("kek_id"),
+    },
+    Column {
+        table: "data_key_epochs",
+        blob: "wrapped_key",
+        context_cols: "patient_id, epoch",
+        context: |r| {
+            Ok(crate::keys::data_keys::custodian_context(
+                &r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        },
         kek_col: Some("kek_id"),
     },
     Column {

@@ -175,6 +175,7 @@ impl World {
         self.rt
             .block_on(grants::grant(
                 self.vault.conn(),
+                self.vault.keys(),
                 &self.client,
                 &self.patient,
                 &req,
@@ -264,6 +265,7 @@ fn every_missing_authorization_is_refused_by_name_audited_and_reads_nothing() {
     assert!(w.read(&w.provider, &w.observation, t).is_ok());
     w.rt.block_on(grants::revoke(
         w.vault.conn(),
+        w.vault.keys(),
         &w.client,
         &w.patient,
         w.provider.name(),
@@ -348,6 +350,7 @@ fn emergency_access_six_steps() {
     let e =
         w.rt.block_on(emergency::trigger(
             w.vault.conn(),
+            w.vault.keys(),
             &w.client,
             &w.other_provider,
             "pat",
@@ -360,6 +363,7 @@ fn emergency_access_six_steps() {
     let opened =
         w.rt.block_on(emergency::trigger(
             w.vault.conn(),
+            w.vault.keys(),
             &w.client,
             &w.provider,
             "pat",
@@ -447,6 +451,7 @@ fn emergency_access_six_steps() {
     let suspended =
         w.rt.block_on(emergency::trigger(
             w.vault.conn(),
+            w.vault.keys(),
             &w.client,
             &w.provider,
             "pat",
@@ -465,6 +470,7 @@ fn emergency_access_six_steps() {
     let second =
         w.rt.block_on(emergency::trigger(
             w.vault.conn(),
+            w.vault.keys(),
             &w.client,
             &w.provider,
             "pat",
@@ -474,6 +480,7 @@ fn emergency_access_six_steps() {
     assert!(w.read(&w.provider, &w.observation, t).is_ok());
     w.rt.block_on(emergency::end(
         w.vault.conn(),
+        w.vault.keys(),
         &w.client,
         &w.patient,
         second.id,
@@ -484,6 +491,7 @@ fn emergency_access_six_steps() {
     let third =
         w.rt.block_on(emergency::trigger(
             w.vault.conn(),
+            w.vault.keys(),
             &w.client,
             &w.provider,
             "pat",
@@ -605,4 +613,282 @@ fn updates_need_write_access_and_are_anchored_and_verified() {
         ))
         .unwrap();
     assert!(!found.is_empty() && found.iter().all(|r| r.version.resource_type == "Condition"));
+}
+
+/// The epochs of `patient_id`'s data key that account `who` holds a
+/// sealed copy of.
+fn held_epochs(w: &World, who: &Actor) -> Vec<i64> {
+    let h = cohort_engine::keys::data_keys::holders(w.vault.conn(), &w.patient_id).unwrap();
+    let me = format!("{:#x}", who.address());
+    h.copies
+        .iter()
+        .filter(|c| c.holder == me)
+        .map(|c| c.epoch)
+        .collect()
+}
+
+fn last_action(w: &World, who: &Actor) -> String {
+    w.vault
+        .conn()
+        .query_row(
+            "SELECT action FROM audit WHERE actor = ?1 ORDER BY seq DESC LIMIT 1",
+            [who.name()],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// Grants access on chain only, as a grant made outside cohort (or a
+/// crash before the key was sealed) would: no key follows.
+fn grant_on_chain_only(w: &World, to: &Actor) {
+    use cohort_ledger_bridge::Target;
+    use cohort_ledger_bridge::contracts::CohortAccess;
+    w.rt.block_on(w.client.send(
+        w.patient.account(),
+        Target::Access,
+        CohortAccess::grantAccessScopedCall {
+            provider: to.address(),
+            duration: 24 * HOUR,
+            level: Level::Read.code(),
+            purposes: Purpose::Treatment.bit(),
+            kinds: ALL_KINDS,
+        },
+    ))
+    .unwrap();
+}
+
+#[test]
+fn a_grant_is_a_key_and_a_revocation_rotates_it() {
+    use cohort_engine::keys::data_keys::{self, Holder, Role};
+    let w = world();
+    let t = Purpose::Treatment;
+    let conn = w.vault.conn();
+    // The patient holds epoch 1 from the link; the provider nothing yet.
+    assert_eq!(held_epochs(&w, &w.patient), vec![1]);
+    assert!(held_epochs(&w, &w.provider).is_empty());
+    w.credential(&w.provider, 48);
+    w.credential(&w.other_provider, 48);
+    // A grant seals the key for the provider, who reads with it.
+    w.grant(&w.provider, Level::Read, t.bit(), ALL_KINDS, 24);
+    assert_eq!(held_epochs(&w, &w.provider), vec![1]);
+    let before = w.read(&w.provider, &w.observation, t).unwrap();
+    let wraps: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE action = 'keys.wrap' AND detail LIKE '%dr-a%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(wraps, 1, "the wrap is audited");
+    let no_key_bytes: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE action LIKE 'keys.%' AND detail LIKE '%sealed%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(no_key_bytes, 0);
+    // Revocation deletes the provider's copies and starts epoch 2, sealed
+    // for the patient alone.
+    w.rt.block_on(grants::revoke(
+        w.vault.conn(),
+        w.vault.keys(),
+        &w.client,
+        &w.patient,
+        w.provider.name(),
+        None,
+    ))
+    .unwrap();
+    assert!(held_epochs(&w, &w.provider).is_empty());
+    assert_eq!(held_epochs(&w, &w.patient), vec![1, 2]);
+    assert_eq!(data_keys::current_epoch(conn, &w.patient_id).unwrap(), 2);
+    // A version written after the revocation is sealed under epoch 2.
+    let mut resource: serde_json::Value = serde_json::from_slice(&before.content).unwrap();
+    resource["status"] = "amended".into();
+    let bytes = serde_json::to_vec(&resource).unwrap();
+    let (_, v2) = w
+        .vault
+        .put(
+            &cohort_engine::records::vault::Access::new("operator", "ingest"),
+            &cohort_engine::records::vault::NewRecord {
+                patient_id: &w.patient_id,
+                record_id: &w.observation,
+                resource_type: "Observation",
+                content: &bytes,
+            },
+        )
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(data_keys::epoch_of(conn, &w.observation, 1).unwrap(), 1);
+    assert_eq!(data_keys::epoch_of(conn, &w.observation, 2).unwrap(), 2);
+    // The patient reads it with their epoch 2 copy, and the old version
+    // with their epoch 1 copy.
+    assert_eq!(
+        w.read(&w.patient, &w.observation, t).unwrap().content,
+        bytes
+    );
+    let old =
+        w.rt.block_on(w.clinic().read(&w.patient, &w.observation, Some(1), t))
+            .unwrap();
+    assert_eq!(old.content, before.content);
+    // Granted again on chain only: the chain allows, but the provider holds
+    // no key of either epoch, so nothing is decrypted or traced.
+    grant_on_chain_only(&w, &w.provider);
+    let reads = w.reads_of(&w.provider);
+    let e = w.read(&w.provider, &w.observation, t).unwrap_err();
+    assert!(
+        matches!(&e, Error::Forbidden(m) if m.contains("no key for `dr-a`") && m.contains("version 2")),
+        "{e}"
+    );
+    assert_eq!(last_action(&w, &w.provider), "keys.unwrap-refused");
+    assert_eq!(w.reads_of(&w.provider), reads, "nothing read");
+    // A search is refused as a whole.
+    let search = Search {
+        patient: "pat".into(),
+        ..Search::default()
+    };
+    assert!(matches!(
+        w.rt.block_on(w.clinic().search(&w.provider, &search, t)),
+        Err(Error::Forbidden(m)) if m.contains("no key for")
+    ));
+    // A grant through cohort seals every live epoch: both versions read.
+    w.grant(&w.provider, Level::Read, t.bit(), ALL_KINDS, 24);
+    assert_eq!(held_epochs(&w, &w.provider), vec![1, 2]);
+    assert_eq!(
+        w.read(&w.provider, &w.observation, t).unwrap().content,
+        bytes
+    );
+    // A copy moved to another epoch's row does not open (context binding).
+    let addr = format!("{:#x}", w.provider.address());
+    let epoch1: Vec<u8> = conn
+        .query_row(
+            "SELECT sealed FROM wrapped_data_keys WHERE patient_id = ?1 AND epoch = 1 AND holder_address = ?2",
+            rusqlite::params![w.patient_id, addr],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE wrapped_data_keys SET sealed = ?3 WHERE patient_id = ?1 AND epoch = 2 AND holder_address = ?2",
+        rusqlite::params![w.patient_id, addr, epoch1],
+    )
+    .unwrap();
+    let e = w.read(&w.provider, &w.observation, t).unwrap_err();
+    assert!(matches!(e, Error::Decrypt { .. }), "{e}");
+    w.grant(&w.provider, Level::Read, t.bit(), ALL_KINDS, 24);
+    assert!(w.read(&w.provider, &w.observation, t).is_ok());
+    // A sealed copy without a grant on chain: the chain refuses first.
+    data_keys::seal_for_holder(
+        w.vault.conn(),
+        w.vault.keys(),
+        "operator",
+        &w.patient_id,
+        &Holder::account(w.vault.conn(), w.vault.keys(), "dr-b").unwrap(),
+        Role::Grantee,
+    )
+    .unwrap();
+    assert_eq!(held_epochs(&w, &w.other_provider), vec![1, 2]);
+    w.refused(&w.other_provider, &w.observation, t, "holds no grant");
+    // A crash after the chain took a revocation, before the keys followed
+    // (the revocation sent on chain alone): the provider keeps its copies
+    // but the chain refuses it; revoking again completes the key side.
+    {
+        use cohort_ledger_bridge::Target;
+        use cohort_ledger_bridge::contracts::CohortAccess;
+        w.rt.block_on(w.client.send(
+            w.patient.account(),
+            Target::Access,
+            CohortAccess::revokeAccessCall {
+                patient: w.patient.address(),
+                provider: w.provider.address(),
+            },
+        ))
+        .unwrap();
+    }
+    assert_eq!(held_epochs(&w, &w.provider), vec![1, 2]);
+    w.refused(&w.provider, &w.observation, t, "was revoked");
+    let repaired =
+        w.rt.block_on(grants::revoke(
+            w.vault.conn(),
+            w.vault.keys(),
+            &w.client,
+            &w.patient,
+            w.provider.name(),
+            None,
+        ))
+        .unwrap();
+    assert!(
+        repaired.action.contains("already revoked"),
+        "{}",
+        repaired.action
+    );
+    assert!(held_epochs(&w, &w.provider).is_empty());
+    assert_eq!(data_keys::current_epoch(conn, &w.patient_id).unwrap(), 3);
+    // Without copies and without a grant, revoking again is the chain's
+    // refusal, as before.
+    assert!(
+        w.rt.block_on(grants::revoke(
+            w.vault.conn(),
+            w.vault.keys(),
+            &w.client,
+            &w.patient,
+            w.provider.name(),
+            None,
+        ))
+        .is_err()
+    );
+    // Erasure destroys every sealed copy and every custodian copy.
+    w.vault
+        .erase_patient(
+            &cohort_engine::records::vault::Access::new("operator", "erasure"),
+            &w.patient_id,
+        )
+        .unwrap();
+    let left: i64 = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM wrapped_data_keys WHERE patient_id = ?1)
+                  + (SELECT COUNT(*) FROM data_key_epochs WHERE patient_id = ?1 AND wrapped_key IS NOT NULL)
+                  + (SELECT COUNT(*) FROM patients WHERE patient_id = ?1 AND wrapped_key IS NOT NULL)",
+            [&w.patient_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn an_emergency_seals_a_key_that_ending_it_removes() {
+    let w = world();
+    let t = Purpose::Treatment;
+    w.credential(&w.provider, 48);
+    let opened =
+        w.rt.block_on(emergency::trigger(
+            w.vault.conn(),
+            w.vault.keys(),
+            &w.client,
+            &w.provider,
+            "pat",
+            "unconscious on arrival",
+        ))
+        .unwrap();
+    let h = cohort_engine::keys::data_keys::holders(w.vault.conn(), &w.patient_id).unwrap();
+    assert!(
+        h.copies
+            .iter()
+            .any(|c| c.role == "emergency" && c.holder_name.as_deref() == Some("dr-a"))
+    );
+    assert!(w.read(&w.provider, &w.observation, t).unwrap().emergency);
+    w.rt.block_on(emergency::end(
+        w.vault.conn(),
+        w.vault.keys(),
+        &w.client,
+        &w.patient,
+        opened.id,
+    ))
+    .unwrap();
+    assert!(held_epochs(&w, &w.provider).is_empty());
+    assert_eq!(
+        cohort_engine::keys::data_keys::current_epoch(w.vault.conn(), &w.patient_id).unwrap(),
+        2
+    );
+    assert_eq!(held_epochs(&w, &w.patient), vec![1, 2]);
 }

@@ -165,6 +165,7 @@ fn the_accounting_names_every_disclosure_with_its_records_and_basis() {
     };
     rt.block_on(grants::grant(
         w.d.vault.conn(),
+        w.d.vault.keys(),
         &w.d.client,
         &w.patient,
         &req,
@@ -184,6 +185,7 @@ fn the_accounting_names_every_disclosure_with_its_records_and_basis() {
     // An emergency read by a provider without a grant.
     rt.block_on(emergency::trigger(
         w.d.vault.conn(),
+        w.d.vault.keys(),
         &w.d.client,
         &w.emergency_provider,
         "pat",
@@ -466,6 +468,7 @@ fn the_report_counts_accesses_and_finds_a_damaged_block() {
     let clinic = Clinic::new(&w.d.vault, &w.d.client);
     rt.block_on(emergency::trigger(
         w.d.vault.conn(),
+        w.d.vault.keys(),
         &w.d.client,
         &w.emergency_provider,
         "pat",

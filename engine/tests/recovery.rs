@@ -111,6 +111,7 @@ impl World {
     fn grant(&self, who: &Actor, provider: &str) -> cohort_engine::Result<grants::Changed> {
         self.d.rt.block_on(grants::grant(
             self.conn(),
+            self.d.vault.keys(),
             &self.d.client,
             who,
             &grants::GrantRequest {
@@ -283,6 +284,16 @@ fn the_five_steps_restore_records_and_grants_to_a_new_key() {
     // grants nothing.
     w.read_as(&w.new_key).unwrap();
     assert!(w.read_as(&w.patient).is_err(), "the old key reads nothing");
+    // The data key is sealed to the new key; the old key's copies are gone
+    // and the key rotated.
+    let (old_address, new_address) = (
+        format!("{:#x}", w.patient.address()),
+        format!("{:#x}", w.new_key.address()),
+    );
+    use cohort_engine::keys::data_keys;
+    assert!(data_keys::holds_current(w.conn(), &w.patient_id, &new_address).unwrap());
+    assert!(!data_keys::holds_any(w.conn(), &w.patient_id, &old_address).unwrap());
+    assert!(data_keys::current_epoch(w.conn(), &w.patient_id).unwrap() > 1);
     let e = w.grant(&w.patient, "dr-b").unwrap_err();
     assert!(
         e.to_string().contains("KeyInUse") || e.to_string().contains("not a registered patient"),

@@ -205,7 +205,7 @@ impl pb::clinical_server::Clinical for StudyApi {
         };
         self.as_actor(&request, "access.grant", async move |s, vault, me| {
             Ok(changed(
-                grants::grant(vault.conn(), s.client(), me, &req).await?,
+                grants::grant(vault.conn(), vault.keys(), s.client(), me, &req).await?,
             ))
         })
         .await
@@ -220,6 +220,7 @@ impl pb::clinical_server::Clinical for StudyApi {
             Ok(changed(
                 grants::revoke(
                     vault.conn(),
+                    vault.keys(),
                     s.client(),
                     me,
                     &r.provider,
@@ -240,7 +241,16 @@ impl pb::clinical_server::Clinical for StudyApi {
         let secs = days(r.days, "a delegation")?;
         self.as_actor(&request, "access.delegate", async move |s, vault, me| {
             Ok(changed(
-                grants::delegate(vault.conn(), s.client(), me, &r.delegate, max, secs).await?,
+                grants::delegate(
+                    vault.conn(),
+                    vault.keys(),
+                    s.client(),
+                    me,
+                    &r.delegate,
+                    max,
+                    secs,
+                )
+                .await?,
             ))
         })
         .await
@@ -414,8 +424,15 @@ impl pb::clinical_server::Clinical for StudyApi {
         let opened = self
             .as_actor(&request, "emergency.trigger", async move |s, vault, me| {
                 s.sync().await?;
-                let o =
-                    emergency::trigger(vault.conn(), s.client(), me, &r.patient, &r.reason).await?;
+                let o = emergency::trigger(
+                    vault.conn(),
+                    vault.keys(),
+                    s.client(),
+                    me,
+                    &r.patient,
+                    &r.reason,
+                )
+                .await?;
                 Ok(pb::EmergencyOpened {
                     id: o.id,
                     patient: o.patient,
@@ -459,7 +476,7 @@ impl pb::clinical_server::Clinical for StudyApi {
         let ended = self
             .as_actor(&request, "emergency.end", async move |s, vault, me| {
                 Ok(changed(
-                    emergency::end(vault.conn(), s.client(), me, id).await?,
+                    emergency::end(vault.conn(), vault.keys(), s.client(), me, id).await?,
                 ))
             })
             .await?;
@@ -640,6 +657,48 @@ impl pb::clinical_server::Clinical for StudyApi {
                 })
             },
         )
+        .await
+    }
+
+    async fn key_holders(
+        &self,
+        request: Request<pb::KeyHoldersRequest>,
+    ) -> Result<Response<pb::KeyHolderList>, Status> {
+        let r = request.get_ref().clone();
+        self.as_actor(&request, "keys.holders", async move |s, vault, me| {
+            s.sync().await?;
+            let patient = if r.patient.trim().is_empty() {
+                me.name().to_string()
+            } else {
+                r.patient
+            };
+            let h = Compliance::new(vault, s.client())
+                .key_holders(me, &patient)
+                .await?;
+            Ok(pb::KeyHolderList {
+                patient_id: h.patient_id,
+                epochs: h
+                    .epochs
+                    .into_iter()
+                    .map(|e| pb::KeyEpoch {
+                        epoch: e.epoch,
+                        created_at: e.created_at,
+                        reason: e.reason,
+                    })
+                    .collect(),
+                copies: h
+                    .copies
+                    .into_iter()
+                    .map(|c| pb::KeyHolder {
+                        epoch: c.epoch,
+                        holder: c.holder,
+                        holder_name: c.holder_name,
+                        role: c.role,
+                        sealed_at: c.sealed_at,
+                    })
+                    .collect(),
+            })
+        })
         .await
     }
 }

@@ -73,6 +73,7 @@ pub fn router(api: StudyApi) -> axum::Router {
         .route("/api/disclosures", get(disclosures))
         .route("/api/geo", get(geo_policy))
         .route("/api/geo/restrict", post(geo_restrict))
+        .route("/api/key-holders", get(key_holders))
         .route("/api/export", get(export))
         .route("/api/report", post(report))
         .route("/api/notifications", get(notifications))
@@ -345,6 +346,13 @@ async fn geo_restrict(
         restrictions: f.restrictions,
     };
     reply(Clinical::set_geo_restriction(&api, request(&headers, message)).await)
+}
+
+async fn key_holders(State(api): State<StudyApi>, headers: HeaderMap) -> Response {
+    let asked = pb::KeyHoldersRequest {
+        patient: String::new(),
+    };
+    reply(Clinical::key_holders(&api, request(&headers, asked)).await)
 }
 
 async fn export(State(api): State<StudyApi>, headers: HeaderMap) -> Response {

@@ -136,6 +136,7 @@ fn main() -> anyhow::Result<()> {
     ))?;
     rt.block_on(grants::grant(
         vault.conn(),
+        vault.keys(),
         &client,
         &patient,
         &grants::GrantRequest {

@@ -1056,3 +1056,68 @@ fn a_withdrawal_racing_queries_is_in_each_answer_whole_or_out_of_it_whole() {
         .unwrap();
     assert_eq!(after.answer.unwrap().members, 5);
 }
+
+/// A consent is also a key: the patient's data key sealed to the engine's
+/// account; a withdrawal deletes the engine's copies and rotates the key,
+/// and the study's view holds only patients whose key the engine holds.
+#[test]
+fn a_consent_seals_the_key_for_the_engine_and_a_withdrawal_rotates_it() {
+    use cohort_engine::keys::data_keys;
+    let s = setup(12);
+    let (id, patients) = s.approved_study(&study_text("100", "0.1", false), 3);
+    let vault = s.dir.unlock(PASSPHRASE).unwrap();
+    let conn = vault.conn();
+    let engine = accounts::address_of(conn, "engine").unwrap().unwrap();
+    let pid = |a: &Account| -> String {
+        conn.query_row(
+            "SELECT patient_id FROM research_patients WHERE account = ?1",
+            [a.name()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    for p in &patients {
+        assert!(data_keys::holds_current(conn, &pid(p), &engine).unwrap());
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let session = rt.block_on(Session::open(&s.dir, &vault)).unwrap();
+    rt.block_on(session.withdraw(conn, &patients[0], id))
+        .unwrap();
+    let leaver = pid(&patients[0]);
+    assert!(!data_keys::holds_any(conn, &leaver, &engine).unwrap());
+    assert_eq!(data_keys::current_epoch(conn, &leaver).unwrap(), 2);
+    let held = data_keys::holders(conn, &leaver).unwrap();
+    assert!(
+        held.copies
+            .iter()
+            .any(|c| c.epoch == 2 && c.holder_name.as_deref() == Some("patient-0")),
+        "the patient holds the new epoch: {held:?}"
+    );
+    // Fail closed: a consenting patient whose key the engine does not hold
+    // is left out of the view.
+    conn.execute(
+        "DELETE FROM wrapped_data_keys WHERE patient_id = ?1 AND holder_address = ?2",
+        rusqlite::params![pid(&patients[1]), engine],
+    )
+    .unwrap();
+    let answer = rt
+        .block_on(session.query(
+            "researcher",
+            id,
+            &QueryRequest {
+                sql: "SELECT COUNT(*) AS n FROM patients".into(),
+                query_id: Some("keyed".into()),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    assert!(answer.answer.is_some());
+    let view =
+        cohort_engine::storage::tabular::read(&view_file(&s.data, &id.to_string(), "patients"))
+            .unwrap();
+    assert_eq!(
+        view.num_rows(),
+        1,
+        "only the patient whose key the engine holds"
+    );
+}

@@ -883,6 +883,11 @@ class ClinicalStub:
                 request_serializer=cohort__pb2.SetGeoRestrictionRequest.SerializeToString,
                 response_deserializer=cohort__pb2.AccessChanged.FromString,
                 _registered_method=True)
+        self.KeyHolders = channel.unary_unary(
+                '/cohort.v1.Clinical/KeyHolders',
+                request_serializer=cohort__pb2.KeyHoldersRequest.SerializeToString,
+                response_deserializer=cohort__pb2.KeyHolderList.FromString,
+                _registered_method=True)
 
 
 class ClinicalServicer:
@@ -1060,6 +1065,15 @@ class ClinicalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KeyHolders(self, request, context):
+        """As `cohort patient keys`: who holds a sealed copy of which epoch of the
+        caller's data key (or a patient's, for an admin or auditor); addresses
+        and names, never key bytes. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClinicalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1167,6 +1181,11 @@ def add_ClinicalServicer_to_server(servicer, server):
                     servicer.SetGeoRestriction,
                     request_deserializer=cohort__pb2.SetGeoRestrictionRequest.FromString,
                     response_serializer=cohort__pb2.AccessChanged.SerializeToString,
+            ),
+            'KeyHolders': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeyHolders,
+                    request_deserializer=cohort__pb2.KeyHoldersRequest.FromString,
+                    response_serializer=cohort__pb2.KeyHolderList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1744,6 +1763,33 @@ class Clinical:
             '/cohort.v1.Clinical/SetGeoRestriction',
             cohort__pb2.SetGeoRestrictionRequest.SerializeToString,
             cohort__pb2.AccessChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeyHolders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Clinical/KeyHolders',
+            cohort__pb2.KeyHoldersRequest.SerializeToString,
+            cohort__pb2.KeyHolderList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -110,8 +110,14 @@ async fn delegates(conn: &Connection, client: &Client, patient: Address) -> Resu
 
 /// Step 1-3: `provider` opens an override on `patient` (account name or
 /// patient id) for `reason`; the patient and their delegates are notified.
+///
+/// Break-glass is also a key: once the chain has opened the override, the
+/// custodian seals the patient's data key to the provider
+/// (`keys::data_keys`, audited as `keys.wrap`); ending the override
+/// deletes that copy and rotates the key.
 pub async fn trigger(
     conn: &Connection,
+    keys: &dyn crate::keys::keystore::KeyStore,
     client: &Client,
     provider: &Actor,
     patient: &str,
@@ -196,6 +202,14 @@ pub async fn trigger(
         Ok(()),
     )?;
     tx.commit()?;
+    crate::keys::data_keys::seal_for_holder(
+        conn,
+        keys,
+        provider.name(),
+        &target.patient_id,
+        &crate::keys::data_keys::Holder::of(provider.account())?,
+        crate::keys::data_keys::Role::Emergency,
+    )?;
     Ok(Opened {
         id,
         patient: format!("{:#x}", target.address),
@@ -282,7 +296,13 @@ pub async fn review(
 
 /// Step 6: the patient, a delegate, the provider or an auditor ends
 /// override `id` before its expiry.
-pub async fn end(conn: &Connection, client: &Client, actor: &Actor, id: u64) -> Result<Changed> {
+pub async fn end(
+    conn: &Connection,
+    keys: &dyn crate::keys::keystore::KeyStore,
+    client: &Client,
+    actor: &Actor,
+    id: u64,
+) -> Result<Changed> {
     install(conn)?;
     let sent = async {
         let e = emergency_of(client, id).await?;
@@ -296,6 +316,21 @@ pub async fn end(conn: &Connection, client: &Client, actor: &Actor, id: u64) -> 
         Ok((e, receipt))
     }
     .await;
+    // The provider's emergency copy of the key goes, and the key rotates
+    // (a copy it holds by a grant of its own stays).
+    if let Ok((e, _)) = &sent
+        && let Some(patient_id) = crate::keys::data_keys::patient_of_address(conn, e.patient)?
+    {
+        crate::keys::data_keys::revoke_role(
+            conn,
+            keys,
+            actor.name(),
+            &patient_id,
+            &format!("{:#x}", e.provider),
+            crate::keys::data_keys::Role::Emergency,
+            &format!("emergency {id} ended"),
+        )?;
+    }
     let tx = conn.unchecked_transaction()?;
     let done = match sent {
         Ok((e, receipt)) => {

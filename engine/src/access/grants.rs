@@ -2,6 +2,13 @@
 //! transaction signed by the acting account, so the contract decides who
 //! may (the patient, their delegate, the issuer); each change and each
 //! refusal is audited with the authenticated actor.
+//!
+//! A grant is also a key: once the chain has taken a grant (or a
+//! delegation), the custodian seals the patient's data key to the
+//! grantee's public key (`keys::data_keys`, with the keystore `keys`); once it has taken a
+//! revocation, the grantee's copies are deleted and the patient's key
+//! rotated, so versions written later are sealed under a key the grantee
+//! never held.
 
 use cohort_ledger_bridge::alloy::primitives::{Address, keccak256};
 use cohort_ledger_bridge::contracts::CohortAccess;
@@ -12,6 +19,8 @@ use serde::Serialize;
 use super::scope::{self, Level, Purpose};
 use super::{Actor, patients};
 use crate::keys::accounts;
+use crate::keys::data_keys::{self, Holder, Role};
+use crate::keys::keystore::KeyStore;
 use crate::{Error, Result, audit};
 
 /// What a patient (or their delegate) grants a provider.
@@ -266,6 +275,7 @@ async fn send_step(
 /// delegate, to the records of `on_behalf_of`).
 pub async fn grant(
     conn: &Connection,
+    keys: &dyn KeyStore,
     client: &Client,
     actor: &Actor,
     req: &GrantRequest,
@@ -284,7 +294,7 @@ pub async fn grant(
             "duration_secs": req.duration_secs,
         }),
     };
-    send_step(conn, client, actor, step, async {
+    let changed = send_step(conn, client, actor, step, async {
         Ok(match &req.on_behalf_of {
             None => {
                 ensure_patient(client, actor).await?;
@@ -314,19 +324,51 @@ pub async fn grant(
             }
         })
     })
-    .await
+    .await?;
+    let patient = vault_patient(conn, actor, req.on_behalf_of.as_deref())?;
+    if let Some(patient_id) = patient {
+        data_keys::seal_for_holder(
+            conn,
+            keys,
+            actor.name(),
+            &patient_id,
+            &Holder::account(conn, keys, &req.provider)?,
+            Role::Grantee,
+        )?;
+    }
+    Ok(changed)
+}
+
+/// The vault patient an access change concerns: the actor's own, or the
+/// one a delegate acts for; `None` for an account linked to no vault
+/// patient (nothing of theirs to seal).
+fn vault_patient(
+    conn: &Connection,
+    actor: &Actor,
+    on_behalf_of: Option<&str>,
+) -> Result<Option<String>> {
+    Ok(match on_behalf_of {
+        None => patients::of_account(conn, actor.name())?.map(|p| p.patient_id),
+        Some(p) => Some(patients::find(conn, p)?.patient_id),
+    })
 }
 
 /// The patient (or their delegate) revokes a provider's grant; it takes
-/// effect on the provider's next call.
+/// effect on the provider's next call. Once the chain has taken it, the
+/// provider's copies of the data key are deleted and the key rotated
+/// (`data_keys::revoke_holder`). If that local step did not happen (a
+/// crash after the chain took the revocation), revoking again finds no
+/// grant on chain but the provider's copies still here, and completes it.
 pub async fn revoke(
     conn: &Connection,
+    keys: &dyn KeyStore,
     client: &Client,
     actor: &Actor,
     provider_name: &str,
     on_behalf_of: Option<&str>,
 ) -> Result<Changed> {
     let provider = account_address(conn, provider_name, "revoke access from")?;
+    let patient_id = vault_patient(conn, actor, on_behalf_of)?;
     let step = Step {
         audit: "access.revoke",
         done: "revoked",
@@ -334,7 +376,7 @@ pub async fn revoke(
         account: provider_name,
         detail: serde_json::json!({ "provider": provider_name }),
     };
-    send_step(conn, client, actor, step, async {
+    let sent = send_step(conn, client, actor, step, async {
         let patient = match on_behalf_of {
             None => patients::identity_of(conn, actor)?,
             Some(p) => patients::find(conn, p)?.address,
@@ -342,13 +384,49 @@ pub async fn revoke(
         let call = CohortAccess::revokeAccessCall { patient, provider };
         Ok((client.tx(Target::Access, call), Some(patient)))
     })
-    .await
+    .await;
+    let Some(patient_id) = patient_id else {
+        return sent;
+    };
+    let holds = data_keys::holds_any(conn, &patient_id, &format!("{provider:#x}"))?;
+    match sent {
+        Ok(changed) => {
+            data_keys::revoke_holder(
+                conn,
+                keys,
+                actor.name(),
+                &patient_id,
+                &format!("{provider:#x}"),
+                &format!("revoke {provider_name}"),
+            )?;
+            Ok(changed)
+        }
+        // The chain had already taken it; the keys had not followed.
+        Err(Error::Invalid(m)) if holds && m.starts_with("there is no grant in force") => {
+            data_keys::revoke_holder(
+                conn,
+                keys,
+                actor.name(),
+                &patient_id,
+                &format!("{provider:#x}"),
+                &format!("revoke {provider_name} (completed)"),
+            )?;
+            Ok(Changed {
+                action: "revoked (the chain had already revoked the grant; its keys are now deleted and rotated)",
+                patient: None,
+                account: provider_name.to_string(),
+                tx_hash: String::new(),
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The patient names a delegate (a caregiver) who may read their records
 /// and grant and revoke access for them, up to `max_level`, for a while.
 pub async fn delegate(
     conn: &Connection,
+    keys: &dyn KeyStore,
     client: &Client,
     actor: &Actor,
     delegate_name: &str,
@@ -365,7 +443,7 @@ pub async fn delegate(
             "delegate": delegate_name, "max_level": max_level.name(), "duration_secs": duration_secs,
         }),
     };
-    send_step(conn, client, actor, step, async {
+    let changed = send_step(conn, client, actor, step, async {
         ensure_patient(client, actor).await?;
         let call = CohortAccess::setDelegateCall {
             delegate,
@@ -377,12 +455,24 @@ pub async fn delegate(
             Some(patients::identity_of(conn, actor)?),
         ))
     })
-    .await
+    .await?;
+    if let Some(patient_id) = vault_patient(conn, actor, None)? {
+        data_keys::seal_for_holder(
+            conn,
+            keys,
+            actor.name(),
+            &patient_id,
+            &Holder::account(conn, keys, delegate_name)?,
+            Role::Delegate,
+        )?;
+    }
+    Ok(changed)
 }
 
 /// The patient ends a delegation.
 pub async fn undelegate(
     conn: &Connection,
+    keys: &dyn KeyStore,
     client: &Client,
     actor: &Actor,
     delegate_name: &str,
@@ -395,14 +485,25 @@ pub async fn undelegate(
         account: delegate_name,
         detail: serde_json::json!({ "delegate": delegate_name }),
     };
-    send_step(conn, client, actor, step, async {
+    let changed = send_step(conn, client, actor, step, async {
         let call = CohortAccess::revokeDelegateCall { delegate };
         Ok((
             client.tx(Target::Access, call),
             Some(patients::identity_of(conn, actor)?),
         ))
     })
-    .await
+    .await?;
+    if let Some(patient_id) = vault_patient(conn, actor, None)? {
+        data_keys::revoke_holder(
+            conn,
+            keys,
+            actor.name(),
+            &patient_id,
+            &format!("{delegate:#x}"),
+            &format!("undelegate {delegate_name}"),
+        )?;
+    }
+    Ok(changed)
 }
 
 /// An issuer attests a provider's licence until `expires_at` (unix
@@ -480,7 +581,10 @@ pub async fn set_geo_restriction(
     };
     send_step(conn, client, patient, step, async {
         let call = CohortAccess::setGeoRestrictionCall { restrictions };
-        Ok((client.tx(Target::Access, call), Some(patients::identity_of(conn, patient)?)))
+        Ok((
+            client.tx(Target::Access, call),
+            Some(patients::identity_of(conn, patient)?),
+        ))
     })
     .await
 }

@@ -38,6 +38,7 @@ use zeroize::Zeroizing;
 
 use super::grants::audited;
 use super::{Actor, patients};
+use crate::keys::data_keys::{self, Holder, Role};
 use crate::keys::{accounts, ecies, keystore::KeyStore};
 use crate::{Error, Result, audit};
 
@@ -777,6 +778,28 @@ pub async fn complete(
             [hex(r.patient)],
         )?;
         tx.commit()?;
+        // The patient's data key: sealed to the new key; the old key's
+        // copies deleted and the key rotated, so what the old (perhaps
+        // stolen) key could open stops at the versions before. In the
+        // one-machine deployment the custodian's copy reseals.
+        if let Some(patient_id) = &linked {
+            data_keys::seal_for_holder(
+                conn,
+                keys,
+                new_key.name(),
+                patient_id,
+                &Holder::of(new_key.account())?,
+                Role::Patient,
+            )?;
+            data_keys::revoke_holder(
+                conn,
+                keys,
+                new_key.name(),
+                patient_id,
+                &hex(r.oldKey),
+                &format!("recovery {id}"),
+            )?;
+        }
         Ok((tx_hash, linked, g))
     }
     .await;

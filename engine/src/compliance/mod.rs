@@ -230,6 +230,57 @@ impl<'a> Compliance<'a> {
         )
     }
 
+    /// Who holds a sealed copy of which epoch of a patient's data key
+    /// (`keys::data_keys`: addresses and names, never key bytes), for
+    /// the patient themself or a privacy officer (admin, auditor). Audited,
+    /// a refusal too.
+    pub async fn key_holders(
+        &self,
+        actor: &Actor,
+        patient: &str,
+    ) -> Result<crate::keys::data_keys::Holders> {
+        let conn = self.vault.conn();
+        let account =
+            match patients::find(conn, patient).or_else(|_| patients::require(conn, patient)) {
+                Ok(a) => a,
+                Err(e) => {
+                    return audit::outcome(
+                        conn,
+                        actor.name(),
+                        "keys.holders",
+                        &format!("Patient/{patient}"),
+                        "operations",
+                        serde_json::json!({}),
+                        Err(e),
+                    );
+                }
+            };
+        let target = format!("Patient/{}", account.patient_id);
+        if actor.address() != account.address {
+            self.require(
+                actor,
+                &PRIVACY_OFFICERS,
+                "keys.holders",
+                &target,
+                "another patient's key holders",
+            )
+            .await?;
+        }
+        let holders = crate::keys::data_keys::holders(conn, &account.patient_id);
+        let detail = serde_json::json!({
+            "copies": holders.as_ref().map(|h| h.copies.len()).unwrap_or(0),
+        });
+        audit::outcome(
+            conn,
+            actor.name(),
+            "keys.holders",
+            &target,
+            "operations",
+            detail,
+            holders,
+        )
+    }
+
     /// The regulatory report over `[from, to)` (privacy officers only);
     /// `checks` says which verifications it runs.
     pub async fn report(

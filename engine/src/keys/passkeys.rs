@@ -16,7 +16,7 @@
 //! use cohort_engine::keys::passkeys;
 //! # let dir = tempfile::tempdir().unwrap();
 //! # let conn = cohort_engine::storage::store::open(&dir.path().join("cohort.db"))?;
-//! # conn.execute("INSERT INTO accounts VALUES ('pat', '0x01', x'00', 'k', 'now')", [])?;
+//! # conn.execute("INSERT INTO accounts (name, address, wrapped_key, kek_id, created_at) VALUES ('pat', '0x01', x'00', 'k', 'now')", [])?;
 //! let invite = passkeys::invite(&conn, "operator", "pat", 1_800_000_000)?;
 //! assert_eq!(passkeys::check_invite(&conn, "pat", &invite.code, 1_800_000_060)?, Ok(()));
 //! # Ok(()) }
@@ -317,7 +317,7 @@ mod tests {
         let conn = crate::storage::store::open(&dir.path().join("cohort.db")).unwrap();
         for (name, address) in [("pat", "0x01"), ("doc", "0x02")] {
             conn.execute(
-                "INSERT INTO accounts VALUES (?1, ?2, x'00', 'k', 'now')",
+                "INSERT INTO accounts (name, address, wrapped_key, kek_id, created_at) VALUES (?1, ?2, x'00', 'k', 'now')",
                 [name, address],
             )
             .unwrap();

@@ -8,7 +8,11 @@
 //! and the record kinds, or one under an open emergency override, and
 //! leaves an event naming every record read (one transaction per request,
 //! however many records it returns). A refusal names the missing
-//! authorization, is audited, and decrypts nothing. An update is
+//! authorization, is audited, and decrypts nothing. The chain's allowance
+//! is not enough to decrypt: the reader then opens its own sealed copy of
+//! the version's data key with its own account's secret
+//! ([`crate::keys::data_keys`]); holding none is a refusal too (audited as
+//! `keys.unwrap-refused`), checked before the read is traced on chain. An update is
 //! `updateHealthRecords`, signed by the writer: the vault's new version
 //! commits only once the chain has taken it.
 //!
@@ -32,6 +36,7 @@ use super::vault::{Access, RecordVersion, Vault};
 use crate::access::geo::{self, Decision};
 use crate::access::scope::{self, Level, Purpose, SUMMARY_KINDS};
 use crate::access::{Actor, patients};
+use crate::keys::data_keys;
 use crate::{Error, Result, audit};
 
 /// A record read, with whether an emergency override allowed it.
@@ -123,6 +128,55 @@ impl<'a> Clinic<'a> {
         match appended {
             Ok(_) => Error::Forbidden(reason),
             Err(e) => e,
+        }
+    }
+
+    /// The key of `rv`'s epoch as `actor` holds it (its sealed copy, opened
+    /// with its own secret), from `keys` when already opened; no copy is a
+    /// refusal, audited as `keys.unwrap-refused`, and nothing is decrypted.
+    fn reader_key(
+        &self,
+        actor: &Actor,
+        rv: &RecordVersion,
+        purpose: Purpose,
+        keys: &mut std::collections::HashMap<i64, crate::keys::keystore::SecretKey>,
+    ) -> Result<crate::keys::keystore::SecretKey> {
+        let conn = self.vault.conn();
+        let epoch = data_keys::epoch_of(conn, &rv.record_id, rv.version)?;
+        if let Some(k) = keys.get(&epoch) {
+            return Ok(k.clone());
+        }
+        match data_keys::reader_key(
+            conn,
+            self.vault.keys(),
+            actor.account(),
+            &rv.patient_id,
+            epoch,
+        )? {
+            Ok(k) => {
+                keys.insert(epoch, k.clone());
+                Ok(k)
+            }
+            Err(data_keys::NoKey { epoch }) => {
+                let reason = format!(
+                    "no key for `{}` to {}'s version {}: it holds no copy of epoch {epoch} of patient {}'s data key (the patient has not granted it access since the key was rotated; a grant made through cohort seals one)",
+                    actor.name(),
+                    rv.record_id,
+                    rv.version,
+                    rv.patient_id
+                );
+                audit::append(
+                    conn,
+                    &audit::Event {
+                        actor: actor.name(),
+                        action: "keys.unwrap-refused",
+                        target: &rv.record_id,
+                        purpose: purpose.name(),
+                        detail: serde_json::json!({ "version": rv.version, "epoch": epoch, "refused": reason }),
+                    },
+                )?;
+                Err(Error::Forbidden(reason))
+            }
         }
     }
 
@@ -386,10 +440,11 @@ impl<'a> Clinic<'a> {
                 purpose,
             )
             .await?;
+        let key = self.reader_key(actor, &rv, purpose, &mut Default::default())?;
         let traced = self
             .trace(actor, &patient, &[record_id], kinds, purpose, record_id)
             .await?;
-        let content = self.vault.decrypt_version(&rv)?;
+        let content = self.vault.decrypt_with(&rv, &key)?;
         self.audit_reads(actor, purpose, traced, std::slice::from_ref(&rv), &crossing)?;
         Ok(Read {
             version: rv,
@@ -491,12 +546,19 @@ impl<'a> Clinic<'a> {
         let (_, crossing) = self
             .geo(actor, &patient, &ids, emergency, "read", &target, purpose)
             .await?;
+        // Every key the search needs, before the trace: a missing one
+        // refuses the whole search, and nothing is decrypted.
+        let mut keys = std::collections::HashMap::new();
+        let mut version_keys = Vec::with_capacity(versions.len());
+        for rv in &versions {
+            version_keys.push(self.reader_key(actor, rv, purpose, &mut keys)?);
+        }
         let traced = self
             .trace(actor, &patient, &ids, kinds.max(1), purpose, &target)
             .await?;
         let mut reads = Vec::with_capacity(versions.len());
-        for rv in versions {
-            let content = self.vault.decrypt_version(&rv)?;
+        for (rv, key) in versions.into_iter().zip(version_keys) {
+            let content = self.vault.decrypt_with(&rv, &key)?;
             if matches_filters(&content, search) {
                 reads.push((rv, content));
             }

@@ -1,4 +1,5 @@
-//! Health records: the encrypted vault, FHIR R4 parsing and ingestion,
+//! Health records: the encrypted vault (its per-grantee data keys are
+//! `keys::data_keys`), FHIR R4 parsing and ingestion,
 //! the columnar projection, Safe Harbor de-identification and the
 //! synthetic cohort generator.
 

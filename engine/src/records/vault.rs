@@ -8,7 +8,6 @@
 //! is overwritten. Erasing a patient destroys the data key (crypto-shredding):
 //! the blocks and their hashes stay, unreadable.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -16,6 +15,8 @@ use serde::Serialize;
 use sha2::Digest;
 
 use crate::audit::{self, Event};
+use crate::keys::data_keys::{self, EpochCache};
+pub(crate) use crate::keys::data_keys::{PatientState, patient_state};
 use crate::keys::keystore::{KeyStore, SecretKey};
 use crate::storage::blockstore::BlockStore;
 use crate::{Error, Result};
@@ -118,7 +119,8 @@ pub struct Erasure {
 /// unwraps each patient's key once.
 #[derive(Default)]
 pub(crate) struct KeyCache {
-    keys: HashMap<String, SecretKey>,
+    /// Each patient's keys by epoch (`keys::data_keys`).
+    epochs: EpochCache,
 }
 
 /// The keys kept wrapped in `meta` (hex), by name, with what each is
@@ -286,6 +288,7 @@ impl Vault {
             Unchanged(RecordVersion),
             Write {
                 key: SecretKey,
+                epoch: i64,
                 mac: [u8; 32],
                 version: i64,
                 prev: Option<String>,
@@ -294,8 +297,17 @@ impl Vault {
         let mut plans = Vec::with_capacity(records.len());
         for (i, record) in records.iter().enumerate() {
             let mut step = || -> Result<Plan> {
-                let key = self.data_key(conn, cache, record.patient_id, create_patient(i))?;
-                let mac = content_mac(&key, record.content);
+                // The MAC stays under the patient's first key, so an
+                // unchanged update is detected across epochs; the block is
+                // sealed under the current epoch's (`data_keys`).
+                let mac_key = self.data_key(conn, cache, record.patient_id, create_patient(i))?;
+                let mac = content_mac(&mac_key, record.content);
+                let (epoch, key) = data_keys::writer_key(
+                    conn,
+                    self.keys.as_ref(),
+                    &mut cache.epochs,
+                    record.patient_id,
+                )?;
                 let current = current_version(conn, record.record_id)?;
                 if let Some((cur, cur_mac)) = &current {
                     if cur.patient_id != record.patient_id {
@@ -316,6 +328,7 @@ impl Vault {
                 }
                 Ok(Plan::Write {
                     key,
+                    epoch,
                     mac,
                     version: current.as_ref().map_or(1, |(c, _)| c.version + 1),
                     prev: current.map(|(c, _)| c.cid),
@@ -352,7 +365,11 @@ impl Vault {
                 (Plan::Unchanged(cur), _) => out.push((PutOutcome::Unchanged, cur)),
                 (
                     Plan::Write {
-                        mac, version, prev, ..
+                        mac,
+                        version,
+                        prev,
+                        epoch,
+                        ..
                     },
                     Some((cid, size, data_hash)),
                 ) => {
@@ -379,6 +396,15 @@ impl Vault {
                     )
                     .and_then(|mut s| s.execute(params![rv.record_id, rv.version, data_hash.to_vec()]))
                     .map_err(|e| (i, Box::new(e.into())))?;
+                    // No row means epoch 1: ingest of a never-rotated
+                    // patient writes nothing more than before.
+                    if epoch > 1 {
+                        conn.prepare_cached(
+                            "INSERT INTO record_epochs (record_id, version, epoch) VALUES (?1, ?2, ?3)",
+                        )
+                        .and_then(|mut s| s.execute(params![rv.record_id, rv.version, epoch]))
+                        .map_err(|e| (i, Box::new(e.into())))?;
+                    }
                     let outcome = if rv.version > 1 {
                         PutOutcome::Updated
                     } else {
@@ -432,13 +458,30 @@ impl Vault {
         Ok((rv, content))
     }
 
-    /// Decrypts one stored version (not audited: for internal use by audited callers).
+    /// Decrypts one stored version with the custodian's copy of its
+    /// epoch's key (not audited: for internal use by audited callers; a
+    /// reader's path is [`Vault::decrypt_with`] and its own sealed copy).
+    #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn decrypt_version(&self, rv: &RecordVersion) -> Result<Vec<u8>> {
         self.ensure_not_purged(rv)?;
         let mut cache = KeyCache::default();
-        let key = self.data_key(&self.conn, &mut cache, &rv.patient_id, false)?;
+        let epoch = data_keys::epoch_of(&self.conn, &rv.record_id, rv.version)?;
+        let key = data_keys::custodian_key(
+            &self.conn,
+            self.keys.as_ref(),
+            &mut cache.epochs,
+            &rv.patient_id,
+            epoch,
+        )?;
+        self.decrypt_with(rv, &key)
+    }
+
+    /// Decrypts one stored version with `key` (a reader's own copy of the
+    /// version's epoch key); not audited.
+    pub(crate) fn decrypt_with(&self, rv: &RecordVersion, key: &SecretKey) -> Result<Vec<u8>> {
+        self.ensure_not_purged(rv)?;
         let sealed = self.blocks.get(&rv.cid)?;
-        open_block(&key, &rv.patient_id, &rv.record_id, rv.version, &sealed)
+        open_block(key, &rv.patient_id, &rv.record_id, rv.version, &sealed)
     }
 
     /// Refuses a version that retention purged, naming when.
@@ -503,73 +546,26 @@ impl Vault {
         patient_id: &str,
         create: bool,
     ) -> Result<SecretKey> {
-        if let Some(k) = cache.keys.get(patient_id) {
-            return Ok(k.clone());
+        if let Some(key) =
+            data_keys::first_key(conn, self.keys.as_ref(), &mut cache.epochs, patient_id)?
+        {
+            return Ok(key);
         }
-        let row: Option<(Option<Vec<u8>>, Option<String>)> = conn
-            .query_row(
-                "SELECT wrapped_key, erased_at FROM patients WHERE patient_id = ?1",
-                [patient_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let key = match row {
-            Some((_, Some(erased_at))) => {
-                return Err(Error::Shredded {
-                    patient: patient_id.to_owned(),
-                    erased_at,
-                });
-            }
-            Some((Some(wrapped), None)) => self.keys.unwrap(&wrapped, patient_id.as_bytes())?,
-            Some((None, None)) => {
-                return Err(Error::Invalid(format!(
-                    "patient {patient_id} has no data key"
-                )));
-            }
-            None if create => {
-                let key = SecretKey::generate();
-                let wrapped = self.keys.wrap(&key, patient_id.as_bytes())?;
-                conn.execute(
-                    "INSERT INTO patients(patient_id, wrapped_key, kek_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![patient_id, wrapped, self.keys.key_id(), crate::storage::store::now()],
-                )?;
-                key
-            }
-            None => {
-                return Err(Error::NotFound(format!(
-                    "no patient {patient_id} in the vault"
-                )));
-            }
-        };
-        cache.keys.insert(patient_id.to_owned(), key.clone());
+        if !create {
+            return Err(Error::NotFound(format!(
+                "no patient {patient_id} in the vault"
+            )));
+        }
+        let key = SecretKey::generate();
+        let wrapped = self.keys.wrap(&key, patient_id.as_bytes())?;
+        conn.execute(
+            "INSERT INTO patients(patient_id, wrapped_key, kek_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![patient_id, wrapped, self.keys.key_id(), crate::storage::store::now()],
+        )?;
+        data_keys::record_first_epoch(conn, patient_id, "created")?;
+        data_keys::remember_first(&mut cache.epochs, patient_id, &key);
         Ok(key)
     }
-}
-
-/// Whether a patient is known to the vault, and whether they were erased.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PatientState {
-    /// Never stored.
-    Absent,
-    /// Stored, with a live data key.
-    Active,
-    /// Erased: the data key was destroyed at `at`.
-    Erased {
-        /// When.
-        at: String,
-    },
-}
-
-pub(crate) fn patient_state(conn: &Connection, patient_id: &str) -> Result<PatientState> {
-    let erased_at: Option<Option<String>> = conn
-        .prepare_cached("SELECT erased_at FROM patients WHERE patient_id = ?1")?
-        .query_row([patient_id], |r| r.get(0))
-        .optional()?;
-    Ok(match erased_at {
-        None => PatientState::Absent,
-        Some(None) => PatientState::Active,
-        Some(Some(at)) => PatientState::Erased { at },
-    })
 }
 
 fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordVersion> {

@@ -76,6 +76,15 @@ pub fn link_patient(
         }
         other => other.into(),
     })?;
+    // The patient's own copy of their data key (`keys::data_keys`).
+    crate::keys::data_keys::seal_for_holder(
+        conn,
+        vault.keys(),
+        name,
+        patient_id,
+        &crate::keys::data_keys::Holder::of(&account)?,
+        crate::keys::data_keys::Role::Patient,
+    )?;
     Ok(account)
 }
 
@@ -193,6 +202,23 @@ impl Session {
             }));
         }
         tx.commit()?;
+        // A consent is also a key: the patient's data key sealed to the
+        // engine's account, which the study's view requires.
+        let vault = self.vault()?;
+        let engine = crate::keys::data_keys::Holder::of(&self.engine)?;
+        for (p, outcome) in patients.iter().zip(&out) {
+            if outcome.is_ok() {
+                let patient_id = self.patient_of(conn, p)?;
+                crate::keys::data_keys::seal_for_holder(
+                    vault.conn(),
+                    vault.keys(),
+                    p.name(),
+                    &patient_id,
+                    &engine,
+                    crate::keys::data_keys::Role::Research,
+                )?;
+            }
+        }
         Ok(out)
     }
 
@@ -205,8 +231,9 @@ impl Session {
         id: u64,
     ) -> Result<ConsentChange> {
         self.study(conn, id).await?;
-        self.patient_of(conn, patient)?;
+        let patient_id = self.patient_of(conn, patient)?;
         let receipt = self.client.withdraw(patient, id).await?;
+        self.withdraw_key(conn, patient, &patient_id, id).await?;
         audit::append(
             conn,
             &audit::Event {
@@ -225,6 +252,48 @@ impl Session {
             change: "withdrawn",
             tx_hash: format!("{:#x}", receipt.tx_hash),
         })
+    }
+
+    /// After a withdrawal from study `id`: the engine's copies of the
+    /// patient's data key are deleted and the key rotated; if the patient
+    /// still consents to another study, the new key is sealed to the engine
+    /// again. Running it again is harmless (a crash between the chain's
+    /// withdrawal and this step is repaired by withdrawing again, or by the
+    /// next consent).
+    async fn withdraw_key(
+        &self,
+        conn: &Connection,
+        patient: &Account,
+        patient_id: &str,
+        id: u64,
+    ) -> Result<()> {
+        let vault = self.vault()?;
+        let engine = crate::keys::data_keys::Holder::of(&self.engine)?;
+        crate::keys::data_keys::revoke_holder(
+            vault.conn(),
+            vault.keys(),
+            patient.name(),
+            patient_id,
+            &engine.address,
+            &format!("withdraw study {id}"),
+        )?;
+        self.sync().await?;
+        let others: bool = conn
+            .prepare(
+                "SELECT 1 FROM ledger_consents WHERE patient = ?1 AND active = 1 AND study_id <> ?2",
+            )?
+            .exists(params![format!("{:#x}", patient.address()), id as i64])?;
+        if others {
+            crate::keys::data_keys::seal_for_holder(
+                vault.conn(),
+                vault.keys(),
+                patient.name(),
+                patient_id,
+                &engine,
+                crate::keys::data_keys::Role::Research,
+            )?;
+        }
+        Ok(())
     }
 
     /// Erases a patient for the research path as well as the vault: first

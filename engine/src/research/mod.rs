@@ -206,6 +206,7 @@ impl Session {
             file,
             &self.key(id),
             &members,
+            self.engine.address(),
             &self.views,
             &self.building,
         )

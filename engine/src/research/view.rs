@@ -95,10 +95,23 @@ pub(crate) fn obtain(
     file: &StudyFile,
     key: &PseudonymKey,
     consenting: &[Consenting],
+    engine: cohort_ledger_bridge::alloy::primitives::Address,
     cache: &std::sync::Mutex<HashMap<u64, Arc<View>>>,
     building: &std::sync::Mutex<()>,
 ) -> Result<Arc<View>> {
     let _one = building.lock().expect("view build lock");
+    // Fail closed: only the consenting patients whose current data key is
+    // sealed to the engine's account (at consent; deleted at withdrawal).
+    // The projection itself is a plaintext copy the custodian holds, so
+    // this is a gate the engine keeps, not a decryption it needs.
+    let engine = format!("{engine:#x}");
+    let mut keyed = Vec::with_capacity(consenting.len());
+    for c in consenting {
+        if crate::keys::data_keys::research_may_read(conn, &c.patient_id, &engine)? {
+            keyed.push(c.clone());
+        }
+    }
+    let consenting = keyed.as_slice();
     // The view follows the data: a new ingest or an erasure (the
     // projection's generation) and a new encrypted submission make a new one.
     let state = format!(

@@ -103,6 +103,41 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 
+-- Record data keys by epoch (`records::data_keys`): epoch 1 is the key
+-- in `patients.wrapped_key`; each rotation (a revocation, a withdrawal)
+-- starts the next, its custodian copy wrapped by the keystore here.
+CREATE TABLE IF NOT EXISTS data_key_epochs (
+    patient_id  TEXT NOT NULL,
+    epoch       INTEGER NOT NULL,
+    wrapped_key BLOB,
+    kek_id      TEXT,
+    created_at  TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    PRIMARY KEY (patient_id, epoch)
+);
+-- The epoch whose key sealed a record version; no row: epoch 1. Kept
+-- beside `records` so the index's MAC chain (`index_anchor`) is unchanged.
+CREATE TABLE IF NOT EXISTS record_epochs (
+    record_id TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    epoch     INTEGER NOT NULL,
+    PRIMARY KEY (record_id, version)
+) WITHOUT ROWID;
+-- Each epoch's key sealed (ECIES, secp256k1) to each holder's public key:
+-- the patient, their grantees and delegates, an emergency provider, the
+-- research engine for a consent. No key bytes in clear.
+CREATE TABLE IF NOT EXISTS wrapped_data_keys (
+    patient_id     TEXT NOT NULL,
+    epoch          INTEGER NOT NULL,
+    holder_address TEXT NOT NULL,
+    holder_name    TEXT,
+    role           TEXT NOT NULL,
+    public_key     BLOB NOT NULL,
+    sealed         BLOB NOT NULL,
+    created_at     TEXT NOT NULL,
+    PRIMARY KEY (patient_id, epoch, holder_address)
+);
+
 -- Named Ethereum accounts (secp256k1): the key only wrapped by the keystore.
 CREATE TABLE IF NOT EXISTS accounts (
     name        TEXT PRIMARY KEY,

@@ -355,6 +355,13 @@ async function loadPatient() {
   for (const box of $("geo-restrictions").querySelectorAll("input[type=checkbox]")) {
     box.checked = (geo.restrictions || []).includes(box.value);
   }
+  // An account linked to no vault patient has no key to list.
+  const held = await api("/api/key-holders").catch(() => ({ copies: [] }));
+  fill("key-holders", held.copies || [], (row, c) => {
+    row.dataset.holder = c.holder_name || c.holder;
+    cell(row, c.epoch); cell(row, c.holder_name || c.holder); cell(row, c.role);
+    cell(row, (c.sealed_at || "").slice(0, 19).replace("T", " "));
+  });
 
   const consents = (await api("/api/consents")).consents || [];
   fill("consents", consents, (row, c) => {

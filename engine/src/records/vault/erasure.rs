@@ -28,6 +28,9 @@ impl Vault {
             "UPDATE patients SET wrapped_key = NULL, erased_at = ?2 WHERE patient_id = ?1",
             params![patient_id, crate::storage::store::now()],
         )?;
+        // Every sealed copy (ECIES, per holder and epoch) and the
+        // custodian's copies of later epochs go with it.
+        let copies = crate::keys::data_keys::erase(&tx, patient_id)?;
         let versions: i64 = tx.query_row(
             "SELECT COUNT(*) FROM records WHERE patient_id = ?1",
             [patient_id],
@@ -58,7 +61,7 @@ impl Vault {
                 action: "erase",
                 target: &format!("Patient/{patient_id}"),
                 purpose: &access.purpose,
-                detail: serde_json::json!({ "versions_shredded": versions, "projection_rows_removed": removed }),
+                detail: serde_json::json!({ "versions_shredded": versions, "projection_rows_removed": removed, "sealed_copies_destroyed": copies }),
             },
         )?;
         tx.commit()?;

@@ -133,6 +133,8 @@ struct Run {
     /// The consenting patients' geographic restrictions (`None`: no
     /// geography policy); the view's members are chosen inside the run.
     restrictions: Option<HashMap<Address, u8>>,
+    /// The engine's account: the view holds only patients whose key it holds.
+    engine: Address,
     views: Arc<Mutex<HashMap<u64, Arc<View>>>>,
     building: Arc<Mutex<()>>,
     /// The encrypted columns' executor, loaded (keys and all) before the
@@ -165,6 +167,7 @@ impl Run {
                 &self.file,
                 &key,
                 &members,
+                self.engine,
                 &self.views,
                 &self.building,
             )?;
@@ -369,6 +372,7 @@ impl Session {
             contract: self.contract(),
             consenting,
             restrictions,
+            engine: self.engine.address(),
             views: Arc::clone(&self.views),
             building: Arc::clone(&self.building),
             executor,
