@@ -242,7 +242,8 @@ try {
   await page.fill("#guardians-threshold", "2");
   await page.click("#guardians-button");
   await waitStatus("2 of 2 guardians named");
-  check((await page.textContent("#guardians-state")).includes("steward-1, dr-no"), "the guardians are shown");
+  await page.waitForFunction(() => document.getElementById("guardians-state").textContent.includes("2 of 2 guardians"));
+  check((await page.textContent("#guardians-state")).includes("steward-1, dr-no"), `the guardians are shown: ${await page.textContent("#guardians-state")}`);
   await recoveryTab(env("NEW_KEY_TOKEN"));
   await page.fill("#recovery-patient", "patient-1");
   await page.click("#recovery-open-button");

@@ -491,7 +491,14 @@ contract ResearchStudy is ReentrancyGuard {
     /// share, `fee / members`, with a proof that their patient identity is
     /// a leaf under its members root; it is paid to the key acting for them.
     function claim(uint256 studyId, bytes32 queryId, bytes32[] calldata proof) external nonReentrant {
-        address patient = _actingPatient();
+        // The identity the caller's key acts for; an address that is no
+        // patient's identity claims as itself (its proof decides), but a
+        // patient's replaced key claims nothing.
+        address patient = access.patientOf(msg.sender);
+        if (patient == address(0)) {
+            if (access.hasRole(access.PATIENT_ROLE(), msg.sender)) revert MissingRole(access.PATIENT_ROLE(), msg.sender);
+            patient = msg.sender;
+        }
         Study storage s = _study(studyId);
         Query storage q = _queries[queryId];
         if (q.studyId != studyId) revert WrongStudy(queryId, studyId);
