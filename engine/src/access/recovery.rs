@@ -315,7 +315,7 @@ pub async fn set_guardians(
         conn,
         actor,
         "recovery.guardians",
-        &actor.name().to_string(),
+        actor.name(),
         "operations",
         detail,
         sent,
