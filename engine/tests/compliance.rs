@@ -10,7 +10,6 @@ use cohort_engine::access::scope::{ALL_KINDS, Level, Purpose};
 use cohort_engine::access::{Actor, emergency, grants};
 use cohort_engine::chain;
 use cohort_engine::compliance::Compliance;
-use cohort_engine::keys::accounts;
 use cohort_engine::records::clinical::{Clinic, Search};
 use cohort_engine::storage::blockstore::FsBlockStore;
 use cohort_ledger_bridge::Role;
@@ -40,53 +39,26 @@ struct World {
 
 fn world() -> World {
     let d = common::deployed(3);
-    let (patient_id, observation): (String, String) = d
-        .vault
-        .conn()
-        .query_row(
-            "SELECT patient_id, record_id FROM records WHERE resource_type = 'Observation' ORDER BY record_id LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    let patient = Actor::from_account(
-        cohort_engine::research::link_patient(d.vault.conn(), &d.vault, "pat", &patient_id)
-            .unwrap(),
-    );
-    let get = |n: &str| {
-        Actor::from_account(accounts::get_or_create(d.vault.conn(), d.vault.keys(), n).unwrap())
-    };
+    let (patient_id, observation) = d.first_observation();
+    let patient = d.patient("pat", &patient_id);
     let (admin, provider, emergency_provider, auditor, issuer) = (
-        get("operator"),
-        get("dr-a"),
-        get("dr-e"),
-        get("auditor"),
-        get("issuer"),
+        d.actor("operator"),
+        d.actor("dr-a"),
+        d.actor("dr-e"),
+        d.actor("auditor"),
+        d.actor("issuer"),
     );
-    for (who, role) in [
-        (&issuer, Role::Issuer),
-        (&provider, Role::Provider),
-        (&emergency_provider, Role::Provider),
-        (&emergency_provider, Role::Emergency),
-        (&auditor, Role::Auditor),
-    ] {
-        d.rt.block_on(d.client.grant_role(admin.account(), role, who.address()))
-            .unwrap();
-    }
-    d.rt.block_on(grants::ensure_patient(&d.client, &patient))
-        .unwrap();
-    let now = d.rt.block_on(d.client.ledger().timestamp()).unwrap();
-    for who in ["dr-a", "dr-e"] {
-        d.rt.block_on(grants::attest_credential(
-            d.vault.conn(),
-            &d.client,
-            &issuer,
-            who,
-            "MD",
-            now + 30 * 86_400,
-        ))
-        .unwrap();
-    }
+    d.roles_and_credentials(
+        &[
+            (&issuer, Role::Issuer),
+            (&provider, Role::Provider),
+            (&emergency_provider, Role::Provider),
+            (&emergency_provider, Role::Emergency),
+            (&auditor, Role::Auditor),
+        ],
+        &issuer,
+        &["dr-a", "dr-e"],
+    );
     World {
         d,
         patient,

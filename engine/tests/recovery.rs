@@ -30,55 +30,30 @@ struct World {
 
 fn world() -> World {
     let d = common::deployed(2);
-    let (patient_id, observation): (String, String) = d
-        .vault
-        .conn()
-        .query_row(
-            "SELECT patient_id, record_id FROM records WHERE resource_type = 'Observation' ORDER BY record_id LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    let patient = Actor::from_account(
-        cohort_engine::research::link_patient(d.vault.conn(), &d.vault, "pat", &patient_id)
-            .unwrap(),
-    );
-    let get = |n: &str| {
-        Actor::from_account(accounts::get_or_create(d.vault.conn(), d.vault.keys(), n).unwrap())
-    };
-    let admin = get("operator");
-    let issuer = get("issuer");
+    let (patient_id, observation) = d.first_observation();
+    let patient = d.patient("pat", &patient_id);
+    let issuer = d.actor("issuer");
     let (provider, other_provider, auditor, outsider, new_key) = (
-        get("dr-a"),
-        get("dr-b"),
-        get("auditor"),
-        get("mallory"),
-        get("pat-new"),
+        d.actor("dr-a"),
+        d.actor("dr-b"),
+        d.actor("auditor"),
+        d.actor("mallory"),
+        d.actor("pat-new"),
     );
-    let guardians: Vec<Actor> = ["g-ann", "g-bob", "g-cy"].iter().map(|n| get(n)).collect();
-    for (who, role) in [
-        (&issuer, Role::Issuer),
-        (&provider, Role::Provider),
-        (&other_provider, Role::Provider),
-        (&auditor, Role::Auditor),
-    ] {
-        d.rt.block_on(d.client.grant_role(admin.account(), role, who.address()))
-            .unwrap();
-    }
-    d.rt.block_on(grants::ensure_patient(&d.client, &patient))
-        .unwrap();
-    let now = d.rt.block_on(d.client.ledger().timestamp()).unwrap();
-    for who in ["dr-a", "dr-b"] {
-        d.rt.block_on(grants::attest_credential(
-            d.vault.conn(),
-            &d.client,
-            &issuer,
-            who,
-            "MD",
-            now + 30 * 86_400,
-        ))
-        .unwrap();
-    }
+    let guardians: Vec<Actor> = ["g-ann", "g-bob", "g-cy"]
+        .iter()
+        .map(|n| d.actor(n))
+        .collect();
+    d.roles_and_credentials(
+        &[
+            (&issuer, Role::Issuer),
+            (&provider, Role::Provider),
+            (&other_provider, Role::Provider),
+            (&auditor, Role::Auditor),
+        ],
+        &issuer,
+        &["dr-a", "dr-b"],
+    );
     World {
         d,
         patient,

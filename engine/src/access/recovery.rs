@@ -398,6 +398,27 @@ async fn with_tx(conn: &Connection, client: &Client, id: u64, tx: String) -> Res
     Ok(info)
 }
 
+/// Audits step `action` of recovery `id` by `actor`, done (`sent` holds
+/// its transaction) or refused, and answers with the recovery as the chain
+/// now holds it.
+async fn answered(
+    conn: &Connection,
+    client: &Client,
+    actor: &Actor,
+    action: &str,
+    id: u64,
+    detail: serde_json::Value,
+    sent: Result<String>,
+) -> Result<RecoveryInfo> {
+    let tx = audited(conn, actor, action, &target(id), "operations", detail, sent)?;
+    with_tx(conn, client, id, tx).await
+}
+
+/// An attestation's audit detail: the evidence's hash, never its text.
+fn evidence_detail(evidence: &str) -> serde_json::Value {
+    serde_json::json!({ "evidence_hash": format!("{:#x}", keccak256(evidence.as_bytes())) })
+}
+
 /// Step 1 begins: `new_key` (a fresh account) asks to take over `patient`.
 pub async fn open(
     conn: &Connection,
@@ -481,23 +502,14 @@ pub async fn approve(
             )
             .await?;
         // The approval stands on chain whatever happens here; a share that
-        // cannot be released is counted as missing, not as a refusal.
-        let released = release(conn, keys, guardian, &r, id, "share").unwrap_or(false);
-        Ok((format!("{:#x}", receipt.tx_hash), released))
+        // cannot be released is counted as missing (`released`), not as a
+        // refusal.
+        let _ = release(conn, keys, guardian, &r, id, "share");
+        Ok(format!("{:#x}", receipt.tx_hash))
     }
     .await;
-    let detail =
-        serde_json::json!({ "evidence_hash": format!("{:#x}", keccak256(evidence.as_bytes())) });
-    let (tx, _released) = audited(
-        conn,
-        guardian,
-        "recovery.approve",
-        &target(id),
-        "operations",
-        detail,
-        sent,
-    )?;
-    with_tx(conn, client, id, tx).await
+    let detail = evidence_detail(evidence);
+    answered(conn, client, guardian, "recovery.approve", id, detail, sent).await
 }
 
 /// Step 2 by the backup key: its holder opens the whole key sealed to them
@@ -617,18 +629,8 @@ pub async fn attest(
         Ok(format!("{:#x}", receipt.tx_hash))
     }
     .await;
-    let detail =
-        serde_json::json!({ "evidence_hash": format!("{:#x}", keccak256(evidence.as_bytes())) });
-    let tx = audited(
-        conn,
-        provider,
-        "recovery.attest",
-        &target(id),
-        "operations",
-        detail,
-        sent,
-    )?;
-    with_tx(conn, client, id, tx).await
+    let detail = evidence_detail(evidence);
+    answered(conn, client, provider, "recovery.attest", id, detail, sent).await
 }
 
 /// The old key rebuilt from what was released to `new_key` for recovery
@@ -865,16 +867,8 @@ pub async fn cancel(
         Ok(format!("{:#x}", receipt.tx_hash))
     }
     .await;
-    let tx = audited(
-        conn,
-        actor,
-        "recovery.cancel",
-        &target(id),
-        "operations",
-        serde_json::json!({}),
-        sent,
-    )?;
-    with_tx(conn, client, id, tx).await
+    let detail = serde_json::json!({});
+    answered(conn, client, actor, "recovery.cancel", id, detail, sent).await
 }
 
 /// One line of a recovery's trail.
@@ -1076,16 +1070,7 @@ pub async fn review(
     let detail = serde_json::json!({
         "justified": justified, "finding_hash": format!("{:#x}", keccak256(finding.as_bytes())),
     });
-    let tx = audited(
-        conn,
-        auditor,
-        "recovery.review",
-        &target(id),
-        "operations",
-        detail,
-        sent,
-    )?;
-    with_tx(conn, client, id, tx).await
+    answered(conn, client, auditor, "recovery.review", id, detail, sent).await
 }
 
 /// The recoveries of `patient` (newest first), from the chain.

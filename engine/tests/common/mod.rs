@@ -63,3 +63,76 @@ pub fn deployed(patients: u64) -> Deployed {
         client,
     }
 }
+
+impl Deployed {
+    /// The account `name` (created on first use), as an actor.
+    pub fn actor(&self, name: &str) -> cohort_engine::access::Actor {
+        cohort_engine::access::Actor::from_account(
+            cohort_engine::keys::accounts::get_or_create(
+                self.vault.conn(),
+                self.vault.keys(),
+                name,
+            )
+            .unwrap(),
+        )
+    }
+
+    /// The first Observation of the cohort: its patient and record ids.
+    pub fn first_observation(&self) -> (String, String) {
+        self.vault
+            .conn()
+            .query_row(
+                "SELECT patient_id, record_id FROM records WHERE resource_type = 'Observation' ORDER BY record_id LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    }
+
+    /// `name` linked to vault patient `patient_id`, registered on chain.
+    pub fn patient(&self, name: &str, patient_id: &str) -> cohort_engine::access::Actor {
+        let patient = cohort_engine::access::Actor::from_account(
+            cohort_engine::research::link_patient(self.vault.conn(), &self.vault, name, patient_id)
+                .unwrap(),
+        );
+        self.rt
+            .block_on(cohort_engine::access::grants::ensure_patient(
+                &self.client,
+                &patient,
+            ))
+            .unwrap();
+        patient
+    }
+
+    /// The operator grants each role; then `issuer` (holding the issuer
+    /// role) attests a credential for 30 days to each of `providers`.
+    pub fn roles_and_credentials(
+        &self,
+        roles: &[(&cohort_engine::access::Actor, cohort_ledger_bridge::Role)],
+        issuer: &cohort_engine::access::Actor,
+        providers: &[&str],
+    ) {
+        let admin = self.actor("operator");
+        for (who, role) in roles {
+            self.rt
+                .block_on(
+                    self.client
+                        .grant_role(admin.account(), *role, who.address()),
+                )
+                .unwrap();
+        }
+        let now = self.rt.block_on(self.client.ledger().timestamp()).unwrap();
+        for who in providers {
+            self.rt
+                .block_on(cohort_engine::access::grants::attest_credential(
+                    self.vault.conn(),
+                    &self.client,
+                    issuer,
+                    who,
+                    "MD",
+                    now + 30 * 86_400,
+                ))
+                .unwrap();
+        }
+    }
+}
