@@ -80,6 +80,8 @@ try {
   check((await page.locator("#pending b").count()) === 0, "no element from the title");
   await page.waitForSelector("#verification.intact");
   check((await page.textContent("#verification")).includes("hash chain intact"), "audit verification shown");
+  // The log fills after the verification line: wait for it, not a race.
+  await page.waitForFunction(() => document.querySelectorAll("#audit tbody tr").length > 0);
   check((await page.locator("#audit tbody tr").count()) > 0, "audit entries shown");
   const escrow = await page.locator(`#studies tr[data-study="${pending}"] td`).nth(4).textContent();
   check(/^\d+(\.\d{1,6})? ETH$/.test(escrow), `escrow in ETH with few decimals: ${escrow}`);
