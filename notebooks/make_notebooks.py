@@ -105,7 +105,82 @@ assert "budget" in refusal.message.lower(), refusal.message
 print(f"{answered} answers, then refused; left: {c.study(study).remaining}")'''),
 ])
 
-for name, nb in [("researcher_walkthrough", walkthrough), ("budget_exhaustion", exhaustion)]:
+omop = new_notebook(cells=[
+    new_markdown_cell("# An Achilles-style characterization of an OMOP study\n\n"
+                      "A study with `data_model = \"omop\"` sees its consenting patients as OMOP CDM 5.4 "
+                      "tables (`person`, `condition_occurrence`, ...), with the OMOP vocabulary beside them "
+                      "as public tables: reading `concept` or `concept_ancestor` costs nothing, and joining "
+                      "them to the study's tables is bounded per person like any query. Three questions, "
+                      "over Flight SQL, each with its 95% error: persons by gender, the age pyramid, and "
+                      "conditions rolled up to their ICD-10-CM chapters."),
+    new_code_cell(CONNECT + '''
+study = int(os.environ["COHORT_OMOP_STUDY"])
+s = c.study(study)
+print(f"study {s.study_id}: {s.title}; {s.consenting} consenting; budget left {s.remaining}")'''),
+    new_markdown_cell("## The vocabulary is public\n\nConcept names for the ids the answers carry: no privacy "
+                      "cost, exact."),
+    new_code_cell('''left = c.study(study).remaining
+concepts = c.query(study, "SELECT concept_id, concept_name, domain_id, concept_class_id FROM concept").frame
+names = dict(zip(concepts["concept_id"], concepts["concept_name"]))
+assert c.study(study).remaining == left, "reading the vocabulary spent budget"
+concepts[concepts["domain_id"].isin(["Gender", "Visit"])]'''),
+    new_markdown_cell("## Persons by gender\n\nThe gender concepts are the public domain of the key: every "
+                      "one is released, from zero if nobody has it. The study's small-cell rule (OHDSI: below "
+                      "5 withheld) applies to the noisy counts."),
+    new_code_cell('''gender = c.query(study, "SELECT gender_concept_id, COUNT(DISTINCT person_id) AS persons "
+                         "FROM person GROUP BY gender_concept_id")
+frame = gender.frame.assign(gender=lambda f: f["gender_concept_id"].map(names),
+                            error_95=gender.error_95("persons"))
+print("cost", gender.cost, "| left", gender.remaining)
+assert set(frame["gender"]) == {"MALE", "FEMALE"}
+frame'''),
+    new_markdown_cell("## The age pyramid\n\nTen-year bands of age from `year_of_birth` (Safe Harbor keeps the "
+                      "year only), by gender: one query, every band and gender released."),
+    new_code_cell('''import datetime
+year = datetime.date.today().year
+pyramid = c.query(study, f"SELECT gender_concept_id, FLOOR(({year} - year_of_birth) / 10) * 10 AS age_band, "
+                         "COUNT(*) AS persons FROM person GROUP BY gender_concept_id, FLOOR(({year} - year_of_birth) / 10) * 10")
+bands = pyramid.frame.assign(gender=lambda f: f["gender_concept_id"].map(names),
+                             error_95=pyramid.error_95("persons"))
+bands = bands[(bands["age_band"] >= 0) & (bands["age_band"] <= 100)]
+bands.pivot_table(index="age_band", columns="gender", values="persons")'''),
+    new_code_cell('''import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(6, 4))
+for sign, (label, colour) in zip((-1, 1), (("MALE", "#4c72b0"), ("FEMALE", "#dd8452"))):
+    part = bands[bands["gender"] == label].fillna({"persons": 0})
+    ax.barh(part["age_band"], sign * part["persons"], xerr=part["error_95"], height=8,
+            color=colour, label=label.lower(), capsize=2)
+ax.set_xlabel("persons (noisy count, 95% error)")
+ax.set_ylabel("age band")
+ax.legend()
+fig.tight_layout()
+fig.savefig(os.environ.get("COHORT_OMOP_PLOT", "pyramid.png"))'''),
+    new_markdown_cell("## Conditions by ICD-10-CM chapter\n\n`condition_occurrence` joined to the public "
+                      "`concept_ancestor`: each condition counts towards its chapter. A person with several "
+                      "conditions in one chapter counts once (`COUNT(DISTINCT person_id)`), and no person adds "
+                      "to more chapters than the study's `max_groups`."),
+    new_code_cell('''chapters = c.query(study, """
+    SELECT ca.ancestor_concept_id AS chapter_id, COUNT(DISTINCT co.person_id) AS persons
+    FROM condition_occurrence co
+    JOIN concept_ancestor ca ON ca.descendant_concept_id = co.condition_concept_id
+    JOIN concept ch ON ch.concept_id = ca.ancestor_concept_id
+    WHERE ch.concept_class_id = 'ICD10 Chapter'
+    GROUP BY ca.ancestor_concept_id""")
+is_chapter = set(concepts.loc[concepts["concept_class_id"] == "ICD10 Chapter", "concept_id"])
+top = (chapters.frame.assign(error_95=chapters.error_95("persons"))
+       .loc[lambda f: f["chapter_id"].isin(is_chapter)]
+       .assign(chapter=lambda f: f["chapter_id"].map(names))
+       .sort_values("persons", ascending=False))
+print("cost", chapters.cost, "| left", chapters.remaining)
+assert len(top) == len(is_chapter), "every chapter is released"
+top[["chapter", "persons", "error_95"]]'''),
+])
+
+for name, nb in [("researcher_walkthrough", walkthrough), ("budget_exhaustion", exhaustion),
+                 ("omop_characterization", omop)]:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, HERE / f"{name}.ipynb")
     print("wrote", name)

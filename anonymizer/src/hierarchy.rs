@@ -28,6 +28,12 @@
 //! The parts: the declarations and their labels (`declared`), reading
 //! values (`values`), and the instantiated [`DomainTree`] (`domain_tree`).
 
+/// The hierarchies of cohort's research views (ICD-10-CM codes up to their
+/// chapters, OMB race groups, Safe Harbor outputs), as shipped in
+/// `anonymizer/hierarchies/cohort.toml`. The OMOP vocabulary's
+/// `concept_ancestor` is built from its ICD-10-CM tree.
+pub const COHORT_HIERARCHIES: &str = include_str!("../hierarchies/cohort.toml");
+
 mod declared;
 mod domain_tree;
 mod values;

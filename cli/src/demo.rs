@@ -165,11 +165,12 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         .map(|i| accounts::get_or_create(vault.conn(), vault.keys(), &format!("steward-{i}")))
         .collect::<Result<_, _>>()?;
     rt.block_on(client.grant_role(&admin, Role::Researcher, researcher.address()))?;
-    // The escrow's ether: minted on the embedded chain, standing in for a payment.
+    // The escrows' ether (the diabetes study's and the OMOP study's): minted
+    // on the embedded chain, standing in for a payment.
     let balance = rt.block_on(client.ledger().balance(researcher.address()))?;
     rt.block_on(client.ledger().set_balance(
         researcher.address(),
-        balance + cohort_engine::research::study::parse_wei("escrow", "1 ether")?,
+        balance + cohort_engine::research::study::parse_wei("escrow", "2 ether")?,
     ))?;
     for s in &stewards {
         rt.block_on(client.grant_role(&admin, Role::Steward, s.address()))?;
@@ -372,6 +373,13 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
             serde_json::json!({ "layer": layer, "seconds": t.elapsed().as_secs_f64(), "outcome": outcome }),
         );
     }
+
+    say(
+        "\n6c. The same patients as OMOP CDM 5.4: a second study, OHDSI's SQL, the vocabulary joined",
+    );
+    let omop =
+        crate::demo_omop::omop_study(&rt, &vault, &session, &researcher, &stewards, &linked, &say)?;
+    keep("omop", omop);
 
     // 6. The extract.
     say("\n7. A k = 10 anonymous extract (Mondrian, l = 2 on race), recorded on the ledger");

@@ -19,7 +19,11 @@ pub(crate) struct QueryArgs {
     /// name their data with `source = "file.parquet"` (then --budget is the budget file).
     pub(crate) study: String,
     /// The SQL; prefix it with `EXPLAIN PRIVACY` to see the private plan without running it.
-    pub(crate) sql: String,
+    #[arg(required_unless_present = "sql_file")]
+    pub(crate) sql: Option<String>,
+    /// Read the SQL from this file instead (an OHDSI analysis, say).
+    #[arg(long, conflicts_with = "sql")]
+    pub(crate) sql_file: Option<PathBuf>,
     /// Show the private plan (bounds, mechanisms, scales, cost, error) and spend nothing.
     #[arg(long)]
     pub(crate) explain: bool,
@@ -41,6 +45,60 @@ pub(crate) struct QueryArgs {
     /// The query's id: repeating it returns the stored answer, never new noise.
     #[arg(long)]
     pub(crate) query_id: Option<String>,
+    /// The SQL's dialect: `standard`, or `ohdsi` for SqlRender's (what ATLAS,
+    /// Achilles and HADES emit: `@cdmDatabaseSchema.person`, `COUNT_BIG`,
+    /// `DATEDIFF`, `SELECT ... INTO #temp`), translated before planning.
+    #[arg(long, value_enum, default_value_t = Dialect::Standard)]
+    pub(crate) dialect: Dialect,
+    /// A SqlRender parameter for `--dialect ohdsi`: `name=value` (repeatable).
+    #[arg(long = "param", requires = "dialect")]
+    pub(crate) params: Vec<String>,
+}
+
+/// The SQL dialects `cohort query` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Dialect {
+    /// The planner's own SQL.
+    Standard,
+    /// OHDSI's SqlRender dialect (docs/OMOP.md).
+    Ohdsi,
+}
+
+/// The query's SQL in the planner's dialect (an `EXPLAIN PRIVACY` prefix
+/// is kept as is).
+pub(crate) fn query_sql(a: &QueryArgs) -> anyhow::Result<String> {
+    let sql = match (&a.sql, &a.sql_file) {
+        (Some(sql), _) => sql.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("--sql-file {}: {e}", file.display()))?,
+        (None, None) => bail!("give the SQL, or --sql-file"),
+    };
+    if a.dialect == Dialect::Standard {
+        if !a.params.is_empty() {
+            bail!("--param is for --dialect ohdsi");
+        }
+        return Ok(sql);
+    }
+    let mut params = std::collections::BTreeMap::new();
+    for item in &a.params {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--param {item}: expected name=value"))?;
+        params.insert(name.trim().to_string(), value.to_string());
+    }
+    let trimmed = sql.trim_start();
+    let prefix = "EXPLAIN PRIVACY";
+    let (explain, body) = match trimmed.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => (true, &trimmed[prefix.len()..]),
+        _ => (false, trimmed),
+    };
+    let translated = cohort_query_planner::dialect::ohdsi(body, &params)
+        .map_err(|e| anyhow::anyhow!("--dialect ohdsi: {e}"))?;
+    Ok(if explain {
+        format!("{prefix} {translated}")
+    } else {
+        translated
+    })
 }
 
 /// `cohort dp`: one DP statistic from a CSV or Parquet table.
@@ -290,7 +348,7 @@ pub(crate) fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
     let request = SqlRequest {
         study: PathBuf::from(&a.study),
         query: SqlQuery {
-            sql: a.sql.clone(),
+            sql: query_sql(a)?,
             budget: a.budget.clone(),
             query_id: a.query_id.clone(),
             epsilon,
@@ -319,7 +377,11 @@ pub(crate) fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         format!("{g}: ")
                     };
-                    format!("{label}{} ± {}", short(*v), short(*e))
+                    if v.is_nan() {
+                        format!("{label}withheld (small cell)")
+                    } else {
+                        format!("{label}{} ± {}", short(*v), short(*e))
+                    }
                 })
                 .collect();
             lines.push(format!("  {}  {}", r.output, parts.join("; ")));

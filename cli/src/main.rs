@@ -49,11 +49,13 @@ mod compliance_cli;
 mod demo;
 mod demo_appointments;
 mod demo_clinical;
+mod demo_omop;
 mod demo_recovery;
 mod dp_cli;
 mod geo_cli;
 mod keys_cli;
 mod ledger_cli;
+mod omop_cli;
 mod records_cli;
 mod recovery_cli;
 mod research_cli;
@@ -241,6 +243,9 @@ enum Command {
     /// research, and a patient's own restriction.
     #[command(subcommand)]
     Geo(geo_cli::GeoCmd),
+    /// OMOP CDM 5.4: the vocabulary (public tables) and an OMOP study file.
+    #[command(subcommand)]
+    Omop(omop_cli::OmopCmd),
     /// Emergency access: trigger, review, end, restore, the review queue.
     Emergency {
         #[command(flatten)]
@@ -589,6 +594,7 @@ anchored {} versions on chain as batch {}",
         Command::Access { cmd, .. } => access(cli, &dir()?, cmd),
         Command::Credential(cmd) => credential(cli, &dir()?, cmd),
         Command::Geo(cmd) => geo_cli::geo(cli, &dir()?, cmd),
+        Command::Omop(cmd) => omop_cli::omop(cli, cmd),
         Command::Emergency { remote, cmd } if remote.server.is_some() => {
             clinical_remote::emergency(cli, &dir()?, remote, cmd)
         }

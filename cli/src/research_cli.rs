@@ -186,7 +186,7 @@ pub(crate) fn research_query(
     }
     let options = query_options(a)?;
     let request = QueryRequest {
-        sql: a.sql.clone(),
+        sql: crate::dp_cli::query_sql(a)?,
         query_id: a.query_id.clone(),
         epsilon: options.epsilon,
         rho: options.rho,
@@ -286,6 +286,8 @@ pub(crate) fn outcome_text(outcome: &QueryOutcome) -> String {
     if let Some(releases) = answer.releases.as_array() {
         lines.push("each release with its 95% error:".into());
         for r in releases {
+            let output = r["output"].as_str().unwrap_or_default();
+            let encrypted = answer.encrypted.iter().any(|e| e.output == output);
             let groups = r["groups"].as_array().cloned().unwrap_or_default();
             let values = r["values"].as_array().cloned().unwrap_or_default();
             let errors = r["error_95"].as_array().cloned().unwrap_or_default();
@@ -301,15 +303,17 @@ pub(crate) fn outcome_text(outcome: &QueryOutcome) -> String {
                     };
                     // A value computed under encryption is decrypted into
                     // the table only after the debit; the release has none.
-                    let value = v.as_f64().map_or("(in the table)".into(), short);
+                    // Otherwise a missing value was withheld by the study's
+                    // small-cell rule.
+                    let value = match v.as_f64() {
+                        Some(v) => short(v),
+                        None if encrypted => "(in the table)".into(),
+                        None => "withheld (small cell)".into(),
+                    };
                     format!("{label}{value} ± {}", short(e.as_f64().unwrap_or(f64::NAN)))
                 })
                 .collect();
-            lines.push(format!(
-                "  {}  {}",
-                r["output"].as_str().unwrap_or_default(),
-                parts.join("; ")
-            ));
+            lines.push(format!("  {output}  {}", parts.join("; ")));
         }
     }
     let wei = |w: &str| cohort_engine::research::study::format_wei(w.parse().unwrap_or_default());

@@ -94,6 +94,8 @@ pub struct Study {
     pub policy: StudyPolicy,
     /// Its tables, by the policy's names.
     pub tables: HashMap<String, Arc<dyn TableProvider>>,
+    /// Its public tables (`[public.NAME] source = ...`), read in full.
+    pub public: cohort_query_planner::policy::PublicTables,
 }
 
 impl Study {
@@ -104,7 +106,23 @@ impl Study {
         let policy = StudyPolicy::from_toml(&text)?;
         let base = policy_file.parent().unwrap_or(Path::new("."));
         let tables = load_tables(&policy, base).await?;
-        Ok(Study { policy, tables })
+        let mut public = cohort_query_planner::policy::PublicTables::new();
+        for (name, table) in &policy.public {
+            let source = table.source.as_ref().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "public table `{name}` has no `source` file in the study policy"
+                ))
+            })?;
+            public.insert(
+                name.clone(),
+                crate::storage::tabular::read(&base.join(source))?,
+            );
+        }
+        Ok(Study {
+            policy,
+            tables,
+            public,
+        })
     }
 }
 
@@ -162,7 +180,11 @@ pub(crate) fn block_on<T>(what: &Path, work: impl Future<Output = Result<T>>) ->
 pub async fn run(study: Study, query: &SqlQuery, door: Door) -> Result<SqlOutcome> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let population = study.policy.execution.population.unwrap_or(0);
-    let planner = cohort_query_planner::Planner::new(study.policy, study.tables)?;
+    let planner = cohort_query_planner::Planner::with_public_tables(
+        study.policy,
+        study.tables,
+        study.public,
+    )?;
 
     // Held from the budget's reading to its last write.
     let _lock = match &query.budget {

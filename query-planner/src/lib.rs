@@ -52,6 +52,7 @@
 #![deny(missing_docs)]
 
 mod catalog;
+pub mod dialect;
 mod encryption;
 mod error;
 mod facts;

@@ -261,6 +261,9 @@ impl PrivatePlan {
         if self.sites.is_empty() {
             writeln!(out, "no patient data is read: nothing is released or spent")?;
         }
+        if let Some(rules) = self.sites.iter().find_map(|site| site.small_cells.as_ref()) {
+            writeln!(out, "small cells: {rules}")?;
+        }
         for (index, aggregate) in self.aggregates().iter().enumerate() {
             writeln!(out)?;
             let keys = if aggregate.keys.is_empty() {

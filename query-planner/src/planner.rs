@@ -24,7 +24,7 @@ use crate::encryption::{EncryptedExecutor, Executor};
 use crate::error::{Error, Result, Rule};
 use crate::nodes::{Keys, NoisyAggregate, Site};
 use crate::plan::{PrivatePlan, output_names};
-use crate::policy::{Scope, StudyPolicy};
+use crate::policy::{PublicTables, Scope, StudyPolicy};
 use crate::release::{calibrate, split_weighted};
 use crate::rules::{self, syntax};
 use crate::typing::Typer;
@@ -83,11 +83,24 @@ impl Planner {
         policy: StudyPolicy,
         tables: HashMap<String, Arc<dyn TableProvider>>,
     ) -> Result<Planner> {
+        Planner::with_public_tables(policy, tables, PublicTables::new())
+    }
+
+    /// A planner whose queries may also read `public` tables (no patient's
+    /// rows: a vocabulary), at no privacy cost, and join them to the study's.
+    pub fn with_public_tables(
+        policy: StudyPolicy,
+        mut tables: HashMap<String, Arc<dyn TableProvider>>,
+        public: PublicTables,
+    ) -> Result<Planner> {
         let schemas = tables
             .iter()
             .map(|(name, table)| (name.clone(), table.schema()))
             .collect();
-        let scope = policy.resolve(&schemas)?;
+        let scope = policy.resolve_with_public(&schemas, &public)?;
+        for (name, batch) in public {
+            tables.insert(name, crate::sources::batches(batch.schema(), vec![batch])?);
+        }
         let context = catalog::session(&scope, &tables)?;
         Ok(Planner {
             policy,

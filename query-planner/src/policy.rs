@@ -36,13 +36,15 @@ mod file;
 mod resolve;
 mod scope;
 
+pub use resolve::PublicTables;
+
 pub use file::{
-    ColumnPolicy, Contribution, DomainValue, Execution, QueryLimits, ReleaseTiming, Sampling,
-    StudyPolicy, TablePolicy,
+    ColumnPolicy, Contribution, Convention, Disclosure, DomainFrom, DomainValue, Execution,
+    PublicTablePolicy, QueryLimits, ReleaseTiming, Sampling, StudyPolicy, TablePolicy,
 };
 pub use scope::{
     Bounds, DEFAULT_PRECISION, DEFAULT_QUANTILE_CANDIDATES, DOMAIN_MAX, DeclaredColumn,
-    IMPLICIT_DOMAIN_MAX, PRECISION_MAX, Scope, ScopedTable,
+    IMPLICIT_DOMAIN_MAX, PRECISION_MAX, Scope, ScopedTable, SmallCells,
 };
 
 #[cfg(test)]

@@ -213,6 +213,15 @@ impl<'a> Typer<'a> {
                 interval: facts::Interval::from_bounds(declared.bounds),
             });
         }
+        if table.public {
+            let typed = Typed {
+                kind: Kind::Public,
+                columns,
+                sampled: None,
+                per_unit: None,
+            };
+            return Ok((LogicalPlan::TableScan(scan), typed));
+        }
         let unit = unit.ok_or_else(|| {
             Error::Policy(format!(
                 "internal: the scan of `{name}` does not read the privacy unit column"

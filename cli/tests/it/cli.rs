@@ -55,6 +55,16 @@ fn demo_runs_on_embedded_defaults_and_again() {
     // An encrypted release's value is decrypted into the table, not the error line.
     assert!(!text.contains("NaN"), "{text}");
     assert!(text.contains("female: (in the table) ± "), "{text}");
+    // The OMOP study: OHDSI's SQL translated, the vocabulary joined.
+    assert!(
+        text.contains("6c. The same patients as OMOP CDM 5.4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("COUNT(DISTINCT person_id) AS count_value"),
+        "{text}"
+    );
+    assert!(text.contains("small cells: OHDSI"), "{text}");
 
     // Again on the same directory: the same records, a second study.
     let second = bare(&["--data-dir", d, "demo", "--patients", "60", "--json"])
@@ -67,7 +77,23 @@ fn demo_runs_on_embedded_defaults_and_again() {
         ingest["created"], 0,
         "the same seed re-ingests as unchanged"
     );
-    assert_eq!(v["study"]["study_id"], 2);
+    // Each run proposes the diabetes study and the OMOP study.
+    assert_eq!(v["study"]["study_id"], 3);
+    let omop = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "omop")
+        .expect("the OMOP step");
+    assert_eq!(omop["value"]["study"], 4);
+    assert_eq!(
+        omop["value"]["achilles_2"]["answer"]["rows"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "persons by gender: MALE and FEMALE"
+    );
     assert_eq!(v["study"]["queries"], 6);
     // The encrypted answers arrive decrypted: integers, not sealed bytes.
     let encrypted: Vec<&serde_json::Value> = v["steps"]

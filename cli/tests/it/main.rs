@@ -20,6 +20,7 @@ mod invariant;
 mod keys;
 mod ledger;
 mod notebooks;
+mod omop;
 mod owner;
 mod privacy_audit;
 mod query;

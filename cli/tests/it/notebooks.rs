@@ -56,6 +56,12 @@ fn every_notebook_runs_against_a_live_server() {
     let (walk, _) = s.approved_study(&walk_text, 20);
     // ε 1 at 0.5 a query: two answers, then the budget is spent.
     let (small, _) = s.approved_study(&study_text("1", "0.5", false), 20);
+    // The OMOP characterization's study: the example OMOP study file.
+    let omop_text = cohort_engine::research::omop::EXAMPLE_STUDY.replace(
+        "deadline_ms = 3000\nper_patient_us = 40",
+        "release = \"immediate\"",
+    );
+    let (omop, _) = s.approved_study(&omop_text, 20);
     let server = Server::start(&s.data);
     let token = login(&s.data, &server, "researcher");
     let out = tempfile::tempdir().unwrap();
@@ -70,6 +76,8 @@ fn every_notebook_runs_against_a_live_server() {
         .env("COHORT_SMALL_STUDY", small.to_string())
         .env("COHORT_EXPECT_ANSWERS", "2")
         .env("COHORT_PLOT", &plot)
+        .env("COHORT_OMOP_STUDY", omop.to_string())
+        .env("COHORT_OMOP_PLOT", out.path().join("pyramid.png"))
         .env("MPLBACKEND", "Agg")
         .output()
         .unwrap();
@@ -84,6 +92,12 @@ fn every_notebook_runs_against_a_live_server() {
         "{said}"
     );
     assert!(said.contains("ok      budget_exhaustion.ipynb"), "{said}");
+    assert!(
+        said.contains("ok      omop_characterization.ipynb"),
+        "{said}"
+    );
+    let pyramid = std::fs::read(out.path().join("pyramid.png")).expect("the age pyramid");
+    assert_eq!(&pyramid[1..4], b"PNG");
     let png = std::fs::read(&plot).expect("the walk-through drew its histogram");
     assert_eq!(&png[1..4], b"PNG");
     assert!(server.stop().success());

@@ -790,9 +790,15 @@ fn server_probes(n: &Neighbours, failures: &mut Vec<String>) {
 /// 1 − 1e-6 jointly (Bonferroni over the thresholds and both directions),
 /// so the false-failure rate is at most 1e-6.
 fn distribution(n: &Neighbours, failures: &mut Vec<String>) {
+    distribution_of(n, &join(&n.target.has_hiv()), failures);
+}
+
+/// The answers of `sql` (one count) on both sides, 300 each at ε = 1: the
+/// Clopper-Pearson test of the mechanism audit at every threshold.
+fn distribution_of(n: &Neighbours, sql: &str, failures: &mut Vec<String>) {
     const SAMPLES: usize = 300;
     const EPSILON: f64 = 1.0;
-    let sql = join(&n.target.has_hiv());
+    let sql = sql.to_string();
     let draws: Vec<Vec<i64>> = n
         .sides
         .iter()
@@ -1061,6 +1067,109 @@ fn a_patient_left_out_by_geography_is_invisible_to_the_researcher() {
     assert!(
         failures.is_empty(),
         "geography leaked who was left out:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The OMOP view of the same neighbours (the target's HIV diagnosis is a
+/// B20 `condition_occurrence` in the second), queried through the public
+/// vocabulary: `concept_ancestor` turns the target's one condition into
+/// three rows (the code, its block, its chapter), and the bound per person
+/// must still hold. Every observable is compared as above, and the roll-up
+/// count's distribution may differ only as much as ε allows (false-failure
+/// rate at most 1e-6, as in `distribution`).
+#[test]
+fn an_omop_view_joined_to_the_public_vocabulary_differs_only_in_noise() {
+    use cohort_engine::research::omop;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (b0, b1, target) = neighbouring_bundles(tmp.path());
+    // DP alone (no small-cell rule, which would withhold the small counts
+    // the distribution test reads); a deadline that leaves room for the
+    // view's first build.
+    let study = omop::EXAMPLE_STUDY
+        .replace(
+            "deadline_ms = 3000\nper_patient_us = 40",
+            "deadline_ms = 2500\nper_patient_us = 1000",
+        )
+        .replace("[disclosure]\nconvention = \"ohdsi\"\n", "");
+    let sides = [b0, b1].map(|input| {
+        let s = setup_from(&input);
+        let (study, _) = s.approved_study(&study, PATIENTS as usize);
+        Side {
+            dir: s.dir.clone(),
+            data: s.data.clone(),
+            _setup: s,
+            study,
+        }
+    });
+    let n = Neighbours {
+        _tmp: tmp,
+        sides,
+        target,
+    };
+    let gender = if n.target.gender == "female" {
+        8532
+    } else {
+        8507
+    };
+    let vocabulary = omop::vocabulary::vocabulary().unwrap();
+    let chapter = vocabulary.concept_id("ICD10CM", "A00-B99");
+    let is = format!(
+        "p.year_of_birth = {} AND p.gender_concept_id = {gender}",
+        n.target.year
+    );
+    let rollup = |filter: &str| {
+        format!(
+            "FROM condition_occurrence co \
+             JOIN concept_ancestor ca ON ca.descendant_concept_id = co.condition_concept_id \
+             JOIN person p ON p.person_id = co.person_id WHERE {filter}"
+        )
+    };
+    let count = format!(
+        "SELECT COUNT(*) AS n {}",
+        rollup(&format!("ca.ancestor_concept_id = {chapter} AND {is}"))
+    );
+    let probes = [
+        Probe {
+            family: "public join",
+            name: "the target's conditions rolled up to the infectious chapter",
+            sql: count.clone(),
+            extra: vec![],
+        },
+        Probe {
+            family: "public join",
+            name: "every ancestor of the target's conditions, as groups",
+            sql: format!(
+                "SELECT ca.ancestor_concept_id, COUNT(*) AS n {} GROUP BY ca.ancestor_concept_id",
+                rollup(&is)
+            ),
+            extra: vec![],
+        },
+        Probe {
+            family: "error oracle",
+            name: "a cast of a vocabulary name, on the target's B20 only",
+            sql: format!(
+                "SELECT COUNT(*) AS n {} AND CASE WHEN co.condition_source_value = 'B20' \
+                 THEN CAST(co.condition_source_value AS INT) ELSE 0 END = 0",
+                rollup(&is)
+            ),
+            extra: vec![],
+        },
+    ];
+    let mut failures = Vec::new();
+    for probe in &probes {
+        let seen = [
+            observe(&n.sides[0], &probe.sql, &probe.extra),
+            observe(&n.sides[1], &probe.sql, &probe.extra),
+        ];
+        compare(probe, &seen, &mut failures);
+    }
+    distribution_of(&n, &count, &mut failures);
+    assert!(
+        failures.is_empty(),
+        "the OMOP privacy audit found {} leak(s):\n{}",
+        failures.len(),
         failures.join("\n")
     );
 }

@@ -72,12 +72,20 @@ class Answer:
             raise KeyError(f"no column {column!r} in the answer")
         shown = list(self.frame[column])
         # A release names the planner's expression, not the SQL alias: it is
-        # found by its values, which are the column's.
+        # found by its values, which are the column's. A value a small-cell
+        # rule withheld is missing on both sides.
+        def missing(v) -> bool:
+            return v is None or pd.isna(v)
+
+        def same(v, x) -> bool:
+            if missing(v) or missing(x):
+                return missing(v) and missing(x)
+            return abs(float(v) - float(x)) <= 1e-9 * max(1.0, abs(float(x)))
+
         for r in self.releases:
             values, errors = r.get("values") or [], r.get("error_95") or []
             if len(values) == len(shown) == len(errors) and all(
-                v is not None and abs(float(v) - float(x)) <= 1e-9 * max(1.0, abs(float(x)))
-                for v, x in zip(values, shown)
+                same(v, x) for v, x in zip(values, shown)
             ):
                 return [float(e) for e in errors]
         raise KeyError(f"no noisy release gives column {column!r}")

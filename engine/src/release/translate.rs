@@ -143,11 +143,14 @@ pub(super) fn planned(batch: &RecordBatch, request: &Request) -> Result<(Study, 
             population: None,
             ..Execution::default()
         },
+        public: BTreeMap::new(),
+        disclosure: None,
     };
     let provider = sources::batches(table.schema(), vec![table.clone()])?;
     let study = Study {
         policy,
         tables: [(TABLE.to_string(), provider)].into(),
+        public: Default::default(),
     };
     let query = SqlQuery {
         sql,

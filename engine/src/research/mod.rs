@@ -19,6 +19,7 @@ mod consents;
 pub mod encryption;
 mod journal;
 pub mod microdata;
+pub mod omop;
 mod oversight;
 pub mod query;
 mod studies;
@@ -298,6 +299,23 @@ pub(crate) fn geo_members(
         }
     }
     Ok(out)
+}
+
+/// The planner of a study over `tables` (its view, or the view's schema):
+/// an OMOP study's queries also read the OMOP vocabulary, as public tables.
+pub(crate) fn planner(
+    file: &StudyFile,
+    tables: HashMap<String, Arc<dyn cohort_query_planner::TableProvider>>,
+) -> Result<cohort_query_planner::Planner> {
+    let public = match file.terms.data_model {
+        study::DataModel::Omop => omop::vocabulary::vocabulary()?.tables()?,
+        study::DataModel::Cohort => Default::default(),
+    };
+    Ok(cohort_query_planner::Planner::with_public_tables(
+        file.scope.clone(),
+        tables,
+        public,
+    )?)
 }
 
 /// What a study's pseudonym key is derived for.

@@ -106,7 +106,7 @@ impl Session {
     ) -> Result<Proposed> {
         // The view's columns must exist after Safe Harbor, and the policy
         // must fit their types: checked on the empty view before anything is sent.
-        cohort_query_planner::Planner::new(file.scope.clone(), view::schema_tables(conn, file)?)?;
+        super::planner(file, view::schema_tables(conn, file)?)?;
         if !self
             .client
             .has_role(Role::Researcher, researcher.address())

@@ -54,6 +54,39 @@ pub const PURPOSES: [(&str, u64); 4] = [
     ("genetic", 8),
 ];
 
+/// What an OMOP study file must hold: `person_id` as the privacy unit,
+/// no encrypted columns and no extract (both read cohort's own tables), a
+/// date shift of at most a year.
+fn omop_rules(terms: &Terms, scope: &StudyPolicy, release: bool) -> Result<()> {
+    let invalid = |e: &str| Error::Invalid(format!("study file: {e}"));
+    if scope.privacy_unit != "person_id" {
+        return Err(invalid(&format!(
+            "an OMOP study's privacy unit is `person_id` (this one names `{}`)",
+            scope.privacy_unit
+        )));
+    }
+    if let Some(days) = terms.date_shift_days
+        && !(1..=365).contains(&days)
+    {
+        return Err(invalid("[study] date_shift_days must be 1 to 365"));
+    }
+    if release || terms.microdata {
+        return Err(invalid(
+            "k-anonymous extracts are cut from cohort's own tables: an OMOP study has no \
+             [release] and no `microdata = true`",
+        ));
+    }
+    for (table, policy) in &scope.tables {
+        if let Some((column, _)) = policy.columns.iter().find(|(_, c)| c.encrypted.is_some()) {
+            return Err(invalid(&format!(
+                "`{table}.{column}`: encrypted columns are shared into cohort's own tables, \
+                 not an OMOP view"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The bit mask of `names`.
 pub fn purpose_mask(names: &[String]) -> Result<U256> {
     let mut mask = 0u64;
@@ -121,6 +154,27 @@ pub struct Terms {
     /// (`access::geo`). Absent: the deployment default.
     #[serde(default)]
     pub jurisdiction: Option<String>,
+    /// The view's data model: cohort's own tables (`"cohort"`, the
+    /// default) or OMOP CDM 5.4 (`"omop"`, docs/OMOP.md).
+    #[serde(default)]
+    pub data_model: DataModel,
+    /// OMOP views only: shift each person's dates by a keyed offset of at
+    /// most this many days instead of keeping only their years (Safe
+    /// Harbor). Intervals within a person survive; this is not Safe Harbor
+    /// on its own (an expert determination is the usual basis).
+    #[serde(default)]
+    pub date_shift_days: Option<u32>,
+}
+
+/// The tables a study's view offers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataModel {
+    /// `patients`, `observations`, `conditions`, `encounters`, `medications`.
+    #[default]
+    Cohort,
+    /// OMOP CDM 5.4, with its vocabulary as public tables.
+    Omop,
 }
 
 fn default_purposes() -> Vec<String> {
@@ -240,6 +294,14 @@ impl StudyFile {
         if let Some(j) = &terms.jurisdiction {
             crate::access::geo::Jurisdiction::parse(j)
                 .map_err(|e| invalid(&format_args!("[study] jurisdiction: {e}")))?;
+        }
+        if terms.data_model == DataModel::Omop {
+            omop_rules(&terms, &scope, release.is_some())?;
+        } else if terms.date_shift_days.is_some() {
+            return Err(invalid(
+                &"[study] date_shift_days applies to OMOP views (data_model = \"omop\"); the \
+                  cohort view keeps Safe Harbor years",
+            ));
         }
         if release.is_none() && terms.microdata {
             return Err(invalid(
@@ -405,6 +467,14 @@ patient_id = { identifier = true }
     }
 
     #[test]
+    fn the_example_omop_study_parses() {
+        let f = StudyFile::parse(crate::research::omop::EXAMPLE_STUDY).unwrap();
+        assert_eq!(f.terms.data_model, DataModel::Omop);
+        assert_eq!(f.scope.tables.len(), 8);
+        assert!(f.scope.disclosure.is_some());
+    }
+
+    #[test]
     fn bad_study_files_are_refused_by_name() {
         let cases = [
             (
@@ -434,6 +504,26 @@ patient_id = { identifier = true }
             (
                 FILE.replace("fee_per_epsilon", "fee_per_query"),
                 "fee_per_epsilon",
+            ),
+            (
+                FILE.replace("title = \"t\"", "title = \"t\"\ndata_model = \"omop\""),
+                "privacy unit is `person_id`",
+            ),
+            (
+                FILE.replace("title = \"t\"", "title = \"t\"\ndate_shift_days = 30"),
+                "date_shift_days applies to OMOP views",
+            ),
+            (
+                crate::research::omop::EXAMPLE_STUDY.replace(
+                    "data_model = \"omop\"",
+                    "data_model = \"omop\"\ndate_shift_days = 400",
+                ),
+                "date_shift_days must be 1 to 365",
+            ),
+            (
+                crate::research::omop::EXAMPLE_STUDY
+                    .replace("data_model = \"omop\"", "data_model = \"fhir\""),
+                "data_model",
             ),
             (
                 format!(

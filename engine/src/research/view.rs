@@ -212,6 +212,13 @@ pub fn build(
     today: chrono::NaiveDate,
     encrypted: &EncryptedCells,
 ) -> Result<Vec<(String, RecordBatch)>> {
+    if file.terms.data_model == super::study::DataModel::Omop {
+        let dates = match file.terms.date_shift_days {
+            Some(days) => super::omop::Dates::Shift(days),
+            None => super::omop::Dates::SafeHarbor,
+        };
+        return super::omop::build(conn, &file.scope.tables, key, only, today, dates);
+    }
     let mut out = Vec::new();
     for (name, table) in &file.scope.tables {
         projection::table(name).map_err(|_| {

@@ -28,6 +28,76 @@ pub struct StudyPolicy {
     /// How a query's work runs: its memory and when its outcome is released.
     #[serde(default)]
     pub execution: Execution,
+    /// Tables that hold no patient's data (a vocabulary such as OMOP's
+    /// `concept`), by name: read at no privacy cost, joinable to study
+    /// tables, usable as GROUP BY domains.
+    #[serde(default)]
+    pub public: BTreeMap<String, PublicTablePolicy>,
+    /// Small-cell rules applied to noisy counts after the noise.
+    #[serde(default)]
+    pub disclosure: Option<Disclosure>,
+}
+
+/// A public table, as declared.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicTablePolicy {
+    /// Where its data is, for the file-based `cohort query` (relative to
+    /// the policy file). The engine supplies its own vocabularies.
+    pub source: Option<PathBuf>,
+}
+
+/// The small-cell conventions researchers know, as post-processing of
+/// noisy counts: they cost no privacy and protect nothing DP does not
+/// already protect, but they make outputs acceptable where those rules are
+/// the norm (an output checker, a data-use agreement).
+///
+/// ```toml
+/// [disclosure]
+/// convention = "opensafely"   # or "ohdsi", "all_of_us"
+/// # or, instead of a convention:
+/// round_to = 5                # counts rounded to the nearest multiple
+/// suppress_below = 8          # a group whose noisy count is below this is withheld
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disclosure {
+    /// A named convention.
+    pub convention: Option<Convention>,
+    /// Counts are rounded to the nearest multiple of this.
+    pub round_to: Option<u32>,
+    /// A group whose noisy count is below this is withheld (all its values NULL).
+    pub suppress_below: Option<u32>,
+}
+
+/// A published small-cell convention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Convention {
+    /// OpenSAFELY: counts of 7 or fewer redacted, the rest rounded to 5.
+    Opensafely,
+    /// OHDSI (ATLAS, Achilles results): counts below 5 suppressed.
+    Ohdsi,
+    /// All of Us: counts below 20 withheld.
+    AllOfUs,
+}
+
+/// A column's public domain taken from a public table: the distinct values
+/// of `table.column`, optionally only on rows whose columns equal `where`.
+///
+/// ```toml
+/// condition_concept_id = { domain_from = { table = "concept", column = "concept_id", where = { domain_id = "Condition" } } }
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainFrom {
+    /// The public table.
+    pub table: String,
+    /// Its column holding the values.
+    pub column: String,
+    /// Equalities a row must meet.
+    #[serde(default, rename = "where")]
+    pub filter: BTreeMap<String, DomainValue>,
 }
 
 /// How a query's work runs.
@@ -220,6 +290,8 @@ pub struct ColumnPolicy {
     pub upper: Option<f64>,
     /// The public domain of values, for `GROUP BY` without key selection.
     pub domain: Option<Vec<DomainValue>>,
+    /// The public domain, read from a public table.
+    pub domain_from: Option<DomainFrom>,
     /// Decimals kept by fixed-point sums of a real column.
     pub precision: Option<u32>,
     /// The candidates a DP quantile chooses among.

@@ -5,24 +5,50 @@
 //! text, a lossy domain value), naming the column and what to write instead,
 //! and where implicit domains and default precisions are filled in.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
 
-use super::file::{ColumnPolicy, DomainValue, Sampling, StudyPolicy};
+use super::file::{
+    ColumnPolicy, Convention, Disclosure, DomainFrom, DomainValue, Sampling, StudyPolicy,
+};
 use super::scope::{
     Bounds, DEFAULT_PRECISION, DOMAIN_MAX, DeclaredColumn, IMPLICIT_DOMAIN_MAX, PRECISION_MAX,
-    Scope, ScopedTable,
+    Scope, ScopedTable, SmallCells,
 };
 use crate::error::{Error, Result};
+
+/// Public tables' rows, by name: public facts the planner may read while
+/// resolving (their domains and bounds), unlike a study table's.
+pub type PublicTables = BTreeMap<String, RecordBatch>;
 
 impl StudyPolicy {
     /// Checks the policy against the tables' schemas and resolves what the
     /// planner needs: the approved columns of each table, typed domains,
     /// bounds and precisions.
     pub fn resolve(&self, schemas: &HashMap<String, SchemaRef>) -> Result<Scope> {
+        self.resolve_with_public(schemas, &PublicTables::new())
+    }
+
+    /// [`StudyPolicy::resolve`] with public tables beside the study's: every
+    /// column of a public table is visible, its domain is its distinct
+    /// values (up to [`DOMAIN_MAX`]) and a numeric one is bounded by its
+    /// range; study columns may take their domain from one (`domain_from`).
+    pub fn resolve_with_public(
+        &self,
+        schemas: &HashMap<String, SchemaRef>,
+        public: &PublicTables,
+    ) -> Result<Scope> {
         let bad = |message: String| Error::Policy(message);
+        for name in self.public.keys() {
+            if !public.contains_key(name) {
+                return Err(bad(format!(
+                    "public table `{name}` is in the policy but no data was given for it"
+                )));
+            }
+        }
         if self.contribution.max_rows == 0 || self.contribution.max_groups == 0 {
             return Err(bad(
                 "contribution.max_rows and max_groups must be at least 1".into(),
@@ -84,6 +110,7 @@ impl StudyPolicy {
                     field.data_type(),
                     declared,
                     is_unit,
+                    public,
                 )?;
                 columns.push((column.clone(), facts));
             }
@@ -92,14 +119,205 @@ impl StudyPolicy {
                 ScopedTable {
                     columns,
                     rows_per_unit: table.rows_per_unit,
+                    public: false,
                 },
             );
+        }
+        for (name, batch) in public {
+            if tables.contains_key(name) {
+                return Err(bad(format!(
+                    "`{name}` is both a study table and a public table; rename one"
+                )));
+            }
+            tables.insert(name.clone(), public_table(name, batch)?);
         }
         Ok(Scope {
             unit: self.privacy_unit.clone(),
             tables,
+            small_cells: self.disclosure.as_ref().map(small_cells).transpose()?,
         })
     }
+}
+
+/// The small-cell rules a `[disclosure]` section declares.
+fn small_cells(disclosure: &Disclosure) -> Result<SmallCells> {
+    let bad = |message: &str| Error::Policy(format!("[disclosure]: {message}"));
+    let rules = match (
+        disclosure.convention,
+        disclosure.round_to,
+        disclosure.suppress_below,
+    ) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(bad(
+                "name a convention or give round_to / suppress_below, not both",
+            ));
+        }
+        (Some(Convention::Opensafely), None, None) => SmallCells {
+            convention: Some("OpenSAFELY".into()),
+            round_to: 5,
+            suppress_below: 8,
+        },
+        (Some(Convention::Ohdsi), None, None) => SmallCells {
+            convention: Some("OHDSI".into()),
+            round_to: 1,
+            suppress_below: 5,
+        },
+        (Some(Convention::AllOfUs), None, None) => SmallCells {
+            convention: Some("All of Us".into()),
+            round_to: 1,
+            suppress_below: 20,
+        },
+        (None, None, None) => {
+            return Err(bad(
+                "give a convention (opensafely, ohdsi, all_of_us) or round_to / suppress_below",
+            ));
+        }
+        (None, round_to, suppress_below) => {
+            if round_to == Some(0) {
+                return Err(bad("round_to must be at least 1"));
+            }
+            SmallCells {
+                convention: None,
+                round_to: u64::from(round_to.unwrap_or(1)),
+                suppress_below: u64::from(suppress_below.unwrap_or(0)),
+            }
+        }
+    };
+    Ok(rules)
+}
+
+/// A public table as the planner sees it: every column, its distinct
+/// values as its domain (when there are at most [`DOMAIN_MAX`]) and a
+/// numeric column's range as its bounds.
+fn public_table(name: &str, batch: &RecordBatch) -> Result<ScopedTable> {
+    let schema = batch.schema();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (index, field) in schema.fields().iter().enumerate() {
+        let values = distinct(batch, index, |_| true, DOMAIN_MAX)?;
+        let data_type = field.data_type().clone();
+        let bounds = match &values {
+            Some(values) if data_type.is_numeric() => {
+                let numbers: Vec<f64> = values
+                    .iter()
+                    .filter_map(|v| v.cast_to(&DataType::Float64).ok())
+                    .filter_map(|v| match v {
+                        ScalarValue::Float64(Some(x)) if x.is_finite() => Some(x),
+                        _ => None,
+                    })
+                    .collect();
+                let lower = numbers.iter().copied().fold(f64::INFINITY, f64::min);
+                let upper = numbers.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                (lower <= upper).then_some(Bounds { lower, upper })
+            }
+            _ => None,
+        };
+        columns.push((
+            field.name().clone(),
+            DeclaredColumn {
+                identifier: false,
+                bounds,
+                domain: values,
+                precision: if data_type.is_integer() {
+                    0
+                } else {
+                    DEFAULT_PRECISION
+                },
+                candidates: None,
+                encrypted: None,
+                data_type,
+            },
+        ));
+    }
+    if columns.is_empty() {
+        return Err(Error::Policy(format!(
+            "public table `{name}` has no columns"
+        )));
+    }
+    Ok(ScopedTable {
+        columns,
+        rows_per_unit: None,
+        public: true,
+    })
+}
+
+/// The distinct non-null values of column `index` on the rows `keep`
+/// accepts, sorted; `None` when there are more than `max`.
+fn distinct(
+    batch: &RecordBatch,
+    index: usize,
+    keep: impl Fn(usize) -> bool,
+    max: usize,
+) -> Result<Option<Vec<ScalarValue>>> {
+    let column = batch.column(index);
+    let mut seen = BTreeSet::new();
+    let mut values = Vec::new();
+    for row in 0..batch.num_rows() {
+        if column.is_null(row) || !keep(row) {
+            continue;
+        }
+        let value = ScalarValue::try_from_array(column, row)?;
+        if seen.insert(value.to_string()) {
+            if values.len() == max {
+                return Ok(None);
+            }
+            values.push(value);
+        }
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(Some(values))
+}
+
+/// The values a `domain_from` names, cast to the study column's type.
+fn domain_from(
+    from: &DomainFrom,
+    data_type: &DataType,
+    public: &PublicTables,
+) -> std::result::Result<Vec<ScalarValue>, String> {
+    let batch = public.get(&from.table).ok_or_else(|| {
+        format!(
+            "domain_from names `{}`, which is not a public table of this study",
+            from.table
+        )
+    })?;
+    let schema = batch.schema();
+    let index = |column: &str| {
+        schema.index_of(column).map_err(|_| {
+            format!(
+                "domain_from: public table `{}` has no column `{column}`",
+                from.table
+            )
+        })
+    };
+    let values_at = index(&from.column)?;
+    let mut filters = Vec::new();
+    for (column, value) in &from.filter {
+        let at = index(column)?;
+        let wanted = domain_value(value, schema.field(at).data_type())
+            .map_err(|reason| format!("domain_from: where {column} = {value}: {reason}"))?;
+        filters.push((at, wanted));
+    }
+    let keep = |row: usize| {
+        filters.iter().all(|(at, wanted)| {
+            ScalarValue::try_from_array(batch.column(*at), row).is_ok_and(|v| &v == wanted)
+        })
+    };
+    let values = distinct(batch, values_at, keep, DOMAIN_MAX)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("domain_from selects more than {DOMAIN_MAX} values"))?;
+    if values.is_empty() {
+        return Err("domain_from selects no value".into());
+    }
+    values
+        .into_iter()
+        .map(|v| {
+            v.cast_to(data_type).map_err(|e| {
+                format!(
+                    "domain_from: `{}.{}` values do not fit {data_type}: {e}",
+                    from.table, from.column
+                )
+            })
+        })
+        .collect()
 }
 
 fn resolve_column(
@@ -107,13 +325,20 @@ fn resolve_column(
     data_type: &DataType,
     declared: &ColumnPolicy,
     is_unit: bool,
+    public: &PublicTables,
 ) -> Result<DeclaredColumn> {
     let bad = |message: String| Error::Policy(format!("column `{name}`: {message}"));
     let numeric = data_type.is_numeric();
     let integer = data_type.is_integer();
     let identifier = declared.identifier || is_unit;
+    if declared.domain.is_some() && declared.domain_from.is_some() {
+        return Err(bad("declare domain or domain_from, not both".into()));
+    }
     if identifier
-        && (declared.domain.is_some() || declared.lower.is_some() || declared.upper.is_some())
+        && (declared.domain.is_some()
+            || declared.domain_from.is_some()
+            || declared.lower.is_some()
+            || declared.upper.is_some())
     {
         return Err(bad(
             "an identifier has no bounds or public domain: it is never aggregated or grouped"
@@ -125,7 +350,12 @@ fn resolve_column(
             data_type,
             DataType::Binary | DataType::LargeBinary | DataType::BinaryView
         );
-        if identifier || declared.domain.is_some() || declared.candidates.is_some() || !binary {
+        if identifier
+            || declared.domain.is_some()
+            || declared.domain_from.is_some()
+            || declared.candidates.is_some()
+            || !binary
+        {
             return Err(bad(format!(
                 "an encrypted ({layer}) column holds ciphertexts (Binary, here {data_type}); it takes \
                  integer bounds and nothing else: no identifier, domain or candidates"
@@ -172,6 +402,10 @@ fn resolve_column(
                 })?);
             }
             Some(typed)
+        }
+        None if declared.domain_from.is_some() => {
+            let from = declared.domain_from.as_ref().expect("checked");
+            Some(domain_from(from, data_type, public).map_err(bad)?)
         }
         None => match bounds {
             Some(Bounds { lower, upper })

@@ -53,8 +53,62 @@ impl fmt::Display for Bounds {
 pub struct Scope {
     /// The privacy unit column's name.
     pub unit: String,
-    /// The study tables.
+    /// The study tables, and the public tables (`ScopedTable::public`).
     pub tables: BTreeMap<String, ScopedTable>,
+    /// The small-cell rules applied to noisy counts, if any.
+    pub small_cells: Option<SmallCells>,
+}
+
+/// Small-cell rules, resolved: post-processing of noisy counts.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SmallCells {
+    /// The convention's name, when one was named.
+    pub convention: Option<String>,
+    /// Counts are rounded to the nearest multiple of this (1: not rounded).
+    pub round_to: u64,
+    /// A group whose noisy count is below this is withheld (0: none is).
+    pub suppress_below: u64,
+}
+
+impl SmallCells {
+    /// A noisy count after the rules: `None` when withheld.
+    pub fn apply(&self, count: f64) -> Option<f64> {
+        if count < self.suppress_below as f64 {
+            return None;
+        }
+        if self.round_to <= 1 {
+            return Some(count);
+        }
+        let step = self.round_to as f64;
+        Some((count / step).round() * step)
+    }
+}
+
+impl fmt::Display for SmallCells {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.suppress_below > 0 {
+            parts.push(format!(
+                "a group whose noisy count is below {} is withheld (all its values NULL)",
+                self.suppress_below
+            ));
+        }
+        if self.round_to > 1 {
+            parts.push(format!(
+                "counts are rounded to the nearest {} (adds at most {} to the error)",
+                self.round_to,
+                self.round_to / 2
+            ));
+        }
+        if let Some(name) = &self.convention {
+            write!(f, "{name}: ")?;
+        }
+        write!(
+            f,
+            "{}; post-processing of the noisy values, no privacy cost",
+            parts.join("; ")
+        )
+    }
 }
 
 /// A study table as the planner sees it.
@@ -64,6 +118,8 @@ pub struct ScopedTable {
     pub columns: Vec<(String, DeclaredColumn)>,
     /// A declared bound on rows per patient.
     pub rows_per_unit: Option<u32>,
+    /// A public table: no patient's rows, no privacy unit, read freely.
+    pub public: bool,
 }
 
 impl ScopedTable {

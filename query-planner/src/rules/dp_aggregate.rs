@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use datafusion::common::{Column, DFSchemaRef};
+use datafusion::common::{Column, DFSchema, DFSchemaRef};
 use datafusion::functions_aggregate::count::count_udaf;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Aggregate, Expr, Extension, Filter, LogicalPlan, in_list, lit};
@@ -53,6 +53,12 @@ pub(crate) fn rewrite(
     };
     let input_schema = Arc::clone(input.schema());
     let unit_column = Column::from(input_schema.qualified_field(unit));
+    // A small-cell rule may withhold a group's values: they become NULL.
+    let schema = if scope.small_cells.is_some() {
+        nullable_after(&schema, group_expr.len())?
+    } else {
+        schema
+    };
 
     let domain = group_keys::check(&group_expr, &input_schema, typed, scope)?;
     let max_rows = rows_per_unit
@@ -202,6 +208,7 @@ pub(crate) fn rewrite(
         inner_names,
         log: ReleaseLog::default(),
         executor: None,
+        small_cells: scope.small_cells.clone(),
     });
     let noisy = LogicalPlan::Extension(Extension {
         node: Arc::new(NoisyAggregate {
@@ -211,4 +218,24 @@ pub(crate) fn rewrite(
         }),
     });
     Ok((noisy, site))
+}
+
+/// `schema` with every field after the first `keys` nullable.
+fn nullable_after(schema: &DFSchema, keys: usize) -> Result<DFSchemaRef> {
+    let fields = schema
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            let field = if i < keys {
+                Arc::clone(field)
+            } else {
+                Arc::new(field.as_ref().clone().with_nullable(true))
+            };
+            (qualifier.cloned(), field)
+        })
+        .collect();
+    Ok(Arc::new(DFSchema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    )?))
 }

@@ -7,6 +7,7 @@ mod cost;
 mod encrypted;
 mod fixture;
 mod forms;
+mod public;
 mod refusals;
 mod snapshots;
 mod totality;

@@ -30,7 +30,7 @@ use crate::records::fhir::{ICD10CM, LOINC, RXNORM, SSN, US_CORE_ETHNICITY, US_CO
 use crate::{Error, Result};
 
 mod patient;
-mod population;
+pub mod population;
 
 use patient::patient_resources;
 

@@ -3,9 +3,10 @@
 //! the conditions, and medications, as FHIR resources.
 
 use super::population::{
-    AGE_BANDS, ALBUTEROL, AMLODIPINE, ASTHMA, ATORVASTATIN, CAD, CKD3, COPD, DEPRESSION, DIABETES,
-    FEMALE_NAMES, HCTZ, HIV, HYPERLIPIDEMIA, HYPERTENSION, HYPOTHYROIDISM, LISINOPRIL, MALE_NAMES,
-    METFORMIN, OBESITY, PLACES, RACES, SERTRALINE, STREETS, SURNAMES,
+    AGE_BANDS, ALBUTEROL, AMLODIPINE, ASTHMA, ATORVASTATIN, BMI, CAD, CHOLESTEROL, CKD3, COPD,
+    CREATININE, DEPRESSION, DIABETES, DIASTOLIC, FEMALE_NAMES, GLUCOSE, HBA1C, HCTZ, HEART_RATE,
+    HEIGHT, HIV, HYPERLIPIDEMIA, HYPERTENSION, HYPOTHYROIDISM, LISINOPRIL, MALE_NAMES, METFORMIN,
+    OBESITY, PLACES, RACES, SERTRALINE, STREETS, SURNAMES, SYSTOLIC, WEIGHT,
 };
 use super::*;
 
@@ -336,33 +337,12 @@ pub(super) fn vitals(rng: &mut ChaCha8Rng, p: &Person, enc: &str, at: NaiveDateT
     let hr = normal(rng, if p.age < 12 { 90.0 } else { 74.0 }, 10.0, 45.0, 150.0);
     let v = "vital-signs";
     vec![
-        observation(rng, &visit, ("8302-2", "Body height"), v, height, "cm"),
-        observation(rng, &visit, ("29463-7", "Body weight"), v, weight, "kg"),
-        observation(
-            rng,
-            &visit,
-            ("39156-5", "Body mass index (BMI) [Ratio]"),
-            v,
-            bmi,
-            "kg/m2",
-        ),
-        observation(
-            rng,
-            &visit,
-            ("8480-6", "Systolic blood pressure"),
-            v,
-            sys,
-            "mm[Hg]",
-        ),
-        observation(
-            rng,
-            &visit,
-            ("8462-4", "Diastolic blood pressure"),
-            v,
-            dia,
-            "mm[Hg]",
-        ),
-        observation(rng, &visit, ("8867-4", "Heart rate"), v, hr, "/min"),
+        observation(rng, &visit, HEIGHT, v, height, "cm"),
+        observation(rng, &visit, WEIGHT, v, weight, "kg"),
+        observation(rng, &visit, BMI, v, bmi, "kg/m2"),
+        observation(rng, &visit, SYSTOLIC, v, sys, "mm[Hg]"),
+        observation(rng, &visit, DIASTOLIC, v, dia, "mm[Hg]"),
+        observation(rng, &visit, HEART_RATE, v, hr, "/min"),
     ]
 }
 
@@ -389,22 +369,8 @@ pub(super) fn labs(
         };
         // ADAG: estimated average glucose (mg/dL) = 28.7 * HbA1c - 46.7.
         let glucose = normal(rng, 28.7 * a1c - 46.7, 15.0, 55.0, 450.0);
-        out.push(observation(
-            rng,
-            &visit,
-            ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"),
-            l,
-            a1c,
-            "%",
-        ));
-        out.push(observation(
-            rng,
-            &visit,
-            ("2339-0", "Glucose [Mass/volume] in Blood"),
-            l,
-            glucose,
-            "mg/dL",
-        ));
+        out.push(observation(rng, &visit, HBA1C, l, a1c, "%"));
+        out.push(observation(rng, &visit, GLUCOSE, l, glucose, "mg/dL"));
     }
     if first && p.age >= 35 {
         let chol = if p.has(HYPERLIPIDEMIA) {
@@ -412,14 +378,7 @@ pub(super) fn labs(
         } else {
             normal(rng, 186.0, 30.0, 110.0, 280.0)
         };
-        out.push(observation(
-            rng,
-            &visit,
-            ("2093-3", "Cholesterol [Mass/volume] in Serum or Plasma"),
-            l,
-            chol,
-            "mg/dL",
-        ));
+        out.push(observation(rng, &visit, CHOLESTEROL, l, chol, "mg/dL"));
     }
     if p.has(CKD3) || (first && p.age >= 65 && rng.random_bool(0.5)) {
         let cr = if p.has(CKD3) {
@@ -429,14 +388,7 @@ pub(super) fn labs(
         } else {
             normal(rng, 0.98, 0.18, 0.5, 1.5)
         };
-        out.push(observation(
-            rng,
-            &visit,
-            ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"),
-            l,
-            cr,
-            "mg/dL",
-        ));
+        out.push(observation(rng, &visit, CREATININE, l, cr, "mg/dL"));
     }
     out
 }

@@ -254,4 +254,69 @@ pub(super) const ALBUTEROL: (&str, &str) = (
 
 pub(super) const SERTRALINE: (&str, &str) = ("312940", "sertraline 50 MG Oral Tablet");
 
+/// Observations: LOINC code and display.
+pub(super) const HEIGHT: (&str, &str) = ("8302-2", "Body height");
+
+pub(super) const WEIGHT: (&str, &str) = ("29463-7", "Body weight");
+
+pub(super) const BMI: (&str, &str) = ("39156-5", "Body mass index (BMI) [Ratio]");
+
+pub(super) const SYSTOLIC: (&str, &str) = ("8480-6", "Systolic blood pressure");
+
+pub(super) const DIASTOLIC: (&str, &str) = ("8462-4", "Diastolic blood pressure");
+
+pub(super) const HEART_RATE: (&str, &str) = ("8867-4", "Heart rate");
+
+pub(super) const HBA1C: (&str, &str) = ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood");
+
+pub(super) const GLUCOSE: (&str, &str) = ("2339-0", "Glucose [Mass/volume] in Blood");
+
+pub(super) const CHOLESTEROL: (&str, &str) =
+    ("2093-3", "Cholesterol [Mass/volume] in Serum or Plasma");
+
+pub(super) const CREATININE: (&str, &str) =
+    ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma");
+
+/// Every ICD-10-CM code the population draws from, with its display (the
+/// OMOP vocabulary's concepts; append only: the order fixes local ids).
+pub const CONDITION_CODES: [(&str, &str); 11] = [
+    DIABETES,
+    HYPERTENSION,
+    ASTHMA,
+    HYPERLIPIDEMIA,
+    OBESITY,
+    DEPRESSION,
+    COPD,
+    CKD3,
+    CAD,
+    HYPOTHYROIDISM,
+    HIV,
+];
+
+/// Every RxNorm code the population draws from (append only).
+pub const MEDICATION_CODES: [(&str, &str); 7] = [
+    METFORMIN,
+    LISINOPRIL,
+    AMLODIPINE,
+    HCTZ,
+    ATORVASTATIN,
+    ALBUTEROL,
+    SERTRALINE,
+];
+
+/// Every LOINC code the population's observations carry, with its display
+/// and whether it is a vital sign (append only).
+pub const OBSERVATION_CODES: [((&str, &str), bool); 10] = [
+    (HEIGHT, true),
+    (WEIGHT, true),
+    (BMI, true),
+    (SYSTOLIC, true),
+    (DIASTOLIC, true),
+    (HEART_RATE, true),
+    (HBA1C, false),
+    (GLUCOSE, false),
+    (CHOLESTEROL, false),
+    (CREATININE, false),
+];
+
 // ------------------------------------------------------------- sampling --

@@ -37,7 +37,7 @@ use cohort_ledger_bridge::Cost;
 use cohort_ledger_bridge::alloy::primitives::{Address, B256, U256, keccak256};
 use cohort_ledger_bridge::contracts::ResearchStudy;
 use cohort_ledger_bridge::merkle::MemberTree;
-use cohort_query_planner::{PlannedAggregate, Planner, PrivateAnswer, QueryOptions};
+use cohort_query_planner::{PlannedAggregate, PrivateAnswer, QueryOptions};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
@@ -171,7 +171,7 @@ impl Run {
                 &self.views,
                 &self.building,
             )?;
-            let planner = Planner::new(self.file.scope.clone(), view.tables.clone())?;
+            let planner = super::planner(&self.file, view.tables.clone())?;
             match self.executor {
                 Some(executor) => planner.with_encryption(executor),
                 None => planner,
@@ -242,7 +242,7 @@ impl Session {
         self.sync().await?;
         let consenting = self.consenting(&conn, id, &s).await?;
         let population = consenting.len() as u64;
-        let planner = Planner::new(file.scope.clone(), view::schema_tables(&conn, &file)?)?;
+        let planner = super::planner(&file, view::schema_tables(&conn, &file)?)?;
         let job = self.new_job();
         let executor = super::encryption::Executor::load(
             &conn,
@@ -289,6 +289,35 @@ impl Session {
                 replayed: false,
                 explain: Some(explain),
                 deadline_ms,
+            });
+        }
+        if aggregates.is_empty() && plan.cost() == Charge::zero(plan.cost().kind()) {
+            // Public tables alone (an OMOP vocabulary): the planner typed
+            // every relation public, so no patient's row is read. Nothing is
+            // charged, reserved, journaled or paid; the answer is exact.
+            let cost = plan.cost().to_string();
+            let answer = plan.execute().await?;
+            let stored = self.stored_answer(
+                id,
+                &query_id,
+                &ledger_hex,
+                request,
+                &aggregates,
+                answer,
+                U256::ZERO,
+                0,
+            )?;
+            return Ok(QueryOutcome {
+                answer: Some(stored),
+                result_hash: None,
+                salt: None,
+                members_root: None,
+                plan: aggregates,
+                cost,
+                remaining: remaining_text(left),
+                replayed: false,
+                explain: None,
+                deadline_ms: None,
             });
         }
         let charge = plan.cost();

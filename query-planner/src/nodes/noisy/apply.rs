@@ -23,6 +23,8 @@ pub(super) fn release(site: &Site, exact: &RecordBatch, schema: &SchemaRef) -> R
     let n = groups.rows.len();
     let group_names = group_names(&groups.keys, n)?;
     let mut columns: Vec<ArrayRef> = groups.keys.clone();
+    // Each release's noisy values and errors, or its sealed column.
+    let mut released: Vec<Released> = Vec::with_capacity(site.releases.len());
     for (index, planned) in site.releases.iter().enumerate() {
         let noise = planned
             .noise
@@ -32,15 +34,16 @@ pub(super) fn release(site: &Site, exact: &RecordBatch, schema: &SchemaRef) -> R
         let bound = noise.error_bound(&planned.statistic)?;
         if let Some(encrypted) = &planned.encrypted {
             let sealed = release_encrypted(site, encrypted, noise, exact, input(0), &groups.rows)?;
-            site.log.push(ReleasedAggregate {
+            let log = ReleasedAggregate {
                 output: planned.output.clone(),
                 aggregate: planned.aggregate.clone(),
                 groups: group_names.clone(),
                 values: vec![f64::NAN; n],
                 error_95: vec![bound.at_count(0.0); n],
-            });
+            };
             let array: ArrayRef = Arc::new(BinaryArray::from_iter_values(sealed));
-            columns.push(cast(&array, schema.field(k + index).data_type())?);
+            let array = cast(&array, schema.field(k + index).data_type())?;
+            released.push(Released::Sealed(array, log));
             continue;
         }
         let (values, errors): (Vec<f64>, Vec<f64>) = match (&planned.statistic, noise) {
@@ -130,6 +133,20 @@ pub(super) fn release(site: &Site, exact: &RecordBatch, schema: &SchemaRef) -> R
             }
             _ => return Err(internal("noise does not match its statistic")),
         };
+        released.push(Released::Values(values, errors));
+    }
+    if let Some(rules) = &site.small_cells {
+        small_cells(site, rules, &mut released, n);
+    }
+    for (index, (planned, result)) in site.releases.iter().zip(released).enumerate() {
+        let (values, errors) = match result {
+            Released::Sealed(array, log) => {
+                site.log.push(log);
+                columns.push(array);
+                continue;
+            }
+            Released::Values(values, errors) => (values, errors),
+        };
         site.log.push(ReleasedAggregate {
             output: planned.output.clone(),
             aggregate: planned.aggregate.clone(),
@@ -137,17 +154,69 @@ pub(super) fn release(site: &Site, exact: &RecordBatch, schema: &SchemaRef) -> R
             values: values.clone(),
             error_95: errors,
         });
+        // A withheld value (NaN) is NULL in the answer.
         let field = schema.field(k + index);
         let array: ArrayRef = if field.data_type().is_integer() {
             Arc::new(Int64Array::from(
-                values.iter().map(|v| v.round() as i64).collect::<Vec<_>>(),
+                values
+                    .iter()
+                    .map(|v| (!v.is_nan()).then(|| v.round() as i64))
+                    .collect::<Vec<_>>(),
             ))
         } else {
-            Arc::new(Float64Array::from(values))
+            Arc::new(Float64Array::from(
+                values
+                    .iter()
+                    .map(|v| (!v.is_nan()).then_some(*v))
+                    .collect::<Vec<_>>(),
+            ))
         };
         columns.push(cast(&array, field.data_type())?);
     }
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// A release's output before it becomes a column.
+enum Released {
+    /// Noisy values and their 95% errors, per group.
+    Values(Vec<f64>, Vec<f64>),
+    /// The sealed results of an encrypted release, and what is logged of it.
+    Sealed(ArrayRef, ReleasedAggregate),
+}
+
+/// The study's small-cell rules on the noisy counts: each count rounded,
+/// and every value of a group withheld (NaN) where one of its counts falls
+/// below the threshold. Post-processing: it reads only noisy values.
+/// Sealed (encrypted) results are the patients' key holders' to open and
+/// are left as they are.
+fn small_cells(
+    site: &Site,
+    rules: &crate::policy::SmallCells,
+    released: &mut [Released],
+    groups: usize,
+) {
+    let mut withheld = vec![false; groups];
+    for (planned, result) in site.releases.iter().zip(released.iter_mut()) {
+        let (Statistic::Count { .. }, Released::Values(values, _)) = (&planned.statistic, result)
+        else {
+            continue;
+        };
+        for (group, value) in values.iter_mut().enumerate() {
+            match rules.apply(*value) {
+                Some(kept) => *value = kept,
+                None => withheld[group] = true,
+            }
+        }
+    }
+    for result in released.iter_mut() {
+        if let Released::Values(values, _) = result {
+            for (value, withheld) in values.iter_mut().zip(&withheld) {
+                if *withheld {
+                    *value = f64::NAN;
+                }
+            }
+        }
+    }
 }
 
 /// One encrypted release: each released group's ciphertexts, aggregated

@@ -69,6 +69,8 @@ pub(crate) struct Site {
     pub log: ReleaseLog,
     /// Computes the encrypted releases (installed by the planner).
     pub executor: Option<Executor>,
+    /// Small-cell rules applied to the noisy counts.
+    pub small_cells: Option<crate::policy::SmallCells>,
 }
 
 /// What one aggregate released, per group.
