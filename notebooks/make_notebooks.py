@@ -139,7 +139,7 @@ frame'''),
     new_code_cell('''import datetime
 year = datetime.date.today().year
 pyramid = c.query(study, f"SELECT gender_concept_id, FLOOR(({year} - year_of_birth) / 10) * 10 AS age_band, "
-                         "COUNT(*) AS persons FROM person GROUP BY gender_concept_id, FLOOR(({year} - year_of_birth) / 10) * 10")
+                         f"COUNT(*) AS persons FROM person GROUP BY gender_concept_id, FLOOR(({year} - year_of_birth) / 10) * 10")
 bands = pyramid.frame.assign(gender=lambda f: f["gender_concept_id"].map(names),
                              error_95=pyramid.error_95("persons"))
 bands = bands[(bands["age_band"] >= 0) & (bands["age_band"] <= 100)]
@@ -161,14 +161,15 @@ fig.savefig(os.environ.get("COHORT_OMOP_PLOT", "pyramid.png"))'''),
     new_markdown_cell("## Conditions by ICD-10-CM chapter\n\n`condition_occurrence` joined to the public "
                       "`concept_ancestor`: each condition counts towards its chapter. A person with several "
                       "conditions in one chapter counts once (`COUNT(DISTINCT person_id)`), and no person adds "
-                      "to more chapters than the study's `max_groups`."),
+                      "to more chapters than the study's `max_groups`. The condition on the public `concept` "
+                      "narrows the released groups to the chapters."),
     new_code_cell('''chapters = c.query(study, """
-    SELECT ca.ancestor_concept_id AS chapter_id, COUNT(DISTINCT co.person_id) AS persons
+    SELECT ch.concept_id AS chapter_id, COUNT(DISTINCT co.person_id) AS persons
     FROM condition_occurrence co
     JOIN concept_ancestor ca ON ca.descendant_concept_id = co.condition_concept_id
     JOIN concept ch ON ch.concept_id = ca.ancestor_concept_id
     WHERE ch.concept_class_id = 'ICD10 Chapter'
-    GROUP BY ca.ancestor_concept_id""")
+    GROUP BY ch.concept_id""")
 is_chapter = set(concepts.loc[concepts["concept_class_id"] == "ICD10 Chapter", "concept_id"])
 top = (chapters.frame.assign(error_95=chapters.error_95("persons"))
        .loc[lambda f: f["chapter_id"].isin(is_chapter)]

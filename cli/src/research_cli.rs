@@ -287,7 +287,10 @@ pub(crate) fn outcome_text(outcome: &QueryOutcome) -> String {
         lines.push("each release with its 95% error:".into());
         for r in releases {
             let output = r["output"].as_str().unwrap_or_default();
-            let encrypted = answer.encrypted.iter().any(|e| e.output == output);
+            // The planner names an encrypted aggregate's release by its
+            // reserved function; the answer names its output column.
+            let encrypted = output.starts_with("__cohort_encrypted")
+                || answer.encrypted.iter().any(|e| e.output == output);
             let groups = r["groups"].as_array().cloned().unwrap_or_default();
             let values = r["values"].as_array().cloned().unwrap_or_default();
             let errors = r["error_95"].as_array().cloned().unwrap_or_default();

@@ -30,6 +30,7 @@ use crate::kinds::{Kind, Typed, UNIT_COLUMN};
 use crate::nodes::Site;
 use crate::policy::{Contribution, Scope};
 use crate::rules;
+use crate::rules::group_keys::PublicFilters;
 
 /// The typing pass over one query.
 pub(crate) struct Typer<'a> {
@@ -37,6 +38,9 @@ pub(crate) struct Typer<'a> {
     pub contribution: &'a Contribution,
     /// The DP aggregates found, in plan order (not yet calibrated).
     pub sites: Vec<Arc<Site>>,
+    /// Conditions the query puts on public tables' columns, by table, over
+    /// the tables' own column names: they narrow a public key's domain.
+    pub public_filters: PublicFilters,
 }
 
 impl<'a> Typer<'a> {
@@ -45,6 +49,7 @@ impl<'a> Typer<'a> {
             scope,
             contribution,
             sites: Vec::new(),
+            public_filters: PublicFilters::new(),
         }
     }
 
@@ -90,6 +95,13 @@ impl<'a> Typer<'a> {
                 if typed.is_private() {
                     rules::sampling::check_predicate(&filter.predicate)?;
                 }
+                rules::group_keys::note_public_filter(
+                    &filter.predicate,
+                    input.schema(),
+                    &typed,
+                    self.scope,
+                    &mut self.public_filters,
+                );
                 let plan = LogicalPlan::Filter(Filter::try_new(filter.predicate, Arc::new(input))?);
                 Ok((plan, typed))
             }
@@ -334,6 +346,7 @@ impl<'a> Typer<'a> {
                             &typed,
                             self.scope,
                             self.contribution,
+                            &self.public_filters,
                         )?;
                         self.sites.push(site);
                         let output_columns = plan.schema().fields().len();

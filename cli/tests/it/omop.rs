@@ -108,7 +108,11 @@ fn an_omop_study_is_characterized_under_dp_with_the_vocabulary_as_public_tables(
     let explain = query(d, &id, rollup, &["--explain"]);
     let text = explain["explain"].as_str().unwrap();
     assert!(text.contains("small cells: OHDSI"), "{text}");
-    assert!(text.contains("at most 10 group(s)"), "{text}");
+    assert!(text.contains("at most 4 group(s)"), "{text}");
+    assert!(
+        text.contains("all 6 groups are released"),
+        "the chapters alone: {text}"
+    );
     let answer = query(d, &id, rollup, &[]);
     let chapters: Vec<&str> = answer["answer"]["rows"]
         .as_array()

@@ -1092,7 +1092,19 @@ fn an_omop_view_joined_to_the_public_vocabulary_differs_only_in_noise() {
             "deadline_ms = 3000\nper_patient_us = 40",
             "deadline_ms = 2500\nper_patient_us = 1000",
         )
-        .replace("[disclosure]\nconvention = \"ohdsi\"\n", "");
+        .replace("[disclosure]\nconvention = \"ohdsi\"\n", "")
+        // A pure budget the battery cannot exhaust, an escrow that pays it.
+        .replace(
+            "[budget]\nepsilon = \"4\"\ndelta = \"0.00001\"",
+            "[budget]\nepsilon = \"100000\"",
+        )
+        .replace("delta = \"0.000001\"\n", "")
+        .replace("escrow = \"1 ether\"", "escrow = \"4 ether\"")
+        .replace(
+            "fee_per_epsilon = \"0.1 ether\"",
+            "fee_per_epsilon = \"0.001 ether\"",
+        )
+        .replace("max_epsilon = \"1\"", "max_epsilon = \"10\"");
     let sides = [b0, b1].map(|input| {
         let s = setup_from(&input);
         let (study, _) = s.approved_study(&study, PATIENTS as usize);

@@ -135,6 +135,7 @@ impl StudyPolicy {
             unit: self.privacy_unit.clone(),
             tables,
             small_cells: self.disclosure.as_ref().map(small_cells).transpose()?,
+            public_rows: public.clone(),
         })
     }
 }

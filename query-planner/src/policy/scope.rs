@@ -57,6 +57,8 @@ pub struct Scope {
     pub tables: BTreeMap<String, ScopedTable>,
     /// The small-cell rules applied to noisy counts, if any.
     pub small_cells: Option<SmallCells>,
+    /// The public tables' rows (public facts), by name.
+    pub public_rows: BTreeMap<String, arrow::array::RecordBatch>,
 }
 
 /// Small-cell rules, resolved: post-processing of noisy counts.

@@ -43,6 +43,7 @@ pub(crate) fn rewrite(
     typed: &Typed,
     scope: &Scope,
     contribution: &Contribution,
+    public_filters: &group_keys::PublicFilters,
 ) -> Result<(LogicalPlan, Arc<Site>)> {
     let Kind::Private {
         unit,
@@ -60,7 +61,7 @@ pub(crate) fn rewrite(
         schema
     };
 
-    let domain = group_keys::check(&group_expr, &input_schema, typed, scope)?;
+    let domain = group_keys::check(&group_expr, &input_schema, typed, scope, public_filters)?;
     let max_rows = rows_per_unit
         .map_or(contribution.max_rows, |rows| {
             contribution

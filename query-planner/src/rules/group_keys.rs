@@ -13,15 +13,17 @@
 //! (empty groups included), which is what makes releasing the groups safe.
 //! Other keys need DP key selection.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Field, Schema};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::physical_expr::create_physical_expr;
 
 use crate::error::{Error, Result, Rule};
@@ -45,6 +47,7 @@ pub(crate) fn check(
     schema: &DFSchema,
     typed: &Typed,
     scope: &Scope,
+    public_filters: &PublicFilters,
 ) -> Result<KeyDomain> {
     if keys.is_empty() {
         return Ok(KeyDomain::None);
@@ -73,7 +76,7 @@ pub(crate) fn check(
                 ));
             }
         }
-        domains.push(domain_of(key, schema, typed, scope)?);
+        domains.push(domain_of(key, schema, typed, scope, public_filters)?);
     }
     let Some(domains) = domains.into_iter().collect::<Option<Vec<_>>>() else {
         return Ok(KeyDomain::Private);
@@ -94,6 +97,7 @@ fn domain_of(
     schema: &DFSchema,
     typed: &Typed,
     scope: &Scope,
+    public_filters: &PublicFilters,
 ) -> Result<Option<Vec<ScalarValue>>> {
     let refs: Vec<_> = key.column_refs().into_iter().collect();
     let (field, values) = match refs.as_slice() {
@@ -111,6 +115,8 @@ fn domain_of(
             else {
                 return Ok(None);
             };
+            let domain =
+                narrowed(scope, &source.table, &source.column, public_filters).unwrap_or(domain);
             let (qualifier, field) = schema.qualified_field(index);
             (Some((qualifier.cloned(), field.clone())), domain)
         }
@@ -156,6 +162,110 @@ fn domain_of(
     }
     ordered.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     Ok(Some(ordered))
+}
+
+/// Conditions on public tables' columns, by table, over the table's own
+/// column names.
+pub(crate) type PublicFilters = BTreeMap<String, Vec<Expr>>;
+
+/// Notes each conjunct of `predicate` that reads only columns copied from
+/// one public table, rewritten over that table's column names. A public
+/// key's domain is then the key's values on the public rows that meet them
+/// (`WHERE c.concept_class_id = 'ICD10 Chapter'` leaves the chapters).
+/// The domain stays a function of public rows and the query's text, so a
+/// condition noted wrongly can only drop groups, never release one that
+/// depends on a patient: rows whose key is outside the domain are removed
+/// before the bounding.
+pub(crate) fn note_public_filter(
+    predicate: &Expr,
+    schema: &DFSchema,
+    typed: &Typed,
+    scope: &Scope,
+    filters: &mut PublicFilters,
+) {
+    for conjunct in split_conjunction(predicate) {
+        let mut table: Option<String> = None;
+        let mut renamed = Vec::new();
+        let mut usable = true;
+        for column in conjunct.column_refs() {
+            let source = schema
+                .index_of_column(column)
+                .ok()
+                .and_then(|i| typed.columns.get(i))
+                .and_then(|facts| facts.copy_of.clone());
+            match source {
+                Some(source)
+                    if scope.tables.get(&source.table).is_some_and(|t| t.public)
+                        && table.as_ref().is_none_or(|t| *t == source.table) =>
+                {
+                    table = Some(source.table.clone());
+                    renamed.push((column.clone(), Column::new_unqualified(source.column)));
+                }
+                _ => usable = false,
+            }
+        }
+        let Some(table) = table.filter(|_| usable) else {
+            continue;
+        };
+        let rewritten = conjunct.clone().transform(|e| {
+            Ok(match e {
+                Expr::Column(c) => match renamed.iter().find(|(from, _)| *from == c) {
+                    Some((_, to)) => Transformed::yes(Expr::Column(to.clone())),
+                    None => Transformed::no(Expr::Column(c)),
+                },
+                other => Transformed::no(other),
+            })
+        });
+        if let Ok(rewritten) = rewritten {
+            filters.entry(table).or_default().push(rewritten.data);
+        }
+    }
+}
+
+/// The distinct values of public `table.column` on the rows meeting every
+/// noted condition on that table; `None` when none was noted or one cannot
+/// be evaluated (the column's whole domain is used then).
+fn narrowed(
+    scope: &Scope,
+    table: &str,
+    column: &str,
+    filters: &PublicFilters,
+) -> Option<Vec<ScalarValue>> {
+    let conditions = filters.get(table).filter(|c| !c.is_empty())?;
+    let batch = scope.public_rows.get(table)?;
+    let schema = DFSchema::try_from(batch.schema().as_ref().clone()).ok()?;
+    let mut keep = vec![true; batch.num_rows()];
+    for condition in conditions {
+        let physical = create_physical_expr(
+            condition,
+            &schema,
+            &ExecutionProps::new(),
+            &PhysicalPlanningContext::default(),
+        )
+        .ok()?;
+        let result = physical
+            .evaluate(batch)
+            .ok()?
+            .into_array(batch.num_rows())
+            .ok()?;
+        let mask = result.as_boolean_opt()?;
+        for (row, kept) in keep.iter_mut().enumerate() {
+            *kept &= mask.is_valid(row) && mask.value(row);
+        }
+    }
+    let values = batch.column(batch.schema().index_of(column).ok()?);
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (row, kept) in keep.iter().enumerate() {
+        if *kept && values.is_valid(row) {
+            let value = ScalarValue::try_from_array(values, row).ok()?;
+            if seen.insert(value.to_string()) {
+                out.push(value);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Some(out)
 }
 
 /// All combinations of the domains, the first key varying slowest.

@@ -98,6 +98,33 @@ async fn a_public_join_rolls_codes_up_with_every_chapter_released_and_rows_bound
 }
 
 #[tokio::test]
+async fn a_condition_on_a_public_column_narrows_the_released_groups() {
+    let planner = planner_over(POLICY);
+    let sql = "SELECT ch.chapter, COUNT(*) AS n FROM conditions c \
+               JOIN chapters ch ON c.icd10 = ch.code WHERE ch.chapter <> 'J00-J99' \
+               GROUP BY ch.chapter";
+    let p = plan(&planner, sql, &pure("10")).await;
+    assert!(
+        p.explain().contains("all 2 groups are released"),
+        "{}",
+        p.explain()
+    );
+    let answer = p.execute().await.unwrap();
+    let keys: Vec<String> = rows(&answer).into_iter().map(|r| r[0].clone()).collect();
+    assert_eq!(keys, ["E00-E89", "I00-I99"]);
+    // A condition mixing a study column keeps the whole public domain.
+    let mixed = "SELECT ch.chapter, COUNT(*) AS n FROM conditions c \
+                 JOIN chapters ch ON c.icd10 = ch.code WHERE ch.chapter <> c.icd10 \
+                 GROUP BY ch.chapter";
+    let p = plan(&planner, mixed, &pure("10")).await;
+    assert!(
+        p.explain().contains("all 3 groups are released"),
+        "{}",
+        p.explain()
+    );
+}
+
+#[tokio::test]
 async fn a_public_table_alone_costs_nothing_and_answers_exactly() {
     let planner = planner_over(POLICY);
     let p = plan(
