@@ -457,6 +457,7 @@ fn translate_function(name: &str, args: &[String], whole: &str) -> Result<Option
     Ok(Some(match name {
         "count_big" => renamed("COUNT"),
         "stdev" => renamed("STDDEV"),
+        "sign" => renamed("SIGNUM"),
         "stdevp" => renamed("STDDEV_POP"),
         "varp" => renamed("VAR_POP"),
         "len" => renamed("LENGTH"),

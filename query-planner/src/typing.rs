@@ -138,7 +138,8 @@ impl<'a> Typer<'a> {
                 let LogicalPlan::Join(join) = &plan else {
                     unreachable!("rebuilt a join")
                 };
-                let typed = rules::joins::check(join, &typed_inputs[0], &typed_inputs[1])?;
+                let typed =
+                    rules::joins::check(join, &typed_inputs[0], &typed_inputs[1], self.scope)?;
                 Ok((plan, typed))
             }
             LogicalPlan::Aggregate(aggregate) => self.aggregate(aggregate),

@@ -255,7 +255,7 @@ fn main() -> anyhow::Result<()> {
                         errors.sort_by(f64::total_cmp);
                         let mean: f64 = exact.values().sum::<f64>() / exact.len() as f64;
                         format!(
-                            "{} strata, median |error| {:.1}, mean count {:.1}",
+                            "{} strata, median absolute error {:.1}, mean count {:.1}",
                             exact.len(),
                             errors[errors.len() / 2],
                             mean

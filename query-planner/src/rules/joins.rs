@@ -9,15 +9,16 @@
 //! select patients by other patients' data. A public relation (`VALUES`)
 //! may be joined to a private one, keeping the private side's rows.
 
-use datafusion::common::Column;
+use datafusion::common::{Column, DFSchema};
 use datafusion::logical_expr::{Expr, Join, JoinType};
 
 use crate::error::{Error, Result, Rule};
 use crate::facts::{ColumnFacts, strip_alias};
 use crate::kinds::{Kind, Typed, joined_unit};
+use crate::policy::Scope;
 
 /// The typing of `join` over its typed inputs.
-pub(crate) fn check(join: &Join, left: &Typed, right: &Typed) -> Result<Typed> {
+pub(crate) fn check(join: &Join, left: &Typed, right: &Typed, scope: &Scope) -> Result<Typed> {
     let left_width = join.left.schema().fields().len();
     let fragment = || describe(join);
     let columns = |left_side: bool, right_side: bool| -> Vec<ColumnFacts> {
@@ -52,9 +53,19 @@ pub(crate) fn check(join: &Join, left: &Typed, right: &Typed) -> Result<Typed> {
         ) => {
             let left_column = Column::from(join.left.schema().qualified_field(*left_unit));
             let right_column = Column::from(join.right.schema().qualified_field(*right_unit));
+            // Any unchanged copy of a study table's privacy unit holds the
+            // row's patient (or NULL after an outer join): joining on one
+            // (`vo.person_id = op.person_id` after `p JOIN vo ON p.person_id
+            // = vo.person_id`) still pairs a patient's rows only.
+            let left_units = unit_copies(join.left.schema(), left, scope);
+            let right_units = unit_copies(join.right.schema(), right, scope);
             let on_unit = join.on.iter().any(|(l, r)| {
-                is_column(l, &left_column) && is_column(r, &right_column)
-                    || is_column(l, &right_column) && is_column(r, &left_column)
+                let (l, r) = (strip_alias(l), strip_alias(r));
+                let either = |a: &Expr, b: &Expr| {
+                    matches!(a, Expr::Column(c) if left_units.contains(c))
+                        && matches!(b, Expr::Column(c) if right_units.contains(c))
+                };
+                either(l, r) || either(r, l)
             });
             if !on_unit {
                 return Err(Error::refused(
@@ -224,8 +235,21 @@ pub(crate) fn union(inputs: &[Typed]) -> Result<Typed> {
     }
 }
 
-fn is_column(expr: &Expr, column: &Column) -> bool {
-    matches!(strip_alias(expr), Expr::Column(c) if c == column)
+/// The columns of a private input that are unchanged copies of a study
+/// table's privacy unit column.
+fn unit_copies(schema: &DFSchema, typed: &Typed, scope: &Scope) -> Vec<Column> {
+    typed
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, facts)| {
+            facts.copy_of.as_ref().is_some_and(|source| {
+                source.column == scope.unit
+                    && scope.tables.get(&source.table).is_some_and(|t| !t.public)
+            })
+        })
+        .map(|(index, _)| Column::from(schema.qualified_field(index)))
+        .collect()
 }
 
 fn describe(join: &Join) -> String {

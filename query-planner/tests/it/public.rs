@@ -238,3 +238,26 @@ async fn small_cells_round_counts_and_withhold_small_groups_after_the_noise() {
         .expect("refused");
     assert!(error.to_string().contains("not both"), "{error}");
 }
+
+#[tokio::test]
+async fn a_join_on_any_copy_of_the_unit_pairs_one_patients_rows_only() {
+    let planner = planner_over(POLICY);
+    // Achilles joins the third table on the second's copy of the unit.
+    plan(
+        &planner,
+        "SELECT COUNT(*) AS n FROM patients p JOIN conditions c ON p.patient_id = c.patient_id \
+         JOIN observations o ON c.patient_id = o.patient_id",
+        &pure("10"),
+    )
+    .await;
+    let refused = planner
+        .plan(
+            "SELECT COUNT(*) AS n FROM patients p JOIN conditions c ON p.patient_id = c.patient_id \
+             JOIN observations o ON c.icd10 = o.code",
+            &pure("10"),
+        )
+        .await
+        .err()
+        .expect("a join on codes is refused");
+    assert_eq!(refused.rule(), Some(Rule::JoinNotOnUnit), "{refused}");
+}
