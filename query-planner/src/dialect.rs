@@ -53,7 +53,7 @@ pub fn ohdsi(sql: &str, params: &BTreeMap<String, String>) -> Result<String> {
     let text = temp_tables(&text);
     let statements = Parser::parse_sql(&MsSqlDialect {}, &text)
         .map_err(|e| refuse(shorten(&text).as_str(), format!("not OHDSI SQL: {e}")))?;
-    let mut ctes: Vec<String> = Vec::new();
+    let mut relations: Vec<Relation> = Vec::new();
     let mut last: Option<(Query, Option<u64>)> = None;
     for statement in statements {
         let mut query = match statement {
@@ -73,9 +73,13 @@ pub fn ohdsi(sql: &str, params: &BTreeMap<String, String>) -> Result<String> {
         match into {
             Some(name) if name.starts_with("temp_") => {
                 if let Some(with) = query.with.take() {
-                    ctes.extend(with.cte_tables.iter().map(ToString::to_string));
+                    relations.extend(with.cte_tables.iter().map(Relation::of_cte));
                 }
-                ctes.push(format!("{name} AS ({query})"));
+                relations.push(Relation {
+                    columns: columns_of(&query, &[]),
+                    definition: format!("{name} AS ({query})"),
+                    name,
+                });
             }
             _ => {
                 if last.is_some() {
@@ -95,8 +99,12 @@ pub fn ohdsi(sql: &str, params: &BTreeMap<String, String>) -> Result<String> {
         )
     })?;
     if let Some(with) = query.with.take() {
-        ctes.extend(with.cte_tables.iter().map(ToString::to_string));
+        relations.extend(with.cte_tables.iter().map(Relation::of_cte));
     }
+    if let Some(rewritten) = distribution(&relations, &query, sql) {
+        return Ok(rewritten);
+    }
+    let ctes: Vec<&str> = relations.iter().map(|r| r.definition.as_str()).collect();
     let mut out = String::new();
     if !ctes.is_empty() {
         out.push_str("WITH ");
@@ -108,6 +116,125 @@ pub fn ohdsi(sql: &str, params: &BTreeMap<String, String>) -> Result<String> {
         out.push_str(&format!(" LIMIT {n}"));
     }
     Ok(out)
+}
+
+/// A common table expression of the translated query.
+struct Relation {
+    name: String,
+    /// Its output columns, when they can be read off its text.
+    columns: Option<Vec<String>>,
+    /// `name [(columns)] AS (query)`.
+    definition: String,
+}
+
+impl Relation {
+    fn of_cte(cte: &datafusion::sql::sqlparser::ast::Cte) -> Relation {
+        Relation {
+            name: cte.alias.name.value.clone(),
+            columns: columns_of(&cte.query, &cte.alias.columns),
+            definition: cte.to_string(),
+        }
+    }
+}
+
+/// The output column names of `query` (or its declared `aliases`).
+fn columns_of(
+    query: &Query,
+    aliases: &[datafusion::sql::sqlparser::ast::TableAliasColumnDef],
+) -> Option<Vec<String>> {
+    use datafusion::sql::sqlparser::ast::SelectItem;
+    if !aliases.is_empty() {
+        return Some(aliases.iter().map(|c| c.name.value.clone()).collect());
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+            SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some(i.value.clone()),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                parts.last().map(|i| i.value.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The percentiles of Achilles' distribution outputs, as DP quantiles.
+const DISTRIBUTION: [(&str, &str); 8] = [
+    ("min_value", "PERCENTILE_CONT({v}, 0.01)"),
+    ("max_value", "PERCENTILE_CONT({v}, 0.99)"),
+    ("avg_value", "AVG({v})"),
+    ("stdev_value", "STDDEV({v})"),
+    ("median_value", "MEDIAN({v})"),
+    ("p10_value", "PERCENTILE_CONT({v}, 0.1)"),
+    ("p25_value", "PERCENTILE_CONT({v}, 0.25)"),
+    ("p75_value", "PERCENTILE_CONT({v}, 0.75)"),
+];
+
+/// Achilles' distribution analyses compute exact percentiles from a
+/// first relation of values (`rawData`, `#measurementView_1815`: strata
+/// and `count_value`) through `ROW_NUMBER() OVER` and a cumulative
+/// self-join, which the planner refuses. When the final query releases
+/// `median_value`, the same outputs are asked of the values directly, as
+/// DP quantiles (the minimum and maximum as the 1st and 99th percentiles,
+/// which DP can release and an extreme value cannot): the translation
+/// docs/OMOP.md describes.
+fn distribution(relations: &[Relation], last: &Query, sql: &str) -> Option<String> {
+    let releases_median = last
+        .to_string()
+        .to_ascii_lowercase()
+        .contains("median_value");
+    if !releases_median {
+        return None;
+    }
+    let raw = relations.first()?;
+    let columns = raw.columns.as_ref()?;
+    let value = columns
+        .iter()
+        .find(|c| c.eq_ignore_ascii_case("count_value"))
+        .or(columns.last())?;
+    let strata: Vec<&String> = columns
+        .iter()
+        .filter(|c| *c != value && !c.eq_ignore_ascii_case("person_id"))
+        .collect();
+    let lower = sql.to_ascii_lowercase();
+    let at = lower.find("as analysis_id")?;
+    let id: String = lower[..at]
+        .trim_end()
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if id.is_empty() {
+        return None;
+    }
+    let mut select = vec![format!("{id} AS analysis_id")];
+    for (i, s) in strata.iter().enumerate() {
+        select.push(format!("CAST({s} AS VARCHAR(255)) AS stratum_{}", i + 1));
+    }
+    select.push("COUNT(*) AS count_value".into());
+    for (output, template) in DISTRIBUTION {
+        select.push(format!("{} AS {output}", template.replace("{v}", value)));
+    }
+    select.push(format!("PERCENTILE_CONT({value}, 0.9) AS p90_value"));
+    let mut out = format!(
+        "WITH {} SELECT {} FROM {}",
+        raw.definition,
+        select.join(", "),
+        raw.name
+    );
+    if !strata.is_empty() {
+        let keys: Vec<&str> = strata.iter().map(|s| s.as_str()).collect();
+        out.push_str(&format!(" GROUP BY {}", keys.join(", ")));
+    }
+    Some(out)
 }
 
 /// Removes `--` and `/* */` comments outside string literals.
@@ -564,6 +691,39 @@ mod tests {
         assert!(out.contains("x = 42"), "{out}");
         let missing = ohdsi("SELECT 1 FROM t WHERE x = @target", &BTreeMap::new()).unwrap_err();
         assert!(missing.to_string().contains("--param target="), "{missing}");
+    }
+
+    #[test]
+    fn a_distribution_analysis_becomes_dp_quantiles_of_its_values() {
+        let sql = "SELECT m.measurement_concept_id AS subject_id, m.unit_concept_id, \
+            CAST(m.value_as_number AS FLOAT) AS count_value INTO #measurementView_1815 \
+            FROM @cdmDatabaseSchema.measurement m WHERE m.value_as_number IS NOT NULL; \
+            SELECT m.subject_id AS stratum1_id, m.count_value, COUNT_BIG(*) AS total, \
+            ROW_NUMBER() OVER (PARTITION BY m.subject_id ORDER BY m.count_value) AS rn \
+            INTO #statsView_1815 FROM #measurementView_1815 m GROUP BY m.subject_id, m.count_value; \
+            SELECT 1815 as analysis_id, s.stratum1_id, MIN(s.count_value) AS median_value \
+            INTO @scratchDatabaseSchema@schemaDelim@tempAchillesPrefix_dist_1815 FROM #statsView_1815 s \
+            GROUP BY s.stratum1_id;";
+        let out = t(sql);
+        assert!(
+            out.starts_with("WITH temp_measurementView_1815 AS (SELECT"),
+            "{out}"
+        );
+        assert!(!out.to_lowercase().contains("row_number"), "{out}");
+        assert!(out.contains("1815 AS analysis_id"), "{out}");
+        assert!(
+            out.contains("CAST(subject_id AS VARCHAR(255)) AS stratum_1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("CAST(unit_concept_id AS VARCHAR(255)) AS stratum_2"),
+            "{out}"
+        );
+        assert!(out.contains("MEDIAN(count_value) AS median_value"), "{out}");
+        assert!(
+            out.ends_with("GROUP BY subject_id, unit_concept_id"),
+            "{out}"
+        );
     }
 
     #[test]
