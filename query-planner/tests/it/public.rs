@@ -51,7 +51,7 @@ fn conditions_of(i: usize) -> Vec<String> {
     let n = if i == 0 { 10 } else { i % 3 };
     (0..n)
         .map(|k| {
-            if k == 0 && i % 2 == 0 {
+            if k == 0 && i.is_multiple_of(2) {
                 "E11.9".to_string()
             } else {
                 format!("I{k}0")
@@ -257,7 +257,6 @@ async fn a_join_on_any_copy_of_the_unit_pairs_one_patients_rows_only() {
             &pure("10"),
         )
         .await
-        .err()
-        .expect("a join on codes is refused");
+        .expect_err("a join on codes is refused");
     assert_eq!(refused.rule(), Some(Rule::JoinNotOnUnit), "{refused}");
 }
