@@ -24,10 +24,6 @@ use arrow::array::RecordBatch;
 use clap::Parser;
 use cohort_anonymizer::accountant::{Amount, Charge};
 use cohort_anonymizer::deid::PseudonymKey;
-use cohort_engine::DataDir;
-use cohort_engine::keys::keystore::KdfParams;
-use cohort_engine::records::vault::Access;
-use cohort_engine::records::{generate, ingest};
 use cohort_engine::research::StudyFile;
 use cohort_engine::research::omop::{self, Dates, cdm};
 use cohort_query_planner::policy::{ColumnPolicy, DomainFrom, ReleaseTiming};
@@ -138,21 +134,7 @@ fn short(text: &str) -> String {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
-    let bundles = tmp.path().join("bundles");
-    generate::generate(&generate::Options::new(args.patients, 7, &bundles))?;
-    let dir = DataDir::open(&tmp.path().join("data"))?;
-    let fast = KdfParams {
-        m_cost_kib: 1024,
-        t_cost: 1,
-        p_cost: 1,
-    };
-    let vault = dir.unlock_with("pw", fast)?;
-    ingest::ingest_paths(
-        &vault,
-        &Access::new("operator", "ingest"),
-        std::slice::from_ref(&bundles),
-        false,
-    )?;
+    let (_dir, vault) = cohort_benches::ingested(tmp.path(), args.patients, 7)?;
     let ids: Vec<String> = vault
         .conn()
         .prepare("SELECT patient_id FROM proj_patients")?

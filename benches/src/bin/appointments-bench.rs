@@ -10,15 +10,13 @@
 use std::time::Instant;
 
 use clap::Parser;
-use cohort_engine::DataDir;
+use cohort_benches::FAST_KDF;
 use cohort_engine::access::{Actor, grants};
 use cohort_engine::appointments::desk::{self, BookRequest, Publish};
 use cohort_engine::appointments::mirror;
 use cohort_engine::appointments::terms::{Hours, Policy, visit_type};
 use cohort_engine::chain::{self, DeployRequest};
-use cohort_engine::keys::{accounts, keystore::KdfParams};
-use cohort_engine::records::vault::Access;
-use cohort_engine::records::{generate, ingest};
+use cohort_engine::keys::accounts;
 use cohort_ledger_bridge::alloy::primitives::{B256, U256};
 use cohort_ledger_bridge::contracts::Appointments;
 use cohort_ledger_bridge::{Role, Target};
@@ -45,12 +43,6 @@ struct Args {
     searches: usize,
 }
 
-const FAST: KdfParams = KdfParams {
-    m_cost_kib: 1024,
-    t_cost: 1,
-    p_cost: 1,
-};
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -58,16 +50,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
-    let bundles = tmp.path().join("bundles");
-    generate::generate(&generate::Options::new(args.patients, 3, &bundles))?;
-    let dir = DataDir::open(&tmp.path().join("data"))?;
-    let vault = dir.unlock_with("pw", FAST)?;
-    ingest::ingest_paths(
-        &vault,
-        &Access::new("operator", "ingest"),
-        std::slice::from_ref(&bundles),
-        false,
-    )?;
+    let (dir, vault) = cohort_benches::ingested(tmp.path(), args.patients, 3)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(chain::deploy(
         &dir,
@@ -157,7 +140,7 @@ fn main() -> anyhow::Result<()> {
             .map(|c| {
                 let (dir, client, providers, patients) = (&dir, &client, &providers, &patients);
                 s.spawn(move || -> anyhow::Result<usize> {
-                    let vault = dir.unlock_with("pw", FAST)?;
+                    let vault = dir.unlock_with("pw", FAST_KDF)?;
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
