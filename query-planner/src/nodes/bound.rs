@@ -34,7 +34,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties, SendableRecordBatchStream,
 };
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use rand::RngExt;
 
 /// How the kept rows are chosen.
@@ -298,7 +298,9 @@ impl ExecutionPlan for BoundContributionsExec {
             let bounded = bound.bound(&batches);
             reservation.free();
             bounded
-        });
+        })
+        .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+        .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
     }
 }
@@ -314,18 +316,146 @@ struct Bounder {
 }
 
 impl Bounder {
-    fn bound(&self, batches: &[RecordBatch]) -> DfResult<RecordBatch> {
+    fn bound(&self, batches: &[RecordBatch]) -> DfResult<Vec<RecordBatch>> {
+        if let Some(parts) = self.sorted_parts(batches)? {
+            let within = self.every_patient_within(&parts)?;
+            let ordered = parts.into_iter().map(|part| part.batch);
+            // Nothing to drop: the batches pass as they are, never copied.
+            if within {
+                return Ok(ordered.collect());
+            }
+            return Ok(vec![self.bound_concatenated(&ordered.collect::<Vec<_>>())?]);
+        }
+        Ok(vec![self.bound_concatenated(batches)?])
+    }
+
+    /// Whether a patient's rows never exceed either bound.
+    fn within(&self, count: usize) -> bool {
+        // At most `max_groups` rows span at most `max_groups` groups.
+        count <= self.max_rows && (self.keys.is_empty() || count <= self.max_groups)
+    }
+
+    fn bound_concatenated(&self, batches: &[RecordBatch]) -> DfResult<RecordBatch> {
         let batch = concat_batches(&self.schema, batches)?;
         let rows = batch.num_rows();
         if rows == 0 {
             return Ok(batch);
         }
         let units = self.unit.evaluate(&batch)?.into_array(rows)?;
-        let unit_ids = intern(&[Arc::clone(&units)])?;
+        let members = Members::of(&units)?;
+
+        // A patient within the bounds keeps every row, so only the others
+        // need group keys, priorities and a choice.
+        let over: Vec<usize> = (0..members.count())
+            .filter(|&unit| !self.within(members.len(unit)))
+            .collect();
+        if over.is_empty() && units.null_count() == 0 {
+            return Ok(batch);
+        }
+
+        let mut keep = BooleanBufferBuilder::new(rows);
+        keep.append_n(rows, false);
+        for unit in 0..members.count() {
+            if self.within(members.len(unit)) {
+                members.for_each(unit, |row| keep.set_bit(row, true));
+            }
+        }
+        if !over.is_empty() {
+            self.choose(&batch, &members, &over, &mut keep)?;
+        }
+        Ok(filter_record_batch(
+            &batch,
+            &BooleanArray::new(keep.finish(), None),
+        )?)
+    }
+
+    /// The non-empty batches with their units and runs, ordered by their
+    /// first unit, when each batch is sorted by the unit without NULLs;
+    /// `None` otherwise. A table stored patient by patient (cohort's own
+    /// views, most exports) stays sorted batch by batch after a scan that
+    /// read its parts in parallel; whether the batches also follow each
+    /// other in order is for the caller to check.
+    fn sorted_parts(&self, batches: &[RecordBatch]) -> DfResult<Option<Vec<Part>>> {
+        let mut parts = Vec::with_capacity(batches.len());
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            let units = self.unit.evaluate(batch)?.into_array(batch.num_rows())?;
+            let Some(runs) = sorted(&units) else {
+                return Ok(None);
+            };
+            parts.push(Part {
+                batch: batch.clone(),
+                units,
+                runs,
+            });
+        }
+        if parts.len() > 1 {
+            let firsts: Vec<ArrayRef> = parts.iter().map(|p| p.units.slice(0, 1)).collect();
+            let Ok(firsts) =
+                arrow::compute::concat(&firsts.iter().map(|u| u.as_ref()).collect::<Vec<_>>())
+            else {
+                return Ok(None);
+            };
+            let converter = RowConverter::new(vec![SortField::new(firsts.data_type().clone())])?;
+            let keys = converter.convert_columns(&[firsts])?;
+            let mut order: Vec<usize> = (0..parts.len()).collect();
+            order.sort_by(|&a, &b| keys.row(a).cmp(&keys.row(b)));
+            let mut taken: Vec<Option<Part>> = parts.into_iter().map(Some).collect();
+            parts = order
+                .into_iter()
+                .map(|i| taken[i].take().expect("each once"))
+                .collect();
+        }
+        Ok(Some(parts))
+    }
+
+    /// Whether `parts` follow each other in unit order and no patient's
+    /// rows, counted across batch boundaries, exceed the bounds.
+    fn every_patient_within(&self, parts: &[Part]) -> DfResult<bool> {
+        use arrow::compute::kernels::cmp::{eq, lt};
+        let mut open = 0;
+        let mut last: Option<ArrayRef> = None;
+        for part in parts {
+            let first = part.units.slice(0, 1);
+            let mut carried = 0;
+            if let Some(last) = &last {
+                if lt(&first, last)?.value(0) {
+                    return Ok(false);
+                }
+                if eq(&first, last)?.value(0) {
+                    carried = open;
+                } else if !self.within(open) {
+                    return Ok(false);
+                }
+            }
+            let runs = part.runs.windows(2).map(|w| w[1] - w[0]);
+            let count = part.runs.len() - 1;
+            for (i, len) in runs.enumerate() {
+                let len = if i == 0 { len + carried } else { len };
+                if i + 1 == count {
+                    open = len;
+                } else if !self.within(len) {
+                    return Ok(false);
+                }
+            }
+            last = Some(part.units.slice(part.units.len() - 1, 1));
+        }
+        Ok(self.within(open))
+    }
+
+    /// Keeps, for each patient in `over`, at most `max_groups` groups and
+    /// `max_rows` rows in each.
+    fn choose(
+        &self,
+        batch: &RecordBatch,
+        members: &Members,
+        over: &[usize],
+        keep: &mut BooleanBufferBuilder,
+    ) -> DfResult<()> {
+        let rows = batch.num_rows();
         let keys = self
             .keys
             .iter()
-            .map(|key| key.evaluate(&batch)?.into_array(rows))
+            .map(|key| key.evaluate(batch)?.into_array(rows))
             .collect::<DfResult<Vec<ArrayRef>>>()?;
         let (group_ids, group_rank) = if keys.is_empty() {
             (vec![0; rows], vec![0])
@@ -345,7 +475,7 @@ impl Bounder {
             Some(order) => {
                 let mut columns = order
                     .iter()
-                    .map(|expr| expr.evaluate(&batch)?.into_array(rows))
+                    .map(|expr| expr.evaluate(batch)?.into_array(rows))
                     .collect::<DfResult<Vec<ArrayRef>>>()?;
                 // Ties are broken by the rest of the row, so the choice is a
                 // function of the rows' content, not of their order.
@@ -354,42 +484,14 @@ impl Bounder {
             }
         };
 
-        // Each patient's rows, in row order: a counting sort by patient id
-        // (rows without a patient are in none).
-        let mut start = vec![0usize; unit_ids.count + 1];
-        for (row, &unit) in unit_ids.ids.iter().enumerate() {
-            if !units.is_null(row) {
-                start[unit as usize + 1] += 1;
-            }
-        }
-        for unit in 0..unit_ids.count {
-            start[unit + 1] += start[unit];
-        }
-        let mut next = start.clone();
-        let mut by_unit = vec![0u32; start[unit_ids.count]];
-        for (row, &unit) in unit_ids.ids.iter().enumerate() {
-            if !units.is_null(row) {
-                by_unit[next[unit as usize]] = row as u32;
-                next[unit as usize] += 1;
-            }
-        }
-
-        let mut keep = BooleanBufferBuilder::new(rows);
-        keep.append_n(rows, false);
         let mut rng = rand::rng();
         // One patient's rows, sorted.
         let mut entries: Vec<Entry> = Vec::new();
-        for unit in 0..unit_ids.count {
-            let unit_rows = &by_unit[start[unit]..start[unit + 1]];
-            if unit_rows.is_empty() {
-                continue;
-            }
+        for &unit in over {
             entries.clear();
-            entries.extend(
-                unit_rows
-                    .iter()
-                    .map(|&row| (group_ids[row as usize], priority[row as usize], row)),
-            );
+            members.for_each(unit, |row| {
+                entries.push((group_ids[row], priority[row], row as u32));
+            });
             entries.sort_unstable();
             // The patient's groups, each a run of its entries.
             let mut groups: Vec<&[Entry]> = entries.chunk_by(|a, b| a.0 == b.0).collect();
@@ -413,12 +515,99 @@ impl Bounder {
                 }
             }
         }
-
-        Ok(filter_record_batch(
-            &batch,
-            &BooleanArray::new(keep.finish(), None),
-        )?)
+        Ok(())
     }
+}
+
+/// A batch sorted by its unit, with the unit column and where each of its
+/// runs of one patient starts (and the length at the end).
+struct Part {
+    batch: RecordBatch,
+    units: ArrayRef,
+    runs: Vec<usize>,
+}
+
+/// Each patient's rows.
+enum Members {
+    /// The unit column is sorted and has no NULLs: patient `u` is rows
+    /// `start[u]..start[u + 1]`. Found by comparing neighbours, without
+    /// hashing a single id.
+    Runs { start: Vec<usize> },
+    /// Patient `u` is rows `rows[start[u]..start[u + 1]]`, in row order
+    /// (rows without a patient are in none).
+    Listed { start: Vec<usize>, rows: Vec<u32> },
+}
+
+impl Members {
+    fn of(units: &ArrayRef) -> DfResult<Members> {
+        if let Some(start) = sorted(units) {
+            return Ok(Members::Runs { start });
+        }
+        // A counting sort by interned patient id.
+        let ids = intern(&[Arc::clone(units)])?;
+        let mut start = vec![0usize; ids.count + 1];
+        for (row, &unit) in ids.ids.iter().enumerate() {
+            if !units.is_null(row) {
+                start[unit as usize + 1] += 1;
+            }
+        }
+        for unit in 0..ids.count {
+            start[unit + 1] += start[unit];
+        }
+        let mut next = start.clone();
+        let mut rows = vec![0u32; start[ids.count]];
+        for (row, &unit) in ids.ids.iter().enumerate() {
+            if !units.is_null(row) {
+                rows[next[unit as usize]] = row as u32;
+                next[unit as usize] += 1;
+            }
+        }
+        Ok(Members::Listed { start, rows })
+    }
+
+    fn start(&self) -> &[usize] {
+        match self {
+            Members::Runs { start } | Members::Listed { start, .. } => start,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.start().len() - 1
+    }
+
+    fn len(&self, unit: usize) -> usize {
+        self.start()[unit + 1] - self.start()[unit]
+    }
+
+    fn for_each(&self, unit: usize, mut f: impl FnMut(usize)) {
+        let range = self.start()[unit]..self.start()[unit + 1];
+        match self {
+            Members::Runs { .. } => range.for_each(f),
+            Members::Listed { rows, .. } => rows[range].iter().for_each(|&row| f(row as usize)),
+        }
+    }
+}
+
+/// Where each run of equal values starts (and the length at the end), when
+/// `units` is sorted ascending without NULLs; `None` otherwise, or for a
+/// type the comparison kernels do not order.
+fn sorted(units: &ArrayRef) -> Option<Vec<usize>> {
+    let n = units.len();
+    if units.null_count() > 0 {
+        return None;
+    }
+    let mut start = vec![0];
+    if n > 1 {
+        let (next, previous) = (units.slice(1, n - 1), units.slice(0, n - 1));
+        let descending = arrow::compute::kernels::cmp::lt(&next, &previous).ok()?;
+        if descending.true_count() > 0 {
+            return None;
+        }
+        let changes = arrow::compute::kernels::cmp::neq(&next, &previous).ok()?;
+        start.extend(changes.values().set_indices().map(|i| i + 1));
+    }
+    start.push(n);
+    Some(start)
 }
 
 /// One row of a patient: its group id, its priority within the group, and
@@ -439,8 +628,10 @@ fn intern(columns: &[ArrayRef]) -> DfResult<Interned> {
             .collect(),
     )?;
     let rows = converter.convert_columns(columns)?;
+    // Sized for every row distinct (one row per patient is common), so the
+    // table is never rehashed.
     let mut seen: HashMap<arrow::row::Row<'_>, u32> =
-        HashMap::with_capacity_and_hasher(rows.num_rows() / 2, Default::default());
+        HashMap::with_capacity_and_hasher(rows.num_rows(), Default::default());
     let ids = rows
         .iter()
         .map(|row| {
