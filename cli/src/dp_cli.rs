@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::bail;
 use clap::Subcommand;
@@ -15,6 +16,8 @@ use crate::cli_common::{emit, render_table, short};
 /// policy file names.
 #[derive(clap::Args)]
 pub(crate) struct QueryArgs {
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
     /// A study id on the ledger, or a study policy file (TOML) whose tables
     /// name their data with `source = "file.parquet"` (then --budget is the budget file).
     pub(crate) study: String,
@@ -56,6 +59,23 @@ pub(crate) struct QueryArgs {
 }
 
 /// The SQL dialects `cohort query` reads.
+/// Where a query's exact part runs (docs/BALLISTA.md).
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct EngineArgs {
+    /// Run the plan's exact part on this Ballista scheduler
+    /// (`http://host:port` or `df://host:port`); the noise is drawn here.
+    /// Default: the local engine.
+    #[arg(long = "engine-scheduler", env = "COHORT_ENGINE_SCHEDULER")]
+    pub(crate) scheduler: Option<String>,
+    /// Partitions of a plan on the cluster (its executors' task slots).
+    #[arg(
+        long = "engine-partitions",
+        env = "COHORT_ENGINE_PARTITIONS",
+        default_value_t = 2
+    )]
+    pub(crate) partitions: usize,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Dialect {
     /// The planner's own SQL.
@@ -356,6 +376,12 @@ pub(crate) fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
             delta,
             weights,
             explain: a.explain,
+            engine: a.engine.scheduler.as_deref().map(|url| {
+                Arc::new(cohort_distributed::BallistaEngine::new(
+                    url,
+                    a.engine.partitions,
+                )) as Arc<dyn cohort_query_planner::distributed::RemoteEngine>
+            }),
         },
     };
     let outcome = sql::query(&request)?;

@@ -42,6 +42,7 @@ pub(crate) fn stdout_line(args: std::fmt::Arguments<'_>) {
 mod account_cli;
 mod anonymize_cli;
 mod appointment_cli;
+mod ballista_cli;
 mod cli_common;
 mod clinical_cli;
 mod clinical_remote;
@@ -246,6 +247,10 @@ enum Command {
     /// OMOP CDM 5.4: the vocabulary (public tables) and an OMOP study file.
     #[command(subcommand)]
     Omop(omop_cli::OmopCmd),
+    /// A Ballista cluster for private plans: `standalone` (a scheduler and
+    /// executors), `executor` (more executors).
+    #[command(subcommand)]
+    Ballista(ballista_cli::BallistaCmd),
     /// Emergency access: trigger, review, end, restore, the review queue.
     Emergency {
         #[command(flatten)]
@@ -595,6 +600,7 @@ anchored {} versions on chain as batch {}",
         Command::Credential(cmd) => credential(cli, &dir()?, cmd),
         Command::Geo(cmd) => geo_cli::geo(cli, &dir()?, cmd),
         Command::Omop(cmd) => omop_cli::omop(cli, cmd),
+        Command::Ballista(cmd) => ballista_cli::ballista(cli, cmd),
         Command::Emergency { remote, cmd } if remote.server.is_some() => {
             clinical_remote::emergency(cli, &dir()?, remote, cmd)
         }
@@ -802,6 +808,10 @@ anchored {} versions on chain as batch {}",
         Command::Anonymize(args) => anonymize(cli, args),
         Command::Dp(args) => dp_release(cli, args),
         Command::Query(args) => match args.study.parse::<u64>() {
+            Ok(_) if args.engine.scheduler.is_some() => anyhow::bail!(
+                "--engine-scheduler runs a study policy file's queries on Ballista; \
+                 a ledger study's queries run on the local engine (docs/BALLISTA.md)"
+            ),
             Ok(id) => research_query(cli, &dir()?, id, args),
             Err(_) => sql_query(cli, args),
         },

@@ -61,6 +61,8 @@ pub struct SqlQuery {
     pub weights: BTreeMap<String, u32>,
     /// Only show the private plan (`--explain`).
     pub explain: bool,
+    /// Where the plan's exact part runs: a Ballista cluster, else here.
+    pub engine: Option<Arc<dyn cohort_query_planner::distributed::RemoteEngine>>,
 }
 
 /// What `cohort query` prints.
@@ -237,11 +239,12 @@ pub async fn run(study: Study, query: &SqlQuery, door: Door) -> Result<SqlOutcom
     // deadline counted from here.
     let expires = deadline.map(|d| clock.now() + d);
     let check = door.check;
+    let engine = query.engine.clone();
     let work = async move {
         if let Some(check) = check {
             check()?;
         }
-        plan.execute().await.map_err(Error::from)
+        plan.execute_on(engine).await.map_err(Error::from)
     };
     let ended =
         deadline::run_until(&clock, expires, &tokio::sync::Notify::new(), || {}, work).await;

@@ -46,10 +46,12 @@
 //! [`precheck`]: caps::precheck
 
 mod caps;
+mod codec;
 mod quiet;
 mod refuse;
 mod rewrite;
 mod udf;
 
+pub(crate) use codec::{decode as decode_guard, encode as encode_guard};
 pub(crate) use refuse::check;
 pub(crate) use rewrite::plan;

@@ -53,6 +53,7 @@
 
 mod catalog;
 pub mod dialect;
+pub mod distributed;
 mod encryption;
 mod error;
 mod facts;

@@ -12,6 +12,7 @@ use datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
+use crate::distributed::RemoteEngine;
 use crate::encryption::EncryptedRelease;
 use crate::error::Result;
 use crate::facts::strip_alias;
@@ -346,13 +347,31 @@ impl PrivatePlan {
     /// (Boxed, like [`crate::Planner::plan`], so that DataFusion's
     /// execution state machine is compiled once, in this crate.)
     pub fn execute(self) -> BoxFuture<'static, Result<PrivateAnswer>> {
-        Box::pin(self.execute_inner())
+        Box::pin(self.execute_inner(None))
     }
 
-    async fn execute_inner(self) -> Result<PrivateAnswer> {
-        let context = self.bounded_context()?;
+    /// Runs the plan with its exact part on `engine` (a Ballista cluster),
+    /// its noisy releases here ([`crate::distributed`]); without an engine,
+    /// like [`Self::execute`].
+    pub fn execute_on(
+        self,
+        engine: Option<Arc<dyn RemoteEngine>>,
+    ) -> BoxFuture<'static, Result<PrivateAnswer>> {
+        Box::pin(self.execute_inner(engine))
+    }
+
+    async fn execute_inner(self, engine: Option<Arc<dyn RemoteEngine>>) -> Result<PrivateAnswer> {
+        let context = self.bounded_context(engine.as_ref())?;
         let frame = context.execute_logical_plan(self.plan).await?;
-        let batches = frame.collect().await?;
+        let batches = match engine {
+            None => frame.collect().await?,
+            Some(engine) => {
+                let task = Arc::new(frame.task_ctx());
+                let physical = frame.create_physical_plan().await?;
+                let physical = crate::distributed::distribute(physical, &engine)?;
+                datafusion::physical_plan::collect(physical, task).await?
+            }
+        };
         let releases = self.sites.iter().flat_map(|site| site.log.take()).collect();
         Ok(PrivateAnswer {
             batches,
@@ -364,7 +383,7 @@ impl PrivatePlan {
     /// The study's session with a memory pool of this query's own, of the
     /// policy's size, and no spilling to disk: running out of memory is an
     /// error (the charged outcome), never an abort or a slow spill.
-    fn bounded_context(&self) -> Result<SessionContext> {
+    fn bounded_context(&self, engine: Option<&Arc<dyn RemoteEngine>>) -> Result<SessionContext> {
         use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
         use datafusion::execution::memory_pool::GreedyMemoryPool;
         use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -377,7 +396,12 @@ impl PrivatePlan {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()?;
+        let mut config = self.context.state().config().clone();
+        if let Some(partitions) = engine.and_then(|e| e.partitions()) {
+            config = config.with_target_partitions(partitions.max(1));
+        }
         let state = SessionStateBuilder::new_from_existing(self.context.state())
+            .with_config(config)
             .with_runtime_env(runtime)
             .build();
         Ok(SessionContext::new_with_state(state))

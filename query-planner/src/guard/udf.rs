@@ -64,6 +64,19 @@ impl Guard {
         }
     }
 
+    pub(super) fn data_type(&self) -> &DataType {
+        &self.data_type
+    }
+
+    pub(super) fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// The guarded node's name.
+    pub(super) fn display_name(&self) -> &str {
+        &self.name
+    }
+
     fn precheck(&self) -> Precheck {
         match &self.body {
             Body::Function { precheck, .. } | Body::Template { precheck, .. } => *precheck,

@@ -689,3 +689,74 @@ fn content_rank(columns: &[ArrayRef]) -> DfResult<Vec<u64>> {
     }
     Ok(rank)
 }
+
+/// The operator on the wire: its expressions as DataFusion physical
+/// expressions over its input, and its bounds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire {
+    unit: Vec<u8>,
+    keys: Vec<Vec<u8>>,
+    order: Option<Vec<Vec<u8>>>,
+    max_groups: u32,
+    max_rows: u32,
+}
+
+impl BoundContributionsExec {
+    /// Its bytes for a distributed engine's executors (its input travels
+    /// beside them).
+    pub(crate) fn encode(
+        &self,
+        codec: &dyn datafusion_proto::physical_plan::PhysicalExtensionCodec,
+    ) -> DfResult<Vec<u8>> {
+        use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+        use prost::Message;
+        let one = |expr: &Arc<dyn PhysicalExpr>| {
+            serialize_physical_expr(expr, codec).map(|node| node.encode_to_vec())
+        };
+        let many =
+            |exprs: &[Arc<dyn PhysicalExpr>]| exprs.iter().map(one).collect::<DfResult<Vec<_>>>();
+        let wire = Wire {
+            unit: one(&self.unit)?,
+            keys: many(&self.keys)?,
+            order: self.order.as_deref().map(many).transpose()?,
+            max_groups: self.max_groups,
+            max_rows: self.max_rows,
+        };
+        serde_json::to_vec(&wire)
+            .map_err(|e| datafusion::error::DataFusionError::External(e.into()))
+    }
+
+    /// The operator from [`Self::encode`]'s bytes over `input`.
+    pub(crate) fn decode(
+        buf: &[u8],
+        input: Arc<dyn ExecutionPlan>,
+        context: &TaskContext,
+        codec: &dyn datafusion_proto::physical_plan::PhysicalExtensionCodec,
+    ) -> DfResult<BoundContributionsExec> {
+        use datafusion::error::DataFusionError;
+        use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+        use datafusion_proto::protobuf::PhysicalExprNode;
+        use prost::Message;
+        let bad =
+            |e: String| DataFusionError::Plan(format!("a bounding operator on the wire: {e}"));
+        let wire: Wire = serde_json::from_slice(buf).map_err(|e| bad(e.to_string()))?;
+        if wire.max_groups == 0 || wire.max_rows == 0 {
+            return Err(bad("its bounds must be at least 1".into()));
+        }
+        let schema = input.schema();
+        let one = |bytes: &Vec<u8>| {
+            let node =
+                PhysicalExprNode::decode(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
+            parse_physical_expr(&node, context, &schema, codec)
+        };
+        let many = |exprs: &Vec<Vec<u8>>| exprs.iter().map(one).collect::<DfResult<Vec<_>>>();
+        Ok(BoundContributionsExec::new(
+            Arc::clone(&input),
+            one(&wire.unit)?,
+            many(&wire.keys)?,
+            wire.order.as_ref().map(many).transpose()?,
+            wire.max_groups,
+            wire.max_rows,
+        ))
+    }
+}
