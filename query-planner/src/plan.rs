@@ -396,14 +396,22 @@ impl PrivatePlan {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()?;
-        let mut config = self.context.state().config().clone();
+        let mut state =
+            SessionStateBuilder::new_from_existing(self.context.state()).with_runtime_env(runtime);
         if let Some(partitions) = engine.and_then(|e| e.partitions()) {
-            config = config.with_target_partitions(partitions.max(1));
+            // The catalog list is shared with the planner's session: a
+            // config asking for a default catalog would replace the one
+            // holding the study's tables.
+            let config = self
+                .context
+                .state()
+                .config()
+                .clone()
+                .with_target_partitions(partitions.max(1))
+                .with_create_default_catalog_and_schema(false);
+            state = state.with_config(config);
         }
-        let state = SessionStateBuilder::new_from_existing(self.context.state())
-            .with_config(config)
-            .with_runtime_env(runtime)
-            .build();
+        let state = state.build();
         Ok(SessionContext::new_with_state(state))
     }
 
