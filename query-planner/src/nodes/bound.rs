@@ -760,3 +760,93 @@ impl BoundContributionsExec {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::array::{AsArray, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+
+    use super::*;
+
+    fn bounder(max_rows: usize) -> (Bounder, SchemaRef) {
+        let schema = Arc::new(Schema::new(vec![Field::new("u", DataType::Utf8, true)]));
+        let bounder = Bounder {
+            schema: Arc::clone(&schema),
+            unit: Arc::new(Column::new("u", 0)),
+            keys: vec![],
+            order: None,
+            max_groups: 1,
+            max_rows,
+        };
+        (bounder, schema)
+    }
+
+    fn batches(schema: &SchemaRef, parts: &[&[Option<&str>]]) -> Vec<RecordBatch> {
+        parts
+            .iter()
+            .map(|rows| {
+                let column = Arc::new(StringArray::from(rows.to_vec()));
+                RecordBatch::try_new(Arc::clone(schema), vec![column]).unwrap()
+            })
+            .collect()
+    }
+
+    /// Rows kept per patient.
+    fn kept(out: &[RecordBatch]) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for batch in out {
+            for unit in batch.column(0).as_string::<i32>().iter() {
+                *counts
+                    .entry(unit.expect("no NULL unit kept").to_string())
+                    .or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+        pairs.iter().map(|(u, n)| (u.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn a_patient_whose_rows_span_batches_is_bounded_whatever_the_batch_order() {
+        let (bounder, schema) = bounder(2);
+        let (a, b, c) = (Some("a"), Some("b"), Some("c"));
+        let in_order: &[&[Option<&str>]] = &[&[a, a, b], &[b, b, c], &[c]];
+        let reversed: &[&[Option<&str>]] = &[&[c], &[b, b, c], &[a, a, b]];
+        let unsorted: &[&[Option<&str>]] = &[&[b, a, c, b], &[a, c, b]];
+        for parts in [in_order, reversed, unsorted] {
+            let out = bounder.bound(&batches(&schema, parts)).unwrap();
+            assert_eq!(
+                kept(&out),
+                counts(&[("a", 2), ("b", 2), ("c", 2)]),
+                "{parts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn batches_within_the_bounds_pass_as_they_are_and_null_units_are_dropped() {
+        let (bounder, schema) = bounder(2);
+        let (a, b, c) = (Some("a"), Some("b"), Some("c"));
+        // b's two rows span the batches: within the bound, nothing is copied.
+        let out = bounder
+            .bound(&batches(&schema, &[&[a, b], &[b, c]]))
+            .unwrap();
+        assert_eq!(out.len(), 2, "the two batches, uncopied");
+        assert_eq!(kept(&out), counts(&[("a", 1), ("b", 2), ("c", 1)]));
+        // One patient over the bound across the boundary: the slow path.
+        let out = bounder
+            .bound(&batches(&schema, &[&[a, b, b], &[b, c]]))
+            .unwrap();
+        assert_eq!(kept(&out), counts(&[("a", 1), ("b", 2), ("c", 1)]));
+        // Rows without a patient belong to none.
+        let out = bounder
+            .bound(&batches(&schema, &[&[a, None, b], &[None]]))
+            .unwrap();
+        assert_eq!(kept(&out), counts(&[("a", 1), ("b", 1)]));
+    }
+}
