@@ -58,7 +58,6 @@ pub(crate) struct QueryArgs {
     pub(crate) params: Vec<String>,
 }
 
-/// The SQL dialects `cohort query` reads.
 /// Where a query's exact part runs (docs/BALLISTA.md).
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct EngineArgs {
@@ -76,6 +75,7 @@ pub(crate) struct EngineArgs {
     pub(crate) partitions: usize,
 }
 
+/// The SQL dialects `cohort query` reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Dialect {
     /// The planner's own SQL.
