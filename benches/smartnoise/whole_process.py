@@ -134,6 +134,9 @@ def main():
     df.to_parquet(work / "t.parquet", index=False)
     for release in ("immediate", "deadline"):
         (work / f"study-{release}.toml").write_text(POLICY.format(release=release))
+    # A fresh budget each run: a budget file is never overwritten.
+    for stale in ("budget.json", "budget.json.lock"):
+        (work / stale).unlink(missing_ok=True)
     subprocess.run([str(args.cohort_bin), "--data-dir", str(work / "data"), "budget", "init",
                     "--file", str(work / "budget.json"), "--epsilon", "1000000"],
                    check=True, capture_output=True)

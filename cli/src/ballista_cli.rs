@@ -1,12 +1,28 @@
 //! `cohort ballista`: a Ballista scheduler and executors that know the
-//! planner's codec, for `cohort query --engine-scheduler` (docs/BALLISTA.md).
+//! planner's codec, for `cohort query --engine-scheduler` and `cohort
+//! serve`'s `[engine]` (docs/BALLISTA.md).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Subcommand;
+use cohort_query_planner::distributed::RemoteEngine;
 
 use crate::Cli;
+
+/// The cluster whose scheduler is at `scheduler`, checked to answer now:
+/// a malformed address or a cluster that is down is refused before a
+/// query's cost is reserved, or before a server starts.
+pub(crate) fn cluster(scheduler: &str, partitions: usize) -> anyhow::Result<Arc<dyn RemoteEngine>> {
+    let engine = cohort_distributed::BallistaEngine::new(scheduler, partitions)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(engine.check())?;
+    Ok(Arc::new(engine))
+}
 
 #[derive(Subcommand)]
 pub(crate) enum BallistaCmd {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use clap::Subcommand;
+use cohort_query_planner::distributed::RemoteEngine;
 use serde::Serialize;
 
 use crate::Cli;
@@ -73,6 +74,16 @@ pub(crate) struct EngineArgs {
         default_value_t = 2
     )]
     pub(crate) partitions: usize,
+}
+
+impl EngineArgs {
+    /// The cluster the flags name (checked to answer), if any.
+    pub(crate) fn remote(&self) -> anyhow::Result<Option<Arc<dyn RemoteEngine>>> {
+        self.scheduler
+            .as_deref()
+            .map(|s| crate::ballista_cli::cluster(s, self.partitions))
+            .transpose()
+    }
 }
 
 /// The SQL dialects `cohort query` reads.
@@ -376,12 +387,7 @@ pub(crate) fn sql_query(cli: &Cli, a: &QueryArgs) -> anyhow::Result<ExitCode> {
             delta,
             weights,
             explain: a.explain,
-            engine: a.engine.scheduler.as_deref().map(|url| {
-                Arc::new(cohort_distributed::BallistaEngine::new(
-                    url,
-                    a.engine.partitions,
-                )) as Arc<dyn cohort_query_planner::distributed::RemoteEngine>
-            }),
+            engine: a.engine.remote()?,
         },
     };
     let outcome = sql::query(&request)?;

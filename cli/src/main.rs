@@ -808,10 +808,6 @@ anchored {} versions on chain as batch {}",
         Command::Anonymize(args) => anonymize(cli, args),
         Command::Dp(args) => dp_release(cli, args),
         Command::Query(args) => match args.study.parse::<u64>() {
-            Ok(_) if args.engine.scheduler.is_some() => anyhow::bail!(
-                "--engine-scheduler runs a study policy file's queries on Ballista; \
-                 a ledger study's queries run on the local engine (docs/BALLISTA.md)"
-            ),
             Ok(id) => research_query(cli, &dir()?, id, args),
             Err(_) => sql_query(cli, args),
         },

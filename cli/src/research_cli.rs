@@ -194,7 +194,12 @@ pub(crate) fn research_query(
         weights: options.weights,
         explain: a.explain,
     };
+    let remote = a.engine.remote()?;
     let (_vault, session, rt) = open(cli, dir, false)?;
+    let session = match remote {
+        Some(remote) => session.with_remote_engine(remote),
+        None => session,
+    };
     let session = std::sync::Arc::new(session);
     let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = (!cli.json).then(|| {

@@ -90,9 +90,27 @@ pub(crate) fn serve(cli: &Cli, dir: &DataDir, flags: &ServeFlags) -> anyhow::Res
             dir.select_keys(keys)?;
         }
     }
+    let remote = match (config.engine.kind, &config.engine.scheduler) {
+        (config::EngineKind::Ballista, Some(scheduler)) => Some(
+            crate::ballista_cli::cluster(scheduler, config.engine.partitions)
+                .context("[engine] (COHORT_ENGINE_*)")?,
+        ),
+        _ => None,
+    };
     let vault = unlock(cli, dir, None)?;
     let rt = runtime()?;
     let session = rt.block_on(Session::open(dir, &vault))?;
+    let session = match remote {
+        Some(remote) => {
+            tracing::info!(
+                scheduler = config.engine.scheduler.as_deref().unwrap_or_default(),
+                partitions = config.engine.partitions,
+                "private plans run their exact part on a Ballista cluster"
+            );
+            session.with_remote_engine(remote)
+        }
+        None => session,
+    };
     rt.block_on(cohort_server::serve(
         dir,
         session,

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ballista_core::config::BallistaConfig;
 use ballista_core::execution_plans::execute_physical_plan;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::registry::BallistaFunctionRegistry;
@@ -44,22 +43,73 @@ pub struct BallistaEngine {
 impl BallistaEngine {
     /// The cluster whose scheduler is at `scheduler` (`http://host:port`,
     /// or `df://host:port`), with plans cut into `partitions` partitions
-    /// (the executors' task slots, all together).
-    pub fn new(scheduler: &str, partitions: usize) -> BallistaEngine {
-        let scheduler = match scheduler.strip_prefix("df://") {
-            Some(rest) => format!("http://{rest}"),
-            None => scheduler.to_string(),
-        };
-        BallistaEngine {
-            scheduler,
-            partitions: partitions.max(1),
-        }
+    /// (the executors' task slots, all together). Refuses, naming it, an
+    /// address that is not one of those forms or a partition count of 0.
+    pub fn new(scheduler: &str, partitions: usize) -> Result<BallistaEngine, BallistaError> {
+        Ok(BallistaEngine {
+            scheduler: scheduler_url(scheduler)?,
+            partitions: match partitions {
+                0 => {
+                    return Err(BallistaError::General(
+                        "a Ballista engine needs at least 1 partition".into(),
+                    ));
+                }
+                n => n,
+            },
+        })
     }
 
     /// The scheduler's URL.
     pub fn scheduler(&self) -> &str {
         &self.scheduler
     }
+
+    /// Whether the scheduler answers: checked before a query's cost is
+    /// reserved (a cluster that is down refuses the query for free; a
+    /// failure after the reservation is charged like any other).
+    pub async fn check(&self) -> Result<(), BallistaError> {
+        connect(&self.scheduler, 20).await.map(drop)
+    }
+}
+
+/// `scheduler` as the `http://host:port` URL tonic connects to.
+fn scheduler_url(scheduler: &str) -> Result<String, BallistaError> {
+    let rest = ["df://", "http://"]
+        .iter()
+        .find_map(|scheme| scheduler.strip_prefix(scheme));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.contains(['/', ' ']) => {
+            Ok(format!("http://{rest}"))
+        }
+        _ => Err(BallistaError::General(format!(
+            "`{scheduler}` is not a Ballista scheduler's address: give http://HOST:PORT or df://HOST:PORT"
+        ))),
+    }
+}
+
+/// A client of the scheduler at `url`, trying `attempts` times 50 ms apart
+/// (a scheduler's listener is bound before its service serves).
+async fn connect(
+    url: &str,
+    attempts: usize,
+) -> Result<SchedulerGrpcClient<tonic::transport::Channel>, BallistaError> {
+    let mut last = String::new();
+    for attempt in 0..attempts.max(1) {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        match SchedulerGrpcClient::connect(url.to_string()).await {
+            Ok(client) => {
+                return Ok(client
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(BallistaError::General(format!(
+        "no Ballista scheduler answers at {url} ({last})"
+    )))
 }
 
 impl RemoteEngine for BallistaEngine {
@@ -81,7 +131,7 @@ impl RemoteEngine for BallistaEngine {
             let codec = planner_codec();
             execute_physical_plan::<PhysicalPlanNode>(
                 url,
-                &BallistaConfig::default(),
+                &config.ballista_config(),
                 plan,
                 &codec,
                 session,
@@ -112,11 +162,18 @@ fn codec() -> BallistaCodec {
     )
 }
 
+/// The largest gRPC message between cohort, the scheduler and the
+/// executors: a research view is in memory and travels inside the plan
+/// (datafusion-proto's memory scan), so Ballista's 16 MiB default would
+/// refuse any view above it. Protobuf caps a message at 2 GiB.
+const MAX_MESSAGE: usize = i32::MAX as usize;
+
 /// The settings a job runs under: the static planner (the adaptive one
 /// replaces a plan's optimizer rules and has no recovery from a lost
 /// executor in 55).
 fn cluster_config(partitions: usize) -> SessionConfig {
     SessionConfig::new_with_ballista()
+        .with_ballista_grpc_client_max_message_size(MAX_MESSAGE)
         .with_target_partitions(partitions.max(1))
         .with_ballista_physical_extension_codec(Arc::new(planner_codec()))
         .with_ballista_adaptive_query_planner(false)
@@ -150,21 +207,7 @@ pub async fn start_executors(
     executors: usize,
     vcores: usize,
 ) -> Result<(), BallistaError> {
-    let url = BallistaEngine::new(scheduler, 1).scheduler;
-    let mut client = None;
-    for _ in 0..100 {
-        match SchedulerGrpcClient::connect(url.clone()).await {
-            Ok(c) => {
-                client = Some(c);
-                break;
-            }
-            // The scheduler's listener is bound but its service may not be
-            // serving yet.
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-        }
-    }
-    let client = client
-        .ok_or_else(|| BallistaError::General(format!("no Ballista scheduler answers at {url}")))?;
+    let client = connect(&scheduler_url(scheduler)?, 100).await?;
     let producer: ConfigProducer = Arc::new(|| cluster_config(1));
     let state = cluster_state(cluster_config(1))?;
     for _ in 0..executors {

@@ -396,33 +396,43 @@ impl PrivatePlan {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()?;
-        let mut state =
-            SessionStateBuilder::new_from_existing(self.context.state()).with_runtime_env(runtime);
-        if let Some(partitions) = engine.and_then(|e| e.partitions()) {
-            // The catalog list is shared with the planner's session: a
-            // config asking for a default catalog would replace the one
-            // holding the study's tables.
-            let config = self
-                .context
-                .state()
-                .config()
-                .clone()
-                .with_target_partitions(partitions.max(1))
-                .with_create_default_catalog_and_schema(false);
-            state = state.with_config(config);
-        }
-        let state = state.build();
+        // The catalog list is shared with the planner's session: a config
+        // asking for a default catalog would replace the one holding the
+        // study's tables.
+        let config = self
+            .context
+            .state()
+            .config()
+            .clone()
+            .with_create_default_catalog_and_schema(false);
+        let config = match engine {
+            // A cluster shuffles by patient so that its executors bound in
+            // parallel, over as many partitions as it has task slots.
+            Some(engine) => match engine.partitions() {
+                Some(partitions) => config.with_target_partitions(partitions.max(1)),
+                None => config,
+            },
+            // Here, the bounding gathers its input in one partition.
+            None => config.with_extension(Arc::new(crate::nodes::GatherInOnePartition)),
+        };
+        let state = SessionStateBuilder::new_from_existing(self.context.state())
+            .with_runtime_env(runtime)
+            .with_config(config)
+            .build();
         Ok(SessionContext::new_with_state(state))
     }
 
-    /// The physical plan DataFusion would run (for benchmarks and tests);
-    /// creating it draws no noise.
+    /// The physical plan the local engine would run (for benchmarks and
+    /// tests); creating it draws no noise.
     pub fn physical_plan(&self) -> BoxFuture<'_, Result<String>> {
         Box::pin(self.physical_plan_inner())
     }
 
     async fn physical_plan_inner(&self) -> Result<String> {
-        let frame = self.context.execute_logical_plan(self.plan.clone()).await?;
+        let frame = self
+            .bounded_context(None)?
+            .execute_logical_plan(self.plan.clone())
+            .await?;
         let physical = frame.create_physical_plan().await?;
         Ok(datafusion::physical_plan::displayable(physical.as_ref())
             .indent(false)

@@ -40,6 +40,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("keys", "token_label"),
     ("keys", "kek_label"),
     ("keys", "pin_file"),
+    ("engine", "kind"),
+    ("engine", "scheduler"),
+    ("engine", "partitions"),
 ];
 
 /// The file read when neither `--config` nor `$COHORT_CONFIG` names one.
@@ -63,12 +66,73 @@ pub struct Config {
     pub audit: AuditSection,
     /// The retention purge.
     pub retention: RetentionSection,
+    /// Where the exact part of a private plan runs (docs/BALLISTA.md).
+    pub engine: EngineSection,
     /// The keystore (absent: whatever the data directory records, the file
     /// keystore by default). When present it must name the keystore the
     /// data directory already uses; a new directory records it. The HSM's
     /// PIN is never a key here: `pin_file`, else `$COHORT_HSM_PIN`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<KeysConfig>,
+}
+
+/// How `[engine] kind` is spelt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineKind {
+    /// DataFusion in this process.
+    #[default]
+    Local,
+    /// An Apache Ballista cluster, at `scheduler`.
+    Ballista,
+}
+
+/// `[engine]`: the research path's private plans run their exact part
+/// here or on a Ballista cluster; the noise, the deadline and every
+/// charged ending stay in this process either way.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// local or ballista.
+    pub kind: EngineKind,
+    /// The Ballista scheduler (`http://host:port` or `df://host:port`),
+    /// for `kind = "ballista"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    /// Partitions of a plan on the cluster (its executors' task slots, all
+    /// together).
+    pub partitions: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            kind: EngineKind::Local,
+            scheduler: None,
+            partitions: 2,
+        }
+    }
+}
+
+impl EngineSection {
+    /// What serde cannot say: a cluster needs its scheduler, and only a
+    /// cluster has one.
+    fn check(&self) -> Result<()> {
+        match (self.kind, &self.scheduler) {
+            (EngineKind::Ballista, None) => Err(Error::Invalid(
+                "[engine] kind = \"ballista\" needs `scheduler` (COHORT_ENGINE_SCHEDULER), \
+                 e.g. \"http://scheduler.example.org:50050\""
+                    .into(),
+            )),
+            (EngineKind::Local, Some(s)) => Err(Error::Invalid(format!(
+                "[engine] scheduler = \"{s}\" is used only with kind = \"ballista\""
+            ))),
+            _ if self.partitions == 0 => Err(Error::Invalid(
+                "[engine] partitions must be at least 1".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[retention]`.
@@ -325,6 +389,7 @@ impl Config {
         if let Some(keys) = &self.keys {
             keys.check()?;
         }
+        self.engine.check()?;
         let t = &self.tls;
         match t.mode {
             TlsMode::Files if t.cert.is_none() || t.key.is_none() => Err(Error::Invalid(
@@ -407,6 +472,7 @@ mod tests {
             ..Config::default()
         };
         full.tls.cert = Some("c.pem".into());
+        full.engine.scheduler = Some("http://scheduler:50050".into());
         full.tls.key = Some("k.pem".into());
         let table = toml::Table::try_from(full).unwrap();
         let mut found: Vec<(String, String)> = table
@@ -557,6 +623,52 @@ mod tests {
             None,
             "absent: the data directory's"
         );
+    }
+
+    #[test]
+    fn engine_names_a_cluster_only_with_its_scheduler() {
+        let c = load_text("", &[]).unwrap();
+        assert_eq!(
+            c.engine.kind,
+            EngineKind::Local,
+            "the local engine by default"
+        );
+        let c = load_text(
+            "[engine]\nkind = \"ballista\"\nscheduler = \"http://10.0.0.5:50050\"\n",
+            &[("COHORT_ENGINE_PARTITIONS", "8")],
+        )
+        .unwrap();
+        assert_eq!(c.engine.kind, EngineKind::Ballista);
+        assert_eq!(c.engine.scheduler.as_deref(), Some("http://10.0.0.5:50050"));
+        assert_eq!(c.engine.partitions, 8);
+        let c = load_text(
+            "",
+            &[
+                ("COHORT_ENGINE_KIND", "ballista"),
+                ("COHORT_ENGINE_SCHEDULER", "df://s:50050"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.engine.scheduler.as_deref(), Some("df://s:50050"));
+        let e = load_text("[engine]\nkind = \"ballista\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs `scheduler`"), "{e}");
+        let e = load_text("[engine]\nscheduler = \"http://s:1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only with kind = \"ballista\""), "{e}");
+        let e = load_text("[engine]\nkind = \"spark\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engine.kind") && e.contains("spark"), "{e}");
+        let e = load_text(
+            "[engine]\nkind = \"ballista\"\nscheduler = \"http://s:1\"\npartitions = 0\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("partitions must be at least 1"), "{e}");
     }
 
     #[test]

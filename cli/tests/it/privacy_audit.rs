@@ -30,7 +30,7 @@ use cohort_engine::research::query::QueryRequest;
 use serde_json::Value;
 
 use crate::research::{Setup, setup_from};
-use crate::{PASSPHRASE, bundles, cohort, stderr, stdout};
+use crate::{PASSPHRASE, bundles, cohort, cohort_env, stderr, stdout};
 
 #[path = "../../../anonymizer/tests/it/clopper_pearson.rs"]
 mod clopper_pearson;
@@ -420,11 +420,11 @@ fn observe(side: &Side, sql: &str, extra: &[&str]) -> Observed {
 const DURATION_TOLERANCE_MS: u128 = 1_000;
 
 /// One adversarial query of a family.
-struct Probe {
+struct Probe<'a> {
     family: &'static str,
     name: &'static str,
     sql: String,
-    extra: Vec<&'static str>,
+    extra: Vec<&'a str>,
 }
 
 fn join(target_predicate: &str) -> String {
@@ -435,7 +435,7 @@ fn join(target_predicate: &str) -> String {
 }
 
 /// The battery, over the target.
-fn battery(t: &Target) -> Vec<Probe> {
+fn battery(t: &Target) -> Vec<Probe<'static>> {
     let hiv = t.has_hiv();
     let oracle = |name: &'static str, fallible: &str| Probe {
         family: "error oracle",
@@ -628,7 +628,163 @@ fn encrypted_work(side: &Side, sql: &str) -> String {
 fn neighbouring_directories_look_the_same_to_an_adversarial_researcher() {
     let n = neighbours();
     let mut failures = Vec::new();
+    run_battery(&n, &[], &mut failures);
+
+    // Encrypted-column work: the records the encrypted aggregate processed.
+    let sql = format!(
+        "SELECT SUM(hiv) AS s FROM patients p WHERE {} AND p.race = 'Asian'",
+        n.target.is()
+    );
+    let work = [
+        encrypted_work(&n.sides[0], &sql),
+        encrypted_work(&n.sides[1], &sql),
+    ];
+    if work[0] != work[1] {
+        failures.push(format!(
+            "[encrypted-column work] the encrypted aggregate's work differs: without {}, with {}",
+            work[0], work[1]
+        ));
+    }
+
+    // The server: the same probes over Flight SQL, and the server stays up.
+    server_probes(&n, &[], &mut failures);
+
+    // The answers' distribution.
+    distribution(&n, &mut failures);
+
+    assert!(
+        failures.is_empty(),
+        "the privacy audit found {} leak(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The same audit with the exact part of every private plan on a Ballista
+/// cluster: a scheduler and two executors in this test's process, on
+/// loopback (docs/BALLISTA.md). The battery runs from the CLI with
+/// `--engine-scheduler` (errors raised on an executor, the guards that
+/// travel with the plan, the fixed-time release, the charged endings), and
+/// the answers' distribution through a session whose plans all ran as
+/// cluster jobs. A cluster that does not answer refuses a query before its
+/// cost is reserved.
+#[test]
+fn the_audit_holds_with_the_plans_on_a_ballista_cluster() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt
+        .block_on(cohort_distributed::standalone(2, 1))
+        .expect("a scheduler and two executors start on loopback");
+    let n = neighbours();
+    let mut failures = Vec::new();
+    run_battery(&n, &["--engine-scheduler", &url], &mut failures);
+    // `cohort serve` with `[engine]` from its environment.
+    server_probes(
+        &n,
+        &[
+            ("COHORT_ENGINE_KIND", "ballista"),
+            ("COHORT_ENGINE_SCHEDULER", &url),
+        ],
+        &mut failures,
+    );
+
+    let jobs = Arc::new(CountingEngine {
+        inner: cohort_distributed::BallistaEngine::new(&url, 2).unwrap(),
+        jobs: std::sync::atomic::AtomicUsize::new(0),
+    });
+    distribution_of(
+        &n,
+        &join(&n.target.has_hiv()),
+        Some(jobs.clone()),
+        CLUSTER_SAMPLES,
+        &mut failures,
+    );
+    let ran = jobs.jobs.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        ran >= 2 * CLUSTER_SAMPLES,
+        "every query of the distribution runs as a cluster job ({ran} jobs)"
+    );
+
+    // No cluster there: the server does not start, and a query is refused
+    // before the reservation, free.
+    let side = &n.sides[0];
+    let o = cohort_env(
+        &side.data,
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("COHORT_ENGINE_KIND", "ballista"),
+            ("COHORT_ENGINE_SCHEDULER", "http://127.0.0.1:1"),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("[engine]") && stderr(&o).contains("no Ballista scheduler answers"),
+        "{}",
+        stderr(&o)
+    );
+    let before = remaining(&side.data, side.study);
+    let study = side.study.to_string();
+    let o = cohort(
+        &side.data,
+        &[
+            "--as",
+            "researcher",
+            "query",
+            &study,
+            "SELECT COUNT(*) AS n FROM patients",
+            "--engine-scheduler",
+            "http://127.0.0.1:1",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no Ballista scheduler answers at http://127.0.0.1:1"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        remaining(&side.data, side.study),
+        before,
+        "a cluster that is down costs nothing"
+    );
+
+    assert!(
+        failures.is_empty(),
+        "the privacy audit on Ballista found {} leak(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A Ballista engine that counts the jobs it was given.
+#[derive(Debug)]
+struct CountingEngine {
+    inner: cohort_distributed::BallistaEngine,
+    jobs: std::sync::atomic::AtomicUsize,
+}
+
+impl cohort_query_planner::distributed::RemoteEngine for CountingEngine {
+    fn execute(
+        &self,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        context: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::common::Result<datafusion::physical_plan::SendableRecordBatchStream> {
+        self.jobs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.execute(plan, context)
+    }
+
+    fn partitions(&self) -> Option<usize> {
+        self.inner.partitions()
+    }
+}
+
+/// Every probe of the battery from the CLI on both sides (with `engine`'s
+/// flags after the probe's own), compared.
+fn run_battery(n: &Neighbours, engine: &[&str], failures: &mut Vec<String>) {
     for probe in battery(&n.target) {
+        let probe = Probe {
+            extra: probe.extra.iter().chain(engine).copied().collect(),
+            ..probe
+        };
         let mut seen = [
             observe(&n.sides[0], &probe.sql, &probe.extra),
             observe(&n.sides[1], &probe.sql, &probe.extra),
@@ -662,7 +818,7 @@ fn neighbouring_directories_look_the_same_to_an_adversarial_researcher() {
                 o.elapsed_ms = o.elapsed_ms.min(again.elapsed_ms);
             }
         }
-        compare(&probe, &seen, &mut failures);
+        compare(&probe, &seen, failures);
         if probe.family == "key predicates in HAVING" {
             for o in &seen {
                 if o.outcome == "answer" && o.groups != ["female"] {
@@ -686,46 +842,18 @@ fn neighbouring_directories_look_the_same_to_an_adversarial_researcher() {
             }
         }
     }
-
-    // Encrypted-column work: the records the encrypted aggregate processed.
-    let sql = format!(
-        "SELECT SUM(hiv) AS s FROM patients p WHERE {} AND p.race = 'Asian'",
-        n.target.is()
-    );
-    let work = [
-        encrypted_work(&n.sides[0], &sql),
-        encrypted_work(&n.sides[1], &sql),
-    ];
-    if work[0] != work[1] {
-        failures.push(format!(
-            "[encrypted-column work] the encrypted aggregate's work differs: without {}, with {}",
-            work[0], work[1]
-        ));
-    }
-
-    // The server: the same probes over Flight SQL, and the server stays up.
-    server_probes(&n, &mut failures);
-
-    // The answers' distribution.
-    distribution(&n, &mut failures);
-
-    assert!(
-        failures.is_empty(),
-        "the privacy audit found {} leak(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
 }
 
 /// Flight SQL: the message of a refused or failed statement, whether the
 /// answer's metadata carries exact quantities, and that the server survives
-/// every probe (among them one asking for 1.4 TB).
-fn server_probes(n: &Neighbours, failures: &mut Vec<String>) {
+/// every probe (among them one asking for 1.4 TB). The server runs with
+/// `env` (its `[engine]`, say).
+fn server_probes(n: &Neighbours, env: &[(&str, &str)], failures: &mut Vec<String>) {
     use crate::server::{Server, ask, client, login};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut seen: Vec<Vec<String>> = Vec::new();
     for side in &n.sides {
-        let server = Server::start(&side.data);
+        let server = Server::start_env(&side.data, env);
         let token = login(&side.data, &server, "researcher");
         let study = side.study.to_string();
         let mut observed = Vec::new();
@@ -770,6 +898,13 @@ fn server_probes(n: &Neighbours, failures: &mut Vec<String>) {
                 stderr(&health)
             ));
         }
+        let (_, logs) = server.stop_with_logs();
+        let on_cluster = logs.contains("private plans run their exact part on a Ballista cluster");
+        if on_cluster != env.iter().any(|(k, _)| *k == "COHORT_ENGINE_KIND") {
+            failures.push(format!(
+                "[server] with {env:?}, the server ran its plans on a cluster: {on_cluster}"
+            ));
+        }
         seen.push(observed);
     }
     for (a, b) in seen[0].iter().zip(&seen[1]) {
@@ -783,20 +918,33 @@ fn server_probes(n: &Neighbours, failures: &mut Vec<String>) {
 
 /// The answers' distribution on the two sides differs no more than ε
 /// allows. The count of the target's B20 rows is 0 on one side and 1 on
-/// the other; `SAMPLES` answers at ε = 1 are drawn on each, and for every
+/// the other; 300 answers at ε = 1 are drawn on each, and for every
 /// threshold t the empirical privacy loss `ln(P[n₁ ≥ t] / P[n₀ ≥ t])` (and
 /// the other way) is bounded below with Clopper-Pearson intervals; the
 /// audit fails if a lower bound exceeds ε. The bounds hold with probability
 /// 1 − 1e-6 jointly (Bonferroni over the thresholds and both directions),
 /// so the false-failure rate is at most 1e-6.
 fn distribution(n: &Neighbours, failures: &mut Vec<String>) {
-    distribution_of(n, &join(&n.target.has_hiv()), failures);
+    distribution_of(n, &join(&n.target.has_hiv()), None, 300, failures);
 }
 
-/// The answers of `sql` (one count) on both sides, 300 each at ε = 1: the
-/// Clopper-Pearson test of the mechanism audit at every threshold.
-fn distribution_of(n: &Neighbours, sql: &str, failures: &mut Vec<String>) {
-    const SAMPLES: usize = 300;
+/// Answers drawn on each side when every plan runs as a cluster job (about
+/// 0.2 s each, most of it Ballista's 50 ms polling of stages and job
+/// status). The false-failure rate is the same at any sample size; the
+/// power is lower than the local test's 300, enough to catch exact or
+/// barely noised answers.
+const CLUSTER_SAMPLES: usize = 100;
+
+/// The answers of `sql` (one count) on both sides, `samples` each at ε = 1,
+/// their exact part run on `remote` if given: the Clopper-Pearson test of
+/// the mechanism audit at every threshold.
+fn distribution_of(
+    n: &Neighbours,
+    sql: &str,
+    remote: Option<Arc<dyn cohort_query_planner::distributed::RemoteEngine>>,
+    samples: usize,
+    failures: &mut Vec<String>,
+) {
     const EPSILON: f64 = 1.0;
     let sql = sql.to_string();
     let draws: Vec<Vec<i64>> = n
@@ -804,7 +952,11 @@ fn distribution_of(n: &Neighbours, sql: &str, failures: &mut Vec<String>) {
         .iter()
         .map(|side| {
             let (rt, session, _) = session(side);
-            (0..SAMPLES)
+            let session = match &remote {
+                Some(remote) => session.with_remote_engine(Arc::clone(remote)),
+                None => session,
+            };
+            (0..samples)
                 .map(|_| {
                     let out = rt
                         .block_on(session.query(
@@ -830,13 +982,13 @@ fn distribution_of(n: &Neighbours, sql: &str, failures: &mut Vec<String>) {
             .map(|d| d.iter().filter(|&&v| v >= t).count() as u64)
             .collect();
         for (x, y) in [(0, 1), (1, 0)] {
-            for (kx, ky) in [(k[x], k[y]), (SAMPLES as u64 - k[x], SAMPLES as u64 - k[y])] {
-                let low = clopper_pearson::cp_lower(ky, SAMPLES as u64, alpha);
-                let high = clopper_pearson::cp_upper(kx, SAMPLES as u64, alpha);
+            for (kx, ky) in [(k[x], k[y]), (samples as u64 - k[x], samples as u64 - k[y])] {
+                let low = clopper_pearson::cp_lower(ky, samples as u64, alpha);
+                let high = clopper_pearson::cp_upper(kx, samples as u64, alpha);
                 if low > 0.0 && (low / high).ln() > EPSILON {
                     failures.push(format!(
                         "[answer distribution] at threshold {t}, the privacy loss between the \
-                         neighbours is at least {:.3} > ε = {EPSILON} ({ky} against {kx} of {SAMPLES})",
+                         neighbours is at least {:.3} > ε = {EPSILON} ({ky} against {kx} of {samples})",
                         (low / high).ln()
                     ));
                 }
@@ -1177,7 +1329,7 @@ fn an_omop_view_joined_to_the_public_vocabulary_differs_only_in_noise() {
         ];
         compare(probe, &seen, &mut failures);
     }
-    distribution_of(&n, &count, &mut failures);
+    distribution_of(&n, &count, None, 300, &mut failures);
     assert!(
         failures.is_empty(),
         "the OMOP privacy audit found {} leak(s):\n{}",

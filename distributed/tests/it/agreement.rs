@@ -150,7 +150,7 @@ async fn ballista_runs_the_private_plan_with_the_local_engines_answers() {
     let planner = planner(&dir.join("visits.parquet")).await;
     let url = cohort_distributed::standalone(2, 1).await.unwrap();
     let ballista = Arc::new(Counted {
-        engine: BallistaEngine::new(&url, 2),
+        engine: BallistaEngine::new(&url, 2).unwrap(),
         jobs: AtomicUsize::new(0),
     });
     let remote: Arc<dyn RemoteEngine> = ballista.clone();

@@ -33,6 +33,7 @@ use cohort_anonymizer::deid::PseudonymKey;
 use cohort_ledger_bridge::alloy::primitives::{Address, B256, U256, keccak256};
 use cohort_ledger_bridge::contracts::ResearchStudy;
 use cohort_ledger_bridge::{Account, Client, Follower, Role};
+use cohort_query_planner::distributed::RemoteEngine;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -76,6 +77,9 @@ pub struct Session {
     clock: Arc<dyn crate::deadline::Clock>,
     /// Each study's last consenting set (its digest) and its members' root.
     member_roots: Mutex<HashMap<u64, (B256, B256)>>,
+    /// Where the exact part of a query's private plan runs: a cluster
+    /// (`[engine]`, docs/BALLISTA.md), else this process.
+    remote: Option<Arc<dyn RemoteEngine>>,
 }
 
 fn budget_text(kind: u8, primary: u128, delta: u128) -> String {
@@ -137,6 +141,7 @@ impl Session {
             building: Arc::new(Mutex::new(())),
             clock: Arc::new(crate::deadline::SystemClock::new()),
             member_roots: Mutex::new(HashMap::new()),
+            remote: None,
         };
         Ok(session)
     }
@@ -170,6 +175,14 @@ impl Session {
     /// The session measuring deadlines on `clock` (tests inject one).
     pub fn with_clock(mut self, clock: Arc<dyn crate::deadline::Clock>) -> Session {
         self.clock = clock;
+        self
+    }
+
+    /// The session running the exact part of its private plans on
+    /// `remote` (a Ballista cluster) instead of in this process. The view,
+    /// the noise, the deadline and every charged ending stay here.
+    pub fn with_remote_engine(mut self, remote: Arc<dyn RemoteEngine>) -> Session {
+        self.remote = Some(remote);
         self
     }
 

@@ -165,6 +165,26 @@ impl UserDefinedLogicalNodeCore for BoundContributions {
     }
 }
 
+/// How the operator's input brings each patient's rows together: either
+/// way every row of a patient reaches the one task that bounds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Gather {
+    /// Hash-partitioned by the privacy unit: a shuffle, so that the
+    /// bounding runs in parallel (a cluster's executors).
+    #[default]
+    ByUnit,
+    /// Every row in one partition, with no hashing: the local engine's
+    /// choice. On a table stored patient by patient the bounding is then a
+    /// linear pass, and the hash repartition it saves costs more than a
+    /// second core gains (docs/BENCHMARKS.md, issue 30).
+    OnePartition,
+}
+
+/// Set on a session's config (`SessionConfig::with_extension`) to plan the
+/// bounding with [`Gather::OnePartition`]; without it, [`Gather::ByUnit`].
+#[derive(Debug)]
+pub(crate) struct GatherInOnePartition;
+
 /// The physical operator.
 #[derive(Debug)]
 pub(crate) struct BoundContributionsExec {
@@ -174,6 +194,7 @@ pub(crate) struct BoundContributionsExec {
     order: Option<Vec<Arc<dyn PhysicalExpr>>>,
     max_groups: u32,
     max_rows: u32,
+    gather: Gather,
     properties: Arc<PlanProperties>,
 }
 
@@ -185,6 +206,7 @@ impl BoundContributionsExec {
         order: Option<Vec<Arc<dyn PhysicalExpr>>>,
         max_groups: u32,
         max_rows: u32,
+        gather: Gather,
     ) -> Self {
         let partitions = input.output_partitioning().partition_count();
         let properties = PlanProperties::new(
@@ -200,6 +222,7 @@ impl BoundContributionsExec {
             order,
             max_groups,
             max_rows,
+            gather,
             properties: Arc::new(properties),
         }
     }
@@ -209,7 +232,7 @@ impl DisplayAs for BoundContributionsExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "BoundContributionsExec: unit={}, max_groups={}, max_rows={}, sampling={}",
+            "BoundContributionsExec: unit={}, max_groups={}, max_rows={}, sampling={}, gather={}",
             self.unit,
             self.max_groups,
             self.max_rows,
@@ -217,6 +240,10 @@ impl DisplayAs for BoundContributionsExec {
                 "first-by"
             } else {
                 "reservoir"
+            },
+            match self.gather {
+                Gather::ByUnit => "by-unit",
+                Gather::OnePartition => "one-partition",
             }
         )
     }
@@ -233,9 +260,10 @@ impl ExecutionPlan for BoundContributionsExec {
 
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {
         // Every row of a patient must reach the same partition.
-        InputDistributionRequirements::new(vec![Distribution::KeyPartitioned(vec![Arc::clone(
-            &self.unit,
-        )])])
+        InputDistributionRequirements::new(vec![match self.gather {
+            Gather::ByUnit => Distribution::KeyPartitioned(vec![Arc::clone(&self.unit)]),
+            Gather::OnePartition => Distribution::SinglePartition,
+        }])
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -267,6 +295,7 @@ impl ExecutionPlan for BoundContributionsExec {
             self.order.clone(),
             self.max_groups,
             self.max_rows,
+            self.gather,
         )))
     }
 
@@ -699,6 +728,8 @@ struct Wire {
     order: Option<Vec<Vec<u8>>>,
     max_groups: u32,
     max_rows: u32,
+    #[serde(default)]
+    gather: Gather,
 }
 
 impl BoundContributionsExec {
@@ -721,6 +752,7 @@ impl BoundContributionsExec {
             order: self.order.as_deref().map(many).transpose()?,
             max_groups: self.max_groups,
             max_rows: self.max_rows,
+            gather: self.gather,
         };
         serde_json::to_vec(&wire)
             .map_err(|e| datafusion::error::DataFusionError::External(e.into()))
@@ -757,6 +789,7 @@ impl BoundContributionsExec {
             wire.order.as_ref().map(many).transpose()?,
             wire.max_groups,
             wire.max_rows,
+            wire.gather,
         ))
     }
 }

@@ -14,7 +14,9 @@ use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 
-pub(crate) use bound::{BoundContributions, BoundContributionsExec, Choice};
+pub(crate) use bound::{
+    BoundContributions, BoundContributionsExec, Choice, Gather, GatherInOnePartition,
+};
 pub use noisy::ReleasedAggregate;
 pub(crate) use noisy::{
     Keys, NoisyAggregate, NoisyAggregateExec, PlannedRelease, ReleaseLog, Site,
@@ -49,6 +51,10 @@ impl ExtensionPlanner for PrivateOperatorPlanner {
                     Some(order.iter().map(physical).collect::<DfResult<Vec<_>>>()?)
                 }
             };
+            let gather = match session.config().get_extension::<GatherInOnePartition>() {
+                Some(_) => Gather::OnePartition,
+                None => Gather::ByUnit,
+            };
             return Ok(Some(Arc::new(BoundContributionsExec::new(
                 Arc::clone(&physical_inputs[0]),
                 unit,
@@ -56,6 +62,7 @@ impl ExtensionPlanner for PrivateOperatorPlanner {
                 order,
                 bound.max_groups,
                 bound.max_rows,
+                gather,
             ))));
         }
         if let Some(noisy) = node.as_any().downcast_ref::<NoisyAggregate>() {

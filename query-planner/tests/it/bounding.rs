@@ -125,3 +125,60 @@ async fn rows_without_a_patient_are_dropped() {
     let answer = run(&planner, "SELECT COUNT(*) AS n FROM readings", &options).await;
     assert_eq!(column(&answer, 0), [3.0], "p1's two rows and p2's one");
 }
+
+/// The local engine gathers the bounding's input in one partition: no
+/// hash repartition by patient below it, whatever the table's partitions
+/// (the fixture's tables have two). A patient whose rows are in both
+/// partitions still counts at most `max_rows`.
+#[tokio::test]
+async fn the_local_engine_bounds_in_one_partition_without_hashing_the_unit() {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, RecordBatch, StringArray};
+    use cohort_query_planner::{Planner, StudyPolicy};
+    use datafusion::datasource::MemTable;
+
+    let (planner, options) = exact();
+    let physical = plan(&planner, "SELECT COUNT(*) AS n FROM observations", &options)
+        .await
+        .physical_plan()
+        .await
+        .unwrap();
+    let bounding = physical
+        .find("BoundContributionsExec")
+        .expect("a bounding operator");
+    assert!(
+        physical[bounding..].contains("gather=one-partition"),
+        "{physical}"
+    );
+    assert!(
+        !physical[bounding..].contains("RepartitionExec: partitioning=Hash"),
+        "nothing below the bounding hashes the unit:\n{physical}"
+    );
+
+    // p1's five rows: three in one partition, two in the other.
+    let part = |ids: &[&str]| {
+        RecordBatch::try_from_iter([(
+            "patient_id",
+            Arc::new(StringArray::from(ids.to_vec())) as ArrayRef,
+        )])
+        .unwrap()
+    };
+    let first = part(&["p0", "p1", "p1", "p1"]);
+    let second = part(&["p1", "p1", "p2"]);
+    let table =
+        Arc::new(MemTable::try_new(first.schema(), vec![vec![first], vec![second]]).unwrap());
+    let policy = format!(
+        "{}\n[tables.visits.columns]\npatient_id = {{}}\n",
+        POLICY.replace("max_epsilon = \"5\"", "max_epsilon = \"10000000000000\"")
+    );
+    let mut tables = tables();
+    tables.insert("visits".to_owned(), table);
+    let planner = Planner::new(StudyPolicy::from_toml(&policy).unwrap(), tables).unwrap();
+    let answer = run(&planner, "SELECT COUNT(*) AS n FROM visits", &options).await;
+    assert_eq!(
+        column(&answer, 0),
+        [5.0],
+        "p0's row, three of p1's, p2's row"
+    );
+}

@@ -37,6 +37,7 @@ use cohort_ledger_bridge::Cost;
 use cohort_ledger_bridge::alloy::primitives::{Address, B256, U256, keccak256};
 use cohort_ledger_bridge::contracts::ResearchStudy;
 use cohort_ledger_bridge::merkle::MemberTree;
+use cohort_query_planner::distributed::RemoteEngine;
 use cohort_query_planner::{PlannedAggregate, PrivateAnswer, QueryOptions};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -140,6 +141,8 @@ struct Run {
     /// The encrypted columns' executor, loaded (keys and all) before the
     /// reservation: loading it reads no patient's row.
     executor: Option<Arc<super::encryption::Executor>>,
+    /// Where the plan's exact part runs (else here).
+    remote: Option<Arc<dyn RemoteEngine>>,
     sql: String,
     options: QueryOptions,
     cost: Charge,
@@ -183,7 +186,7 @@ impl Run {
                 "the plan over the view costs other than the plan that was reserved".into(),
             ));
         }
-        Ok(plan.execute().await?)
+        Ok(plan.execute_on(self.remote).await?)
     }
 }
 
@@ -405,6 +408,7 @@ impl Session {
             views: Arc::clone(&self.views),
             building: Arc::clone(&self.building),
             executor,
+            remote: self.remote.clone(),
             sql: request.sql.clone(),
             options,
             cost: charge,
