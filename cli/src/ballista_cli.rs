@@ -62,7 +62,9 @@ pub(crate) fn ballista(_cli: &Cli, cmd: &BallistaCmd) -> anyhow::Result<ExitCode
                 println!("{url}");
                 eprintln!(
                     "Ballista scheduler at {url} with {executors} executor(s); \
-                     cohort query POLICY --engine-scheduler {url} ... (Ctrl-C stops)"
+                     cohort query POLICY|STUDY --engine-scheduler {url} ..., or \
+                     COHORT_ENGINE_KIND=ballista COHORT_ENGINE_SCHEDULER={url} cohort serve \
+                     (Ctrl-C stops)"
                 );
             }
             BallistaCmd::Executor {

@@ -15,7 +15,10 @@
 //!    task of its own against the deadline computed in step 1 from public
 //!    sizes ([`crate::deadline`]), counted from the start of execution
 //!    (what comes before reads no row of the view, so its time is not the
-//!    data's). Its ending is an answer or the fixed
+//!    data's). The plan's exact part runs here, or on the session's
+//!    remote engine (a Ballista cluster, `Session::with_remote_engine`),
+//!    the view travelling inside the plan; the noise is drawn here either
+//!    way. Its ending is an answer or the fixed
 //!    failure: an error, a resource limit, a panic, a cancellation or an
 //!    overrun all end the same way, and a process killed meanwhile is
 //!    recorded the same way by the next one ([`Session::recover`]).
