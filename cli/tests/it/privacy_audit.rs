@@ -779,16 +779,24 @@ impl cohort_query_planner::distributed::RemoteEngine for CountingEngine {
 
 /// Every probe of the battery from the CLI on both sides (with `engine`'s
 /// flags after the probe's own), compared.
+/// One probe on both sides at once: the two runs meet the same load (and
+/// the battery takes half the time: most of a run is its wait for the
+/// fixed-time release).
+fn observe_both(n: &Neighbours, sql: &str, extra: &[&str]) -> [Observed; 2] {
+    std::thread::scope(|s| {
+        let without = s.spawn(|| observe(&n.sides[0], sql, extra));
+        let with = observe(&n.sides[1], sql, extra);
+        [without.join().expect("the probe's thread"), with]
+    })
+}
+
 fn run_battery(n: &Neighbours, engine: &[&str], failures: &mut Vec<String>) {
     for probe in battery(&n.target) {
         let probe = Probe {
             extra: probe.extra.iter().chain(engine).copied().collect(),
             ..probe
         };
-        let mut seen = [
-            observe(&n.sides[0], &probe.sql, &probe.extra),
-            observe(&n.sides[1], &probe.sql, &probe.extra),
-        ];
+        let mut seen = observe_both(n, &probe.sql, &probe.extra);
         // Other tests share the machine: a duration that differs beyond
         // the tolerance is measured twice more on both sides (fresh query
         // ids), and each side's fastest run is kept. A duration that depends
@@ -813,8 +821,8 @@ fn run_battery(n: &Neighbours, engine: &[&str], failures: &mut Vec<String>) {
                 })
                 .collect();
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            for (side, o) in n.sides.iter().zip(seen.iter_mut()) {
-                let again = observe(side, &probe.sql, &extra);
+            let again = observe_both(n, &probe.sql, &extra);
+            for (o, again) in seen.iter_mut().zip(again) {
                 o.elapsed_ms = o.elapsed_ms.min(again.elapsed_ms);
             }
         }
@@ -831,8 +839,8 @@ fn run_battery(n: &Neighbours, engine: &[&str], failures: &mut Vec<String>) {
         }
         if probe.family == "post-noise error" {
             // Replays: the same query id again is the same outcome, free.
-            for (side, first) in n.sides.iter().zip(&seen) {
-                let again = observe(side, &probe.sql, &probe.extra);
+            let again = observe_both(n, &probe.sql, &probe.extra);
+            for (first, again) in seen.iter().zip(&again) {
                 if again.spent != format!("{:.6}", 0.0) || again.message != first.message {
                     failures.push(format!(
                         "[replays] a repeated query id spent {} or ended otherwise ({:?} then {:?})",
@@ -849,62 +857,20 @@ fn run_battery(n: &Neighbours, engine: &[&str], failures: &mut Vec<String>) {
 /// every probe (among them one asking for 1.4 TB). The server runs with
 /// `env` (its `[engine]`, say).
 fn server_probes(n: &Neighbours, env: &[(&str, &str)], failures: &mut Vec<String>) {
-    use crate::server::{Server, ask, client, login};
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut seen: Vec<Vec<String>> = Vec::new();
-    for side in &n.sides {
-        let server = Server::start_env(&side.data, env);
-        let token = login(&side.data, &server, "researcher");
-        let study = side.study.to_string();
-        let mut observed = Vec::new();
-        for probe in battery(&n.target) {
-            if !probe.extra.is_empty() {
-                continue;
-            }
-            let outcome = rt.block_on(async {
-                let mut c = client(&side.data, &server.url, Some(&token), Some(&study)).await;
-                ask(&mut c, &probe.sql).await
-            });
-            let text = match outcome {
-                Ok(batches) => {
-                    let meta: Vec<String> = batches
-                        .first()
-                        .map(|b| {
-                            b.schema()
-                                .metadata()
-                                .keys()
-                                .filter(|k| EXACT_KEYS.iter().any(|e| k.contains(e)))
-                                .cloned()
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    if !meta.is_empty() {
-                        failures.push(format!(
-                            "[server] {}: the answer's metadata carries {meta:?}",
-                            probe.name
-                        ));
-                    }
-                    "answer".to_string()
-                }
-                Err(status) => format!("{:?}: {}", status.code(), status.message()),
-            };
-            observed.push(format!("{}: {text}", probe.name));
-        }
-        let health = cohort(&side.data, &["health", "--server", &server.url]);
-        if !health.status.success() {
-            failures.push(format!(
-                "[server] the server did not survive the battery: {}{}",
-                stdout(&health),
-                stderr(&health)
-            ));
-        }
-        let (_, logs) = server.stop_with_logs();
-        let on_cluster = logs.contains("private plans run their exact part on a Ballista cluster");
-        if on_cluster != env.iter().any(|(k, _)| *k == "COHORT_ENGINE_KIND") {
-            failures.push(format!(
-                "[server] with {env:?}, the server ran its plans on a cluster: {on_cluster}"
-            ));
-        }
+    // Both sides' servers at once, as in `observe_both`.
+    let sides: Vec<(Vec<String>, Vec<String>)> = std::thread::scope(|s| {
+        let runs: Vec<_> = n
+            .sides
+            .iter()
+            .map(|side| s.spawn(|| server_side(n, side, env)))
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("a side's thread"))
+            .collect()
+    });
+    let mut seen = Vec::new();
+    for (observed, side_failures) in sides {
+        failures.extend(side_failures);
         seen.push(observed);
     }
     for (a, b) in seen[0].iter().zip(&seen[1]) {
@@ -914,6 +880,67 @@ fn server_probes(n: &Neighbours, env: &[(&str, &str)], failures: &mut Vec<String
             ));
         }
     }
+}
+
+/// The battery over Flight SQL on one side's server: what each probe
+/// observed, and the failures seen on that side alone.
+fn server_side(n: &Neighbours, side: &Side, env: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
+    use crate::server::{Server, ask, client, login};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut failures = Vec::new();
+    let server = Server::start_env(&side.data, env);
+    let token = login(&side.data, &server, "researcher");
+    let study = side.study.to_string();
+    let mut observed = Vec::new();
+    for probe in battery(&n.target) {
+        if !probe.extra.is_empty() {
+            continue;
+        }
+        let outcome = rt.block_on(async {
+            let mut c = client(&side.data, &server.url, Some(&token), Some(&study)).await;
+            ask(&mut c, &probe.sql).await
+        });
+        let text = match outcome {
+            Ok(batches) => {
+                let meta: Vec<String> = batches
+                    .first()
+                    .map(|b| {
+                        b.schema()
+                            .metadata()
+                            .keys()
+                            .filter(|k| EXACT_KEYS.iter().any(|e| k.contains(e)))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !meta.is_empty() {
+                    failures.push(format!(
+                        "[server] {}: the answer's metadata carries {meta:?}",
+                        probe.name
+                    ));
+                }
+                "answer".to_string()
+            }
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        };
+        observed.push(format!("{}: {text}", probe.name));
+    }
+    let health = cohort(&side.data, &["health", "--server", &server.url]);
+    if !health.status.success() {
+        failures.push(format!(
+            "[server] the server did not survive the battery: {}{}",
+            stdout(&health),
+            stderr(&health)
+        ));
+    }
+    let (_, logs) = server.stop_with_logs();
+    let on_cluster = logs.contains("private plans run their exact part on a Ballista cluster");
+    if on_cluster != env.iter().any(|(k, _)| *k == "COHORT_ENGINE_KIND") {
+        failures.push(format!(
+            "[server] with {env:?}, the server ran its plans on a cluster: {on_cluster}"
+        ));
+    }
+    (observed, failures)
 }
 
 /// The answers' distribution on the two sides differs no more than ε
@@ -947,33 +974,35 @@ fn distribution_of(
 ) {
     const EPSILON: f64 = 1.0;
     let sql = sql.to_string();
-    let draws: Vec<Vec<i64>> = n
-        .sides
-        .iter()
-        .map(|side| {
-            let (rt, session, _) = session(side);
-            let session = match &remote {
-                Some(remote) => session.with_remote_engine(Arc::clone(remote)),
-                None => session,
-            };
-            (0..samples)
-                .map(|_| {
-                    let out = rt
-                        .block_on(session.query(
-                            "researcher",
-                            side.study,
-                            &QueryRequest {
-                                sql: sql.clone(),
-                                epsilon: Some("1".parse().unwrap()),
-                                ..Default::default()
-                            },
-                        ))
-                        .expect("the distribution's query answers");
-                    out.answer.unwrap().rows[0][0].as_i64().unwrap()
-                })
-                .collect()
-        })
-        .collect();
+    // Both sides at once (a cluster's answers mostly wait for its polling).
+    let draw = |side: &Side| -> Vec<i64> {
+        let (rt, session, _) = session(side);
+        let session = match &remote {
+            Some(remote) => session.with_remote_engine(Arc::clone(remote)),
+            None => session,
+        };
+        (0..samples)
+            .map(|_| {
+                let out = rt
+                    .block_on(session.query(
+                        "researcher",
+                        side.study,
+                        &QueryRequest {
+                            sql: sql.clone(),
+                            epsilon: Some("1".parse().unwrap()),
+                            ..Default::default()
+                        },
+                    ))
+                    .expect("the distribution's query answers");
+                out.answer.unwrap().rows[0][0].as_i64().unwrap()
+            })
+            .collect()
+    };
+    let draws: Vec<Vec<i64>> = std::thread::scope(|s| {
+        let without = s.spawn(|| draw(&n.sides[0]));
+        let with = draw(&n.sides[1]);
+        vec![without.join().expect("a side's thread"), with]
+    });
     let thresholds: Vec<i64> = (-2..=12).collect();
     let alpha = 1e-6 / (4 * thresholds.len()) as f64;
     for &t in &thresholds {

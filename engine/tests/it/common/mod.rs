@@ -1,7 +1,7 @@
 //! What the engine's integration tests share: a data directory with a
 //! small ingested cohort and the contracts deployed on its embedded chain.
 
-// Each test binary compiles this module and uses only a part of it.
+// Each test module uses only a part of it.
 #![allow(dead_code)]
 
 use cohort_engine::chain::{self, DeployRequest};

@@ -11,7 +11,7 @@ use cohort_engine::records::clinical::{Clinic, Search};
 use cohort_engine::records::vault::Vault;
 use cohort_ledger_bridge::{Client, Role};
 
-mod common;
+use crate::common;
 const HOUR: u64 = 3_600;
 
 struct World {

@@ -15,7 +15,7 @@ use cohort_engine::{DataDir, Error};
 use cohort_ledger_bridge::alloy::primitives::{U256, keccak256};
 use cohort_ledger_bridge::{Client, Role};
 
-mod common;
+use crate::common;
 use common::FAST_KDF;
 const HOUR: u64 = 3_600;
 const REASON: &str = "chest pain on exertion since Tuesday";

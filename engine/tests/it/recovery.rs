@@ -13,7 +13,7 @@ use cohort_engine::keys::accounts;
 use cohort_engine::records::clinical::Clinic;
 use cohort_ledger_bridge::Role;
 
-mod common;
+use crate::common;
 
 struct World {
     d: common::Deployed,

@@ -14,7 +14,7 @@ use cohort_engine::records::clinical::{Clinic, Search};
 use cohort_engine::storage::blockstore::FsBlockStore;
 use cohort_ledger_bridge::Role;
 
-mod common;
+use crate::common;
 
 const ALL: cohort_engine::compliance::report::Checks = cohort_engine::compliance::report::Checks {
     keyed: true,
