@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::privacy_model::TCloseness;
 use encode::{column, encode_qi, encode_sensitive, histogram};
 use output::build_output;
-use partition::{Ctx, split};
+use partition::{Ctx, set_spans, split};
 use request::validate;
 
 pub use request::{Anonymized, Mode, Params, Report, Request};
@@ -86,6 +86,7 @@ pub fn anonymize(batch: &RecordBatch, request: &Request) -> Result<Anonymized> {
         }
     }
     let ctx = Ctx {
+        sets: set_spans(&qis),
         qis,
         keys,
         sensitive,

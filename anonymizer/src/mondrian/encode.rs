@@ -5,11 +5,9 @@
 //! ground distance. Nulls, non-finite numbers and unsupported types are
 //! refused here, naming the column, so no later step meets them.
 
-use std::collections::HashMap;
-
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type, Int32Type};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
 
@@ -89,24 +87,36 @@ pub(super) fn as_text(name: &str, array: &ArrayRef) -> Result<Vec<String>> {
 }
 
 /// Dense codes for text values, numbered in sorted order of the distinct
-/// values (which are returned): no per-row allocation, and only the distinct
-/// values are sorted.
+/// values (which are returned): Arrow's dictionary encoding finds the
+/// distinct values (in order of first appearance, without a per-row
+/// allocation), and only they are sorted.
 fn dictionary(name: &str, array: &ArrayRef) -> Result<(Vec<u32>, Vec<String>)> {
     let utf8 = as_utf8(name, array)?;
-    let s = utf8.as_string::<i32>();
-    let mut first: HashMap<&str, u32> = HashMap::new();
-    let mut provisional = Vec::with_capacity(s.len());
-    for i in 0..s.len() {
-        let next = first.len() as u32;
-        provisional.push(*first.entry(s.value(i)).or_insert(next));
-    }
-    let mut distinct: Vec<(&str, u32)> = first.into_iter().collect();
+    let encoded = cast(
+        &utf8,
+        &DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8)),
+    )
+    .map_err(|e| Error::UnsupportedType {
+        column: name.into(),
+        data_type: array.data_type().to_string(),
+        what: format!("cannot be dictionary-encoded ({e})"),
+    })?;
+    let encoded = encoded.as_dictionary::<UInt32Type>();
+    let values = encoded.values().as_string::<i32>();
+    let mut distinct: Vec<(&str, u32)> = (0..values.len())
+        .map(|i| (values.value(i), i as u32))
+        .collect();
     distinct.sort_unstable();
     let mut rank = vec![0u32; distinct.len()];
     for (r, (_, p)) in distinct.iter().enumerate() {
         rank[*p as usize] = r as u32;
     }
-    let codes = provisional.into_iter().map(|p| rank[p as usize]).collect();
+    let codes = encoded
+        .keys()
+        .values()
+        .iter()
+        .map(|&p| rank[p as usize])
+        .collect();
     Ok((
         codes,
         distinct.into_iter().map(|(v, _)| v.to_string()).collect(),

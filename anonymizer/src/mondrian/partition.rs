@@ -17,9 +17,39 @@ pub(super) struct Ctx<'a> {
     /// scanning a partition touches one cache line per row, not one per
     /// quasi-identifier.
     pub(super) keys: Vec<f64>,
+    /// For each set-valued quasi-identifier, its column and its span of
+    /// words in one bitset ([`set_spans`]), so [`widths`] counts their
+    /// distinct values in its single pass.
+    pub(super) sets: Vec<SetSpan>,
     pub(super) sensitive: Option<Sensitive>,
     pub(super) params: &'a Params,
     pub(super) t: Option<TCloseness>,
+}
+
+/// A set-valued quasi-identifier's place in the bitset of [`widths`].
+pub(super) struct SetSpan {
+    column: usize,
+    first_word: usize,
+    words: usize,
+}
+
+/// Lays the set-valued quasi-identifiers out in one bitset, one bit per
+/// value code.
+pub(super) fn set_spans(qis: &[Qi]) -> Vec<SetSpan> {
+    let mut next = 0;
+    let mut spans = Vec::new();
+    for (column, q) in qis.iter().enumerate() {
+        if let Qi::Set { labels, .. } = q {
+            let words = labels.len().div_ceil(64).max(1);
+            spans.push(SetSpan {
+                column,
+                first_word: next,
+                words,
+            });
+            next += words;
+        }
+    }
+    spans
 }
 
 /// A final partition: `len` rows at `start` of the permutation.
@@ -171,18 +201,43 @@ fn best_split(ctx: &Ctx, part: &mut [u32], budget: usize) -> Option<Vec<(usize, 
 }
 
 /// The normalized width of each quasi-identifier within `part`, in `[0, 1]`,
-/// from one pass over the partition's rows.
+/// from one pass over the partition's rows: extents, and the values of
+/// every set-valued attribute marked in one bitset. (This is the
+/// partitioning's innermost loop: every level of the cut runs it over every
+/// row.)
 fn widths(ctx: &Ctx, part: &[u32]) -> Vec<f64> {
     let d = ctx.qis.len();
     let mut lo = vec![f64::INFINITY; d];
     let mut hi = vec![f64::NEG_INFINITY; d];
+    let words = ctx.sets.last().map_or(0, |s| s.first_word + s.words);
+    let mut seen = vec![0u64; words];
     for &r in part {
         let row = &ctx.keys[r as usize * d..r as usize * d + d];
-        for j in 0..d {
-            lo[j] = lo[j].min(row[j]);
-            hi[j] = hi[j].max(row[j]);
+        // The keys are finite (checked when encoded): plain comparisons.
+        for ((lo, hi), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
+            if v < *lo {
+                *lo = v;
+            }
+            if v > *hi {
+                *hi = v;
+            }
+        }
+        for s in &ctx.sets {
+            let c = row[s.column] as usize;
+            seen[s.first_word + c / 64] |= 1 << (c % 64);
         }
     }
+    let distinct = |j: usize| -> u32 {
+        let s = ctx
+            .sets
+            .iter()
+            .find(|s| s.column == j)
+            .expect("a set's span");
+        seen[s.first_word..s.first_word + s.words]
+            .iter()
+            .map(|w| w.count_ones())
+            .sum()
+    };
     ctx.qis
         .iter()
         .enumerate()
@@ -190,13 +245,7 @@ fn widths(ctx: &Ctx, part: &[u32]) -> Vec<f64> {
             Qi::Ordered { min, max, .. } if max > min => (hi[j] - lo[j]) / (max - min),
             // Sets are penalized by how many values they hold, not their span.
             Qi::Set { labels, .. } if labels.len() > 1 && lo[j] < hi[j] => {
-                let mut seen = vec![0u64; (hi[j] - lo[j]) as usize / 64 + 1];
-                for &r in part {
-                    let c = (ctx.keys[r as usize * d + j] - lo[j]) as usize;
-                    seen[c / 64] |= 1 << (c % 64);
-                }
-                let distinct: u32 = seen.iter().map(|w| w.count_ones()).sum();
-                f64::from(distinct - 1) / (labels.len() - 1) as f64
+                f64::from(distinct(j) - 1) / (labels.len() - 1) as f64
             }
             Qi::Tree { tree, .. } if lo[j] < hi[j] => {
                 let node = tree.lowest_common_ancestor(tree.root(), lo[j] as u32, hi[j] as u32);
