@@ -103,6 +103,8 @@ COHORT_AUTH_SECOND_FACTOR=false "$BIN" --data-dir "$D" serve --listen 127.0.0.1:
 server=$!
 for _ in $(seq 1 200); do grep -q "listening on" "$MNT/../serve.out" 2>/dev/null && break; sleep 0.05; done
 url=$(grep -o 'https://[0-9.:]*' "$MNT/../serve.out" | head -1)
+# Serving (its health check answers) before the disk fills.
+for _ in $(seq 1 200); do "$BIN" --data-dir "$D" health --server "$url" >/dev/null 2>&1 && break; sleep 0.05; done
 dd if=/dev/zero of="$MNT/filler" bs=4k >/dev/null 2>&1
 "$BIN" --data-dir "$D" login --as researcher --server "$url" >/dev/null 2>"$MNT/../login.err"; echo "SERVE_FULL_EXIT=$?"
 echo "SERVE_FULL_ERR=$(tr '\n' ' ' < "$MNT/../login.err")"
@@ -110,6 +112,7 @@ rm "$MNT/filler"
 "$BIN" --data-dir "$D" login --as researcher --server "$url" >/dev/null 2>&1; echo "SERVE_AFTER_EXIT=$?"
 kill -TERM $server; wait $server
 echo "SERVE_LOG=$(grep -c 'storage fault' "$MNT/../serve.err")"
+echo "SERVE_ERRLOG=$(tail -c 2000 "$MNT/../serve.err" | tr '\n' ' ')"
 # What the faults left, back where the test reads it.
 rm -rf "$DATA" && cp -a "$D" "$DATA"
 "#
