@@ -809,8 +809,6 @@ impl cohort_query_planner::distributed::RemoteEngine for CountingEngine {
     }
 }
 
-/// Every probe of the battery from the CLI on both sides (with `engine`'s
-/// flags after the probe's own), compared.
 /// Whether both sides ended the same way, with the same message.
 fn same_outcome(seen: &[Observed; 2]) -> bool {
     seen[0].outcome == seen[1].outcome && seen[0].message == seen[1].message
@@ -827,6 +825,8 @@ fn observe_both(n: &Neighbours, sql: &str, extra: &[&str]) -> [Observed; 2] {
     })
 }
 
+/// Every probe of the battery from the CLI on both sides (with `engine`'s
+/// flags after the probe's own), compared.
 fn run_battery(n: &Neighbours, engine: &[&str], failures: &mut Vec<String>) {
     for probe in battery(&n.target) {
         let probe = Probe {
