@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::keys::config::{KeysConfig, StoreKind};
 use crate::keys::keystore::{FileKeyStore, KdfParams, KeyStore};
 use crate::records::vault::Vault;
-use crate::storage::blockstore::FsBlockStore;
+use crate::storage::packstore::PackBlockStore;
 use crate::{Error, Result};
 
 /// Where the data directory is when nothing says otherwise.
@@ -59,6 +59,12 @@ impl DataDir {
     /// Opens the metadata database (no keys needed: audit, counts).
     pub fn connect(&self) -> Result<rusqlite::Connection> {
         crate::storage::store::open(&self.db_path())
+    }
+
+    /// The vault's block store (pack files, and the flat layout of older
+    /// directories).
+    pub fn block_store(&self) -> Result<PackBlockStore> {
+        PackBlockStore::open(&self.blocks_path())
     }
 
     /// Whether the keystore exists yet.
@@ -282,8 +288,7 @@ impl DataDir {
     /// Opens the vault over an opened keystore (the file keystore or an
     /// HSM), and with it the operator's account.
     pub fn unlock_keys(&self, keys: Arc<dyn KeyStore>) -> Result<Vault> {
-        let blocks = FsBlockStore::open(&self.blocks_path())?;
-        let vault = Vault::new(self.connect()?, Arc::new(blocks), keys);
+        let vault = Vault::new(self.connect()?, Arc::new(self.block_store()?), keys);
         if crate::keys::accounts::address_of(vault.conn(), OPERATOR)?.is_none() {
             crate::keys::accounts::get_or_create(vault.conn(), vault.keys(), OPERATOR)?;
         }

@@ -2,7 +2,6 @@
 
 use cohort_engine::Error;
 use cohort_engine::records::vault::{NewRecord, PutOutcome};
-use cohort_engine::storage::blockstore::FsBlockStore;
 
 use super::{FAST_KDF, PASSPHRASE, access, vault};
 
@@ -26,8 +25,14 @@ fn stores_encrypted_and_reads_back() {
     let (_, back) = vault.read(&access(), "Observation/o1", None).unwrap();
     assert_eq!(back, body);
     // On disk the block is ciphertext: the plaintext appears nowhere in the data directory.
-    let blocks = FsBlockStore::open(&dir.blocks_path()).unwrap();
-    let raw = std::fs::read(blocks.path_of(&rv.cid)).unwrap();
+    let at = dir
+        .block_store()
+        .unwrap()
+        .location(&rv.cid)
+        .unwrap()
+        .unwrap();
+    let pack = std::fs::read(&at.path).unwrap();
+    let raw = &pack[at.offset as usize..(at.offset + at.len) as usize];
     assert!(!raw.windows(8).any(|w| w == b"Jane Roe"));
     for entry in walk(dir.root()) {
         let bytes = std::fs::read(&entry).unwrap();
@@ -98,13 +103,16 @@ fn corrupted_block_is_an_error_never_wrong_data() {
     let (_, rv) = vault
         .put(&access(), &rec("p1", "Observation/o1", b"{\"value\":6.5}"))
         .unwrap();
-    let path = FsBlockStore::open(&dir.blocks_path())
+    let at = dir
+        .block_store()
         .unwrap()
-        .path_of(&rv.cid);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let last = bytes.len() - 1;
+        .location(&rv.cid)
+        .unwrap()
+        .unwrap();
+    let mut bytes = std::fs::read(&at.path).unwrap();
+    let last = (at.offset + at.len - 1) as usize;
     bytes[last] ^= 0x80;
-    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(&at.path, &bytes).unwrap();
     match vault.read(&access(), "Observation/o1", None) {
         Err(Error::CorruptBlock { cid, actual }) => {
             assert_eq!(cid, rv.cid);
@@ -112,7 +120,9 @@ fn corrupted_block_is_an_error_never_wrong_data() {
         }
         other => panic!("expected a corrupt-block error, got {other:?}"),
     }
-    std::fs::remove_file(&path).unwrap();
+    // A pack that lost its tail (a short copy restored) misses the block.
+    bytes.truncate(at.offset as usize);
+    std::fs::write(&at.path, &bytes).unwrap();
     assert!(matches!(
         vault.read(&access(), "Observation/o1", None),
         Err(Error::MissingBlock { .. })

@@ -363,6 +363,7 @@ fn delete_purged_blocks(vault: &Vault) -> Result<u64> {
         for (_, _, cid) in chunk {
             vault.blocks().remove(cid)?;
         }
+        vault.blocks().flush()?;
         let tx =
             rusqlite::Transaction::new_unchecked(vault.conn(), TransactionBehavior::Immediate)?;
         let mut done = tx.prepare_cached(

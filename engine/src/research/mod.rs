@@ -160,10 +160,9 @@ impl Session {
     /// A vault over this session's data directory and keystore: a server
     /// opens one per call (its connection is not shared across threads).
     pub fn vault(&self) -> Result<Vault> {
-        let blocks = crate::storage::blockstore::FsBlockStore::open(&self.dir.blocks_path())?;
         Ok(Vault::new(
             self.dir.connect()?,
-            Arc::new(blocks),
+            Arc::new(self.dir.block_store()?),
             Arc::clone(&self.keys),
         ))
     }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result, storage::cid};
 
-/// Where the vault's blocks live. The local directory is the default; an IPFS
-/// node reached over its HTTP RPC is another backend of the same trait.
+/// Where the vault's blocks live: pack files in the data directory
+/// ([`crate::storage::packstore::PackBlockStore`]), or one file per block.
 pub trait BlockStore: Send + Sync {
     /// Stores `bytes` and returns their CID. Storing the same bytes twice is a
     /// no-op. The block is durable only after the next [`BlockStore::flush`].
@@ -23,11 +23,14 @@ pub trait BlockStore: Send + Sync {
     fn has(&self, cid: &str) -> bool;
     /// Deletes the block (a retention purge); deleting an absent block is
     /// a no-op, so a purge interrupted after its commit can be finished.
+    /// The deletion is durable only after the next [`BlockStore::flush`].
     fn remove(&self, cid: &str) -> Result<()>;
 }
 
 /// Blocks as files in a directory, sharded like go-ipfs's flatfs
-/// (`next-to-last/2`): `<root>/<2 chars before the last>/<cid>`.
+/// (`next-to-last/2`): `<root>/<2 chars before the last>/<cid>`. Data
+/// directories written before pack files hold their blocks this way; the
+/// pack store reads them through this.
 #[derive(Debug, Clone)]
 pub struct FsBlockStore {
     root: PathBuf,

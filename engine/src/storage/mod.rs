@@ -5,5 +5,6 @@
 pub mod blockstore;
 pub mod cid;
 pub mod fsutil;
+pub mod packstore;
 pub mod store;
 pub mod tabular;

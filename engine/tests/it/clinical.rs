@@ -570,15 +570,14 @@ fn updates_need_write_access_and_are_anchored_and_verified() {
             .unwrap();
     assert!(first.verified, "{first:?}");
     // A block whose bytes change no longer verifies.
-    let blocks = cohort_engine::storage::blockstore::FsBlockStore::open(
+    let blocks = cohort_engine::storage::packstore::PackBlockStore::open(
         &w._tmp.path().join("data").join("blocks"),
     )
     .unwrap();
-    let path = blocks.path_of(&first.cid);
-    let mut raw = std::fs::read(&path).unwrap();
-    let last = raw.len() - 1;
-    raw[last] ^= 1;
-    std::fs::write(&path, &raw).unwrap();
+    let at = blocks.location(&first.cid).unwrap().unwrap();
+    let mut raw = std::fs::read(&at.path).unwrap();
+    raw[(at.offset + at.len - 1) as usize] ^= 1;
+    std::fs::write(&at.path, &raw).unwrap();
     let tampered =
         w.rt.block_on(anchor::verify(&w.vault, &w.client, &w.observation, Some(1)))
             .unwrap();

@@ -11,10 +11,21 @@ use cohort_engine::access::{Actor, emergency, grants};
 use cohort_engine::chain;
 use cohort_engine::compliance::Compliance;
 use cohort_engine::records::clinical::{Clinic, Search};
-use cohort_engine::storage::blockstore::FsBlockStore;
+use cohort_engine::storage::blockstore::BlockStore;
+use cohort_engine::storage::packstore::PackBlockStore;
 use cohort_ledger_bridge::Role;
 
 use crate::common;
+
+/// Whether any pack file still holds `bytes`.
+fn packs_hold(blocks: &PackBlockStore, bytes: &[u8]) -> bool {
+    blocks.pack_files().unwrap().iter().any(|p| {
+        std::fs::read(p)
+            .unwrap()
+            .windows(bytes.len())
+            .any(|w| w == bytes)
+    })
+}
 
 const ALL: cohort_engine::compliance::report::Checks = cohort_engine::compliance::report::Checks {
     keyed: true,
@@ -355,8 +366,9 @@ fn retention_purges_what_is_due_keeps_what_is_held_and_finishes_a_crash() {
                 |r| r.get(0),
             )
             .unwrap();
-    let blocks = FsBlockStore::open(&w.d.dir.blocks_path()).unwrap();
-    let saved = std::fs::read(blocks.path_of(&cid)).unwrap();
+    let blocks = w.d.dir.block_store().unwrap();
+    let saved = blocks.get(&cid).unwrap();
+    assert!(packs_hold(&blocks, &saved));
     let generation = cohort_engine::records::projection::generation(w.d.vault.conn()).unwrap();
     let purged = rt
         .block_on(s.run_retention(&w.admin, later, false))
@@ -364,7 +376,11 @@ fn retention_purges_what_is_due_keeps_what_is_held_and_finishes_a_crash() {
     assert_eq!(purged.records.get("Observation"), Some(&due));
     assert_eq!(purged.versions, due, "one version each");
     assert_eq!(purged.blocks_deleted, due);
-    assert!(!blocks.path_of(&cid).exists());
+    assert!(!blocks.has(&cid));
+    assert!(
+        !packs_hold(&blocks, &saved),
+        "the purged bytes are overwritten"
+    );
     assert_eq!(listed(&a, "Observation"), 0);
     assert_eq!(listed(&c, "Observation"), 0);
     assert_eq!(listed(&held, "Observation") as i64, observations_of(&held));
@@ -400,7 +416,8 @@ fn retention_purges_what_is_due_keeps_what_is_held_and_finishes_a_crash() {
 
     // A crash after the purge's commit, before its block was deleted: the
     // next run deletes it.
-    std::fs::write(blocks.path_of(&cid), &saved).unwrap();
+    assert_eq!(blocks.put(&saved).unwrap(), cid);
+    blocks.flush().unwrap();
     w.d.vault
         .conn()
         .execute(
@@ -412,7 +429,8 @@ fn retention_purges_what_is_due_keeps_what_is_held_and_finishes_a_crash() {
         .block_on(s.run_retention(&w.admin, later, false))
         .unwrap();
     assert_eq!((again.versions, again.blocks_deleted), (0, 1));
-    assert!(!blocks.path_of(&cid).exists());
+    assert!(!blocks.has(&cid));
+    assert!(!packs_hold(&blocks, &saved));
 
     // Released, the held patient's records go too.
     rt.block_on(s.release_hold(&w.admin, &held)).unwrap();
@@ -495,12 +513,16 @@ fn the_report_counts_accesses_and_finds_a_damaged_block() {
                 |r| r.get(0),
             )
             .unwrap();
-    let path = FsBlockStore::open(&w.d.dir.blocks_path())
-        .unwrap()
-        .path_of(&cid);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[10] ^= 1;
-    std::fs::write(&path, bytes).unwrap();
+    let at =
+        w.d.dir
+            .block_store()
+            .unwrap()
+            .location(&cid)
+            .unwrap()
+            .unwrap();
+    let mut bytes = std::fs::read(&at.path).unwrap();
+    bytes[at.offset as usize + 10] ^= 1;
+    std::fs::write(&at.path, bytes).unwrap();
     let damaged = rt
         .block_on(s.report(&w.d.dir, &w.admin, from, to, ALL))
         .unwrap();
