@@ -374,6 +374,11 @@ enum Command {
     Keys(KeysCmd),
 }
 
+/// mimalloc, as datafusion-cli uses: glibc's malloc and free were about a
+/// fifth of ingest's storing thread (docs/BENCHMARKS.md, "FHIR ingestion").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `serve` sets up its logs from its configuration ([log]).

@@ -5,7 +5,9 @@ use cohort_engine::records::ingest;
 use cohort_engine::records::projection;
 use serde_json::{Value, json};
 
-use super::{access, bundles, cohort, cohort_env, column, stderr, stdout, vault};
+use super::{
+    FAST_KDF, PASSPHRASE, access, bundles, cohort, cohort_env, column, stderr, stdout, vault,
+};
 
 fn counts(v: &cohort_engine::records::vault::Vault) -> projection::Counts {
     projection::counts(v.conn()).unwrap()
@@ -98,6 +100,61 @@ fn failure_while_storing_rolls_the_whole_bundle_back() {
         )
         .unwrap();
     assert_eq!(p1, 0);
+}
+
+#[test]
+fn a_bundle_failing_midway_in_a_shared_commit_rolls_back_alone() {
+    // Bundles share a commit; a failure after some of a bundle's entries
+    // were written must undo that bundle only, before and after it in the
+    // same transaction.
+    let (tmp, dir, vault) = vault();
+    let src = tmp.path().join("in");
+    std::fs::create_dir(&src).unwrap();
+    let first = json!({"resourceType": "Bundle", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p0"}},
+        {"resource": {"resourceType": "Observation", "id": "o1", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}, "subject": {"reference": "Patient/p0"}}}]});
+    write(&src, "a.json", &first);
+    // p1, e1 and c1 are written, then o1 belongs to p0: refused at entry 3.
+    write(&src, "b.json", &small_bundle(json!(7.1)));
+    let mut last = small_bundle(json!(6.0));
+    for (i, id) in ["p3", "e3", "c3", "o3"].iter().enumerate() {
+        last["entry"][i]["resource"]["id"] = json!(id);
+    }
+    last["entry"][0]["fullUrl"] = json!("urn:uuid:p3");
+    last["entry"][1]["fullUrl"] = json!("urn:uuid:e3");
+    for (i, field) in [(1, "subject"), (2, "subject"), (3, "subject")] {
+        last["entry"][i]["resource"][field]["reference"] = json!("urn:uuid:p3");
+    }
+    last["entry"][3]["resource"]["encounter"]["reference"] = json!("urn:uuid:e3");
+    write(&src, "c.json", &last);
+    let report = ingest::ingest_paths(&vault, &access(), &[src], false).unwrap();
+    assert_eq!((report.bundles, report.resources), (2, 6), "{report:?}");
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert!(report.rejected[0].source.ends_with("b.json"));
+    assert!(
+        report.rejected[0]
+            .reason
+            .contains("entry 3 (Observation/o1)"),
+        "{:?}",
+        report.rejected
+    );
+    let has = |patient: &str| -> i64 {
+        vault
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM records WHERE patient_id = ?1",
+                [patient],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!((has("p0"), has("p1"), has("p3")), (2, 0, 4));
+    assert_eq!(audit_len(&vault), 2, "one ingest entry per stored bundle");
+    // Another process sees the same: the group was committed, with its blocks.
+    let other = dir.unlock_with(PASSPHRASE, FAST_KDF).unwrap();
+    let (_, body) = other.read(&access(), "Observation/o3", None).unwrap();
+    assert!(String::from_utf8(body).unwrap().contains("\"o3\""));
 }
 
 #[test]
