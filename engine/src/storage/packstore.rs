@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -238,10 +238,12 @@ impl PackBlockStore {
             Ok(c.last_insert_rowid())
         })?;
         let path = self.pack_path(id);
+        // Owner-only, as every block file was (`fsutil::temp_in`).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io("creating", &path, e))?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
@@ -471,6 +473,14 @@ mod tests {
         assert_eq!(other.put(b"some block").unwrap(), cid);
         other.flush().unwrap();
         assert_eq!(store.pack_files().unwrap().len(), 1, "one pack");
+        let mode = std::fs::metadata(&store.pack_files().unwrap()[0])
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600,
+            "owner-only"
+        );
         assert_eq!(
             pack_bytes(&store)
                 .windows(10)
