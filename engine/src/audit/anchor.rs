@@ -126,13 +126,12 @@ pub fn seal(conn: &Connection, key: &[u8], entries: i64) -> Result<(i64, B256)> 
         .query_map(params![sealed_to, entries], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut head = [0u8; 32];
+    let mut insert = db.prepare("INSERT OR REPLACE INTO audit_macs (seq, mac) VALUES (?1, ?2)")?;
     for (seq, hash) in &rows {
         head = mac(key, *seq, hash);
-        db.execute(
-            "INSERT OR REPLACE INTO audit_macs (seq, mac) VALUES (?1, ?2)",
-            params![seq, head.to_vec()],
-        )?;
+        insert.execute(params![seq, head.to_vec()])?;
     }
+    drop(insert);
     if rows.is_empty() {
         let last: Vec<u8> = db.query_row(
             "SELECT mac FROM audit_macs WHERE seq = ?1",

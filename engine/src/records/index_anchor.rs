@@ -117,14 +117,16 @@ pub fn seal(conn: &Connection, key: &[u8]) -> Result<(i64, i64, B256)> {
         ))?
         .query_map([], row)?
         .collect::<rusqlite::Result<_>>()?;
+    // One statement for every row: 223,718 of them in the demo.
+    let mut insert = db.prepare(
+        "INSERT INTO index_seals (seq, record_id, version, mac) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     for r in &fresh {
         seq += 1;
         prev = seal_mac(key, seq, &prev, r);
-        db.execute(
-            "INSERT INTO index_seals (seq, record_id, version, mac) VALUES (?1, ?2, ?3, ?4)",
-            params![seq, r.record_id, r.version, prev.to_vec()],
-        )?;
+        insert.execute(params![seq, r.record_id, r.version, prev.to_vec()])?;
     }
+    drop(insert);
     db.commit()?;
     Ok((fresh.len() as i64, seq, B256::from(prev)))
 }
