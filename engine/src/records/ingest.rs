@@ -174,19 +174,29 @@ impl Group {
         name: String,
         parsed: Result<(Bundle, String)>,
     ) -> Result<()> {
-        if !self.open {
-            vault.conn().execute_batch("BEGIN IMMEDIATE")?;
-            self.open = true;
+        // A failure of the transaction itself still names this bundle.
+        let begun = (|| {
+            if !self.open {
+                vault.conn().execute_batch("BEGIN IMMEDIATE")?;
+                self.open = true;
+            }
+            vault.conn().execute_batch("SAVEPOINT bundle")
+        })();
+        if let Err(e) = begun {
+            self.rejected.push(Rejected {
+                source: name,
+                reason: format!("not stored: {e}"),
+            });
+            return Err(e.into());
         }
-        vault.conn().execute_batch("SAVEPOINT bundle")?;
         let stored = parsed.and_then(|(bundle, digest)| {
             store_bundle_in(vault.conn(), vault, access, &bundle, &digest).map(|o| (bundle, o))
         });
         match stored {
             Ok((bundle, o)) => {
-                vault.conn().execute_batch("RELEASE bundle")?;
                 self.resources += bundle.resources.len();
                 self.stored.push((name, bundle, o));
+                vault.conn().execute_batch("RELEASE bundle")?;
             }
             Err(e) => {
                 self.rejected.push(Rejected {
