@@ -14,6 +14,14 @@ fn rec<'a>(patient: &'a str, id: &'a str, body: &'a [u8]) -> NewRecord<'a> {
     }
 }
 
+/// Where the block `cid` lies in its pack file.
+fn location(
+    dir: &cohort_engine::datadir::DataDir,
+    cid: &str,
+) -> cohort_engine::storage::packstore::BlockLocation {
+    dir.block_store().unwrap().location(cid).unwrap().unwrap()
+}
+
 #[test]
 fn stores_encrypted_and_reads_back() {
     let (_tmp, dir, vault) = vault();
@@ -25,12 +33,7 @@ fn stores_encrypted_and_reads_back() {
     let (_, back) = vault.read(&access(), "Observation/o1", None).unwrap();
     assert_eq!(back, body);
     // On disk the block is ciphertext: the plaintext appears nowhere in the data directory.
-    let at = dir
-        .block_store()
-        .unwrap()
-        .location(&rv.cid)
-        .unwrap()
-        .unwrap();
+    let at = location(&dir, &rv.cid);
     let pack = std::fs::read(&at.path).unwrap();
     let raw = &pack[at.offset as usize..(at.offset + at.len) as usize];
     assert!(!raw.windows(8).any(|w| w == b"Jane Roe"));
@@ -103,12 +106,7 @@ fn corrupted_block_is_an_error_never_wrong_data() {
     let (_, rv) = vault
         .put(&access(), &rec("p1", "Observation/o1", b"{\"value\":6.5}"))
         .unwrap();
-    let at = dir
-        .block_store()
-        .unwrap()
-        .location(&rv.cid)
-        .unwrap()
-        .unwrap();
+    let at = location(&dir, &rv.cid);
     let mut bytes = std::fs::read(&at.path).unwrap();
     let last = (at.offset + at.len - 1) as usize;
     bytes[last] ^= 0x80;

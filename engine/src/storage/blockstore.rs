@@ -27,6 +27,18 @@ pub trait BlockStore: Send + Sync {
     fn remove(&self, cid: &str) -> Result<()>;
 }
 
+/// Returns `bytes` if they still hash to `cid`: every store's reads end here.
+pub(crate) fn verified(cid: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let actual = cid::cid_of(&bytes);
+    if actual != cid {
+        return Err(Error::CorruptBlock {
+            cid: cid.to_owned(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
 /// Blocks as files in a directory, sharded like go-ipfs's flatfs
 /// (`next-to-last/2`): `<root>/<2 chars before the last>/<cid>`. Data
 /// directories written before pack files hold their blocks this way; the
@@ -88,14 +100,7 @@ impl BlockStore for FsBlockStore {
             }
             Err(e) => return Err(Error::io("reading", path, e)),
         };
-        let actual = cid::cid_of(&bytes);
-        if actual != cid {
-            return Err(Error::CorruptBlock {
-                cid: cid.to_owned(),
-                actual,
-            });
-        }
-        Ok(bytes)
+        verified(cid, bytes)
     }
 
     fn has(&self, cid: &str) -> bool {

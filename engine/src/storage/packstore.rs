@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::storage::blockstore::{BlockStore, FsBlockStore};
+use crate::storage::blockstore::{BlockStore, FsBlockStore, verified};
 use crate::{Error, Result, storage::cid};
 
 /// A pack is closed for appends once it reaches this size.
@@ -400,14 +400,7 @@ impl BlockStore for PackBlockStore {
             }
             return Err(Error::io("reading", self.pack_path(slot.pack), e));
         }
-        let actual = cid::cid_of(&bytes);
-        if actual != cid {
-            return Err(Error::CorruptBlock {
-                cid: cid.to_owned(),
-                actual,
-            });
-        }
-        Ok(bytes)
+        verified(cid, bytes)
     }
 
     fn has(&self, cid: &str) -> bool {
