@@ -249,6 +249,82 @@ async fn a_tampered_sender_fails_signature_verification() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_tampered_senders_the_first_in_chain_order_is_named() {
+    // The signatures are checked in parallel; what is reported must still
+    // be the chain's first mismatch, whichever thread found it first.
+    let f = Fixture::embedded().await;
+    let id = f.approved_study(units(1), units(1), U256::ZERO).await;
+    reserve_all(&f, id, 8, "two").await;
+    let path = f.dir.as_ref().unwrap().path().join("chain.db");
+    let chain = EmbeddedLedger::open(&path, 1_337_001).unwrap();
+    chain.verify().unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let order = "ORDER BY block_number, tx_index";
+    let hashes: Vec<Vec<u8>> = conn
+        .prepare(&format!("SELECT hash FROM transactions {order}"))
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(hashes.len() > 8, "{}", hashes.len());
+    let (early, late) = (&hashes[2], &hashes[hashes.len() - 1]);
+    for hash in [late, early] {
+        conn.execute(
+            "UPDATE transactions SET sender = ?1 WHERE hash = ?2",
+            rusqlite::params![addr(&f.outsider).as_slice(), hash],
+        )
+        .unwrap();
+    }
+    for _ in 0..5 {
+        let err = chain.verify().unwrap_err().to_string();
+        let named = format!(
+            "{}",
+            cohort_ledger_bridge::alloy::primitives::B256::from_slice(early)
+        );
+        assert!(err.contains(&named), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malleated_signature_with_a_high_s_is_refused() {
+    use cohort_ledger_bridge::alloy::consensus::{Signed, TxEnvelope};
+    use cohort_ledger_bridge::alloy::eips::eip2718::{Decodable2718, Encodable2718};
+    use cohort_ledger_bridge::alloy::primitives::Signature;
+    let f = Fixture::embedded().await;
+    let path = f.dir.as_ref().unwrap().path().join("chain.db");
+    let chain = EmbeddedLedger::open(&path, 1_337_001).unwrap();
+    chain.verify().unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (hash, raw): (Vec<u8>, Vec<u8>) = conn
+        .query_row(
+            "SELECT hash, raw FROM transactions ORDER BY block_number, tx_index LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // (r, n - s, !v) is the same signature's other valid form: it recovers
+    // the same sender, and Ethereum refuses it since EIP-2.
+    let envelope = TxEnvelope::decode_2718(&mut raw.as_slice()).unwrap();
+    let signed = envelope.as_eip1559().unwrap();
+    let sig = signed.signature();
+    let n = U256::from_str_radix(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
+        16,
+    )
+    .unwrap();
+    let high = Signature::new(sig.r(), n - sig.s(), !sig.v());
+    let malleated = TxEnvelope::Eip1559(Signed::new_unhashed(signed.tx().clone(), high));
+    conn.execute(
+        "UPDATE transactions SET raw = ?1 WHERE hash = ?2",
+        rusqlite::params![malleated.encoded_2718(), hash],
+    )
+    .unwrap();
+    let err = chain.verify().unwrap_err();
+    assert!(err.to_string().contains("(EIP-2)"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reordered_transactions_fail_block_verification() {
     let f = Fixture::embedded().await;
     let id = f.approved_study(units(1), units(1), U256::ZERO).await;
