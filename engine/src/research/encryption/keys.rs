@@ -43,7 +43,7 @@ pub(crate) fn set_up(
         tx.commit()?;
     }
     if cols.iter().any(|c| c.layer == Layer::Tfhe) {
-        ensure_tfhe_keys(keys, root)?;
+        prepare_tfhe_keys(keys, root)?;
     }
     Ok(())
 }
@@ -54,10 +54,19 @@ pub(crate) fn share_context(study: u64, steward: &str) -> String {
 
 pub(super) const TFHE_CLIENT_CONTEXT: &str = "cohort/fhe/tfhe/custodian";
 
-pub(super) fn ensure_tfhe_keys(keys: &dyn KeyStore, root: &std::path::Path) -> Result<()> {
+/// Makes the deployment's tfhe key set (the custodian's) unless it exists,
+/// and says whether this call made it. The first approval of a study with
+/// a tfhe column makes it otherwise, and waits for it (most of ten seconds
+/// on two cores): an operator, or the demo, can make it ahead.
+///
+/// Callers at once, threads or processes, make one set: each holds an
+/// exclusive lock on `research/fhe/tfhe.lock` while it looks and makes,
+/// so no file of one set is paired with another set's.
+pub fn prepare_tfhe_keys(keys: &dyn KeyStore, root: &std::path::Path) -> Result<bool> {
+    let _lock = tfhe_lock(root)?;
     let dir = tfhe_dir(root);
     if dir.join("client.sealed").exists() {
-        return Ok(());
+        return Ok(false);
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
     let set = predicate::generate().map_err(fhe_error)?;
@@ -83,22 +92,34 @@ pub(super) fn ensure_tfhe_keys(keys: &dyn KeyStore, root: &std::path::Path) -> R
         &predicate::server_key_to_bytes(&set.server).map_err(fhe_error)?,
     )?;
     write_atomic(&dir.join("client.sealed"), &blob)?;
-    Ok(())
+    Ok(true)
 }
 
-pub(super) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io("writing", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming", &tmp, e))?;
-    Ok(())
+/// The exclusive lock over the deployment's tfhe key files, held while a
+/// set is made or its client key re-wrapped; released when dropped.
+fn tfhe_lock(root: &std::path::Path) -> Result<std::fs::File> {
+    let parent = root.join("research").join("fhe");
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io("creating", &parent, e))?;
+    let path = parent.join("tfhe.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening", &path, e))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::io("locking", &path, e.into()))?;
+    Ok(file)
 }
+
+use crate::storage::fsutil::write_atomic;
 
 pub(super) fn tfhe_public(root: &std::path::Path) -> Result<predicate::PublicParams> {
     let bytes = std::fs::read(tfhe_dir(root).join("public.bin")).map_err(|_| Error::Invalid("this deployment has no tfhe keys yet: they are made when a study with a tfhe column is approved".into()))?;
     predicate::PublicParams::from_bytes(&bytes).map_err(fhe_error)
 }
 
-pub(super) fn tfhe_server(root: &std::path::Path) -> Result<PredicateLayer> {
+fn tfhe_server(root: &std::path::Path) -> Result<PredicateLayer> {
     let path = tfhe_dir(root).join("server.bin");
     let bytes = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
     PredicateLayer::from_bytes(&bytes).map_err(fhe_error)
@@ -114,17 +135,19 @@ pub(super) fn tfhe_server_shared(root: &std::path::Path) -> Result<Arc<Predicate
     let modified = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .map_err(|e| Error::io("reading", &path, e))?;
-    let loaded = LOADED.get_or_init(Default::default);
-    if let Some((at, layer)) = loaded.lock().expect("tfhe keys lock").get(&path)
+    // Held while loading: queries at once (a server's, the demo's) wait for
+    // one load instead of each reading the key (240 MB) into memory.
+    let mut loaded = LOADED
+        .get_or_init(Default::default)
+        .lock()
+        .expect("tfhe keys lock");
+    if let Some((at, layer)) = loaded.get(&path)
         && *at == modified
     {
         return Ok(Arc::clone(layer));
     }
     let layer = Arc::new(tfhe_server(root)?);
-    loaded
-        .lock()
-        .expect("tfhe keys lock")
-        .insert(path, (modified, Arc::clone(&layer)));
+    loaded.insert(path, (modified, Arc::clone(&layer)));
     Ok(layer)
 }
 
@@ -137,6 +160,9 @@ pub(crate) fn rewrap_custodian(
     root: &std::path::Path,
     check_only: bool,
 ) -> Result<bool> {
+    // Not while a set is being made: it would be wrapped under the KEK
+    // this rotation is about to destroy.
+    let _lock = tfhe_lock(root)?;
     let path = tfhe_dir(root).join("client.sealed");
     let blob = match std::fs::read(&path) {
         Ok(b) => b,
@@ -159,7 +185,7 @@ pub(crate) fn rewrap_custodian(
     out.extend_from_slice(&(rewrapped.len() as u32).to_le_bytes());
     out.extend_from_slice(&rewrapped);
     out.extend_from_slice(blob.get(4 + len..).ok_or_else(bad)?);
-    crate::storage::fsutil::write_atomic(&path, &out)?;
+    write_atomic(&path, &out)?;
     Ok(true)
 }
 
@@ -226,4 +252,52 @@ pub(super) fn shares(
         out.push(KeyShare::from_bytes(&plain).map_err(fhe_error)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::keystore::{FileKeyStore, KdfParams};
+
+    #[test]
+    fn callers_at_once_make_one_tfhe_key_set_and_the_custodian_key_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let fast = KdfParams {
+            m_cost_kib: 1024,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let keys = FileKeyStore::create(&dir.path().join("keystore.json"), "pw", fast).unwrap();
+        let root = dir.path();
+        // Two threads, each with its own descriptor of the lock file, as two
+        // processes would have: exactly one makes the set.
+        let made: Vec<bool> = std::thread::scope(|s| {
+            let both: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| prepare_tfhe_keys(&keys, root).unwrap()))
+                .collect();
+            both.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(made.iter().filter(|m| **m).count(), 1, "{made:?}");
+        let files = ["public.bin", "server.bin", "client.sealed"];
+        let stamps: Vec<_> = files
+            .iter()
+            .map(|f| {
+                std::fs::metadata(tfhe_dir(root).join(f))
+                    .unwrap()
+                    .modified()
+                    .unwrap()
+            })
+            .collect();
+        // The set is complete and whole: its sealed client key opens, and a
+        // later call changes nothing.
+        tfhe_custodian(&keys, root).unwrap();
+        assert!(!prepare_tfhe_keys(&keys, root).unwrap());
+        for (f, at) in files.iter().zip(&stamps) {
+            let now = std::fs::metadata(tfhe_dir(root).join(f))
+                .unwrap()
+                .modified()
+                .unwrap();
+            assert_eq!(now, *at, "{f} was rewritten");
+        }
+    }
 }

@@ -69,8 +69,9 @@ pub use decrypt::LedgerGate;
 pub(crate) use decrypt::decrypt_answer;
 pub(crate) use execute::Executor;
 use execute::NOISE_TAIL;
+pub use keys::prepare_tfhe_keys;
 pub(crate) use keys::{custodian_key, set_up};
-use keys::{shares, tfhe_custodian, tfhe_dir, tfhe_public, tfhe_server, tfhe_server_shared};
+use keys::{shares, tfhe_custodian, tfhe_dir, tfhe_public, tfhe_server_shared};
 use submissions::store;
 pub(crate) use submissions::{
     accept, cells, column_hash, context, encrypt_field, shared_count, state,
@@ -302,20 +303,20 @@ impl super::Session {
             }
             Layer::Tfhe => {
                 let public = tfhe_public(root)?;
-                let server = tfhe_server(root)?;
-                let mut out = Vec::with_capacity(patients.len());
-                for (pid, v) in &patients {
-                    let ctx = context(&contract, id, &c.column, pid);
-                    let submission =
-                        predicate::encrypt_proven(&public, *v, bounds, &ctx).map_err(fhe_error)?;
-                    out.push((
-                        pid.clone(),
-                        server
-                            .verify(&public, &submission, bounds, &ctx)
-                            .map_err(fhe_error)?,
-                    ));
-                }
-                out
+                // The process's one copy, which the queries use too.
+                let server = tfhe_server_shared(root)?;
+                patients
+                    .par_iter()
+                    .map(|(pid, v)| {
+                        let ctx = context(&contract, id, &c.column, pid);
+                        let submission = predicate::encrypt_proven(&public, *v, bounds, &ctx)?;
+                        Ok((
+                            pid.clone(),
+                            server.verify(&public, &submission, bounds, &ctx)?,
+                        ))
+                    })
+                    .collect::<cohort_fhe::Result<_>>()
+                    .map_err(fhe_error)?
             }
         };
         let tx = conn.unchecked_transaction()?;

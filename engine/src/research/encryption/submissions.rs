@@ -63,7 +63,7 @@ pub(crate) fn accept(
                 .map_err(fhe_error)?
                 .to_stored()
         }
-        Layer::Tfhe => tfhe_server(root)?
+        Layer::Tfhe => tfhe_server_shared(root)?
             .verify(&tfhe_public(root)?, submission, bounds, context)
             .map_err(fhe_error)?,
     };
