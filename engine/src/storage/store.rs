@@ -275,6 +275,11 @@ pub fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Freed pages are zeroed: a shredded data key leaves no copy in the file.
     conn.pragma_update(None, "secure_delete", "ON")?;
+    // A 64 MiB page cache (SQLite's default is 2 MiB): ingest's lookups
+    // and the seal chains' verification walk a database of hundreds of MB,
+    // and each page read past the cache is a `pread` (docs/BENCHMARKS.md,
+    // "The demo under a minute"). Pages are allocated only as they are used.
+    conn.pragma_update(None, "cache_size", -64 * 1024)?;
     if let Some(found) = schema_version(&conn)? {
         check_version(path, &found)?;
     }
