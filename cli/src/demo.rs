@@ -129,6 +129,13 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         "\n2. Ingesting: each resource encrypted with its patient's key, stored under its IPFS CID",
     );
     let vault = unlock(cli, dir, Some("cohort-demo"))?;
+    // The deployment's tfhe key set, which the study's approval (step 4)
+    // needs, is made beside ingest, which leaves a core mostly idle; the
+    // approval waits for it only if it is not done by then.
+    let tfhe_keys = {
+        let (keys, root) = (vault.shared_keys(), dir.root().to_path_buf());
+        std::thread::spawn(move || research::encryption::prepare_tfhe_keys(keys.as_ref(), &root))
+    };
     let report = ingest::ingest_paths(
         &vault,
         &Access::new(&cli.actor, "demo ingest"),
@@ -231,6 +238,10 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         ));
     }
 
+    tfhe_keys
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+
     // 4. Consent.
     let mut ids = projection::patient_ids(vault.conn())?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -282,8 +293,11 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         crate::demo_appointments::appointments(&rt, dir, &vault, &client, &admin, &linked, &say)?;
     keep("appointments", appointments);
 
-    // 5. Three private queries.
-    say("\n6. Three differentially private queries, each reserved, run, committed, then answered");
+    // 5. Three private queries, asked at once as a server's clients would:
+    // each waits for its own deadline, so their waits overlap.
+    say(
+        "\n6. Three differentially private queries, asked at once: each reserved, run, committed, then answered at its own deadline",
+    );
     let ask = |sql: String, query_id: &str| -> anyhow::Result<QueryOutcome> {
         Ok(rt.block_on(session.query(
             researcher.name(),
@@ -300,9 +314,16 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         ("hba1c-by-sex", "SELECT p.gender, AVG(LEAST(GREATEST(o.value, 3), 15)) AS mean_hba1c FROM patients p JOIN observations o ON o.patient_id = p.patient_id WHERE o.loinc = '4548-4' GROUP BY p.gender ORDER BY p.gender".to_string()),
         ("median-systolic", "SELECT MEDIAN(LEAST(GREATEST(value, 80), 200)) AS median_systolic FROM observations WHERE loinc = '8480-6'".to_string()),
     ];
+    let outcomes: Vec<anyhow::Result<QueryOutcome>> = std::thread::scope(|scope| {
+        let asked: Vec<_> = queries
+            .iter()
+            .map(|(name, sql)| scope.spawn(|| ask(sql.clone(), name)))
+            .collect();
+        asked.into_iter().map(joined).collect()
+    });
     let mut first_members = 0;
-    for (i, (name, sql)) in queries.iter().enumerate() {
-        let outcome = ask(sql.clone(), name)?;
+    for (i, ((_, sql), outcome)) in queries.iter().zip(outcomes).enumerate() {
+        let outcome = outcome?;
         if i == 0 {
             first_members = outcome.answer.as_ref().map_or(0, |a| a.members);
         }
@@ -313,78 +334,125 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         ));
         keep("query", serde_json::to_value(&outcome)?);
     }
+    say("   (each shows the budget left when it was answered: the three were charged at once)");
 
-    // 5b. Encrypted aggregates.
-    say(
-        "\n6b. Values patients share only encrypted: an HIV flag (ElGamal) and an exact HbA1c (tfhe)",
-    );
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0e1c);
-    let flagged: Vec<(cohort_ledger_bridge::Account, i64)> = linked
-        .iter()
-        .take(2_000)
-        .map(|a| (a.clone(), i64::from(rng.random_bool(0.05))))
-        .collect();
-    let flags = rt.block_on(session.encrypt_fields(vault.conn(), id, "hiv", &flagged))?;
-    say(&format!(
-        "   {} patients encrypted their flag with a range proof; checked and stored in {:.1} s",
-        flags.values, flags.seconds
-    ));
-    let exact: Vec<(cohort_ledger_bridge::Account, i64)> = linked
-        .iter()
-        .skip(2_000.min(linked.len().saturating_sub(4)))
-        .take(4)
-        .map(|a| (a.clone(), rng.random_range(30..=90)))
-        .collect();
-    let values = rt.block_on(session.encrypt_fields(vault.conn(), id, "hba1c_mmol", &exact))?;
-    say(&format!(
-        "   {} patients encrypted their HbA1c under tfhe with a zero-knowledge proof in {:.1} s",
-        values.values, values.seconds
-    ));
-    let encrypted_queries = [
-        (
-            "hiv-by-sex",
-            "SELECT gender, SUM(hiv) AS hiv_positive FROM patients GROUP BY gender ORDER BY gender",
-            "elgamal",
-        ),
-        (
-            "hba1c-over-48",
-            "SELECT COUNT(*) AS above_48 FROM patients WHERE hba1c_mmol >= 48",
-            "tfhe",
-        ),
-    ];
-    for (name, sql, layer) in encrypted_queries {
-        let t = Instant::now();
-        let outcome = rt.block_on(session.query(
-            researcher.name(),
-            id,
-            &QueryRequest {
-                sql: sql.to_string(),
-                query_id: Some(format!("demo-{name}")),
-                epsilon: Some("0.25".parse()?),
-                ..Default::default()
-            },
-        ))?;
-        say(&format!("\n   {sql}"));
-        say(&format!(
-            "   answered by the {layer} layer in {:.1} s (noise added under encryption, decrypted only after the debit was committed)",
-            t.elapsed().as_secs_f64()
-        ));
-        say(&format!(
-            "   {}",
-            outcome_text(&outcome).replace('\n', "\n   ")
-        ));
-        keep(
-            "encrypted",
-            serde_json::json!({ "layer": layer, "seconds": t.elapsed().as_secs_f64(), "outcome": outcome }),
+    // The OMOP study (6c) runs beside 6b on its own connection: a second
+    // study whose answers wait for their deadlines while 6b computes.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let omop = scope.spawn(|| -> anyhow::Result<(serde_json::Value, Vec<String>)> {
+            let lines = std::sync::Mutex::new(Vec::new());
+            let buffered = |line: &str| {
+                lines
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line.to_string())
+            };
+            let value = crate::demo_omop::omop_study(
+                &rt,
+                &session.vault()?,
+                &session,
+                &researcher,
+                &stewards,
+                &linked,
+                &buffered,
+            )?;
+            Ok((
+                value,
+                lines
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ))
+        });
+        // 5b. Encrypted aggregates.
+        say(
+            "\n6b. Values patients share only encrypted: an HIV flag (ElGamal) and an exact HbA1c (tfhe)",
         );
-    }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0e1c);
+        let flagged: Vec<(cohort_ledger_bridge::Account, i64)> = linked
+            .iter()
+            .take(2_000)
+            .map(|a| (a.clone(), i64::from(rng.random_bool(0.05))))
+            .collect();
+        let flags = rt.block_on(session.encrypt_fields(vault.conn(), id, "hiv", &flagged))?;
+        say(&format!(
+            "   {} patients encrypted their flag with a range proof; checked and stored in {:.1} s",
+            flags.values, flags.seconds
+        ));
+        let exact: Vec<(cohort_ledger_bridge::Account, i64)> = linked
+            .iter()
+            .skip(2_000.min(linked.len().saturating_sub(4)))
+            .take(4)
+            .map(|a| (a.clone(), rng.random_range(30..=90)))
+            .collect();
+        let values = rt.block_on(session.encrypt_fields(vault.conn(), id, "hba1c_mmol", &exact))?;
+        say(&format!(
+            "   {} patients encrypted their HbA1c under tfhe with a zero-knowledge proof in {:.1} s",
+            values.values, values.seconds
+        ));
+        let encrypted_queries = [
+            (
+                "hiv-by-sex",
+                "SELECT gender, SUM(hiv) AS hiv_positive FROM patients GROUP BY gender ORDER BY gender",
+                "elgamal",
+            ),
+            (
+                "hba1c-over-48",
+                "SELECT COUNT(*) AS above_48 FROM patients WHERE hba1c_mmol >= 48",
+                "tfhe",
+            ),
+        ];
+        // Asked at once, as the step-6 queries: each is released at its own
+        // deadline, and their waits overlap.
+        let epsilon: cohort_anonymizer::accountant::Amount = "0.25".parse()?;
+        let answered: Vec<anyhow::Result<(QueryOutcome, f64)>> = std::thread::scope(|inner| {
+            let asked: Vec<_> = encrypted_queries
+                .iter()
+                .map(|(name, sql, _)| {
+                    let (rt, session, researcher) = (&rt, &session, &researcher);
+                    inner.spawn(move || -> anyhow::Result<(QueryOutcome, f64)> {
+                        let t = Instant::now();
+                        let outcome = rt.block_on(session.query(
+                            researcher.name(),
+                            id,
+                            &QueryRequest {
+                                sql: sql.to_string(),
+                                query_id: Some(format!("demo-{name}")),
+                                epsilon: Some(epsilon),
+                                ..Default::default()
+                            },
+                        ))?;
+                        Ok((outcome, t.elapsed().as_secs_f64()))
+                    })
+                })
+                .collect();
+            asked.into_iter().map(joined).collect()
+        });
+        for ((_, sql, layer), answer) in encrypted_queries.iter().zip(answered) {
+            let (outcome, seconds) = answer?;
+            say(&format!("\n   {sql}"));
+            say(&format!(
+                "   answered by the {layer} layer in {seconds:.1} s (noise added under encryption, decrypted only after the debit was committed)"
+            ));
+            say(&format!(
+                "   {}",
+                outcome_text(&outcome).replace('\n', "\n   ")
+            ));
+            keep(
+                "encrypted",
+                serde_json::json!({ "layer": layer, "seconds": seconds, "outcome": outcome }),
+            );
+        }
 
-    say(
-        "\n6c. The same patients as OMOP CDM 5.4: a second study, OHDSI's SQL, the vocabulary joined",
-    );
-    let omop =
-        crate::demo_omop::omop_study(&rt, &vault, &session, &researcher, &stewards, &linked, &say)?;
-    keep("omop", omop);
+        say(
+            "\n6c. The same patients as OMOP CDM 5.4: a second study, OHDSI's SQL, the vocabulary joined (asked beside 6b)",
+        );
+        let (omop, lines) = joined(omop)?;
+        for line in &lines {
+            say(line);
+        }
+        keep("omop", omop);
+        Ok(())
+    })?;
 
     // 6. The extract.
     say("\n7. A k = 10 anonymous extract (Mondrian, l = 2 on race), recorded on the ledger");
@@ -591,4 +659,11 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A scoped thread's result; its panic, if it panicked, goes on here.
+pub(crate) fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }

@@ -74,9 +74,21 @@ pub(crate) fn omop_study(
         ))
     };
     let translated = cohort_query_planner::dialect::ohdsi(ACHILLES_2, &Default::default())?;
+    // The two questions are asked at once (each released at its own
+    // deadline); the plan is explained meanwhile.
+    let (gender, plan, chapters) = std::thread::scope(|scope| {
+        let gender = scope.spawn(|| ask(translated.clone(), "achilles-2", false));
+        let chapters = scope.spawn(|| ask(BY_CHAPTER.to_string(), "chapters", false));
+        let plan = ask(BY_CHAPTER.to_string(), "chapters-plan", true);
+        (
+            crate::demo::joined(gender),
+            plan,
+            crate::demo::joined(chapters),
+        )
+    });
+    let (gender, plan, chapters) = (gender?, plan?, chapters?);
     say("\n   Achilles analysis 2 (persons by gender), as OHDSI ships it, with --dialect ohdsi:");
     say(&format!("   {translated}"));
-    let gender = ask(translated, "achilles-2", false)?;
     say(&format!(
         "   {}",
         outcome_text(&gender).replace('\n', "\n   ")
@@ -84,7 +96,6 @@ pub(crate) fn omop_study(
 
     say("\n   Conditions by ICD-10-CM chapter, through the public concept_ancestor:");
     say(&format!("   {BY_CHAPTER}"));
-    let plan = ask(BY_CHAPTER.to_string(), "chapters-plan", true)?;
     if let Some(line) = plan
         .explain
         .as_deref()
@@ -92,7 +103,6 @@ pub(crate) fn omop_study(
     {
         say(&format!("   {line}"));
     }
-    let chapters = ask(BY_CHAPTER.to_string(), "chapters", false)?;
     say(&format!(
         "   {}",
         outcome_text(&chapters).replace('\n', "\n   ")
