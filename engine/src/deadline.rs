@@ -211,6 +211,12 @@ where
     E: Send + 'static,
 {
     let _in_flight = InFlight::enter();
+    // Listening before the work starts: a cancellation notified once the
+    // work is running (it may already run on another thread before this
+    // task reaches the `select!`) must not be lost.
+    let notified = cancelled.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
     let mut task = tokio::spawn(work);
     let expiry = match expires {
         Some(at) => clock.expire_at(at),
@@ -224,7 +230,7 @@ where
             Err(e) if e.is_panic() => Err(Failure::Panic),
             Err(_) => Err(Failure::Error),
         },
-        () = cancelled.notified() => Failure::Cancelled,
+        () = &mut notified => Failure::Cancelled,
         () = expiry => Failure::Overrun,
     };
     stop();
@@ -302,6 +308,60 @@ mod tests {
 
     fn always() -> bool {
         true
+    }
+
+    /// A clock whose `expire_at` returns only after the work has started
+    /// and the query was cancelled: the cancellation comes while
+    /// `run_until` is between starting the work and waiting on it, as a
+    /// Ctrl-C can on a busy machine.
+    struct CancelledBeforeTheWait {
+        cancelled: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Clock for CancelledBeforeTheWait {
+        fn now(&self) -> Duration {
+            Duration::ZERO
+        }
+        fn expire_at(&self, _: Duration) -> BoxFuture<'static, ()> {
+            self.cancelled.lock().unwrap().recv().unwrap();
+            futures::future::pending().boxed()
+        }
+        fn release_at(&self, _: Duration) -> BoxFuture<'static, ()> {
+            futures::future::ready(()).boxed()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancellation_as_the_work_starts_is_not_lost() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let clock: Arc<dyn Clock> = Arc::new(CancelledBeforeTheWait {
+            cancelled: std::sync::Mutex::new(rx),
+        });
+        let cancel = Arc::new(Notify::new());
+        let c = Arc::clone(&cancel);
+        let ended = tokio::time::timeout(
+            Duration::from_secs(60),
+            run_until(
+                &clock,
+                Some(Duration::from_secs(1)),
+                &cancel,
+                || {},
+                async move {
+                    // The work runs on the other worker: it is cancelled (the
+                    // CLI's Ctrl-C handler) before `run_until` listens.
+                    c.notify_waiters();
+                    tx.send(()).unwrap();
+                    futures::future::pending::<()>().await;
+                    Ok::<u8, ()>(1)
+                },
+            ),
+        )
+        .await;
+        assert_eq!(
+            ended,
+            Ok(Err(Failure::Cancelled)),
+            "a lost cancellation leaves the query running"
+        );
     }
 
     #[tokio::test]
