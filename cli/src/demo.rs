@@ -20,6 +20,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use super::{Cli, counts_text, ingest_text, unlock, verify_text};
+use crate::cli_common::joined;
 use crate::research_cli::{outcome_text, release_text};
 
 /// The demo's study file, written into the data directory.
@@ -659,11 +660,4 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// A scoped thread's result; its panic, if it panicked, goes on here.
-pub(crate) fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
-    handle
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }

@@ -81,9 +81,9 @@ pub(crate) fn omop_study(
         let chapters = scope.spawn(|| ask(BY_CHAPTER.to_string(), "chapters", false));
         let plan = ask(BY_CHAPTER.to_string(), "chapters-plan", true);
         (
-            crate::demo::joined(gender),
+            crate::cli_common::joined(gender),
             plan,
-            crate::demo::joined(chapters),
+            crate::cli_common::joined(chapters),
         )
     });
     let (gender, plan, chapters) = (gender?, plan?, chapters?);
