@@ -267,8 +267,13 @@ CREATE TABLE IF NOT EXISTS geo_policy (
 /// Opens (creating if needed) the metadata database at `path`. A database
 /// of another schema version is refused before anything in it is changed.
 pub fn open(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // Every explicit transaction here writes: it takes the write lock when
+    // it begins (waiting for it under the busy timeout), not at its first
+    // write, where another connection's commit since its first read would
+    // fail it at once with "database is locked" (WAL's stale snapshot).
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a committed audit entry or debit survives power loss.
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -377,6 +382,25 @@ pub fn now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_holds_the_write_lock_from_its_start() {
+        // Deferred, it would take the lock only at its first write, and a
+        // commit by another connection after its first read would fail that
+        // write at once (seen as "database is locked" under concurrency).
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("cohort.db");
+        let (a, b) = (open(&path).unwrap(), open(&path).unwrap());
+        b.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let tx = a.unchecked_transaction().unwrap();
+        let _: i64 = tx
+            .query_row("SELECT COUNT(*) FROM meta", [], |r| r.get(0))
+            .unwrap();
+        let refused = b.execute_batch("BEGIN IMMEDIATE").unwrap_err();
+        assert!(refused.to_string().contains("locked"), "{refused}");
+        tx.commit().unwrap();
+        b.execute_batch("BEGIN IMMEDIATE; COMMIT").unwrap();
+    }
 
     #[test]
     fn a_version_1_database_is_refused_untouched() {
