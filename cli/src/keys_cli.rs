@@ -40,6 +40,12 @@ pub(crate) enum KeysCmd {
         #[arg(long, env = "COHORT_NEW_PASSPHRASE_FILE")]
         new_passphrase_file: Option<PathBuf>,
     },
+    /// Make the deployment's tfhe key set now (the custodian's: its client
+    /// key sealed in the keystore, a server key of about 240 MB under
+    /// research/fhe/tfhe), instead of at the first approval of a study with
+    /// a tfhe column, which otherwise waits for it (seconds of CPU on every
+    /// core). Does nothing if the set exists; callers at once make one set.
+    Tfhe,
     /// Keep this new data directory's keys in a PKCS#11 HSM instead of the
     /// passphrase file: opens the token (the PIN from --pin-file, else
     /// $COHORT_HSM_PIN), makes the first KEK inside it, and records the
@@ -165,6 +171,22 @@ pub(crate) fn keys(cli: &Cli, dir: &DataDir, cmd: &KeysCmd) -> anyhow::Result<Ex
                     "the keystore {} is sealed under the new passphrase; the old one no longer opens it",
                     dir.keystore_path().display()
                 )
+            });
+        }
+        KeysCmd::Tfhe => {
+            let vault = unlock(cli, dir, None)?;
+            let made =
+                cohort_engine::research::encryption::prepare_tfhe_keys(vault.keys(), dir.root())?;
+            let at = dir.root().join("research").join("fhe").join("tfhe");
+            emit(cli, &serde_json::json!({ "made": made, "dir": at }), || {
+                if made {
+                    format!("made the deployment's tfhe key set in {}", at.display())
+                } else {
+                    format!(
+                        "the deployment's tfhe key set already exists in {}; nothing was changed",
+                        at.display()
+                    )
+                }
             });
         }
         KeysCmd::UseHsm {

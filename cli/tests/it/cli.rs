@@ -66,6 +66,22 @@ fn demo_runs_on_embedded_defaults_and_again() {
     );
     assert!(text.contains("small cells: OHDSI"), "{text}");
 
+    // The demo made the deployment's tfhe key set beside ingest; the
+    // operator's command finds it whole and changes nothing.
+    let server_key = data.join("research/fhe/tfhe/server.bin");
+    let made_at = std::fs::metadata(&server_key).unwrap().modified().unwrap();
+    let keys = bare(&["--data-dir", d, "keys", "tfhe", "--json"])
+        .env("COHORT_PASSPHRASE", "cohort-demo")
+        .output()
+        .unwrap();
+    assert!(keys.status.success(), "{}", stderr(&keys));
+    let keys: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
+    assert_eq!(keys["made"], false, "{keys}");
+    assert_eq!(
+        std::fs::metadata(&server_key).unwrap().modified().unwrap(),
+        made_at
+    );
+
     // Again on the same directory: the same records, a second study.
     let second = bare(&["--data-dir", d, "demo", "--patients", "60", "--json"])
         .output()
