@@ -41,15 +41,9 @@ impl BudgetLock {
         let mut name = budget_file.as_os_str().to_owned();
         name.push(".lock");
         let path = std::path::PathBuf::from(name);
-        let file = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("opening the budget lock", &path, e))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| Error::io("locking the budget", &path, e.into()))?;
-        Ok(BudgetLock { _file: file })
+        Ok(BudgetLock {
+            _file: crate::storage::fsutil::lock_exclusive(&path)?,
+        })
     }
 }
 

@@ -42,3 +42,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("writing", tmp.path().to_owned(), e))?;
     persist(tmp, path, true)
 }
+
+/// Waits for an exclusive `flock` on `path` (created if missing; its
+/// contents are never read), for work that other threads or processes must
+/// not do at the same time. Held until the returned file is dropped; each
+/// call opens its own descriptor, so threads of one process exclude each
+/// other too.
+pub fn lock_exclusive(path: &Path) -> Result<std::fs::File> {
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening the lock file", path, e))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::io("locking", path, e.into()))?;
+    Ok(file)
+}

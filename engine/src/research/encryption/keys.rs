@@ -2,6 +2,7 @@
 //! the stewards' threshold ElGamal shares, each wrapped by the keystore.
 
 use super::*;
+use crate::storage::fsutil::write_atomic;
 
 /// Where the deployment's tfhe keys live.
 pub(super) fn tfhe_dir(root: &std::path::Path) -> PathBuf {
@@ -100,19 +101,8 @@ pub fn prepare_tfhe_keys(keys: &dyn KeyStore, root: &std::path::Path) -> Result<
 fn tfhe_lock(root: &std::path::Path) -> Result<std::fs::File> {
     let parent = root.join("research").join("fhe");
     std::fs::create_dir_all(&parent).map_err(|e| Error::io("creating", &parent, e))?;
-    let path = parent.join("tfhe.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("opening", &path, e))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| Error::io("locking", &path, e.into()))?;
-    Ok(file)
+    crate::storage::fsutil::lock_exclusive(&parent.join("tfhe.lock"))
 }
-
-use crate::storage::fsutil::write_atomic;
 
 pub(super) fn tfhe_public(root: &std::path::Path) -> Result<predicate::PublicParams> {
     let bytes = std::fs::read(tfhe_dir(root).join("public.bin")).map_err(|_| Error::Invalid("this deployment has no tfhe keys yet: they are made when a study with a tfhe column is approved".into()))?;
