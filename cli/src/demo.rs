@@ -335,7 +335,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         ));
         keep("query", serde_json::to_value(&outcome)?);
     }
-    say("   (each shows the budget left when it was answered: the three were charged at once)");
+    say("   (each shows the budget left when it was answered; the three were asked at once)");
 
     // The OMOP study (6c) runs beside 6b on its own connection: a second
     // study whose answers wait for their deadlines while 6b computes.
