@@ -178,6 +178,18 @@ pub(crate) fn keys(cli: &Cli, dir: &DataDir, cmd: &KeysCmd) -> anyhow::Result<Ex
             let made =
                 cohort_engine::research::encryption::prepare_tfhe_keys(vault.keys(), dir.root())?;
             let at = dir.root().join("research").join("fhe").join("tfhe");
+            if made {
+                cohort_engine::audit::append(
+                    vault.conn(),
+                    &cohort_engine::audit::Event {
+                        actor: &cli.actor,
+                        action: "keys.tfhe.make",
+                        target: "keystore",
+                        purpose: "key management",
+                        detail: serde_json::json!({ "dir": at }),
+                    },
+                )?;
+            }
             emit(cli, &serde_json::json!({ "made": made, "dir": at }), || {
                 if made {
                     format!("made the deployment's tfhe key set in {}", at.display())

@@ -243,3 +243,29 @@ fn an_hsm_data_dir_rotates_inside_the_token_and_refuses_a_wrong_pin() {
         ]
     );
 }
+
+#[test]
+fn keys_tfhe_makes_the_deployment_key_set_once_and_audits_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let env = [("COHORT_PASSPHRASE", PASSPHRASE)];
+    let first = json(&cohort_env(&data, &["keys", "tfhe", "--json"], &env));
+    assert_eq!(first["made"], true, "{first}");
+    let dir = data.join("research/fhe/tfhe");
+    for file in ["public.bin", "server.bin", "client.sealed"] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    let sealed = std::fs::read(dir.join("client.sealed")).unwrap();
+    let again = json(&cohort_env(&data, &["keys", "tfhe", "--json"], &env));
+    assert_eq!(again["made"], false, "{again}");
+    assert_eq!(std::fs::read(dir.join("client.sealed")).unwrap(), sealed);
+    assert_eq!(audit_actions(&data), vec!["keys.tfhe.make".to_string()]);
+    // The client key is sealed in the keystore: without its passphrase the
+    // command opens nothing and makes nothing.
+    let wrong = cohort_env(
+        &data,
+        &["keys", "tfhe"],
+        &[("COHORT_PASSPHRASE", "not the passphrase")],
+    );
+    assert!(!wrong.status.success());
+}
