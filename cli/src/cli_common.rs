@@ -203,6 +203,17 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// `f` of every item, each on a thread of its own, results in the items'
+/// order: the demo asks questions at once, as a server's clients would, so
+/// their waits for their deadlines overlap.
+pub(crate) fn at_once<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    let f = &f;
+    std::thread::scope(|scope| {
+        let running: Vec<_> = items.iter().map(|i| scope.spawn(move || f(i))).collect();
+        running.into_iter().map(joined).collect()
+    })
+}
+
 /// A scoped thread's result; its panic, if it panicked, goes on here.
 pub(crate) fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
     handle

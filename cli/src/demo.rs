@@ -20,7 +20,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use super::{Cli, counts_text, ingest_text, unlock, verify_text};
-use crate::cli_common::joined;
+use crate::cli_common::{at_once, joined};
 use crate::research_cli::{outcome_text, release_text};
 
 /// The demo's study file, written into the data directory.
@@ -315,13 +315,7 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         ("hba1c-by-sex", "SELECT p.gender, AVG(LEAST(GREATEST(o.value, 3), 15)) AS mean_hba1c FROM patients p JOIN observations o ON o.patient_id = p.patient_id WHERE o.loinc = '4548-4' GROUP BY p.gender ORDER BY p.gender".to_string()),
         ("median-systolic", "SELECT MEDIAN(LEAST(GREATEST(value, 80), 200)) AS median_systolic FROM observations WHERE loinc = '8480-6'".to_string()),
     ];
-    let outcomes: Vec<anyhow::Result<QueryOutcome>> = std::thread::scope(|scope| {
-        let asked: Vec<_> = queries
-            .iter()
-            .map(|(name, sql)| scope.spawn(|| ask(sql.clone(), name)))
-            .collect();
-        asked.into_iter().map(joined).collect()
-    });
+    let outcomes = at_once(&queries, |(name, sql)| ask(sql.clone(), name));
     let mut first_members = 0;
     for (i, ((_, sql), outcome)) in queries.iter().zip(outcomes).enumerate() {
         let outcome = outcome?;
@@ -405,29 +399,23 @@ pub(crate) fn demo(cli: &Cli, dir: &DataDir, patients: u64, seed: u64) -> anyhow
         // Asked at once, as the step-6 queries: each is released at its own
         // deadline, and their waits overlap.
         let epsilon: cohort_anonymizer::accountant::Amount = "0.25".parse()?;
-        let answered: Vec<anyhow::Result<(QueryOutcome, f64)>> = std::thread::scope(|inner| {
-            let asked: Vec<_> = encrypted_queries
-                .iter()
-                .map(|(name, sql, _)| {
-                    let (rt, session, researcher) = (&rt, &session, &researcher);
-                    inner.spawn(move || -> anyhow::Result<(QueryOutcome, f64)> {
-                        let t = Instant::now();
-                        let outcome = rt.block_on(session.query(
-                            researcher.name(),
-                            id,
-                            &QueryRequest {
-                                sql: sql.to_string(),
-                                query_id: Some(format!("demo-{name}")),
-                                epsilon: Some(epsilon),
-                                ..Default::default()
-                            },
-                        ))?;
-                        Ok((outcome, t.elapsed().as_secs_f64()))
-                    })
-                })
-                .collect();
-            asked.into_iter().map(joined).collect()
-        });
+        let answered = at_once(
+            &encrypted_queries,
+            |(name, sql, _)| -> anyhow::Result<(QueryOutcome, f64)> {
+                let t = Instant::now();
+                let outcome = rt.block_on(session.query(
+                    researcher.name(),
+                    id,
+                    &QueryRequest {
+                        sql: sql.to_string(),
+                        query_id: Some(format!("demo-{name}")),
+                        epsilon: Some(epsilon),
+                        ..Default::default()
+                    },
+                ))?;
+                Ok((outcome, t.elapsed().as_secs_f64()))
+            },
+        );
         for ((_, sql, layer), answer) in encrypted_queries.iter().zip(answered) {
             let (outcome, seconds) = answer?;
             say(&format!("\n   {sql}"));

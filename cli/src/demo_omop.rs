@@ -76,17 +76,17 @@ pub(crate) fn omop_study(
     let translated = cohort_query_planner::dialect::ohdsi(ACHILLES_2, &Default::default())?;
     // The two questions are asked at once (each released at its own
     // deadline); the plan is explained meanwhile.
-    let (gender, plan, chapters) = std::thread::scope(|scope| {
-        let gender = scope.spawn(|| ask(translated.clone(), "achilles-2", false));
-        let chapters = scope.spawn(|| ask(BY_CHAPTER.to_string(), "chapters", false));
-        let plan = ask(BY_CHAPTER.to_string(), "chapters-plan", true);
-        (
-            crate::cli_common::joined(gender),
-            plan,
-            crate::cli_common::joined(chapters),
-        )
-    });
-    let (gender, plan, chapters) = (gender?, plan?, chapters?);
+    let asked = [
+        (translated.as_str(), "achilles-2", false),
+        (BY_CHAPTER, "chapters-plan", true),
+        (BY_CHAPTER, "chapters", false),
+    ];
+    let mut answers = crate::cli_common::at_once(&asked, |(sql, id, explain)| {
+        ask(sql.to_string(), id, *explain)
+    })
+    .into_iter();
+    let mut next = || answers.next().expect("an outcome for each question");
+    let (gender, plan, chapters) = (next()?, next()?, next()?);
     say("\n   Achilles analysis 2 (persons by gender), as OHDSI ships it, with --dialect ohdsi:");
     say(&format!("   {translated}"));
     say(&format!(
