@@ -54,7 +54,10 @@ const QUERY: &str = r#"q() { "$BIN" --data-dir "$D" query "$STUDY" "SELECT gende
 #[test]
 fn a_full_disk_and_a_read_only_directory_end_with_a_clear_error_and_nothing_half_written() {
     let s = setup(12);
-    let (id, _) = s.approved_study(&study_text("3", "0.5", false), 4);
+    // Room for every query the script asks (ten at 0.5, each charged if it
+    // fails after its reservation), so the one after the disk is freed is
+    // never refused for the budget, wherever the full disk stopped the others.
+    let (id, _) = s.approved_study(&study_text("10", "0.5", false), 4);
     // One answer first, so the view exists and the full disk meets the
     // journal, the chain and the audit log rather than the view build.
     let first = cohort_json(
