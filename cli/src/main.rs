@@ -379,7 +379,20 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Transparent huge pages off for this process. mimalloc asks for them,
+/// and where the kernel then compacts memory at the fault (`defrag =
+/// madvise`, Debian's default) a query's first touch of its memory waited
+/// on it: `cohort query FILE` over a million rows took 150 ms instead of 70
+/// right after another process had freed a large heap, and zeroed 2 MiB
+/// pages where it used a fraction (docs/BENCHMARKS.md, issue 30). Failing
+/// to turn them off changes only the speed.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     // `serve` sets up its logs from its configuration ([log]).
     if !matches!(cli.command, Command::Serve { .. }) {

@@ -45,9 +45,12 @@ pub(crate) fn session(
     // Only reachable through the encrypted-columns rewrite: user SQL naming
     // `__cohort…` is refused before planning.
     aggregate.push(Arc::new(crate::rules::encrypted::udaf()));
+    // A Parquet source is cut in partitions by rows (`sources::RowSplit`),
+    // not again by bytes.
     let config = SessionConfig::new()
         .with_information_schema(false)
-        .with_create_default_catalog_and_schema(true);
+        .with_create_default_catalog_and_schema(true)
+        .with_repartition_file_scans(false);
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()

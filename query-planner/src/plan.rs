@@ -408,10 +408,14 @@ impl PrivatePlan {
         let config = match engine {
             // A cluster shuffles by patient so that its executors bound in
             // parallel, over as many partitions as it has task slots.
-            Some(engine) => match engine.partitions() {
-                Some(partitions) => config.with_target_partitions(partitions.max(1)),
-                None => config,
-            },
+            // A cluster cuts a large file by bytes, as DataFusion does.
+            Some(engine) => {
+                let config = config.with_repartition_file_scans(true);
+                match engine.partitions() {
+                    Some(partitions) => config.with_target_partitions(partitions.max(1)),
+                    None => config,
+                }
+            }
             // Here, the bounding gathers its input in one partition.
             None => config.with_extension(Arc::new(crate::nodes::GatherInOnePartition)),
         };

@@ -15,16 +15,18 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBufferBuilder, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchemaRef, HashMap, Result as DfResult};
+use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::distribution_requirements::InputDistributionRequirements;
@@ -34,7 +36,8 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties, SendableRecordBatchStream,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use rand::RngExt;
 
 /// How the kept rows are chosen.
@@ -173,20 +176,26 @@ pub(crate) enum Gather {
     /// bounding runs in parallel (a cluster's executors).
     #[default]
     ByUnit,
-    /// Every row in one partition, with no hashing: the local engine's
-    /// choice. On a table stored patient by patient the bounding is then a
-    /// linear pass, and the hash repartition it saves costs more than a
-    /// second core gains (docs/BENCHMARKS.md, issue 30).
-    OnePartition,
+    /// Every row gathered in one task, with no hashing: the local engine's
+    /// choice. Each input partition is read, and its batches checked for
+    /// runs of one patient, on a task of its own; on a table stored patient
+    /// by patient the bounding is then a linear pass, and the hash
+    /// repartition it saves costs more than a second core gains
+    /// (docs/BENCHMARKS.md, issue 30). The bounded rows are handed on over
+    /// `outputs` partitions, so that the aggregate above runs on every core.
+    OnePartition { outputs: usize },
 }
 
-/// Set on a session's config (`SessionConfig::with_extension`) to plan the
-/// bounding with [`Gather::OnePartition`]; without it, [`Gather::ByUnit`].
+/// Set on a session's config (`SessionConfig::with_extension`) for the
+/// local engine: the bounding is planned with [`Gather::OnePartition`] over
+/// the session's partitions, and
+/// a Parquet source is cut in partitions by rows (`sources::RowSplit`,
+/// whose access plans stay in this process); without it, [`Gather::ByUnit`]
+/// and DataFusion's own cut by bytes.
 #[derive(Debug)]
 pub(crate) struct GatherInOnePartition;
 
 /// The physical operator.
-#[derive(Debug)]
 pub(crate) struct BoundContributionsExec {
     input: Arc<dyn ExecutionPlan>,
     unit: Arc<dyn PhysicalExpr>,
@@ -195,8 +204,16 @@ pub(crate) struct BoundContributionsExec {
     max_groups: u32,
     max_rows: u32,
     gather: Gather,
+    /// With [`Gather::OnePartition`], the one gathering that every output
+    /// partition waits for (made by the first partition executed).
+    gathered: Mutex<Option<Gathering>>,
     properties: Arc<PlanProperties>,
 }
+
+/// The bounded rows of every input partition, shared out by output
+/// partition, once they are all read.
+type Gathering =
+    Shared<BoxFuture<'static, Result<Arc<Vec<Vec<RecordBatch>>>, Arc<DataFusionError>>>>;
 
 impl BoundContributionsExec {
     pub(crate) fn new(
@@ -208,7 +225,10 @@ impl BoundContributionsExec {
         max_rows: u32,
         gather: Gather,
     ) -> Self {
-        let partitions = input.output_partitioning().partition_count();
+        let partitions = match gather {
+            Gather::ByUnit => input.output_partitioning().partition_count(),
+            Gather::OnePartition { outputs } => outputs.max(1),
+        };
         let properties = PlanProperties::new(
             EquivalenceProperties::new(input.schema()),
             Partitioning::UnknownPartitioning(partitions),
@@ -223,8 +243,100 @@ impl BoundContributionsExec {
             max_groups,
             max_rows,
             gather,
+            gathered: Mutex::new(None),
             properties: Arc::new(properties),
         }
+    }
+
+    fn bounder(&self) -> Arc<Bounder> {
+        Arc::new(Bounder {
+            schema: self.schema(),
+            unit: Arc::clone(&self.unit),
+            keys: self.keys.clone(),
+            order: self.order.clone(),
+            max_groups: self.max_groups as usize,
+            max_rows: self.max_rows as usize,
+        })
+    }
+
+    /// Every input partition read at once, each on a task of its own that
+    /// checks its batches as they come; then the bounding of all of them,
+    /// shared out over the output partitions. Made once, by the first
+    /// output partition executed.
+    fn gathering(&self, context: &Arc<TaskContext>) -> DfResult<Gathering> {
+        let mut slot = self.gathered.lock().expect("the gathering's lock");
+        if let Some(gathering) = slot.as_ref() {
+            return Ok(gathering.clone());
+        }
+        let bounder = self.bounder();
+        let tasks = (0..self.input.output_partitioning().partition_count())
+            .map(|partition| {
+                let input = self.input.execute(partition, Arc::clone(context))?;
+                let bounder = Arc::clone(&bounder);
+                let pool = Arc::clone(context.memory_pool());
+                Ok(SpawnedTask::spawn(async move {
+                    bounder.read(input, &pool).await
+                }))
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        let outputs = self.properties.partitioning.partition_count();
+        let gathering = async move {
+            let mut checked = Vec::new();
+            let mut reservations = Vec::new();
+            for task in tasks {
+                let (batches, reservation) = task
+                    .join_unwind()
+                    .await
+                    .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
+                checked.extend(batches);
+                reservations.push(reservation);
+            }
+            let bounded = bounder.bound(checked)?;
+            drop(reservations);
+            Ok(Arc::new(share_out(bounded, outputs)))
+        }
+        .map_err(|e: DataFusionError| Arc::new(e))
+        .boxed()
+        .shared();
+        *slot = Some(gathering.clone());
+        Ok(gathering)
+    }
+}
+
+/// `batches` over `outputs` partitions, in turn (a batch too few to go
+/// round is cut in slices first).
+fn share_out(batches: Vec<RecordBatch>, outputs: usize) -> Vec<Vec<RecordBatch>> {
+    let outputs = outputs.max(1);
+    let pieces: Vec<RecordBatch> = if batches.len() >= outputs {
+        batches
+    } else {
+        batches
+            .into_iter()
+            .flat_map(|batch| {
+                let rows = batch.num_rows();
+                let step = rows.div_ceil(outputs).max(1);
+                (0..rows)
+                    .step_by(step)
+                    .map(|start| batch.slice(start, step.min(rows - start)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut shared = vec![Vec::new(); outputs];
+    for (i, piece) in pieces.into_iter().enumerate() {
+        shared[i % outputs].push(piece);
+    }
+    shared
+}
+
+impl fmt::Debug for BoundContributionsExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundContributionsExec")
+            .field("unit", &self.unit)
+            .field("max_groups", &self.max_groups)
+            .field("max_rows", &self.max_rows)
+            .field("gather", &self.gather)
+            .finish_non_exhaustive()
     }
 }
 
@@ -243,7 +355,7 @@ impl DisplayAs for BoundContributionsExec {
             },
             match self.gather {
                 Gather::ByUnit => "by-unit",
-                Gather::OnePartition => "one-partition",
+                Gather::OnePartition { .. } => "one-partition",
             }
         )
     }
@@ -262,7 +374,8 @@ impl ExecutionPlan for BoundContributionsExec {
         // Every row of a patient must reach the same partition.
         InputDistributionRequirements::new(vec![match self.gather {
             Gather::ByUnit => Distribution::KeyPartitioned(vec![Arc::clone(&self.unit)]),
-            Gather::OnePartition => Distribution::SinglePartition,
+            // Its own tasks read every input partition.
+            Gather::OnePartition { .. } => Distribution::UnspecifiedDistribution,
         }])
     }
 
@@ -305,27 +418,31 @@ impl ExecutionPlan for BoundContributionsExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let schema = self.schema();
-        let reservation = MemoryConsumer::new("BoundContributions").register(context.memory_pool());
-        let mut input = self.input.execute(partition, context)?;
-        let bound = Bounder {
-            schema: Arc::clone(&schema),
-            unit: Arc::clone(&self.unit),
-            keys: self.keys.clone(),
-            order: self.order.clone(),
-            max_groups: self.max_groups as usize,
-            max_rows: self.max_rows as usize,
-        };
+        if matches!(self.gather, Gather::OnePartition { .. }) {
+            let gathering = self.gathering(&context)?;
+            let output = futures::stream::once(async move {
+                let shared = gathering.await.map_err(DataFusionError::Shared)?;
+                let batches = shared.get(partition).cloned().unwrap_or_default();
+                Ok::<_, DataFusionError>(futures::stream::iter(batches).then(|batch| async {
+                    // The output partitions are woken together, on one
+                    // worker, and their batches are all ready: without a
+                    // yield before each, the aggregate above runs them
+                    // one after another there (tokio's LIFO slot is not
+                    // stolen from), however many cores are idle.
+                    tokio::task::yield_now().await;
+                    Ok(batch)
+                }))
+            })
+            .try_flatten();
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)));
+        }
+        let input = self.input.execute(partition, Arc::clone(&context))?;
+        let bounder = self.bounder();
+        let pool = Arc::clone(context.memory_pool());
         let output = futures::stream::once(async move {
-            let mut batches = Vec::new();
-            while let Some(batch) = input.next().await {
-                let batch = batch?;
-                // The rows it holds, their concatenation and its per-row
-                // bookkeeping count against the query's memory pool.
-                reservation.try_grow(2 * batch.get_array_memory_size() + 48 * batch.num_rows())?;
-                batches.push(batch);
-            }
-            let bounded = bound.bound(&batches);
-            reservation.free();
+            let (checked, reservation) = bounder.read(input, &pool).await?;
+            let bounded = bounder.bound(checked);
+            drop(reservation);
             bounded
         })
         .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
@@ -345,8 +462,39 @@ struct Bounder {
 }
 
 impl Bounder {
-    fn bound(&self, batches: &[RecordBatch]) -> DfResult<Vec<RecordBatch>> {
-        if let Some(parts) = self.sorted_parts(batches)? {
+    /// Every batch of `input`, each checked as it comes; the rows held,
+    /// their concatenation and its per-row bookkeeping count against the
+    /// query's memory pool.
+    async fn read(
+        &self,
+        mut input: SendableRecordBatchStream,
+        pool: &Arc<dyn MemoryPool>,
+    ) -> DfResult<(Vec<Checked>, MemoryReservation)> {
+        let reservation = MemoryConsumer::new("BoundContributions").register(pool);
+        let mut checked = Vec::new();
+        while let Some(batch) = input.next().await {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            reservation.try_grow(2 * batch.get_array_memory_size() + 48 * batch.num_rows())?;
+            checked.push(self.check(batch)?);
+        }
+        Ok((checked, reservation))
+    }
+
+    /// `batch` with its runs of one patient, if it is sorted by the unit
+    /// without NULLs.
+    fn check(&self, batch: RecordBatch) -> DfResult<Checked> {
+        let units = self.unit.evaluate(&batch)?.into_array(batch.num_rows())?;
+        Ok(match Runs::of(&units) {
+            Some(runs) => Checked::Sorted(Part { batch, units, runs }),
+            None => Checked::Unsorted(batch),
+        })
+    }
+
+    fn bound(&self, checked: Vec<Checked>) -> DfResult<Vec<RecordBatch>> {
+        if let Some(parts) = self.sorted_parts(&checked)? {
             let within = self.every_patient_within(&parts)?;
             let ordered = parts.into_iter().map(|part| part.batch);
             // Nothing to drop: the batches pass as they are, never copied.
@@ -355,7 +503,8 @@ impl Bounder {
             }
             return Ok(vec![self.bound_concatenated(&ordered.collect::<Vec<_>>())?]);
         }
-        Ok(vec![self.bound_concatenated(batches)?])
+        let batches: Vec<RecordBatch> = checked.into_iter().map(Checked::into_batch).collect();
+        Ok(vec![self.bound_concatenated(&batches)?])
     }
 
     /// Whether a patient's rows never exceed either bound.
@@ -398,24 +547,19 @@ impl Bounder {
         )?)
     }
 
-    /// The non-empty batches with their units and runs, ordered by their
-    /// first unit, when each batch is sorted by the unit without NULLs;
-    /// `None` otherwise. A table stored patient by patient (cohort's own
-    /// views, most exports) stays sorted batch by batch after a scan that
-    /// read its parts in parallel; whether the batches also follow each
-    /// other in order is for the caller to check.
-    fn sorted_parts(&self, batches: &[RecordBatch]) -> DfResult<Option<Vec<Part>>> {
-        let mut parts = Vec::with_capacity(batches.len());
-        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            let units = self.unit.evaluate(batch)?.into_array(batch.num_rows())?;
-            let Some(runs) = sorted(&units) else {
-                return Ok(None);
-            };
-            parts.push(Part {
-                batch: batch.clone(),
-                units,
-                runs,
-            });
+    /// The batches with their units and runs, ordered by their first unit,
+    /// when each batch is sorted by the unit without NULLs; `None`
+    /// otherwise. A table stored patient by patient (cohort's own views,
+    /// most exports) stays sorted batch by batch after a scan that read its
+    /// parts in parallel; whether the batches also follow each other in
+    /// order is for the caller to check.
+    fn sorted_parts(&self, checked: &[Checked]) -> DfResult<Option<Vec<Part>>> {
+        let mut parts = Vec::with_capacity(checked.len());
+        for batch in checked {
+            match batch {
+                Checked::Sorted(part) => parts.push(part.clone()),
+                Checked::Unsorted(_) => return Ok(None),
+            }
         }
         if parts.len() > 1 {
             let firsts: Vec<ArrayRef> = parts.iter().map(|p| p.units.slice(0, 1)).collect();
@@ -456,15 +600,17 @@ impl Bounder {
                     return Ok(false);
                 }
             }
-            let runs = part.runs.windows(2).map(|w| w[1] - w[0]);
-            let count = part.runs.len() - 1;
-            for (i, len) in runs.enumerate() {
-                let len = if i == 0 { len + carried } else { len };
-                if i + 1 == count {
-                    open = len;
-                } else if !self.within(len) {
+            let runs = part.runs;
+            if runs.count == 1 {
+                open = runs.first + carried;
+            } else {
+                // The first run closes here; the inner runs are whole.
+                if !self.within(runs.first + carried)
+                    || (runs.count > 2 && !self.within(runs.longest_inner))
+                {
                     return Ok(false);
                 }
+                open = runs.last;
             }
             last = Some(part.units.slice(part.units.len() - 1, 1));
         }
@@ -548,12 +694,64 @@ impl Bounder {
     }
 }
 
-/// A batch sorted by its unit, with the unit column and where each of its
-/// runs of one patient starts (and the length at the end).
+/// A non-empty batch as read, checked for runs of one patient.
+enum Checked {
+    Sorted(Part),
+    Unsorted(RecordBatch),
+}
+
+impl Checked {
+    fn into_batch(self) -> RecordBatch {
+        match self {
+            Checked::Sorted(part) => part.batch,
+            Checked::Unsorted(batch) => batch,
+        }
+    }
+}
+
+/// A batch sorted by its unit, with the unit column and its runs of one
+/// patient.
+#[derive(Clone)]
 struct Part {
     batch: RecordBatch,
     units: ArrayRef,
-    runs: Vec<usize>,
+    runs: Runs,
+}
+
+/// The lengths that decide whether a sorted batch's patients are within
+/// the bounds: its first and last runs (which may go on in the batches
+/// beside it) and the longest of the others. Counted without allocating:
+/// a table of one row per patient has as many runs as rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Runs {
+    count: usize,
+    first: usize,
+    last: usize,
+    longest_inner: usize,
+}
+
+impl Runs {
+    /// The runs of a non-empty `units`, if it is sorted without NULLs.
+    fn of(units: &ArrayRef) -> Option<Runs> {
+        let (mut count, mut previous, mut first, mut longest_inner) = (1, 0, 0, 0);
+        let sorted = each_run_start(units, |start| {
+            let length = start - previous;
+            if count == 1 {
+                first = length;
+            } else {
+                longest_inner = longest_inner.max(length);
+            }
+            previous = start;
+            count += 1;
+        });
+        let last = units.len() - previous;
+        sorted.then_some(Runs {
+            count,
+            first: if count == 1 { last } else { first },
+            last,
+            longest_inner,
+        })
+    }
 }
 
 /// Each patient's rows.
@@ -621,22 +819,87 @@ impl Members {
 /// `units` is sorted ascending without NULLs; `None` otherwise, or for a
 /// type the comparison kernels do not order.
 fn sorted(units: &ArrayRef) -> Option<Vec<usize>> {
-    let n = units.len();
-    if units.null_count() > 0 {
-        return None;
-    }
     let mut start = vec![0];
-    if n > 1 {
-        let (next, previous) = (units.slice(1, n - 1), units.slice(0, n - 1));
-        let descending = arrow::compute::kernels::cmp::lt(&next, &previous).ok()?;
-        if descending.true_count() > 0 {
-            return None;
-        }
-        let changes = arrow::compute::kernels::cmp::neq(&next, &previous).ok()?;
-        start.extend(changes.values().set_indices().map(|i| i + 1));
+    each_run_start(units, |i| start.push(i)).then(|| {
+        start.push(units.len());
+        start
+    })
+}
+
+/// Calls `start(i)` for each row `i` after the first that begins a new run
+/// of equal values, and says whether `units` is sorted ascending without
+/// NULLs (false, with some calls made, if not, or for a type the
+/// comparison kernels do not order). Strings (by their bytes, as the
+/// kernels order them) and integers are compared in one pass; other types
+/// through the kernels.
+fn each_run_start(units: &ArrayRef, start: impl FnMut(usize)) -> bool {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Int32Type, Int64Type, UInt32Type, UInt64Type};
+    if units.null_count() > 0 {
+        return false;
     }
-    start.push(n);
-    Some(start)
+    let n = units.len();
+    match units.data_type() {
+        DataType::Utf8View => {
+            let units = units.as_string_view();
+            runs_of(n, |i| units.value(i).as_bytes(), start)
+        }
+        DataType::Utf8 => {
+            let units = units.as_string::<i32>();
+            runs_of(n, |i| units.value(i).as_bytes(), start)
+        }
+        DataType::LargeUtf8 => {
+            let units = units.as_string::<i64>();
+            runs_of(n, |i| units.value(i).as_bytes(), start)
+        }
+        DataType::Int64 => runs_of_values(units.as_primitive::<Int64Type>().values(), start),
+        DataType::Int32 => runs_of_values(units.as_primitive::<Int32Type>().values(), start),
+        DataType::UInt64 => runs_of_values(units.as_primitive::<UInt64Type>().values(), start),
+        DataType::UInt32 => runs_of_values(units.as_primitive::<UInt32Type>().values(), start),
+        _ => runs_by_kernels(units, start),
+    }
+}
+
+fn runs_of_values<T: Ord + Copy>(values: &[T], start: impl FnMut(usize)) -> bool {
+    runs_of(values.len(), |i| values[i], start)
+}
+
+/// [`each_run_start`] over the `n` values `value(0..n)`.
+fn runs_of<T: Ord>(n: usize, value: impl Fn(usize) -> T, mut start: impl FnMut(usize)) -> bool {
+    if n == 0 {
+        return true;
+    }
+    let mut previous = value(0);
+    for i in 1..n {
+        let current = value(i);
+        match current.cmp(&previous) {
+            std::cmp::Ordering::Less => return false,
+            std::cmp::Ordering::Greater => start(i),
+            std::cmp::Ordering::Equal => {}
+        }
+        previous = current;
+    }
+    true
+}
+
+/// [`each_run_start`] through the comparison kernels.
+fn runs_by_kernels(units: &ArrayRef, mut start: impl FnMut(usize)) -> bool {
+    let n = units.len();
+    if n < 2 {
+        return true;
+    }
+    let (next, previous) = (units.slice(1, n - 1), units.slice(0, n - 1));
+    let Ok(descending) = arrow::compute::kernels::cmp::lt(&next, &previous) else {
+        return false;
+    };
+    if descending.true_count() > 0 {
+        return false;
+    }
+    let Ok(changes) = arrow::compute::kernels::cmp::neq(&next, &previous) else {
+        return false;
+    };
+    changes.values().set_indices().for_each(|i| start(i + 1));
+    true
 }
 
 /// One row of a patient: its group id, its priority within the group, and
@@ -827,6 +1090,15 @@ mod tests {
             .collect()
     }
 
+    fn bound(bounder: &Bounder, batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
+        let checked = batches
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| bounder.check(b).unwrap())
+            .collect();
+        bounder.bound(checked).unwrap()
+    }
+
     /// Rows kept per patient.
     fn kept(out: &[RecordBatch]) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
@@ -852,7 +1124,7 @@ mod tests {
         let reversed: &[&[Option<&str>]] = &[&[c], &[b, b, c], &[a, a, b]];
         let unsorted: &[&[Option<&str>]] = &[&[b, a, c, b], &[a, c, b]];
         for parts in [in_order, reversed, unsorted] {
-            let out = bounder.bound(&batches(&schema, parts)).unwrap();
+            let out = bound(&bounder, batches(&schema, parts));
             assert_eq!(
                 kept(&out),
                 counts(&[("a", 2), ("b", 2), ("c", 2)]),
@@ -866,20 +1138,149 @@ mod tests {
         let (bounder, schema) = bounder(2);
         let (a, b, c) = (Some("a"), Some("b"), Some("c"));
         // b's two rows span the batches: within the bound, nothing is copied.
-        let out = bounder
-            .bound(&batches(&schema, &[&[a, b], &[b, c]]))
-            .unwrap();
+        let out = bound(&bounder, batches(&schema, &[&[a, b], &[b, c]]));
         assert_eq!(out.len(), 2, "the two batches, uncopied");
         assert_eq!(kept(&out), counts(&[("a", 1), ("b", 2), ("c", 1)]));
         // One patient over the bound across the boundary: the slow path.
-        let out = bounder
-            .bound(&batches(&schema, &[&[a, b, b], &[b, c]]))
-            .unwrap();
+        let out = bound(&bounder, batches(&schema, &[&[a, b, b], &[b, c]]));
         assert_eq!(kept(&out), counts(&[("a", 1), ("b", 2), ("c", 1)]));
         // Rows without a patient belong to none.
-        let out = bounder
-            .bound(&batches(&schema, &[&[a, None, b], &[None]]))
-            .unwrap();
+        let out = bound(&bounder, batches(&schema, &[&[a, None, b], &[None]]));
         assert_eq!(kept(&out), counts(&[("a", 1), ("b", 1)]));
+    }
+
+    fn by_kernels(units: &ArrayRef) -> Option<Vec<usize>> {
+        let mut start = vec![0];
+        runs_by_kernels(units, |i| start.push(i)).then(|| {
+            start.push(units.len());
+            start
+        })
+    }
+
+    #[test]
+    fn a_batch_s_runs_are_its_first_last_and_longest_inner() {
+        let runs =
+            |values: &[&str]| Runs::of(&(Arc::new(StringArray::from(values.to_vec())) as ArrayRef));
+        let of = |count, first, last, longest_inner| {
+            Some(Runs {
+                count,
+                first,
+                last,
+                longest_inner,
+            })
+        };
+        assert_eq!(runs(&["a"]), of(1, 1, 1, 0));
+        assert_eq!(runs(&["a", "a", "a"]), of(1, 3, 3, 0));
+        assert_eq!(runs(&["a", "b", "b"]), of(2, 1, 2, 0));
+        assert_eq!(runs(&["a", "a", "b", "c", "c", "c", "d"]), of(4, 2, 1, 3));
+        assert_eq!(runs(&["b", "a"]), None);
+    }
+
+    #[test]
+    fn the_one_pass_runs_agree_with_the_comparison_kernels() {
+        use arrow::array::{
+            Int32Array, Int64Array, LargeStringArray, StringViewArray, UInt64Array,
+        };
+        let strings: [&[&str]; 5] = [
+            &["a", "a", "b", "c", "c"],
+            &["a", "b", "a"],
+            &[
+                "p0000001",
+                "p0000001",
+                "p0000002",
+                "a-much-longer-patient-id-1",
+                "z",
+            ],
+            &["x"],
+            &[],
+        ];
+        for values in strings {
+            let arrays: [ArrayRef; 3] = [
+                Arc::new(StringArray::from(values.to_vec())),
+                Arc::new(StringViewArray::from(values.to_vec())),
+                Arc::new(LargeStringArray::from(values.to_vec())),
+            ];
+            for array in arrays {
+                assert_eq!(sorted(&array), by_kernels(&array), "{array:?}");
+            }
+        }
+        let integers: [&[i64]; 4] = [&[1, 1, 2, 9, 9, 9], &[3, 2], &[-5, -5, 0, 7], &[]];
+        for values in integers {
+            let arrays: [ArrayRef; 3] = [
+                Arc::new(Int64Array::from(values.to_vec())),
+                Arc::new(Int32Array::from(
+                    values.iter().map(|&v| v as i32).collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt64Array::from(
+                    values.iter().map(|&v| v as u64).collect::<Vec<_>>(),
+                )),
+            ];
+            for array in arrays {
+                assert_eq!(sorted(&array), by_kernels(&array), "{array:?}");
+            }
+        }
+        assert_eq!(
+            sorted(&(Arc::new(StringArray::from(vec!["a", "a", "b"])) as ArrayRef)),
+            Some(vec![0, 2, 3])
+        );
+        // A NULL unit is never a sorted run.
+        assert_eq!(
+            sorted(&(Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef)),
+            None
+        );
+    }
+
+    #[test]
+    fn shared_out_rows_go_to_every_partition_once() {
+        let (_, schema) = bounder(1);
+        let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+        let one: Vec<Option<&str>> = names.iter().map(|n| Some(n.as_str())).collect();
+        for (parts, outputs) in [(vec![one.as_slice()], 3), (vec![&one[..4], &one[4..]], 4)] {
+            let shared = share_out(batches(&schema, &parts), outputs);
+            assert_eq!(shared.len(), outputs);
+            assert!(
+                shared.iter().all(|p| !p.is_empty()),
+                "every partition has rows"
+            );
+            let all: Vec<RecordBatch> = shared.into_iter().flatten().collect();
+            assert_eq!(kept(&all), names.iter().map(|n| (n.clone(), 1)).collect());
+        }
+    }
+
+    /// The local engine's gathering: input partitions read at once, the
+    /// bounding over all of them, the rows handed on over more partitions.
+    #[tokio::test]
+    async fn a_gathering_bounds_patients_split_across_input_partitions() {
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::prelude::SessionContext;
+        let (_, schema) = bounder(1);
+        let (a, b, c) = (Some("a"), Some("b"), Some("c"));
+        // b's rows are in both input partitions, sorted in each.
+        let input = MemorySourceConfig::try_new_exec(
+            &[
+                batches(&schema, &[&[a, b, b]]),
+                batches(&schema, &[&[b, c], &[c]]),
+            ],
+            Arc::clone(&schema),
+            None,
+        )
+        .unwrap();
+        let exec = Arc::new(BoundContributionsExec::new(
+            input,
+            Arc::new(Column::new("u", 0)),
+            vec![],
+            None,
+            1,
+            2,
+            Gather::OnePartition { outputs: 3 },
+        ));
+        assert_eq!(exec.properties().partitioning.partition_count(), 3);
+        let context = SessionContext::new().task_ctx();
+        let outputs = datafusion::physical_plan::collect_partitioned(exec, context)
+            .await
+            .unwrap();
+        assert_eq!(outputs.len(), 3);
+        let all: Vec<RecordBatch> = outputs.into_iter().flatten().collect();
+        assert_eq!(kept(&all), counts(&[("a", 1), ("b", 2), ("c", 2)]));
     }
 }

@@ -52,7 +52,9 @@ impl ExtensionPlanner for PrivateOperatorPlanner {
                 }
             };
             let gather = match session.config().get_extension::<GatherInOnePartition>() {
-                Some(_) => Gather::OnePartition,
+                Some(_) => Gather::OnePartition {
+                    outputs: session.config().target_partitions(),
+                },
                 None => Gather::ByUnit,
             };
             return Ok(Some(Arc::new(BoundContributionsExec::new(

@@ -182,3 +182,80 @@ async fn the_local_engine_bounds_in_one_partition_without_hashing_the_unit() {
         "p0's row, three of p1's, p2's row"
     );
 }
+
+/// A Parquet file of one row group (pandas' default) is read by every core,
+/// each partition its own rows: no row is read twice or missed, and a
+/// patient whose rows straddle the cut is bounded as one, whether the file
+/// is stored patient by patient or not.
+#[tokio::test]
+async fn a_file_of_one_row_group_is_read_by_rows_in_partitions_and_bounded_whole() {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, RecordBatch, StringArray};
+    use cohort_query_planner::{Planner, StudyPolicy, sources};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+
+    // 150,000 rows (past the size worth cutting): one row per patient,
+    // except the 5 rows of each of p0074998..p0075002, around the middle.
+    let mut ids: Vec<String> = (0..149_980).map(|i| format!("p{i:07}")).collect();
+    for patient in 74_998..75_003 {
+        ids.extend(std::iter::repeat_n(format!("p{patient:07}"), 4));
+    }
+    ids.sort();
+    let distinct = 149_980;
+    // Each patient counts at most max_rows = 3.
+    let expected = (distinct - 5 + 5 * 3) as f64;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sorted) in [("sorted.parquet", true), ("shuffled.parquet", false)] {
+        let mut ids = ids.clone();
+        if !sorted {
+            // A fixed interleaving: the bounding's sorted path is refused.
+            let (evens, odds): (Vec<_>, Vec<_>) =
+                ids.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+            ids = odds
+                .into_iter()
+                .rev()
+                .chain(evens)
+                .map(|(_, id)| id)
+                .collect();
+        }
+        let batch = RecordBatch::try_from_iter([(
+            "patient_id",
+            Arc::new(StringArray::from(ids)) as ArrayRef,
+        )])
+        .unwrap();
+        let path = dir.path().join(name);
+        let properties = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(1_000_000))
+            .build();
+        let mut writer = ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            batch.schema(),
+            Some(properties),
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+
+        let policy = format!(
+            "{}\n[tables.visits.columns]\npatient_id = {{}}\n",
+            POLICY.replace("max_epsilon = \"5\"", "max_epsilon = \"10000000000000\"")
+        );
+        let mut tables = tables();
+        tables.insert("visits".to_owned(), sources::parquet(&path).await.unwrap());
+        let planner = Planner::new(StudyPolicy::from_toml(&policy).unwrap(), tables).unwrap();
+        let (_, options) = exact();
+        let plan = plan(&planner, "SELECT COUNT(*) AS n FROM visits", &options).await;
+        let physical = plan.physical_plan().await.unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores > 1 {
+            assert!(
+                physical.contains(&format!("file_groups={{{cores} groups")),
+                "the one row group is read in {cores} partitions:\n{physical}"
+            );
+        }
+        let answer = plan.execute().await.unwrap();
+        assert_eq!(column(&answer, 0), [expected], "{name}");
+    }
+}
