@@ -188,10 +188,9 @@ pub(crate) enum Gather {
 
 /// Set on a session's config (`SessionConfig::with_extension`) for the
 /// local engine: the bounding is planned with [`Gather::OnePartition`] over
-/// the session's partitions, and
-/// a Parquet source is cut in partitions by rows (`sources::RowSplit`,
-/// whose access plans stay in this process); without it, [`Gather::ByUnit`]
-/// and DataFusion's own cut by bytes.
+/// the session's partitions, and a Parquet source is cut in partitions by
+/// rows (`sources::RowSplit`, whose access plans stay in this process);
+/// without it, [`Gather::ByUnit`] and DataFusion's own cut by bytes.
 #[derive(Debug)]
 pub(crate) struct GatherInOnePartition;
 
