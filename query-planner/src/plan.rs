@@ -416,7 +416,8 @@ impl PrivatePlan {
                     None => config,
                 }
             }
-            // Here, the bounding gathers its input in one partition.
+            // Here, the bounding gathers its input in one task, and a
+            // Parquet file is cut in partitions by rows.
             None => config.with_extension(Arc::new(crate::nodes::GatherInOnePartition)),
         };
         let state = SessionStateBuilder::new_from_existing(self.context.state())
